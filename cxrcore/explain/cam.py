@@ -1,0 +1,101 @@
+"""Grad-CAM heatmaps for every label.
+
+Fast path: where the head is global average pooling followed by a linear layer, Grad-CAM of a
+label's logit is that label's class activation map (the gradient of the logit with respect to
+the last feature map is the label's weight row divided by the number of cells). So one forward
+pass gives the probabilities and every label's heatmap: ``relu(W @ features)``, scaled to [0, 1]
+per label exactly as pytorch-grad-cam scales its maps. Elsewhere, pytorch-grad-cam's GradCAM
+runs once per label.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def target_layer(model: nn.Module) -> nn.Module:
+    """The module whose output is the last feature map (timm's feature_info names it)."""
+    info = getattr(model, "feature_info", None)
+    if info:
+        name = info[-1]["module"]
+        return model.get_submodule(name)
+    raise ValueError(f"{type(model).__name__} does not expose feature_info; pass a target layer explicitly.")
+
+
+def supports_fast_cam(model: nn.Module, size: int = 64) -> bool:
+    """True when the output of forward_features, averaged, is exactly what the linear classifier sees."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, nn.Linear) or not hasattr(model, "forward_features"):
+        return False
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            x = torch.randn(1, 3, size, size, device=next(model.parameters()).device)
+            feats = model.forward_features(x)
+            if feats.ndim != 4:
+                return False
+            pooled = model.forward_head(feats, pre_logits=True)
+            same_pool = torch.allclose(pooled.flatten(1), feats.mean((2, 3)), atol=1e-5, rtol=1e-4)
+            same_layer = _captures(model, target_layer(model), x, feats)
+            return bool(same_pool and same_layer)
+    except Exception:
+        return False
+    finally:
+        model.train(was_training)
+
+
+def _captures(model, layer, x, feats) -> bool:
+    box = {}
+    handle = layer.register_forward_hook(lambda m, i, o: box.__setitem__("out", o))
+    try:
+        model.forward_features(x)
+    finally:
+        handle.remove()
+    out = box.get("out")
+    return out is not None and out.shape == feats.shape and torch.allclose(out, feats)
+
+
+def scale_maps(maps: np.ndarray) -> np.ndarray:
+    """ReLU, then min-max per map to [0, 1] (pytorch-grad-cam's scale_cam_image, without resizing)."""
+    maps = np.maximum(maps, 0)
+    lo = maps.min(axis=(-2, -1), keepdims=True)
+    maps = maps - lo
+    return maps / (1e-7 + maps.max(axis=(-2, -1), keepdims=True))
+
+
+@torch.no_grad()
+def forward_with_cams(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+    """Logits (B, L) and every label's Grad-CAM (B, L, h, w) in [0, 1] from one forward pass."""
+    feats = model.forward_features(x)
+    logits = model.forward_head(feats)
+    weight = model.get_classifier().weight
+    cams = torch.einsum("lc,bchw->blhw", weight.float(), feats.float())
+    return logits, scale_maps(cams.cpu().numpy())
+
+
+def gradcam_loop(model: nn.Module, x: torch.Tensor, labels: list[int] | None = None,
+                 method: str = "GradCAM", reshape_transform=None) -> tuple[torch.Tensor, np.ndarray]:
+    """pytorch-grad-cam, once per label: the general path for heads that are not GAP + linear.
+
+    Returns maps at feature-map resolution (B, L, h, w), scaled to [0, 1].
+    """
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cam_cls = getattr(pgc, method)
+    layer = target_layer(model)
+    with torch.no_grad():
+        logits = model(x)
+        feats = model.forward_features(x)
+    h, w = feats.shape[-2:]
+    labels = list(range(logits.shape[1])) if labels is None else labels
+    out = np.zeros((x.shape[0], len(labels), h, w), dtype=np.float32)
+    with cam_cls(model=model, target_layers=[layer], reshape_transform=reshape_transform) as cam:
+        for k, j in enumerate(labels):
+            grayscale = cam(input_tensor=x, targets=[ClassifierOutputTarget(j)] * x.shape[0])
+            # pytorch-grad-cam resizes to the input size; bring it back to the feature grid
+            t = torch.from_numpy(grayscale)[:, None]
+            out[:, k] = torch.nn.functional.adaptive_avg_pool2d(t, (h, w))[:, 0].numpy()
+    return logits, scale_maps(out)

@@ -1,0 +1,131 @@
+"""Inference from a checkpoint: probabilities, a Grad-CAM heatmap for every label, boxes.
+
+Everything the predictor needs comes from the checkpoint card (labels, model spec,
+preprocessing, thresholds); nothing else is assumed.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import Card, load_checkpoint
+from .data.imageio import LoadedImage, read_image
+from .errors import CheckpointError
+from .explain.boxes import Box, boxes_from_heatmap
+from .explain.cam import forward_with_cams, gradcam_loop, supports_fast_cam
+from .models.registry import model_from_spec
+
+
+@dataclass
+class Prediction:
+    labels: list[str]
+    probs: np.ndarray                 # (L,)
+    thresholds: np.ndarray            # (L,)
+    heatmaps: np.ndarray              # (L, h, w) in [0, 1], in the original image's frame (aspect kept)
+    boxes: dict[str, list[Box]]       # per label, fractions of the image
+    image_shape: tuple[int, int]      # original (height, width)
+    seconds: float = 0.0
+    cam_method: str = "GradCAM"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def positive(self) -> np.ndarray:
+        return self.probs >= self.thresholds
+
+    def top(self, k: int = 5) -> list[tuple[str, float]]:
+        order = np.argsort(-self.probs)[:k]
+        return [(self.labels[i], float(self.probs[i])) for i in order]
+
+    def heatmap(self, label: str) -> np.ndarray:
+        return self.heatmaps[self.labels.index(label)]
+
+    def to_dict(self, heatmaps: bool = False) -> dict:
+        d = {
+            "labels": self.labels,
+            "probabilities": {x: float(p) for x, p in zip(self.labels, self.probs)},
+            "thresholds": {x: float(t) for x, t in zip(self.labels, self.thresholds)},
+            "positive": [x for x, pos in zip(self.labels, self.positive) if pos],
+            "boxes": {x: [b.to_dict() for b in bs] for x, bs in self.boxes.items() if bs},
+            "image_shape": list(self.image_shape),
+            "heatmap_shape": list(self.heatmaps.shape[1:]),
+            "cam_method": self.cam_method,
+            "seconds": self.seconds,
+            "notes": self.notes,
+        }
+        if heatmaps:
+            d["heatmaps"] = {x: np.round(self.heatmaps[i], 4).tolist() for i, x in enumerate(self.labels)}
+        return d
+
+
+class Predictor:
+    def __init__(self, checkpoint: str | os.PathLike, device: str = "cpu"):
+        self.path = Path(checkpoint)
+        self.card, state = load_checkpoint(checkpoint)
+        self.labels = list(self.card.labels)
+        self.prep = self.card.prep
+        self.device = torch.device(device)
+        model = model_from_spec(self.card.model, len(self.labels))
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CheckpointError(f"The weights in {self.path} do not fit the model its card describes "
+                                  f"({self.card.model.get('arch')}): {str(exc)[:300]}") from exc
+        self.model = model.to(self.device).eval()
+        self.fast_cam = supports_fast_cam(self.model)
+
+    @property
+    def name(self) -> str:
+        return self.card.name or self.path.name
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        return np.array(self.card.threshold_list(), dtype=np.float32)
+
+    def set_card(self, card: Card) -> None:
+        """Use an updated card (e.g. thresholds saved on the Thresholds page)."""
+        self.card = card
+
+    def predict(self, image: LoadedImage | np.ndarray | str | os.PathLike | bytes, heatmaps: bool = True,
+                top_k_boxes: int = 3, box_threshold: float = 0.5) -> Prediction:
+        t0 = time.perf_counter()
+        loaded = image if isinstance(image, LoadedImage) else (
+            LoadedImage(np.asarray(image, dtype=np.float32), "array", 8, tuple(np.shape(image))) if isinstance(image, np.ndarray)
+            else read_image(image))
+        h, w = loaded.pixels.shape
+        square = self.prep.square(loaded.pixels)
+        x = self.prep.normalize(torch.from_numpy(square)[None].to(self.device))
+        if not heatmaps:
+            with torch.no_grad():
+                logits = self.model(x)
+            probs = torch.sigmoid(logits)[0].float().cpu().numpy()
+            return Prediction(self.labels, probs, self.thresholds, np.zeros((len(self.labels), 0, 0), np.float32), {},
+                              (h, w), time.perf_counter() - t0, "none", list(loaded.notes))
+        if self.fast_cam:
+            logits, cams = forward_with_cams(self.model, x)
+            method = "GradCAM (single pass, = CAM for a GAP + linear head)"
+        else:
+            logits, cams = gradcam_loop(self.model, x)
+            method = "GradCAM (pytorch-grad-cam, per label)"
+        probs = torch.sigmoid(logits)[0].float().cpu().numpy()
+        maps = np.stack([self.prep.unsquare(c, h, w) for c in cams[0]]).astype(np.float32)
+        boxes = {label: boxes_from_heatmap(maps[i], threshold=box_threshold, top_k=top_k_boxes)
+                 for i, label in enumerate(self.labels)}
+        return Prediction(self.labels, probs, self.thresholds, maps, boxes, (h, w),
+                          time.perf_counter() - t0, method, list(loaded.notes))
+
+    @torch.no_grad()
+    def predict_squares(self, squares: np.ndarray, batch_size: int = 64, progress=None) -> np.ndarray:
+        """Probabilities (N, L) for preprocessed uint8 squares (N, S, S), e.g. from the cache."""
+        out = []
+        n = len(squares)
+        for k in range(0, n, batch_size):
+            x = self.prep.normalize(torch.from_numpy(np.asarray(squares[k:k + batch_size])).to(self.device))
+            out.append(torch.sigmoid(self.model(x)).float().cpu().numpy())
+            if progress:
+                progress(min(n, k + batch_size), n)
+        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
