@@ -1,0 +1,231 @@
+"""The ``cxr`` command. Errors a user can cause print one message and exit with status 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import CXRError
+
+
+def _bar(desc: str):
+    from tqdm import tqdm
+
+    state = {"bar": None}
+
+    def update(done: int, total: int) -> None:
+        if state["bar"] is None:
+            state["bar"] = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
+        bar = state["bar"]
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+            state["bar"] = None
+
+    return update
+
+
+def _train_progress():
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def update(phase: str, done: int, total: int, info: dict) -> None:
+        bar = bars.get(phase)
+        if bar is None or bar.total != total:
+            if bar is not None:
+                bar.close()
+            unit = "img" if phase == "cache" else "step"
+            bar = bars[phase] = tqdm(total=total, desc=phase, unit=unit, dynamic_ncols=True)
+        bar.n = done
+        if "loss" in info:
+            bar.set_postfix(epoch=info.get("epoch"), loss=f"{info['loss']:.3f}", ips=f"{info.get('images_per_s', 0):.0f}")
+        bar.refresh()
+        if done >= total:
+            bar.close()
+            bars.pop(phase, None)
+
+    return update
+
+
+def cmd_phantom(a) -> int:
+    from .data.phantom import generate
+
+    out = generate(a.out, a.n, domain=a.domain, size=a.size, seed=a.seed, workers=a.workers, progress=_bar("phantom"))
+    print(f"wrote {a.n} {a.domain} phantom images to {out}")
+    return 0
+
+
+def _train_config(a):
+    from .train.trainer import TrainConfig
+
+    cfg = dict(data=str(Path(a.data).resolve()), labels=a.labels, arch=a.arch, epochs=a.epochs, batch_size=a.batch_size,
+               lr=a.lr, image_size=a.image_size, policy=a.policy, mode=a.mode, pretrained=a.pretrained, seed=a.seed,
+               max_images=a.max_images, device=a.device, name=a.name or "")
+    if a.init:
+        cfg["init"] = str(Path(a.init).resolve())
+    return TrainConfig.from_dict(cfg)
+
+
+def cmd_train(a) -> int:
+    from dataclasses import asdict
+
+    cfg = _train_config(a)
+    cfg.validate()
+    if a.backend == "local" and a.background:
+        from .jobs import local
+
+        job = local.submit(asdict(cfg), name=a.name or Path(a.data).name)
+        print(f"submitted job {job.id} (run folder {job.run_dir}); watch it with `cxr jobs show {job.id}`")
+        return 0
+    from .train.trainer import train
+
+    out = Path(a.out)
+    if out.exists() and any(out.iterdir()):
+        raise CXRError(f"The run folder {out} already exists and is not empty. Choose another --out or remove it.")
+    card = train(cfg, out, progress=_train_progress())
+    val = card.metrics.get("val", {}).get("mean_auroc")
+    test = card.metrics.get("test", {}).get("mean_auroc")
+    print(f"best epoch {card.training['best_epoch']}: val mean AUROC {val:.3f}"
+          + (f", test mean AUROC {test:.3f}" if test is not None else "") + f"; checkpoint in {out / 'checkpoint'}")
+    return 0
+
+
+def cmd_predict(a) -> int:
+    from .predictor import Predictor
+
+    pred = Predictor(a.checkpoint).predict(a.image, heatmaps=True)
+    if a.panel:
+        from .explain.visual import comparison_panel, png_bytes
+        from .data.imageio import read_image
+
+        label = a.label or pred.top(1)[0][0]
+        Path(a.panel).write_bytes(png_bytes(comparison_panel(read_image(a.image).pixels, {"model": pred}, label)))
+    if a.json:
+        print(json.dumps(pred.to_dict(heatmaps=a.heatmaps), indent=1))
+        return 0
+    print(f"{Path(a.image).name}: {pred.cam_method}, heatmaps {pred.heatmaps.shape[1]}x{pred.heatmaps.shape[2]}, "
+          f"{pred.seconds * 1000:.0f} ms")
+    for i in sorted(range(len(pred.labels)), key=lambda i: -pred.probs[i]):
+        x = pred.labels[i]
+        mark = "POS" if pred.positive[i] else "   "
+        boxes = ", ".join(f"[{b.x:.2f} {b.y:.2f} {b.w:.2f} {b.h:.2f}] {b.score:.2f}" for b in pred.boxes.get(x, [])[:2])
+        print(f"  {mark} {x:<28} {pred.probs[i]:.3f}  (thr {pred.thresholds[i]:.2f})  {boxes}")
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from .demo import build
+
+    if a.action == "build":
+        report = build(Path(a.out) if a.out else None, a.baseline_epochs, a.finetune_epochs, progress=_train_progress())
+        return 0 if report else 1
+    return 2
+
+
+def cmd_jobs(a) -> int:
+    from .jobs import local
+    from .jobs.store import JobStore
+
+    store = JobStore()
+    if a.action == "list":
+        local.refresh_all(store)
+        jobs = store.list()
+        if not jobs:
+            print("no jobs yet; start one with `cxr train ... --background` or from the Training page")
+        for j in jobs:
+            print(f"{j.id}  {j.status:<10} {j.backend:<6} {j.name}")
+        return 0
+    if not a.job:
+        raise CXRError(f"`cxr jobs {a.action}` needs a job id; `cxr jobs list` shows them.")
+    job = local.refresh(store.get(a.job), store)
+    if a.action == "show":
+        s = local.progress_summary(local.events(job))
+        print(json.dumps({"id": job.id, "name": job.name, "status": job.status, "run_dir": str(job.run_dir),
+                          "error": job.error, "progress": {k: v for k, v in s.items() if not k.endswith("curve")}},
+                         indent=1, default=str))
+    elif a.action == "logs":
+        print(local.tail_log(job, a.lines))
+    elif a.action == "cancel":
+        local.cancel(job.id, store)
+        print(f"cancelled {job.id}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cxr", description="Chest X-ray classifiers: data, training, explanation.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("phantom", help="write a procedural chest X-ray dataset in the NIH or CheXpert layout")
+    s.add_argument("--out", required=True)
+    s.add_argument("--n", type=int, default=2000)
+    s.add_argument("--domain", choices=["nih", "chexpert"], default="nih")
+    s.add_argument("--size", type=int, default=256)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=2)
+    s.set_defaults(func=cmd_phantom)
+
+    s = sub.add_parser("train", help="fine-tune a backbone on a dataset folder")
+    s.add_argument("--data", required=True, help="dataset folder (NIH or CheXpert layout)")
+    s.add_argument("--labels", default="nih14", help="nih14, chexpert14, chexpert5 or a comma-separated list")
+    s.add_argument("--arch", default="regnetx_002", help="timm architecture name")
+    s.add_argument("--pretrained", choices=["none", "timm"], default="none",
+                   help="none: random initialisation; timm: timm's hub or cache")
+    s.add_argument("--init", help="start from this checkpoint; its head is swapped to --labels")
+    s.add_argument("--mode", choices=["full", "head"], default="full")
+    s.add_argument("--epochs", type=int, default=5)
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--lr", type=float, default=2e-3)
+    s.add_argument("--image-size", type=int, default=160)
+    s.add_argument("--policy", choices=["zeros", "ones", "ignore"], default="zeros",
+                   help="CheXpert uncertain labels: U-Zeros, U-Ones or U-Ignore")
+    s.add_argument("--max-images", type=int)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--name")
+    s.add_argument("--out", default="run", help="run folder (foreground runs)")
+    s.add_argument("--backend", choices=["local"], default="local")
+    s.add_argument("--background", action="store_true", help="run as a detached job (see `cxr jobs`)")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("predict", help="probabilities, Grad-CAM heatmaps and boxes for one image")
+    s.add_argument("image")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--heatmaps", action="store_true", help="include heatmaps in the JSON")
+    s.add_argument("--panel", help="also write a PNG panel with the overlay of --label (default: top label)")
+    s.add_argument("--label")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("demo", help="build the shipped demo checkpoints")
+    s.add_argument("action", choices=["build"])
+    s.add_argument("--out", help="default: the repository's checkpoints/")
+    s.add_argument("--baseline-epochs", type=int, default=10)
+    s.add_argument("--finetune-epochs", type=int, default=8)
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("jobs", help="list, inspect and cancel background training jobs")
+    s.add_argument("action", choices=["list", "show", "logs", "cancel"])
+    s.add_argument("job", nargs="?")
+    s.add_argument("--lines", type=int, default=40)
+    s.set_defaults(func=cmd_jobs)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CXRError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

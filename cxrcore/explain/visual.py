@@ -1,0 +1,91 @@
+"""Pictures for people: heatmap overlays with boxes, and the baseline / fine-tuned comparison panel."""
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from pytorch_grad_cam.utils.image import show_cam_on_image
+
+from ..data.imageio import to_uint8
+from .boxes import Box
+
+PANEL_HEIGHT = 384
+
+
+def _display(pixels: np.ndarray, height: int) -> np.ndarray:
+    """Grayscale float [0, 1] -> uint8 RGB resized to ``height`` (aspect kept)."""
+    h, w = pixels.shape
+    width = max(1, round(w * height / h))
+    img = Image.fromarray(to_uint8(pixels)).resize((width, height), Image.BILINEAR).convert("RGB")
+    return np.asarray(img)
+
+
+def overlay(pixels: np.ndarray, heatmap: np.ndarray, boxes: list[Box] | None = None, label: str = "",
+            height: int = PANEL_HEIGHT, alpha: float = 0.45) -> np.ndarray:
+    """The radiograph with ``heatmap`` (any resolution, same aspect) on top, and boxes drawn."""
+    base = _display(pixels, height)
+    mask = cv2.resize(np.asarray(heatmap, np.float32), (base.shape[1], base.shape[0]), interpolation=cv2.INTER_LINEAR)
+    rgb = show_cam_on_image(base.astype(np.float32) / 255.0, np.clip(mask, 0, 1), use_rgb=True, image_weight=1 - alpha)
+    if boxes:
+        img = Image.fromarray(rgb)
+        draw = ImageDraw.Draw(img)
+        font = ImageFont.load_default()
+        for b in boxes:
+            x0, y0, x1, y1 = b.pixels(img.width, img.height)
+            draw.rectangle([x0, y0, x1, y1], outline=(0, 255, 0), width=2)
+            draw.text((x0 + 3, max(0, y0 - 12)), f"{label} {b.score:.2f}".strip(), fill=(0, 255, 0), font=font)
+        rgb = np.asarray(img)
+    return rgb
+
+
+def _caption(img: np.ndarray, lines: list[str], width: int | None = None) -> np.ndarray:
+    width = width or img.shape[1]
+    line_h = 14
+    pad = Image.new("RGB", (width, line_h * len(lines) + 8), (18, 18, 18))
+    d = ImageDraw.Draw(pad)
+    font = ImageFont.load_default()
+    for i, s in enumerate(lines):
+        d.text((6, 4 + i * line_h), s, fill=(235, 235, 235), font=font)
+    top = Image.new("RGB", (width, img.shape[0]), (0, 0, 0))
+    top.paste(Image.fromarray(img), (0, 0))
+    out = Image.new("RGB", (width, top.height + pad.height))
+    out.paste(top, (0, 0))
+    out.paste(pad, (0, top.height))
+    return np.asarray(out)
+
+
+def comparison_panel(pixels: np.ndarray, predictions: dict, label: str, truth: list[str] | None = None,
+                     height: int = PANEL_HEIGHT, top_k: int = 5) -> np.ndarray:
+    """X-ray | each model's overlay for ``label`` with its top-k, side by side (RGB uint8).
+
+    ``predictions`` maps a model's display name to its :class:`~cxrcore.predictor.Prediction`.
+    A model without ``label`` shows the plain image and says so.
+    """
+    tiles = [_caption(_display(pixels, height), ["Input X-ray"] + (
+        [f"Ground truth: {', '.join(truth) or 'No Finding'}"] if truth is not None else []) + [""] * top_k)]
+    for name, pred in predictions.items():
+        if label in pred.labels:
+            i = pred.labels.index(label)
+            tile = overlay(pixels, pred.heatmaps[i], pred.boxes.get(label), label, height)
+            head = f"{name}: {label} {pred.probs[i]:.2f}"
+        else:
+            tile = _display(pixels, height)
+            head = f"{name}: no '{label}' output"
+        lines = [head] + [f"{'*' if p >= t else ' '} {x:<26} {p:.2f}" for (x, p), t in
+                          zip(pred.top(top_k), [pred.thresholds[pred.labels.index(x)] for x, _ in pred.top(top_k)])]
+        tiles.append(_caption(tile, lines))
+    h = max(t.shape[0] for t in tiles)
+    canvas = Image.new("RGB", (sum(t.shape[1] for t in tiles) + 8 * (len(tiles) - 1), h), (0, 0, 0))
+    x = 0
+    for t in tiles:
+        canvas.paste(Image.fromarray(t), (x, 0))
+        x += t.shape[1] + 8
+    return np.asarray(canvas)
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
