@@ -1,0 +1,195 @@
+"""The process that runs one training job: ``python -m cxrcore.jobs.runner JOB_ID [--db PATH]``.
+
+Started detached by :func:`cxrcore.jobs.local.submit` (its own session, stdout/stderr to
+``run_dir/log.txt``). It marks the job running, trains, and marks the end itself: ``succeeded``,
+``cancelled`` (after SIGTERM: training stops at the next step, the best checkpoint so far is
+kept) or ``failed`` (with the error message; the full traceback goes to the log). If it is
+killed outright (SIGKILL, out of memory) the row still says running; ``local.refresh`` notices
+the missing process and marks the job failed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from ..errors import CXRError
+from .store import JobStore
+
+EXIT_FAILED = 1
+EXIT_CANCELLED = 128 + signal.SIGTERM  # 143, what a SIGTERM-ed process conventionally returns
+
+LOG_NAME = "log.txt"
+
+
+class Cancelled(Exception):
+    """Raised from the progress callback when a stop was asked for outside the training loop."""
+
+
+class _Stop:
+    """The SIGTERM/SIGINT flag; callable, so it can be passed as ``should_stop``."""
+
+    def __init__(self):
+        self.asked = False
+        self.signal: int | None = None
+        # While True (setting up: importing torch, reading the config) a signal aborts at once;
+        # inside train() it only sets the flag, so the run stops cleanly at the next step.
+        self.interruptible = False
+
+    def __call__(self) -> bool:
+        return self.asked
+
+    def handler(self, signum, frame) -> None:
+        if not self.asked:
+            # os.write, not print: a handler that prints can hit a reentrant buffered write.
+            msg = f"[{_clock()}] received {signal.Signals(signum).name}: stopping at the next step\n"
+            try:
+                os.write(1, msg.encode())
+            except OSError:
+                pass
+        self.asked = True
+        self.signal = signum
+        if self.interruptible:
+            self.interruptible = False
+            raise Cancelled("Stopped before training started.")
+
+
+def _clock() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _route_output(log_path: Path) -> None:
+    """Make fds 1 and 2 append to the log (the launcher already does this) and line-buffer them."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    if not (_same_file(1, log_path) and _same_file(2, log_path)):
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(line_buffering=True)
+        except (AttributeError, ValueError):
+            pass
+
+
+class ProgressPrinter:
+    """``progress(phase, done, total, info)`` that prints one concise line per ~5% of each phase."""
+
+    def __init__(self, stop: _Stop, every: float = 0.05, out=None):
+        self.stop = stop
+        self.every = every
+        self.out = out
+        self._last: dict[str, int] = {}
+        self._t0: dict[str, float] = {}
+
+    def __call__(self, phase: str, done: int, total: int, info: dict | None = None) -> None:
+        if self.stop() and phase != "train":
+            # The training loop polls should_stop itself; elsewhere (cache building) stop here.
+            raise Cancelled(f"Stopped while in phase {phase!r}.")
+        info = info or {}
+        self._t0.setdefault(phase, time.time())
+        bucket = int(done / max(1, total) / self.every)
+        if done < total and self._last.get(phase) == bucket:
+            return
+        if done >= total and self._last.get(phase) == -1:
+            return
+        self._last[phase] = -1 if done >= total else bucket
+        parts = [f"[{_clock()}] {phase:5s} {done}/{total} ({100.0 * done / max(1, total):5.1f}%)"]
+        if "epoch" in info:
+            parts.append(f"epoch {info['epoch']}")
+        if info.get("loss") is not None:
+            parts.append(f"loss {info['loss']:.4f}")
+        if info.get("images_per_s") is not None:
+            parts.append(f"{info['images_per_s']:.1f} img/s")
+        if phase != "train":
+            parts.append(f"{time.time() - self._t0[phase]:.0f}s")
+        print("  ".join(parts), file=self.out or sys.stdout, flush=True)
+
+
+def _last_traceback_line(exc: BaseException) -> str:
+    lines = traceback.format_exception_only(type(exc), exc)
+    text = "".join(lines).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
+
+
+def run_job(job_id: str, db: str | os.PathLike | None = None) -> int:
+    """Run one queued job in this process; returns the exit code."""
+    stop = _Stop()
+    signal.signal(signal.SIGTERM, stop.handler)
+    signal.signal(signal.SIGINT, stop.handler)
+
+    store = JobStore(db)
+    job = store.get(job_id)
+    run_dir = Path(job.run_dir)
+    _route_output(run_dir / LOG_NAME)
+    print(f"[{_clock()}] job {job.id} ({job.name or 'unnamed'}) pid {os.getpid()} python {sys.executable}", flush=True)
+    if not store.transition(job.id, "queued", "running", pid=os.getpid(), error=None, exit_code=None):
+        status = store.get(job.id).status
+        print(f"[{_clock()}] job {job.id} is {status}, not queued; not starting it.", flush=True)
+        return 0 if status == "cancelled" else EXIT_FAILED
+
+    t0 = time.time()
+    try:
+        stop.interruptible = True
+        if stop():
+            raise Cancelled("Stopped before training started.")
+        from ..train.trainer import TrainConfig, train  # heavy import (torch) after the signal handler is in
+
+        cfg = TrainConfig.from_dict(job.config)
+        print(f"[{_clock()}] config {json.dumps(job.config, sort_keys=True)}", flush=True)
+        stop.interruptible = False
+        if stop():
+            raise Cancelled("Stopped before training started.")
+        card = train(cfg, run_dir, progress=ProgressPrinter(stop), should_stop=stop)
+    except BaseException as exc:  # noqa: BLE001 - every end must be reported in the row
+        stop.interruptible = False
+        if stop() or isinstance(exc, Cancelled):
+            print(f"[{_clock()}] cancelled after {time.time() - t0:.0f}s ({exc})", flush=True)
+            store.mark(job.id, "cancelled", exit_code=EXIT_CANCELLED,
+                       error="Cancelled before the first epoch finished; no checkpoint was written.")
+            return EXIT_CANCELLED
+        traceback.print_exc()
+        message = str(exc) if isinstance(exc, CXRError) and str(exc) else _last_traceback_line(exc)
+        print(f"[{_clock()}] failed after {time.time() - t0:.0f}s: {message}", flush=True)
+        store.mark(job.id, "failed", exit_code=EXIT_FAILED, error=message)
+        return EXIT_FAILED
+
+    best = card.metrics.get("val", {})
+    summary = f"best epoch {best.get('epoch')}, val mean AUROC {best.get('mean_auroc')}"
+    if stop() and card.training.get("stopped_early", True):
+        print(f"[{_clock()}] cancelled after {time.time() - t0:.0f}s; kept the checkpoint ({summary})", flush=True)
+        store.mark(job.id, "cancelled", exit_code=EXIT_CANCELLED)
+        return EXIT_CANCELLED
+    print(f"[{_clock()}] succeeded in {time.time() - t0:.0f}s ({summary})", flush=True)
+    store.mark(job.id, "succeeded", exit_code=0, error=None)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cxrcore.jobs.runner", description="Run one queued training job.")
+    parser.add_argument("job_id")
+    parser.add_argument("--db", default=None, help="job database (default: the workspace's jobs.sqlite)")
+    args = parser.parse_args(argv)
+    try:
+        return run_job(args.job_id, args.db)
+    except CXRError as exc:  # unknown job, unreadable database: nothing to mark
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
