@@ -68,7 +68,7 @@ class Comparison:
             labels = [label if x == own else x for x in pred.labels]
             boxes = {label if k == own else k: v for k, v in pred.boxes.items()}
             out[name] = Prediction(labels, pred.probs, pred.thresholds, pred.heatmaps, boxes, pred.image_shape,
-                                   pred.seconds, pred.cam_method, pred.notes)
+                                   pred.seconds, pred.cam_method, pred.notes, pred.cam_grid)
         return out
 
 

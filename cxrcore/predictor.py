@@ -32,6 +32,7 @@ class Prediction:
     seconds: float = 0.0
     cam_method: str = "GradCAM"
     notes: list[str] = field(default_factory=list)
+    cam_grid: tuple[int, int] = (0, 0)     # resolution of the feature map the heatmaps come from
 
     @property
     def positive(self) -> np.ndarray:
@@ -53,6 +54,7 @@ class Prediction:
             "boxes": {x: [b.to_dict() for b in bs] for x, bs in self.boxes.items() if bs},
             "image_shape": list(self.image_shape),
             "heatmap_shape": list(self.heatmaps.shape[1:]),
+            "cam_grid": list(self.cam_grid),
             "cam_method": self.cam_method,
             "seconds": self.seconds,
             "notes": self.notes,
@@ -116,7 +118,7 @@ class Predictor:
         boxes = {label: boxes_from_heatmap(maps[i], threshold=box_threshold, top_k=top_k_boxes)
                  for i, label in enumerate(self.labels)}
         return Prediction(self.labels, probs, self.thresholds, maps, boxes, (h, w),
-                          time.perf_counter() - t0, method, list(loaded.notes))
+                          time.perf_counter() - t0, method, list(loaded.notes), tuple(cams.shape[-2:]))
 
     @torch.no_grad()
     def predict_squares(self, squares: np.ndarray, batch_size: int = 64, progress=None) -> np.ndarray:

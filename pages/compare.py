@@ -1,0 +1,118 @@
+"""Compare: upload an X-ray; baseline and fine-tuned predictions, Grad-CAM overlays and boxes."""
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from cxrcore.compare import compare
+from cxrcore.data.imageio import read_image
+from cxrcore.errors import CXRError
+from cxrcore.explain.visual import comparison_panel, overlay, png_bytes
+from ui.common import checkpoint_choices, load_predictor, show_error
+
+st.title("Compare a baseline with a fine-tuned model")
+st.caption("Upload a chest radiograph (PNG, JPEG or DICOM). Nothing is stored; DICOM metadata never leaves this process.")
+
+choices = checkpoint_choices()
+if not choices:
+    st.error("No checkpoints found. Run `cxr demo build` or train a model on the Training page.")
+    st.stop()
+names = list(choices)
+c1, c2 = st.columns(2)
+base_default = next((i for i, n in enumerate(names) if n.startswith("baseline")), 0)
+base_name = c1.selectbox("Baseline model", names, index=base_default, key="compare_base")
+tuned_default = next((i for i, n in enumerate(names) if n.startswith("finetuned")), min(1, len(names) - 1))
+tuned_name = c2.selectbox("Fine-tuned model", names, index=tuned_default, key="compare_tuned")
+
+source = st.radio("Image", ["Upload a file", "A held-out phantom test image (ground truth known)"], horizontal=True,
+                  key="compare_source")
+raw, name, truth = None, None, None
+if source == "Upload a file":
+    up = st.file_uploader("Chest X-ray", type=["png", "jpg", "jpeg", "dcm", "dicom"], key="compare_upload")
+    if up is not None:
+        raw, name = up.getvalue(), up.name
+else:
+    from cxrcore.demo import sample_cases
+
+    try:
+        cases = sample_cases()
+    except CXRError as exc:
+        show_error(exc)
+        st.stop()
+    labels_of = {c["image_id"]: c for c in cases}
+    pick = st.selectbox("Test image", list(labels_of), key="compare_sample",
+                        format_func=lambda k: f"{k.split('/')[-3]} — {', '.join(labels_of[k]['truth']) or 'No Finding'}")
+    case = labels_of[pick]
+    raw, name, truth = Path(case["path"]).read_bytes(), Path(case["path"]).name, case["truth"]
+
+if raw is None:
+    st.info("Upload an image to start, or pick a held-out phantom test image.")
+    st.stop()
+
+
+@st.cache_data(show_spinner="Running both models (probabilities and every label's heatmap in one pass each)…",
+               max_entries=16)
+def run_comparison(raw: bytes, name: str, base_path: str, tuned_path: str, stamps: tuple, truth: tuple | None):
+    image = read_image(raw, name)
+    predictors = {"baseline": load_predictor(base_path), "fine-tuned": load_predictor(tuned_path)}
+    return compare(image, predictors, name, list(truth) if truth is not None else None, raw=raw)
+
+
+def stamp(path: str) -> float:
+    p = Path(path) / "card.json"
+    return p.stat().st_mtime if p.exists() else 0.0
+
+
+try:
+    result = run_comparison(raw, name, choices[base_name], choices[tuned_name],
+                            (stamp(choices[base_name]), stamp(choices[tuned_name])),
+                            tuple(truth) if truth is not None else None)
+except CXRError as exc:
+    show_error(exc)
+    st.stop()
+
+st.session_state["comparison"] = result
+image = result.image
+h, w = image.original_shape
+st.caption(f"{name}: {image.source_format}, {w}×{h}, {image.bit_depth}-bit"
+           + (f" · {'; '.join(image.notes)}" if image.notes else ""))
+if truth is not None:
+    st.caption(f"Ground truth: {', '.join(truth) or 'No Finding'}")
+
+table = result.table()
+left, right = st.columns([3, 2])
+with left:
+    label = st.selectbox("Heatmap for label", result.labels(), key="compare_label",
+                         index=int(np.nanargmax(table["fine-tuned p"].fillna(-1).to_numpy())))
+    preds = result.for_label(label)
+    cols = st.columns(len(preds) + 1)
+    cols[0].image(image.pixels, caption="Input", clamp=True, width="stretch")
+    for col, (mname, pred) in zip(cols[1:], preds.items()):
+        if label in pred.labels:
+            i = pred.labels.index(label)
+            col.image(overlay(image.pixels, pred.heatmaps[i], pred.boxes.get(label), label),
+                      caption=f"{mname}: {label} p={pred.probs[i]:.2f} (threshold {pred.thresholds[i]:.2f})",
+                      width="stretch")
+            for b in pred.boxes.get(label, []):
+                col.caption(f"box x={b.x:.2f} y={b.y:.2f} w={b.w:.2f} h={b.h:.2f} · peak {b.score:.2f}")
+        else:
+            col.image(image.pixels, clamp=True, width="stretch", caption=f"{mname}: has no '{label}' output")
+    panel = comparison_panel(image.pixels, preds, label, truth)
+    st.download_button("Download comparison panel (PNG)", png_bytes(panel), file_name=f"compare-{label}.png",
+                       mime="image/png", key="compare_panel_dl")
+with right:
+    fig = go.Figure()
+    for mname in result.predictions:
+        fig.add_bar(y=table["label"], x=table[f"{mname} p"], name=mname, orientation="h")
+    fig.update_layout(barmode="group", height=36 * len(table) + 80, margin=dict(l=10, r=10, t=30, b=10),
+                      xaxis=dict(range=[0, 1], title="probability"), yaxis=dict(autorange="reversed"),
+                      legend=dict(orientation="h", y=1.02))
+    st.plotly_chart(fig, key="compare_bars")
+shown = table.copy()
+for mname in result.predictions:
+    shown[f"{mname} p"] = shown[f"{mname} p"].round(3)
+st.dataframe(shown, hide_index=True, width="stretch")
+st.caption("Heatmaps: " + ", ".join(f"{m}: {p.cam_method}, {p.cam_grid[0]}×{p.cam_grid[1]} feature cells "
+                                    f"upsampled over the image, {p.seconds * 1000:.0f} ms" for m, p in result.predictions.items()))
+st.page_link("pages/explain.py", label="Explain this comparison →")

@@ -1,0 +1,69 @@
+"""Home: what is loaded, where data lives, where to go next."""
+import json
+
+import streamlit as st
+
+from cxrcore import __version__, workspace
+from cxrcore.checkpoint import read_card
+from ui.common import checkpoint_choices, ensure_app_data, show_error
+
+st.title("Chest X-ray classifier workbench")
+st.caption(f"cxrcore {__version__} · research tool, not a medical device")
+
+st.markdown(
+    """
+Explore chest X-ray label statistics, fine-tune classifiers in the background, compare a baseline
+with a fine-tuned model on an uploaded image (Grad-CAM heatmaps and boxes for every label),
+tune per-label thresholds on a validation split, and ask an LLM to explain what the models looked at.
+"""
+)
+
+cols = st.columns(5)
+for col, (page, text) in zip(cols, [
+    ("pages/dataset.py", "Label statistics of NIH, CheXpert and your folders"),
+    ("pages/training.py", "Launch and watch fine-tuning jobs"),
+    ("pages/compare.py", "Upload an X-ray; baseline vs fine-tuned"),
+    ("pages/thresholds.py", "Per-label thresholds on a validation split"),
+    ("pages/explain.py", "LLM or template explanation of a comparison"),
+]):
+    with col:
+        st.page_link(page)
+        st.caption(text)
+
+st.subheader("Models")
+choices = checkpoint_choices()
+if not choices:
+    st.warning("No checkpoints found. Build the demo models with `cxr demo build`.")
+rows = []
+for name, path in choices.items():
+    try:
+        card = read_card(path)
+    except Exception as exc:  # a damaged run folder must not break the home page
+        show_error(exc)
+        continue
+    val = card.metrics.get("val", {}).get("mean_auroc")
+    test = card.metrics.get("test", {}).get("mean_auroc")
+    rows.append({
+        "model": name,
+        "architecture": card.model.get("arch"),
+        "labels": len(card.labels),
+        "input": f"{card.preprocess.get('size')} px, {card.preprocess.get('fit')}",
+        "trained on": card.data.get("name", "?"),
+        "val mean AUROC": None if val is None else round(val, 3),
+        "test mean AUROC": None if test is None else round(test, 3),
+        "folder": path,
+    })
+if rows:
+    st.dataframe(rows, hide_index=True, width="stretch")
+
+st.subheader("Data")
+try:
+    data = ensure_app_data()
+    st.write({f"phantom {k}": str(v) for k, v in data.items()})
+except Exception as exc:
+    show_error(exc)
+st.write(f"Workspace (`CXR_HOME`): `{workspace.root()}` — datasets, caches, runs and the job database live here.")
+build = workspace.shipped_checkpoints() / "BUILD.json"
+if build.exists():
+    with st.expander("How the demo models were built"):
+        st.json(json.loads(build.read_text()))

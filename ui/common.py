@@ -1,0 +1,88 @@
+"""Streamlit helpers shared by the pages: cached loading, checkpoint choices, errors.
+
+Only view code lives here; everything it calls is in ``cxrcore``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from cxrcore import workspace
+from cxrcore.errors import CXRError
+
+
+def checkpoint_choices() -> dict[str, str]:
+    """Display name -> checkpoint folder: the shipped demo models, then finished runs in the workspace."""
+    out: dict[str, str] = {}
+    shipped = workspace.shipped_checkpoints()
+    saved = workspace.sub("checkpoints")  # shipped models with thresholds saved on the Thresholds page
+    for name in ("baseline", "finetuned"):
+        if (saved / name / "card.json").exists():
+            out[f"{name} (your thresholds)"] = str(saved / name)
+        if (shipped / name / "card.json").exists():
+            out[f"{name} (shipped demo)"] = str(shipped / name)
+    runs = workspace.runs()
+    for card in sorted(runs.glob("*/checkpoint/card.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+        out[f"run {card.parent.parent.name}"] = str(card.parent)
+    for card in sorted(runs.glob("*/*/checkpoint/card.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+        out[f"run {card.parent.parent.parent.name}/{card.parent.parent.name}"] = str(card.parent)
+    return out
+
+
+def _card_stamp(path: str) -> float:
+    p = Path(path) / "card.json"
+    return p.stat().st_mtime if p.exists() else 0.0
+
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=6)
+def _predictor(path: str, stamp: float):
+    from cxrcore.predictor import Predictor
+
+    return Predictor(path)
+
+
+def load_predictor(path: str):
+    """A cached Predictor; reloaded when its card changes (e.g. thresholds saved)."""
+    return _predictor(path, _card_stamp(path))
+
+
+def pick_checkpoint(label: str, key: str, default_index: int = 0) -> str | None:
+    choices = checkpoint_choices()
+    if not choices:
+        st.error("No checkpoints found. Run `cxr demo build` or train a model on the Training page.")
+        return None
+    names = list(choices)
+    name = st.selectbox(label, names, index=min(default_index, len(names) - 1), key=key)
+    return choices[name]
+
+
+def show_error(exc: Exception) -> None:
+    """A user-caused error as a message; anything else as an error box without a traceback."""
+    if isinstance(exc, CXRError):
+        st.error(str(exc))
+    else:
+        st.error(f"Unexpected error ({type(exc).__name__}): {exc}. The app keeps running; please report this.")
+
+
+def ensure_app_data() -> dict[str, Path]:
+    """The phantom datasets the app works on by default, generated on first use with a progress bar."""
+    from cxrcore.demo import APP_DATA_N, app_data, phantom_dir
+
+    if all((phantom_dir(d, APP_DATA_N) / "PHANTOM.json").exists() for d in ("nih", "chexpert")):
+        return app_data()
+    bar = st.progress(0.0, text="Generating the built-in phantom datasets (once)…")
+    out = app_data(progress=lambda done, total: bar.progress(done / max(1, total),
+                                                             text=f"Generating phantom images {done}/{total}"))
+    bar.empty()
+    return out
+
+
+def dataset_choices() -> dict[str, str]:
+    """Display name -> dataset folder: the built-in phantoms and anything under the workspace's datasets/."""
+    data = ensure_app_data()
+    out = {f"phantom {d} (built-in)": str(p) for d, p in data.items()}
+    for p in sorted(workspace.datasets().iterdir()):
+        if p.is_dir() and str(p) not in out.values() and not p.name.startswith("."):
+            out[p.name] = str(p)
+    return out
