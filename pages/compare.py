@@ -94,6 +94,8 @@ with left:
             col.image(overlay(image.pixels, pred.heatmaps[i], pred.boxes.get(label), label),
                       caption=f"{mname}: {label} p={pred.probs[i]:.2f} (threshold {pred.thresholds[i]:.2f})",
                       width="stretch")
+            if pred.heatmaps[i].max() <= 0:
+                col.caption("Empty heatmap: no region raises this label's score (Grad-CAM keeps positive evidence only).")
             for b in pred.boxes.get(label, []):
                 col.caption(f"box x={b.x:.2f} y={b.y:.2f} w={b.w:.2f} h={b.h:.2f} · peak {b.score:.2f}")
         else:

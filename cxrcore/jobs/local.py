@@ -133,6 +133,9 @@ def submit(config: dict, name: str = "", store: JobStore | None = None, run_dir:
     config = check_config(config)
     if name and not config.get("name"):
         config["name"] = name  # the checkpoint card carries the job's name
+    if not config.get("threads"):
+        # Leave a core to the app: two processes each running all-core OpenMP on a small machine thrash.
+        config["threads"] = max(1, (os.cpu_count() or 2) - 1)
     name = name or config.get("name") or Path(config["data"]).name
     store = store or JobStore()
     _reap_children()

@@ -56,6 +56,7 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     workers: int = 2
+    threads: int = 0                  # torch CPU threads; 0 = all cores
     device: str = "auto"
     name: str = ""
 
@@ -204,6 +205,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: Callable[[str,
     t_start = time.time()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
 
     init_card, init_state = (None, None)

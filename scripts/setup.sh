@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set-up shared by run.sh and test.sh: a virtual environment in .venv with the pinned packages.
+# Re-running is cheap: packages are reinstalled only when a requirements file changes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+want=${1:-run}   # run | test
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+if [ ! -x .venv/bin/python ]; then
+  echo "creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+req=requirements.txt
+[ "$want" = test ] && req=requirements-test.txt
+stamp=".venv/.installed-$(cat requirements.txt requirements-test.txt pyproject.toml | sha256sum | cut -c1-16)-$want"
+if [ ! -f "$stamp" ]; then
+  echo "installing Python packages from $req (torch comes from this machine's wheel cache when present)"
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -r "$req"
+  .venv/bin/python -m pip install --quiet --no-deps -e .
+  touch "$stamp"
+fi
+if [ "$want" = test ] && ! command -v chromium >/dev/null 2>&1; then
+  echo "installing Debian's chromium for the browser tests"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -q && $SUDO apt-get install -y -q chromium
+fi

@@ -1,0 +1,57 @@
+"""Shared fixtures: paths to the real data in ../shared/data, the shipped checkpoints, and a
+session-wide workspace holding the app's built-in phantom data (generated once per run)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+NIH_SAMPLE = SHARED_DATA / "nih-sample"
+FORMATS = SHARED_DATA / "formats"
+CHECKPOINTS = REPO / "checkpoints"
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def pytest_configure(config):
+    # One math thread per process: tests, app and job processes share 2 cores; 2 OpenMP threads
+    # per process on a busy 2-core machine thrash.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def app_home(tmp_path_factory) -> Path:
+    """A workspace with the app's built-in phantom datasets, generated once for the whole run."""
+    home = tmp_path_factory.mktemp("cxr_home")
+    old = os.environ.get("CXR_HOME")
+    os.environ["CXR_HOME"] = str(home)
+    from cxrcore.demo import app_data
+
+    app_data()
+    if old is None:
+        os.environ.pop("CXR_HOME", None)
+    else:
+        os.environ["CXR_HOME"] = old
+    return home
+
+
+@pytest.fixture
+def app_env(app_home, monkeypatch) -> Path:
+    """Use the shared app workspace in this test (it may write thresholds / predictions there)."""
+    monkeypatch.setenv("CXR_HOME", str(app_home))
+    return app_home
+
+
+@pytest.fixture(scope="session")
+def shipped() -> dict[str, Path]:
+    out = {name: CHECKPOINTS / name for name in ("baseline", "finetuned")}
+    missing = [str(p) for p in out.values() if not (p / "card.json").exists()]
+    if missing:
+        pytest.fail(f"shipped checkpoints missing: {missing}; run `cxr demo build`")
+    return out

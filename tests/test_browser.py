@@ -1,0 +1,90 @@
+"""End to end: `streamlit run app.py` on 127.0.0.1, driven in headless Chromium by Playwright."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest import FORMATS, REPO
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")]
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--disable-sync", "--disable-quic"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(app_home, shipped):
+    port = _free_port()
+    env = dict(os.environ, CXR_HOME=str(app_home))
+    env.pop("OPENAI_API_KEY", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.address",
+         "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start: " + proc.stdout.read().decode()[-2000:])
+    yield url
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+def test_upload_png_shows_both_models_and_an_overlay(app_url, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1500, "height": 1800})
+    page.goto(f"{app_url}/compare", timeout=120_000)
+    page.get_by_text("Compare a baseline with a fine-tuned model").wait_for(timeout=120_000)
+    page.locator("input[type=file]").set_input_files(str(FORMATS / "00000001_000.png"))
+    page.get_by_text("feature cells").wait_for(timeout=240_000)
+    body = page.inner_text("body")
+    assert "baseline:" in body and "fine-tuned:" in body and "threshold" in body
+    # the overlays are images rendered by the page (input + one per model)
+    page.wait_for_function("document.querySelectorAll('[data-testid=stImage] img').length >= 3", timeout=60_000)
+    assert page.get_by_text("Download comparison panel (PNG)").count() == 1
+    page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
+
+
+def test_bad_upload_shows_a_message_and_the_app_keeps_working(app_url, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    page.goto(f"{app_url}/compare", timeout=120_000)
+    page.get_by_text("Compare a baseline with a fine-tuned model").wait_for(timeout=120_000)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes((FORMATS / "00000001_000.png").read_bytes()[:3000])
+    page.locator("input[type=file]").set_input_files(str(broken))
+    page.locator("[data-testid=stAlertContentError]").first.wait_for(timeout=120_000)
+    assert "truncated" in page.inner_text("body").lower() or "corrupt" in page.inner_text("body").lower()
+    assert "Traceback" not in page.inner_text("body")
+    # the app keeps working: the home page still renders
+    page.goto(app_url, timeout=120_000)
+    page.get_by_text("Chest X-ray classifier workbench").wait_for(timeout=120_000)

@@ -1,0 +1,136 @@
+"""LLM explanation against a local OpenAI-compatible stub on 127.0.0.1, and the `cxr` command."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrcore.compare import compare
+from cxrcore.data.imageio import read_image
+from cxrcore.errors import LLMError
+from cxrcore.explain.llm import LLMConfig, anatomical_position, build_facts, explain_stream, template_summary
+from cxrcore.explain.boxes import Box
+from cxrcore.explain.visual import comparison_panel, png_bytes
+from cxrcore.predictor import Predictor
+
+from conftest import FORMATS, REPO
+from llm_stub import StubLLM
+
+KEY = "sk-test-secret-123456"
+
+
+@pytest.fixture(scope="module")
+def comparison(shipped):
+    image = read_image(FORMATS / "00000001_000.png")
+    return compare(image, {"baseline": Predictor(shipped["baseline"]), "fine-tuned": Predictor(shipped["finetuned"])},
+                   "00000001_000.png", truth=["Cardiomegaly"])
+
+
+def _panel_and_facts(comparison, label="Cardiomegaly"):
+    preds = comparison.for_label(label)
+    panel = png_bytes(comparison_panel(comparison.image.pixels, preds, label, comparison.truth))
+    return panel, build_facts(preds, label, comparison.truth)
+
+
+def test_facts_and_template(comparison):
+    panel, facts = _panel_and_facts(comparison)
+    assert Image.open(io.BytesIO(panel)).size[0] > 3 * 200  # three tiles side by side
+    assert set(facts["models"]) == {"baseline", "fine-tuned"}
+    assert facts["case_type"] in {"easy", "average", "hard"}
+    assert facts["models"]["fine-tuned"]["focus"]["label"] == "Cardiomegaly"
+    text = template_summary(facts)
+    assert "Cardiomegaly" in text and "not a diagnosis" in text
+    assert text == template_summary(facts)  # deterministic
+    assert anatomical_position(Box(0.05, 0.7, 0.2, 0.2, 1)) == "lower zone, right"  # image left = patient right
+    assert anatomical_position(Box(0.7, 0.05, 0.2, 0.2, 1)) == "upper zone, left"
+
+
+def test_stream_from_local_stub_carries_image_and_facts(comparison):
+    panel, facts = _panel_and_facts(comparison)
+    with StubLLM(KEY) as stub:
+        text = "".join(explain_stream(panel, facts, LLMConfig(api_key=KEY, base_url=stub.base_url, model="stub-vl")))
+    assert text == stub.answer
+    req = stub.requests[0]
+    assert req["path"].endswith("/chat/completions") and req["body"]["stream"] is True
+    content = req["body"]["messages"][1]["content"]
+    image_part = next(c for c in content if c["type"] == "image_url")["image_url"]["url"]
+    assert base64.b64decode(image_part.split(",", 1)[1]) == panel
+    text_part = next(c for c in content if c["type"] == "text")["text"]
+    sent = json.loads(text_part.split("\n", 1)[1])
+    assert sent == json.loads(json.dumps(facts))
+
+
+@pytest.mark.parametrize("mode,match", [("401", "rejected the API key"), ("garbage", "not a chat completion|no text")])
+def test_llm_errors_are_clear_and_never_show_the_key(comparison, mode, match):
+    panel, facts = _panel_and_facts(comparison)
+    with StubLLM(KEY, mode=mode) as stub:
+        with pytest.raises(LLMError, match=match) as err:
+            list(explain_stream(panel, facts, LLMConfig(api_key=KEY, base_url=stub.base_url)))
+    assert KEY not in str(err.value) and "sk-" not in str(err.value)
+
+
+def test_llm_down_slow_and_unconfigured(comparison):
+    panel, facts = _panel_and_facts(comparison)
+    with pytest.raises(LLMError, match="Could not connect"):
+        list(explain_stream(panel, facts, LLMConfig(api_key=KEY, base_url="http://127.0.0.1:9/v1")))
+    with StubLLM(KEY, mode="slow") as stub:
+        with pytest.raises(LLMError, match="did not answer"):
+            list(explain_stream(panel, facts, LLMConfig(api_key=KEY, base_url=stub.base_url, timeout=1)))
+    with pytest.raises(LLMError, match="OPENAI_API_KEY"):
+        list(explain_stream(panel, facts, LLMConfig(api_key=None)))
+    assert KEY not in repr(LLMConfig(api_key=KEY))
+
+
+def _cxr(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "cxrcore.cli", *args], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=600)
+
+
+def test_cli_predict_json_on_a_real_image(shipped, tmp_path):
+    r = _cxr("predict", str(FORMATS / "00000001_000.png"), "--checkpoint", str(shipped["finetuned"]), "--json",
+             "--panel", str(tmp_path / "panel.png"))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert len(out["probabilities"]) == 14 and out["cam_grid"][0] >= 8
+    assert Image.open(tmp_path / "panel.png").size[0] > 200
+    r = _cxr("predict", str(FORMATS / "00000001_000.png"), "--checkpoint", str(shipped["baseline"]))
+    assert r.returncode == 0 and "Cardiomegaly" in r.stdout
+
+
+def test_cli_errors_exit_2_with_a_message(shipped, tmp_path):
+    bad = tmp_path / "note.png"
+    bad.write_text("not an image")
+    r = _cxr("predict", str(bad), "--checkpoint", str(shipped["baseline"]))
+    assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr
+    r = _cxr("predict", str(FORMATS / "00000001_000.png"), "--checkpoint", str(tmp_path))
+    assert r.returncode == 2 and "not a checkpoint" in r.stderr
+    r = _cxr("phantom", "--out", str(tmp_path / "p"), "--n", "0")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_cli_phantom_then_train_then_predict(tmp_path):
+    env = dict(**__import__("os").environ, CXR_HOME=str(tmp_path / "home"))
+    r = _cxr("phantom", "--out", str(tmp_path / "ph"), "--n", "80", "--domain", "nih", "--size", "128", env=env)
+    assert r.returncode == 0, r.stderr
+    r = _cxr("train", "--data", str(tmp_path / "ph"), "--labels", "nih14", "--epochs", "1", "--image-size", "64",
+             "--batch-size", "16", "--out", str(tmp_path / "run"), env=env)
+    assert r.returncode == 0, r.stderr
+    assert "val mean AUROC" in r.stdout
+    card = json.loads((tmp_path / "run" / "checkpoint" / "card.json").read_text())
+    assert card["labels"][:2] == ["Atelectasis", "Cardiomegaly"] and card["data"]["format"] == "nih"
+    assert card["preprocess"]["size"] == 64 and len(card["thresholds"]) == 14
+    assert card["data"]["fingerprint"] and card["training"]["config"]["epochs"] == 1
+    events = [json.loads(x) for x in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    assert {"start", "step", "epoch", "checkpoint", "done"} <= {e["type"] for e in events}
+    img = next((tmp_path / "ph" / "images").iterdir())
+    r = _cxr("predict", str(img), "--checkpoint", str(tmp_path / "run"), "--json", env=env)
+    assert r.returncode == 0 and len(json.loads(r.stdout)["probabilities"]) == 14
+    # a run folder that exists is refused before anything starts
+    r = _cxr("train", "--data", str(tmp_path / "ph"), "--out", str(tmp_path / "run"), env=env)
+    assert r.returncode == 2 and "already exists" in r.stderr

@@ -1,0 +1,278 @@
+"""The Training page with Streamlit's AppTest: the form, a real background job, a bad submission, cancel.
+
+Jobs are real detached runners on the real NIH sample (60 images at 64 px, one math thread), so
+a job takes seconds to minutes on a busy CPU; deadlines are generous and nothing asserts on
+speed. Every test has its own workspace (CXR_HOME = tmp_path, so its own job table); the built-in
+phantom datasets the page lists are generated once per session (conftest ``app_home``) and linked
+into each workspace. A finalizer kills the process group of any runner still alive.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import NIH_SAMPLE, REPO  # also puts the repository root on sys.path (`ui`, `cxrcore`)
+from cxrcore.jobs import JobStore, events, process_alive, progress_summary, refresh
+from cxrcore.labels import CHEXPERT5, NIH14
+
+PAGE = str(REPO / "pages" / "training.py")
+needs_sample = pytest.mark.skipif(not (NIH_SAMPLE / "images").is_dir(), reason="shared NIH sample not present")
+
+FROM_SCRATCH = "A fresh timm architecture"
+FROM_CHECKPOINT = "A checkpoint (fine-tune it)"
+DEADLINE_S = 240.0
+
+
+# --------------------------------------------------------------------------- fixtures and helpers
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch, app_home):
+    """An isolated workspace (its own job table) that sees the session's phantom datasets and, unless
+    a test points CXR_CHECKPOINTS at them, no shipped checkpoints. Kills leftover runner groups at the end."""
+    monkeypatch.setenv("CXR_HOME", str(tmp_path))
+    monkeypatch.setenv("CXR_CHECKPOINTS", str(tmp_path / "no-shipped-checkpoints"))
+    # One math thread per job: on 2 busy cores, 2 OpenMP threads per process thrash.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    (tmp_path / "datasets").symlink_to(app_home / "datasets", target_is_directory=True)
+    yield tmp_path
+    db = tmp_path / "jobs.sqlite"
+    if db.exists():
+        store = JobStore(db)
+        for job in store.list(limit=None):
+            if job.pid and process_alive(job.pid, job.id):
+                try:
+                    os.killpg(job.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if job.pid:
+                refresh(job, store)  # reaps runners started by this process
+
+
+def new_app() -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def submit(at: AppTest, folder: str, *, name: str = "page-test", epochs: int = 1, size: int = 64,
+           max_images: int = 60, batch: int = 16) -> AppTest:
+    if at.radio(key="train_start").value != FROM_SCRATCH:
+        at.radio(key="train_start").set_value(FROM_SCRATCH).run()
+    at.text_input(key="train_name").set_value(name)
+    at.text_input(key="train_folder").set_value(folder)
+    at.selectbox(key="train_labels").set_value("nih14")
+    at.selectbox(key="train_arch").set_value("regnetx_002")
+    at.number_input(key="train_epochs").set_value(epochs)
+    at.number_input(key="train_size").set_value(size)
+    at.number_input(key="train_max").set_value(max_images)
+    at.number_input(key="train_batch").set_value(batch)
+    at.button(key="train_submit").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def wait_for(job_id: str, statuses: tuple[str, ...], deadline_s: float = DEADLINE_S):
+    store = JobStore()
+    t_end = time.monotonic() + deadline_s
+    while True:
+        job = refresh(job_id, store)
+        if job.status in statuses:
+            return job
+        if time.monotonic() > t_end:
+            log = (Path(job.run_dir) / "log.txt")
+            tail = log.read_text()[-3000:] if log.exists() else "(no log)"
+            pytest.fail(f"job {job_id} still {job.status} after {deadline_s:.0f}s; log:\n{tail}")
+        time.sleep(1.0)
+
+
+def plotly_figures(at: AppTest) -> list[dict]:
+    out = []
+    for el in at.get("plotly_chart"):
+        out.append(json.loads(el.proto.spec))
+    return out
+
+
+def badges(at: AppTest) -> list[str]:
+    """The status badges (st.badge renders as ``:color-badge[text]`` markdown)."""
+    return [m.value for m in at.markdown if "-badge[" in m.value]
+
+
+# --------------------------------------------------------------------------- tests
+
+def test_form_renders_with_expected_widgets(ws):
+    at = new_app()
+    assert at.title[0].value == "Train a classifier in the background"
+    assert at.radio(key="train_start").options == [FROM_CHECKPOINT, FROM_SCRATCH]
+    assert at.radio(key="train_start").value == FROM_SCRATCH  # no checkpoints in a fresh workspace
+    assert at.selectbox(key="train_labels").options == ["nih14", "chexpert14", "chexpert5"]
+    assert at.selectbox(key="train_labels").value == "nih14"
+    datasets = at.selectbox(key="train_dataset").options
+    assert any("phantom nih" in d for d in datasets) and any("phantom chexpert" in d for d in datasets)
+    assert at.text_input(key="train_folder").value == ""
+    arch = at.selectbox(key="train_arch")
+    assert arch.value == "regnetx_002"
+    assert {"resnet18", "densenet121", "efficientnet_b0"} <= set(arch.options)
+    assert at.radio(key="train_pretrained").options == ["none", "timm"]
+    assert at.radio(key="train_pretrained").value == "none"
+    assert at.radio(key="train_mode").value == "full"
+    assert at.number_input(key="train_epochs").value == 3
+    assert at.number_input(key="train_batch").value == 32
+    assert at.number_input(key="train_lr").value == pytest.approx(2e-3)
+    assert at.number_input(key="train_size").value == 160
+    assert at.number_input(key="train_size").disabled is False
+    assert at.selectbox(key="train_policy").options == ["zeros", "ones", "ignore"]
+    assert at.number_input(key="train_max").value == 400
+    assert at.number_input(key="train_seed").value == 0
+    assert at.button(key="train_submit").label == "Start training"
+    assert [i.value for i in at.info] == [
+        "No jobs yet. Launch one above."]
+    assert JobStore().list() == []
+
+
+def test_bad_submission_shows_error_and_creates_no_job(ws):
+    at = new_app()
+    missing = str(ws / "no-such-dataset")
+    submit(at, missing)
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1, errors
+    assert "no-such-dataset" in errors[0]
+    assert "Traceback" not in errors[0]
+    assert not at.success
+    assert JobStore().list() == []
+    assert not (ws / "runs").exists() or not any((ws / "runs").iterdir())
+
+    # An invalid option (fewer than 10 images) is refused too, before anything is created.
+    at.text_input(key="train_folder").set_value(str(NIH_SAMPLE))
+    at.number_input(key="train_max").set_value(5)
+    at.button(key="train_submit").click().run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "max_images" in errors[0], errors
+    assert JobStore().list() == []
+
+
+@needs_sample
+def test_submit_runs_job_to_success_and_shows_curves(ws):
+    at = new_app()
+    submit(at, str(NIH_SAMPLE), name="nih-sample-1ep")
+    assert not at.error, [e.value for e in at.error]
+    jobs = JobStore().list()
+    assert len(jobs) == 1
+    job = jobs[0]
+    assert job.name == "nih-sample-1ep"
+    assert job.config["data"] == str(NIH_SAMPLE.resolve())
+    assert job.config["epochs"] == 1 and job.config["image_size"] == 64 and job.config["max_images"] == 60
+    assert job.config["arch"] == "regnetx_002" and job.config["labels"] == "nih14" and job.config["init"] is None
+    assert job.id in at.success[0].value
+    # The jobs table lists it and the live view watches it.
+    table = at.dataframe[0].value
+    assert list(table["id"]) == [job.id]
+    assert list(table["name"]) == ["nih-sample-1ep"]
+    assert at.selectbox(key="train_watch").value == job.id
+    assert badges(at)[0] in (":gray-badge[⏳ queued]", ":blue-badge[🏃 running]")
+    assert at.button(key=f"train_cancel_{job.id}").label == "Cancel job"
+
+    done = wait_for(job.id, ("succeeded", "failed", "cancelled"))
+    assert done.status == "succeeded", done.error
+
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe[0].value
+    row = table[table["id"] == job.id].iloc[0]
+    assert row["status"].endswith("succeeded")
+    assert 0.0 <= float(row["best val AUROC"]) <= 1.0
+    assert badges(at) == [":green-badge[✅ succeeded]"]
+    ckpt = Path(done.run_dir) / "checkpoint"
+    assert any(str(ckpt) in s.value and "Compare" in s.value for s in at.success)
+    assert not any(b.key == f"train_cancel_{job.id}" for b in at.button)  # no cancel for an ended job
+    figs = plotly_figures(at)
+    assert len(figs) == 2
+    loss = figs[0]["data"][0]
+    assert len(loss["x"]) >= 1 and all(v > 0 for v in loss["y"])
+    auroc = figs[1]["data"][0]
+    assert list(auroc["x"]) == [1] and 0.0 <= auroc["y"][0] <= 1.0
+    per_label = at.dataframe[1].value
+    assert len(per_label) >= 1 and set(per_label["label"]) <= set(NIH14)
+    assert "succeeded" in at.code[0].value  # the runner's last log line
+
+    # The new checkpoint is offered as a starting point; its preprocessing is kept (image size disabled).
+    at.radio(key="train_start").set_value(FROM_CHECKPOINT).run()
+    assert not at.exception
+    assert f"run {job.id}" in at.selectbox(key="train_ckpt").options
+    assert at.number_input(key="train_size").disabled is True
+    assert any("head is swapped" in c.value for c in at.caption)
+
+    # A fresh session (an app restart) lists the past job again.
+    again = new_app()
+    assert job.id in list(again.dataframe[0].value["id"])
+
+
+@needs_sample
+def test_cancel_running_job(ws):
+    at = new_app()
+    # Many epochs so it is still running when Cancel is clicked.
+    submit(at, str(NIH_SAMPLE), name="to-cancel", epochs=200, max_images=60)
+    assert not at.error, [e.value for e in at.error]
+    job = JobStore().list()[0]
+    wait_for(job.id, ("running", "succeeded", "failed", "cancelled"))
+    t_end = time.monotonic() + DEADLINE_S  # let it reach the training loop (a step logged)
+    while progress_summary(events(job))["step"] < 1 and refresh(job.id).status == "running":
+        assert time.monotonic() < t_end, "no training step logged"
+        time.sleep(0.5)
+    assert refresh(job.id).status == "running"
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="train_watch").value == job.id
+    button = at.button(key=f"train_cancel_{job.id}")
+    assert button.label == "Cancel job"
+    button.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    done = wait_for(job.id, ("succeeded", "failed", "cancelled"), deadline_s=60)
+    assert done.status == "cancelled", (done.status, done.error)
+    assert not process_alive(done.pid, done.id)
+    at.run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert table[table["id"] == job.id].iloc[0]["status"].endswith("cancelled")
+    assert not any(b.key == f"train_cancel_{job.id}" for b in at.button)
+    assert any("cancelled" in w.value.lower() for w in at.warning)
+    assert badges(at) == [":orange-badge[🛑 cancelled]"]
+
+
+@needs_sample
+def test_fine_tune_a_shipped_checkpoint(ws, shipped, monkeypatch):
+    monkeypatch.setenv("CXR_CHECKPOINTS", str(shipped["baseline"].parent))
+    at = new_app()
+    # With checkpoints available the form starts from one; its preprocessing is kept.
+    assert at.radio(key="train_start").value == FROM_CHECKPOINT
+    options = at.selectbox(key="train_ckpt").options
+    assert {"baseline (shipped demo)", "finetuned (shipped demo)"} <= set(options)
+    assert at.number_input(key="train_size").disabled is True
+    assert not any(w.key == "train_arch" for w in at.selectbox)
+    at.selectbox(key="train_ckpt").set_value("baseline (shipped demo)")
+    at.selectbox(key="train_labels").set_value("chexpert5")
+    at.radio(key="train_mode").set_value("head")
+    at.text_input(key="train_folder").set_value(str(NIH_SAMPLE))
+    at.number_input(key="train_epochs").set_value(1)
+    at.number_input(key="train_max").set_value(60)
+    at.button(key="train_submit").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    job = JobStore().list()[0]
+    assert job.config["init"] == str(shipped["baseline"].resolve())
+    assert job.config["labels"] == "chexpert5" and job.config["mode"] == "head"
+    done = wait_for(job.id, ("succeeded", "failed", "cancelled"))
+    assert done.status == "succeeded", done.error
+    card = json.loads((Path(done.run_dir) / "checkpoint" / "card.json").read_text())
+    assert card["labels"] == CHEXPERT5
+    at.run()
+    assert not at.exception
+    assert at.dataframe[1].value["label"].tolist() == CHEXPERT5

@@ -1,0 +1,99 @@
+"""Streamlit AppTest runs of the Home, Compare, Thresholds and Explain pages on the shipped models."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import REPO
+from llm_stub import StubLLM
+
+TIMEOUT = 300
+
+
+def page(name: str) -> AppTest:
+    return AppTest.from_file(str(REPO / "pages" / f"{name}.py"), default_timeout=TIMEOUT)
+
+
+def no_exception(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def test_home_lists_models_and_data(app_env, shipped):
+    at = page("home").run()
+    no_exception(at)
+    table = at.dataframe[0].value
+    assert {"baseline (shipped demo)", "finetuned (shipped demo)"} <= set(table["model"])
+    assert table.set_index("model").loc["finetuned (shipped demo)", "labels"] == 14
+    assert any("phantom" in str(j.value) for j in at.json)
+
+
+def test_compare_on_a_held_out_phantom_image(app_env, shipped):
+    at = page("compare").run()
+    no_exception(at)
+    assert any("Upload an image" in i.value for i in at.info)
+    at.radio(key="compare_source").set_value("A held-out phantom test image (ground truth known)").run()
+    no_exception(at)
+    table = at.dataframe[0].value
+    assert {"baseline p", "fine-tuned p"} <= set(table.columns)
+    # labels of both lists, synonyms folded: Effusion and Pleural Effusion are one row
+    labels = list(table["label"])
+    assert "Support Devices" in labels and "Hernia" in labels
+    assert not ({"Effusion", "Pleural Effusion"} <= set(labels))
+    assert table["fine-tuned p"].notna().sum() == 14 and table["baseline p"].notna().sum() == 14
+    # switching the heatmap label re-renders overlays from the cached predictions
+    at.selectbox(key="compare_label").set_value("Cardiomegaly").run()
+    no_exception(at)
+    captions = " ".join(c.value for c in at.caption)
+    assert "Ground truth" in captions and "feature cells" in captions
+    assert len(at.get("imgs")) >= 1
+
+
+def test_thresholds_sliders_update_metrics_and_save(app_env, shipped):
+    at = page("thresholds").run()
+    no_exception(at)
+    table = at.dataframe[0].value
+    assert len(table) >= 5 and table["AUROC"].between(0, 1).all()
+    label = table["label"].iloc[0]
+    slider = next(s for s in at.slider if s.label == label)
+    before = table.set_index("label").loc[label, ["TP", "FP"]].sum()
+    slider.set_value(0.01).run()
+    after_tab = at.dataframe[0].value.set_index("label")
+    assert after_tab.loc[label, "threshold"] == pytest.approx(0.01)
+    assert after_tab.loc[label, "TP"] + after_tab.loc[label, "FP"] >= before
+    assert after_tab.loc[label, "sensitivity"] >= table.set_index("label").loc[label, "sensitivity"]
+    at.button(key="thr_save").click().run()
+    no_exception(at)
+    assert at.success, "no confirmation after saving"
+    saved = app_env / "checkpoints" / "finetuned" / "card.json"
+    assert json.loads(saved.read_text())["thresholds"][label] == pytest.approx(0.01)
+    # the shipped card is untouched
+    assert json.loads((shipped["finetuned"] / "card.json").read_text())["thresholds"][label] != pytest.approx(0.01)
+
+
+def test_explain_without_a_key_gives_a_written_summary(app_env, shipped, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    at = page("explain").run()
+    no_exception(at)
+    at.button(key="explain_sample").click().run()
+    no_exception(at)
+    assert any("OPENAI_API_KEY" in w.value for w in at.warning)
+    assert any("Summary for" in m.value for m in at.markdown)
+
+
+def test_explain_streams_from_a_local_server(app_env, shipped, monkeypatch):
+    key = "sk-test-secret-123456"
+    with StubLLM(key) as stub:
+        monkeypatch.setenv("OPENAI_API_KEY", key)
+        monkeypatch.setenv("OPENAI_BASE_URL", stub.base_url)
+        at = page("explain").run()
+        at.button(key="explain_sample").click().run()
+        no_exception(at)
+        at.button(key="explain_go").click().run()
+        no_exception(at)
+        assert len(stub.requests) == 1
+        shown = " ".join(m.value for m in at.markdown)
+        assert "lower right zone" in shown
+        everything = " ".join(str(e.value) for e in at.main if hasattr(e, "value"))
+        assert key not in everything
