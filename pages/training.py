@@ -26,7 +26,8 @@ POLICIES = ["zeros", "ones", "ignore"]
 FROM_CHECKPOINT = "A checkpoint (fine-tune it)"
 FROM_SCRATCH = "A fresh timm architecture"
 STATUS_COLOR = {"queued": "gray", "running": "blue", "succeeded": "green", "failed": "red", "cancelled": "orange"}
-STATUS_ICON = {"queued": "⏳", "running": "🏃", "succeeded": "✅", "failed": "❌", "cancelled": "🛑"}
+STATUS_ICON = {"queued": ":material/schedule:", "running": ":material/directions_run:",
+               "succeeded": ":material/check_circle:", "failed": ":material/error:", "cancelled": ":material/block:"}
 REFRESH_S = 2
 
 
@@ -198,7 +199,7 @@ for j in jobs:
         best = summary_of(j)["best_val_mean_auroc"]
     except Exception:  # noqa: BLE001 - an unreadable events file must not break the table
         best = None
-    rows.append({"id": j.id, "name": j.name, "status": f"{STATUS_ICON.get(j.status, '')} {j.status}",
+    rows.append({"id": j.id, "name": j.name, "status": j.status,
                  "created": _fmt_time(j.created), "duration": _fmt_seconds(j.duration),
                  "best val AUROC": best})
 st.dataframe(pd.DataFrame(rows), hide_index=True,
@@ -312,9 +313,9 @@ def render_job(job_id: str, live: bool) -> None:
     if s["per_label_auroc"]:
         st.markdown(f"**Per-label validation AUROC, epoch {s['epoch']}**")
         table = pd.DataFrame({"label": list(s["per_label_auroc"]), "AUROC": list(s["per_label_auroc"].values())})
-        st.dataframe(table, hide_index=True, key=f"train_perlabel_{job.id}",
-                     column_config={"AUROC": st.column_config.NumberColumn(
-                         format="%.3f", help="Empty: no positive (or no negative) case in the validation split.")})
+        st.dataframe(table, hide_index=True, key=f"train_perlabel_{job.id}", height=35 * (len(table) + 1) + 3,
+                     placeholder="n/a", column_config={"AUROC": st.column_config.NumberColumn(
+                         format="%.3f", help="n/a: no positive (or no negative) case in the validation split.")})
 
     st.markdown("**Log** (last 40 lines)")
     st.code(local.tail_log(job, 40) or "(no output yet)", language=None)

@@ -5,25 +5,23 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 
-def per_label_auroc(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """AUROC per column; NaN where a label has no positives or no negatives among labelled rows."""
+def _per_label(metric, targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """``metric(y, s)`` per column over labelled rows; NaN where a label lacks positives or negatives."""
     out = np.full(targets.shape[1], np.nan)
     for j in range(targets.shape[1]):
         m = ~np.isnan(targets[:, j])
         y = targets[m, j]
         if y.size and 0 < y.sum() < y.size:
-            out[j] = roc_auc_score(y, scores[m, j])
+            out[j] = metric(y, scores[m, j])
     return out
+
+
+def per_label_auroc(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    return _per_label(roc_auc_score, targets, scores)
 
 
 def per_label_auprc(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    out = np.full(targets.shape[1], np.nan)
-    for j in range(targets.shape[1]):
-        m = ~np.isnan(targets[:, j])
-        y = targets[m, j]
-        if y.size and 0 < y.sum() < y.size:
-            out[j] = average_precision_score(y, scores[m, j])
-    return out
+    return _per_label(average_precision_score, targets, scores)
 
 
 def mean_ignoring_nan(values) -> float:
