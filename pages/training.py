@@ -65,6 +65,11 @@ def summary_of(job) -> dict:
     return _summary(job.run_dir, _events_stamp(job), job)
 
 
+def _md_escape(text: str) -> str:
+    """Plain text inside st.error / st.warning: no markdown emphasis or LaTeX from `__init__` or `$`."""
+    return "".join("\\" + c if c in "\\`*_[]<>#~$|" else c for c in text)
+
+
 def _flash(kind: str, text: str) -> None:
     st.session_state.setdefault("train_flash", []).append((kind, text))
 
@@ -202,7 +207,7 @@ for j in jobs:
     rows.append({"id": j.id, "name": j.name, "status": j.status,
                  "created": _fmt_time(j.created), "duration": _fmt_seconds(j.duration),
                  "best val AUROC": best})
-st.dataframe(pd.DataFrame(rows), hide_index=True,
+st.dataframe(pd.DataFrame(rows), hide_index=True, placeholder="–",
              column_config={"best val AUROC": st.column_config.NumberColumn(format="%.3f")})
 
 by_id = {j.id: j for j in jobs}
@@ -210,7 +215,7 @@ ids = list(by_id)
 if st.session_state.get("train_watch") not in by_id:
     st.session_state["train_watch"] = ids[0]
 watch = st.selectbox("Watch job", ids, key="train_watch",
-                     format_func=lambda i: f"{i} — {by_id[i].name or 'unnamed'} ({by_id[i].status})")
+                     format_func=lambda i: f"{i} — {by_id[i].name or 'unnamed'}")
 
 
 # ---- live view -------------------------------------------------------------------------------------------------
@@ -237,8 +242,11 @@ def _auroc_figure(s: dict) -> go.Figure:
     return fig
 
 
-def _progress_text(s: dict) -> str:
-    parts = [s["phase"]]
+def _progress_text(s: dict, job) -> str:
+    phase = s["phase"]
+    if job.ended and phase not in ("done", "stopped"):
+        phase = f"{job.status} while {phase}"
+    parts = [phase]
     if s["epochs"]:
         parts.append(f"epoch {s['epoch'] or 0}/{s['epochs']}")
     if s["total_steps"]:
@@ -247,7 +255,7 @@ def _progress_text(s: dict) -> str:
         parts.append(f"{s['images_per_s']:.1f} images/s")
     if s["eta_seconds"] is not None and s["phase"] == "training":
         parts.append(f"ETA {_fmt_seconds(s['eta_seconds'])}")
-    if s["phase"] == "preparing":
+    if s["phase"] == "preparing" and job.active:
         parts.append("reading the data and building the image cache")
     return " · ".join(parts)
 
@@ -274,7 +282,7 @@ def render_job(job_id: str, live: bool) -> None:
     st.caption(f"Created {_fmt_time(job.created)} · started {_fmt_time(job.started)} · "
                f"duration {_fmt_seconds(job.duration)}" + (f" · pid {job.pid}" if job.pid and job.active else ""))
 
-    st.progress(float(s["fraction"]), text=_progress_text(s))
+    st.progress(float(s["fraction"]), text=_progress_text(s, job))
     if job.active:
         if st.button("Cancel job", key=f"train_cancel_{job.id}", type="secondary"):
             try:
@@ -287,9 +295,12 @@ def render_job(job_id: str, live: bool) -> None:
                 st.rerun()
 
     if job.status == "failed":
-        st.error(f"The job failed: {job.error or 'no message'}")
+        first, _, rest = (job.error or "no message").partition("\n")
+        st.error(f"The job failed: {_md_escape(first)}")
+        if rest.strip():
+            st.code(rest, language=None)
     elif job.status == "cancelled":
-        st.warning(job.error or "The job was cancelled.")
+        st.warning(_md_escape(job.error or "The job was cancelled."))
     ckpt = Path(job.run_dir) / "checkpoint"
     if job.ended and (ckpt / "card.json").exists():
         msg = (f"Checkpoint: `{ckpt}`  \nIt now appears in the model pickers on the Compare and Thresholds "
@@ -307,11 +318,18 @@ def render_job(job_id: str, live: bool) -> None:
     m[3].metric("Images", "–" if s["n_images"] is None else s["n_images"])
 
     g1, g2 = st.columns(2)
-    g1.plotly_chart(_loss_figure(s), key=f"train_loss_{job.id}")
-    g2.plotly_chart(_auroc_figure(s), key=f"train_auroc_{job.id}")
+    if s["loss_curve"]:
+        g1.plotly_chart(_loss_figure(s), key=f"train_loss_{job.id}")
+    else:
+        g1.caption("The loss curve appears with the first training step.")
+    if any(a is not None for _, a in s["auroc_curve"]):
+        g2.plotly_chart(_auroc_figure(s), key=f"train_auroc_{job.id}")
+    else:
+        g2.caption("Validation AUROC appears after the first epoch.")
 
     if s["per_label_auroc"]:
-        st.markdown(f"**Per-label validation AUROC, epoch {s['epoch']}**")
+        last_epoch = s["auroc_curve"][-1][0] if s["auroc_curve"] else s["epoch"]
+        st.markdown(f"**Per-label validation AUROC, epoch {last_epoch}**")
         table = pd.DataFrame({"label": list(s["per_label_auroc"]), "AUROC": list(s["per_label_auroc"].values())})
         st.dataframe(table, hide_index=True, key=f"train_perlabel_{job.id}", height=35 * (len(table) + 1) + 3,
                      placeholder="n/a", column_config={"AUROC": st.column_config.NumberColumn(
