@@ -1,17 +1,21 @@
 """Chest X-ray classifier workbench: navigation and the home page.
 
-Run with `streamlit run app.py`. Pages are thin views over the `cxrcore` package.
+Run with `streamlit run app.py` (or ./run.sh). Pages are thin views over the `cxrcore` package.
+They live in views/, not pages/: Streamlit treats a pages/ folder as the old automatic
+multipage layout, and a first visit to a page's URL on a fresh server then skips this file
+(no navigation, no page config). Streamlit's own advice for apps using st.navigation is to
+name the folder something else.
 """
 import streamlit as st
 
-st.set_page_config(page_title="CXR workbench", page_icon="🫁", layout="wide")
+st.set_page_config(page_title="CXR workbench", page_icon=":material/pulmonology:", layout="wide")
 
 PAGES = [
-    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
-    st.Page("pages/dataset.py", title="Dataset", icon="📊"),
-    st.Page("pages/training.py", title="Training", icon="🏋️"),
-    st.Page("pages/compare.py", title="Compare", icon="🩻"),
-    st.Page("pages/thresholds.py", title="Thresholds", icon="🎚️"),
-    st.Page("pages/explain.py", title="Explain", icon="💬"),
+    st.Page("views/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("views/dataset.py", title="Dataset", icon=":material/bar_chart:"),
+    st.Page("views/training.py", title="Training", icon=":material/model_training:"),
+    st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("views/thresholds.py", title="Thresholds", icon=":material/tune:"),
+    st.Page("views/explain.py", title="Explain", icon=":material/chat:"),
 ]
 st.navigation(PAGES).run()

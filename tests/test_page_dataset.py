@@ -12,7 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGE = ROOT / "pages" / "dataset.py"
+PAGE = ROOT / "views" / "dataset.py"
 SAMPLE = ROOT.parent / "shared" / "data" / "nih-sample"
 NIH_FULL = "NIH ChestX-ray14 — full label table (torchxrayvision)"
 CHEXPERT_FULL = "CheXpert — full train table (torchxrayvision)"

@@ -21,7 +21,7 @@ from conftest import NIH_SAMPLE, REPO  # also puts the repository root on sys.pa
 from cxrcore.jobs import JobStore, events, process_alive, progress_summary, refresh
 from cxrcore.labels import CHEXPERT5, NIH14
 
-PAGE = str(REPO / "pages" / "training.py")
+PAGE = str(REPO / "views" / "training.py")
 needs_sample = pytest.mark.skipif(not (NIH_SAMPLE / "images").is_dir(), reason="shared NIH sample not present")
 
 FROM_SCRATCH = "A fresh timm architecture"

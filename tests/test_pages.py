@@ -16,7 +16,7 @@ def page(name: str) -> AppTest:
     """The real app (app.py with its st.navigation), opened on one page."""
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
     if name != "home":
-        at.switch_page(f"pages/{name}.py")
+        at.switch_page(f"views/{name}.py")
     return at
 
 

@@ -117,4 +117,4 @@ for mname in result.predictions:
 st.dataframe(shown, hide_index=True, width="stretch")
 st.caption("Heatmaps: " + ", ".join(f"{m}: {p.cam_method}, {p.cam_grid[0]}×{p.cam_grid[1]} feature cells "
                                     f"upsampled over the image, {p.seconds * 1000:.0f} ms" for m, p in result.predictions.items()))
-st.page_link("pages/explain.py", label="Explain this comparison →")
+st.page_link("views/explain.py", label="Explain this comparison →")

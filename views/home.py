@@ -20,11 +20,11 @@ tune per-label thresholds on a validation split, and ask an LLM to explain what 
 
 cols = st.columns(5)
 for col, (page, text) in zip(cols, [
-    ("pages/dataset.py", "Label statistics of NIH, CheXpert and your folders"),
-    ("pages/training.py", "Launch and watch fine-tuning jobs"),
-    ("pages/compare.py", "Upload an X-ray; baseline vs fine-tuned"),
-    ("pages/thresholds.py", "Per-label thresholds on a validation split"),
-    ("pages/explain.py", "LLM or template explanation of a comparison"),
+    ("views/dataset.py", "Label statistics of NIH, CheXpert and your folders"),
+    ("views/training.py", "Launch and watch fine-tuning jobs"),
+    ("views/compare.py", "Upload an X-ray; baseline vs fine-tuned"),
+    ("views/thresholds.py", "Per-label thresholds on a validation split"),
+    ("views/explain.py", "LLM or template explanation of a comparison"),
 ]):
     with col:
         st.page_link(page)
