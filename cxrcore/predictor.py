@@ -126,7 +126,7 @@ class Predictor:
         out = []
         n = len(squares)
         for k in range(0, n, batch_size):
-            x = self.prep.normalize(torch.from_numpy(np.asarray(squares[k:k + batch_size])).to(self.device))
+            x = self.prep.normalize(torch.from_numpy(np.array(squares[k:k + batch_size])).to(self.device))
             out.append(torch.sigmoid(self.model(x)).float().cpu().numpy())
             if progress:
                 progress(min(n, k + batch_size), n)
