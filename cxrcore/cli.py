@@ -65,6 +65,8 @@ def _train_config(a):
     cfg = dict(data=str(Path(a.data).resolve()), labels=a.labels, arch=a.arch, epochs=a.epochs, batch_size=a.batch_size,
                lr=a.lr, image_size=a.image_size, policy=a.policy, mode=a.mode, pretrained=a.pretrained, seed=a.seed,
                max_images=a.max_images, device=a.device, name=a.name or "")
+    if a.output_stride:
+        cfg["arch_kwargs"] = {"output_stride": a.output_stride}
     if a.init:
         cfg["init"] = str(Path(a.init).resolve())
     return TrainConfig.from_dict(cfg)
@@ -75,6 +77,10 @@ def cmd_train(a) -> int:
 
     cfg = _train_config(a)
     cfg.validate()
+    if not cfg.init:
+        from .models.registry import check_architecture
+
+        check_architecture(cfg.arch, cfg.pretrained, cfg.arch_kwargs)
     if a.backend == "local" and a.background:
         from .jobs import local
 
@@ -172,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="dataset folder (NIH or CheXpert layout)")
     s.add_argument("--labels", default="nih14", help="nih14, chexpert14, chexpert5 or a comma-separated list")
     s.add_argument("--arch", default="regnetx_002", help="timm architecture name")
+    s.add_argument("--output-stride", type=int, choices=[8, 16, 32],
+                   help="dilate the last stage (ResNet/RegNet-like backbones) for finer heatmaps; 16 doubles the grid")
     s.add_argument("--pretrained", choices=["none", "timm"], default="none",
                    help="none: random initialisation; timm: timm's hub or cache")
     s.add_argument("--init", help="start from this checkpoint; its head is swapped to --labels")

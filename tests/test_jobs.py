@@ -360,13 +360,17 @@ def test_killed_process_is_marked_failed_with_log_lines(ws):
 
 @needs_sample
 def test_error_at_train_time_marks_failed(ws):
-    """Options only the model builder can check fail the job with the CXRError's message, not a traceback line."""
+    """An error only reading the data reveals fails the job with the CXRError's message, not a traceback line."""
     store = JobStore()
-    job = submit(small_config(arch_kwargs={"no_such_option": 3}), name="bad-kwargs", store=store)
+    # options the architecture refuses are caught at submit (the model is built on the meta device)
+    with pytest.raises(ConfigError, match="does not accept the options"):
+        submit(small_config(arch_kwargs={"no_such_option": 3}), name="bad-kwargs", store=store)
+    assert store.list() == []
+    job = submit(small_config(labels="Fracture,Support Devices"), name="labels-not-in-data", store=store)
     job = wait_ended(job, store)
     assert job.status == "failed"
     assert job.exit_code == 1
-    assert "does not accept the options" in job.error
+    assert "has none of the labels" in job.error
     log = tail_log(job, 200)
     assert "Traceback" in log and "failed after" in log
 

@@ -79,7 +79,11 @@ def check_config(config: dict) -> dict:
         from ..data.preprocess import Preprocess
 
         Preprocess(size=cfg.image_size, fit=cfg.fit)  # ConfigError: fit, image size out of range
-        _check_arch(cfg.arch, cfg.pretrained)
+        from ..models.registry import check_architecture
+
+        if not isinstance(cfg.arch, str):
+            raise ConfigError(f"arch must be a timm architecture name, not {cfg.arch!r}.")
+        check_architecture(cfg.arch, cfg.pretrained, cfg.arch_kwargs)  # unknown name, options it refuses
     out = asdict(cfg)
     try:
         json.dumps(out)
@@ -109,19 +113,6 @@ def _check_types(cfg) -> None:
             ok = isinstance(value, allowed)
         if not ok:
             raise ConfigError(f"Training option {f.name} must be {' or '.join(names)}, not {value!r}.")
-
-
-def _check_arch(arch: str, pretrained: str) -> None:
-    import timm
-
-    from ..models.registry import PRETRAINED_CHOICES
-
-    if pretrained not in PRETRAINED_CHOICES:
-        raise ConfigError(f"pretrained must be one of {PRETRAINED_CHOICES}, not {pretrained!r}.")
-    if not isinstance(arch, str) or not timm.is_model(arch):
-        close = timm.list_models(f"*{str(arch).split('_')[0]}*")[:8] if isinstance(arch, str) and arch else []
-        raise ConfigError(f"Unknown architecture {arch!r}. timm knows e.g. "
-                          f"{', '.join(close) or 'resnet18, densenet121, regnetx_002'}.")
 
 
 def submit(config: dict, name: str = "", store: JobStore | None = None, run_dir: str | Path | None = None) -> Job:

@@ -33,8 +33,9 @@ def build_model(arch: str, num_labels: int, pretrained: str = "none", kwargs: di
         )
     try:
         return timm.create_model(arch, pretrained=(pretrained == "timm"), num_classes=num_labels, **kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"Architecture {arch} does not accept the options {kwargs}: {exc}") from exc
+    except (TypeError, AssertionError, NotImplementedError) as exc:
+        raise ConfigError(f"Architecture {arch} does not accept the options {kwargs}: {exc or type(exc).__name__}. "
+                          "Remove them (e.g. output_stride is only for ResNet/RegNet-like backbones).") from exc
     except (OSError, RuntimeError, ValueError) as exc:
         if pretrained == "timm":
             from huggingface_hub.constants import HF_HUB_CACHE
@@ -44,7 +45,20 @@ def build_model(arch: str, num_labels: int, pretrained: str = "none", kwargs: di
                 f"offline and they are not in timm's cache ({HF_HUB_CACHE}). Place the model's files there "
                 "(or set HF_HUB_CACHE), or choose --pretrained none to start from random weights."
             ) from exc
+        if kwargs:
+            raise ConfigError(f"Architecture {arch} does not accept the options {kwargs}: {exc}.") from exc
         raise
+
+
+def check_architecture(arch: str, pretrained: str = "none", kwargs: dict | None = None) -> None:
+    """Raise ConfigError now for an architecture / options that would fail at training time.
+
+    Builds the model on the meta device: no memory, no weights, no download.
+    """
+    if pretrained not in PRETRAINED_CHOICES:
+        raise ConfigError(f"pretrained must be one of {PRETRAINED_CHOICES}, not {pretrained!r}.")
+    with torch.device("meta"):
+        build_model(arch, 2, "none", kwargs)
 
 
 def model_from_spec(spec: dict, num_labels: int) -> nn.Module:

@@ -37,7 +37,7 @@ class TrainConfig:
     data: str
     labels: str | list = "nih14"
     arch: str = "regnetx_002"
-    arch_kwargs: dict = field(default_factory=lambda: {"output_stride": 16})
+    arch_kwargs: dict = field(default_factory=dict)  # e.g. {"output_stride": 16} for finer heatmaps
     pretrained: str = "none"          # none | timm
     init: str | None = None           # start from this checkpoint (head swapped to `labels`)
     mode: str = "full"                # full | head
