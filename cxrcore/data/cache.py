@@ -6,6 +6,7 @@ build continues where it stopped. Unreadable images are recorded and reported, n
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -65,17 +66,26 @@ def build_cache(index: DatasetIndex, prep: Preprocess, progress: Progress | None
     folder = (root or workspace.cache()) / key
     folder.mkdir(parents=True, exist_ok=True)
     n, s = len(paths), prep.size
-    done_marker = folder / "meta.json"
-    if done_marker.exists():
-        if progress:
-            progress(n, n)
-        return ImageCache(folder, n, s)
+    # One builder at a time per cache: a second job on the same data waits, then reuses the result.
+    with open(folder / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "meta.json").exists():
+            _build(folder, paths, prep, progress, workers)
+    if progress:
+        progress(n, n)
+    return ImageCache(folder, n, s)
 
+
+def _build(folder: Path, paths: list[str], prep: Preprocess, progress: Progress | None, workers: int) -> None:
+    n, s = len(paths), prep.size
     data_path, filled_path = folder / "images.u8", folder / "filled.npy"
     mode = "r+" if data_path.exists() and data_path.stat().st_size == n * s * s else "w+"
     array = np.memmap(data_path, dtype=np.uint8, mode=mode, shape=(n, s, s))
-    filled = np.load(filled_path) if (mode == "r+" and filled_path.exists()) else np.zeros(n, dtype=bool)
-    failed: dict[int, str] = {}
+    failed_path = folder / "failed.json"
+    resuming = mode == "r+" and filled_path.exists()
+    filled = np.load(filled_path) if resuming else np.zeros(n, dtype=bool)
+    failed: dict[int, str] = ({int(k): v for k, v in json.loads(failed_path.read_text()).items()}
+                              if resuming and failed_path.exists() else {})
     todo = [(i, paths[i], prep.to_dict()) for i in np.flatnonzero(~filled)]
     done = n - len(todo)
     if progress:
@@ -90,24 +100,32 @@ def build_cache(index: DatasetIndex, prep: Preprocess, progress: Progress | None
             failed[i] = error
         filled[i] = True
         done += 1
-        if done % 256 == 0:
+        if done % 256 == 0:  # checkpoint progress so an interrupted build resumes here
             array.flush()
             np.save(filled_path, filled)
+            failed_path.write_text(json.dumps({str(k): v for k, v in failed.items()}))
         if progress:
             progress(done, n)
 
-    if workers > 1 and len(todo) > 64:
-        # spawn, not fork: the caller may be a threaded server (Streamlit) with torch loaded.
-        # A dying worker raises BrokenProcessPool instead of hanging the build.
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            for result in pool.map(_load_one, todo, chunksize=16):
-                record(*result)
-    else:
-        for args in todo:
-            record(*_load_one(args))
+    try:
+        if workers > 1 and len(todo) > 64:
+            # spawn, not fork: the caller may be a threaded server (Streamlit) with torch loaded.
+            # A dying worker raises BrokenProcessPool instead of hanging the build.
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+                for result in pool.map(_load_one, todo, chunksize=16):
+                    record(*result)
+        else:
+            for args in todo:
+                record(*_load_one(args))
+    except BaseException:
+        # interrupted (cancel, Ctrl-C, a crash in a worker): keep what is done for the next build
+        array.flush()
+        np.save(filled_path, filled)
+        failed_path.write_text(json.dumps({str(k): v for k, v in failed.items()}))
+        raise
     array.flush()
     del array
-    done_marker.write_text(json.dumps({"n": n, "size": s, "preprocess": prep.to_dict(),
-                                       "failed": {str(k): v for k, v in failed.items()}}))
+    (folder / "meta.json").write_text(json.dumps({"n": n, "size": s, "preprocess": prep.to_dict(),
+                                                 "failed": {str(k): v for k, v in failed.items()}}))
     filled_path.unlink(missing_ok=True)
-    return ImageCache(folder, n, s)
+    failed_path.unlink(missing_ok=True)
