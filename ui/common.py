@@ -4,6 +4,7 @@ Only view code lives here; everything it calls is in ``cxrcore``.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import streamlit as st
@@ -37,8 +38,13 @@ def _card_stamp(path: str) -> float:
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=6)
 def _predictor(path: str, stamp: float):
+    import torch
+
     from cxrcore.predictor import Predictor
 
+    # Half the cores for the app's own inference, the rest for background training jobs:
+    # two processes each running all-core OpenMP on a small machine slow each other down many times over.
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     return Predictor(path)
 
 

@@ -19,6 +19,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def to_unit(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, S, S) or (B, 1, S, S) -> float (B, 1, S, S) in [0, 1]."""
+    if batch.ndim == 3:
+        batch = batch[:, None]
+    return batch.float() / 255.0
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Where the resized image sits inside the square input."""
@@ -79,9 +86,13 @@ class Preprocess:
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 (B, S, S) or (B, 1, S, S) -> float (B, C, S, S)."""
-        if batch.ndim == 3:
-            batch = batch[:, None]
-        x = batch.float() / 255.0
+        return self.standardize(to_unit(batch))
+
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        """Gray float in [0, 1] (B, 1, S, S) -> the network's input (B, C, S, S).
+
+        Training augments the one-channel image before this step (three times less work than
+        augmenting the three-channel input)."""
         if self.norm == "xrv":
             x = x * 2048.0 - 1024.0
             return x.expand(-1, self.channels, -1, -1)

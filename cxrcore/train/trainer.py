@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..checkpoint import Card, load_checkpoint, save_checkpoint
 from ..data.cache import build_cache
 from ..data.index import POLICIES, DatasetIndex, patient_split
-from ..data.preprocess import Preprocess
+from ..data.preprocess import Preprocess, to_unit
 from ..data.readers import read_dataset
 from ..errors import ConfigError, DataError
 from ..eval.metrics import best_f1_thresholds, mean_ignoring_nan, per_label_auroc
@@ -266,9 +266,10 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: Callable[[str,
                 stopped = True
                 break
             rows = np.sort(order[k:k + cfg.batch_size])
-            x = prep.normalize(torch.from_numpy(np.asarray(data.images[rows])).to(device))
+            x = to_unit(torch.from_numpy(np.asarray(data.images[rows])))
             if cfg.augment:
-                x = random_affine(x, gen) if device.type == "cpu" else random_affine(x.cpu(), gen).to(device)
+                x = random_affine(x, gen)
+            x = prep.standardize(x.to(device))
             y = torch.from_numpy(data.targets[rows]).to(device)
             loss = masked_bce(model(x), y)
             opt.zero_grad(set_to_none=True)
