@@ -55,3 +55,23 @@ def shipped() -> dict[str, Path]:
     if missing:
         pytest.fail(f"shipped checkpoints missing: {missing}; run `cxr demo build`")
     return out
+
+
+def kill_jobs(home: Path) -> None:
+    """Kill the process group of every job of the workspace ``home`` still alive, and reap it."""
+    import signal
+
+    from cxrcore.jobs import JobStore, process_alive, refresh
+
+    db = home / "jobs.sqlite"
+    if not db.exists():
+        return
+    store = JobStore(db)
+    for job in store.list(limit=None):
+        if job.pid and process_alive(job.pid, job.id):
+            try:
+                os.killpg(job.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if job.pid:
+            refresh(job, store)  # reaps runners started by this process

@@ -1,10 +1,8 @@
 """The uint8 training cache: contents equal the preprocessing, resumable, keyed by preprocessing, failures recorded."""
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from cxrcore.data.cache import build_cache

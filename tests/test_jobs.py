@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import kill_jobs
 from cxrcore.errors import CXRError, ConfigError, JobError
 from cxrcore.jobs import (ACTIVE, Job, JobStore, cancel, events, process_alive, progress_summary, refresh, submit,
                           tail_log)
@@ -46,16 +47,7 @@ def ws(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("MKL_NUM_THREADS", "1")
     yield tmp_path
-    db = tmp_path / "jobs.sqlite"
-    if db.exists():
-        for job in JobStore(db).list(limit=None):
-            if job.pid and process_alive(job.pid, job.id):
-                try:
-                    os.killpg(job.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            if job.pid:
-                refresh(job, JobStore(db))  # reaps our own children
+    kill_jobs(tmp_path)
 
 
 def wait_for(predicate, deadline_s: float = DEADLINE_S, interval: float = 0.25, what: str = "condition"):

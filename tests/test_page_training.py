@@ -9,15 +9,13 @@ into each workspace. A finalizer kills the process group of any runner still ali
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import NIH_SAMPLE, REPO  # also puts the repository root on sys.path (`ui`, `cxrcore`)
+from conftest import NIH_SAMPLE, REPO, kill_jobs  # also puts the repository root on sys.path (`ui`, `cxrcore`)
 from cxrcore.jobs import JobStore, events, process_alive, progress_summary, refresh
 from cxrcore.labels import CHEXPERT5, NIH14
 
@@ -42,17 +40,7 @@ def ws(tmp_path, monkeypatch, app_home):
     monkeypatch.setenv("MKL_NUM_THREADS", "1")
     (tmp_path / "datasets").symlink_to(app_home / "datasets", target_is_directory=True)
     yield tmp_path
-    db = tmp_path / "jobs.sqlite"
-    if db.exists():
-        store = JobStore(db)
-        for job in store.list(limit=None):
-            if job.pid and process_alive(job.pid, job.id):
-                try:
-                    os.killpg(job.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            if job.pid:
-                refresh(job, store)  # reaps runners started by this process
+    kill_jobs(tmp_path)
 
 
 def new_app() -> AppTest:

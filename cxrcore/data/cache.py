@@ -124,7 +124,6 @@ def _build(folder: Path, paths: list[str], prep: Preprocess, progress: Progress 
         failed_path.write_text(json.dumps({str(k): v for k, v in failed.items()}))
         raise
     array.flush()
-    del array
     (folder / "meta.json").write_text(json.dumps({"n": n, "size": s, "preprocess": prep.to_dict(),
                                                  "failed": {str(k): v for k, v in failed.items()}}))
     filled_path.unlink(missing_ok=True)

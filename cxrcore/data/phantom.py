@@ -619,7 +619,7 @@ class _Renderer:
 
     def draw_heart(self):
         g, cv, A = self.g, self.cv, self.A
-        hw, hy = g["hw"], g["hy"]
+        hw = g["hw"]
         win = cv.window(0.5 - 2 * hw * g["hsplit"] - 0.01, g["vt"] - 0.01,
                         0.5 + 2 * hw * (1 - g["hsplit"]) + 0.01, g["vb"] + 0.01)
         U, V = cv.U[win], cv.V[win]

@@ -165,7 +165,7 @@ def explain_stream(panel_png: bytes, facts: dict, config: LLMConfig) -> Iterator
             raise LLMError(f"{where} answered with no text. Check that model {config.model!r} exists there and accepts images.")
     except LLMError:
         raise
-    except openai.AuthenticationError as exc:
+    except openai.AuthenticationError:
         raise LLMError(f"{where} rejected the API key (HTTP 401). Check OPENAI_API_KEY.") from None
     except openai.APITimeoutError:
         raise LLMError(f"{where} did not answer within {config.timeout:.0f} s. Try again or use a faster model.") from None

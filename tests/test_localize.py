@@ -1,0 +1,143 @@
+"""Localization scores: IoU / IoBB / pointing game on hand-made boxes and heatmaps with known
+answers, and `cxr localize` on the real NIH sample (24 radiologist boxes) and on the NIH phantom."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cxrcore.cli import main
+from cxrcore.data.readers import read_dataset
+from cxrcore.explain.boxes import Box, iou
+from cxrcore.explain.localize import (BoxResult, LocalizationReport, clip_box, iobb, peak_point, pointing_hit,
+                                      score_box, summarize)
+from cxrcore.labels import find_label
+
+from conftest import NIH_SAMPLE
+
+
+def B(x, y, w, h, s=1.0):
+    return Box(x, y, w, h, s)
+
+
+# --------------------------------------------------------------------------- known answers
+
+def test_iou_and_iobb_known_values():
+    gt = B(0.2, 0.2, 0.4, 0.4)                      # area 0.16
+    inner = B(0.3, 0.3, 0.1, 0.1)                   # inside gt, area 0.01
+    half = B(0.4, 0.2, 0.4, 0.4)                    # overlaps gt in 0.2 x 0.4 = 0.08
+    apart = B(0.7, 0.7, 0.2, 0.2)
+    # IoBB = intersection / area of the detected box: a small box inside the GT scores 1
+    assert iobb(gt, inner) == pytest.approx(1.0)
+    assert iou(gt, inner) == pytest.approx(0.01 / 0.16)
+    assert iobb(gt, half) == pytest.approx(0.08 / 0.16)
+    assert iou(gt, half) == pytest.approx(0.08 / (0.16 + 0.16 - 0.08))
+    # a detected box four times the GT, containing it: IoBB = 0.25, IoU = 0.25
+    big = B(0.1, 0.1, 0.8, 0.8)                     # area 0.64
+    assert iobb(gt, big) == pytest.approx(0.16 / 0.64)
+    assert iou(gt, big) == pytest.approx(0.16 / 0.64)
+    # IoBB is not symmetric: over the GT's area this would be 1
+    assert iobb(big, gt) == pytest.approx(1.0)
+    assert iobb(gt, apart) == 0.0 and iou(gt, apart) == 0.0
+    assert iobb(gt, B(0.3, 0.3, 0.0, 0.1)) == 0.0   # degenerate detected box
+
+
+def test_score_box_takes_the_best_predicted_box_and_thresholds_are_inclusive():
+    gt = B(0.2, 0.2, 0.4, 0.4)
+    preds = [B(0.7, 0.7, 0.2, 0.2), B(0.4, 0.2, 0.4, 0.4), B(0.3, 0.3, 0.1, 0.1)]
+    s = score_box(gt, preds, None)
+    assert s["iou"] == pytest.approx(1 / 3)          # from the half-overlapping box
+    assert s["iobb"] == pytest.approx(1.0)           # from the small inner box
+    assert s["area"] == pytest.approx(0.16) and s["n_pred"] == 3 and s["pointing"] is False
+    empty = score_box(gt, [], None)
+    assert empty["iou"] == 0.0 and empty["iobb"] == 0.0 and empty["n_pred"] == 0
+
+    def res(i, b, p):
+        return BoxResult("img", "Mass", "Mass", gt, i, b, p, 1, 0.16)
+
+    # accuracies count a hit at >= T (IoU exactly 0.25 and IoBB exactly 0.5 are hits)
+    summary = summarize([res(0.25, 0.5, True), res(0.1, 0.1, False), res(0.0, 0.0, False), res(0.6, 1.0, True)])
+    assert summary["n"] == 4
+    assert summary["iou_acc"] == {"0.1": 0.75, "0.25": 0.5, "0.5": 0.25}
+    assert summary["iobb_acc"] == {"0.1": 0.75, "0.25": 0.5, "0.5": 0.5}
+    assert summary["pointing"] == 0.5 and summary["chance"] == pytest.approx(0.16)
+
+
+def test_clip_box_to_the_image():
+    b = clip_box(B(0.9, -0.1, 0.3, 0.3))
+    assert (b.x, b.y) == (pytest.approx(0.9), 0.0)
+    assert b.w == pytest.approx(0.1) and b.h == pytest.approx(0.2)
+
+
+def test_pointing_game_on_hand_made_heatmaps():
+    heat = np.zeros((100, 200), np.float32)          # image 200 wide, 100 high
+    heat[30, 150] = 1.0                              # peak at x = 150.5 / 200, y = 30.5 / 100
+    assert peak_point(heat) == pytest.approx((150.5 / 200, 30.5 / 100))
+    assert pointing_hit(heat, B(0.7, 0.2, 0.1, 0.2))
+    assert not pointing_hit(heat, B(0.1, 0.2, 0.5, 0.5))
+    assert not pointing_hit(heat, B(0.7, 0.31, 0.1, 0.2))  # just below the peak
+    # an all-zero heatmap (every cell removed by the ReLU) never hits, even a box covering the image
+    assert not pointing_hit(np.zeros((10, 10)), B(0, 0, 1, 1))
+    # a Gaussian blob: its maximum is inside a box around its centre
+    yy, xx = np.mgrid[0:64, 0:64]
+    blob = np.exp(-((xx - 40) ** 2 + (yy - 20) ** 2) / 50.0)
+    assert pointing_hit(blob, B(0.55, 0.25, 0.15, 0.15))
+    assert score_box(B(0.55, 0.25, 0.15, 0.15), [], blob)["pointing"] is True
+
+
+def test_report_table_and_json_shape():
+    gt = B(0.2, 0.2, 0.4, 0.4)
+    rs = [BoxResult("a", "Mass", "Mass", gt, 0.3, 0.6, True, 2, 0.16),
+          BoxResult("b", "Effusion", "Pleural Effusion", gt, 0.0, 0.0, False, 0, 0.16)]
+    rep = LocalizationReport("ck", "ds", "all", 3, 0.5, rs, skipped={"Nodule": 2}, n_boxes_split=4, n_boxes_dataset=4,
+                             n_images=2)
+    d = rep.to_dict()
+    assert list(d["labels"]) == ["Mass", "Effusion"] and d["labels"]["Effusion"]["model_label"] == "Pleural Effusion"
+    assert d["overall"]["n"] == 2 and d["overall"]["pointing"] == 0.5 and d["macro"]["n_labels"] == 2
+    assert d["skipped_labels"] == {"Nodule": 2} and len(d["boxes"]) == 2
+    table = rep.table()
+    assert "T(IoBB)=0.25" in table and "pointing game" in table and "Effusion" in table
+
+
+# --------------------------------------------------------------------------- real NIH sample
+
+def test_cxr_localize_on_real_nih_sample(shipped, capsys):
+    index = read_dataset(NIH_SAMPLE)
+    assert len(index.boxes) == 24
+    labels = json.loads((shipped["baseline"] / "card.json").read_text())["labels"]
+    scorable = [x for x in index.boxes["label"] if find_label(x, labels) is not None]
+
+    assert main(["localize", "--checkpoint", str(shipped["baseline"]), "--data", str(NIH_SAMPLE),
+                 "--split", "all", "--json", "--boxes"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["labels"]) == set(index.boxes["label"])           # Pneumonia and Infiltration (from Infiltrate)
+    assert sum(s["n"] for s in out["labels"].values()) == len(scorable) == out["n_boxes_scored"] == 24
+    assert out["overall"]["n"] == 24 and out["n_images"] == 23 and out["skipped_labels"] == {}
+    for s in out["labels"].values():
+        for acc in list(s["iou_acc"].values()) + list(s["iobb_acc"].values()) + [s["pointing"], s["chance"]]:
+            assert 0.0 <= acc <= 1.0
+        # looser thresholds never score lower
+        assert s["iou_acc"]["0.1"] >= s["iou_acc"]["0.25"] >= s["iou_acc"]["0.5"]
+        assert s["iobb_acc"]["0.1"] >= s["iobb_acc"]["0.25"] >= s["iobb_acc"]["0.5"]
+    assert len(out["boxes"]) == 24
+    # the table form runs too, and the fine-tuned (CheXpert-14) model scores Pneumonia but not Infiltration
+    assert main(["localize", "--checkpoint", str(shipped["finetuned"]), "--data", str(NIH_SAMPLE), "--split", "all"]) == 0
+    text = capsys.readouterr().out
+    assert "pointing game" in text and "Pneumonia" in text and "Infiltration (1)" in text
+
+
+# --------------------------------------------------------------------------- phantom
+
+def test_pointing_game_for_cardiomegaly_on_nih_phantom_beats_chance(app_env, shipped, capsys):
+    from cxrcore.demo import app_data
+
+    data = app_data()["nih"]
+    assert main(["localize", "--checkpoint", str(shipped["baseline"]), "--data", str(data),
+                 "--split", "test", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    cardio = out["labels"]["Cardiomegaly"]
+    assert cardio["n"] >= 10, cardio
+    # chance = mean ground-truth box area fraction (a uniformly dropped point)
+    assert cardio["pointing"] >= cardio["chance"] + 0.25, cardio
+    assert out["overall"]["n"] == sum(s["n"] for s in out["labels"].values())
