@@ -161,6 +161,69 @@ def cmd_jobs(a) -> int:
     return 0
 
 
+def cmd_eval(a) -> int:
+    import time
+
+    from . import workspace
+    from .eval.evaluate import RATES, run_evaluation
+    from .eval.report import metrics_json, write_all
+
+    result, data = run_evaluation(a.checkpoint, a.data, a.split, a.n_boot, a.compare, seed=a.seed,
+                                  progress=None if a.json else _bar("predict"))
+    if a.out:
+        out = Path(a.out)
+    else:
+        stem = f"{Path(a.checkpoint).resolve().name}-{result['dataset']}-{a.split}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = workspace.sub("eval") / stem
+    files = write_all(out, result, data)
+    if a.json:
+        print(metrics_json(result))
+        return 0
+
+    def ci(m, d=3):
+        if not m or m.get("value") is None:
+            return "-"
+        if m.get("low") is None:
+            return f"{m['value']:.{d}f}"
+        return f"{m['value']:.{d}f} [{m['low']:.{d}f}, {m['high']:.{d}f}]"
+
+    b, s = result["bootstrap"], result["summary"]
+    print(f"{result['model']} on {result['dataset']} ({a.split}): {result['n_images']} images, "
+          f"{result['n_patients']} patients; {int(round(100 * (1 - b['alpha'])))}% CIs from {b['n_boot']} "
+          f"patient-bootstrap replicates")
+    head = f"  {'label':<27} {'n':>5} {'pos':>4}  {'AUROC [CI]':<22} {'AUPRC [CI]':<22} {'thr':>5} " \
+           + " ".join(f"{r[:5]:>5}" for r in RATES) + f" {'ECE':>6} {'Brier':>6}"
+    print(head)
+    for x, m in result["per_label"].items():
+        if not m["n"]:
+            continue
+        rates = " ".join(f"{m[r]['value']:>5.2f}" if m[r]["value"] is not None else f"{'-':>5}" for r in RATES)
+        print(f"  {x[:27]:<27} {m['n']:>5} {m['positives']:>4}  {ci(m['auroc']):<22} {ci(m['auprc']):<22} "
+              f"{m['threshold']:>5.2f} {rates} {m['ece']['value']:>6.3f} {m['brier']['value']:>6.3f}")
+    print(f"  mean AUROC {ci(s['mean_auroc'])}, mean AUPRC {ci(s['mean_auprc'])} over "
+          f"{len(s['labels_evaluated'])} labels with positives and negatives")
+    print(f"  Hamming loss {ci(s['hamming_loss'])}, subset accuracy {ci(s['subset_accuracy'])} "
+          f"(card thresholds, {s['multilabel_images']} images)")
+    if s["labels_not_evaluated"]:
+        print("  not evaluated: " + ", ".join(f"{k} ({v})" for k, v in s["labels_not_evaluated"].items()))
+    c = result["comparison"]
+    if c:
+        print(f"\ncompare: {c['compare_model']} - {result['model']} on {len(c['shared_labels'])} shared labels, "
+              f"{c['n_images']} images")
+        print(f"  {'label':<27} {'pos':>4} {'AUROC a':>7} {'AUROC b':>7}  {'dAUROC [paired CI]':<26} {'DeLong p':>8}")
+        num = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
+        for x, m in c["per_label"].items():
+            p = m["delong"]["p"]
+            print(f"  {x[:27]:<27} {m['positives']:>4} {num(m['auroc_checkpoint'], '.3f'):>7} "
+                  f"{num(m['auroc_compare'], '.3f'):>7}  {ci(m['delta_auroc']):<26} "
+                  f"{num(p, '.4f' if p is None or p >= 1e-4 else '.1e'):>8}")
+        print(f"  mean dAUROC {ci(c['mean_delta_auroc'])}; wins {len(c['wins'])}, losses {len(c['losses'])}, "
+              f"significant (DeLong p < {b['alpha']}): {len(c['significant_wins'])} wins, "
+              f"{len(c['significant_losses'])} losses")
+    print(f"\nwrote {', '.join(p.name for p in files.values())} to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cxr", description="Chest X-ray classifiers: data, training, explanation.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -220,6 +283,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("job", nargs="?")
     s.add_argument("--lines", type=int, default=40)
     s.set_defaults(func=cmd_jobs)
+
+    s = sub.add_parser("eval", help="metrics with patient-bootstrap CIs, calibration, DeLong comparison; HTML report")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--data", required=True, help="dataset folder (NIH or CheXpert layout)")
+    s.add_argument("--split", choices=["test", "val", "all"], default="test",
+                   help="patient-level split by the checkpoint's split seed, or all images")
+    s.add_argument("--compare", help="a second checkpoint: ΔAUROC on the shared labels, paired CI, DeLong p")
+    s.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (patients resampled)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", action="store_true", help="print every metric with its CI as JSON")
+    s.add_argument("--out", help="folder for predictions.csv, metrics.json, report.html (default: workspace eval/)")
+    s.set_defaults(func=cmd_eval)
     return p
 
 
