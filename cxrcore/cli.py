@@ -123,6 +123,30 @@ def cmd_predict(a) -> int:
     return 0
 
 
+def cmd_localize(a) -> int:
+    from .explain.localize import localize_checkpoint
+
+    report = localize_checkpoint(a.checkpoint, a.data, a.split, a.top_k, a.box_threshold,
+                                 progress=None if a.json else _bar("predict"))
+    if a.json:
+        print(json.dumps(report.to_dict(boxes=a.boxes), indent=1))
+        return 0
+    print(f"{report.dataset}, split {report.split}: {len(report.results)} ground-truth boxes scored on "
+          f"{report.n_images} images ({report.n_boxes_split} boxes in the split, {report.n_boxes_dataset} in the "
+          f"dataset); top-{report.top_k} boxes per label at {report.box_threshold:g} x peak; {report.seconds:.1f} s")
+    if report.skipped:
+        print("labels the model does not have (not scored): "
+              + ", ".join(f"{k} ({v})" for k, v in sorted(report.skipped.items())))
+    if not report.results:
+        print("no box to score")
+        return 0
+    print(report.table())
+    print("accuracy = share of ground-truth boxes with a predicted box at IoU / IoBB >= T (IoBB = intersection over "
+          "the predicted box's area, Wang et al. 2017); pointing game = heatmap peak inside the box; chance = mean "
+          "box area fraction")
+    return 0
+
+
 def cmd_demo(a) -> int:
     from .demo import build
 
@@ -270,6 +294,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--panel", help="also write a PNG panel with the overlay of --label (default: top label)")
     s.add_argument("--label")
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("localize", help="score heatmap boxes against ground-truth boxes (IoU, IoBB, pointing game)")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--data", required=True, help="dataset folder with boxes (NIH BBox_List_2017*.csv or phantom_boxes.csv)")
+    s.add_argument("--split", choices=["test", "val", "train", "all"], default="test",
+                   help="patient split of the checkpoint's training seed; all for data the model never saw")
+    s.add_argument("--top-k", type=int, default=3, help="predicted boxes per label")
+    s.add_argument("--box-threshold", type=float, default=0.5, help="heatmap threshold for boxes, fraction of the peak")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--boxes", action="store_true", help="include every ground-truth box's scores in the JSON")
+    s.set_defaults(func=cmd_localize)
 
     s = sub.add_parser("demo", help="build the shipped demo checkpoints")
     s.add_argument("action", choices=["build"])

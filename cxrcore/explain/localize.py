@@ -1,0 +1,285 @@
+"""Localization scores of a checkpoint's heatmap boxes against ground-truth boxes.
+
+Ground truth is the dataset index's ``boxes`` table (NIH ``BBox_List_2017.csv``, or the CheXpert
+phantom's ``phantom_boxes.csv`` in the same format), coordinates as fractions of the image.
+For every ground-truth box whose label the model has (synonyms matched, so ``Effusion`` scores a
+model's ``Pleural Effusion``), the image is predicted once (``Predictor.predict``, cached per
+image) and the top-k boxes the model cuts from that label's heatmap are compared with it:
+
+- **IoU**: intersection over union, best of the predicted boxes;
+- **IoBB**: intersection over the area of the *detected* (predicted) box, best of the predicted
+  boxes (Wang et al. 2017, ChestX-ray8, section 5.2: "Intersection over the detected B-Box area
+  ratio", similar to Area of Precision or Purity). It rewards a small predicted box lying inside
+  the ground truth, even when it covers little of it;
+- **accuracy at T**: the share of ground-truth boxes hit by at least one predicted box with
+  IoU >= T (T(IoU) = 0.1, 0.25, 0.5) or with IoBB >= T (T(IoBB) = 0.1, 0.25, 0.5). Wang et al.
+  count a localization as correct when the ratio passes the threshold; their Table 3 lists
+  T(IoU) = 0.1 ... 0.7 and T(IoBB) = 0.1, 0.25, 0.5, 0.75, 0.9. A box with no predicted box of
+  its label (an empty heatmap) scores 0;
+- **pointing game** (Zhang et al. 2016, no tolerance margin): a hit when the heatmap's maximum
+  falls inside the ground-truth box. Its chance level, for a point dropped uniformly on the
+  image, is the box's area fraction; ``chance`` reports the mean over the boxes.
+
+Scores are reported per label (n = number of ground-truth boxes of that label), over all boxes
+(micro) and as the mean over labels (macro).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..data.index import DatasetIndex
+from ..errors import ConfigError, DataError
+from ..labels import find_label
+from .boxes import Box, iou
+
+IOU_THRESHOLDS = (0.1, 0.25, 0.5)
+IOBB_THRESHOLDS = (0.1, 0.25, 0.5)
+
+
+# --------------------------------------------------------------------------- geometry
+
+def clip_box(b: Box) -> Box:
+    """The part of ``b`` inside the image [0, 1] x [0, 1]."""
+    x0, y0 = min(max(b.x, 0.0), 1.0), min(max(b.y, 0.0), 1.0)
+    x1, y1 = min(max(b.x + b.w, 0.0), 1.0), min(max(b.y + b.h, 0.0), 1.0)
+    return Box(x0, y0, x1 - x0, y1 - y0, b.score)
+
+
+def intersection(a: Box, b: Box) -> float:
+    ix = max(0.0, min(a.x + a.w, b.x + b.w) - max(a.x, b.x))
+    iy = max(0.0, min(a.y + a.h, b.y + b.h) - max(a.y, b.y))
+    return ix * iy
+
+
+def iobb(gt: Box, detected: Box) -> float:
+    """Intersection over the area of the detected box (Wang et al. 2017); 0 for an empty box."""
+    area = detected.w * detected.h
+    return intersection(gt, detected) / area if area > 0 else 0.0
+
+
+def peak_point(heatmap: np.ndarray) -> tuple[float, float] | None:
+    """Centre of the heatmap's hottest cell as (x, y) fractions of the image; None for an empty map."""
+    heat = np.asarray(heatmap, dtype=np.float32)
+    if heat.size == 0 or not np.isfinite(heat).any() or float(np.nanmax(heat)) <= 0:
+        return None
+    r, c = np.unravel_index(int(np.nanargmax(heat)), heat.shape)
+    return float((c + 0.5) / heat.shape[1]), float((r + 0.5) / heat.shape[0])
+
+
+def inside(point: tuple[float, float] | None, b: Box) -> bool:
+    if point is None:
+        return False
+    x, y = point
+    return bool(b.x <= x <= b.x + b.w and b.y <= y <= b.y + b.h)
+
+
+def pointing_hit(heatmap: np.ndarray, gt: Box) -> bool:
+    """Pointing game: the heatmap's argmax lies inside ``gt`` (an all-zero map never hits)."""
+    return inside(peak_point(heatmap), gt)
+
+
+@dataclass
+class BoxResult:
+    """Scores of one ground-truth box."""
+
+    image_id: str
+    label: str                 # as the dataset names it
+    model_label: str           # the model's label it was matched to
+    gt: Box
+    iou: float                 # best IoU over the predicted boxes (0 when there are none)
+    iobb: float                # best IoBB over the predicted boxes
+    pointing: bool
+    n_pred: int                # predicted boxes of that label on the image
+    area: float                # ground-truth box area fraction (chance level of the pointing game)
+    peak: tuple[float, float] | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["gt"] = {k: round(v, 5) for k, v in self.gt.to_dict().items() if k != "score"}
+        d["peak"] = None if self.peak is None else [round(v, 4) for v in self.peak]
+        return d
+
+
+def score_box(gt: Box, predicted: list[Box], heatmap: np.ndarray | None) -> dict:
+    """IoU, IoBB (best over ``predicted``), pointing game and chance for one ground-truth box."""
+    gt = clip_box(gt)
+    best_iou = max((iou(gt, p) for p in predicted), default=0.0)
+    best_iobb = max((iobb(gt, p) for p in predicted), default=0.0)
+    peak = peak_point(heatmap) if heatmap is not None else None
+    return {"iou": float(best_iou), "iobb": float(best_iobb), "pointing": inside(peak, gt),
+            "n_pred": len(predicted), "area": float(gt.w * gt.h), "peak": peak}
+
+
+# --------------------------------------------------------------------------- summaries
+
+def summarize(results: list[BoxResult]) -> dict:
+    """Accuracies at the thresholds, pointing hit rate, chance, means; n = number of boxes."""
+    n = len(results)
+    if n == 0:
+        return {"n": 0}
+    ious = np.array([r.iou for r in results])
+    iobbs = np.array([r.iobb for r in results])
+    return {
+        "n": n,
+        "iou_acc": {str(t): float((ious >= t).mean()) for t in IOU_THRESHOLDS},
+        "iobb_acc": {str(t): float((iobbs >= t).mean()) for t in IOBB_THRESHOLDS},
+        "pointing": float(np.mean([r.pointing for r in results])),
+        "chance": float(np.mean([r.area for r in results])),
+        "mean_iou": float(ious.mean()),
+        "mean_iobb": float(iobbs.mean()),
+        "no_prediction": int(sum(r.n_pred == 0 for r in results)),
+    }
+
+
+def _macro(per_label: dict[str, dict]) -> dict:
+    rows = [s for s in per_label.values() if s.get("n")]
+    if not rows:
+        return {"n_labels": 0}
+    out = {"n_labels": len(rows)}
+    for key in ("iou_acc", "iobb_acc"):
+        out[key] = {t: float(np.mean([r[key][t] for r in rows])) for t in rows[0][key]}
+    for key in ("pointing", "chance", "mean_iou", "mean_iobb"):
+        out[key] = float(np.mean([r[key] for r in rows]))
+    return out
+
+
+@dataclass
+class LocalizationReport:
+    checkpoint: str
+    dataset: str
+    split: str
+    top_k: int
+    box_threshold: float
+    results: list[BoxResult]
+    skipped: dict[str, int] = field(default_factory=dict)   # GT label the model lacks -> boxes
+    n_boxes_split: int = 0                                  # GT boxes on the split's images
+    n_boxes_dataset: int = 0                                # GT boxes in the whole dataset
+    n_images: int = 0                                       # images predicted
+    seconds: float = 0.0
+
+    @property
+    def labels(self) -> list[str]:
+        out: list[str] = []
+        for r in self.results:
+            if r.label not in out:
+                out.append(r.label)
+        return out
+
+    def per_label(self) -> dict[str, dict]:
+        out = {}
+        for label in self.labels:
+            rs = [r for r in self.results if r.label == label]
+            out[label] = {"model_label": rs[0].model_label, **summarize(rs)}
+        return out
+
+    def overall(self) -> dict:
+        return summarize(self.results)
+
+    def to_dict(self, boxes: bool = True) -> dict:
+        per = self.per_label()
+        d = {
+            "checkpoint": self.checkpoint, "dataset": self.dataset, "split": self.split,
+            "top_k": self.top_k, "box_threshold": self.box_threshold,
+            "iou_thresholds": list(IOU_THRESHOLDS), "iobb_thresholds": list(IOBB_THRESHOLDS),
+            "n_images": self.n_images, "n_boxes_dataset": self.n_boxes_dataset,
+            "n_boxes_split": self.n_boxes_split, "n_boxes_scored": len(self.results),
+            "skipped_labels": dict(self.skipped),
+            "labels": per, "overall": self.overall(), "macro": _macro(per), "seconds": round(self.seconds, 2),
+        }
+        if boxes:
+            d["boxes"] = [r.to_dict() for r in self.results]
+        return d
+
+    def table(self) -> str:
+        """Rows = thresholds, columns = labels (as Wang et al. 2017, Table 3), plus all boxes and the label mean."""
+        per = self.per_label()
+        cols = [(label, per[label]) for label in self.labels] + [("all boxes", self.overall()),
+                                                                  ("label mean", _macro(per))]
+        widths = [max(len(c), 5) + 2 for c, _ in cols]
+        lines = [f"{'':<14}" + "".join(f"{c:>{w}}" for (c, _), w in zip(cols, widths))]
+
+        def row(name, get):
+            cells = []
+            for (_, s), w in zip(cols, widths):
+                v = get(s) if s.get("n") or s.get("n_labels") else None
+                cells.append(f"{'-':>{w}}" if v is None else f"{v:>{w}.3f}" if isinstance(v, float) else f"{v:>{w}}")
+            lines.append(f"{name:<14}" + "".join(cells))
+
+        for t in IOU_THRESHOLDS:
+            row(f"T(IoU)={t}", lambda s, t=t: s["iou_acc"][str(t)])
+        for t in IOBB_THRESHOLDS:
+            row(f"T(IoBB)={t}", lambda s, t=t: s["iobb_acc"][str(t)])
+        row("pointing game", lambda s: s["pointing"])
+        row("chance (area)", lambda s: s["chance"])
+        row("mean IoU", lambda s: s["mean_iou"])
+        row("n boxes", lambda s: s.get("n"))
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- running
+
+def localize(predictor, index: DatasetIndex, split: str = "test", top_k: int = 3, box_threshold: float = 0.5,
+             progress: Callable[[int, int], None] | None = None, seed: int | None = None) -> LocalizationReport:
+    """Score ``predictor``'s heatmap boxes against ``index.boxes`` on ``split`` (train/val/test/all).
+
+    The split is the patient-level split the checkpoint was trained with (seed from its card);
+    ``all`` uses every image, which is right for data the model never saw.
+    """
+    import time
+
+    from ..eval.predictions import split_rows
+
+    t0 = time.perf_counter()
+    if top_k < 1:
+        raise ConfigError(f"top_k must be at least 1, not {top_k}.")
+    if not 0 < box_threshold <= 1:
+        raise ConfigError(f"box_threshold is a fraction of the heatmap's peak in (0, 1], not {box_threshold}.")
+    if index.boxes is None or not len(index.boxes):
+        raise DataError(f"{index.name} has no ground-truth boxes (NIH: BBox_List_2017*.csv beside the label table; "
+                        "CheXpert phantom: phantom_boxes.csv).")
+    seed = int(predictor.card.data.get("split_seed", 0)) if seed is None else seed
+    rows = split_rows(index, split, seed)
+    sub = index.subset(np.isin(np.arange(len(index)), rows))
+    paths = dict(zip(sub.frame["image_id"].astype(str), sub.frame["path"]))
+    gt = sub.boxes[sub.boxes["image_id"].astype(str).isin(paths)]
+    gt = gt[np.array([isinstance(paths.get(str(i)), str) for i in gt["image_id"]], dtype=bool)]
+
+    skipped: dict[str, int] = {}
+    todo = []
+    for row in gt.itertuples(index=False):
+        j = find_label(str(row.label), predictor.labels)
+        if j is None:
+            skipped[str(row.label)] = skipped.get(str(row.label), 0) + 1
+            continue
+        todo.append((str(row.image_id), str(row.label), j, Box(float(row.x), float(row.y), float(row.w), float(row.h), 1.0)))
+
+    images = sorted({t[0] for t in todo})
+    cache = {}
+    for k, image_id in enumerate(images):  # one prediction per image
+        cache[image_id] = predictor.predict(paths[image_id], heatmaps=True, top_k_boxes=top_k, box_threshold=box_threshold)
+        if progress:
+            progress(k + 1, len(images))
+
+    results = []
+    for image_id, label, j, box in todo:
+        pred = cache[image_id]
+        model_label = pred.labels[j]
+        s = score_box(box, pred.boxes.get(model_label, [])[:top_k], pred.heatmaps[j])
+        results.append(BoxResult(image_id, label, model_label, clip_box(box), **s))
+    return LocalizationReport(
+        checkpoint=str(getattr(predictor, "path", "")), dataset=index.name, split=split, top_k=top_k,
+        box_threshold=box_threshold, results=results, skipped=skipped, n_boxes_split=len(gt),
+        n_boxes_dataset=len(index.boxes), n_images=len(images), seconds=time.perf_counter() - t0)
+
+
+def localize_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, split: str = "test", top_k: int = 3,
+                        box_threshold: float = 0.5, progress=None) -> LocalizationReport:
+    from ..data.readers import read_dataset
+    from ..predictor import Predictor
+
+    return localize(Predictor(checkpoint), read_dataset(Path(data)), split, top_k, box_threshold, progress)
