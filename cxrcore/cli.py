@@ -147,6 +147,37 @@ def cmd_localize(a) -> int:
     return 0
 
 
+def cmd_stats(a) -> int:
+    from .data import stats
+    from .data.readers import builtin_table, read_dataset
+
+    index = builtin_table(a.source[len("builtin:"):]) if a.source.startswith("builtin:") else read_dataset(a.source, a.format)
+    info = stats.summary(index)
+    prev = stats.prevalence(index)
+    if a.json:
+        print(json.dumps({"summary": info, "prevalence": json.loads(prev.reset_index().to_json(orient="records"))},
+                         indent=1, default=str))
+        return 0
+    print(f"{info['name']} ({info['format']}): {info['images']:,} images, {info['patients']:,} patients, "
+          f"{info['images_on_disk']:,} image files found on disk")
+    for note in info.get("notes", []):
+        print(f"  note: {note}")
+    print(prev.round(2).to_string())
+    return 0
+
+
+def cmd_cache(a) -> int:
+    from .data.cache import build_cache
+    from .data.preprocess import Preprocess
+    from .data.readers import read_dataset
+
+    index = read_dataset(a.data, a.format)
+    cache = build_cache(index, Preprocess(size=a.size, fit=a.fit), progress=_bar("cache"), workers=a.workers)
+    print(f"cache of {len(cache):,} images at {a.size} px in {cache.folder}"
+          + (f"; {len(cache.failed)} unreadable (left black, excluded from training)" if cache.failed else ""))
+    return 0
+
+
 def cmd_demo(a) -> int:
     from .demo import build
 
@@ -305,6 +336,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--boxes", action="store_true", help="include every ground-truth box's scores in the JSON")
     s.set_defaults(func=cmd_localize)
+
+    s = sub.add_parser("stats", help="label statistics of a dataset folder or a builtin table")
+    s.add_argument("source", help="a dataset folder, or builtin:nih / builtin:chexpert (full tables in torchxrayvision)")
+    s.add_argument("--format", choices=["auto", "nih", "chexpert"], default="auto")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_stats)
+
+    s = sub.add_parser("cache", help="build the uint8 image cache training reads (once per dataset and size)")
+    s.add_argument("data")
+    s.add_argument("--size", type=int, default=160)
+    s.add_argument("--fit", choices=["pad", "crop"], default="pad")
+    s.add_argument("--format", choices=["auto", "nih", "chexpert"], default="auto")
+    s.add_argument("--workers", type=int, default=2)
+    s.set_defaults(func=cmd_cache)
 
     s = sub.add_parser("demo", help="build the shipped demo checkpoints")
     s.add_argument("action", choices=["build"])

@@ -133,3 +133,20 @@ def test_cli_phantom_then_train_then_predict(tmp_path):
     # a run folder that exists is refused before anything starts
     r = _cxr("train", "--data", str(tmp_path / "ph"), "--out", str(tmp_path / "run"), env=env)
     assert r.returncode == 2 and "already exists" in r.stderr
+
+
+def test_cli_stats_and_cache_on_the_real_sample(tmp_path):
+    env = dict(**__import__("os").environ, CXR_HOME=str(tmp_path))
+    from conftest import NIH_SAMPLE
+
+    r = _cxr("stats", str(NIH_SAMPLE), "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["summary"]["images"] == 250 and out["summary"]["patients"] == 172
+    prev = {row["label"]: row for row in out["prevalence"]}
+    assert prev["Pneumonia"]["images_positive"] == 141 and prev["Hernia"]["images_positive"] == 0
+    r = _cxr("cache", str(NIH_SAMPLE), "--size", "48", "--workers", "1", env=env)
+    assert r.returncode == 0 and "cache of 250 images at 48 px" in r.stdout
+    assert len(list((tmp_path / "cache").glob("*/images.u8"))) == 1
+    r = _cxr("stats", str(tmp_path / "missing"), env=env)
+    assert r.returncode == 2 and "does not exist" in r.stderr
