@@ -279,6 +279,33 @@ def cmd_eval(a) -> int:
     return 0
 
 
+def cmd_serve(a) -> int:
+    import logging
+    import os
+
+    from .api import Service, make_server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    token = a.token or os.environ.get("CXR_API_TOKEN") or None
+    if a.max_bytes < 1:
+        raise CXRError("--max-bytes must be positive.")
+    service = Service(a.checkpoint, token=token, max_bytes=a.max_bytes)
+    try:
+        server = make_server(service, a.host, a.port)
+    except OSError as exc:
+        raise CXRError(f"Cannot listen on {a.host}:{a.port}: {exc.strerror or exc}. Choose another --port.") from None
+    host, port = server.server_address[:2]
+    print(f"serving {', '.join(service.models)} on http://{host}:{port} (GET /health, POST /predict); "
+          f"bearer token {'required' if token else 'not set'}; Ctrl-C stops", flush=True)
+    if not token and a.host not in ("127.0.0.1", "localhost", "::1"):
+        print("warning: listening beyond this machine without a token (--token or CXR_API_TOKEN)", file=sys.stderr)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cxr", description="Chest X-ray classifiers: data, training, explanation.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -375,6 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print every metric with its CI as JSON")
     s.add_argument("--out", help="folder for predictions.csv, metrics.json, report.html (default: workspace eval/)")
     s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("serve", help="JSON REST API: GET /health, POST /predict (base64 image)")
+    s.add_argument("--checkpoint", required=True, action="append", help="a checkpoint to serve; repeat for more")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /predict (default: env CXR_API_TOKEN)")
+    s.add_argument("--max-bytes", type=int, default=20_000_000, help="largest request body accepted")
+    s.set_defaults(func=cmd_serve)
     return p
 
 

@@ -33,6 +33,10 @@ class Prediction:
     cam_method: str = "GradCAM"
     notes: list[str] = field(default_factory=list)
     cam_grid: tuple[int, int] = (0, 0)     # resolution of the feature map the heatmaps come from
+    prob_mean: np.ndarray | None = None    # (L,) Monte-Carlo dropout mean (predict(..., mc_samples > 0))
+    prob_std: np.ndarray | None = None     # (L,) Monte-Carlo dropout standard deviation
+    prob_var: np.ndarray | None = None     # (L,) Monte-Carlo dropout variance
+    mc: dict | None = None                 # {"samples", "dropout_p", "tta", "seed"} when MC dropout ran
 
     @property
     def positive(self) -> np.ndarray:
@@ -59,6 +63,11 @@ class Prediction:
             "seconds": self.seconds,
             "notes": self.notes,
         }
+        if self.prob_mean is not None:
+            d["prob_mean"] = {x: float(p) for x, p in zip(self.labels, self.prob_mean)}
+            d["prob_std"] = {x: float(p) for x, p in zip(self.labels, self.prob_std)}
+            d["prob_var"] = {x: float(p) for x, p in zip(self.labels, self.prob_var)}
+            d["mc"] = dict(self.mc or {})
         if heatmaps:
             d["heatmaps"] = {x: np.round(self.heatmaps[i], 4).tolist() for i, x in enumerate(self.labels)}
         return d
@@ -93,7 +102,22 @@ class Predictor:
         self.card = card
 
     def predict(self, image: LoadedImage | np.ndarray | str | os.PathLike | bytes, heatmaps: bool = True,
-                top_k_boxes: int = 3, box_threshold: float = 0.5) -> Prediction:
+                top_k_boxes: int = 3, box_threshold: float = 0.5, mc_samples: int = 0,
+                mc_dropout: float = 0.2, mc_seed: int = 0, mc_tta: bool = False) -> Prediction:
+        """Probabilities, heatmaps and boxes; with ``mc_samples > 0`` also Monte-Carlo dropout mean and
+        spread (``prob_mean`` / ``prob_std`` / ``prob_var``; ``probs`` stays the deterministic output)."""
+        pred, x = self._predict(image, heatmaps, top_k_boxes, box_threshold)
+        if mc_samples and mc_samples > 0:
+            from .explain.uncertainty import mc_dropout as run_mc
+
+            t0 = time.perf_counter()
+            r = run_mc(self.model, x, int(mc_samples), mc_dropout, mc_seed, mc_tta)
+            pred.prob_mean, pred.prob_std, pred.prob_var = r.mean, r.std, r.var
+            pred.mc = {"samples": int(mc_samples), "dropout_p": r.p, "tta": r.tta, "seed": int(mc_seed)}
+            pred.seconds += time.perf_counter() - t0
+        return pred
+
+    def _predict(self, image, heatmaps: bool, top_k_boxes: int, box_threshold: float) -> tuple[Prediction, torch.Tensor]:
         t0 = time.perf_counter()
         loaded = image if isinstance(image, LoadedImage) else (
             LoadedImage(np.asarray(image, dtype=np.float32), "array", 8, tuple(np.shape(image))) if isinstance(image, np.ndarray)
@@ -106,7 +130,7 @@ class Predictor:
                 logits = self.model(x)
             probs = torch.sigmoid(logits)[0].float().cpu().numpy()
             return Prediction(self.labels, probs, self.thresholds, np.zeros((len(self.labels), 0, 0), np.float32), {},
-                              (h, w), time.perf_counter() - t0, "none", list(loaded.notes))
+                              (h, w), time.perf_counter() - t0, "none", list(loaded.notes)), x
         if self.fast_cam:
             logits, cams = forward_with_cams(self.model, x)
             method = "GradCAM (single pass, = CAM for a GAP + linear head)"
@@ -118,7 +142,7 @@ class Predictor:
         boxes = {label: boxes_from_heatmap(maps[i], threshold=box_threshold, top_k=top_k_boxes)
                  for i, label in enumerate(self.labels)}
         return Prediction(self.labels, probs, self.thresholds, maps, boxes, (h, w),
-                          time.perf_counter() - t0, method, list(loaded.notes), tuple(cams.shape[-2:]))
+                          time.perf_counter() - t0, method, list(loaded.notes), tuple(cams.shape[-2:])), x
 
     @torch.no_grad()
     def predict_squares(self, squares: np.ndarray, batch_size: int = 64, progress=None) -> np.ndarray:

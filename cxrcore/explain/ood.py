@@ -1,0 +1,167 @@
+"""A cheap guard that warns when an upload does not look like a frontal chest radiograph.
+
+Only image statistics are used (no training statistics, no model features): the shipped models
+were trained on procedural phantoms, so a feature-space distance to their training data would call
+every real radiograph out-of-distribution. The checks, each with a threshold calibrated so that
+none of the real chest X-rays in ``../shared/data`` (NIH sample, the formats folder: PNG, JPEG,
+DICOM) trips it:
+
+* colour saturation of the original upload (when it was RGB; needs the raw bytes),
+* aspect ratio,
+* contrast (standard deviation) and histogram entropy (constant / nearly constant images),
+* pixel-to-pixel correlation (noise has none; radiographs are smooth at 128 px),
+* near-white fraction (document scans: a white page with dark text),
+* edge density (text lines, fine textures),
+* left-right mirror correlation (a frontal chest is roughly symmetric; a lateral view or a random
+  scene is not),
+* a dark frame all the way round with a bright centred disc (a CT / MR slice).
+
+It is a warning, not a classifier: it does not catch a grayscale photograph that happens to be
+symmetric and smooth, an abdominal or skull radiograph, or a rotated chest X-ray, and a lateral
+chest view is only caught when it is clearly asymmetric.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from io import BytesIO
+
+import numpy as np
+from PIL import Image
+
+from ..data.imageio import LoadedImage, to_uint8
+
+GRID = 128  # statistics are computed on a GRID x GRID resize (aspect ratio measured before)
+
+# Thresholds. On the 258 real X-rays in ../shared/data (NIH sample + formats folder) the statistics
+# span: aspect 1.00-1.17, std >= 0.108, entropy >= 4.49, neighbour correlation >= 0.944, white
+# fraction <= 0.53, edge density <= 0.092, symmetry >= 0.43, rotation correlation <= 0.55,
+# saturation 0.00 (the RGB-encoded ones are gray).
+MAX_SATURATION = 0.12        # mean HSV saturation of the original RGB upload
+ASPECT_RANGE = (0.5, 2.0)    # width / height
+MIN_STD = 0.04               # intensity standard deviation
+MIN_ENTROPY = 3.5            # bits, 64-bin histogram
+MIN_NEIGHBOUR_CORR = 0.6     # correlation of horizontally adjacent pixels on the 128 grid
+MAX_WHITE_FRACTION = 0.6     # share of pixels >= 0.9
+MAX_EDGE_DENSITY = 0.25      # share of pixels with a gradient magnitude >= 0.1 (on 128 grid)
+MIN_SYMMETRY = 0.35          # best mirror correlation (64 grid, left-right trend removed, shifts <= 1/8)
+CT_BORDER_DARK = 0.9         # share of border pixels < 0.08 ...
+CT_CENTRE_BRIGHT = 0.15      # ... the centre brighter than the border by this much ...
+CT_ROTATION = 0.75           # ... and the image nearly unchanged by a 90 degree rotation (a disc)
+
+
+@dataclass
+class OODResult:
+    is_suspect: bool
+    score: float                       # number of checks failed (0 = looks like a frontal CXR)
+    reasons: list[str] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"is_suspect": self.is_suspect, "score": self.score, "reasons": list(self.reasons),
+                "stats": {k: round(float(v), 4) for k, v in self.stats.items()}}
+
+
+def saturation_from_bytes(data: bytes) -> float | None:
+    """Mean HSV saturation (0..1) of an RGB PNG/JPEG upload; None for grayscale or non-PIL data."""
+    try:
+        with Image.open(BytesIO(data)) as im:
+            if im.mode not in ("RGB", "RGBA", "RGBX", "P", "CMYK", "YCbCr"):
+                return None
+            im.draft("RGB", (256, 256))  # JPEG: decode at reduced size
+            im = im.convert("RGB")
+            im.thumbnail((256, 256))
+            hsv = np.asarray(im.convert("HSV"), dtype=np.float32)
+        return float(hsv[..., 1].mean() / 255.0)
+    except Exception:
+        return None
+
+
+def _grid(pixels: np.ndarray, n: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(to_uint8(pixels)).resize((n, n), Image.BOX), dtype=np.float32) / 255.0
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.ravel() - a.mean()
+    b = b.ravel() - b.mean()
+    d = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / d) if d > 1e-12 else 0.0
+
+
+def _mirror_symmetry(s: np.ndarray, max_shift: int = 8) -> float:
+    """Best correlation of ``s`` (square) with its mirror image, after removing a left-right intensity
+    trend, over horizontal shifts up to ``max_shift`` cells (patients are not always centred)."""
+    n = s.shape[1]
+    x = np.linspace(-1.0, 1.0, n, dtype=np.float32)
+    d = s - np.outer(s @ x / float(x @ x), x)
+    m = d[:, ::-1]
+    return max(_corr(d[:, max(0, k):n + min(0, k)], m[:, max(0, -k):n + min(0, -k)])
+               for k in range(-max_shift, max_shift + 1, 2))
+
+
+def image_stats(pixels: np.ndarray, saturation: float | None = None) -> dict:
+    """The statistics the guard uses, from a 2-D grayscale image in [0, 1]."""
+    pixels = np.asarray(pixels, dtype=np.float32)
+    h, w = pixels.shape
+    g = _grid(pixels, GRID)
+    hist, _ = np.histogram(g, bins=64, range=(0.0, 1.0))
+    p = hist[hist > 0] / hist.sum()
+    gy, gx = np.gradient(g)
+    small = _grid(pixels, 32)
+    s64 = _grid(pixels, 64)
+    border = np.concatenate([small[0], small[-1], small[:, 0], small[:, -1]])
+    centre = small[8:24, 8:24]
+    stats = {
+        "aspect": w / h,
+        "std": float(g.std()),
+        "entropy": max(0.0, float(-(p * np.log2(p)).sum())),
+        "neighbour_corr": _corr(g[:, :-1], g[:, 1:]),
+        "white_fraction": float((g >= 0.9).mean()),
+        "edge_density": float((np.hypot(gx, gy) >= 0.1).mean()),
+        "symmetry": _mirror_symmetry(s64),
+        "rotation_corr": _corr(s64, np.rot90(s64)),
+        "border_dark": float((border < 0.08).mean()),
+        "centre_minus_border": float(centre.mean() - border.mean()),
+    }
+    if saturation is not None:
+        stats["saturation"] = float(saturation)
+    return stats
+
+
+def check_stats(stats: dict) -> list[str]:
+    reasons = []
+    sat = stats.get("saturation")
+    if sat is not None and sat > MAX_SATURATION:
+        reasons.append(f"colour image (mean saturation {sat:.2f}); radiographs are grayscale")
+    if not ASPECT_RANGE[0] <= stats["aspect"] <= ASPECT_RANGE[1]:
+        reasons.append(f"unusual aspect ratio {stats['aspect']:.2f} (width / height)")
+    if stats["std"] < MIN_STD:
+        reasons.append(f"(almost) constant image (intensity std {stats['std']:.3f})")
+        return reasons  # the structure checks below mean nothing on a flat image
+    if stats["entropy"] < MIN_ENTROPY:
+        reasons.append(f"few grey levels (histogram entropy {stats['entropy']:.1f} bits), unlike a radiograph")
+    if stats["neighbour_corr"] < MIN_NEIGHBOUR_CORR:
+        reasons.append(f"noise-like: neighbouring pixels barely correlate ({stats['neighbour_corr']:.2f})")
+    if stats["white_fraction"] > MAX_WHITE_FRACTION:
+        reasons.append(f"mostly white background ({stats['white_fraction']:.0%}), like a scanned document")
+    if stats["edge_density"] > MAX_EDGE_DENSITY:
+        reasons.append(f"dense fine edges ({stats['edge_density']:.0%} of pixels), like text or texture")
+    if stats["symmetry"] < MIN_SYMMETRY:
+        reasons.append(f"not left-right symmetric (mirror correlation {stats['symmetry']:.2f}); "
+                       f"a frontal chest view is")
+    if (stats["border_dark"] >= CT_BORDER_DARK and stats["centre_minus_border"] >= CT_CENTRE_BRIGHT
+            and stats["rotation_corr"] >= CT_ROTATION):
+        reasons.append("bright object on a black frame all round, like a CT/MR cross-section")
+    return reasons
+
+
+def check_image(image: LoadedImage | np.ndarray, raw: bytes | None = None) -> OODResult:
+    """Warn when ``image`` does not look like a frontal chest radiograph.
+
+    ``raw``: the upload's bytes, used only to measure colour saturation of RGB PNG/JPEG files
+    (``read_image`` converts them to grayscale).
+    """
+    pixels = image.pixels if isinstance(image, LoadedImage) else np.asarray(image, dtype=np.float32)
+    sat = saturation_from_bytes(raw) if raw is not None else None
+    stats = image_stats(pixels, sat)
+    reasons = check_stats(stats)
+    return OODResult(bool(reasons), float(len(reasons)), reasons, stats)
