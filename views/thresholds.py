@@ -2,15 +2,15 @@
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
-from sklearn.metrics import roc_curve
+from sklearn.metrics import precision_recall_curve, roc_curve
 
 from cxrcore.checkpoint import read_card
 from cxrcore.errors import CXRError
-from cxrcore.eval.metrics import confusion_at, per_label_auroc
-from cxrcore.eval.thresholds import STRATEGIES, save_thresholds
+from cxrcore.eval.metrics import per_label_auroc
+from cxrcore.eval.thresholds import (MANUAL, STRATEGIES, TARGETED, ThresholdSweep, operating_table, save_thresholds,
+                                     snap, suggest_thresholds)
 from ui.common import checkpoint_choices, dataset_choices, load_predictor, show_error
 
 st.title("Per-label decision thresholds")
@@ -68,33 +68,54 @@ def key(label: str) -> str:
 for j in usable:
     st.session_state.setdefault(key(labels[j]), float(round(card.thresholds.get(labels[j], 0.5), 2)))
 
-b1, b2, b3, b4 = st.columns(4)
-strategy = b1.selectbox("Suggest", list(STRATEGIES), key="thr_strategy", label_visibility="collapsed")
-if b2.button(f"Set all by {strategy}", key="thr_suggest"):
-    suggested = STRATEGIES[strategy](targets[:, usable], probs[:, usable])
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def threshold_independent(ckpt: str, weights: str, data: str, split: str, usable: tuple[int, ...]):
+    """Everything a slider move does not change: per-label sorted scores (for O(log N) confusion
+    counts), AUROC, ROC and PR curves. Keyed by strings: no array hashing on reruns."""
+    _, t_all, p_all, _ = split_predictions(ckpt, weights, data, split)
+    t, p = t_all[:, list(usable)], p_all[:, list(usable)]
+    curves = []
+    for j in range(t.shape[1]):
+        m = ~np.isnan(t[:, j])
+        fpr, tpr, _ = roc_curve(t[m, j], p[m, j])
+        prec, rec, _ = precision_recall_curve(t[m, j], p[m, j])
+        curves.append({"fpr": fpr, "tpr": tpr, "precision": prec, "recall": rec,
+                       "prevalence": float(np.mean(t[m, j] == 1))})
+    return ThresholdSweep(t, p), per_label_auroc(t, p), curves
+
+
+b1, b5, b2, b3, b4 = st.columns([2, 1, 2, 2, 3])
+strategy = b1.selectbox("Suggest", list(STRATEGIES) + [MANUAL], key="thr_strategy", label_visibility="collapsed")
+target = b5.number_input("Target", min_value=0.0, max_value=1.0, value=0.9, step=0.01, format="%.2f",
+                         key="thr_target", disabled=strategy not in TARGETED, label_visibility="collapsed",
+                         help="Target sensitivity / specificity for the 'target …' strategies")
+label_all = f"Set all by {strategy}" + (f" {target:.2f}" if strategy in TARGETED else "")
+if b2.button(label_all, key="thr_suggest", disabled=strategy == MANUAL,
+             help="Manual: move the sliders yourself" if strategy == MANUAL else None):
+    suggested = snap(suggest_thresholds(strategy, targets[:, usable], probs[:, usable], target), strategy)
     for j, t in zip(usable, suggested):
-        st.session_state[key(labels[j])] = float(np.clip(round(float(t), 2), 0.0, 1.0))
+        st.session_state[key(labels[j])] = float(t)
     st.rerun()
 if b3.button("Reset to saved", key="thr_reset"):
     for j in usable:
         st.session_state[key(labels[j])] = float(round(card.thresholds.get(labels[j], 0.5), 2))
     st.rerun()
+if strategy in TARGETED:
+    st.caption(f"{strategy.capitalize()} ≥ {target:.2f}: per label the "
+               + ("highest threshold whose sensitivity reaches the target (rounded down to the slider's 0.01 grid)"
+                  if strategy == "target sensitivity" else
+                  "lowest threshold whose specificity reaches the target (rounded up to the slider's 0.01 grid)")
+               + " on this split.")
 
 slider_cols = st.columns(3)
 for k, j in enumerate(usable):
     slider_cols[k % 3].slider(labels[j], 0.0, 1.0, step=0.01, key=key(labels[j]))
 
 thr = np.array([st.session_state[key(labels[j])] for j in usable])
-t_use, p_use = targets[:, usable], probs[:, usable]
-m = confusion_at(t_use, p_use, thr)
-auroc = per_label_auroc(t_use, p_use)
-table = pd.DataFrame({
-    "label": [labels[j] for j in usable],
-    "threshold": thr,
-    "AUROC": auroc,
-    "sensitivity": m["sensitivity"], "specificity": m["specificity"], "PPV": m["ppv"], "NPV": m["npv"],
-    "F1": m["f1"], "TP": m["tp"], "FP": m["fp"], "FN": m["fn"], "TN": m["tn"],
-})
+sweep, auroc, curves = threshold_independent(ckpt, card.weights_sha256, datasets[data_name], split, tuple(usable))
+m = sweep.at(thr)
+table = operating_table([labels[j] for j in usable], thr, m, auroc)
 st.dataframe(table.round(3), hide_index=True, width="stretch", key="thr_table")
 
 if b4.button("Save thresholds to the checkpoint card", type="primary", key="thr_save"):
@@ -106,14 +127,31 @@ if b4.button("Save thresholds to the checkpoint card", type="primary", key="thr_
     except CXRError as exc:
         show_error(exc)
 
-focus = st.selectbox("ROC curve for", [labels[j] for j in usable], key="thr_focus")
+st.download_button("Download the table as CSV", table.to_csv(index=False).encode(), key="thr_csv",
+                   file_name=f"thresholds_{Path(ckpt).name}_{split}.csv", mime="text/csv")
+
+focus = st.selectbox("ROC and PR curves for", [labels[j] for j in usable], key="thr_focus")
 jj = [labels[j] for j in usable].index(focus)
-mask = ~np.isnan(t_use[:, jj])
-fpr, tpr, _ = roc_curve(t_use[mask, jj], p_use[mask, jj])
-fig = go.Figure()
-fig.add_scatter(x=fpr, y=tpr, mode="lines", name=f"ROC (AUROC {auroc[jj]:.3f})")
-fig.add_scatter(x=[1 - m["specificity"][jj]], y=[m["sensitivity"][jj]], mode="markers", marker=dict(size=12),
-                name=f"operating point at {thr[jj]:.2f}")
-fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="gray"), showlegend=False)
-fig.update_layout(xaxis_title="1 - specificity", yaxis_title="sensitivity", height=420, margin=dict(t=30, b=10))
-st.plotly_chart(fig, key="thr_roc")
+cv = curves[jj]
+sens, spec, ppv = m["sensitivity"][jj], m["specificity"][jj], m["ppv"][jj]
+roc = go.Figure()
+roc.add_scatter(x=cv["fpr"], y=cv["tpr"], mode="lines", name=f"ROC (AUROC {auroc[jj]:.3f})")
+roc.add_scatter(x=[1 - spec], y=[sens], mode="markers", marker=dict(size=12), name=f"operating point at {thr[jj]:.2f}")
+roc.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="gray"), showlegend=False)
+roc.update_layout(title=f"ROC: {focus}", xaxis_title="1 - specificity", yaxis_title="sensitivity", height=420,
+                  margin=dict(t=40, b=10), legend=dict(orientation="h", y=-0.2))
+pr = go.Figure()
+pr.add_scatter(x=cv["recall"], y=cv["precision"], mode="lines", line_shape="hv", name="precision-recall")
+pr.add_scatter(x=[sens], y=[0.0 if np.isnan(ppv) else ppv], mode="markers", marker=dict(size=12),
+               name=f"operating point at {thr[jj]:.2f}")
+pr.add_scatter(x=[0, 1], y=[cv["prevalence"]] * 2, mode="lines", line=dict(dash="dot", color="gray"),
+               name=f"prevalence {cv['prevalence']:.3f}")
+pr.update_layout(title=f"Precision-recall: {focus}", xaxis_title="recall (sensitivity)", yaxis_title="precision (PPV)",
+                 yaxis_range=[0, 1.02], height=420, margin=dict(t=40, b=10), legend=dict(orientation="h", y=-0.2))
+g1, g2 = st.columns(2)
+with g1:
+    st.plotly_chart(roc, key="thr_roc")
+with g2:
+    st.plotly_chart(pr, key="thr_pr")
+st.caption("The marker is the current slider threshold. Use the camera icon in a chart's toolbar (top right, on "
+           "hover) to download it as PNG.")

@@ -26,6 +26,7 @@ from .calibration import (LOG_T_BOUNDS, binary_nll, calibrate_probs, fit_tempera
 from .delong import delong_test, per_label_delong_ci
 from .metrics import confusion_at, mean_ignoring_nan
 from .predictions import SplitPredictions, align_to, predict_split
+from .subgroups import subgroup_metrics, to_records
 
 RATES = ("sensitivity", "specificity", "ppv", "npv", "f1")
 
@@ -237,6 +238,12 @@ def run_evaluation(checkpoint: str | Path, data: str | Path | DatasetIndex, spli
                                                  alpha, progress)
         compare_arrays["name_a"] = predictor.name
 
+    meta = index.frame.drop_duplicates("image_id")
+    meta = meta.set_index(meta["image_id"].astype(str).to_numpy()).reindex([str(i) for i in preds.image_ids])
+    meta = meta.reset_index(drop=True)
+    meta["patient_id"] = pids
+    subgroups = to_records(subgroup_metrics(targets, probs, thresholds, meta, labels))
+
     sizes = np.unique(pids.astype(str), return_counts=True)[1]
     result = {
         "checkpoint": str(Path(checkpoint)), "model": predictor.name, "labels": labels,
@@ -245,6 +252,7 @@ def run_evaluation(checkpoint: str | Path, data: str | Path | DatasetIndex, spli
         "bootstrap": {"n_boot": n_boot, "seed": seed, "alpha": alpha, "unit": "patient", "interval": "percentile",
                       "note": "images are resampled by patient; n_valid = replicates in which the metric was defined"},
         "per_label": per_label, "summary": summary, "calibration": calibration, "comparison": comparison,
+        "subgroups": subgroups,
         "seconds": {"predict": round(t_pred, 3), "total": round(time.perf_counter() - t0, 3)},
     }
     data_out = EvalData(labels, list(preds.image_ids), pids, targets, probs, thresholds, calibrated, compare_arrays)
@@ -260,6 +268,9 @@ def evaluate(checkpoint: str | Path, data: str | Path | DatasetIndex, split: str
     ``summary`` (mean AUROC / AUPRC over labels with positives and negatives, Hamming loss, subset
     accuracy), ``calibration`` (per-label temperatures fitted on val when ``split='test'``) and, with
     ``compare_to``, ``comparison`` (per shared label ΔAUROC = compare_to − checkpoint with a paired
-    patient-bootstrap CI, DeLong z and p; wins / losses).
+    patient-bootstrap CI, DeLong z and p; wins / losses), ``subgroups`` (records of
+    :func:`cxrcore.eval.subgroups.subgroup_metrics`: per sex / age band / AP-PA view / source and label,
+    n images and patients, AUROC, sensitivity and specificity at the card's thresholds and their gaps
+    to the whole split; None where undefined).
     """
     return run_evaluation(checkpoint, data, split, n_boot, compare_to, **kwargs)[0]
