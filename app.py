@@ -16,6 +16,7 @@ PAGES = [
     st.Page("views/training.py", title="Training", icon=":material/model_training:"),
     st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
     st.Page("views/thresholds.py", title="Thresholds", icon=":material/tune:"),
+    st.Page("views/evaluation.py", title="Evaluation", icon=":material/analytics:"),
     st.Page("views/explain.py", title="Explain", icon=":material/chat:"),
 ]
 st.navigation(PAGES).run()

@@ -1,0 +1,132 @@
+"""Streamlit AppTest runs of the Evaluation page (through app.py) on the shipped models and real data."""
+from __future__ import annotations
+
+import numpy as np
+from streamlit.testing.v1 import AppTest
+
+from conftest import NIH_SAMPLE, REPO
+
+TIMEOUT = 300
+
+
+def page() -> AppTest:
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    at.switch_page("views/evaluation.py")
+    return at
+
+
+def no_exception(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def table_with(at: AppTest, column: str):
+    """The first table with ``column`` (dataframe keys are not exposed to AppTest here)."""
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def pick(at: AppTest, key: str, startswith: str) -> None:
+    box = at.selectbox(key=key)
+    box.set_value(next(o for o in box.options if o.startswith(startswith)))
+
+
+def test_evaluation_with_comparison_and_case_browser(app_env, shipped):
+    at = page().run()
+    no_exception(at)
+    assert any("Evaluate" in i.value for i in at.info)
+    pick(at, "eval_model", "baseline (shipped demo)")
+    pick(at, "eval_compare", "finetuned (shipped demo)")
+    pick(at, "eval_data", "phantom chexpert")
+    at.selectbox(key="eval_split").set_value("test")
+    at.number_input(key="eval_nboot").set_value(50)
+    at.button(key="eval_run").click().run()
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+
+    table = table_with(at, "AUPRC low")
+    assert len(table) == 14
+    for m in ("AUROC", "AUPRC"):
+        ok = table[[m, f"{m} low", f"{m} high"]].dropna()
+        assert len(ok) >= 5
+        assert (ok[f"{m} low"] <= ok[m] + 1e-9).all() and (ok[m] <= ok[f"{m} high"] + 1e-9).all()
+
+    cmp = table_with(at, "ΔAUROC")
+    assert len(cmp) == 7
+    assert {"ΔAUROC", "Δ low", "Δ high", "DeLong p"} <= set(cmp.columns)
+    assert cmp["ΔAUROC"].notna().all() and cmp["DeLong p"].between(0, 1).all()
+
+    # buckets: every test case with a known value for the label lands in exactly one
+    label = at.selectbox(key="eval_case_label").value
+    counts = {m.label: int(m.value) for m in at.metric if m.label in ("easy", "average", "hard")}
+    assert set(counts) == {"easy", "average", "hard"}
+    n_known = int(table.set_index("label").loc[label, "n"])
+    assert sum(counts.values()) == n_known > 0
+
+    # browse a bucket with cases: input + both overlays
+    bucket = next(b for b in ("hard", "average", "easy") if counts[b])
+    at.radio(key="eval_bucket").set_value(bucket).run()
+    no_exception(at)
+    case = at.selectbox(key="eval_case")
+    case.select_index(len(case.options) - 1).run()
+    no_exception(at)
+    assert len(at.get("image")) == 3
+
+    keys = {b.key for b in at.get("download_button")}
+    assert {"eval_dl_csv", "eval_dl_json", "eval_dl_html"} <= keys
+
+
+def test_missing_folder_is_an_error_not_a_crash(app_env, shipped):
+    at = page().run()
+    at.selectbox(key="eval_data").set_value("A folder path…").run()
+    at.text_input(key="eval_folder").set_value("/no/such/folder/anywhere").run()
+    at.button(key="eval_run").click().run()
+    no_exception(at)
+    assert any("does not exist" in e.value for e in at.error), [e.value for e in at.error]
+    # the page keeps working: a valid evaluation after the error
+    pick(at, "eval_data", "phantom chexpert")
+    at.selectbox(key="eval_compare").set_value("(no comparison)")
+    at.number_input(key="eval_nboot").set_value(20)
+    at.button(key="eval_run").click().run()
+    no_exception(at)
+    assert len(table_with(at, "AUPRC low")) == 14
+
+
+def test_real_nih_sample_gives_wide_intervals(app_env, shipped):
+    at = page().run()
+    pick(at, "eval_model", "baseline (shipped demo)")
+    at.selectbox(key="eval_compare").set_value("(no comparison)")
+    at.selectbox(key="eval_data").set_value("A folder path…").run()
+    at.text_input(key="eval_folder").set_value(str(NIH_SAMPLE))
+    at.selectbox(key="eval_split").set_value("all")
+    at.number_input(key="eval_nboot").set_value(50)
+    at.button(key="eval_run").click().run()
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    table = table_with(at, "AUPRC low")
+    assert len(table) == 14
+    ok = table[["AUROC", "AUROC low", "AUROC high"]].dropna()
+    assert len(ok) >= 5
+    assert float(np.mean(ok["AUROC high"] - ok["AUROC low"])) > 0.1
+    # no second model: the case browser shows one model (two buckets)
+    assert {m.label for m in at.metric} >= {"easy", "hard"}
+
+
+def test_subgroups_shown_when_the_result_has_them(app_env, shipped, monkeypatch):
+    import cxrcore.eval.evaluate as evaluate
+
+    real = evaluate.run_evaluation
+
+    def with_subgroups(*args, **kwargs):
+        result, data = real(*args, **kwargs)
+        result["subgroups"] = {"sex": {"M": {"n": 60, "auroc": {"value": 0.74, "low": 0.6, "high": 0.85}},
+                                       "F": {"n": 51, "auroc": {"value": 0.61, "low": 0.5, "high": 0.72}}}}
+        return result, data
+
+    monkeypatch.setattr(evaluate, "run_evaluation", with_subgroups)
+    at = page().run()
+    pick(at, "eval_data", "phantom chexpert")
+    at.selectbox(key="eval_compare").set_value("(no comparison)")
+    at.number_input(key="eval_nboot").set_value(30)  # a fresh cache entry
+    at.button(key="eval_run").click().run()
+    no_exception(at)
+    sub = table_with(at, "gap")
+    assert len(sub) == 2 and np.isclose(sub["gap"], 0.13).all()

@@ -1,0 +1,436 @@
+"""Evaluation: metrics with patient-bootstrap CIs, a paired comparison, calibration and a case browser."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from cxrcore.checkpoint import read_card
+from cxrcore.errors import CXRError
+from ui.common import checkpoint_choices, dataset_choices, load_predictor, show_error
+
+st.title("Evaluate a model on a dataset split")
+st.caption("Every interval is a percentile bootstrap that resamples patients (all images of a drawn patient). "
+           "Model outputs are cached in the workspace: a second evaluation of the same split runs no model.")
+
+NONE = "(no comparison)"
+OTHER = "A folder path…"
+
+choices = checkpoint_choices()
+if not choices:
+    st.error("No checkpoints found. Run `cxr demo build` or train a model on the Training page.")
+    st.stop()
+names = list(choices)
+
+
+def _default(prefix: str, fallback: int) -> int:
+    for want in (f"{prefix} (shipped demo)", prefix):
+        for i, n in enumerate(names):
+            if n.startswith(want):
+                return i
+    return fallback
+
+
+c1, c2 = st.columns(2)
+model_name = c1.selectbox("Model", names, index=_default("baseline", 0), key="eval_model")
+cmp_options = [NONE] + names
+cmp_name = c2.selectbox("Compare with (ΔAUROC = this − Model)", cmp_options,
+                        index=1 + _default("finetuned", min(1, len(names) - 1)) if len(names) > 1 else 0,
+                        key="eval_compare")
+
+try:
+    datasets = dataset_choices()
+except CXRError as exc:
+    show_error(exc)
+    datasets = {}
+d1, d2, d3, d4 = st.columns([3, 1, 1, 1])
+data_name = d1.selectbox("Dataset", list(datasets) + [OTHER], key="eval_data")
+if data_name == OTHER:
+    data_path = st.text_input("Dataset folder (NIH or CheXpert layout)", key="eval_folder",
+                              placeholder="/path/to/nih-sample").strip()
+else:
+    data_path = datasets[data_name]
+split = d2.selectbox("Split", ["test", "val", "all"], key="eval_split")
+n_boot = int(d3.number_input("Bootstrap replicates", min_value=10, max_value=10000, value=500, step=50,
+                             key="eval_nboot"))
+clicked = d4.button("Evaluate", type="primary", key="eval_run", width="stretch")
+
+
+def _card_key(path: str) -> tuple:
+    """What identifies a checkpoint's behaviour: weights hash and the card's mtime (thresholds)."""
+    card = read_card(path)
+    p = Path(path) / "card.json"
+    return card.weights_sha256, p.stat().st_mtime if p.exists() else 0.0
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def run_eval(ckpt: str, ckpt_key: tuple, other: str | None, other_key: tuple | None, data: str, split: str,
+             n_boot: int):
+    """(result dict, EvalData, case table for the browser) of one evaluation."""
+    from cxrcore.data.readers import read_dataset
+    from cxrcore.eval.evaluate import run_evaluation
+    from cxrcore.eval.predictions import predict_split
+
+    index = read_dataset(data)
+    result, ev = run_evaluation(ckpt, index, split, n_boot, other)
+    paths = dict(zip(index.frame["image_id"].astype(str), index.frame["path"].astype(str)))
+    cases = None
+    if ev.compare is not None:
+        ids = list(ev.image_ids)
+        if len(ids) != len(ev.compare["targets"]):   # the two splits differ: the shared images, in ev's order
+            other_ids = set(predict_split(load_predictor(other), index, split).image_ids)
+            ids = [x for x in ids if x in other_ids]
+        other_card = read_card(other)
+        thr_b = dict(zip(other_card.labels, other_card.threshold_list()))
+        cmp_labels = result["comparison"]["per_label"]
+        cases = {"image_ids": ids, "paths": [paths.get(x, "") for x in ids], "labels": ev.compare["labels"],
+                 "targets": ev.compare["targets"], "probs": [ev.compare["probs_a"], ev.compare["probs_b"]],
+                 "thresholds": [np.array([ev.thresholds[ev.labels.index(x)] for x in ev.compare["labels"]]),
+                                np.array([thr_b.get(cmp_labels[x]["label_compare"], 0.5)
+                                          for x in ev.compare["labels"]])]}
+    else:
+        cases = {"image_ids": list(ev.image_ids), "paths": [paths.get(x, "") for x in ev.image_ids],
+                 "labels": list(ev.labels), "targets": ev.targets, "probs": [ev.probs], "thresholds": [ev.thresholds]}
+    return result, ev, cases
+
+
+if clicked:
+    if not data_path:
+        st.error("Enter a dataset folder path first.")
+    else:
+        try:
+            keys = (_card_key(choices[model_name]),
+                    _card_key(choices[cmp_name]) if cmp_name != NONE else None)
+            st.session_state["eval_params"] = dict(
+                ckpt=choices[model_name], ckpt_key=keys[0], other=choices.get(cmp_name), other_key=keys[1],
+                data=data_path, split=split, n_boot=n_boot,
+                names=(model_name, cmp_name if cmp_name != NONE else None), data_name=data_name)
+        except CXRError as exc:
+            show_error(exc)
+
+params = st.session_state.get("eval_params")
+if not params:
+    st.info("Choose a model, a dataset and a split, then press **Evaluate**.")
+    st.stop()
+
+try:
+    with st.spinner(f"Evaluating on the {params['split']} split ({params['n_boot']} patient-bootstrap replicates; "
+                    "the first run predicts every image)…"):
+        result, ev, cases = run_eval(params["ckpt"], params["ckpt_key"], params["other"], params["other_key"],
+                                     params["data"], params["split"], params["n_boot"])
+except Exception as exc:  # CXRError: the user's input; anything else: reported without a traceback
+    st.session_state.pop("eval_params", None)
+    show_error(exc)
+    st.stop()
+
+name_a = params["names"][0]
+name_b = params["names"][1]
+if name_b == name_a:
+    name_b = f"{name_b} (2)"
+current = (choices.get(model_name), choices.get(cmp_name), data_path, split, n_boot)
+if current != (params["ckpt"], params["other"], params["data"], params["split"], params["n_boot"]):
+    st.caption(":orange[The selection changed since this evaluation; press Evaluate to update.]")
+
+per = result["per_label"]
+summary = result["summary"]
+labels = result["labels"]
+if not summary["labels_evaluated"]:
+    why = "; ".join(f"{k}: {v}" for k, v in summary["labels_not_evaluated"].items())
+    st.error(f"None of the labels of {name_a} has both positive and negative cases in the {result['split']} split "
+             f"of {result['dataset']} ({why}). Choose a dataset labelled with this model's findings.")
+    st.stop()
+
+# --------------------------------------------------------------------------- summary
+conf = int(round(100 * (1 - result["bootstrap"]["alpha"])))
+
+
+def _point(m: dict | None, signed: bool = False) -> str:
+    return "–" if not m or m.get("value") is None else f"{m['value']:{'+' if signed else ''}.3f}"
+
+
+def _ci_label(name: str, m: dict | None) -> str:
+    """A metric's label carrying its interval (the value itself stays short enough to show in full)."""
+    if not m or m.get("low") is None:
+        return name
+    return f"{name} · {conf}% CI {m['low']:.3f} to {m['high']:.3f}"
+
+
+st.subheader(f"{name_a} on {result['dataset']} · {result['split']}")
+s1, s2, s3, s4 = st.columns(4)
+s1.metric(_ci_label("Mean AUROC", summary["mean_auroc"]), _point(summary["mean_auroc"]))
+s2.metric(_ci_label("Mean AUPRC", summary["mean_auprc"]), _point(summary["mean_auprc"]))
+s3.metric("Images", result["n_images"])
+s4.metric("Patients", result["n_patients"])
+not_eval = summary["labels_not_evaluated"]
+st.caption(f"Means over the {len(summary['labels_evaluated'])} labels with positives and negatives. "
+           + (f"Not evaluated: {', '.join(f'{k} ({v})' for k, v in not_eval.items())}. " if not_eval else "")
+           + f"{result['bootstrap']['n_boot']} replicates resampling patients; up to "
+             f"{result['max_images_per_patient']} images per patient.")
+
+# --------------------------------------------------------------------------- per label
+rows = []
+for x in labels:
+    m = per[x]
+    rows.append({
+        "label": x, "n": m["n"], "positives": m["positives"],
+        "AUROC": m["auroc"]["value"], "AUROC low": m["auroc"]["low"], "AUROC high": m["auroc"]["high"],
+        "AUPRC": m["auprc"]["value"], "AUPRC low": m["auprc"]["low"], "AUPRC high": m["auprc"]["high"],
+        "threshold": m["threshold"],
+        "sensitivity": m["sensitivity"]["value"], "specificity": m["specificity"]["value"],
+        "PPV": m["ppv"]["value"], "NPV": m["npv"]["value"], "F1": m["f1"]["value"],
+        "ECE": m["ece"]["value"], "Brier": m["brier"]["value"],
+    })
+table = pd.DataFrame(rows)
+num = [c for c in table.columns if c not in ("label", "n", "positives")]
+table[num] = table[num].astype(float)
+st.markdown("**Per label** (rates at the card's thresholds; None = undefined on this split)")
+st.dataframe(table.round(3), hide_index=True, width="stretch", key="eval_table")
+
+ev_labels = [x for x in labels if per[x]["evaluable"] and per[x]["auroc"]["value"] is not None]
+fig = go.Figure()
+vals = [per[x]["auroc"] for x in ev_labels]
+fig.add_scatter(x=[v["value"] for v in vals], y=ev_labels, mode="markers", marker=dict(size=9),
+                name=f"AUROC, {conf}% patient-bootstrap CI",
+                error_x=dict(type="data", symmetric=False,
+                             array=[(v["high"] - v["value"]) if v["high"] is not None else 0 for v in vals],
+                             arrayminus=[(v["value"] - v["low"]) if v["low"] is not None else 0 for v in vals]))
+fig.add_vline(x=0.5, line_dash="dot", line_color="gray")
+fig.update_layout(title="AUROC per label", xaxis=dict(range=[0, 1.02], title="AUROC"),
+                  yaxis=dict(autorange="reversed"), height=110 + 28 * len(ev_labels), margin=dict(t=40, b=10))
+st.plotly_chart(fig, key="eval_forest")
+
+# --------------------------------------------------------------------------- calibration
+st.markdown("**Calibration**")
+cal = result.get("calibration") or {}
+if cal.get("fitted"):
+    crow = [{"label": x, "temperature": v["temperature"], "fitted on val": v["fitted"],
+             "ECE": per[x]["ece"]["value"], "ECE after": v["ece_after"],
+             "Brier": per[x]["brier"]["value"], "Brier after": v["brier_after"],
+             "NLL": v["nll_before"], "NLL after": v["nll_after"]} for x, v in cal["per_label"].items()]
+    cal_table = pd.DataFrame(crow)
+    for c in ("temperature", "ECE", "ECE after", "Brier", "Brier after", "NLL", "NLL after"):
+        cal_table[c] = cal_table[c].astype(float)
+    st.caption(f"Per-label temperature fitted on the val split ({cal['n_val_images']} images) and applied to this "
+               "split. A temperature of 1 (not fitted) where val lacks a class.")
+    st.dataframe(cal_table.round(3), hide_index=True, width="stretch", key="eval_cal_table")
+else:
+    st.caption(f"Temperature scaling: {cal.get('note', 'not available')}.")
+with_bins = [x for x in ev_labels if per[x].get("reliability")]
+if with_bins:
+    rel_label = st.selectbox("Reliability diagram for", with_bins, key="eval_rel_label")
+    r = per[rel_label]["reliability"]
+    pts = [(p, o, c) for p, o, c in zip(r["mean_predicted"], r["observed"], r["count"]) if c]
+    fig = go.Figure()
+    fig.add_scatter(x=[p for p, _, _ in pts], y=[o for _, o, _ in pts], mode="lines+markers",
+                    name=f"model (ECE {per[rel_label]['ece']['value']:.3f})", customdata=[c for _, _, c in pts],
+                    hovertemplate="predicted %{x:.2f}<br>observed %{y:.2f}<br>%{customdata} images")
+    if ev.calibrated is not None:
+        from cxrcore.eval.calibration import reliability_bins
+
+        j = ev.labels.index(rel_label)
+        m = ~np.isnan(ev.targets[:, j])
+        rb = reliability_bins(ev.targets[m, j], ev.calibrated[m, j], len(r["count"]))
+        pts = [(p, o) for p, o, c in zip(rb["mean_predicted"], rb["observed"], rb["count"]) if c]
+        fig.add_scatter(x=[p for p, _ in pts], y=[o for _, o in pts], mode="lines+markers",
+                        name="after temperature scaling", line=dict(dash="dash"))
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="gray"), name="perfect")
+    fig.update_layout(xaxis=dict(range=[0, 1], title="mean predicted"), yaxis=dict(range=[0, 1], title="observed"),
+                      height=380, margin=dict(t=30, b=10))
+    st.plotly_chart(fig, key="eval_reliability")
+
+# --------------------------------------------------------------------------- comparison
+cmp = result.get("comparison")
+if cmp:
+    st.subheader(f"Paired comparison: {name_b} − {name_a}")
+    crows = []
+    for x, m in cmp["per_label"].items():
+        d = m["delta_auroc"]
+        crows.append({"label": x, f"label ({name_b})": m["label_compare"], "n": m["n"], "positives": m["positives"],
+                      f"AUROC {name_a}": m["auroc_checkpoint"], f"AUROC {name_b}": m["auroc_compare"],
+                      "ΔAUROC": d["value"], "Δ low": d["low"], "Δ high": d["high"],
+                      "DeLong z": m["delong"]["z"], "DeLong p": m["delong"]["p"], "bootstrap p": d["p_bootstrap"]})
+    ctable = pd.DataFrame(crows)
+    for c in ctable.columns[4:]:
+        ctable[c] = ctable[c].astype(float)
+    k1, k2, k3, k4 = st.columns(4)
+    k1.metric(_ci_label("Mean ΔAUROC", cmp["mean_delta_auroc"]), _point(cmp["mean_delta_auroc"], signed=True))
+    k2.metric("Wins", len(cmp["wins"]), help=f"labels where {name_b} has the higher AUROC")
+    k3.metric("Losses", len(cmp["losses"]), help=f"labels where {name_b} has the lower AUROC")
+    k4.metric("Significant wins / losses", f"{len(cmp['significant_wins'])} / {len(cmp['significant_losses'])}",
+              help=f"DeLong p < {result['bootstrap']['alpha']}")
+    st.dataframe(ctable.round(4), hide_index=True, width="stretch", key="eval_cmp_table")
+    st.caption(f"{len(cmp['shared_labels'])} shared labels, {cmp['n_images']} images of {cmp['n_patients']} "
+               f"patients. {cmp['note']}.")
+    labs = cmp["evaluable_labels"]
+    if labs:
+        d = [cmp["per_label"][x]["delta_auroc"] for x in labs]
+        fig = go.Figure()
+        fig.add_scatter(x=[v["value"] for v in d], y=labs, mode="markers", marker=dict(size=9), name="ΔAUROC",
+                        text=[f"DeLong p = {cmp['per_label'][x]['delong']['p']:.3g}"
+                              if cmp["per_label"][x]["delong"]["p"] is not None else "" for x in labs],
+                        error_x=dict(type="data", symmetric=False,
+                                     array=[(v["high"] - v["value"]) if v["high"] is not None else 0 for v in d],
+                                     arrayminus=[(v["value"] - v["low"]) if v["low"] is not None else 0 for v in d]))
+        fig.add_vline(x=0, line_dash="dot", line_color="gray")
+        fig.update_layout(title=f"ΔAUROC ({name_b} − {name_a}), paired patient-bootstrap {conf}% CI",
+                          xaxis_title="ΔAUROC", yaxis=dict(autorange="reversed"), height=130 + 28 * len(labs),
+                          margin=dict(t=40, b=10))
+        st.plotly_chart(fig, key="eval_delta_forest")
+
+# --------------------------------------------------------------------------- case browser
+st.subheader("Case browser")
+model_names = [name_a] + ([name_b] if cmp else [])
+browse_labels = [x for x in cases["labels"] if np.any(~np.isnan(cases["targets"][:, cases["labels"].index(x)]))]
+if not browse_labels:
+    st.caption("No label with known values to browse.")
+else:
+    b1, b2 = st.columns([2, 3])
+    label = b1.selectbox("Label" + (" (shared)" if cmp else ""), browse_labels, key="eval_case_label")
+    j = cases["labels"].index(label)
+    t = cases["targets"][:, j]
+    known = np.flatnonzero(~np.isnan(t))
+    right = np.stack([(p[known, j] >= thr[j]) == (t[known] == 1) for p, thr in zip(cases["probs"], cases["thresholds"])])
+    n_right = right.sum(0)
+    k = len(model_names)
+    bucket_of = np.where(n_right == k, "easy", np.where(n_right == 0, "hard", "average"))
+    desc = {"easy": "all models right" if k > 1 else "model right",
+            "average": "one model right", "hard": "both models wrong" if k > 1 else "model wrong"}
+    buckets = ["easy", "average", "hard"] if k > 1 else ["easy", "hard"]
+    cols = st.columns(len(buckets))
+    for col, b in zip(cols, buckets):
+        col.metric(b, int((bucket_of == b).sum()), help=desc[b])
+    st.caption(f"{len(known)} cases with a known {label} value, each model at its own threshold "
+               + ", ".join(f"({n}: {thr[j]:.2f})" for n, thr in zip(model_names, cases["thresholds"])) + ".")
+    bucket = b2.radio("Bucket", buckets, horizontal=True, key="eval_bucket",
+                      format_func=lambda b: f"{b}: {desc[b]} ({int((bucket_of == b).sum())})")
+    rows_in = known[bucket_of == bucket]
+    if not len(rows_in):
+        st.caption(f"No {bucket} case for {label}.")
+    else:
+        # the most wrong first: mean distance of the models' probabilities from the truth
+        err = np.mean([np.abs(p[rows_in, j] - t[rows_in]) for p in cases["probs"]], axis=0)
+        rows_in = rows_in[np.argsort(-err, kind="stable")]
+
+        def _fmt_case(i: int) -> str:
+            ps = " · ".join(f"{n} p={p[i, j]:.2f}" for n, p in zip(model_names, cases["probs"]))
+            return f"{cases['image_ids'][i]} — {'positive' if t[i] == 1 else 'negative'} · {ps}"
+
+        case = st.selectbox(f"Case ({len(rows_in)} in this bucket)", [int(i) for i in rows_in],
+                            format_func=_fmt_case, key="eval_case")
+
+        @st.cache_data(show_spinner="Running the models on this image (probabilities and heatmaps)…",
+                       max_entries=32)
+        def case_comparison(path: str, ckpts: tuple, keys: tuple, names: tuple, truth: tuple):
+            from cxrcore.compare import compare
+            from cxrcore.data.imageio import read_image
+
+            image = read_image(path)
+            preds = {n: load_predictor(c) for n, c in zip(names, ckpts)}
+            return compare(image, preds, Path(path).name, list(truth))
+
+        if case is not None:
+            i = int(case)
+            truth = tuple(x for jj, x in enumerate(cases["labels"]) if cases["targets"][i, jj] == 1)
+            ckpts = (params["ckpt"],) + ((params["other"],) if cmp else ())
+            keys = (params["ckpt_key"],) + ((params["other_key"],) if cmp else ())
+            try:
+                comp = case_comparison(cases["paths"][i], ckpts, keys, tuple(model_names), truth)
+            except CXRError as exc:
+                show_error(exc)
+            else:
+                from cxrcore.explain.visual import overlay
+
+                preds = comp.for_label(label)
+                icols = st.columns(len(preds) + 1)
+                icols[0].image(comp.image.pixels, clamp=True, width="stretch",
+                               caption=f"{cases['image_ids'][i]} · truth: {', '.join(truth) or 'none of the shared labels'}")
+                for col, (mname, pred) in zip(icols[1:], preds.items()):
+                    if label in pred.labels:
+                        q = pred.labels.index(label)
+                        ok = (pred.probs[q] >= pred.thresholds[q]) == (t[i] == 1)
+                        col.image(overlay(comp.image.pixels, pred.heatmaps[q], pred.boxes.get(label), label),
+                                  width="stretch",
+                                  caption=f"{mname}: {label} p={pred.probs[q]:.2f} (threshold {pred.thresholds[q]:.2f})"
+                                          f" — {'right' if ok else 'wrong'}")
+                    else:
+                        col.image(comp.image.pixels, clamp=True, width="stretch", caption=f"{mname}: no '{label}' output")
+
+# --------------------------------------------------------------------------- subgroups (when the result has them)
+
+
+def _subgroup_rows(node, path: tuple, out: list) -> None:
+    """Flatten nested dicts / lists down to rows whose values are scalars or {value, low, high} dicts."""
+    if isinstance(node, list):
+        for k, item in enumerate(node):
+            if isinstance(item, dict) and all(not isinstance(v, (dict, list)) or "value" in v for v in item.values()):
+                out.append({**{f"level {n}": p for n, p in enumerate(path)}, **_flat(item)})
+            else:
+                _subgroup_rows(item, path + (str(k),), out)
+        return
+    if not isinstance(node, dict):
+        return
+    leaf = {k: v for k, v in node.items() if not isinstance(v, (dict, list)) or (isinstance(v, dict) and "value" in v)}
+    if leaf and len(leaf) == len(node):
+        out.append({**{f"level {n}": p for n, p in enumerate(path)}, **_flat(node)})
+        return
+    for k, v in node.items():
+        if isinstance(v, (dict, list)):
+            _subgroup_rows(v, path + (str(k),), out)
+
+
+def _flat(row: dict) -> dict:
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, dict) and "value" in v:
+            out[k] = v["value"]
+            if v.get("low") is not None:
+                out[f"{k} low"], out[f"{k} high"] = v["low"], v.get("high")
+        else:
+            out[k] = v
+    return out
+
+
+subgroups = result.get("subgroups")
+if subgroups:
+    st.subheader("Subgroups")
+    try:
+        srows: list = []
+        _subgroup_rows(subgroups, (), srows)
+        sub = pd.DataFrame(srows)
+        if sub.empty:
+            raise ValueError("no rows")
+        metric = next((c for c in sub.columns if "auroc" in str(c).lower() and not str(c).endswith((" low", " high"))
+                       and pd.api.types.is_numeric_dtype(sub[c])), None)
+        level_cols = [c for c in sub.columns if str(c).startswith("level ")]
+        if metric is not None:
+            # the gap: spread of the metric among rows that differ only in the last level (e.g. M vs F per label)
+            group_cols = level_cols[:-1] if len(level_cols) > 1 else []
+            if group_cols:
+                sub["gap"] = sub.groupby(group_cols, dropna=False)[metric].transform(lambda v: v.max() - v.min())
+            else:
+                sub["gap"] = sub[metric].max() - sub[metric].min()
+            top = sub["gap"].dropna().drop_duplicates().nlargest(3)
+            st.caption(f"Rows highlighted: the largest {metric} gaps between subgroups "
+                       f"({', '.join(f'{g:.3f}' for g in top)}).")
+            styled = sub.style.apply(
+                lambda row: ["background-color: rgba(255, 99, 71, 0.25)" if row["gap"] in set(top) else ""] * len(row),
+                axis=1).format(precision=3)
+            st.dataframe(styled, hide_index=True, width="stretch", key="eval_subgroups")
+        else:
+            st.dataframe(sub, hide_index=True, width="stretch", key="eval_subgroups")
+    except Exception:  # an unexpected layout: show it as it is
+        st.json(subgroups, expanded=False)
+
+# --------------------------------------------------------------------------- downloads
+from cxrcore.eval.report import html_report, metrics_json, predictions_frame  # noqa: E402
+
+st.subheader("Downloads")
+stem = f"eval-{result['model']}-{result['dataset']}-{result['split']}".replace(" ", "_").replace("/", "_")
+w1, w2, w3 = st.columns(3)
+w1.download_button("Predictions (CSV)", predictions_frame(ev).to_csv(index=False).encode(), file_name=f"{stem}.csv",
+                   mime="text/csv", key="eval_dl_csv", on_click="ignore")
+w2.download_button("Metrics (JSON)", metrics_json(result).encode(), file_name=f"{stem}.json",
+                   mime="application/json", key="eval_dl_json", on_click="ignore")
+w3.download_button("Report (HTML, opens offline)", lambda: html_report(result, ev).encode("utf-8"),
+                   file_name=f"{stem}.html", mime="text/html", key="eval_dl_html", on_click="ignore")
