@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
 from .data.imageio import LoadedImage
+from .explain.ood import OODResult, check_image
 from .labels import canonical
 from .predictor import Prediction, Predictor
 
@@ -20,6 +21,7 @@ class Comparison:
     predictions: dict[str, Prediction]          # model display name -> prediction
     model_paths: dict[str, str] = field(default_factory=dict)
     truth: list[str] | None = None              # ground-truth labels when known
+    ood: OODResult | None = None                # "does this look like a frontal chest radiograph?"
 
     def labels(self) -> list[str]:
         """Union of the models' labels in first-seen order, synonyms folded (first spelling wins)."""
@@ -53,6 +55,8 @@ class Comparison:
                     continue
                 i = pred.labels.index(own)
                 row[f"{name} p"] = float(pred.probs[i])
+                if pred.prob_std is not None:
+                    row[f"{name} ± sd"] = float(pred.prob_std[i])
                 row[f"{name} positive"] = bool(pred.positive[i])
             rows.append(row)
         return pd.DataFrame(rows)
@@ -67,8 +71,7 @@ class Comparison:
                 continue
             labels = [label if x == own else x for x in pred.labels]
             boxes = {label if k == own else k: v for k, v in pred.boxes.items()}
-            out[name] = Prediction(labels, pred.probs, pred.thresholds, pred.heatmaps, boxes, pred.image_shape,
-                                   pred.seconds, pred.cam_method, pred.notes, pred.cam_grid)
+            out[name] = replace(pred, labels=labels, boxes=boxes)
         return out
 
 
@@ -78,7 +81,9 @@ def image_hash(data: bytes | np.ndarray) -> str:
 
 
 def compare(image: LoadedImage, predictors: dict[str, Predictor], image_name: str = "upload",
-            truth: list[str] | None = None, raw: bytes | None = None) -> Comparison:
-    preds = {name: p.predict(image, heatmaps=True) for name, p in predictors.items()}
+            truth: list[str] | None = None, raw: bytes | None = None, mc_samples: int = 0) -> Comparison:
+    """Every model's prediction (all labels' heatmaps, optional Monte-Carlo dropout spread) and the
+    out-of-distribution check of the image."""
+    preds = {name: p.predict(image, heatmaps=True, mc_samples=mc_samples) for name, p in predictors.items()}
     return Comparison(image, image_name, image_hash(raw if raw is not None else image.pixels), preds,
-                      {name: str(p.path) for name, p in predictors.items()}, truth)
+                      {name: str(p.path) for name, p in predictors.items()}, truth, check_image(image, raw=raw))

@@ -7,11 +7,12 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from cxrcore.compare import compare
-from cxrcore.data.imageio import read_image
+from cxrcore.data.imageio import LoadedImage, read_image
 from cxrcore.errors import LLMError
 from cxrcore.explain.llm import LLMConfig, anatomical_position, build_facts, explain_stream, template_summary
 from cxrcore.explain.boxes import Box
@@ -35,6 +36,14 @@ def _panel_and_facts(comparison, label="Cardiomegaly"):
     preds = comparison.for_label(label)
     panel = png_bytes(comparison_panel(comparison.image.pixels, preds, label, comparison.truth))
     return panel, build_facts(preds, label, comparison.truth)
+
+
+def test_comparison_checks_the_image_is_a_chest_radiograph(comparison, shipped):
+    assert comparison.ood is not None and not comparison.ood.is_suspect
+    page = np.full((600, 450), 0.97, np.float32)  # a white document page with lines of text
+    page[60:540:24, 40:410] = 0.05
+    doc = compare(LoadedImage(page, "PNG", 8, page.shape), {"baseline": Predictor(shipped["baseline"])}, "scan.png")
+    assert doc.ood.is_suspect and doc.ood.reasons
 
 
 def test_facts_and_template(comparison):

@@ -40,7 +40,9 @@ def test_compare_on_a_held_out_phantom_image(app_env, shipped):
     at.radio(key="compare_source").set_value("A held-out phantom test image (ground truth known)").run()
     no_exception(at)
     table = at.dataframe[0].value
-    assert {"baseline p", "fine-tuned p"} <= set(table.columns)
+    assert {"baseline p", "fine-tuned p", "baseline ± sd", "fine-tuned ± sd"} <= set(table.columns)
+    assert (table["fine-tuned ± sd"].dropna() > 0).any()  # Monte-Carlo dropout spread, on by default
+    assert not at.warning  # a phantom chest passes the out-of-distribution check
     # labels of both lists, synonyms folded: Effusion and Pleural Effusion are one row
     labels = list(table["label"])
     assert "Support Devices" in labels and "Hernia" in labels

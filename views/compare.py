@@ -25,6 +25,8 @@ base_name = c1.selectbox("Baseline model", names, index=base_default, key="compa
 tuned_default = next((i for i, n in enumerate(names) if n.startswith("finetuned")), min(1, len(names) - 1))
 tuned_name = c2.selectbox("Fine-tuned model", names, index=tuned_default, key="compare_tuned")
 
+mc = st.toggle("Uncertainty: Monte-Carlo dropout, 20 passes per model (shown as ± one standard deviation)",
+               value=True, key="compare_mc")
 source = st.radio("Image", ["Upload a file", "A held-out phantom test image (ground truth known)"], horizontal=True,
                   key="compare_source")
 raw, name, truth = None, None, None
@@ -53,10 +55,12 @@ if raw is None:
 
 @st.cache_data(show_spinner="Running both models (probabilities and every label's heatmap in one pass each)…",
                max_entries=16)
-def run_comparison(raw: bytes, name: str, base_path: str, tuned_path: str, stamps: tuple, truth: tuple | None):
+def run_comparison(raw: bytes, name: str, base_path: str, tuned_path: str, stamps: tuple, truth: tuple | None,
+                   mc_samples: int):
     image = read_image(raw, name)
     predictors = {"baseline": load_predictor(base_path), "fine-tuned": load_predictor(tuned_path)}
-    return compare(image, predictors, name, list(truth) if truth is not None else None, raw=raw)
+    return compare(image, predictors, name, list(truth) if truth is not None else None, raw=raw,
+                   mc_samples=mc_samples)
 
 
 def stamp(path: str) -> float:
@@ -67,7 +71,7 @@ def stamp(path: str) -> float:
 try:
     result = run_comparison(raw, name, choices[base_name], choices[tuned_name],
                             (stamp(choices[base_name]), stamp(choices[tuned_name])),
-                            tuple(truth) if truth is not None else None)
+                            tuple(truth) if truth is not None else None, 20 if mc else 0)
 except CXRError as exc:
     show_error(exc)
     st.stop()
@@ -79,6 +83,9 @@ st.caption(f"{name}: {image.source_format}, {w}×{h}, {image.bit_depth}-bit"
            + (f" · {'; '.join(image.notes)}" if image.notes else ""))
 if truth is not None:
     st.caption(f"Ground truth: {', '.join(truth) or 'No Finding'}")
+if result.ood is not None and result.ood.is_suspect:
+    st.warning("This image may not be a frontal chest radiograph: " + "; ".join(result.ood.reasons)
+               + ". The models were not made for it; treat their outputs with care.")
 
 table = result.table()
 left, right = st.columns([3, 2])
@@ -106,14 +113,17 @@ with left:
 with right:
     fig = go.Figure()
     for mname in result.predictions:
-        fig.add_bar(y=table["label"], x=table[f"{mname} p"], name=mname, orientation="h")
+        err = table.get(f"{mname} ± sd")
+        fig.add_bar(y=table["label"], x=table[f"{mname} p"], name=mname, orientation="h",
+                    error_x=dict(type="data", array=err.fillna(0).tolist(), visible=True) if err is not None else None)
     fig.update_layout(barmode="group", height=36 * len(table) + 80, margin=dict(l=10, r=10, t=30, b=10),
                       xaxis=dict(range=[0, 1], title="probability"), yaxis=dict(autorange="reversed"),
                       legend=dict(orientation="h", y=1.02))
     st.plotly_chart(fig, key="compare_bars")
 shown = table.copy()
-for mname in result.predictions:
-    shown[f"{mname} p"] = shown[f"{mname} p"].round(3)
+for col in shown.columns:
+    if col.endswith(" p") or col.endswith("± sd"):
+        shown[col] = shown[col].round(3)
 st.dataframe(shown, hide_index=True, width="stretch")
 st.caption("Heatmaps: " + ", ".join(f"{m}: {p.cam_method}, {p.cam_grid[0]}×{p.cam_grid[1]} feature cells "
                                     f"upsampled over the image, {p.seconds * 1000:.0f} ms" for m, p in result.predictions.items()))
