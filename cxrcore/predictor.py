@@ -144,6 +144,18 @@ class Predictor:
         return Prediction(self.labels, probs, self.thresholds, maps, boxes, (h, w),
                           time.perf_counter() - t0, method, list(loaded.notes), tuple(cams.shape[-2:])), x
 
+    def heatmap(self, image: LoadedImage, label: str, method: str = "GradCAM",
+                box_threshold: float = 0.5, top_k_boxes: int = 3) -> tuple[np.ndarray, list[Box]]:
+        """One label's heatmap with any pytorch-grad-cam method, in the image's frame, and its boxes."""
+        if label not in self.labels:
+            raise CheckpointError(f"{self.name} has no label {label!r}; its labels are {', '.join(self.labels)}.")
+        h, w = image.pixels.shape
+        x = self.prep.normalize(torch.from_numpy(self.prep.square(image.pixels))[None].to(self.device))
+        with torch.enable_grad():
+            _, cams = gradcam_loop(self.model, x, [self.labels.index(label)], method)
+        heat = self.prep.unsquare(cams[0, 0], h, w).astype(np.float32)
+        return heat, boxes_from_heatmap(heat, threshold=box_threshold, top_k=top_k_boxes)
+
     @torch.no_grad()
     def predict_squares(self, squares: np.ndarray, batch_size: int = 64, progress=None) -> np.ndarray:
         """Probabilities (N, L) for preprocessed uint8 squares (N, S, S), e.g. from the cache."""

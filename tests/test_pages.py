@@ -53,6 +53,10 @@ def test_compare_on_a_held_out_phantom_image(app_env, shipped):
     no_exception(at)
     captions = " ".join(c.value for c in at.caption)
     assert "Ground truth" in captions and "feature cells" in captions
+    # another pytorch-grad-cam method for the chosen label, computed on demand
+    at.selectbox(key="compare_method").set_value("GradCAMPlusPlus").run()
+    no_exception(at)
+    assert "GradCAMPlusPlus" in " ".join(c.value for c in at.caption)
     assert len(at.get("image")) == 3  # input + two overlays
 
 

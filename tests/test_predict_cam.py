@@ -119,3 +119,28 @@ def test_boxes_from_heatmap():
     assert iou(boxes[1], Box(20 / 40, 25 / 40, 18 / 40, 10 / 40, 1)) > 0.99
     assert boxes_from_heatmap(np.zeros((8, 8))) == []
     assert len(boxes_from_heatmap(heat, method="otsu")) >= 1
+
+
+def test_every_pytorch_grad_cam_method_and_vits():
+    from cxrcore.explain.cam import CAM_METHODS, gradcam_loop
+
+    torch.manual_seed(0)
+    cnn = build_model("regnetx_002", 3, kwargs={"output_stride": 16}).eval()
+    x = torch.randn(1, 3, 64, 64)
+    for method in CAM_METHODS:
+        _, maps = gradcam_loop(cnn, x, [1], method)
+        assert maps.shape == (1, 1, 4, 4) and 0 <= maps.min() and maps.max() <= 1
+    # ViT: tokens reshaped to the 14x14 patch grid; the target is the last block's norm1
+    vit = build_model("vit_tiny_patch16_224", 3).eval()
+    assert not supports_fast_cam(vit)
+    _, maps = gradcam_loop(vit, torch.randn(1, 3, 224, 224), [0, 2], "GradCAM")
+    assert maps.shape == (1, 2, 14, 14) and maps.max() > 0.9
+
+
+def test_predictor_heatmap_with_another_method(shipped):
+    p = Predictor(shipped["finetuned"])
+    image = read_image(FORMATS / "16747_3_1.jpg")
+    heat, boxes = p.heatmap(image, "Lung Opacity", "HiResCAM")
+    assert heat.shape == p.predict(image).heatmaps.shape[1:] and 0 <= heat.min() and heat.max() <= 1
+    with pytest.raises(Exception, match="no label"):
+        p.heatmap(image, "Hernia", "GradCAM")

@@ -1,4 +1,5 @@
 """Compare: upload an X-ray; baseline and fine-tuned predictions, Grad-CAM overlays and boxes."""
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -8,8 +9,9 @@ import streamlit as st
 from cxrcore.compare import compare
 from cxrcore.data.imageio import read_image
 from cxrcore.errors import CXRError
+from cxrcore.explain.cam import CAM_METHODS
 from cxrcore.explain.visual import comparison_panel, overlay, png_bytes
-from ui.common import checkpoint_choices, load_predictor, show_error
+from ui.common import checkpoint_choices, image_compare_slider, load_predictor, show_error
 
 st.title("Compare a baseline with a fine-tuned model")
 st.caption("Upload a chest radiograph (PNG, JPEG or DICOM). Nothing is stored; DICOM metadata never leaves this process.")
@@ -63,6 +65,22 @@ def run_comparison(raw: bytes, name: str, base_path: str, tuned_path: str, stamp
                    mc_samples=mc_samples)
 
 
+@st.cache_data(show_spinner="Computing the heatmap with pytorch-grad-cam…", max_entries=64)
+def _method_map(raw: bytes, name: str, path: str, stamp: float, label: str, method: str):
+    heat, boxes = load_predictor(path).heatmap(read_image(raw, name), label, method)
+    return heat, boxes
+
+
+def with_method(pred, raw: bytes, name: str, path: str, label: str, method: str):
+    """``pred`` with ``label``'s heatmap and boxes replaced by another CAM method's."""
+    if label not in pred.labels:
+        return pred
+    heat, boxes = _method_map(raw, name, path, stamp(path), label, method)
+    maps = pred.heatmaps.copy()
+    maps[pred.labels.index(label)] = heat
+    return replace(pred, heatmaps=maps, boxes={**pred.boxes, label: boxes})
+
+
 def stamp(path: str) -> float:
     p = Path(path) / "card.json"
     return p.stat().st_mtime if p.exists() else 0.0
@@ -92,21 +110,36 @@ left, right = st.columns([3, 2])
 with left:
     label = st.selectbox("Heatmap for label", result.labels(), key="compare_label",
                          index=int(np.nanargmax(table["fine-tuned p"].fillna(-1).to_numpy())))
+    method = st.selectbox("Heatmap method", CAM_METHODS, key="compare_method",
+                          help="GradCAM comes with the prediction (one pass gives every label's map). The other "
+                               "pytorch-grad-cam methods run for the chosen label when you pick them.")
     preds = result.for_label(label)
+    if method != "GradCAM":
+        try:
+            preds = {m: with_method(p, raw, name, result.model_paths[m], label, method) for m, p in preds.items()}
+        except CXRError as exc:
+            show_error(exc)
     cols = st.columns(len(preds) + 1)
     cols[0].image(image.pixels, caption="Input", clamp=True, width="stretch")
+    overlays = {}
     for col, (mname, pred) in zip(cols[1:], preds.items()):
         if label in pred.labels:
             i = pred.labels.index(label)
-            col.image(overlay(image.pixels, pred.heatmaps[i], pred.boxes.get(label), label),
-                      caption=f"{mname}: {label} p={pred.probs[i]:.2f} (threshold {pred.thresholds[i]:.2f})",
-                      width="stretch")
+            overlays[mname] = overlay(image.pixels, pred.heatmaps[i], pred.boxes.get(label), label)
+            col.image(overlays[mname], width="stretch",
+                      caption=f"{mname}: {label} p={pred.probs[i]:.2f} (threshold {pred.thresholds[i]:.2f}) · {method}")
             if pred.heatmaps[i].max() <= 0:
                 col.caption("Empty heatmap: no region raises this label's score (Grad-CAM keeps positive evidence only).")
             for b in pred.boxes.get(label, []):
                 col.caption(f"box x={b.x:.2f} y={b.y:.2f} w={b.w:.2f} h={b.h:.2f} · peak {b.score:.2f}")
         else:
             col.image(image.pixels, clamp=True, width="stretch", caption=f"{mname}: has no '{label}' output")
+    st.caption(f"Heatmap method: {method}" + (" (with the prediction, every label in one pass)" if method == "GradCAM"
+                                              else " (pytorch-grad-cam, this label only)"))
+    if len(overlays) == 2:
+        with st.expander("Slide between the two overlays", expanded=False):
+            (n1, o1), (n2, o2) = overlays.items()
+            image_compare_slider(png_bytes(o1), png_bytes(o2), n1, n2)
     panel = comparison_panel(image.pixels, preds, label, truth)
     st.download_button("Download comparison panel (PNG)", png_bytes(panel), file_name=f"compare-{label}.png",
                        mime="image/png", key="compare_panel_dl")

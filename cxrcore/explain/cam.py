@@ -15,7 +15,14 @@ from torch import nn
 
 
 def target_layer(model: nn.Module) -> nn.Module:
-    """The module whose output is the last feature map (timm's feature_info names it)."""
+    """The module whose output is the last feature map (timm's feature_info names it).
+
+    ViTs: the last block's first norm, as pytorch-grad-cam advises: the head reads only the class
+    token, so the patch tokens leaving the last block carry no gradient; entering its attention they do.
+    """
+    blocks = getattr(model, "blocks", None)
+    if hasattr(model, "patch_embed") and blocks is not None and hasattr(blocks[-1], "norm1"):
+        return blocks[-1].norm1
     info = getattr(model, "feature_info", None)
     if info:
         name = info[-1]["module"]
@@ -75,20 +82,46 @@ def forward_with_cams(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, 
     return logits, scale_maps(cams.cpu().numpy())
 
 
+CAM_METHODS = ("GradCAM", "GradCAMPlusPlus", "HiResCAM", "XGradCAM", "LayerCAM", "EigenCAM", "ScoreCAM")
+
+
+def vit_reshape_transform(model: nn.Module):
+    """pytorch-grad-cam's reshape for ViTs: drop the class (prefix) tokens, tokens -> (B, C, h, w)."""
+    prefix = int(getattr(model, "num_prefix_tokens", 1))
+
+    def reshape(tokens: torch.Tensor) -> torch.Tensor:
+        b, n, c = tokens.shape
+        side = int(round((n - prefix) ** 0.5))
+        return tokens[:, prefix:, :].reshape(b, side, side, c).permute(0, 3, 1, 2)
+
+    return reshape
+
+
+def default_reshape(model: nn.Module):
+    """A reshape transform when the model's features are tokens (ViT-like), else None."""
+    return vit_reshape_transform(model) if hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens") else None
+
+
 def gradcam_loop(model: nn.Module, x: torch.Tensor, labels: list[int] | None = None,
                  method: str = "GradCAM", reshape_transform=None) -> tuple[torch.Tensor, np.ndarray]:
-    """pytorch-grad-cam, once per label: the general path for heads that are not GAP + linear.
+    """pytorch-grad-cam, once per label, with any of its methods (ViTs through a reshape transform).
 
+    The general path for heads that are not GAP + linear, and for methods other than Grad-CAM.
     Returns maps at feature-map resolution (B, L, h, w), scaled to [0, 1].
     """
     import pytorch_grad_cam as pgc
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    if method not in CAM_METHODS:
+        raise ValueError(f"Unknown CAM method {method!r}; use one of {', '.join(CAM_METHODS)}.")
     cam_cls = getattr(pgc, method)
     layer = target_layer(model)
+    reshape_transform = reshape_transform or default_reshape(model)
     with torch.no_grad():
         logits = model(x)
         feats = model.forward_features(x)
+        if reshape_transform is not None:
+            feats = reshape_transform(feats)
     h, w = feats.shape[-2:]
     labels = list(range(logits.shape[1])) if labels is None else labels
     out = np.zeros((x.shape[0], len(labels), h, w), dtype=np.float32)
