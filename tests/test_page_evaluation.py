@@ -130,3 +130,22 @@ def test_subgroups_shown_when_the_result_has_them(app_env, shipped, monkeypatch)
     no_exception(at)
     sub = table_with(at, "gap")
     assert len(sub) == 2 and np.isclose(sub["gap"], 0.13).all()
+
+
+def test_localization_on_the_real_nih_boxes(app_env, shipped):
+    """The 24 real radiologist boxes of the NIH sample: the page scores them like `cxr localize`."""
+    at = page().run()
+    pick(at, "eval_model", "baseline (shipped demo)")
+    at.selectbox(key="eval_compare").set_value("(no comparison)")
+    at.selectbox(key="eval_data").set_value("A folder path…").run()
+    at.text_input(key="eval_folder").set_value(str(NIH_SAMPLE))
+    at.selectbox(key="eval_split").set_value("all")
+    at.number_input(key="eval_nboot").set_value(20)
+    at.button(key="eval_run").click().run()
+    at.button(key="eval_loc_run").click().run()
+    no_exception(at)
+    table = table_with(at, "pointing")
+    rows = table.set_index("label")
+    assert rows.loc["all boxes", "boxes"] == 24  # 23 Pneumonia + 1 Infiltrate (= Infiltration)
+    assert rows.loc["Pneumonia", "boxes"] == 23
+    assert rows[["IoU ≥ 0.1", "IoBB ≥ 0.25", "pointing", "chance"]].apply(lambda c: c.between(0, 1)).all().all()

@@ -422,6 +422,42 @@ if subgroups:
     except Exception:  # an unexpected layout: show it as it is
         st.json(subgroups, expanded=False)
 
+# --------------------------------------------------------------------------- localization
+@st.cache_data(show_spinner="Predicting every image with ground-truth boxes…", max_entries=8)
+def run_localize(ckpt: str, ckpt_key: tuple, data: str, split: str) -> dict:
+    from cxrcore.explain.localize import localize_checkpoint
+
+    return localize_checkpoint(ckpt, data, split).to_dict(boxes=False)
+
+
+st.subheader("Localization against ground-truth boxes")
+st.caption("Boxes cut from each label's heatmap vs the dataset's boxes (NIH BBox_List format; the phantoms write "
+           "theirs): accuracy at IoU and IoBB thresholds as in Wang et al. 2017, and the pointing game (the "
+           "heatmap's peak inside the box; chance = mean box area). Same as `cxr localize`.")
+if st.button("Score localization", key="eval_loc_run"):
+    st.session_state["eval_loc"] = (params["ckpt"], params["ckpt_key"], params["data"], params["split"])
+loc_key = st.session_state.get("eval_loc")
+if loc_key and loc_key == (params["ckpt"], params["ckpt_key"], params["data"], params["split"]):
+    try:
+        loc = run_localize(*loc_key)
+    except CXRError as exc:
+        show_error(exc)
+        loc = None
+    if loc is not None and not loc["labels"]:
+        st.info(f"No ground-truth boxes of this model's labels on the {params['split']} split "
+                f"({loc['n_boxes_dataset']} boxes in the dataset).")
+    elif loc is not None:
+        rows = []
+        for label, m in list(loc["labels"].items()) + [("all boxes", loc["overall"])]:
+            rows.append({"label": label, "boxes": m["n"],
+                         **{f"IoU ≥ {t}": m["iou_acc"][t] for t in m["iou_acc"]},
+                         **{f"IoBB ≥ {t}": m["iobb_acc"][t] for t in m["iobb_acc"]},
+                         "pointing": m["pointing"], "chance": m["chance"], "no box": m["no_prediction"]})
+        st.dataframe(pd.DataFrame(rows).round(3), hide_index=True, width="stretch", key="eval_loc_table")
+        if loc["skipped_labels"]:
+            st.caption("Boxes of labels the model does not have: "
+                       + ", ".join(f"{k} ({v})" for k, v in loc["skipped_labels"].items()))
+
 # --------------------------------------------------------------------------- downloads
 from cxrcore.eval.report import html_report, metrics_json, predictions_frame  # noqa: E402
 
