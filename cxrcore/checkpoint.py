@@ -57,6 +57,11 @@ class Card:
     def prep(self) -> Preprocess:
         return Preprocess.from_dict(self.preprocess)
 
+    def temperature_list(self) -> list[float] | None:
+        """Per-label temperatures stored by evaluation (``cxr eval --save-calibration``), or None."""
+        temps = (self.metrics.get("calibration") or {}).get("temperatures")
+        return None if not temps else [float(temps.get(x, 1.0)) for x in self.labels]
+
     def threshold_list(self) -> list[float]:
         return [float(self.thresholds.get(x, 0.5)) for x in self.labels]
 

@@ -231,6 +231,15 @@ def cmd_eval(a) -> int:
         stem = f"{Path(a.checkpoint).resolve().name}-{result['dataset']}-{a.split}-{time.strftime('%Y%m%d-%H%M%S')}"
         out = workspace.sub("eval") / stem
     files = write_all(out, result, data)
+    cal = result.get("calibration") or {}
+    if a.save_calibration:
+        if not cal.get("fitted"):
+            raise CXRError(f"No temperatures to save: {cal.get('note', 'calibration was not fitted')}. "
+                           "Use --split test (temperatures are fitted on the val split).")
+        from .eval.thresholds import save_temperatures
+
+        where = save_temperatures(a.checkpoint, {x: v["temperature"] for x, v in cal["per_label"].items()}, "val")
+        print(f"saved per-label temperatures to {where / 'card.json'}", file=sys.stderr)
     if a.json:
         print(metrics_json(result))
         return 0
@@ -401,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", action="store_true", help="print every metric with its CI as JSON")
     s.add_argument("--out", help="folder for predictions.csv, metrics.json, report.html (default: workspace eval/)")
+    s.add_argument("--save-calibration", action="store_true",
+                   help="store the per-label temperatures fitted on val in the card (calibrated probabilities)")
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("serve", help="JSON REST API: GET /health, POST /predict (base64 image)")

@@ -33,6 +33,7 @@ class Prediction:
     cam_method: str = "GradCAM"
     notes: list[str] = field(default_factory=list)
     cam_grid: tuple[int, int] = (0, 0)     # resolution of the feature map the heatmaps come from
+    calibrated: np.ndarray | None = None   # (L,) temperature-scaled probabilities, when the card has temperatures
     prob_mean: np.ndarray | None = None    # (L,) Monte-Carlo dropout mean (predict(..., mc_samples > 0))
     prob_std: np.ndarray | None = None     # (L,) Monte-Carlo dropout standard deviation
     prob_var: np.ndarray | None = None     # (L,) Monte-Carlo dropout variance
@@ -55,6 +56,8 @@ class Prediction:
             "probabilities": {x: float(p) for x, p in zip(self.labels, self.probs)},
             "thresholds": {x: float(t) for x, t in zip(self.labels, self.thresholds)},
             "positive": [x for x, pos in zip(self.labels, self.positive) if pos],
+            **({"calibrated_probabilities": {x: float(p) for x, p in zip(self.labels, self.calibrated)}}
+               if self.calibrated is not None else {}),
             "boxes": {x: [b.to_dict() for b in bs] for x, bs in self.boxes.items() if bs},
             "image_shape": list(self.image_shape),
             "heatmap_shape": list(self.heatmaps.shape[1:]),
@@ -107,6 +110,11 @@ class Predictor:
         """Probabilities, heatmaps and boxes; with ``mc_samples > 0`` also Monte-Carlo dropout mean and
         spread (``prob_mean`` / ``prob_std`` / ``prob_var``; ``probs`` stays the deterministic output)."""
         pred, x = self._predict(image, heatmaps, top_k_boxes, box_threshold)
+        temps = self.card.temperature_list()
+        if temps is not None:
+            from .eval.calibration import apply_temperature, logits_from_probs
+
+            pred.calibrated = apply_temperature(logits_from_probs(pred.probs[None]), np.array(temps))[0].astype(np.float32)
         if mc_samples and mc_samples > 0:
             from .explain.uncertainty import mc_dropout as run_mc
 

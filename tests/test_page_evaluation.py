@@ -149,3 +149,29 @@ def test_localization_on_the_real_nih_boxes(app_env, shipped):
     assert rows.loc["all boxes", "boxes"] == 24  # 23 Pneumonia + 1 Infiltrate (= Infiltration)
     assert rows.loc["Pneumonia", "boxes"] == 23
     assert rows[["IoU ≥ 0.1", "IoBB ≥ 0.25", "pointing", "chance"]].apply(lambda c: c.between(0, 1)).all().all()
+
+
+def test_saved_temperatures_give_calibrated_probabilities(app_env, shipped, tmp_path):
+    """`cxr eval --save-calibration` stores val-fitted temperatures; predictions then carry calibrated probs."""
+    import json
+    import subprocess
+    import sys
+
+    from cxrcore.demo import app_data
+    from cxrcore.predictor import Predictor
+    from conftest import FORMATS
+
+    r = subprocess.run([sys.executable, "-m", "cxrcore.cli", "eval", "--checkpoint", str(shipped["finetuned"]),
+                        "--data", str(app_data()["chexpert"]), "--split", "test", "--n-boot", "20",
+                        "--out", str(tmp_path / "ev"), "--save-calibration", "--json"],
+                       capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr
+    saved = app_env / "checkpoints" / "finetuned"
+    temps = json.loads((saved / "card.json").read_text())["metrics"]["calibration"]["temperatures"]
+    assert len(temps) == 14 and all(t > 0 for t in temps.values())
+    assert "temperatures" not in json.dumps(json.loads((shipped["finetuned"] / "card.json").read_text()))
+    pred = Predictor(saved).predict(FORMATS / "00000001_000.png", heatmaps=False)
+    assert pred.calibrated is not None and pred.calibrated.shape == pred.probs.shape
+    j = [pred.labels.index(x) for x, t in temps.items() if abs(t - 1) > 0.05]
+    assert j and not np.allclose(pred.calibrated[j], pred.probs[j])
+    assert "calibrated_probabilities" in pred.to_dict()

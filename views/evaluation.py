@@ -214,6 +214,17 @@ if cal.get("fitted"):
     st.caption(f"Per-label temperature fitted on the val split ({cal['n_val_images']} images) and applied to this "
                "split. A temperature of 1 (not fitted) where val lacks a class.")
     st.dataframe(cal_table.round(3), hide_index=True, width="stretch", key="eval_cal_table")
+    if st.button("Save these temperatures to the checkpoint card", key="eval_cal_save",
+                 help="Predictions (app, CLI, API) then also report temperature-scaled probabilities."):
+        from cxrcore.eval.thresholds import save_temperatures
+
+        try:
+            where = save_temperatures(params["ckpt"], {x: v["temperature"] for x, v in cal["per_label"].items()}, "val")
+            st.success(f"Saved {len(cal['per_label'])} temperatures to {where / 'card.json'}"
+                       + ("" if Path(where).resolve() == Path(params["ckpt"]).resolve()
+                          else " (a workspace copy: shipped models are never modified)") + ".")
+        except CXRError as exc:
+            show_error(exc)
 else:
     st.caption(f"Temperature scaling: {cal.get('note', 'not available')}.")
 with_bins = [x for x in ev_labels if per[x].get("reliability")]
@@ -461,12 +472,22 @@ if loc_key and loc_key == (params["ckpt"], params["ckpt_key"], params["data"], p
 # --------------------------------------------------------------------------- downloads
 from cxrcore.eval.report import html_report, metrics_json, predictions_frame  # noqa: E402
 
+def _parquet(frame: pd.DataFrame) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
 st.subheader("Downloads")
 stem = f"eval-{result['model']}-{result['dataset']}-{result['split']}".replace(" ", "_").replace("/", "_")
-w1, w2, w3 = st.columns(3)
+w1, w2, w3, w4 = st.columns(4)
 w1.download_button("Predictions (CSV)", predictions_frame(ev).to_csv(index=False).encode(), file_name=f"{stem}.csv",
                    mime="text/csv", key="eval_dl_csv", on_click="ignore")
 w2.download_button("Metrics (JSON)", metrics_json(result).encode(), file_name=f"{stem}.json",
                    mime="application/json", key="eval_dl_json", on_click="ignore")
+w4.download_button("Predictions (Parquet)", lambda: _parquet(predictions_frame(ev)), file_name=f"{stem}.parquet",
+                   mime="application/octet-stream", key="eval_dl_parquet", on_click="ignore")
 w3.download_button("Report (HTML, opens offline)", lambda: html_report(result, ev).encode("utf-8"),
                    file_name=f"{stem}.html", mime="text/html", key="eval_dl_html", on_click="ignore")

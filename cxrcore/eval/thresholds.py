@@ -157,17 +157,11 @@ def operating_table(labels: list[str], thresholds: np.ndarray, conf: dict, auroc
     })
 
 
-def save_thresholds(checkpoint: str | Path, thresholds: dict[str, float]) -> Path:
-    """Write ``thresholds`` into the card. Shipped checkpoints (next to the code) are never modified:
-    they are copied into the workspace first, and the copy is updated. Returns the folder written."""
+def _writable(checkpoint: str | Path):
+    """(folder, card) to write to. Shipped checkpoints (next to the code) are never modified: they
+    are copied into the workspace first, and the copy is what gets updated."""
     folder = Path(checkpoint).resolve()
     card = read_card(folder)
-    unknown = set(thresholds) - set(card.labels)
-    if unknown:
-        raise CheckpointError(f"Thresholds for labels the model does not have: {sorted(unknown)}.")
-    bad = {k: v for k, v in thresholds.items() if not 0.0 <= float(v) <= 1.0}
-    if bad:
-        raise CheckpointError(f"Thresholds must lie in [0, 1]: {bad}.")
     shipped = workspace.shipped_checkpoints().resolve()
     if shipped in folder.parents or folder == shipped:
         target = workspace.sub("checkpoints") / folder.name
@@ -175,6 +169,36 @@ def save_thresholds(checkpoint: str | Path, thresholds: dict[str, float]) -> Pat
             shutil.copytree(folder, target, dirs_exist_ok=True)
         folder = target
         card = read_card(folder)
+    return folder, card
+
+
+def save_thresholds(checkpoint: str | Path, thresholds: dict[str, float]) -> Path:
+    """Write ``thresholds`` into the card; returns the folder written (a workspace copy for shipped models)."""
+    card = read_card(checkpoint)
+    unknown = set(thresholds) - set(card.labels)
+    if unknown:
+        raise CheckpointError(f"Thresholds for labels the model does not have: {sorted(unknown)}.")
+    bad = {k: v for k, v in thresholds.items() if not 0.0 <= float(v) <= 1.0}
+    if bad:
+        raise CheckpointError(f"Thresholds must lie in [0, 1]: {bad}.")
+    folder, card = _writable(checkpoint)
     card.thresholds.update({k: float(v) for k, v in thresholds.items()})
+    write_card(folder, card)
+    return folder
+
+
+def save_temperatures(checkpoint: str | Path, temperatures: dict[str, float], fitted_on: str) -> Path:
+    """Store per-label temperature-scaling factors in the card (used for calibrated probabilities)."""
+    card = read_card(checkpoint)
+    unknown = set(temperatures) - set(card.labels)
+    if unknown:
+        raise CheckpointError(f"Temperatures for labels the model does not have: {sorted(unknown)}.")
+    bad = {k: v for k, v in temperatures.items() if not float(v) > 0}
+    if bad:
+        raise CheckpointError(f"Temperatures must be positive: {bad}.")
+    folder, card = _writable(checkpoint)
+    card.metrics.setdefault("calibration", {})
+    card.metrics["calibration"] = {"temperatures": {k: float(v) for k, v in temperatures.items()},
+                                   "fitted_on": fitted_on}
     write_card(folder, card)
     return folder
