@@ -78,6 +78,18 @@ def test_upload_png_shows_both_models_and_an_overlay(app_url, browser, tmp_path)
     page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
 
 
+def test_dicom_upload_with_uncertainty(app_url, browser):
+    page = browser.new_page(viewport={"width": 1500, "height": 1800})
+    page.goto(f"{app_url}/compare", timeout=120_000)
+    page.get_by_text("Compare a baseline with a fine-tuned model").wait_for(timeout=120_000)
+    page.locator("input[type=file]").set_input_files(
+        str(FORMATS / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"))
+    page.get_by_text("feature cells").wait_for(timeout=240_000)
+    body = page.inner_text("body")
+    assert "DICOM, 1024×1024" in body and "MONOCHROME2" in body and "Monte-Carlo dropout" in body
+    assert "may not be a frontal chest radiograph" not in body  # a real chest X-ray passes the OOD guard
+
+
 def test_bad_upload_shows_a_message_and_the_app_keeps_working(app_url, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 1200})
     page.goto(f"{app_url}/compare", timeout=120_000)
