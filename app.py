@@ -19,4 +19,7 @@ PAGES = [
     st.Page("views/evaluation.py", title="Evaluation", icon=":material/analytics:"),
     st.Page("views/explain.py", title="Explain", icon=":material/chat:"),
 ]
-st.navigation(PAGES).run()
+page = st.navigation(PAGES)
+st.sidebar.radio("Chart downloads (camera button)", ["png", "svg"], key="chart_format", horizontal=True,
+                 format_func=str.upper)
+page.run()

@@ -73,6 +73,9 @@ def test_thresholds_sliders_update_metrics_and_save(app_env, shipped):
     assert after_tab.loc[label, "threshold"] == pytest.approx(0.01)
     assert after_tab.loc[label, "TP"] + after_tab.loc[label, "FP"] >= before
     assert after_tab.loc[label, "sensitivity"] >= table.set_index("label").loc[label, "sensitivity"]
+    # curves export as PNG or SVG from the chart toolbar, as chosen in the sidebar
+    at.sidebar.radio(key="chart_format").set_value("svg").run()
+    assert all('"format": "svg"' in c.proto.config for c in at.get("plotly_chart"))
     at.button(key="thr_save").click().run()
     no_exception(at)
     assert at.success, "no confirmation after saving"

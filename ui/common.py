@@ -113,3 +113,9 @@ def image_compare_slider(left_png: bytes, right_png: bytes, left: str, right: st
        oninput="document.getElementById('clip').style.width=this.value+'%'"></div>
   <div style="display:flex;justify-content:space-between"><span>&larr; {left}</span><span>{right} &rarr;</span></div>
 </div>""", height=height)
+
+
+def chart_config() -> dict:
+    """plotly config for every chart: the toolbar's camera button saves PNG or SVG (sidebar choice)."""
+    fmt = st.session_state.get("chart_format", "png")
+    return {"toImageButtonOptions": {"format": fmt, "scale": 2 if fmt == "png" else 1}, "displaylogo": False}

@@ -11,7 +11,7 @@ from cxrcore.data.imageio import read_image
 from cxrcore.errors import CXRError
 from cxrcore.explain.cam import CAM_METHODS
 from cxrcore.explain.visual import comparison_panel, overlay, png_bytes
-from ui.common import checkpoint_choices, image_compare_slider, load_predictor, show_error
+from ui.common import chart_config, checkpoint_choices, image_compare_slider, load_predictor, show_error
 
 st.title("Compare a baseline with a fine-tuned model")
 st.caption("Upload a chest radiograph (PNG, JPEG or DICOM). Nothing is stored; DICOM metadata never leaves this process.")
@@ -152,7 +152,7 @@ with right:
     fig.update_layout(barmode="group", height=36 * len(table) + 80, margin=dict(l=10, r=10, t=30, b=10),
                       xaxis=dict(range=[0, 1], title="probability"), yaxis=dict(autorange="reversed"),
                       legend=dict(orientation="h", y=1.02))
-    st.plotly_chart(fig, key="compare_bars")
+    st.plotly_chart(fig, key="compare_bars", config=chart_config())
 shown = table.copy()
 for col in shown.columns:
     if col.endswith(" p") or col.endswith("± sd"):

@@ -14,7 +14,7 @@ import streamlit as st
 from cxrcore.data import stats
 from cxrcore.data.readers import builtin_table, read_dataset
 from cxrcore.errors import CXRError
-from ui.common import dataset_choices, show_error
+from ui.common import chart_config, dataset_choices, show_error
 
 NIH_FULL = "NIH ChestX-ray14 — full label table (torchxrayvision)"
 CHEXPERT_FULL = "CheXpert — full train table (torchxrayvision)"
@@ -151,7 +151,7 @@ def _prevalence(prev: pd.DataFrame, slug: str) -> None:
                      category_orders={"label": order[::-1]}, labels={"percent": "prevalence (%)", "label": ""},
                      height=max(320, 34 * len(prev)))
         fig.update_layout(legend_title_text="", margin=dict(l=0, r=0, t=10, b=0))
-        st.plotly_chart(fig, key="chart-prevalence")
+        st.plotly_chart(fig, key="chart-prevalence", config=chart_config())
 
     if {"positive", "negative", "uncertain", "unmentioned"} <= set(prev.columns):
         st.subheader("Raw label values (CheXpert-style)")
@@ -166,7 +166,7 @@ def _prevalence(prev: pd.DataFrame, slug: str) -> None:
                                          "uncertain": "#ff7f0e", "unmentioned": "#c7c7c7"},
                      labels={"label": ""}, height=max(320, 30 * len(prev)))
         fig.update_layout(legend_title_text="", margin=dict(l=0, r=0, t=10, b=0))
-        st.plotly_chart(fig, key="chart-values")
+        st.plotly_chart(fig, key="chart-values", config=chart_config())
         st.dataframe(vc, width="stretch")
         _download(vc, "value counts", slug)
 
@@ -194,7 +194,7 @@ def _cooccurrence(counts: pd.DataFrame, cond: pd.DataFrame, slug: str) -> None:
         table, what = cond, "co-occurrence P(B given A)"
     fig.update_layout(height=max(420, 40 * len(counts)), margin=dict(l=0, r=0, t=10, b=0))
     fig.update_xaxes(tickangle=-45)
-    st.plotly_chart(fig, key="chart-cooc")
+    st.plotly_chart(fig, key="chart-cooc", config=chart_config())
     with st.expander("Table"):
         st.dataframe(table, width="stretch")
     _download(table, what, slug)
@@ -217,7 +217,7 @@ def _combinations(top: pd.DataFrame, per_image: pd.DataFrame, slug: str) -> None
                      hover_data={"pct": ":.2f"}, height=360)
         fig.update_layout(margin=dict(l=0, r=0, t=10, b=0))
         fig.update_xaxes(dtick=1)
-        st.plotly_chart(fig, key="chart-per-image")
+        st.plotly_chart(fig, key="chart-per-image", config=chart_config())
         st.dataframe(per_image, hide_index=True, width="stretch",
                      column_config={"pct": st.column_config.NumberColumn("% of images", format="%.2f")})
         _download(per_image, "labels per image", slug, index=False)
@@ -244,7 +244,7 @@ def _demographics(demo: dict[str, pd.DataFrame], labels: list[str], slug: str) -
                          labels={"value": "% of group" if as_pct else "images", key: ""})
             fig.update_layout(legend_title_text="", margin=dict(l=0, r=0, t=10, b=0),
                               legend=dict(orientation="h", y=-0.25))
-            st.plotly_chart(fig, key=f"chart-demo-{key}")
+            st.plotly_chart(fig, key=f"chart-demo-{key}", config=chart_config())
             _download(table, f"{key} by label", slug)
     with st.expander("Tables (images per group; one column per label = positive images)"):
         for key in ("age", "sex", "view"):

@@ -8,7 +8,7 @@ import streamlit as st
 
 from cxrcore.checkpoint import read_card
 from cxrcore.errors import CXRError
-from ui.common import checkpoint_choices, dataset_choices, load_predictor, show_error
+from ui.common import chart_config, checkpoint_choices, dataset_choices, load_predictor, show_error
 
 st.title("Evaluate a model on a dataset split")
 st.caption("Every interval is a percentile bootstrap that resamples patients (all images of a drawn patient). "
@@ -198,7 +198,7 @@ fig.add_scatter(x=[v["value"] for v in vals], y=ev_labels, mode="markers", marke
 fig.add_vline(x=0.5, line_dash="dot", line_color="gray")
 fig.update_layout(title="AUROC per label", xaxis=dict(range=[0, 1.02], title="AUROC"),
                   yaxis=dict(autorange="reversed"), height=110 + 28 * len(ev_labels), margin=dict(t=40, b=10))
-st.plotly_chart(fig, key="eval_forest")
+st.plotly_chart(fig, key="eval_forest", config=chart_config())
 
 # --------------------------------------------------------------------------- calibration
 st.markdown("**Calibration**")
@@ -248,7 +248,7 @@ if with_bins:
     fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="gray"), name="perfect")
     fig.update_layout(xaxis=dict(range=[0, 1], title="mean predicted"), yaxis=dict(range=[0, 1], title="observed"),
                       height=380, margin=dict(t=30, b=10))
-    st.plotly_chart(fig, key="eval_reliability")
+    st.plotly_chart(fig, key="eval_reliability", config=chart_config())
 
 # --------------------------------------------------------------------------- comparison
 cmp = result.get("comparison")
@@ -287,7 +287,7 @@ if cmp:
         fig.update_layout(title=f"ΔAUROC ({name_b} − {name_a}), paired patient-bootstrap {conf}% CI",
                           xaxis_title="ΔAUROC", yaxis=dict(autorange="reversed"), height=130 + 28 * len(labs),
                           margin=dict(t=40, b=10))
-        st.plotly_chart(fig, key="eval_delta_forest")
+        st.plotly_chart(fig, key="eval_delta_forest", config=chart_config())
 
 # --------------------------------------------------------------------------- case browser
 st.subheader("Case browser")

@@ -11,7 +11,7 @@ from cxrcore.errors import CXRError
 from cxrcore.eval.metrics import per_label_auroc
 from cxrcore.eval.thresholds import (MANUAL, STRATEGIES, TARGETED, ThresholdSweep, operating_table, save_thresholds,
                                      snap, suggest_thresholds)
-from ui.common import checkpoint_choices, dataset_choices, load_predictor, show_error
+from ui.common import chart_config, checkpoint_choices, dataset_choices, load_predictor, show_error
 
 st.title("Per-label decision thresholds")
 st.caption("Move a slider: sensitivity, specificity, PPV, NPV, F1 and the confusion counts are recomputed from "
@@ -150,8 +150,8 @@ pr.update_layout(title=f"Precision-recall: {focus}", xaxis_title="recall (sensit
                  yaxis_range=[0, 1.02], height=420, margin=dict(t=40, b=10), legend=dict(orientation="h", y=-0.2))
 g1, g2 = st.columns(2)
 with g1:
-    st.plotly_chart(roc, key="thr_roc")
+    st.plotly_chart(roc, key="thr_roc", config=chart_config())
 with g2:
-    st.plotly_chart(pr, key="thr_pr")
+    st.plotly_chart(pr, key="thr_pr", config=chart_config())
 st.caption("The marker is the current slider threshold. Use the camera icon in a chart's toolbar (top right, on "
-           "hover) to download it as PNG.")
+           "hover) to download it as PNG or SVG (choose in the sidebar).")
