@@ -90,15 +90,21 @@ def test_missing_folder_is_an_error_not_a_crash(app_env, shipped):
     assert len(table_with(at, "AUPRC low")) == 14
 
 
-def test_real_nih_sample_gives_wide_intervals(app_env, shipped):
+def evaluate_baseline_on_nih_sample(n_boot: int) -> AppTest:
+    """The page after evaluating the shipped baseline alone on every image of the real NIH sample."""
     at = page().run()
     pick(at, "eval_model", "baseline (shipped demo)")
     at.selectbox(key="eval_compare").set_value("(no comparison)")
     at.selectbox(key="eval_data").set_value("A folder path…").run()
     at.text_input(key="eval_folder").set_value(str(NIH_SAMPLE))
     at.selectbox(key="eval_split").set_value("all")
-    at.number_input(key="eval_nboot").set_value(50)
+    at.number_input(key="eval_nboot").set_value(n_boot)
     at.button(key="eval_run").click().run()
+    return at
+
+
+def test_real_nih_sample_gives_wide_intervals(app_env, shipped):
+    at = evaluate_baseline_on_nih_sample(50)
     no_exception(at)
     assert not at.error, [e.value for e in at.error]
     table = table_with(at, "AUPRC low")
@@ -134,14 +140,7 @@ def test_subgroups_shown_when_the_result_has_them(app_env, shipped, monkeypatch)
 
 def test_localization_on_the_real_nih_boxes(app_env, shipped):
     """The 24 real radiologist boxes of the NIH sample: the page scores them like `cxr localize`."""
-    at = page().run()
-    pick(at, "eval_model", "baseline (shipped demo)")
-    at.selectbox(key="eval_compare").set_value("(no comparison)")
-    at.selectbox(key="eval_data").set_value("A folder path…").run()
-    at.text_input(key="eval_folder").set_value(str(NIH_SAMPLE))
-    at.selectbox(key="eval_split").set_value("all")
-    at.number_input(key="eval_nboot").set_value(20)
-    at.button(key="eval_run").click().run()
+    at = evaluate_baseline_on_nih_sample(20)
     at.button(key="eval_loc_run").click().run()
     no_exception(at)
     table = table_with(at, "pointing")
