@@ -59,12 +59,34 @@ def cmd_phantom(a) -> int:
     return 0
 
 
+def _views(text):
+    if text is None:
+        return None
+    views = [v.strip().upper() for v in str(text).split(",") if v.strip()]
+    if not views:
+        raise CXRError(f"--views needs view positions such as PA or PA,AP, not {text!r}.")
+    return views
+
+
+def _add_filter_flags(s, frontal_default: bool) -> None:
+    g = s.add_argument_group("filters")
+    g.add_argument("--frontal-only", action=argparse.BooleanOptionalAction, default=frontal_default,
+                   help="keep frontal (PA/AP) images only" + (" (default)" if frontal_default else ""))
+    g.add_argument("--views", help="keep only these view positions, comma-separated, e.g. PA or PA,AP")
+    g.add_argument("--first-n-studies", type=int, help="keep each patient's first N studies (by study order)")
+    g.add_argument("--age-min", type=float)
+    g.add_argument("--age-max", type=float)
+    g.add_argument("--sex", choices=["M", "F"])
+
+
 def _train_config(a):
     from .train.trainer import TrainConfig
 
     cfg = dict(data=str(Path(a.data).resolve()), labels=a.labels, arch=a.arch, epochs=a.epochs, batch_size=a.batch_size,
                lr=a.lr, image_size=a.image_size, policy=a.policy, mode=a.mode, pretrained=a.pretrained, seed=a.seed,
-               max_images=a.max_images, device=a.device, name=a.name or "")
+               max_images=a.max_images, device=a.device, name=a.name or "", frontal_only=a.frontal_only,
+               views=_views(a.views), first_n_studies=a.first_n_studies, age_min=a.age_min, age_max=a.age_max,
+               sex=a.sex, split_method=a.split_method)
     if a.output_stride:
         cfg["arch_kwargs"] = {"output_stride": a.output_stride}
     if a.init:
@@ -151,13 +173,23 @@ def cmd_stats(a) -> int:
     from .data import stats
     from .data.readers import builtin_table, read_dataset
 
+    from .data.filters import apply_filters
+
     index = builtin_table(a.source[len("builtin:"):]) if a.source.startswith("builtin:") else read_dataset(a.source, a.format)
+    n_before = len(index)
+    index, report = apply_filters(index, frontal_only=a.frontal_only, views=_views(a.views),
+                                  first_n_studies=a.first_n_studies, age_min=a.age_min, age_max=a.age_max, sex=a.sex,
+                                  sample_n=a.sample_n, seed=a.seed)
     info = stats.summary(index)
     prev = stats.prevalence(index)
     if a.json:
-        print(json.dumps({"summary": info, "prevalence": json.loads(prev.reset_index().to_json(orient="records"))},
+        print(json.dumps({"summary": info, "filters": {"before": n_before, "removed": report, "after": len(index)},
+                          "prevalence": json.loads(prev.reset_index().to_json(orient="records"))},
                          indent=1, default=str))
         return 0
+    if report:
+        print(f"filters: {n_before:,} images before; "
+              + "; ".join(f"{name} removed {n:,}" for name, n in report.items()) + f"; {len(index):,} left")
     print(f"{info['name']} ({info['format']}): {info['images']:,} images, {info['patients']:,} patients, "
           f"{info['images_on_disk']:,} image files found on disk")
     for note in info.get("notes", []):
@@ -315,6 +347,17 @@ def cmd_serve(a) -> int:
     return 0
 
 
+def _policy_arg(text: str) -> str:
+    from .data.index import parse_policy
+    from .errors import DataError
+
+    try:
+        parse_policy(text)
+    except DataError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cxr", description="Chest X-ray classifiers: data, training, explanation.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -342,9 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--lr", type=float, default=2e-3)
     s.add_argument("--image-size", type=int, default=160)
-    s.add_argument("--policy", choices=["zeros", "ones", "ignore"], default="zeros",
-                   help="CheXpert uncertain labels: U-Zeros, U-Ones or U-Ignore")
-    s.add_argument("--max-images", type=int)
+    s.add_argument("--policy", type=_policy_arg, default="zeros",
+                   help="CheXpert uncertain labels: zeros (U-Zeros), ones (U-Ones), ignore (U-Ignore), or a per-label "
+                        "mix such as 'ones:Atelectasis,Edema;zeros' (the bare policy last is the default)")
+    s.add_argument("--max-images", type=int, help="random sample of this many images, after the filters")
+    s.add_argument("--split-method", choices=["hash", "stratified"], default="hash",
+                   help="hash: patient hash split (default); stratified: patient-level multi-label stratified split")
+    _add_filter_flags(s, frontal_default=True)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.add_argument("--name")
@@ -377,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("source", help="a dataset folder, or builtin:nih / builtin:chexpert (full tables in torchxrayvision)")
     s.add_argument("--format", choices=["auto", "nih", "chexpert"], default="auto")
     s.add_argument("--json", action="store_true")
+    _add_filter_flags(s, frontal_default=False)
+    s.add_argument("--sample-n", type=int, help="random sample of this many images, after the filters")
+    s.add_argument("--seed", type=int, default=0, help="seed of --sample-n")
     s.set_defaults(func=cmd_stats)
 
     s = sub.add_parser("cache", help="build the uint8 image cache training reads (once per dataset and size)")

@@ -37,6 +37,63 @@ POLICIES = {
 }
 
 
+POLICY_EXAMPLE = '"ones:Atelectasis,Edema;zeros" or {"Atelectasis": "ones", "*": "zeros"}'
+
+
+def parse_policy(spec) -> tuple[dict[str, str], str]:
+    """A plain policy name, a mix string or a dict -> ({canonical label: policy}, default policy).
+
+    Mix string: ``"ones:Atelectasis,Edema;ignore:Cardiomegaly;zeros"``: ``policy:label,label`` parts
+    separated by ``;``, the last part a bare policy for every other label (default ``zeros`` when absent).
+    Dict: ``{"Atelectasis": "ones", "*": "zeros"}`` (``"*"`` is the default).
+    """
+    def bad(why: str) -> DataError:
+        return DataError(f"Bad uncertainty policy {spec!r}: {why}. Use one of {', '.join(POLICIES)}, "
+                         f"or a per-label mix such as {POLICY_EXAMPLE}.")
+
+    def check(name) -> str:
+        name = str(name).strip().lower()
+        if name not in POLICIES:
+            raise bad(f"unknown policy {name!r}")
+        return name
+
+    per: dict[str, str] = {}
+    default = "zeros"
+    if isinstance(spec, dict):
+        if not spec:
+            raise bad("empty")
+        for label, pol in spec.items():
+            if not isinstance(label, str) or not label.strip():
+                raise bad(f"label {label!r} is not a name")
+            if label.strip() == "*":
+                default = check(pol)
+            else:
+                per[canonical(label)] = check(pol)
+        return per, default
+    if not isinstance(spec, str) or not spec.strip():
+        raise bad("not a policy name or mix")
+    parts = [p.strip() for p in spec.split(";")]
+    if any(not p for p in parts):
+        raise bad("empty part between ';'")
+    for k, part in enumerate(parts):
+        if ":" not in part:
+            if k != len(parts) - 1:
+                raise bad(f"the bare default policy {part!r} must come last")
+            default = check(part)
+            continue
+        pol, _, labels = part.partition(":")
+        pol = check(pol)
+        names = [x.strip() for x in labels.split(",") if x.strip()]
+        if not names:
+            raise bad(f"no labels after {pol}:")
+        for name in names:
+            key = canonical(name)
+            if key in per and per[key] != pol:
+                raise bad(f"label {name!r} is given two policies")
+            per[key] = pol
+    return per, default
+
+
 @dataclass
 class DatasetIndex:
     root: Path
@@ -57,21 +114,24 @@ class DatasetIndex:
         """Raw values (N, L): 1, 0, -1, NaN."""
         return self.frame[self.labels].to_numpy(dtype=np.float32)
 
-    def targets(self, label_space: list[str], policy: str = "zeros") -> np.ndarray:
+    def targets(self, label_space: list[str], policy: str | dict = "zeros") -> np.ndarray:
         """Training targets (N, len(label_space)) for a model's label list.
 
         Labels are matched through synonyms. A label the dataset does not have is NaN
-        (ignored) for every image. ``policy`` decides CheXpert's -1 and blanks.
+        (ignored) for every image. ``policy`` decides CheXpert's -1 and blanks: a name in
+        POLICIES, or a per-label mix (see :func:`parse_policy`).
         """
-        if policy not in POLICIES:
-            raise DataError(f"Unknown uncertainty policy {policy!r}; use one of {', '.join(POLICIES)}.")
-        rule = POLICIES[policy]
+        if isinstance(policy, str) and policy in POLICIES:
+            per, default = {}, policy
+        else:
+            per, default = parse_policy(policy)
         by_key = {canonical(c): c for c in self.labels}
         out = np.full((len(self.frame), len(label_space)), np.nan, dtype=np.float32)
         for j, name in enumerate(label_space):
             col = by_key.get(canonical(name))
             if col is None:
                 continue
+            rule = POLICIES[per.get(canonical(name), default)]
             raw = self.frame[col].to_numpy(dtype=np.float32)
             t = raw.copy()
             t[raw == -1] = rule[-1]

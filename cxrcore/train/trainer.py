@@ -21,7 +21,9 @@ import torch.nn.functional as F
 
 from ..checkpoint import Card, load_checkpoint, save_checkpoint
 from ..data.cache import build_cache
-from ..data.index import POLICIES, DatasetIndex, patient_split
+from ..data.filters import apply_filters
+from ..data.index import POLICIES, DatasetIndex, parse_policy, patient_split
+from ..data.splits import balance_report, balance_warnings, stratified_patient_split
 from ..data.preprocess import Preprocess, to_unit
 from ..data.readers import read_dataset
 from ..errors import ConfigError, DataError
@@ -30,6 +32,7 @@ from ..labels import resolve_label_space
 from ..models.registry import build_model, count_parameters, model_from_spec, swap_head
 
 MODES = ("full", "head")
+SPLIT_METHODS = ("hash", "stratified")
 
 
 @dataclass
@@ -48,9 +51,15 @@ class TrainConfig:
     warmup_steps: int = 20
     image_size: int = 160
     fit: str = "pad"
-    policy: str = "zeros"             # CheXpert -1 / blank handling: zeros | ones | ignore
+    policy: str | dict = "zeros"      # CheXpert -1 / blank: zeros | ones | ignore, or a mix "ones:Edema;zeros"
     frontal_only: bool = True
-    max_images: int | None = None
+    views: list | None = None         # keep only these view positions, e.g. ["PA"]
+    first_n_studies: int | None = None  # per patient, by study order
+    age_min: float | None = None
+    age_max: float | None = None
+    sex: str | None = None            # M | F
+    max_images: int | None = None     # random sample of this many images after the other filters
+    split_method: str = "hash"        # hash (patient_split) | stratified (patient-level, multi-label)
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     augment: bool = True
@@ -63,8 +72,27 @@ class TrainConfig:
     def validate(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, not {self.mode!r}.")
-        if self.policy not in POLICIES:
-            raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, not {self.policy!r}.")
+        if not (isinstance(self.policy, str) and self.policy in POLICIES):
+            try:
+                per, _ = parse_policy(self.policy)
+            except DataError as exc:
+                raise ConfigError(str(exc)) from exc
+            from ..labels import canonical
+
+            known = {canonical(x) for x in resolve_label_space(self.labels)}
+            unknown = sorted(set(per) - known)
+            if unknown:
+                raise ConfigError(f"policy names label(s) {', '.join(unknown)} that are not in the label space {self.labels!r}.")
+        if self.split_method not in SPLIT_METHODS:
+            raise ConfigError(f"split_method must be one of {', '.join(SPLIT_METHODS)}, not {self.split_method!r}.")
+        if self.sex is not None and str(self.sex).upper() not in ("M", "F"):
+            raise ConfigError(f"sex must be M or F, not {self.sex!r}.")
+        if self.views is not None and (not isinstance(self.views, list) or not self.views):
+            raise ConfigError(f"views must be a non-empty list of view positions such as ['PA'], not {self.views!r}.")
+        if self.first_n_studies is not None and self.first_n_studies < 1:
+            raise ConfigError("first_n_studies must be at least 1.")
+        if self.age_min is not None and self.age_max is not None and self.age_min > self.age_max:
+            raise ConfigError(f"age_min ({self.age_min}) is above age_max ({self.age_max}).")
         for name, lo in (("epochs", 1), ("batch_size", 1), ("image_size", 32)):
             if int(getattr(self, name)) < lo:
                 raise ConfigError(f"{name} must be at least {lo}.")
@@ -158,31 +186,43 @@ class Prepared:
     targets: np.ndarray
     images: np.ndarray  # (N, S, S) uint8 memmap
     labels: list[str]
+    filters: dict = field(default_factory=dict)   # rows each filter removed
+    balance: object = None                        # balance_report DataFrame (per-label rate per split)
 
 
 def prepare_data(cfg: TrainConfig, prep: Preprocess, progress=None) -> Prepared:
     labels = resolve_label_space(cfg.labels)
     index = read_dataset(cfg.data)
-    if cfg.frontal_only:
-        index = index.subset(index.frame["frontal"].fillna(True).astype(bool).to_numpy())
-    if cfg.max_images and len(index) > cfg.max_images:
-        rng = np.random.default_rng(cfg.seed)
-        keep = np.zeros(len(index), dtype=bool)
-        keep[rng.choice(len(index), cfg.max_images, replace=False)] = True
-        index = index.subset(keep)
+    index, filters = apply_filters(index, frontal_only=cfg.frontal_only, views=cfg.views,
+                                   first_n_studies=cfg.first_n_studies, age_min=cfg.age_min, age_max=cfg.age_max,
+                                   sex=cfg.sex, sample_n=cfg.max_images or None, seed=cfg.seed)
     shared = index.shared_labels(labels)
     if not shared:
         raise DataError(f"The dataset at {cfg.data} has none of the labels {labels}; its labels are {index.labels}.")
     cache = build_cache(index, prep, progress=progress, workers=cfg.workers)
     ok = np.ones(len(index), dtype=bool)
     ok[list(cache.failed)] = False
-    split = patient_split(index.frame["patient_id"], cfg.seed, cfg.val_fraction, cfg.test_fraction)
     targets = index.targets(labels, cfg.policy)
+    if cfg.split_method == "stratified":
+        split = stratified_patient_split(index.frame, targets, cfg.seed, cfg.val_fraction, cfg.test_fraction)
+    else:
+        split = patient_split(index.frame["patient_id"], cfg.seed, cfg.val_fraction, cfg.test_fraction)
     for name in ("train", "val"):
         if not ((split == name) & ok).any():
             raise DataError(f"The {name} split is empty: the dataset has too few patients ({index.frame['patient_id'].nunique()}).")
     split = np.where(ok, split, "unreadable").astype(object)
-    return Prepared(index, split, targets, cache.array, labels)
+    balance = balance_report(targets, split, labels)
+    return Prepared(index, split, targets, cache.array, labels, filters, balance)
+
+
+def write_split_files(data: Prepared, out: Path) -> None:
+    """``splits.csv`` (image_id, split) and ``balance.csv`` (per-label positive rate per split) in the run folder."""
+    import pandas as pd
+
+    pd.DataFrame({"image_id": data.index.frame["image_id"].astype(str), "split": data.split}).to_csv(
+        out / "splits.csv", index=False)
+    if data.balance is not None:
+        data.balance.to_csv(out / "balance.csv", index=False)
 
 
 @torch.no_grad()
@@ -219,6 +259,11 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: Callable[[str,
     log("start", config=asdict(cfg), device=str(device))
     data = prepare_data(cfg, prep, progress=(lambda d, n: progress("cache", d, n, {})) if progress else None)
     labels = data.labels
+    write_split_files(data, out)
+    if data.balance is not None:
+        warns = balance_warnings(data.balance)
+        if warns:
+            log("balance_warning", warnings=warns)
 
     if init_card is not None:
         model = model_from_spec(init_card.model, len(init_card.labels))
@@ -336,6 +381,8 @@ def _card(cfg, labels, model_spec, prep, data: Prepared, record, thresholds, swa
                   "init_from": cfg.init},
         data={"root": str(data.index.root), "name": data.index.name, "format": data.index.format,
               "fingerprint": data.index.fingerprint(), "n_images": len(data.index), "splits": counts,
-              "split_seed": cfg.seed, "policy": cfg.policy},
+              "split_seed": cfg.seed, "policy": cfg.policy, "split_method": cfg.split_method,
+              "filters": dict(data.filters), "splits_file": "../splits.csv",  # relative to the checkpoint folder
+              "balance_warnings": balance_warnings(data.balance) if data.balance is not None else []},
         name=cfg.name or Path(cfg.data).name,
     )

@@ -1,0 +1,114 @@
+"""Patient-level, multi-label stratified splits and a per-label balance report.
+
+``stratified_patient_split`` is iterative stratification (Sechidis et al. 2011) over patients:
+every patient carries its images' positive counts per label; labels are taken rarest first
+(fewest positives among patients not yet placed), and every patient with that label goes to the
+split that still needs the most positives of it (ties: the split needing the most images, then a
+seeded random pick). Patients without any positive fill the splits by image count. All images of a
+patient land in one split. Unlike :func:`cxrcore.data.index.patient_split` (a hash per patient),
+the assignment depends on the whole cohort: recompute it from the same filtered index and seed.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError
+
+SPLITS = ("train", "val", "test")
+WARN_GAP = 0.02  # 2 percentage points
+
+
+def stratified_patient_split(frame: pd.DataFrame, targets: np.ndarray, seed: int = 0, val: float = 0.1,
+                             test: float = 0.2) -> np.ndarray:
+    """``train`` / ``val`` / ``test`` per image (object array), stratified by patient and label."""
+    if not 0 <= val < 1 or not 0 <= test < 1 or val + test >= 1:
+        raise DataError(f"Split fractions val={val}, test={test} must be in [0, 1) and sum below 1.")
+    targets = np.asarray(targets, dtype=np.float32)
+    if targets.ndim != 2 or len(targets) != len(frame):
+        raise DataError(f"targets must be (images, labels) with one row per image; got {targets.shape} for {len(frame)} images.")
+    n = len(frame)
+    if n == 0:
+        return np.array([], dtype=object)
+    pid = frame["patient_id"].astype(str).to_numpy()
+    patients, inverse = np.unique(pid, return_inverse=True)
+    pos = np.nan_to_num(targets, nan=0.0) == 1
+    counts = np.zeros((len(patients), targets.shape[1]), dtype=np.float64)
+    np.add.at(counts, inverse, pos.astype(np.float64))
+    weights = np.bincount(inverse, minlength=len(patients)).astype(np.float64)
+
+    ratios = np.array([1 - val - test, val, test], dtype=np.float64)
+    active = ratios > 0
+    need_labels = ratios[:, None] * counts.sum(0)[None, :]      # (3, L) positives still wanted
+    need_images = ratios * n                                    # (3,) images still wanted
+    rng = np.random.default_rng(seed)
+    order_key = rng.permutation(len(patients))                  # seeded order among equals
+    tie = rng.random((len(patients), 3))                        # seeded tie-break per patient
+    assign = np.full(len(patients), -1, dtype=np.int64)
+
+    def place(p: int, label: int | None) -> None:
+        score = np.where(active, need_images, -np.inf)
+        if label is not None:
+            key = np.lexsort((tie[p], need_images, np.where(active, need_labels[:, label], -np.inf)))
+        else:
+            key = np.lexsort((tie[p], score))
+        s = int(key[-1])
+        assign[p] = s
+        need_labels[s] -= counts[p]
+        need_images[s] -= weights[p]
+
+    remaining = np.ones(len(patients), dtype=bool)
+    while True:
+        left = counts[remaining].sum(0)
+        if not (left > 0).any():
+            break
+        label = int(np.argmin(np.where(left > 0, left, np.inf)))
+        members = np.flatnonzero(remaining & (counts[:, label] > 0))
+        members = members[np.argsort(order_key[members], kind="stable")]
+        for p in members:
+            place(int(p), label)
+        remaining[members] = False
+    rest = np.flatnonzero(remaining)
+    # Largest patients first, so the image counts come out close to the fractions.
+    rest = rest[np.lexsort((order_key[rest], -weights[rest]))]
+    for p in rest:
+        place(int(p), None)
+    return np.array(SPLITS, dtype=object)[assign[inverse]]
+
+
+def balance_report(targets: np.ndarray, split, labels: list[str], warn_gap: float = WARN_GAP) -> pd.DataFrame:
+    """Per label: positive rate in each split (positives / images with a target), positive counts,
+    the largest rate gap between two non-empty splits, and ``warn`` when it exceeds ``warn_gap``
+    (0.02 = 2 percentage points). Rows whose split is not train/val/test (e.g. ``unreadable``) are left out.
+    """
+    targets = np.asarray(targets, dtype=np.float64)
+    split = np.asarray(split, dtype=object)
+    if targets.ndim != 2 or targets.shape[1] != len(labels) or len(split) != len(targets):
+        raise DataError(f"balance_report: targets {targets.shape}, split {len(split)} and {len(labels)} labels do not match.")
+    present = [s for s in SPLITS if (split == s).any()]
+    rows = []
+    for j, label in enumerate(labels):
+        row: dict = {"label": label}
+        rates = []
+        for s in SPLITS:
+            t = targets[split == s, j]
+            known = t[~np.isnan(t)]
+            rate = float((known == 1).mean()) if len(known) else np.nan
+            row[s] = rate
+            row[f"{s}_pos"] = int((known == 1).sum())
+            if s in present and not np.isnan(rate):
+                rates.append(rate)
+        gap = float(max(rates) - min(rates)) if len(rates) >= 2 else 0.0
+        row["max_gap"] = gap
+        row["warn"] = bool(gap > warn_gap + 1e-12)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["label", *SPLITS, *(f"{s}_pos" for s in SPLITS), "max_gap", "warn"])
+
+
+def balance_warnings(report: pd.DataFrame) -> list[str]:
+    """One line per flagged label, for cards and logs."""
+    out = []
+    for _, r in report[report["warn"]].iterrows():
+        rates = ", ".join(f"{s} {100 * r[s]:.1f}%" for s in SPLITS if not pd.isna(r[s]))
+        out.append(f"{r['label']}: positive rate differs by {100 * r['max_gap']:.1f} points between splits ({rates})")
+    return out
