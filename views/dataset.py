@@ -53,6 +53,78 @@ def _statistics(source: str, stamp: tuple) -> dict:
     return stats.all_statistics(index, k=TOP_K)
 
 
+GALLERY_N = 12
+THUMB_HEIGHT = 320
+
+
+@st.cache_data(show_spinner="Finding images…", max_entries=32)
+def _gallery_items(source: str, stamp: tuple, label: str) -> list[dict]:
+    """Up to GALLERY_N images on disk positive for ``label``: path, caption and that label's boxes."""
+    kind, _, arg = source.partition(":")
+    if kind != "folder":
+        return []
+    index = read_dataset(arg)
+    f = index.frame
+    if label not in f.columns:
+        return []
+    boxes = index.boxes[index.boxes["label"] == label] if len(index.boxes) else index.boxes
+    rows = f[(f[label] == 1) & f["path"].notna()]
+    boxed = rows["image_id"].isin(set(boxes["image_id"]))
+    rows = pd.concat([rows[boxed], rows[~boxed]]).head(GALLERY_N)  # images with a box first
+    items = []
+    for _, r in rows.iterrows():
+        pos = [x for x in index.labels if r[x] == 1]
+        b = boxes[boxes["image_id"] == r["image_id"]]
+        items.append({"path": str(r["path"]), "caption": f"{Path(str(r['image_id'])).name}: {', '.join(pos)}",
+                      "boxes": [tuple(float(v) for v in t) for t in b[["x", "y", "w", "h"]].itertuples(index=False)]})
+    return items
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _thumbnail(path: str, mtime: float, boxes: tuple, label: str) -> bytes:
+    """The image at THUMB_HEIGHT px with ``boxes`` (fractions of width / height) drawn; PNG bytes."""
+    from PIL import Image, ImageDraw
+
+    from cxrcore.data.imageio import read_image, to_uint8
+    from cxrcore.explain.visual import png_bytes
+
+    pixels = read_image(path).pixels
+    h, w = pixels.shape
+    width = max(1, round(w * THUMB_HEIGHT / h))
+    img = Image.fromarray(to_uint8(pixels)).resize((width, THUMB_HEIGHT), Image.BILINEAR).convert("RGB")
+    draw = ImageDraw.Draw(img)
+    for x, y, bw, bh in boxes:
+        x0, y0 = x * img.width, y * img.height
+        draw.rectangle([x0, y0, x0 + bw * img.width, y0 + bh * img.height], outline=(0, 255, 0), width=2)
+        draw.text((x0 + 3, max(0, y0 - 12)), label, fill=(0, 255, 0))
+    import numpy as np
+
+    return png_bytes(np.asarray(img))
+
+
+def _gallery(src: str, s: dict) -> None:
+    label = st.selectbox("Images positive for", s["labels"], key="gallery_label")
+    if label is None:
+        return
+    items = _gallery_items(src, _stamp(src), label)
+    if not items:
+        st.info(f"No image on disk is positive for {label}.")
+        return
+    n_boxes = sum(len(it["boxes"]) for it in items)
+    st.caption(f"{len(items)} image(s) positive for **{label}** ({GALLERY_N} at most, those with a box first)"
+               + (f"; green: the dataset's {n_boxes} ground-truth box(es) for {label}." if n_boxes else
+                  f"; the dataset has no ground-truth box for {label} on these images."))
+    cols = st.columns(4)
+    for i, it in enumerate(items):
+        try:
+            mtime = Path(it["path"]).stat().st_mtime
+            png = _thumbnail(it["path"], mtime, tuple(it["boxes"]), label)
+        except Exception as exc:  # an unreadable file must not break the gallery
+            cols[i % 4].warning(f"{Path(it['path']).name}: {exc}")
+            continue
+        cols[i % 4].image(png, caption=it["caption"], width="stretch")
+
+
 def _csv(df: pd.DataFrame, index: bool = True) -> bytes:
     return df.to_csv(index=index).encode("utf-8")
 
@@ -259,7 +331,9 @@ if data is not None:
     if not s["labels"]:
         st.info("This dataset has no label columns.")
     else:
-        t_prev, t_cooc, t_comb, t_demo = st.tabs(["Prevalence", "Co-occurrence", "Combinations", "Demographics"])
+        has_images = source is not None and not source.startswith("builtin:") and s["images_on_disk"] > 0
+        names = ["Prevalence", "Co-occurrence", "Combinations", "Demographics"] + (["Gallery"] if has_images else [])
+        t_prev, t_cooc, t_comb, t_demo, *t_gal = st.tabs(names)
         with t_prev:
             _prevalence(data["prevalence"], slug)
         with t_cooc:
@@ -268,3 +342,10 @@ if data is not None:
             _combinations(data["top_combinations"], data["labels_per_image"], slug)
         with t_demo:
             _demographics(data["demographics"], s["labels"], slug)
+        if t_gal:
+            with t_gal[0]:
+                _gallery(source, s)
+        else:
+            st.caption("Gallery: this source is a label table only (the built-in NIH and CheXpert tables ship "
+                       "without images), so there are no images to browse. Choose a phantom or a dataset folder "
+                       "with images to see a gallery of positive images with their ground-truth boxes.")

@@ -31,21 +31,33 @@ def detect_format(root: Path) -> str:
         return "nih"
     if (root / "train.csv").exists() or (root / "valid.csv").exists():
         return "chexpert"
+    if _generic_csv(root) is not None:
+        return "csv"
     raise DataError(
-        f"No label table found in {root}. Expected Data_Entry_2017*.csv (NIH ChestX-ray14 layout) "
-        "or train.csv / valid.csv (CheXpert layout)."
+        f"No label table found in {root}. Expected Data_Entry_2017*.csv (NIH ChestX-ray14 layout), "
+        "train.csv / valid.csv (CheXpert layout) or one CSV with a path column "
+        f"({', '.join(PATH_COLUMNS)}) and label columns."
     )
 
 
-def read_dataset(root: str | os.PathLike, format: str = "auto", check_files: bool = True) -> DatasetIndex:
-    """Read a dataset folder. ``format`` is ``auto``, ``nih`` or ``chexpert``."""
+def read_dataset(root: str | os.PathLike, format: str = "auto", check_files: bool = True,
+                 path_column: str | None = None, labels: list[str] | None = None) -> DatasetIndex:
+    """Read a dataset folder. ``format`` is ``auto``, ``nih``, ``chexpert`` or ``csv``.
+
+    ``path_column`` and ``labels`` apply to the generic ``csv`` format only (see :func:`read_csv`).
+    """
     root = Path(root).expanduser().resolve()
+    if format == "auto" and (path_column is not None or labels is not None) and root.is_dir() \
+            and _nih_table(root) is None and not ((root / "train.csv").exists() or (root / "valid.csv").exists()):
+        format = "csv"
     fmt = detect_format(root) if format == "auto" else format
     if fmt == "nih":
         return read_nih(root, check_files=check_files)
     if fmt == "chexpert":
         return read_chexpert(root, check_files=check_files)
-    raise DataError(f"Unknown dataset format {format!r}; use auto, nih or chexpert.")
+    if fmt == "csv":
+        return read_csv(root, path_column=path_column, labels=labels, check_files=check_files)
+    raise DataError(f"Unknown dataset format {format!r}; use auto, nih, chexpert or csv.")
 
 
 # --------------------------------------------------------------------------- NIH
@@ -67,6 +79,13 @@ def _parse_age(value) -> float:
     return float(m.group(1)) if m else np.nan
 
 
+def _map_unique(series: pd.Series, fn) -> pd.Series:
+    """``series.map(fn)`` computing ``fn`` once per distinct value (NaN included)."""
+    codes, uniques = pd.factorize(series, use_na_sentinel=False)
+    return pd.Series(np.asarray([fn(u) for u in uniques], dtype=object)[codes] if len(uniques) else [],
+                     index=series.index, dtype=object)
+
+
 def nih_frame_from_table(table: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in ("Image Index", "Finding Labels", "Patient ID") if c not in table.columns]
     if missing:
@@ -77,15 +96,18 @@ def nih_frame_from_table(table: pd.DataFrame) -> pd.DataFrame:
         "patient_id": table["Patient ID"].astype(str),
         "study_id": table["Patient ID"].astype(str) + "_" + table.get("Follow-up #", pd.Series(0, index=table.index)).astype(str),
         "sex": table.get("Patient Gender", pd.Series(np.nan, index=table.index)),
-        "age": table.get("Patient Age", pd.Series(np.nan, index=table.index)).map(_parse_age).astype(float),
+        "age": _map_unique(table.get("Patient Age", pd.Series(np.nan, index=table.index)), _parse_age).astype(float),
         "view": table.get("View Position", pd.Series(np.nan, index=table.index)),
     })
     frame["frontal"] = frame["view"].isin(["PA", "AP"]) | frame["view"].isna()
-    keys = findings.map(lambda fs: {canonical(f) for f in fs if f})
+    # Parse each distinct "A|B|C" string once (a few hundred in 112,120 rows), then index by row.
+    codes, uniques = pd.factorize(findings.map("|".join))
+    keys = [{canonical(f) for f in u.split("|") if f} for u in uniques]
     unknown = set().union(*keys) - {canonical(x) for x in NIH_LABELS} if len(keys) else set()
     for label in NIH_LABELS:
         k = canonical(label)
-        frame[label] = keys.map(lambda s: 1.0 if k in s else 0.0).astype(np.float32)
+        per_unique = np.array([1.0 if k in s else 0.0 for s in keys] + [0.0], dtype=np.float32)
+        frame[label] = per_unique[codes]  # code -1 (never: findings are strings) would read the 0.0
     frame.attrs["unknown_labels"] = sorted(unknown)
     return frame
 
@@ -114,9 +136,55 @@ def read_nih(root: Path, check_files: bool = True) -> DatasetIndex:
                 located.setdefault(entry.name, entry.path)
     frame["path"] = frame["image_id"].map(located)
     frame = _keep_found(frame, root, notes, check_files)
+    cols = _column_order(frame, NIH_LABELS)
+    if _add_official_split(frame, table_path.parent, notes):
+        cols.append("official_split")
 
     boxes = _read_nih_boxes(root, set(frame["image_id"]), NIH_LABELS)
-    return DatasetIndex(root, "nih", frame[_column_order(frame, NIH_LABELS)], list(NIH_LABELS), boxes, notes)
+    return DatasetIndex(root, "nih", frame[cols], list(NIH_LABELS), boxes, notes)
+
+
+NIH_SPLIT_FILES = {"train_val": "train_val_list.txt", "test": "test_list.txt"}
+
+
+def _read_list(path: Path) -> set[str]:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise DataError(f"Could not read {path.name}: {exc.strerror or exc}.") from None
+    return {line.strip() for line in text.splitlines() if line.strip()}
+
+
+def _add_official_split(frame: pd.DataFrame, folder: Path, notes: list[str]) -> bool:
+    """Add ``official_split`` ("train_val" / "test" / NaN) from NIH's train_val_list.txt / test_list.txt."""
+    present = {k: folder / v for k, v in NIH_SPLIT_FILES.items() if (folder / v).is_file()}
+    if not present:
+        return False
+    split = pd.Series(np.nan, index=frame.index, dtype=object)
+    for key in ("train_val", "test"):  # test wins if an image were (wrongly) in both lists
+        if key in present:
+            split[frame["image_id"].isin(_read_list(present[key]))] = key
+    frame["official_split"] = split
+    n_test, n_tv = int((split == "test").sum()), int((split == "train_val").sum())
+    msg = (f"Official NIH split from {' and '.join(p.name for p in present.values())}: "
+           f"{n_tv:,} train_val and {n_test:,} test images")
+    rest = len(frame) - n_test - n_tv
+    msg += f"; {rest:,} images are in neither list." if rest else "."
+    notes.append(msg)
+    return True
+
+
+def official_test_mask(index: DatasetIndex) -> np.ndarray:
+    """Boolean mask of the images in the dataset's official test split (NIH test_list.txt).
+
+    Raises :class:`DataError` when the dataset carries no official split.
+    """
+    if "official_split" not in index.frame.columns:
+        raise DataError(
+            f"{index.name} has no official split. For NIH ChestX-ray14 put train_val_list.txt and "
+            "test_list.txt beside Data_Entry_2017*.csv."
+        )
+    return index.frame["official_split"].eq("test").to_numpy(dtype=bool)
 
 
 def _read_box_table(path: Path, labels: list[str]) -> pd.DataFrame:
@@ -156,8 +224,15 @@ def chexpert_frame_from_table(table: pd.DataFrame) -> pd.DataFrame:
     if len(missing) == len(CHEXPERT14):
         raise DataError("The CheXpert table has none of the 14 CheXpert label columns.")
     paths = table["Path"].astype(str)
-    patient = paths.str.extract(r"patient(\d+)")[0]
-    study = paths.str.extract(r"(study\d+)")[0]
+    # One regex pass where every path reads .../patientNNN/studyN/... with "patient" and "study" once each
+    # (then both searches below give exactly these groups); otherwise the two general searches.
+    both = paths.str.extract(r"patient(\d+)/(study\d+)")
+    if len(paths) and both.notna().all().all() and paths.str.count("patient").eq(1).all() \
+            and paths.str.count("study").eq(1).all():
+        patient, study = both[0], both[1]
+    else:
+        patient = paths.str.extract(r"patient(\d+)")[0]
+        study = paths.str.extract(r"(study\d+)")[0]
     frame = pd.DataFrame({
         "image_id": paths,
         "patient_id": patient.fillna(paths),
@@ -213,6 +288,156 @@ def _resolve_chexpert_path(root: Path, rel: str) -> str | None:
     return None
 
 
+# --------------------------------------------------------------------------- generic CSV
+
+PATH_COLUMNS = ("path", "Path", "image", "filename", "Image Index")
+PATIENT_COLUMNS = ("patient_id", "Patient ID", "patient")
+SEX_COLUMNS = ("sex", "Sex", "Patient Gender", "gender")
+AGE_COLUMNS = ("age", "Age", "Patient Age")
+VIEW_COLUMNS = ("view", "View", "View Position", "AP/PA")
+_TRUE = {"1", "1.0", "true", "yes"}
+_FALSE = {"0", "0.0", "false", "no"}
+_UNCERTAIN = {"-1", "-1.0"}
+
+
+def _csv_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_file() and p.name.lower().endswith(".csv"))
+
+
+def _find_column(columns, candidates) -> str | None:
+    for c in candidates:
+        if c in columns:
+            return c
+    return None
+
+
+def _generic_csv(root: Path) -> Path | None:
+    """The single CSV of a generic folder, if it has a recognisable path column."""
+    files = _csv_files(root)
+    if len(files) != 1:
+        return None
+    try:
+        header = pd.read_csv(files[0], nrows=0)
+    except Exception:
+        return None
+    return files[0] if _find_column(header.columns, PATH_COLUMNS) else None
+
+
+def _label_values(series: pd.Series) -> pd.Series | None:
+    """Raw values 1 / 0 / -1 / NaN, or None when the column is not a label column."""
+    s = series.astype(object)
+    text = s.where(s.notna(), "").astype(str).str.strip().str.lower()
+    blank = text.isin(["", "nan", "none"])
+    ok = blank | text.isin(_TRUE | _FALSE | _UNCERTAIN)
+    if not ok.all() or blank.all():
+        return None
+    out = pd.Series(np.nan, index=series.index, dtype=np.float32)
+    out[text.isin(_TRUE)] = 1.0
+    out[text.isin(_FALSE)] = 0.0
+    out[text.isin(_UNCERTAIN)] = -1.0
+    return out
+
+
+def read_csv(root: Path, path_column: str | None = None, labels: list[str] | None = None,
+             check_files: bool = True) -> DatasetIndex:
+    """A folder with images and ONE CSV: a path column, label columns (1 / 0 / -1 / blank or True / False),
+    optionally patient, sex, age and view columns. Other columns are ignored."""
+    root = Path(root)
+    files = _csv_files(root)
+    if not files:
+        raise DataError(f"No CSV file in {root}. A generic dataset folder holds one CSV with a path column "
+                        "and label columns.")
+    if len(files) > 1:
+        raise DataError(f"{len(files)} CSV files in {root} ({', '.join(p.name for p in files[:5])}); a generic "
+                        "dataset folder must hold exactly one.")
+    table_path = files[0]
+    try:
+        table = pd.read_csv(table_path, dtype=str, keep_default_na=True)
+    except Exception as exc:
+        raise DataError(f"Could not read {table_path.name}: {exc}. Is it a CSV file?") from exc
+    columns = list(table.columns)
+    if path_column is not None:
+        if path_column not in columns:
+            raise DataError(f"{table_path.name} has no column {path_column!r}; its columns are: {', '.join(columns)}.")
+        pcol = path_column
+    else:
+        pcol = _find_column(columns, PATH_COLUMNS)
+        if pcol is None:
+            raise DataError(f"{table_path.name} has no path column (one of {', '.join(PATH_COLUMNS)}); its columns "
+                            f"are: {', '.join(columns)}. Rename the column or pass path_column.")
+    patient = _find_column(columns, PATIENT_COLUMNS)
+    sex = _find_column(columns, SEX_COLUMNS)
+    age = _find_column(columns, AGE_COLUMNS)
+    view = _find_column(columns, VIEW_COLUMNS)
+    meta = {pcol, patient, sex, age, view} - {None}
+    label_cols: dict[str, pd.Series] = {}
+    if labels is not None:
+        missing = [c for c in labels if c not in columns]
+        if missing:
+            raise DataError(f"{table_path.name} lacks the label column(s) {missing}; its columns are: "
+                            f"{', '.join(columns)}.")
+        for c in labels:
+            vals = _label_values(table[c])
+            if vals is None:
+                raise DataError(f"Column {c!r} of {table_path.name} is not a label column: values must be "
+                                "1, 0, -1, blank, True or False.")
+            label_cols[c] = vals
+    else:
+        for c in columns:
+            if c in meta:
+                continue
+            vals = _label_values(table[c])
+            if vals is not None:
+                label_cols[c] = vals
+    if not label_cols:
+        raise DataError(f"{table_path.name} has no label columns (values 1, 0, -1, blank, True or False); "
+                        f"its columns are: {', '.join(columns)}.")
+    notes: list[str] = []
+    paths = table[pcol].fillna("").astype(str).str.strip()
+    empty = paths.eq("")
+    if empty.any():
+        notes.append(f"Dropped {int(empty.sum())} rows with an empty {pcol!r}.")
+    frame = pd.DataFrame({"image_id": paths})
+    frame["patient_id"] = table[patient].astype(object) if patient else np.nan
+    frame["study_id"] = frame["patient_id"]
+    if sex:
+        sx = table[sex].astype(str).str.strip().str.upper().str[:1]
+        frame["sex"] = sx.where(sx.isin(["M", "F"]))
+    else:
+        frame["sex"] = np.nan
+    frame["age"] = table[age].map(_parse_age).astype(float) if age else np.nan
+    frame["view"] = table[view].where(table[view].notna()) if view else np.nan
+    frame["frontal"] = ~frame["view"].astype(str).str.upper().isin(["LL", "LATERAL", "LAT", "RL"])
+    for c, vals in label_cols.items():
+        frame[c] = vals.to_numpy()
+    frame = frame[~empty].reset_index(drop=True)
+    dups = frame["image_id"].duplicated()
+    if dups.any():
+        notes.append(f"Dropped {int(dups.sum())} duplicate rows (same {pcol!r}).")
+        frame = frame[~dups].reset_index(drop=True)
+    frame["path"] = frame["image_id"].map(lambda p: _resolve_generic_path(root, p))
+    if check_files:
+        found = frame["path"].notna()
+        if not found.any():
+            raise DataError(f"None of the {len(frame)} images listed in {table_path.name} were found under {root}; "
+                            f"the {pcol!r} column must hold paths relative to the folder (or absolute paths).")
+        if not found.all():
+            notes.append(f"{int((~found).sum())} of {len(frame)} images listed in {table_path.name} were not "
+                         f"found on disk; using the {int(found.sum())} found.")
+            frame = frame[found].reset_index(drop=True)
+    label_names = list(label_cols)
+    return DatasetIndex(root, "csv", frame[_column_order(frame, label_names)], label_names,
+                        pd.DataFrame(columns=BOX_COLUMNS), notes)
+
+
+def _resolve_generic_path(root: Path, rel: str) -> str | None:
+    p = Path(rel).expanduser()
+    for cand in ((p,) if p.is_absolute() else (root / p, root / "images" / p)):
+        if cand.is_file():
+            return str(cand)
+    return None
+
+
 # --------------------------------------------------------------------------- shared
 
 def _keep_found(frame: pd.DataFrame, root: Path, notes: list[str], check_files: bool) -> pd.DataFrame:
@@ -240,9 +465,14 @@ def _column_order(frame: pd.DataFrame, labels: list[str]) -> list[str]:
 
 
 def _xrv_data(name: str) -> Path:
-    import torchxrayvision  # local import: only statistics of the builtin tables need it
+    import importlib.util
 
-    path = Path(torchxrayvision.__file__).parent / "data" / name
+    # Locate the package without importing it: importing torchxrayvision (torch, skimage, ...) costs
+    # seconds on a cold page, and only its data folder is needed here.
+    spec = importlib.util.find_spec("torchxrayvision")
+    if spec is None or not spec.origin:
+        raise DataError("torchxrayvision is not installed; the builtin label tables ship inside it.")
+    path = Path(spec.origin).parent / "data" / name
     if not path.exists():
         raise DataError(f"torchxrayvision does not ship {name} in this installation ({path}).")
     return path
