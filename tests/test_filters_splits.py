@@ -205,3 +205,25 @@ def test_cli_stats_filters_and_config_checks(tmp_path, monkeypatch, capsys):
                 {"age_min": "30"}):
         with pytest.raises(ConfigError):
             check_config({"data": str(NIH_SAMPLE), **bad})
+
+
+def test_evaluation_uses_the_runs_stratified_split(tmp_path, monkeypatch):
+    """A stratified split depends on the whole training set: evaluation reads it from splits.csv."""
+    import pandas as pd
+
+    from cxrcore.eval.predictions import model_split_rows
+    from cxrcore.predictor import Predictor
+    from cxrcore.train.trainer import TrainConfig, train
+
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    cfg = TrainConfig(data=str(NIH_SAMPLE), labels="nih14", epochs=1, batch_size=16, image_size=48, max_images=80,
+                      workers=1, split_method="stratified")
+    train(cfg, tmp_path / "run")
+    splits = pd.read_csv(tmp_path / "run" / "splits.csv", dtype=str)
+    p = Predictor(tmp_path / "run" / "checkpoint")
+    index = read_dataset(NIH_SAMPLE)
+    rows = model_split_rows(p, index, "test")
+    assert set(index.frame["image_id"].iloc[rows]) == set(splits.loc[splits["split"] == "test", "image_id"])
+    (tmp_path / "run" / "splits.csv").unlink()
+    with pytest.raises(DataError, match="stratified split"):
+        model_split_rows(p, index, "test")

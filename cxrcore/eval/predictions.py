@@ -49,12 +49,35 @@ def split_rows(index: DatasetIndex, split: str, seed: int = 0, val: float = 0.1,
     return np.flatnonzero(assignment == split)
 
 
+def model_split_rows(predictor: Predictor, index: DatasetIndex, split: str) -> np.ndarray:
+    """Rows of ``index`` in the model's own ``split``: the split its training used.
+
+    Hash splits are recomputed from the card (seed and fractions); a stratified split depends on
+    the whole training set, so it is read from the run's splits.csv (matched by image id).
+    """
+    data = predictor.card.data
+    cfg = (predictor.card.training or {}).get("config", {})
+    if split != "all" and data.get("split_method", "hash") == "stratified":
+        import pandas as pd
+
+        rel = data.get("splits_file", "../splits.csv")
+        here = Path(predictor.path)
+        found = next((p for p in (here / rel, here / "checkpoint" / rel) if p.resolve().is_file()), None)
+        if found is None:
+            raise DataError(f"This model was trained with a stratified split, stored in {rel} next to its checkpoint, "
+                            "which is missing. Evaluate with --split all, or restore the run folder.")
+        table = pd.read_csv(found.resolve(), dtype=str)
+        ids = set(table.loc[table["split"] == split, "image_id"])
+        return np.flatnonzero(index.frame["image_id"].astype(str).isin(ids).to_numpy())
+    return split_rows(index, split, int(data.get("split_seed", 0)), float(cfg.get("val_fraction", 0.1)),
+                      float(cfg.get("test_fraction", 0.2)))
+
+
 def predict_split(predictor: Predictor, data: str | Path | DatasetIndex, split: str = "val", policy: str = "zeros",
                   progress=None, use_cache: bool = True) -> SplitPredictions:
     index = data if isinstance(data, DatasetIndex) else read_dataset(data)
     index = index.subset(index.frame["frontal"].fillna(True).astype(bool).to_numpy())
-    seed = int(predictor.card.data.get("split_seed", 0))
-    rows = split_rows(index, split, seed)
+    rows = model_split_rows(predictor, index, split)
     if not len(rows):
         raise DataError(f"The {split} split of {index.name} is empty.")
     sub = index.subset(np.isin(np.arange(len(index)), rows))

@@ -232,7 +232,7 @@ def localize(predictor, index: DatasetIndex, split: str = "test", top_k: int = 3
     """
     import time
 
-    from ..eval.predictions import split_rows
+    from ..eval.predictions import model_split_rows, split_rows
 
     t0 = time.perf_counter()
     if top_k < 1:
@@ -242,8 +242,7 @@ def localize(predictor, index: DatasetIndex, split: str = "test", top_k: int = 3
     if index.boxes is None or not len(index.boxes):
         raise DataError(f"{index.name} has no ground-truth boxes (NIH: BBox_List_2017*.csv beside the label table; "
                         "CheXpert phantom: phantom_boxes.csv).")
-    seed = int(predictor.card.data.get("split_seed", 0)) if seed is None else seed
-    rows = split_rows(index, split, seed)
+    rows = model_split_rows(predictor, index, split) if seed is None else split_rows(index, split, seed)
     sub = index.subset(np.isin(np.arange(len(index)), rows))
     paths = dict(zip(sub.frame["image_id"].astype(str), sub.frame["path"]))
     gt = sub.boxes[sub.boxes["image_id"].astype(str).isin(paths)]
