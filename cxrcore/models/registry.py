@@ -61,6 +61,16 @@ def check_architecture(arch: str, pretrained: str = "none", kwargs: dict | None 
         build_model(arch, 2, "none", kwargs)
 
 
+def spec_for(arch: str, pretrained: str = "none", kwargs: dict | None = None) -> dict:
+    """The model spec stored in a checkpoint card for a model built by ``build_model``."""
+    return {"library": "timm", "arch": arch, "kwargs": dict(kwargs or {}), "pretrained": pretrained}
+
+
+def preprocess_for(arch: str) -> dict:
+    """Preprocess options (``norm``, ``channels``) the architecture expects; {} = the defaults (ImageNet, 3 channels)."""
+    return {}
+
+
 def model_from_spec(spec: dict, num_labels: int) -> nn.Module:
     if spec.get("library", "timm") != "timm":
         raise ConfigError(f"Model library {spec.get('library')!r} is not supported yet; use timm.")

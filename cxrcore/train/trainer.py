@@ -29,7 +29,7 @@ from ..data.readers import read_dataset
 from ..errors import ConfigError, DataError
 from ..eval.metrics import best_f1_thresholds, mean_ignoring_nan, per_label_auroc
 from ..labels import resolve_label_space
-from ..models.registry import build_model, count_parameters, model_from_spec, swap_head
+from ..models.registry import build_model, count_parameters, model_from_spec, preprocess_for, spec_for, swap_head
 
 MODES = ("full", "head")
 SPLIT_METHODS = ("hash", "stratified")
@@ -68,6 +68,12 @@ class TrainConfig:
     threads: int = 0                  # torch CPU threads; 0 = all cores
     device: str = "auto"
     name: str = ""
+    # Where the job runs (read by the job backends, not by train()).
+    gpus: int = 0                     # GPUs this job needs (local: assigned via CUDA_VISIBLE_DEVICES; slurm: --gpus)
+    share_gpus: bool = False          # local: allow running on GPUs another job holds
+    nproc: int = 1                    # processes per node (torchrun DDP when > 1)
+    nodes: int = 1                    # slurm only: nodes (srun torchrun)
+    slurm: dict = field(default_factory=dict)  # partition, cpus, mem, time, account, extra sbatch lines
 
     def validate(self) -> None:
         if self.mode not in MODES:
@@ -254,7 +260,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: Callable[[str,
         init_card, init_state = load_checkpoint(cfg.init)
         prep = init_card.prep
     else:
-        prep = Preprocess(size=cfg.image_size, fit=cfg.fit)
+        prep = Preprocess(size=cfg.image_size, fit=cfg.fit, **preprocess_for(cfg.arch))
 
     log("start", config=asdict(cfg), device=str(device))
     data = prepare_data(cfg, prep, progress=(lambda d, n: progress("cache", d, n, {})) if progress else None)
@@ -274,7 +280,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: Callable[[str,
     else:
         model = build_model(cfg.arch, len(labels), cfg.pretrained, cfg.arch_kwargs)
         swap = None
-        model_spec = {"library": "timm", "arch": cfg.arch, "kwargs": dict(cfg.arch_kwargs), "pretrained": cfg.pretrained}
+        model_spec = spec_for(cfg.arch, cfg.pretrained, cfg.arch_kwargs)
     if cfg.mode == "head":
         for p in model.parameters():
             p.requires_grad_(False)
