@@ -19,7 +19,11 @@ def target_layer(model: nn.Module) -> nn.Module:
 
     ViTs: the last block's first norm, as pytorch-grad-cam advises: the head reads only the class
     token, so the patch tokens leaving the last block carry no gradient; entering its attention they do.
+    torchvision / torchxrayvision wrappers name theirs (``cam_layer``: ResNet ``layer4``, DenseNet the
+    ReLU after ``features``, EfficientNet / ConvNeXt ``features``, ViT the last encoder block's ``ln_1``).
     """
+    if callable(getattr(model, "cam_layer", None)):
+        return model.cam_layer()
     blocks = getattr(model, "blocks", None)
     if hasattr(model, "patch_embed") and blocks is not None and hasattr(blocks[-1], "norm1"):
         return blocks[-1].norm1
@@ -28,6 +32,14 @@ def target_layer(model: nn.Module) -> nn.Module:
         name = info[-1]["module"]
         return model.get_submodule(name)
     raise ValueError(f"{type(model).__name__} does not expose feature_info; pass a target layer explicitly.")
+
+
+def input_channels(model: nn.Module) -> int:
+    """Channels the model takes (xrv models: 1): ``in_chans`` where set, else the first conv's."""
+    if getattr(model, "in_chans", None):
+        return int(model.in_chans)
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return int(conv.in_channels) if conv is not None else 3
 
 
 def supports_fast_cam(model: nn.Module, size: int = 64) -> bool:
@@ -39,7 +51,7 @@ def supports_fast_cam(model: nn.Module, size: int = 64) -> bool:
     model.eval()
     try:
         with torch.no_grad():
-            x = torch.randn(1, 3, size, size, device=next(model.parameters()).device)
+            x = torch.randn(1, input_channels(model), size, size, device=next(model.parameters()).device)
             feats = model.forward_features(x)
             if feats.ndim != 4:
                 return False
@@ -99,7 +111,8 @@ def vit_reshape_transform(model: nn.Module):
 
 def default_reshape(model: nn.Module):
     """A reshape transform when the model's features are tokens (ViT-like), else None."""
-    return vit_reshape_transform(model) if hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens") else None
+    tokens = hasattr(model, "patch_embed") or getattr(model, "token_features", False)  # timm ViT / torchvision ViT wrapper
+    return vit_reshape_transform(model) if tokens and hasattr(model, "num_prefix_tokens") else None
 
 
 def gradcam_loop(model: nn.Module, x: torch.Tensor, labels: list[int] | None = None,

@@ -1,15 +1,46 @@
-"""Backbones by name through timm, and head swaps that keep the rows of shared labels.
+"""Backbones by name through timm, torchvision and torchxrayvision, and head swaps that keep
+the rows of shared labels.
+
+Names: a timm name as is (``resnet18``, ``vit_small_patch16_224``; ``timm:`` may prefix it),
+torchvision classifiers with ``tv:`` (``tv:resnet50``, ``tv:densenet121``, ``tv:efficientnet_b0``,
+``tv:convnext_tiny``, ``tv:vit_b_16``) and torchxrayvision's chest X-ray models with ``xrv:``
+(``xrv:densenet121-res224-all`` / ``-nih`` / ``-chex`` / ``-pc`` / ``-mimic_ch`` / ``-mimic_nb`` /
+``-rsna``, ``xrv:resnet50-res512-all``). torchvision and xrv models come wrapped
+(:mod:`cxrcore.models.wrappers`) so that every model offers timm's interface.
 
 A model spec is a plain dict stored in the checkpoint card::
 
-    {"library": "timm", "arch": "regnetx_002", "kwargs": {"output_stride": 16}, "pretrained": "none"}
+    {"library": "timm" | "torchvision" | "xrv", "arch": "tv:resnet50", "kwargs": {...}, "pretrained": "hub"}
 
-``pretrained`` is ``none`` (random initialisation, only when asked for) or ``timm`` (timm's own
-hub/cache loading; offline and not cached raises a ConfigError naming where the file goes).
+``pretrained``:
+
+* ``none``: random initialisation (only when asked for; allowed for every library, xrv too).
+* ``hub``: the library's own pretrained weights, through the library's own loading code and
+  cache (``timm`` is accepted as an alias, for any library). timm: the Hugging Face hub cache
+  (``HF_HUB_CACHE``); torchvision: ``weights="DEFAULT"`` through torch.hub's cache
+  (``$TORCH_HOME/hub/checkpoints``); xrv: its cache folder (``~/.torchxrayvision/models_data``,
+  moved by ``CXR_XRV_CACHE_DIR``, which is passed as xrv's ``cache_dir``).
+* ``auto``: ``hub`` for xrv names (they name pretrained chest X-ray models: random weights would
+  make the baseline meaningless), ``none`` for timm and torchvision.
+
+A cached file is loaded without touching the network. A missing one is downloaded by the
+library only when its server answers within two seconds; otherwise a ConfigError names the file,
+the folder to place it in and the environment variable that moves that folder. Never a silent
+random initialisation.
+
+Rebuilding a saved model (:func:`model_from_spec`) never downloads or loads pretrained weights:
+they come from the checkpoint.
 """
 from __future__ import annotations
 
+import difflib
+import math
+import os
+import socket
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -17,65 +48,443 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..labels import canonical
+from .wrappers import TorchvisionWrapper, XRVWrapper, torchvision_family
 
-PRETRAINED_CHOICES = ("none", "timm")
+PRETRAINED_CHOICES = ("none", "hub", "timm", "auto")
+LIBRARIES = ("timm", "torchvision", "xrv")
+PREFIXES = {"timm": "timm", "tv": "torchvision", "torchvision": "torchvision", "xrv": "xrv"}
+SHORT = {"timm": "", "torchvision": "tv:", "xrv": "xrv:"}
+XRV_CACHE_ENV = "CXR_XRV_CACHE_DIR"
+ONLINE_TIMEOUT_S = 2.0
 
 
-def build_model(arch: str, num_labels: int, pretrained: str = "none", kwargs: dict | None = None) -> nn.Module:
-    kwargs = dict(kwargs or {})
-    if pretrained not in PRETRAINED_CHOICES:
-        raise ConfigError(f"pretrained must be one of {PRETRAINED_CHOICES}, not {pretrained!r}.")
-    if not timm.is_model(arch):
-        close = timm.list_models(f"*{arch.split('_')[0]}*")[:8]
+# ----------------------------------------------------------------------------------- names
+def split_arch(arch: str) -> tuple[str, str]:
+    """``"tv:resnet50"`` -> ``("torchvision", "resnet50")``; no prefix -> timm. No validation."""
+    arch = str(arch).strip()
+    if ":" in arch:
+        prefix, name = arch.split(":", 1)
+        if prefix.lower() in PREFIXES:
+            return PREFIXES[prefix.lower()], name.strip()
+        raise ConfigError(f"Unknown model library prefix {prefix!r} in {arch!r}: use a timm name as is, "
+                          "tv:<name> for torchvision or xrv:<name> for torchxrayvision.")
+    return "timm", arch
+
+
+def xrv_names() -> list[str]:
+    """torchxrayvision's pretrained chest X-ray models (its weights names, without the short aliases)."""
+    import torchxrayvision as xrv
+
+    return [k for k in xrv.models.model_urls if k.startswith(("densenet", "resnet"))]
+
+
+def tv_names() -> list[str]:
+    from torchvision import models as tvm
+
+    return list(tvm.list_models(module=tvm))  # classification models only
+
+
+def _close(name: str, names: list[str], n: int = 8) -> list[str]:
+    near = difflib.get_close_matches(name, names, n=n, cutoff=0.5)
+    stem = name.replace("-", "_").split("_")[0]
+    more = [x for x in names if stem and stem in x and x not in near]
+    return (near + more)[:n]
+
+
+def parse_arch(arch: str) -> tuple[str, str]:
+    """(library, name) for a name the library knows; ConfigError with suggestions otherwise."""
+    lib, name = split_arch(arch)
+    if lib == "timm":
+        if timm.is_model(name):
+            return lib, name
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8] if name else []
+        elsewhere = [f"tv:{name}"] if name in tv_names() else []
+        elsewhere += [f"xrv:{x}" for x in _close(name, xrv_names(), 3)] if "res" in name and "-" in name else []
+        hint = f" Did you mean {', '.join(elsewhere)}?" if elsewhere else ""
         raise ConfigError(
-            f"Unknown architecture {arch!r}. timm knows e.g. {', '.join(close) or 'resnet18, densenet121'}; "
-            "`python -c \"import timm; print(timm.list_models())\"` lists all."
+            f"Unknown architecture {arch!r}.{hint} timm knows e.g. {', '.join(close) or 'resnet18, densenet121'}; "
+            "`python -c \"import timm; print(timm.list_models())\"` lists all. torchvision models take the prefix "
+            "tv: (tv:resnet50), torchxrayvision's the prefix xrv: (xrv:densenet121-res224-all)."
         )
-    try:
-        return timm.create_model(arch, pretrained=(pretrained == "timm"), num_classes=num_labels, **kwargs)
-    except (TypeError, AssertionError, NotImplementedError) as exc:
-        raise ConfigError(f"Architecture {arch} does not accept the options {kwargs}: {exc or type(exc).__name__}. "
-                          "Remove them (e.g. output_stride is only for ResNet/RegNet-like backbones).") from exc
-    except (OSError, RuntimeError, ValueError) as exc:
-        if pretrained == "timm":
-            from huggingface_hub.constants import HF_HUB_CACHE
+    if lib == "torchvision":
+        names = tv_names()
+        if name in names:
+            return lib, name
+        close = _close(name, names)
+        raise ConfigError(
+            f"Unknown torchvision architecture {arch!r}. torchvision knows e.g. "
+            f"{', '.join('tv:' + x for x in close) or 'tv:resnet50, tv:densenet121, tv:efficientnet_b0'}; "
+            "`python -c \"import torchvision; print(torchvision.models.list_models(module=torchvision.models))\"` "
+            "lists all."
+        )
+    names = xrv_names()
+    if name in names:
+        return lib, name
+    raise ConfigError(f"Unknown torchxrayvision model {arch!r}. It offers "
+                      f"{', '.join('xrv:' + x for x in names)}.")
 
-            raise ConfigError(
-                f"Pretrained weights for {arch} could not be loaded ({type(exc).__name__}). This machine may be "
-                f"offline and they are not in timm's cache ({HF_HUB_CACHE}). Place the model's files there "
-                "(or set HF_HUB_CACHE), or choose --pretrained none to start from random weights."
-            ) from exc
-        if kwargs:
-            raise ConfigError(f"Architecture {arch} does not accept the options {kwargs}: {exc}.") from exc
+
+def library_of(arch: str) -> str:
+    return split_arch(arch)[0]
+
+
+def resolve_pretrained(arch: str, pretrained: str) -> str:
+    """``none`` or ``hub`` for ``arch`` (``timm`` is an alias of ``hub``; ``auto``: hub for xrv only)."""
+    p = str(pretrained or "none").strip().lower()
+    if p not in PRETRAINED_CHOICES:
+        raise ConfigError(f"pretrained must be one of {PRETRAINED_CHOICES}, not {pretrained!r}.")
+    if p == "timm":
+        return "hub"
+    if p == "auto":
+        return "hub" if library_of(arch) == "xrv" else "none"
+    return p
+
+
+def default_pretrained(arch: str) -> str:
+    """What ``auto`` means for ``arch``: xrv names are pretrained models, the rest start random."""
+    return resolve_pretrained(arch, "auto")
+
+
+# ---------------------------------------------------------------------- where weights live
+@dataclass
+class WeightsLocation:
+    """Where a library looks for an architecture's pretrained weights."""
+
+    library: str
+    file: str           # the file name the library expects
+    path: Path          # full path it loads from (timm/HF: with <commit> when not cached yet)
+    folder: Path        # the cache folder to place it in
+    url: str            # where the library downloads it from
+    env: str            # environment variable that moves the folder
+    cached: bool
+    hf_repo: str = ""   # timm on the Hugging Face hub: the repo id
+    note: str = ""
+
+    def describe(self) -> str:
+        where = (f"the file {self.file} of {self.hf_repo} as {self.path} (plus {self.folder}/"
+                 f"models--{self.hf_repo.replace('/', '--')}/refs/main holding <commit>; e.g. "
+                 f"`hf download {self.hf_repo} {self.file} --cache-dir <folder>` on a machine online, then copy "
+                 "the folder)" if self.hf_repo else f"the file {self.file} in {self.folder} (= {self.path})")
+        return f"Place {where}; download it from {self.url}. {self.env} moves that folder.{self.note}"
+
+
+def _hf_cache_dir() -> Path:
+    """huggingface_hub's cache folder, read now (its constants are read once, at import)."""
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    return Path(constants.HF_HUB_CACHE).expanduser()
+
+
+def _torch_checkpoints() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"  # $TORCH_HOME/hub/checkpoints, read now
+
+
+def xrv_cache_dir() -> Path:
+    """torchxrayvision's weights folder: ``$CXR_XRV_CACHE_DIR`` or xrv's ``~/.torchxrayvision/models_data``."""
+    if os.environ.get(XRV_CACHE_ENV):
+        return Path(os.environ[XRV_CACHE_ENV]).expanduser()
+    import torchxrayvision as xrv
+
+    return Path(xrv.utils.get_cache_dir())
+
+
+def _url_file(url: str) -> str:
+    return os.path.basename(urlparse(url).path)
+
+
+def weights_location(arch: str) -> WeightsLocation:
+    """Where ``arch``'s pretrained weights are looked for (ConfigError if the library has none)."""
+    lib, name = parse_arch(arch)
+    if lib == "timm":
+        cfg = timm.models.get_pretrained_cfg(name)
+        hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+        url = getattr(cfg, "url", None) if cfg is not None else None
+        if hub_id:
+            import huggingface_hub
+
+            repo, _, revision = hub_id.partition("@")
+            cache = _hf_cache_dir()
+            files = [cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None) else ["model.safetensors",
+                                                                                          "pytorch_model.bin"]
+            for f in files:
+                hit = huggingface_hub.try_to_load_from_cache(repo, f, cache_dir=cache, revision=revision or None)
+                if isinstance(hit, str):
+                    return WeightsLocation(lib, f, Path(hit), cache, f"https://huggingface.co/{repo}", "HF_HUB_CACHE",
+                                           True, repo)
+            path = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / "<commit>" / files[0]
+            return WeightsLocation(lib, files[0], path, cache, f"https://huggingface.co/{repo}/resolve/main/{files[0]}",
+                                   "HF_HUB_CACHE (or HF_HOME)", False, repo)
+        if url:
+            folder = _torch_checkpoints()
+            f = _url_file(url)
+            return WeightsLocation(lib, f, folder / f, folder, url, "TORCH_HOME (the folder is $TORCH_HOME/hub/checkpoints)",
+                                   (folder / f).is_file())
+        raise ConfigError(f"timm has no pretrained weights for {name}; choose --pretrained none or another model.")
+    if lib == "torchvision":
+        from torchvision import models as tvm
+
+        try:
+            weights = tvm.get_model_weights(name).DEFAULT
+        except (ValueError, AttributeError, KeyError) as exc:
+            raise ConfigError(f"torchvision has no pretrained weights for {name}; choose --pretrained none.") from exc
+        folder = _torch_checkpoints()
+        f = _url_file(weights.url)
+        return WeightsLocation(lib, f, folder / f, folder, weights.url,
+                               "TORCH_HOME (the folder is $TORCH_HOME/hub/checkpoints)", (folder / f).is_file(),
+                               note=f" (weights {weights})")
+    import torchxrayvision as xrv
+
+    url = xrv.models.model_urls[name]["weights_url"]
+    folder = xrv_cache_dir()
+    f = _url_file(url)
+    return WeightsLocation(lib, f, folder / f, folder, url,
+                           f"{XRV_CACHE_ENV} (cxrcore's; passed to xrv as cache_dir; default ~/.torchxrayvision/models_data)",
+                           (folder / f).is_file())
+
+
+def _online(url: str, timeout: float = ONLINE_TIMEOUT_S) -> bool:
+    """Whether the host serving ``url`` answers within ``timeout`` seconds (HF_HUB_OFFLINE / CXR_OFFLINE: no)."""
+    if any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "CXR_OFFLINE")):
+        return False
+    host = urlparse(url).hostname
+    if not host:
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _require_weights(arch: str) -> WeightsLocation:
+    """The location, when the file is cached or can be downloaded now; else ConfigError naming it."""
+    loc = weights_location(arch)
+    if loc.cached or _online(loc.url):
+        return loc
+    raise ConfigError(
+        f"Pretrained weights for {arch} ({loc.library}) are not on this machine and {urlparse(loc.url).hostname} "
+        f"cannot be reached (offline?). {loc.describe()} Or choose --pretrained none to start from random weights."
+    )
+
+
+def _load_failed(arch: str, loc: WeightsLocation, exc: Exception) -> ConfigError:
+    return ConfigError(f"Pretrained weights for {arch} could not be loaded from {loc.path} "
+                       f"({type(exc).__name__}: {str(exc)[:300]}). Replace the file (it may be damaged or partial): "
+                       f"{loc.describe()} Or choose --pretrained none.")
+
+
+@contextmanager
+def _hf_offline():
+    """huggingface_hub in offline mode for one call: a cached file is used without asking the hub."""
+    from huggingface_hub import constants
+
+    old = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = old
+
+
+def _options_error(arch: str, kwargs: dict, exc: Exception) -> ConfigError:
+    return ConfigError(f"Architecture {arch} does not accept the options {kwargs}: {exc or type(exc).__name__}. "
+                       "Remove them (e.g. output_stride is only for ResNet/RegNet-like timm backbones).")
+
+
+# ------------------------------------------------------------------------------- building
+def build_model(arch: str, num_labels: int, pretrained: str = "none", kwargs: dict | None = None,
+                labels: list[str] | None = None) -> nn.Module:
+    """A model with ``num_labels`` raw-logit outputs and timm's interface.
+
+    ``labels`` (the target label names, optional): for xrv models with their pretrained weights,
+    the new head's rows for labels shared with xrv's pathologies (through synonyms) are copied
+    from xrv's classifier; ``model.head_swap_report`` tells which.
+    """
+    kwargs = dict(kwargs or {})
+    lib, name = parse_arch(arch)
+    mode = resolve_pretrained(arch, pretrained)
+    if labels is not None and len(labels) != num_labels:
+        raise ConfigError(f"{len(labels)} label names given for a head of {num_labels} outputs.")
+    if lib == "timm":
+        return _build_timm(arch, name, num_labels, mode, kwargs)
+    if lib == "torchvision":
+        return _build_tv(arch, name, num_labels, mode, kwargs)
+    return _build_xrv(arch, name, num_labels, mode, kwargs, labels)
+
+
+def _build_timm(arch: str, name: str, n: int, mode: str, kwargs: dict) -> nn.Module:
+    loc = _require_weights(arch) if mode == "hub" else None
+    extra, ctx = {}, nullcontext()
+    if loc is not None and loc.hf_repo:
+        extra["cache_dir"] = str(loc.folder)
+        if loc.cached:
+            ctx = _hf_offline()
+    try:
+        with ctx:
+            return timm.create_model(name, pretrained=loc is not None, num_classes=n, **extra, **kwargs)
+    except (TypeError, AssertionError, NotImplementedError) as exc:
+        raise _options_error(arch, kwargs, exc) from exc
+    except Exception as exc:
+        if loc is not None:
+            raise _load_failed(arch, loc, exc) from exc
+        if kwargs and isinstance(exc, (OSError, RuntimeError, ValueError)):
+            raise _options_error(arch, kwargs, exc) from exc
         raise
+
+
+def _build_tv(arch: str, name: str, n: int, mode: str, kwargs: dict) -> nn.Module:
+    from torchvision import models as tvm
+
+    loc = _require_weights(arch) if mode == "hub" else None
+    try:
+        net = tvm.get_model(name, weights="DEFAULT" if loc is not None else None, **kwargs)
+    except (TypeError, AssertionError, NotImplementedError) as exc:
+        raise _options_error(arch, kwargs, exc) from exc
+    except Exception as exc:
+        if loc is not None:
+            raise _load_failed(arch, loc, exc) from exc
+        if kwargs and isinstance(exc, (RuntimeError, ValueError)):
+            raise _options_error(arch, kwargs, exc) from exc
+        raise
+    family = torchvision_family(net)
+    if family is None:
+        raise ConfigError(f"tv:{name} ({type(net).__name__}) has no feature map + linear head the app can use; "
+                          "supported torchvision families: ResNet/ResNeXt/Wide-ResNet, RegNet, DenseNet, EfficientNet, "
+                          "MobileNet v2/v3, ConvNeXt, VGG, AlexNet and ViT.")
+    model = TorchvisionWrapper(f"tv:{name}", net, family)
+    model.reset_classifier(n)
+    return model
+
+
+def _xrv_info(name: str) -> dict:
+    import torchxrayvision as xrv
+
+    return xrv.models.model_urls[name]
+
+
+def _xrv_random(name: str) -> nn.Module:
+    """xrv's module for ``name`` with random weights, no file read (xrv's own constructor for the
+    DenseNet; its ResNet cannot be built without weights, so it is assembled as xrv.models.ResNet
+    does, minus the loading)."""
+    import torchvision
+    import torchxrayvision as xrv
+
+    info = _xrv_info(name)
+    if name.startswith("densenet"):
+        return xrv.models.DenseNet(weights=None, num_classes=len(info["labels"]))
+    net = xrv.models.ResNet.__new__(xrv.models.ResNet)
+    nn.Module.__init__(net)
+    net.weights, net.apply_sigmoid, net.weights_dict = name, False, info
+    net.targets = info["labels"]
+    net.pathologies = net.targets
+    builder = torchvision.models.resnet101 if name.startswith("resnet101") else torchvision.models.resnet50
+    net.model = builder(num_classes=len(info["labels"]), weights=None)
+    net.model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)  # xrv: single channel
+    net.register_buffer("op_threshs", None)
+    if "input_resolution" in info:
+        net.input_resolution = info["input_resolution"]
+    return net
+
+
+def _build_xrv(arch: str, name: str, n: int, mode: str, kwargs: dict, labels: list[str] | None) -> nn.Module:
+    if kwargs:
+        raise ConfigError(f"torchxrayvision models take no options; remove {kwargs}.")
+    info = _xrv_info(name)
+    if mode == "hub":
+        import torchxrayvision as xrv
+
+        loc = _require_weights(arch)
+        cls = xrv.models.DenseNet if name.startswith("densenet") else xrv.models.ResNet
+        try:
+            net = cls(weights=name, cache_dir=str(loc.folder))
+        except Exception as exc:
+            raise _load_failed(arch, loc, exc) from exc
+    else:
+        net = _xrv_random(name)
+    thr = {lab: float(t) for lab, t in zip(info["labels"], info.get("op_threshs") or []) if lab and not math.isnan(t)}
+    # Our head replaces xrv's: its operating points do not apply to it, and a None buffer keeps the
+    # state dict the same whichever way the module was built.
+    net.op_threshs = None
+    model = XRVWrapper(f"xrv:{name}", net, name, info["labels"], thr)
+    if mode == "hub" and labels is not None:
+        report = swap_head(model, list(info["labels"]), list(labels))
+        report.dropped = [x for x in report.dropped if x]  # '' = an output xrv leaves unused
+        model.head_swap_report = report
+    else:
+        model.reset_classifier(n)
+    return model
 
 
 def check_architecture(arch: str, pretrained: str = "none", kwargs: dict | None = None) -> None:
     """Raise ConfigError now for an architecture / options that would fail at training time.
 
-    Builds the model on the meta device: no memory, no weights, no download.
+    Builds the model on the meta device: no memory, no weights, no download. With pretrained
+    weights asked for, also checks that the library has some (not that they are cached).
     """
-    if pretrained not in PRETRAINED_CHOICES:
-        raise ConfigError(f"pretrained must be one of {PRETRAINED_CHOICES}, not {pretrained!r}.")
-    with torch.device("meta"):
-        build_model(arch, 2, "none", kwargs)
+    mode = resolve_pretrained(arch, pretrained)
+    parse_arch(arch)
+    if mode == "hub":
+        weights_location(arch)
+    try:
+        with torch.device("meta"):
+            build_model(arch, 2, "none", kwargs)
+    except (ConfigError, NotImplementedError) as exc:
+        if "meta" not in str(exc.__cause__ or exc):
+            raise
+        # a builder that computes its layer sizes with tensors (torchvision's RegNet) cannot run on
+        # the meta device: build on the CPU, each parameter moved to meta as soon as it exists
+        with _params_on_meta():
+            build_model(arch, 2, "none", kwargs)
+
+
+@contextmanager
+def _params_on_meta():
+    register_parameter, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
+
+    def reg_param(self, name, param):
+        register_parameter(self, name, param)
+        if param is not None and param.device.type != "meta":
+            self._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    def reg_buffer(self, name, tensor, persistent=True):
+        register_buffer(self, name, tensor.to("meta") if tensor is not None else None, persistent)
+
+    nn.Module.register_parameter, nn.Module.register_buffer = reg_param, reg_buffer
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter, nn.Module.register_buffer = register_parameter, register_buffer
 
 
 def spec_for(arch: str, pretrained: str = "none", kwargs: dict | None = None) -> dict:
     """The model spec stored in a checkpoint card for a model built by ``build_model``."""
-    return {"library": "timm", "arch": arch, "kwargs": dict(kwargs or {}), "pretrained": pretrained}
+    return {"library": library_of(arch), "arch": arch, "kwargs": dict(kwargs or {}),
+            "pretrained": resolve_pretrained(arch, pretrained)}
 
 
 def preprocess_for(arch: str) -> dict:
-    """Preprocess options (``norm``, ``channels``) the architecture expects; {} = the defaults (ImageNet, 3 channels)."""
-    return {}
+    """Preprocess options (``norm``, ``channels``) the architecture expects; {} = the defaults (ImageNet, 3 channels).
+
+    xrv models take one channel scaled to [-1024, 1024]. Their native sizes (224 for the
+    DenseNets, 512 for the ResNet) are not imposed: the image size stays the trainer's choice.
+    """
+    return {"norm": "xrv", "channels": 1} if library_of(arch) == "xrv" else {}
 
 
 def model_from_spec(spec: dict, num_labels: int) -> nn.Module:
-    if spec.get("library", "timm") != "timm":
-        raise ConfigError(f"Model library {spec.get('library')!r} is not supported yet; use timm.")
+    """Rebuild a saved model: the architecture with random weights (they come from the checkpoint)."""
+    lib = spec.get("library", "timm")
+    if lib not in LIBRARIES:
+        raise ConfigError(f"Model library {lib!r} is not supported; use one of {', '.join(LIBRARIES)}.")
+    arch = str(spec["arch"])
+    if ":" not in arch and lib != "timm":
+        arch = SHORT[lib] + arch
     # Weights come from the checkpoint: never download when rebuilding a saved model.
-    return build_model(spec["arch"], num_labels, "none", spec.get("kwargs"))
+    return build_model(arch, num_labels, "none", spec.get("kwargs"))
 
 
 @dataclass
