@@ -18,6 +18,7 @@ from .data.imageio import LoadedImage, read_image
 from .errors import CheckpointError
 from .explain.boxes import Box, boxes_from_heatmap
 from .explain.cam import forward_with_cams, gradcam_loop, supports_fast_cam
+from .models.heads import combine
 from .models.registry import model_from_spec
 
 
@@ -119,7 +120,8 @@ class Predictor:
             from .explain.uncertainty import mc_dropout as run_mc
 
             t0 = time.perf_counter()
-            r = run_mc(self.model, x, int(mc_samples), mc_dropout, mc_seed, mc_tta)
+            r = run_mc(self.model, x, int(mc_samples), mc_dropout, mc_seed, mc_tta,
+                       post=lambda s: combine(s, self.card.model))
             pred.prob_mean, pred.prob_std, pred.prob_var = r.mean, r.std, r.var
             pred.mc = {"samples": int(mc_samples), "dropout_p": r.p, "tta": r.tta, "seed": int(mc_seed)}
             pred.seconds += time.perf_counter() - t0
@@ -136,7 +138,7 @@ class Predictor:
         if not heatmaps:
             with torch.no_grad():
                 logits = self.model(x)
-            probs = torch.sigmoid(logits)[0].float().cpu().numpy()
+            probs = combine(torch.sigmoid(logits)[0].float().cpu().numpy(), self.card.model)
             return Prediction(self.labels, probs, self.thresholds, np.zeros((len(self.labels), 0, 0), np.float32), {},
                               (h, w), time.perf_counter() - t0, "none", list(loaded.notes)), x
         if self.fast_cam:
@@ -145,7 +147,7 @@ class Predictor:
         else:
             logits, cams = gradcam_loop(self.model, x)
             method = "GradCAM (pytorch-grad-cam, per label)"
-        probs = torch.sigmoid(logits)[0].float().cpu().numpy()
+        probs = combine(torch.sigmoid(logits)[0].float().cpu().numpy(), self.card.model)
         maps = np.stack([self.prep.unsquare(c, h, w) for c in cams[0]]).astype(np.float32)
         boxes = {label: boxes_from_heatmap(maps[i], threshold=box_threshold, top_k=top_k_boxes)
                  for i, label in enumerate(self.labels)}
@@ -171,7 +173,7 @@ class Predictor:
         n = len(squares)
         for k in range(0, n, batch_size):
             x = self.prep.normalize(torch.from_numpy(np.array(squares[k:k + batch_size])).to(self.device))
-            out.append(torch.sigmoid(self.model(x)).float().cpu().numpy())
+            out.append(combine(torch.sigmoid(self.model(x)).float().cpu().numpy(), self.card.model))
             if progress:
                 progress(min(n, k + batch_size), n)
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)

@@ -89,7 +89,7 @@ def _has_split_head(model: nn.Module) -> bool:
 
 @torch.no_grad()
 def mc_dropout(model: nn.Module, x: torch.Tensor, n: int = 20, p: float = DEFAULT_P, seed: int = 0,
-               tta: bool = False) -> MCResult:
+               tta: bool = False, post=None) -> MCResult:
     """``n`` stochastic passes of one preprocessed image ``x`` (1, C, S, S); per-label mean / var / std."""
     if not 1 <= n <= MAX_SAMPLES:
         raise ValueError(f"n must be in 1..{MAX_SAMPLES}, not {n}")
@@ -122,6 +122,8 @@ def mc_dropout(model: nn.Module, x: torch.Tensor, n: int = 20, p: float = DEFAUL
                     logits = model(v)
                 out.append(torch.sigmoid(logits).float().cpu().numpy())
     samples = np.concatenate(out).astype(np.float32)
+    if post is not None:  # e.g. a two-stage model's gate combination (models.heads.combine)
+        samples = np.asarray(post(samples), dtype=np.float32)
     mean = samples.mean(0)
     var = samples.var(0)
     return MCResult(mean, var, np.sqrt(var), samples, extra, bool(tta))

@@ -17,7 +17,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..checkpoint import Card, load_checkpoint, save_checkpoint
 from ..data.cache import build_cache
@@ -29,10 +28,20 @@ from ..data.readers import read_dataset
 from ..errors import ConfigError, DataError
 from ..eval.metrics import best_f1_thresholds, mean_ignoring_nan, per_label_auroc
 from ..labels import resolve_label_space
+from ..models.heads import combine
 from ..models.registry import build_model, count_parameters, model_from_spec, preprocess_for, spec_for, swap_head
+from . import dist as dist_
+from .augment import Augment, random_affine  # noqa: F401 - random_affine re-exported for bench/cache.py
+from .lora import apply_lora, base_model, merged_state_dict
+from .losses import GATE_LABEL, LOSSES, Criterion, masked_bce, pos_weight_from, two_stage_targets  # noqa: F401
+from .sampling import SAMPLERS, epoch_order
+from .state import load_state, rng_state, save_state, set_rng_state, state_path
 
-MODES = ("full", "head")
+MODES = ("full", "head", "lora")
 SPLIT_METHODS = ("hash", "stratified")
+HIERARCHIES = ("none", "penalty", "two_stage")
+SCHEDULES = ("cosine", "plateau", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -41,14 +50,31 @@ class TrainConfig:
     labels: str | list = "nih14"
     arch: str = "regnetx_002"
     arch_kwargs: dict = field(default_factory=dict)  # e.g. {"output_stride": 16} for finer heatmaps
-    pretrained: str = "none"          # none | timm
+    pretrained: str = "auto"          # none | hub (the library's own weights; timm = alias) | auto (hub for xrv, else none)
     init: str | None = None           # start from this checkpoint (head swapped to `labels`)
-    mode: str = "full"                # full | head
+    mode: str = "full"                # full | head | lora
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str | None = None   # regex over module names; None = attention qkv/proj (ViT) or dense convs
     epochs: int = 5
     batch_size: int = 32
+    accum_steps: int = 1              # gradient accumulation: optimizer step every N batches
     lr: float = 2e-3
     weight_decay: float = 1e-4
+    schedule: str = "cosine"          # cosine (after warmup) | plateau (reduce on val AUROC plateau) | constant
     warmup_steps: int = 20
+    plateau_patience: int = 1
+    plateau_factor: float = 0.5
+    early_stopping: int = 0           # stop after N epochs without a better val mean AUROC; 0 = off
+    loss: str = "bce"                 # bce | focal
+    pos_weight: bool = False          # bce: weight positives by negatives/positives per label
+    focal_gamma: float = 2.0
+    hierarchy: str = "none"           # none | penalty (parent/child BCE penalty) | two_stage (gate + diseases)
+    hierarchy_weight: float = 1.0
+    gate_threshold: float = 0.5
+    sampler: str = "shuffle"          # shuffle | weighted (rare findings drawn as often as common ones)
+    oversample_min: int = 0           # repeat rare label combinations up to this many rows per epoch
     image_size: int = 160
     fit: str = "pad"
     policy: str | dict = "zeros"      # CheXpert -1 / blank: zeros | ones | ignore, or a mix "ones:Edema;zeros"
@@ -63,6 +89,10 @@ class TrainConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     augment: bool = True
+    augment_options: dict = field(default_factory=dict)  # p, degrees, translate, scale, shear, brightness, contrast
+    precision: str = "fp32"           # fp32 | bf16 | fp16 (autocast; fp16 with a grad scaler, GPU only)
+    channels_last: bool = False
+    compile: bool = False             # torch.compile the model
     seed: int = 0
     workers: int = 2
     threads: int = 0                  # torch CPU threads; 0 = all cores
@@ -76,8 +106,23 @@ class TrainConfig:
     slurm: dict = field(default_factory=dict)  # partition, cpus, mem, time, account, extra sbatch lines
 
     def validate(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"mode must be one of {MODES}, not {self.mode!r}.")
+        for name, allowed in (("mode", MODES), ("hierarchy", HIERARCHIES), ("schedule", SCHEDULES),
+                              ("precision", PRECISIONS), ("loss", LOSSES), ("sampler", SAMPLERS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}.")
+        if self.mode == "lora" and self.lora_r < 1:
+            raise ConfigError("lora_r (the LoRA rank) must be at least 1.")
+        if self.loss == "focal" and self.pos_weight:
+            raise ConfigError("pos_weight is for the bce loss; focal loss weights hard examples itself. Choose one.")
+        if not 0 <= self.gate_threshold <= 1:
+            raise ConfigError(f"gate_threshold must be in [0, 1], not {self.gate_threshold}.")
+        if self.accum_steps < 1 or self.early_stopping < 0 or self.oversample_min < 0:
+            raise ConfigError("accum_steps must be at least 1; early_stopping and oversample_min at least 0.")
+        if self.precision == "fp16" and not (torch.cuda.is_available() and self.device != "cpu"):
+            raise ConfigError("fp16 autocast needs a GPU; on CPU use precision bf16 or fp32.")
+        if not 0 < self.plateau_factor < 1 or self.plateau_patience < 0:
+            raise ConfigError("plateau_factor must be in (0, 1) and plateau_patience at least 0.")
+        Augment.from_dict(self.augment_options)
         if not (isinstance(self.policy, str) and self.policy in POLICIES):
             try:
                 per, _ = parse_policy(self.policy)
@@ -159,26 +204,6 @@ def _nan_to_none(values) -> list:
     return [None if (v is None or (isinstance(v, float) and math.isnan(v))) else float(v) for v in values]
 
 
-def masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    mask = ~torch.isnan(targets)
-    if not mask.any():
-        return logits.sum() * 0.0
-    return F.binary_cross_entropy_with_logits(logits[mask], targets[mask])
-
-
-def random_affine(x: torch.Tensor, gen: torch.Generator, degrees=7.0, translate=0.06, scale=(0.92, 1.08)) -> torch.Tensor:
-    """Per-sample small rotation / translation / scale on a float batch (B, C, H, W)."""
-    b = x.shape[0]
-    u = torch.rand(b, 4, generator=gen)
-    ang = (u[:, 0] * 2 - 1) * math.radians(degrees)
-    s = scale[0] + u[:, 1] * (scale[1] - scale[0])
-    tx, ty = (u[:, 2] * 2 - 1) * translate * 2, (u[:, 3] * 2 - 1) * translate * 2
-    cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
-    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -232,28 +257,82 @@ def write_split_files(data: Prepared, out: Path) -> None:
 
 
 @torch.no_grad()
-def predict_array(model, images: np.ndarray, rows: np.ndarray, prep: Preprocess, device, batch_size=64) -> np.ndarray:
+def predict_array(model, images: np.ndarray, rows: np.ndarray, prep: Preprocess, device, batch_size=64,
+                  spec: dict | None = None, autocast=None) -> np.ndarray:
+    """Probabilities (combined for two-stage models, see models.heads) for ``images[rows]``."""
     model.eval()
     out = []
     for k in range(0, len(rows), batch_size):
         x = prep.normalize(torch.from_numpy(np.asarray(images[rows[k:k + batch_size]])).to(device))
-        out.append(torch.sigmoid(model(x)).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+        with autocast() if autocast else _nullcontext():
+            logits = model(x)
+        out.append(torch.sigmoid(logits.float()).cpu().numpy())
+    probs = np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+    return combine(probs, spec) if len(probs) else probs
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _mean_auroc(auroc: np.ndarray, two_stage: bool) -> float:
+    """Mean validation AUROC over disease labels (a two-stage model's gate is reported, not averaged)."""
+    return mean_ignoring_nan(auroc[:-1] if two_stage and len(auroc) > 1 else auroc)
+
+
+def _schedule(cfg: TrainConfig, opt, total_steps: int):
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.plateau_factor,
+                                                          patience=cfg.plateau_patience)
+    warm = min(cfg.warmup_steps, max(1, total_steps // 10))
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total_steps - warm))))
+
+
+def _current_lr(opt) -> float:
+    return float(opt.param_groups[0]["lr"])
 
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: Callable[[str, int, int, dict], None] | None = None,
-          should_stop: Callable[[], bool] = lambda: False) -> Card:
-    """Run a training. ``progress(phase, done, total, info)`` reports cache building and steps."""
+          should_stop: Callable[[], bool] = lambda: False, resume: bool = False) -> Card:
+    """Run a training. ``progress(phase, done, total, info)`` reports cache building and steps.
+
+    ``resume``: continue from ``out_dir/last`` (the state saved at the end of the last complete epoch):
+    model, optimizer, scheduler, grad scaler, RNG and data order are restored, so the run ends where an
+    uninterrupted one would. Under ``torchrun`` (WORLD_SIZE > 1) it trains data-parallel (see dist.py).
+    """
     cfg.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    log = EventLog(out / "events.jsonl")
+    d = dist_.setup(cfg.device)
+    try:
+        return _train(cfg, out, progress if d.main else None, should_stop, resume, d)
+    finally:
+        d.close()
+
+
+def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: dist_.Dist) -> Card:
+    log = EventLog(out / "events.jsonl") if d.main else (lambda kind, **payload: None)
     t_start = time.time()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = torch.device("cuda", d.local_rank) if d.backend == "nccl" else resolve_device(cfg.device)
+    if d.enabled and d.backend == "gloo":
+        device = torch.device("cpu")
+    saved = None
+    if resume:
+        saved = load_state(out)
+        if saved["config"] != _comparable(cfg):
+            raise ConfigError("The run folder's saved state was made with different options; resume needs the same "
+                              "config (clone the job to change options).")
 
     init_card, init_state = (None, None)
     if cfg.init:
@@ -262,127 +341,235 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: Callable[[str,
     else:
         prep = Preprocess(size=cfg.image_size, fit=cfg.fit, **preprocess_for(cfg.arch))
 
-    log("start", config=asdict(cfg), device=str(device))
-    data = prepare_data(cfg, prep, progress=(lambda d, n: progress("cache", d, n, {})) if progress else None)
-    labels = data.labels
-    write_split_files(data, out)
-    if data.balance is not None:
-        warns = balance_warnings(data.balance)
-        if warns:
-            log("balance_warning", warnings=warns)
+    if saved is None:
+        log("start", config=asdict(cfg), device=str(device), world_size=d.world)
+    else:
+        log("resume", epoch=int(saved["epoch"]), step=int(saved["step"]), device=str(device), world_size=d.world)
+    # Rank 0 builds the cache first; the other ranks then find it complete.
+    if d.main:
+        data = prepare_data(cfg, prep, progress=(lambda k, n: progress("cache", k, n, {})) if progress else None)
+    d.barrier()
+    if not d.main:
+        data = prepare_data(cfg, prep)
+    two_stage = cfg.hierarchy == "two_stage"
+    labels = list(data.labels) + ([GATE_LABEL] if two_stage else [])
+    targets = two_stage_targets(data.targets) if two_stage else data.targets
+    if d.main:
+        write_split_files(data, out)
+        if data.balance is not None and saved is None:
+            warns = balance_warnings(data.balance)
+            if warns:
+                log("balance_warning", warnings=warns)
 
     if init_card is not None:
+        if two_stage and GATE_LABEL in init_card.labels:
+            pass  # a two-stage model fine-tuned again: its gate row is copied like any shared label
         model = model_from_spec(init_card.model, len(init_card.labels))
         model.load_state_dict(init_state)
         swap = swap_head(model, init_card.labels, labels)
-        model_spec = dict(init_card.model)
-        log("head_swap", **swap.to_dict())
+        model_spec = {k: v for k, v in init_card.model.items() if k != "two_stage"}
     else:
-        model = build_model(cfg.arch, len(labels), cfg.pretrained, cfg.arch_kwargs)
-        swap = None
+        model = build_model(cfg.arch, len(labels), cfg.pretrained, cfg.arch_kwargs, labels=labels)
+        swap = getattr(model, "head_swap_report", None)  # library heads (e.g. torchxrayvision's) mapped to ours
         model_spec = spec_for(cfg.arch, cfg.pretrained, cfg.arch_kwargs)
+    if two_stage:
+        model_spec["two_stage"] = {"gate_threshold": cfg.gate_threshold, "gate_label": GATE_LABEL}
+    if swap is not None and saved is None:
+        log("head_swap", **swap.to_dict())
     if cfg.mode == "head":
         for p in model.parameters():
             p.requires_grad_(False)
         for p in model.get_classifier().parameters():
             p.requires_grad_(True)
+    elif cfg.mode == "lora":
+        model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
     model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     trainable, total = count_parameters(model)
 
     train_rows = np.flatnonzero(data.split == "train")
     val_rows = np.flatnonzero(data.split == "val")
     test_rows = np.flatnonzero(data.split == "test")
-    steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    probe = epoch_order(train_rows, targets, cfg.sampler, torch.Generator().manual_seed(cfg.seed), cfg.oversample_min)
+    per_rank = len(probe) // d.world
+    steps_per_epoch = math.ceil(per_rank / cfg.batch_size)
+    opt_steps_per_epoch = math.ceil(steps_per_epoch / cfg.accum_steps)
     total_steps = steps_per_epoch * cfg.epochs
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = min(cfg.warmup_steps, max(1, total_steps // 10))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total_steps - warm))))
+    sched = _schedule(cfg, opt, opt_steps_per_epoch * cfg.epochs)
+    use_amp = cfg.precision != "fp32"
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if use_amp else None
+    scaler = torch.amp.GradScaler(device.type, enabled=(cfg.precision == "fp16"))
+    criterion = Criterion(cfg.loss, labels, pos_weight_from(targets[train_rows]) if cfg.pos_weight else None,
+                          cfg.focal_gamma, cfg.hierarchy, cfg.hierarchy_weight)
+    augment = Augment.from_dict(cfg.augment_options) if cfg.augment else None
+    fwd = model
+    if cfg.compile:
+        fwd = torch.compile(model)
+    if d.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        fwd = DDP(fwd, device_ids=[device.index] if device.type == "cuda" else None)
     log("data", n_images=len(data.index), train=len(train_rows), val=len(val_rows), test=len(test_rows),
         labels=labels, trainable_params=trainable, total_params=total, steps_per_epoch=steps_per_epoch,
-        head_swap=swap.to_dict() if swap else None)
+        epoch_rows=len(probe), head_swap=swap.to_dict() if swap else None, mode=cfg.mode, world_size=d.world,
+        pos_weight=criterion.pos_weight.tolist() if criterion.pos_weight is not None else None)
 
-    gen = torch.Generator().manual_seed(cfg.seed)
-    best = (-1.0, 0)
-    history = []
-    step = 0
-    stopped = False
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        order = train_rows[torch.randperm(len(train_rows), generator=gen).numpy()]
+    best, history, step, first_epoch = (-1.0, 0), [], 0, 1
+    since_best = 0
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        if saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
+        set_rng_state(gen, saved["rng"])
+        best = (float(saved["best"][0]), int(saved["best"][1]))
+        history, step, since_best = list(saved["history"]), int(saved["step"]), int(saved["since_best"])
+        first_epoch = int(saved["epoch"]) + 1
+        if d.main and progress:
+            progress("train", step, total_steps, {"epoch": first_epoch - 1, "resumed": True})
+
+    stopped = early = False
+    cuda = device.type == "cuda"
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        if early:
+            break
+        fwd.train()
+        order = epoch_order(train_rows, targets, cfg.sampler, gen, cfg.oversample_min)
+        mine = order[: per_rank * d.world][d.rank::d.world]
         t_epoch, seen, losses = time.time(), 0, []
-        for k in range(0, len(order), cfg.batch_size):
-            if should_stop():
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        opt.zero_grad(set_to_none=True)
+        n_batches = math.ceil(len(mine) / cfg.batch_size)
+        for bi, k in enumerate(range(0, len(mine), cfg.batch_size)):
+            if d.any(should_stop()):
                 stopped = True
                 break
-            rows = np.sort(order[k:k + cfg.batch_size])
-            x = to_unit(torch.from_numpy(np.asarray(data.images[rows])))
-            if cfg.augment:
-                x = random_affine(x, gen)
-            x = prep.standardize(x.to(device))
-            y = torch.from_numpy(data.targets[rows]).to(device)
-            loss = masked_bce(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            rows = mine[k:k + cfg.batch_size]
+            x = to_unit(torch.from_numpy(np.asarray(data.images[np.sort(rows)])[np.argsort(np.argsort(rows))]))
+            x = x.to(device, non_blocking=True)
+            if augment is not None:
+                x = augment(x, gen)
+            x = prep.standardize(x)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = torch.from_numpy(targets[rows]).to(device)
+            boundary = (bi + 1) % cfg.accum_steps == 0 or bi + 1 == n_batches
+            sync = (fwd.no_sync() if d.enabled and not boundary else _nullcontext())
+            with sync:
+                with autocast() if autocast else _nullcontext():
+                    logits = fwd(x)
+                loss = criterion(logits.float(), y)
+                scaler.scale(loss / cfg.accum_steps).backward()
+            if boundary:
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
+                if cfg.schedule != "plateau":
+                    sched.step()
             step += 1
-            seen += len(rows)
-            losses.append(loss.item())
+            seen += len(rows) * d.world
+            loss_v = float(loss.detach())
+            losses.append(loss_v)
             ips = seen / max(1e-6, time.time() - t_epoch)
-            log("step", epoch=epoch, step=step, total_steps=total_steps, loss=loss.item(),
-                lr=sched.get_last_lr()[0], images_per_s=ips)
+            extra = {"gpu_mem_mib": torch.cuda.max_memory_allocated(device) / 2**20} if cuda else {}
+            if len(criterion.parts) > 1:
+                extra["loss_parts"] = dict(criterion.parts)
+            log("step", epoch=epoch, step=step, total_steps=total_steps, loss=loss_v, lr=_current_lr(opt),
+                images_per_s=ips, **extra)
             if progress:
-                progress("train", step, total_steps, {"epoch": epoch, "loss": loss.item(), "images_per_s": ips})
+                progress("train", step, total_steps, {"epoch": epoch, "loss": loss_v, "images_per_s": ips})
         if stopped:
             log("stopped", epoch=epoch, step=step)
             break
-        val_probs = predict_array(model, data.images, val_rows, prep, device)
-        auroc = per_label_auroc(data.targets[val_rows], val_probs)
-        mean_auroc = mean_ignoring_nan(auroc)
-        record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None,
-                  "val_auroc": dict(zip(labels, _nan_to_none(auroc))), "val_mean_auroc": mean_auroc,
-                  "seconds": time.time() - t_epoch}
-        history.append(record)
-        log("epoch", **record)
-        if mean_auroc > best[0] or best[1] == 0:
-            best = (mean_auroc, epoch)
-            thresholds = best_f1_thresholds(data.targets[val_rows], val_probs)
-            card = _card(cfg, labels, model_spec, prep, data, record, thresholds, swap, history,
-                         trainable, total, time.time() - t_start)
-            save_checkpoint(out / "checkpoint", model.state_dict(), card)
-            log("checkpoint", epoch=epoch, val_mean_auroc=mean_auroc)
+        # Validation and checkpointing on rank 0; its decisions are broadcast.
+        mean_auroc = float("nan")
+        if d.main:
+            val_probs = predict_array(model, data.images, val_rows, prep, device, spec=model_spec, autocast=autocast)
+            auroc = per_label_auroc(targets[val_rows], val_probs)
+            mean_auroc = _mean_auroc(auroc, two_stage)
+            record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None,
+                      "val_auroc": dict(zip(labels, _nan_to_none(auroc))), "val_mean_auroc": mean_auroc,
+                      "lr": _current_lr(opt), "seconds": time.time() - t_epoch,
+                      "images_per_s": seen / max(1e-6, time.time() - t_epoch)}
+            if cuda:
+                record["gpu_mem_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+            history.append(record)
+            log("epoch", **record)
+            improved = best[1] == 0 or (not math.isnan(mean_auroc) and mean_auroc > best[0])
+            if improved:
+                best = (mean_auroc, epoch)
+                since_best = 0
+                thresholds = best_f1_thresholds(targets[val_rows], val_probs)
+                card = _card(cfg, labels, model_spec, prep, data, record, thresholds, swap, history,
+                             trainable, total, time.time() - t_start, d.world)
+                save_checkpoint(out / "checkpoint", merged_state_dict(model), card)
+                log("checkpoint", epoch=epoch, val_mean_auroc=mean_auroc)
+            else:
+                since_best += 1
+        mean_auroc = d.broadcast(mean_auroc)
+        if cfg.schedule == "plateau" and not math.isnan(mean_auroc):
+            sched.step(mean_auroc)
+        since_best = int(d.broadcast(since_best))
+        if cfg.early_stopping and since_best >= cfg.early_stopping and epoch < cfg.epochs:
+            early = True
+            log("early_stop", epoch=epoch, best_epoch=best[1], patience=cfg.early_stopping)
+        if d.main:
+            save_state(out, {"config": _comparable(cfg), "epoch": epoch, "step": step, "model": model.state_dict(),
+                             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                             "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "rng": rng_state(gen),
+                             "best": [best[0], best[1]], "history": history, "since_best": since_best})
+        d.barrier()
 
+    if not d.main:
+        return None
     if best[1] == 0:
         raise ConfigError("Training stopped before the first epoch finished; no checkpoint was written.")
     # Test metrics of the best checkpoint.
     card, state = load_checkpoint(out / "checkpoint")
-    model.load_state_dict(state)
+    plain = base_model(model) if cfg.mode != "lora" else model_from_spec(card.model, len(card.labels)).to(device)
+    plain.load_state_dict(state)
     if len(test_rows):
-        test_probs = predict_array(model, data.images, test_rows, prep, device)
-        auroc = per_label_auroc(data.targets[test_rows], test_probs)
-        card.metrics["test"] = {"auroc": dict(zip(labels, _nan_to_none(auroc))), "mean_auroc": mean_ignoring_nan(auroc),
-                                "n": int(len(test_rows))}
+        test_probs = predict_array(plain, data.images, test_rows, prep, device, spec=card.model)
+        auroc = per_label_auroc(targets[test_rows], test_probs)
+        card.metrics["test"] = {"auroc": dict(zip(labels, _nan_to_none(auroc))),
+                                "mean_auroc": _mean_auroc(auroc, two_stage), "n": int(len(test_rows))}
     card.training["seconds"] = time.time() - t_start
     card.training["stopped_early"] = stopped
+    card.training["early_stopping"] = {"triggered": early, "best_epoch": best[1]} if cfg.early_stopping else None
+    card.training["epochs_run"] = len(history)
     save_checkpoint(out / "checkpoint", state, card)
     log("done", best_epoch=best[1], val_mean_auroc=best[0], test_mean_auroc=card.metrics.get("test", {}).get("mean_auroc"),
-        seconds=time.time() - t_start, stopped=stopped)
+        seconds=time.time() - t_start, stopped=stopped, early_stopped=early)
     return card
 
 
-def _card(cfg, labels, model_spec, prep, data: Prepared, record, thresholds, swap, history, trainable, total, seconds) -> Card:
+_RUNTIME_OPTIONS = ("name", "threads", "workers", "device", "gpus", "share_gpus", "nproc", "nodes", "slurm")
+
+
+def _comparable(cfg: TrainConfig) -> dict:
+    """The options that decide the result (a resumed run may run elsewhere, with other threads or name)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in _RUNTIME_OPTIONS}
+
+
+def _card(cfg, labels, model_spec, prep, data: Prepared, record, thresholds, swap, history, trainable, total, seconds,
+          world: int = 1) -> Card:
     counts = {s: int((data.split == s).sum()) for s in ("train", "val", "test")}
     return Card(
         labels=list(labels),
-        model=model_spec,
+        model=dict(model_spec),
         preprocess=prep.to_dict(),
         thresholds={x: float(t) for x, t in zip(labels, thresholds)},
         metrics={"val": {"auroc": record["val_auroc"], "mean_auroc": record["val_mean_auroc"], "epoch": record["epoch"],
                          "n": counts["val"]}},
         training={"config": asdict(cfg), "history": history, "best_epoch": record["epoch"], "seconds": seconds,
-                  "trainable_params": trainable, "total_params": total,
+                  "trainable_params": trainable, "total_params": total, "world_size": world,
                   "head_swap": swap.to_dict() if swap else None,
                   "init_from": cfg.init},
         data={"root": str(data.index.root), "name": data.index.name, "format": data.index.format,

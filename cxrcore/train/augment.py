@@ -1,0 +1,82 @@
+"""Augmentation on float batches after the uint8 cache (on the training device).
+
+Per image, with probability ``p``: a random affine transform (rotation, translation, shear, scale)
+and brightness / contrast jitter. All draws come from the epoch's ``torch.Generator`` (on the
+CPU), so a resumed run sees the same augmented images.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Augment:
+    p: float = 0.8            # probability an image is augmented at all
+    degrees: float = 7.0      # rotation, +/- degrees
+    translate: float = 0.06   # +/- fraction of the image size
+    scale: float = 0.08       # zoom in [1 - scale, 1 + scale]
+    shear: float = 5.0        # +/- degrees
+    brightness: float = 0.1   # additive, +/- fraction of the intensity range
+    contrast: float = 0.1     # multiplicative around the image mean, 1 +/- contrast
+
+    def __post_init__(self):
+        if not 0 <= self.p <= 1:
+            raise ConfigError(f"augmentation probability must be in [0, 1], not {self.p}.")
+        for name, hi in (("degrees", 45), ("translate", 0.5), ("scale", 0.5), ("shear", 30),
+                         ("brightness", 0.5), ("contrast", 0.9)):
+            v = getattr(self, name)
+            if not 0 <= v <= hi:
+                raise ConfigError(f"augmentation {name} must be in [0, {hi}], not {v}.")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "Augment":
+        d = dict(d or {})
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"Unknown augmentation option(s): {', '.join(sorted(unknown))}; "
+                              f"known: {', '.join(cls.__dataclass_fields__)}.")
+        try:
+            return cls(**{k: float(v) for k, v in d.items()})
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"Augmentation options must be numbers: {exc}.") from exc
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """x: float (B, C, H, W) in [0, 1]; returns the augmented batch (same shape, clamped to [0, 1])."""
+        b = x.shape[0]
+        u = torch.rand(b, 8, generator=gen)
+        on = (u[:, 0] < self.p).to(x.device)
+        if not bool(on.any()):
+            return x
+        sym = lambda col: (u[:, col] * 2 - 1)  # noqa: E731 - uniform in [-1, 1]
+        ang = sym(1) * math.radians(self.degrees)
+        shear = sym(2) * math.radians(self.shear)
+        s = 1 + sym(3) * self.scale
+        tx, ty = sym(4) * self.translate * 2, sym(5) * self.translate * 2  # affine_grid works in [-1, 1]
+        # Inverse map (output -> input coordinates): rotation * shear, divided by the zoom.
+        cos, sin, tan = torch.cos(ang), torch.sin(ang), torch.tan(shear)
+        a, bb = cos / s, (cos * tan - sin) / s
+        c, d = sin / s, (sin * tan + cos) / s
+        theta = torch.stack([torch.stack([a, bb, tx], 1), torch.stack([c, d, ty], 1)], 1).to(x.device, x.dtype)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        bright = (sym(6) * self.brightness).to(x.device, x.dtype)[:, None, None, None]
+        contrast = (1 + sym(7) * self.contrast).to(x.device, x.dtype)[:, None, None, None]
+        mean = warped.mean(dim=(1, 2, 3), keepdim=True)
+        jittered = ((warped - mean) * contrast + mean + bright).clamp(0, 1)
+        return torch.where(on[:, None, None, None], jittered, x)
+
+
+def random_affine(x: torch.Tensor, gen: torch.Generator, degrees=7.0, translate=0.06, scale=(0.92, 1.08)) -> torch.Tensor:
+    """Affine only, always applied (kept for the cache benchmark's input pipeline)."""
+    zoom = (scale[1] - scale[0]) / 2
+    return Augment(p=1.0, degrees=degrees, translate=translate, scale=zoom, shear=0.0, brightness=0.0,
+                   contrast=0.0)(x, gen)

@@ -1,0 +1,336 @@
+"""The fine-tuning engine: losses, sampling, augmentation, LoRA, hierarchy, schedules, early stopping,
+exact resume, and data-parallel training (torchrun, gloo, 2 processes) on phantom data."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.ops import sigmoid_focal_loss
+
+from cxrcore.checkpoint import load_checkpoint, read_card
+from cxrcore.errors import CheckpointError, ConfigError
+from cxrcore.models.heads import combine
+from cxrcore.models.registry import build_model, model_from_spec
+from cxrcore.train.augment import Augment
+from cxrcore.train.lora import apply_lora, default_targets, merged_state_dict
+from cxrcore.train.losses import (GATE_LABEL, Criterion, hierarchy_pairs, hierarchy_penalty, masked_bce,
+                                  masked_focal, pos_weight_from, two_stage_targets)
+from cxrcore.train.sampling import combination_codes, epoch_order, oversample_rows
+from cxrcore.train.state import load_state, state_path
+from cxrcore.train.trainer import TrainConfig, read_events, train
+
+REPO = Path(__file__).resolve().parents[1]
+nan = float("nan")
+
+
+@pytest.fixture(scope="module")
+def chex(app_home) -> Path:
+    from cxrcore.demo import app_data
+
+    old = os.environ.get("CXR_HOME")
+    os.environ["CXR_HOME"] = str(app_home)
+    try:
+        return app_data()["chexpert"]
+    finally:
+        if old is None:
+            os.environ.pop("CXR_HOME", None)
+        else:
+            os.environ["CXR_HOME"] = old
+
+
+def small(data: Path, **kw) -> TrainConfig:
+    base = dict(data=str(data), labels="chexpert14", epochs=2, batch_size=16, image_size=48, max_images=160,
+                policy="ignore", workers=1, threads=1, lr=3e-3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# --------------------------------------------------------------------------- losses
+
+def test_masked_losses_ignore_unknown_labels():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.0, -3.0]])
+    y = torch.tensor([[1.0, nan, 0.0], [0.0, 1.0, nan]])
+    known = ~torch.isnan(y)
+    want = F.binary_cross_entropy_with_logits(logits[known], y[known])
+    assert torch.isclose(masked_bce(logits, y), want)
+    pw = torch.tensor([3.0, 2.0, 1.0])
+    full = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(y), pos_weight=pw, reduction="none")
+    assert torch.isclose(masked_bce(logits, y, pw), full[known].mean())
+    focal = sigmoid_focal_loss(logits, torch.nan_to_num(y), alpha=-1, gamma=2.0, reduction="none")[known].mean()
+    assert torch.isclose(masked_focal(logits, y, 2.0), focal)
+    assert masked_bce(logits, torch.full_like(y, nan)).item() == 0.0
+
+
+def test_pos_weight_is_negatives_over_positives():
+    t = np.array([[1, 0], [0, 0], [0, nan], [0, 1]], dtype=np.float32)
+    w = pos_weight_from(t)
+    assert w[0] == pytest.approx(3.0) and w[1] == pytest.approx(2.0)
+    assert pos_weight_from(np.zeros((4, 1), np.float32))[0] == 1.0  # no positives: neutral
+
+
+def test_hierarchy_penalty_punishes_children_above_parents():
+    labels = ["Lung Opacity", "Edema", "Pneumonia", "Consolidation", "Cardiomegaly", "Enlarged Cardiomediastinum"]
+    pairs = hierarchy_pairs(labels)
+    assert (0, 1) in pairs and (3, 2) in pairs and (5, 4) in pairs and (0, 2) in pairs
+    assert hierarchy_pairs(["Edema", "Atelectasis"]) == []  # no parent in the label set
+    consistent = torch.tensor([[3.0, 1.0, -1.0, 0.0, -2.0, -1.0]])
+    assert hierarchy_penalty(consistent, pairs).item() == 0.0
+    child_high = torch.tensor([[-3.0, 3.0, -1.0, 0.0, -2.0, -1.0]])
+    pen = hierarchy_penalty(child_high, pairs).item()
+    p = torch.sigmoid(child_high[0])
+    want = sum(max(0.0, float(p[c] - p[a])) for a, c in pairs) / len(pairs)
+    assert pen == pytest.approx(want, rel=1e-5) and pen > 0
+    crit = Criterion("bce", labels, hierarchy="penalty", hierarchy_weight=2.0)
+    y = torch.zeros(1, 6)
+    assert crit(child_high, y).item() == pytest.approx(masked_bce(child_high, y).item() + 2 * pen, rel=1e-5)
+    assert set(crit.parts) == {"base", "hierarchy"}
+
+
+def test_two_stage_targets_and_combination():
+    t = np.array([[1, 0], [0, 0], [0, nan], [nan, 1]], dtype=np.float32)
+    out = two_stage_targets(t)
+    np.testing.assert_array_equal(out[:, -1][[0, 1, 3]], [1, 0, 1])
+    assert np.isnan(out[2, -1])                     # unknown and no positive: not called normal
+    assert np.isnan(out[1, :2]).all()               # normal images do not train the disease head
+    np.testing.assert_array_equal(out[0, :2], [1, 0])
+    spec = {"two_stage": {"gate_threshold": 0.5}}
+    probs = np.array([[0.8, 0.4, 0.9], [0.8, 0.4, 0.2]], dtype=np.float32)
+    got = combine(probs, spec)
+    np.testing.assert_allclose(got[0], [0.8, 0.4, 0.9])                # gate says abnormal: disease head speaks
+    np.testing.assert_allclose(got[1], [0.16, 0.08, 0.2], rtol=1e-6)   # below the gate: scaled by its belief
+    np.testing.assert_allclose(combine(torch.from_numpy(probs), spec).numpy(), got)
+    assert combine(probs, {"arch": "x"}) is probs
+
+
+# --------------------------------------------------------------------------- sampling, augmentation
+
+def test_oversampling_reaches_the_minimum_per_combination():
+    t = np.zeros((50, 3), np.float32)
+    t[:2, 0] = 1           # combination "0": 2 rows
+    t[2:5, 1] = 1          # "1": 3 rows
+    rows = np.arange(50)
+    out = oversample_rows(rows, t, 10, torch.Generator().manual_seed(0))
+    codes = combination_codes(t[out])
+    assert (codes == "0").sum() == 10 and (codes == "1").sum() == 10 and (codes == "").sum() == 45
+    assert set(out) == set(rows)
+
+
+def test_weighted_sampler_draws_rare_findings_more_often():
+    t = np.zeros((1000, 2), np.float32)
+    t[:20, 0] = 1          # 2 % prevalence
+    t[20:520, 1] = 1       # 50 %
+    gen = torch.Generator().manual_seed(0)
+    order = epoch_order(np.arange(1000), t, "weighted", gen)
+    rare = np.isin(order, np.arange(20)).mean()
+    assert len(order) == 1000 and 0.2 < rare < 0.5  # ~1/3 instead of 2 %
+    again = epoch_order(np.arange(1000), t, "weighted", torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(order, again)
+    with pytest.raises(ConfigError, match="sampler"):
+        epoch_order(np.arange(3), t[:3], "balanced", gen)
+
+
+def test_augmentation_is_seeded_and_respects_probability():
+    x = torch.rand(6, 1, 32, 32)
+    assert torch.equal(Augment(p=0.0)(x, torch.Generator().manual_seed(0)), x)
+    a = Augment(p=1.0, shear=10, brightness=0.2, contrast=0.3)
+    y1, y2 = a(x, torch.Generator().manual_seed(3)), a(x, torch.Generator().manual_seed(3))
+    assert torch.equal(y1, y2) and not torch.equal(y1, x)
+    assert y1.shape == x.shape and 0 <= y1.min() and y1.max() <= 1
+    with pytest.raises(ConfigError, match="rotate|Unknown"):
+        Augment.from_dict({"rotate": 5})
+    with pytest.raises(ConfigError, match="degrees"):
+        Augment(degrees=90)
+
+
+# --------------------------------------------------------------------------- LoRA
+
+def test_lora_targets_convs_for_cnns_and_attention_for_vit():
+    cnn = build_model("resnet18", 3)
+    targets = default_targets(cnn)
+    assert "conv1" not in targets and "layer1.0.conv1" in targets and "layer4.1.conv2" in targets
+    vit = build_model("vit_tiny_patch16_224", 3, kwargs={"img_size": 32})
+    vt = default_targets(vit)
+    assert vt and all(n.endswith(("attn.qkv", "attn.proj")) for n in vt)
+    peft_vit = apply_lora(vit, r=4)
+    trainable = {n for n, p in peft_vit.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n and "attn.qkv" in n for n in trainable)
+    assert all("lora_" in n or "head" in n for n in trainable)
+
+
+def test_lora_merged_checkpoint_reproduces_the_adapted_model():
+    torch.manual_seed(0)
+    model = build_model("resnet18", 4)
+    lora = apply_lora(model, r=4, alpha=8)
+    with torch.no_grad():  # give the adapters non-zero weights (B starts at zero)
+        for n, p in lora.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    lora.eval()
+    x = torch.rand(2, 3, 64, 64)
+    want = lora(x)
+    plain = model_from_spec({"library": "timm", "arch": "resnet18", "kwargs": {}}, 4)
+    plain.load_state_dict(merged_state_dict(lora))
+    plain.eval()
+    torch.testing.assert_close(plain(x), want, rtol=1e-4, atol=1e-4)
+    assert any("lora_" in n for n, _ in lora.named_parameters())  # training model still has its adapters
+    with pytest.raises(ConfigError, match="No layer"):
+        apply_lora(build_model("resnet18", 2), targets=".*nothing_here")
+
+
+# --------------------------------------------------------------------------- whole runs
+
+def test_lora_run_trains_few_parameters_and_saves_a_plain_checkpoint(chex, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    card = train(small(chex, mode="lora", lora_r=4, epochs=1), tmp_path / "run")
+    t, n = card.training["trainable_params"], card.training["total_params"]
+    assert 0 < t < 0.2 * n
+    card2, state = load_checkpoint(tmp_path / "run")
+    assert not any("lora" in k for k in state)
+    model = model_from_spec(card2.model, len(card2.labels))
+    model.load_state_dict(state)  # strict: exactly the plain architecture
+    data = [e for e in read_events(tmp_path / "run" / "events.jsonl") if e["type"] == "data"][0]
+    assert data["mode"] == "lora" and data["trainable_params"] == t
+
+
+def test_two_stage_run_has_a_gate_label_used_at_inference(chex, tmp_path, monkeypatch):
+    from cxrcore.predictor import Predictor
+
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    card = train(small(chex, hierarchy="two_stage", gate_threshold=0.6, epochs=1), tmp_path / "run")
+    assert card.labels[-1] == GATE_LABEL and card.model["two_stage"]["gate_threshold"] == 0.6
+    p = Predictor(tmp_path / "run" / "checkpoint")
+    squares = np.stack([p.prep.square(np.random.default_rng(i).random((80, 80)).astype(np.float32) * 255)
+                        for i in range(4)])
+    probs = p.predict_squares(squares)
+    raw = torch.sigmoid(p.model(p.prep.normalize(torch.from_numpy(squares)))).detach().numpy()
+    np.testing.assert_allclose(probs, combine(raw, card.model), rtol=1e-5, atol=1e-6)
+    assert probs.shape == (4, len(card.labels))
+
+
+def test_penalty_focal_weighted_plateau_and_accumulation_run(chex, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    cfg = small(chex, hierarchy="penalty", loss="focal", sampler="weighted", oversample_min=5, schedule="plateau",
+                plateau_patience=0, accum_steps=2, augment_options={"p": 0.5, "shear": 8})
+    card = train(cfg, tmp_path / "run")
+    ev = read_events(tmp_path / "run" / "events.jsonl")
+    steps = [e for e in ev if e["type"] == "step"]
+    assert steps and all("hierarchy" in e["loss_parts"] for e in steps)
+    data = [e for e in ev if e["type"] == "data"][0]
+    assert data["epoch_rows"] >= data["train"]   # oversampling adds rows
+    assert len(card.training["history"]) == 2
+    assert card.training["config"]["loss"] == "focal"
+
+
+def test_pos_weight_run_logs_the_weights(chex, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    train(small(chex, pos_weight=True, epochs=1), tmp_path / "run")
+    data = [e for e in read_events(tmp_path / "run" / "events.jsonl") if e["type"] == "data"][0]
+    assert len(data["pos_weight"]) == 14 and max(data["pos_weight"]) > 1
+
+
+def test_early_stopping_stops_when_validation_does_not_improve(chex, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    # A learning rate this small leaves the model (and its AUROC) unchanged: no epoch beats the first.
+    card = train(small(chex, lr=1e-12, epochs=5, early_stopping=2, schedule="constant", augment=False),
+                 tmp_path / "run")
+    assert card.training["epochs_run"] == 3 and card.training["early_stopping"]["triggered"]
+    assert card.training["best_epoch"] == 1
+    assert any(e["type"] == "early_stop" for e in read_events(tmp_path / "run" / "events.jsonl"))
+
+
+@pytest.mark.parametrize("extra", [{}, {"mode": "lora", "sampler": "weighted", "schedule": "plateau"}],
+                         ids=["full", "lora-weighted-plateau"])
+def test_resume_after_a_stop_ends_exactly_where_an_uninterrupted_run_does(chex, tmp_path, monkeypatch, extra):
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    whole = train(small(chex, epochs=3, **extra), tmp_path / "a")
+    calls = {"n": 0}
+
+    def stop_in_epoch_two():
+        calls["n"] += 1
+        return calls["n"] > 12  # 7 steps per epoch: stops inside epoch 2
+
+    first = train(small(chex, epochs=3, **extra), tmp_path / "b", should_stop=stop_in_epoch_two)
+    assert first.training["stopped_early"] and first.training["epochs_run"] == 1
+    assert load_state(tmp_path / "b")["epoch"] == 1
+    resumed = train(small(chex, epochs=3, **extra), tmp_path / "b", resume=True)
+    _, a = load_checkpoint(tmp_path / "a")
+    _, b = load_checkpoint(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert resumed.metrics["val"] == whole.metrics["val"]
+    assert [h["val_mean_auroc"] for h in resumed.training["history"]] == \
+        [h["val_mean_auroc"] for h in whole.training["history"]]
+    kinds = [e["type"] for e in read_events(tmp_path / "b" / "events.jsonl")]
+    assert kinds.count("resume") == 1 and kinds[-1] == "done"
+
+
+def test_resume_refuses_other_options_and_missing_state(chex, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    with pytest.raises(CheckpointError, match="no resumable state"):
+        train(small(chex, epochs=1), tmp_path / "empty", resume=True)
+    train(small(chex, epochs=1), tmp_path / "run")
+    with pytest.raises(ConfigError, match="different options"):
+        train(small(chex, epochs=1, lr=0.1), tmp_path / "run", resume=True)
+    # A different thread count or name is not a different run.
+    train(small(chex, epochs=1, threads=2, name="renamed"), tmp_path / "run", resume=True)
+
+
+def test_a_torn_state_write_falls_back_to_the_previous_complete_epoch(chex, tmp_path, monkeypatch):
+    """Checkpoints and training state are swapped in whole: a kill mid-write leaves the previous one."""
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    train(small(chex, epochs=1), tmp_path / "run")
+    last = tmp_path / "run" / "last"
+    # What a kill between the two renames of save_state leaves: last.old complete, last missing, a tmp dir.
+    last.rename(tmp_path / "run" / "last.old")
+    (tmp_path / "run" / "last.tmp").mkdir()
+    (tmp_path / "run" / "last.tmp" / "state.json").write_text("{trunc")
+    assert state_path(tmp_path / "run").name == "last.old"
+    assert load_state(tmp_path / "run")["epoch"] == 1
+
+
+def test_bad_options_are_refused_before_training(chex):
+    for bad, match in (({"mode": "qlora"}, "mode"), ({"loss": "focal", "pos_weight": True}, "pos_weight"),
+                       ({"hierarchy": "tree"}, "hierarchy"), ({"precision": "fp16"}, "fp16"),
+                       ({"accum_steps": 0}, "accum_steps"), ({"gate_threshold": 2.0}, "gate_threshold"),
+                       ({"augment_options": {"p": 3}}, "probability"), ({"schedule": "step"}, "schedule")):
+        with pytest.raises(ConfigError, match=match):
+            small(chex, **bad).validate()
+
+
+# --------------------------------------------------------------------------- data-parallel
+
+def test_ddp_with_two_gloo_processes_matches_a_single_process_run(chex, tmp_path):
+    """torchrun, 2 CPU processes (gloo): each trains half of every epoch; rank 0 validates and saves."""
+    env = dict(os.environ, CXR_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    single = train(small(chex, epochs=2), tmp_path / "single")
+    run = tmp_path / "ddp"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(asdict(small(chex, epochs=2, nproc=2))))
+    from cxrcore.train.worker import launch_command
+
+    argv = launch_command(small(chex, nproc=2), run)
+    assert argv[1:4] == ["-m", "torch.distributed.run", "--standalone"]
+    proc = subprocess.run(argv, env=env, cwd=run, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    card = read_card(run / "checkpoint")
+    assert card.training["world_size"] == 2
+    assert card.labels == single.labels
+    assert set(card.metrics) == set(single.metrics)
+    assert set(card.metrics["val"]["auroc"]) == set(single.metrics["val"]["auroc"])
+    assert card.metrics["test"]["n"] == single.metrics["test"]["n"]
+    ev = read_events(run / "events.jsonl")
+    data = [e for e in ev if e["type"] == "data"]
+    assert len(data) == 1 and data[0]["world_size"] == 2   # only rank 0 writes events
+    one = [e for e in read_events(tmp_path / "single" / "events.jsonl") if e["type"] == "data"][0]
+    assert data[0]["steps_per_epoch"] == -(-(one["epoch_rows"] // 2) // 16)
+    assert [e["epoch"] for e in ev if e["type"] == "epoch"] == [1, 2]
