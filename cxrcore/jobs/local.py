@@ -59,6 +59,7 @@ def check_config(config: dict) -> dict:
     except TypeError as exc:
         raise ConfigError(f"Invalid training options: {exc}.") from exc
     _check_types(cfg)
+    _check_placement(cfg)
     try:
         cfg.validate()
     except (TypeError, ValueError) as exc:
@@ -115,13 +116,146 @@ def _check_types(cfg) -> None:
             raise ConfigError(f"Training option {f.name} must be {' or '.join(names)}, not {value!r}.")
 
 
-def submit(config: dict, name: str = "", store: JobStore | None = None, run_dir: str | Path | None = None) -> Job:
+# slurm options: name -> (allowed types, what it is)
+SLURM_OPTIONS = {
+    "partition": ((str,), "partition name"),
+    "cpus": ((int,), "CPUs per task (also the job's torch/OpenMP threads)"),
+    "mem": ((str, int), "memory per node, e.g. '16G' (a number is MiB)"),
+    "time": ((str, int), "time limit, e.g. '2:00:00' (a number is minutes)"),
+    "account": ((str,), "account to charge"),
+    "extra": ((list, str), "extra sbatch options, e.g. ['--qos=high']"),
+    "conf": ((str,), "the cluster's slurm.conf (default: $SLURM_CONF or Slurm's own default)"),
+}
+
+
+def _check_placement(cfg) -> None:
+    """gpus, share_gpus, nproc, nodes and the slurm options (types were checked by _check_types)."""
+    if cfg.gpus < 0:
+        raise ConfigError(f"gpus must be 0 (CPU) or more, not {cfg.gpus}.")
+    if cfg.nproc < 1:
+        raise ConfigError(f"nproc (processes per node) must be at least 1, not {cfg.nproc}.")
+    if cfg.nodes < 1:
+        raise ConfigError(f"nodes must be at least 1, not {cfg.nodes}.")
+    unknown = sorted(set(cfg.slurm) - set(SLURM_OPTIONS))
+    if unknown:
+        known = ", ".join(SLURM_OPTIONS)
+        raise ConfigError(f"Unknown slurm option(s): {', '.join(map(str, unknown))}. Known: {known}.")
+    for key, value in cfg.slurm.items():
+        types, what = SLURM_OPTIONS[key]
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, types):
+            names = " or ".join("a list of strings" if t is list else t.__name__ for t in types)
+            raise ConfigError(f"slurm option {key} ({what}) must be {names}, not {value!r}.")
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if key == "extra" and not isinstance(item, str):
+                raise ConfigError(f"slurm option extra must be a list of strings, not {value!r}.")
+            if isinstance(item, str) and ("\n" in item or "\r" in item or "\0" in item):
+                raise ConfigError(f"slurm option {key} must be a single line, not {item!r}.")
+            if isinstance(item, str) and key != "extra" and not item.strip():
+                raise ConfigError(f"slurm option {key} must not be empty.")
+        if key == "cpus" and value < 1:
+            raise ConfigError(f"slurm option cpus must be at least 1, not {value}.")
+        if key in ("mem", "time") and isinstance(value, int) and value < 1:
+            raise ConfigError(f"slurm option {key} must be positive, not {value}.")
+    if str(cfg.device).startswith("cuda") and cfg.gpus == 0:
+        raise ConfigError(f"device={cfg.device} needs a GPU: set gpus to 1 or more (gpus=0 runs on the CPU).")
+
+
+def _runner_env(gpu_ids: list[int]) -> dict:
+    """The environment of a local runner: this cxrcore importable, its GPUs (none: CPU only)."""
+    from . import gpus
+
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["CXR_HOME"] = str(workspace.root())
+    # The runner's cwd is the run folder: make sure it imports this very cxrcore.
+    pkg_parent = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)  # "" for a CPU job: never grabs a GPU
+    if gpus.ENV not in env:
+        # The runner starts waiting jobs when it ends: it must see the GPUs this process sees,
+        # not the ones its own CUDA_VISIBLE_DEVICES leaves it.
+        try:
+            env[gpus.ENV] = ",".join(str(i) for i in gpus.list_gpus())
+        except ConfigError:
+            pass
+    return env
+
+
+def _start_process(job: Job, store: JobStore, gpu_ids: list[int]) -> subprocess.Popen:
+    """Start ``job``'s runner detached (its own session), output appended to its log."""
+    folder = Path(job.run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOG_NAME, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cxrcore.jobs.runner", job.id, "--db", str(store.path.resolve())],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=str(folder),
+            env=_runner_env(gpu_ids), start_new_session=True, close_fds=True)
+    _children[proc.pid] = proc
+    return proc
+
+
+def _waiting_for_gpus(job: Job) -> bool:
+    """A local job queued for GPUs that has not got them yet (no process on purpose)."""
+    try:
+        need = int(job.config.get("gpus") or 0)
+    except (TypeError, ValueError):
+        need = 0
+    return (job.backend == "local" and job.status == "queued" and job.pid is None and job.gpu_ids is None
+            and need > 0)
+
+
+def start_queued(store: JobStore | None = None) -> list[Job]:
+    """Start local jobs waiting for GPUs, in creation order, on GPUs no other active job holds
+    (any GPUs for ``share_gpus`` jobs); returns the jobs started. Safe to call from several
+    processes at once (the placement happens under the job table's write lock).
+    """
+    from . import gpus
+
+    store = _store_for(store)
+    try:
+        universe = gpus.list_gpus()
+    except ConfigError:
+        universe = []
+    started = store.place_waiting(universe, lambda job, ids: _start_process(job, store, ids).pid)
+    return [store.get(i) for i in started]
+
+
+def submit(config: dict, name: str = "", store: JobStore | None = None, run_dir: str | Path | None = None,
+           backend: str = "local", **backend_options) -> Job:
     """Validate ``config``, create the job and start its runner detached; returns the queued job (with pid).
 
     Bad input raises (ConfigError / DataError / CheckpointError / JobError) before any row or
-    folder is created.
+    folder is created. ``backend="slurm"`` hands the job to :func:`cxrcore.jobs.slurm.submit`.
+
+    A job with ``gpus`` > 0 gets that many GPUs no other active local job holds (any GPUs with
+    ``share_gpus``), as its ``CUDA_VISIBLE_DEVICES``; when not enough are free it stays queued
+    without a process (``note`` says what it waits for) and starts when GPUs free up
+    (:func:`start_queued`, run by ``refresh_all`` and by every runner that ends).
     """
+    if backend == "slurm":
+        from . import slurm
+
+        return slurm.submit(config, name=name, store=store, run_dir=run_dir, **backend_options)
+    if backend != "local":
+        raise JobError(f"Unknown job backend {backend!r}; use local or slurm.")
+    if backend_options:
+        raise JobError(f"Option(s) {', '.join(sorted(backend_options))} apply to the slurm backend only.")
     config = check_config(config)
+    if config.get("nodes", 1) > 1:
+        raise ConfigError(f"nodes={config['nodes']} needs a cluster: submit with the slurm backend, or use nodes=1 "
+                          "on this machine.")
+    need = int(config.get("gpus") or 0)
+    if need > 0:
+        from . import gpus
+
+        have = gpus.list_gpus()
+        if need > len(have):
+            raise ConfigError(f"The job asked for {need} GPU(s), this machine has {len(have)}"
+                              + (f" ({', '.join(map(str, have))})" if have else "")
+                              + "; use gpus=0 for CPU" + (f" or gpus<={len(have)}." if have else "."))
     if name and not config.get("name"):
         config["name"] = name  # the checkpoint card carries the job's name
     if not config.get("threads"):
@@ -136,23 +270,21 @@ def submit(config: dict, name: str = "", store: JobStore | None = None, run_dir:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        env = dict(os.environ)
-        env["PYTHONUNBUFFERED"] = "1"
-        env["CXR_HOME"] = str(workspace.root())
-        # The runner's cwd is the run folder: make sure it imports this very cxrcore.
-        pkg_parent = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-        with open(folder / LOG_NAME, "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "cxrcore.jobs.runner", job.id, "--db", str(store.path.resolve())],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=str(folder), env=env,
-                start_new_session=True, close_fds=True)
+        if need > 0:
+            store.update(job.id, note=f"waiting for {need} GPU(s)")
+        else:
+            proc = _start_process(job, store, [])
     except (OSError, subprocess.SubprocessError) as exc:
         store.mark(job.id, "failed", error=f"The job's process could not be started: {exc}")
         raise JobError(f"Could not start the training process for job {job.id}: {exc}") from exc
-    _children[proc.pid] = proc
+    if need > 0:
+        start_queued(store)  # earlier waiting jobs first; this one starts now if GPUs are free
+        job = store.get(job.id)
+        if job.status == "failed":
+            raise JobError(f"Could not start the training process for job {job.id}: {job.error}")
+        return job
     # The runner may already have marked itself running; only fill in the pid.
-    return store.update(job.id, pid=proc.pid)
+    return store.update(job.id, pid=proc.pid, gpu_ids=[])
 
 
 # --------------------------------------------------------------------------- processes
@@ -261,12 +393,18 @@ def refresh(job: Job | str, store: JobStore | None = None) -> Job:
     """Re-read a job; a queued/running job whose process is gone is marked failed with the log's last lines."""
     store = _store_for(store)
     job = store.get(job.id if isinstance(job, Job) else job)
+    if job.backend == "slurm":
+        from . import slurm
+
+        return slurm.refresh(job, store)  # the pid is on a compute node: no process checks here
     if job.ended:
         if job.pid in _children:
             _reap(job.pid)  # the runner reported and exited: collect the zombie
         _exit_codes.pop(job.pid, None)
         return job
     if job.pid is None:
+        if _waiting_for_gpus(job):
+            return job  # no process on purpose: start_queued starts it when GPUs free up
         if job.status == "queued" and time.time() - job.created > QUEUED_GRACE_S:
             store.transition(job.id, "queued", "failed",
                              error="The job never started: no process was recorded for it.")
@@ -290,7 +428,10 @@ def refresh_all(store: JobStore | None = None, limit: int | None = None) -> list
     """Refresh every queued/running job; returns the jobs that were active before the refresh, refreshed."""
     store = _store_for(store)
     _reap_children()
-    return [refresh(j, store) for j in store.list(limit=limit, status=ACTIVE)]
+    jobs = [refresh(j, store) for j in store.list(limit=limit, status=ACTIVE)]
+    if start_queued(store):
+        jobs = [store.get(j.id) for j in jobs]
+    return jobs
 
 
 def cancel(job_id: str, store: JobStore | None = None, timeout: float = 5.0) -> Job:
@@ -301,6 +442,10 @@ def cancel(job_id: str, store: JobStore | None = None, timeout: float = 5.0) -> 
     """
     store = _store_for(store)
     job = refresh(job_id, store)
+    if job.backend == "slurm":
+        from . import slurm
+
+        return slurm.cancel(job.id, store=store, timeout=timeout)
     if job.ended:
         raise JobError(f"Job {job.id} already ended with status {job.status}; there is nothing to cancel.")
     code = None
@@ -324,9 +469,10 @@ def cancel(job_id: str, store: JobStore | None = None, timeout: float = 5.0) -> 
     fields = {"error": "Cancelled." if job.status == "queued" else "Cancelled; the process was stopped."}
     if code is not None:
         fields["exit_code"] = code
-    store.transition(job.id, ACTIVE, "cancelled", **fields)  # no-op if the runner reported its own end
+    store.transition(job.id, ACTIVE, "cancelled", note=None, **fields)  # no-op if the runner reported its own end
     if job.pid:
         _exit_codes.pop(job.pid, None)
+    start_queued(store)  # its GPUs are free now
     return store.get(job.id)
 
 
@@ -452,5 +598,5 @@ def progress_summary(events: list[dict]) -> dict:
     return s
 
 
-__all__ = ["submit", "check_config", "refresh", "refresh_all", "cancel", "tail_log", "events", "progress_summary",
-           "process_alive"]
+__all__ = ["submit", "check_config", "refresh", "refresh_all", "cancel", "start_queued", "tail_log", "events",
+           "progress_summary", "process_alive"]

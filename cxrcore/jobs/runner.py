@@ -137,6 +137,7 @@ def run_job(job_id: str, db: str | os.PathLike | None = None) -> int:
     run_dir = Path(job.run_dir)
     _route_output(run_dir / LOG_NAME)
     print(f"[{_clock()}] job {job.id} ({job.name or 'unnamed'}) pid {os.getpid()} python {sys.executable}", flush=True)
+    print(f"[{_clock()}] CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}", flush=True)
     if not store.transition(job.id, "queued", "running", pid=os.getpid(), error=None, exit_code=None):
         status = store.get(job.id).status
         print(f"[{_clock()}] job {job.id} is {status}, not queued; not starting it.", flush=True)
@@ -179,13 +180,28 @@ def run_job(job_id: str, db: str | os.PathLike | None = None) -> int:
     return 0
 
 
+def _start_waiting_jobs(store: JobStore, job_id: str) -> None:
+    """After a local job ended: start local jobs that were waiting for the GPUs it held."""
+    try:
+        if store.get(job_id).backend != "local":
+            return  # a Slurm job's node is not where local jobs run
+        from .local import start_queued
+
+        for started in start_queued(store):
+            print(f"[{_clock()}] started waiting job {started.id} on GPU(s) {started.gpu_ids}", flush=True)
+    except Exception as exc:  # noqa: BLE001 - our own end is already recorded
+        print(f"[{_clock()}] could not start waiting jobs: {exc}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cxrcore.jobs.runner", description="Run one queued training job.")
     parser.add_argument("job_id")
     parser.add_argument("--db", default=None, help="job database (default: the workspace's jobs.sqlite)")
     args = parser.parse_args(argv)
     try:
-        return run_job(args.job_id, args.db)
+        code = run_job(args.job_id, args.db)
+        _start_waiting_jobs(JobStore(args.db), args.job_id)
+        return code
     except CXRError as exc:  # unknown job, unreadable database: nothing to mark
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_FAILED

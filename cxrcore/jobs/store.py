@@ -25,7 +25,7 @@ from ..errors import JobError
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running")
 ENDED = ("succeeded", "failed", "cancelled")
-BACKENDS = ("local",)
+BACKENDS = ("local", "slurm")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -40,10 +40,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     started   REAL,
     finished  REAL,
     error     TEXT,
-    exit_code INTEGER
+    exit_code INTEGER,
+    backend_id TEXT,
+    gpu_ids   TEXT,
+    note      TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created);
 """
+
+# Columns added after the first release: (name, SQL type), added to older databases on open.
+_ADDED_COLUMNS = (("backend_id", "TEXT"), ("gpu_ids", "TEXT"), ("note", "TEXT"))
 
 
 @dataclass
@@ -62,6 +68,9 @@ class Job:
     finished: float | None = None
     error: str | None = None
     exit_code: int | None = None
+    backend_id: str | None = None     # the backend's own id (Slurm job id); None for local jobs
+    gpu_ids: list | None = None       # local: GPU indices given to the job (CUDA_VISIBLE_DEVICES); None until placed
+    note: str | None = None           # what a queued job waits for ("waiting for 1 GPU(s)", Slurm's reason)
 
     @property
     def active(self) -> bool:
@@ -106,6 +115,7 @@ class JobStore:
             with closing(self._connect()) as con:
                 mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 con.executescript(_SCHEMA)
+                _migrate(con)
         except sqlite3.DatabaseError as exc:
             raise JobError(f"The job database {self.path} cannot be opened ({exc}). Move it away to start "
                            "a fresh one; the run folders are kept.") from exc
@@ -142,6 +152,10 @@ class JobStore:
             d["config"] = json.loads(d["config"] or "{}")
         except json.JSONDecodeError:
             d["config"] = {}
+        try:
+            d["gpu_ids"] = json.loads(d["gpu_ids"]) if d.get("gpu_ids") is not None else None
+        except json.JSONDecodeError:
+            d["gpu_ids"] = None
         return Job(**{k: d.get(k) for k in _COLUMNS})
 
     @staticmethod
@@ -156,6 +170,10 @@ class JobStore:
             out["config"] = json.dumps(out["config"] or {})
         if "run_dir" in out and out["run_dir"] is not None:
             out["run_dir"] = str(out["run_dir"])
+        if "gpu_ids" in out and out["gpu_ids"] is not None:
+            out["gpu_ids"] = json.dumps([int(i) for i in out["gpu_ids"]])
+        if "backend_id" in out and out["backend_id"] is not None:
+            out["backend_id"] = str(out["backend_id"])
         return out
 
     # ------------------------------------------------------------------ API
@@ -243,6 +261,55 @@ class JobStore:
             self.get(job_id)  # JobError for an unknown id
         return changed
 
+    def place_waiting(self, universe: list[int], start) -> list[str]:
+        """Give GPUs to local jobs waiting for them and start them, atomically across processes.
+
+        Under one write lock: GPUs held by active local jobs are counted, then every waiting job
+        (local, queued, no process, ``gpus`` > 0, no ``gpu_ids`` yet) is considered in creation
+        order; one that fits gets its ids and is started by ``start(job, ids) -> pid`` while the
+        lock is held (so no other process hands out the same GPUs or starts the job twice). A job
+        that does not fit gets a "waiting for N GPU(s)" note. ``start`` raising marks that job
+        failed with the message. Returns the ids of the jobs started.
+        """
+        universe = sorted({int(i) for i in universe})
+        started: list[str] = []
+        with self._write() as con:
+            rows = con.execute("SELECT * FROM jobs WHERE backend = 'local' AND status IN ('queued', 'running') "
+                               "ORDER BY created, rowid").fetchall()
+            jobs = [self._row_to_job(r) for r in rows]
+            use: dict[int, int] = {i: 0 for i in universe}  # gpu -> number of active jobs on it
+            for j in jobs:
+                for i in j.gpu_ids or []:
+                    use[int(i)] = use.get(int(i), 0) + 1
+            for j in jobs:
+                need = _int(j.config.get("gpus"))
+                if j.status != "queued" or j.pid is not None or j.gpu_ids is not None or need <= 0:
+                    continue
+                if j.config.get("share_gpus"):
+                    pool = sorted(universe, key=lambda i: (use.get(i, 0), i))  # least loaded first
+                else:
+                    pool = [i for i in universe if use.get(i, 0) == 0]
+                if len(pool) < need:
+                    busy = sorted(i for i in universe if use.get(i, 0))
+                    note = (f"waiting for {need} GPU(s): {len(universe) - len(busy)} of {len(universe)} free"
+                            + (f" (in use: {', '.join(map(str, busy))})" if busy else ""))
+                    if note != j.note:
+                        con.execute("UPDATE jobs SET note = ? WHERE id = ?", (note, j.id))
+                    continue
+                ids = pool[:need]
+                try:
+                    pid = int(start(j, ids))
+                except Exception as exc:  # noqa: BLE001 - recorded in the row
+                    con.execute("UPDATE jobs SET status = 'failed', finished = ?, error = ?, note = NULL WHERE id = ?",
+                                (time.time(), f"The job's process could not be started: {exc}", j.id))
+                    continue
+                for i in ids:
+                    use[i] = use.get(i, 0) + 1
+                con.execute("UPDATE jobs SET gpu_ids = ?, pid = ?, note = NULL WHERE id = ?",
+                            (json.dumps(ids), pid, j.id))
+                started.append(j.id)
+        return started
+
     def delete(self, job_id: str) -> None:
         """Remove a row (not its run folder). Refused while the job is queued or running."""
         job = self.get(job_id)
@@ -261,6 +328,25 @@ def _status_fields(status: str, fields_: dict) -> dict:
     elif status in ENDED:
         out.setdefault("finished", time.time())
     return out
+
+
+def _int(v) -> int:
+    try:
+        return int(v or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _migrate(con: sqlite3.Connection) -> None:
+    """Add the columns newer versions use to a database created by an older one."""
+    have = {r[1] for r in con.execute("PRAGMA table_info(jobs)").fetchall()}
+    for name, kind in _ADDED_COLUMNS:
+        if name not in have:
+            try:
+                con.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+            except sqlite3.OperationalError as exc:  # another process added it meanwhile
+                if "duplicate column" not in str(exc).lower():
+                    raise
 
 
 def _check_run_dir(folder: Path) -> None:

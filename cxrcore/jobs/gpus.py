@@ -1,0 +1,115 @@
+"""The GPUs of this machine, for the local job queue and the Training page.
+
+``list_gpus()`` gives the GPU indices local jobs may be placed on; ``utilisation()`` what each
+GPU is doing now. Both use NVIDIA's management library (the ``nvidia-ml-py`` package, imported
+as ``pynvml``) when the driver answers; without it ``list_gpus`` falls back to
+``torch.cuda.device_count()`` only when torch is already imported (importing torch just to count
+GPUs would make ``cxr jobs list`` slow), and otherwise reports no GPUs.
+
+Environment variable ``CXR_GPUS`` overrides the detection: a comma-separated list of GPU
+indices local jobs may use ("0,1"), or empty ("") for none. It restricts jobs to some GPUs of a
+shared machine, and lets tests simulate GPUs on a CPU-only machine. Indices are physical (as
+``nvidia-smi`` numbers them); a job gets them as its ``CUDA_VISIBLE_DEVICES``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+
+from ..errors import ConfigError
+
+ENV = "CXR_GPUS"
+
+
+def _from_env(value: str) -> list[int]:
+    out: list[int] = []
+    for part in value.replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            i = int(part)
+        except ValueError:
+            i = -1
+        if i < 0:
+            raise ConfigError(f"{ENV}={value!r} is not a list of GPU indices; use e.g. {ENV}=0,1 or {ENV}= for none.")
+        if i not in out:
+            out.append(i)
+    return sorted(out)
+
+
+@contextmanager
+def _nvml():
+    """Yields the initialised pynvml module, or None when the package or the driver is missing."""
+    try:
+        import pynvml
+    except ImportError:
+        yield None
+        return
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - NVMLError_LibraryNotFound, DriverNotLoaded, ...
+        yield None
+        return
+    try:
+        yield pynvml
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def list_gpus() -> list[int]:
+    """GPU indices local jobs may use: ``CXR_GPUS`` if set, else NVML's count, else torch's if already imported."""
+    value = os.environ.get(ENV)
+    if value is not None:
+        return _from_env(value)
+    with _nvml() as nv:
+        if nv is not None:
+            try:
+                return list(range(int(nv.nvmlDeviceGetCount())))
+            except Exception:  # noqa: BLE001
+                pass
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            return list(range(int(torch.cuda.device_count())))
+        except Exception:  # noqa: BLE001
+            return []
+    return []
+
+
+def _text(v) -> str:
+    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+
+
+def utilisation() -> list[dict]:
+    """Per GPU: {index, name, util_percent, mem_used_mib, mem_total_mib} from NVML; [] without NVML."""
+    out: list[dict] = []
+    with _nvml() as nv:
+        if nv is None:
+            return []
+        try:
+            n = int(nv.nvmlDeviceGetCount())
+        except Exception:  # noqa: BLE001
+            return []
+        for i in range(n):
+            row = {"index": i, "name": "", "util_percent": None, "mem_used_mib": None, "mem_total_mib": None}
+            try:
+                h = nv.nvmlDeviceGetHandleByIndex(i)
+                row["name"] = _text(nv.nvmlDeviceGetName(h))
+                try:
+                    row["util_percent"] = float(nv.nvmlDeviceGetUtilizationRates(h).gpu)
+                except Exception:  # noqa: BLE001 - not supported on some devices (MIG)
+                    pass
+                mem = nv.nvmlDeviceGetMemoryInfo(h)
+                row["mem_used_mib"] = mem.used / 2**20
+                row["mem_total_mib"] = mem.total / 2**20
+            except Exception:  # noqa: BLE001
+                pass
+            out.append(row)
+    return out
+
+
+__all__ = ["ENV", "list_gpus", "utilisation"]
