@@ -103,6 +103,16 @@ def cmd_train(a) -> int:
         from .models.registry import check_architecture
 
         check_architecture(cfg.arch, cfg.pretrained, cfg.arch_kwargs)
+    if a.backend == "slurm":
+        from .jobs import slurm
+
+        opts = {k: v for k, v in (("partition", a.partition), ("time", a.time), ("mem", a.mem), ("cpus", a.cpus),
+                                  ("account", a.account)) if v is not None}
+        cfg.slurm = {**(cfg.slurm or {}), **opts}
+        job = slurm.submit(asdict(cfg), name=a.name or Path(a.data).name, cluster=a.slurm_conf)
+        print(f"submitted job {job.id} to Slurm as job {job.backend_id} (run folder {job.run_dir}); "
+              f"watch it with `cxr jobs show {job.id}`")
+        return 0
     if a.backend == "local" and a.background:
         from .jobs import local
 
@@ -230,21 +240,23 @@ def cmd_jobs(a) -> int:
         if not jobs:
             print("no jobs yet; start one with `cxr train ... --background` or from the Training page")
         for j in jobs:
-            print(f"{j.id}  {j.status:<10} {j.backend:<6} {j.name}")
+            where = f"{j.backend}:{j.backend_id}" if j.backend_id else j.backend
+            print(f"{j.id}  {j.status:<10} {where:<14} {j.name}" + (f"  ({j.note})" if j.note and j.active else ""))
         return 0
     if not a.job:
         raise CXRError(f"`cxr jobs {a.action}` needs a job id; `cxr jobs list` shows them.")
     job = local.refresh(store.get(a.job), store)
     if a.action == "show":
         s = local.progress_summary(local.events(job))
-        print(json.dumps({"id": job.id, "name": job.name, "status": job.status, "run_dir": str(job.run_dir),
-                          "error": job.error, "progress": {k: v for k, v in s.items() if not k.endswith("curve")}},
+        print(json.dumps({"id": job.id, "name": job.name, "status": job.status, "backend": job.backend,
+                          "slurm_id": job.backend_id, "gpu_ids": job.gpu_ids, "note": job.note,
+                          "run_dir": str(job.run_dir), "error": job.error, "progress": {k: v for k, v in s.items() if not k.endswith("curve")}},
                          indent=1, default=str))
     elif a.action == "logs":
         print(local.tail_log(job, a.lines))
     elif a.action == "cancel":
-        local.cancel(job.id, store)
-        print(f"cancelled {job.id}")
+        done = local.cancel(job.id, store)  # dispatches to scancel for Slurm jobs
+        print(f"cancelled {job.id}" + (f" (Slurm job {done.backend_id})" if done.backend_id else ""))
     return 0
 
 
@@ -396,7 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--name")
     s.add_argument("--out", default="run", help="run folder (foreground runs)")
-    s.add_argument("--backend", choices=["local"], default="local")
+    s.add_argument("--backend", choices=["local", "slurm"], default="local",
+                   help="local: this machine (foreground, or detached with --background); slurm: submit with sbatch")
+    s.add_argument("--partition", help="slurm: partition")
+    s.add_argument("--time", help="slurm: time limit, e.g. 2:00:00")
+    s.add_argument("--mem", help="slurm: memory per node, e.g. 16G")
+    s.add_argument("--cpus", type=int, help="slurm: CPUs per task (also the job's threads)")
+    s.add_argument("--account", help="slurm: account to charge")
+    s.add_argument("--slurm-conf", help="slurm: the cluster's slurm.conf (default: $SLURM_CONF)")
     s.add_argument("--background", action="store_true", help="run as a detached job (see `cxr jobs`)")
     s.set_defaults(func=cmd_train)
 

@@ -1,0 +1,386 @@
+"""The Slurm backend: a job is a ``sbatch`` script that runs ``python -m cxrcore.jobs.runner``.
+
+The runner runs inside the allocation and updates the same job table as a local runner (the
+SQLite file must be on a file system the compute node shares with this machine; SQLite's WAL
+mode wants a local one, which holds for a single-node cluster or a login node that is also the
+compute node). The job's output is appended to ``run_dir/log.txt``, so logs read the same as for
+local jobs. Slurm's own job id is stored in the row (``backend_id``).
+
+    job = submit({"data": "/data/nih", "epochs": 3, "slurm": {"partition": "gpu", "time": "2:00:00"}})
+    job = refresh(job)     # squeue / scontrol show job: PENDING -> queued, ended in Slurm -> reconciled
+    cancel(job.id)         # scancel: SIGTERM to the runner first, so it stops cleanly
+
+``cluster`` (or the slurm option ``conf``) names the cluster's ``slurm.conf``; by default the
+Slurm commands use ``$SLURM_CONF`` or their built-in default. ``sacct`` is never used: a cluster
+without accounting storage works.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .. import workspace
+from ..errors import ConfigError, JobError
+from .store import ACTIVE, Job, JobStore
+
+SBATCH_NAME = "job.sbatch"
+LOG_NAME = "log.txt"
+CONFIG_NAME = "config.json"
+RDZV_PORT = 29500
+COMMAND_TIMEOUT_S = 30.0
+
+PENDING_STATES = ("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD",
+                  "SUSPENDED", "STOPPED", "RESIZING", "SIGNALING", "STAGE_OUT")
+RUNNING_STATES = ("RUNNING", "COMPLETING")
+ENDED_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
+                "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT")
+
+_NOT_REACHABLE_HELP = ("Start the cluster's slurmctld (and munged), point SLURM_CONF at the cluster's slurm.conf, "
+                       "or use the local backend (--backend local).")
+
+
+# --------------------------------------------------------------------------- talking to Slurm
+
+def _env(conf: str | None) -> dict:
+    env = dict(os.environ)
+    if conf:
+        env["SLURM_CONF"] = str(conf)
+    return env
+
+
+def _conf_of(job_or_config) -> str | None:
+    config = job_or_config.config if isinstance(job_or_config, Job) else job_or_config
+    return ((config or {}).get("slurm") or {}).get("conf") or None
+
+
+def _run(args: list[str], conf: str | None, timeout: float = COMMAND_TIMEOUT_S,
+         stdin: str | None = None) -> subprocess.CompletedProcess:
+    """Run a Slurm command; a missing binary or a hang becomes JobError."""
+    try:
+        return subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=timeout, env=_env(conf))
+    except FileNotFoundError as exc:
+        raise JobError(f"Slurm is not reachable: `{args[0]}` is not on PATH. {_NOT_REACHABLE_HELP}") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise JobError(f"Slurm is not reachable: `{' '.join(args[:2])}` did not answer within {timeout:.0f}s. "
+                       f"{_NOT_REACHABLE_HELP}") from exc
+
+
+def _said(proc: subprocess.CompletedProcess) -> str:
+    return " ".join((proc.stderr or proc.stdout or "").split())[:500]
+
+
+def check_reachable(cluster: str | None = None) -> None:
+    """JobError unless ``sbatch`` is on PATH and the controller answers (``scontrol ping``, else ``sinfo``)."""
+    for tool in ("sbatch", "squeue", "scancel", "scontrol"):
+        if shutil.which(tool) is None:
+            raise JobError(f"Slurm is not reachable: `{tool}` is not on PATH. Install the Slurm client commands "
+                           f"(Debian: slurm-client) or add them to PATH; {_NOT_REACHABLE_HELP}")
+    conf = cluster or os.environ.get("SLURM_CONF")
+    if conf and not Path(conf).is_file():
+        # Slurm's commands would retry a missing slurm.conf for a minute.
+        raise JobError(f"Slurm is not reachable: the Slurm configuration {conf} does not exist. {_NOT_REACHABLE_HELP}")
+    ping = _run(["scontrol", "ping"], cluster, timeout=20)
+    if re.search(r"\bis UP\b", ping.stdout or ""):
+        return
+    info = _run(["sinfo", "-h", "-o", "%P"], cluster, timeout=20)
+    if info.returncode == 0:
+        return
+    raise JobError(f"Slurm is not reachable: its controller does not answer ({_said(ping) or _said(info)}). "
+                   f"{_NOT_REACHABLE_HELP}")
+
+
+def available(cluster: str | None = None) -> str | None:
+    """None when Slurm can take jobs, else the reason it cannot (for a UI that offers the backend)."""
+    try:
+        check_reachable(cluster)
+    except JobError as exc:
+        return str(exc)
+    return None
+
+
+# --------------------------------------------------------------------------- the batch script
+
+def _sbatch_value(value) -> str:
+    return shlex.quote(str(value))
+
+
+def render_script(job_id: str, config: dict, run_dir: str | Path, db: str | Path, name: str = "",
+                  python: str | None = None, cxr_home: str | Path | None = None) -> str:
+    """The ``sbatch`` script of a job (text only: nothing is submitted)."""
+    opts = dict(config.get("slurm") or {})
+    run_dir = Path(run_dir)
+    gpus = int(config.get("gpus") or 0)
+    nodes = int(config.get("nodes") or 1)
+    nproc = int(config.get("nproc") or 1)
+    cpus = opts.get("cpus")
+    threads = int(config.get("threads") or 0) or int(cpus or 1)
+    python = python or sys.executable
+    pkg_parent = str(Path(__file__).resolve().parents[2])
+    cxr_home = str(cxr_home or workspace.root())
+    job_name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"cxr-{name or job_id}")[:60]
+
+    lines = ["#!/bin/bash",
+             f"# cxr training job {job_id} ({name or 'unnamed'}), written by cxrcore.jobs.slurm",
+             f"#SBATCH --job-name={job_name}",
+             f"#SBATCH --output={run_dir / LOG_NAME}",
+             f"#SBATCH --error={run_dir / LOG_NAME}",
+             "#SBATCH --open-mode=append",
+             f"#SBATCH --chdir={run_dir}",
+             f"#SBATCH --nodes={nodes}",
+             "#SBATCH --ntasks-per-node=1"]
+    if opts.get("partition"):
+        lines.append(f"#SBATCH --partition={opts['partition']}")
+    if cpus:
+        lines.append(f"#SBATCH --cpus-per-task={int(cpus)}")
+    if gpus > 0:
+        lines.append(f"#SBATCH --gres=gpu:{gpus}")  # per node
+    if opts.get("mem") is not None:
+        lines.append(f"#SBATCH --mem={opts['mem']}")
+    if opts.get("time") is not None:
+        lines.append(f"#SBATCH --time={opts['time']}")
+    if opts.get("account"):
+        lines.append(f"#SBATCH --account={opts['account']}")
+    extra = opts.get("extra") or []
+    for item in [extra] if isinstance(extra, str) else extra:
+        item = item.strip()
+        if not item:
+            continue
+        if item.startswith("#SBATCH"):
+            item = item[len("#SBATCH"):].strip()
+        lines.append(f"#SBATCH {item}")
+    lines += ["",
+              "set -u",
+              f"export PYTHONPATH={_sbatch_value(pkg_parent)}${{PYTHONPATH:+:$PYTHONPATH}}",
+              f"export CXR_HOME={_sbatch_value(cxr_home)}",
+              "export PYTHONUNBUFFERED=1",
+              f"export OMP_NUM_THREADS={threads}",
+              f"export MKL_NUM_THREADS={threads}",
+              f'echo "[$(date +%H:%M:%S)] slurm job $SLURM_JOB_ID on $(hostname) (nodes: $SLURM_JOB_NODELIST)"',
+              ""]
+    runner_args = f"-m cxrcore.jobs.runner {shlex.quote(job_id)} --db {_sbatch_value(db)}"
+    if nodes > 1:
+        torchrun = Path(python).with_name("torchrun")
+        launcher = _sbatch_value(torchrun) if torchrun.exists() else "torchrun"  # the venv's, else PATH's
+        # torchrun on every node (one task per node), rendezvous at the first node.
+        lines += ['head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+                  f"srun --nodes={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 "
+                  f"{launcher} "
+                  f"--nnodes {nodes} --nproc-per-node {nproc} --rdzv-backend c10d "
+                  f"--rdzv-endpoint \"$head:{RDZV_PORT}\" --rdzv-id \"$SLURM_JOB_ID\" {runner_args}"]
+    else:
+        # exec: the runner is the batch step's process, so `scancel --batch --signal=TERM` reaches it.
+        lines.append(f"exec {_sbatch_value(python)} {runner_args}")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- submit
+
+def submit(config: dict, name: str = "", store: JobStore | None = None, run_dir: str | Path | None = None,
+           cluster: str | None = None) -> Job:
+    """Validate ``config``, write ``run_dir/job.sbatch`` and submit it with ``sbatch``; returns the queued job.
+
+    ``cluster``: the cluster's slurm.conf (stored as the slurm option ``conf``, used by refresh
+    and cancel). Bad options, an unreachable Slurm, a run folder that already exists or a script
+    Slurm refuses (``sbatch --test-only``: unknown partition, more GPUs than any node has) raise
+    before any row or folder is created.
+    """
+    from .local import check_config
+
+    config = check_config(config)
+    slurm_opts = dict(config.get("slurm") or {})
+    if cluster:
+        slurm_opts["conf"] = str(Path(cluster).expanduser().resolve())
+    conf = slurm_opts.get("conf") or None
+    config["slurm"] = slurm_opts
+    if name and not config.get("name"):
+        config["name"] = name
+    if not config.get("threads"):
+        config["threads"] = int(slurm_opts.get("cpus") or 1)
+    name = name or config.get("name") or Path(config["data"]).name
+    check_reachable(conf)
+    if run_dir is not None and Path(run_dir).expanduser().exists():
+        raise JobError(f"The run folder {Path(run_dir).expanduser()} already exists. Choose another run folder, so "
+                       "an earlier run is not overwritten.")
+    store = store or JobStore()
+    db = store.path.resolve()
+
+    # Let Slurm judge the script before anything is created (partition, gres, time, account).
+    probe_dir = Path(run_dir).expanduser().resolve() if run_dir is not None else workspace.runs() / "probe"
+    probe = render_script("probe", config, probe_dir, db, name=name)
+    test = _run(["sbatch", "--test-only"], conf, stdin=probe)
+    if test.returncode != 0:
+        raise JobError(f"Slurm refuses the job: {_said(test)}")
+
+    job = store.create(config, name=name, backend="slurm", run_dir=run_dir)
+    folder = Path(job.run_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        script = folder / SBATCH_NAME
+        script.write_text(render_script(job.id, config, folder, db, name=name))
+        out = _run(["sbatch", "--parsable", str(script)], conf)
+    except (OSError, JobError) as exc:
+        store.mark(job.id, "failed", error=f"The job could not be submitted to Slurm: {exc}")
+        raise JobError(f"Could not submit job {job.id} to Slurm: {exc}") from exc
+    slurm_id = (out.stdout or "").strip().split(";")[0].strip()
+    if out.returncode != 0 or not slurm_id.isdigit():
+        message = _said(out) or f"sbatch exited with {out.returncode}"
+        store.mark(job.id, "failed", error=f"sbatch refused the job: {message}")
+        raise JobError(f"sbatch refused job {job.id}: {message}")
+    return store.update(job.id, backend_id=slurm_id, note="submitted to Slurm")
+
+
+# --------------------------------------------------------------------------- state
+
+def slurm_state(job: Job) -> tuple[str | None, str]:
+    """(Slurm state, detail) of a job: ``squeue``, else ``scontrol show job``.
+
+    State None with detail "purged": the controller no longer knows the job. Raises JobError when
+    the controller cannot be asked.
+    """
+    conf = _conf_of(job)
+    sid = str(job.backend_id)
+    q = _run(["squeue", "-h", "-j", sid, "-o", "%T|%r"], conf)
+    if q.returncode == 0 and q.stdout.strip():
+        state, _, reason = q.stdout.strip().splitlines()[0].partition("|")
+        return state.strip().upper(), reason.strip()
+    s = _run(["scontrol", "show", "job", sid], conf)
+    if s.returncode == 0:
+        state = re.search(r"\bJobState=(\S+)", s.stdout)
+        reason = re.search(r"\bReason=(\S+)", s.stdout)
+        code = re.search(r"\bExitCode=(\S+)", s.stdout)
+        detail = (reason.group(1) if reason else "") + (f", exit code {code.group(1)}" if code else "")
+        return (state.group(1).upper() if state else None), detail
+    said = _said(s)
+    if "invalid job id" in said.lower():
+        return None, "purged"
+    raise JobError(f"Slurm is not reachable: {said or 'scontrol show job failed'}")
+
+
+def _exit_code(detail: str) -> int | None:
+    m = re.search(r"exit code (\d+):(\d+)", detail)
+    if not m:
+        return None
+    code, sig = int(m.group(1)), int(m.group(2))
+    return -sig if sig else code
+
+
+def refresh(job: Job | str, store: JobStore | None = None) -> Job:
+    """Re-read a Slurm job and reconcile its row with what Slurm says.
+
+    The runner marks running/succeeded/failed/cancelled itself; here a job that Slurm says ended
+    while its row is still queued/running (killed, timed out, out of memory, cancelled outside
+    the app, never started) is marked failed or cancelled with Slurm's state and the last log
+    lines, and a job Slurm no longer knows at all is marked failed. While Slurm cannot be asked
+    the row is left as it is (its note says so).
+    """
+    from .local import tail_log
+
+    store = store or JobStore()
+    job = store.get(job.id if isinstance(job, Job) else job)
+    if job.ended:
+        if job.note:  # "Slurm: RUNNING" from before the runner reported; the error says how it ended
+            job = store.update(job.id, note=None)
+        return job
+    if not job.backend_id:
+        # Row created, sbatch not answered yet (or the submitting process died in between).
+        if time.time() - job.created > 120:
+            store.transition(job.id, ACTIVE, "failed", error="The job was never submitted to Slurm (no Slurm job id).")
+        return store.get(job.id)
+    try:
+        state, detail = slurm_state(job)
+    except JobError as exc:
+        if job.note != str(exc):
+            store.update(job.id, note=str(exc))
+        return store.get(job.id)
+    if state is None:
+        last = tail_log(job, 5).strip()
+        store.transition(job.id, ACTIVE, "failed",
+                         error=(f"Slurm no longer knows job {job.backend_id} (purged from the controller) and it "
+                                f"never reported its end. Last log lines:\n{last or '(the log is empty)'}"))
+        return store.get(job.id)
+    base = state.split("+")[0].split()[0]
+    if base in ENDED_STATES:
+        job = store.get(job.id)  # the runner may have reported just now
+        if job.ended:
+            return job
+        last = tail_log(job, 5).strip()
+        fields = {"note": None}
+        code = _exit_code(detail)
+        if code is not None:
+            fields["exit_code"] = code
+        if base == "CANCELLED":
+            store.transition(job.id, ACTIVE, "cancelled",
+                             error=f"Cancelled in Slurm (scancel, {detail}). Last log lines:\n{last or '(the log is empty)'}",
+                             **fields)
+        else:
+            store.transition(job.id, ACTIVE, "failed",
+                             error=(f"Slurm reports the job {base} ({detail}) but it never reported its end. "
+                                    f"Last log lines:\n{last or '(the log is empty)'}"), **fields)
+        return store.get(job.id)
+    note = f"Slurm: {base}" + (f" ({detail})" if detail and detail not in ("None", "(null)") else "")
+    if base in RUNNING_STATES and job.status == "queued":
+        note = f"Slurm: {base}; the runner is starting"
+    if note != job.note:
+        store.update(job.id, note=note)
+    # PENDING stays queued; RUNNING becomes running when the runner marks it (it records its pid).
+    return store.get(job.id)
+
+
+def cancel(job_id: str, store: JobStore | None = None, timeout: float = 5.0) -> Job:
+    """Stop a Slurm job: SIGTERM to the runner (``scancel --batch --signal=TERM``; it stops at the next
+    step and reports), a full ``scancel`` when it has not ended after ``timeout`` seconds (or when it
+    is still pending); marks it cancelled. A job that already ended raises JobError.
+    """
+    store = store or JobStore()
+    job = refresh(job_id, store)
+    if job.ended:
+        raise JobError(f"Job {job.id} already ended with status {job.status}; there is nothing to cancel.")
+    conf = _conf_of(job)
+    sid = str(job.backend_id or "")
+    gone = True
+    if sid:
+        try:
+            state, _ = slurm_state(job)
+        except JobError:
+            state = "UNKNOWN"
+        gone = state is None  # purged: nothing left to stop in Slurm
+        if state in RUNNING_STATES:
+            _run(["scancel", "--batch", "--signal=TERM", sid], conf)  # the runner stops cleanly and reports
+            gone = _wait_gone(job, store, timeout)
+        if not gone:
+            out = _run(["scancel", sid], conf)
+            if out.returncode != 0 and "completed" not in _said(out).lower():
+                raise JobError(f"scancel {sid} failed: {_said(out)}")
+            gone = _wait_gone(job, store, 5.0)
+    error = "Cancelled." if job.status == "queued" else "Cancelled; the Slurm job was stopped."
+    if not gone:
+        error += f" Slurm had not confirmed the end of job {sid} yet."
+    store.transition(job.id, ACTIVE, "cancelled", error=error, note=None)  # no-op if the runner reported
+    return store.get(job.id)
+
+
+def _wait_gone(job: Job, store: JobStore, timeout: float) -> bool:
+    """Wait until Slurm reports the job ended or forgot it; False after ``timeout`` seconds."""
+    deadline = time.monotonic() + max(0.0, timeout)
+    while True:
+        try:
+            state, _ = slurm_state(job)
+        except JobError:
+            state = "UNKNOWN"
+        if state is None or state.split("+")[0] in ENDED_STATES:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+
+
+__all__ = ["SBATCH_NAME", "available", "cancel", "check_reachable", "refresh", "render_script", "slurm_state",
+           "submit"]
