@@ -140,13 +140,18 @@ def assign_split(frame: pd.DataFrame, targets: np.ndarray, method: str = "hash",
 
 def split_sizes(frame: pd.DataFrame, split) -> pd.DataFrame:
     """Per split (rows train, val, test): ``images``, ``patients``, ``pct_images``, ``pct_patients``
-    (of the images / patients in the three splits; a split with no image has zeros)."""
+    (of the images / patients in the three splits; a split with no image has zeros). Images without a
+    patient id count as one patient, as :func:`~cxrcore.data.index.patient_split` places them."""
     split = np.asarray(split, dtype=object)
     if len(split) != len(frame):
         raise DataError(f"split_sizes: {len(split)} split entries for {len(frame)} images.")
-    codes = pd.factorize(frame["patient_id"].astype(object))[0] if len(frame) else np.zeros(0, dtype=np.int64)
-    images = np.array([int((split == s).sum()) for s in SPLITS], dtype=np.int64)
-    patients = np.array([len(np.unique(codes[split == s])) for s in SPLITS], dtype=np.int64)
+    codes, uniques = pd.factorize(frame["patient_id"], use_na_sentinel=False)
+    images = np.zeros(len(SPLITS), dtype=np.int64)
+    patients = np.zeros(len(SPLITS), dtype=np.int64)
+    for i, s in enumerate(SPLITS):
+        mask = split == s
+        images[i] = int(mask.sum())
+        patients[i] = int(np.count_nonzero(np.bincount(codes[mask], minlength=len(uniques))))
     with np.errstate(divide="ignore", invalid="ignore"):
         return pd.DataFrame({
             "images": images,
