@@ -87,10 +87,25 @@ def _train_config(a):
                max_images=a.max_images, device=a.device, name=a.name or "", frontal_only=a.frontal_only,
                views=_views(a.views), first_n_studies=a.first_n_studies, age_min=a.age_min, age_max=a.age_max,
                sex=a.sex, split_method=a.split_method)
+    cfg.update(mode=a.mode, lora_r=a.lora_r, lora_alpha=a.lora_alpha, lora_targets=a.lora_targets, loss=a.loss,
+               pos_weight=a.pos_weight, focal_gamma=a.focal_gamma, hierarchy=a.hierarchy,
+               hierarchy_weight=a.hierarchy_weight, gate_threshold=a.gate_threshold, sampler=a.sampler,
+               oversample_min=a.oversample_min, schedule=a.schedule, warmup_steps=a.warmup_steps,
+               early_stopping=a.early_stopping, accum_steps=a.accum_steps, weight_decay=a.weight_decay,
+               precision=a.precision, channels_last=a.channels_last, compile=a.compile, augment=not a.no_augment,
+               gpus=a.gpus, nproc=a.nproc, nodes=a.nodes)
     if a.output_stride:
         cfg["arch_kwargs"] = {"output_stride": a.output_stride}
     if a.init:
         cfg["init"] = str(Path(a.init).resolve())
+    for item in a.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CXRError(f"--set takes KEY=VALUE (VALUE as JSON, e.g. --set augment_options='{{\"p\": 0.5}}'), not {item!r}.")
+        try:
+            cfg[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            cfg[key.strip()] = value  # a bare string
     return TrainConfig.from_dict(cfg)
 
 
@@ -122,9 +137,18 @@ def cmd_train(a) -> int:
     from .train.trainer import train
 
     out = Path(a.out)
-    if out.exists() and any(out.iterdir()):
-        raise CXRError(f"The run folder {out} already exists and is not empty. Choose another --out or remove it.")
-    card = train(cfg, out, progress=_train_progress())
+    if a.resume:
+        from .train.state import state_path
+
+        if state_path(out) is None:
+            raise CXRError(f"{out} has no saved epoch to resume from; run without --resume to start it.")
+    elif out.exists() and any(out.iterdir()):
+        raise CXRError(f"The run folder {out} already exists and is not empty. Choose another --out, remove it, "
+                       "or add --resume to continue it.")
+    if cfg.nproc > 1:
+        raise CXRError("--nproc > 1 runs data-parallel under torchrun: add --background (or --backend slurm), or "
+                       "start `torchrun --nproc-per-node N -m cxrcore.train.worker RUN_DIR` yourself.")
+    card = train(cfg, out, progress=_train_progress(), resume=a.resume)
     val = card.metrics.get("val", {}).get("mean_auroc")
     test = card.metrics.get("test", {}).get("mean_auroc")
     print(f"best epoch {card.training['best_epoch']}: val mean AUROC {val:.3f}"
@@ -257,6 +281,9 @@ def cmd_jobs(a) -> int:
     elif a.action == "cancel":
         done = local.cancel(job.id, store)  # dispatches to scancel for Slurm jobs
         print(f"cancelled {job.id}" + (f" (Slurm job {done.backend_id})" if done.backend_id else ""))
+    elif a.action == "resume":
+        again = local.resume(job.id, store)
+        print(f"resumed {again.id} from its last complete epoch ({again.status}); `cxr jobs show {again.id}`")
     return 0
 
 
@@ -389,13 +416,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--arch", default="regnetx_002", help="timm architecture name")
     s.add_argument("--output-stride", type=int, choices=[8, 16, 32],
                    help="dilate the last stage (ResNet/RegNet-like backbones) for finer heatmaps; 16 doubles the grid")
-    s.add_argument("--pretrained", choices=["none", "timm"], default="none",
-                   help="none: random initialisation; timm: timm's hub or cache")
+    s.add_argument("--pretrained", choices=["auto", "none", "hub", "timm"], default="auto",
+                   help="hub: the library's own weights (timm hub, torchvision, torchxrayvision caches; timm = alias); "
+                        "none: random initialisation; auto: hub for xrv: models, none otherwise")
     s.add_argument("--init", help="start from this checkpoint; its head is swapped to --labels")
-    s.add_argument("--mode", choices=["full", "head"], default="full")
+    s.add_argument("--mode", choices=["full", "head", "lora"], default="full")
+    s.add_argument("--lora-r", type=int, default=8, help="LoRA rank (--mode lora)")
+    s.add_argument("--lora-alpha", type=float, default=16.0)
+    s.add_argument("--lora-targets", help="regex over module names; default: attention qkv/proj (ViT) or dense convs")
     s.add_argument("--epochs", type=int, default=5)
     s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--accum-steps", type=int, default=1, help="gradient accumulation: optimizer step every N batches")
     s.add_argument("--lr", type=float, default=2e-3)
+    s.add_argument("--weight-decay", type=float, default=1e-4)
+    s.add_argument("--schedule", choices=["cosine", "plateau", "constant"], default="cosine")
+    s.add_argument("--warmup-steps", type=int, default=20)
+    s.add_argument("--early-stopping", type=int, default=0, metavar="EPOCHS",
+                   help="stop after this many epochs without a better val mean AUROC (0: off)")
+    s.add_argument("--loss", choices=["bce", "focal"], default="bce")
+    s.add_argument("--pos-weight", action="store_true", help="bce: weight positives by negatives/positives per label")
+    s.add_argument("--focal-gamma", type=float, default=2.0)
+    s.add_argument("--hierarchy", choices=["none", "penalty", "two_stage"], default="none",
+                   help="penalty: CheXpert parent/child penalty; two_stage: 'Any finding' gate + diseases")
+    s.add_argument("--hierarchy-weight", type=float, default=1.0)
+    s.add_argument("--gate-threshold", type=float, default=0.5)
+    s.add_argument("--sampler", choices=["shuffle", "weighted"], default="shuffle")
+    s.add_argument("--oversample-min", type=int, default=0, help="repeat rare label combinations up to N rows")
+    s.add_argument("--no-augment", action="store_true")
+    s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    s.add_argument("--channels-last", action="store_true")
+    s.add_argument("--compile", action="store_true", help="torch.compile the model")
+    s.add_argument("--gpus", type=int, default=0, help="GPUs the job needs (local queue / slurm gres)")
+    s.add_argument("--nproc", type=int, default=1, help="processes per node: torchrun DDP when > 1")
+    s.add_argument("--nodes", type=int, default=1, help="slurm: nodes")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any other training option, VALUE as JSON (repeatable), e.g. --set augment_options='{\"p\":0.5}'")
+    s.add_argument("--resume", action="store_true", help="foreground: continue --out from its last complete epoch")
     s.add_argument("--image-size", type=int, default=160)
     s.add_argument("--policy", type=_policy_arg, default="zeros",
                    help="CheXpert uncertain labels: zeros (U-Zeros), ones (U-Ones), ignore (U-Ignore), or a per-label "
@@ -463,8 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--finetune-epochs", type=int, default=8)
     s.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("jobs", help="list, inspect and cancel background training jobs")
-    s.add_argument("action", choices=["list", "show", "logs", "cancel"])
+    s = sub.add_parser("jobs", help="list, inspect, cancel and resume background training jobs")
+    s.add_argument("action", choices=["list", "show", "logs", "cancel", "resume"])
     s.add_argument("job", nargs="?")
     s.add_argument("--lines", type=int, default=40)
     s.set_defaults(func=cmd_jobs)

@@ -22,7 +22,7 @@ from cxrcore.labels import CHEXPERT5, NIH14
 PAGE = str(REPO / "views" / "training.py")
 needs_sample = pytest.mark.skipif(not (NIH_SAMPLE / "images").is_dir(), reason="shared NIH sample not present")
 
-FROM_SCRATCH = "A fresh timm architecture"
+FROM_SCRATCH = "An architecture (timm, tv:, xrv:)"
 FROM_CHECKPOINT = "A checkpoint (fine-tune it)"
 DEADLINE_S = 240.0
 
@@ -54,14 +54,14 @@ def submit(at: AppTest, folder: str, *, name: str = "page-test", epochs: int = 1
            max_images: int = 60, batch: int = 16) -> AppTest:
     if at.radio(key="train_start").value != FROM_SCRATCH:
         at.radio(key="train_start").set_value(FROM_SCRATCH).run()
-    at.text_input(key="train_name").set_value(name)
+    at.text_input(key="tf_name").set_value(name)
     at.text_input(key="train_folder").set_value(folder)
-    at.selectbox(key="train_labels").set_value("nih14")
-    at.selectbox(key="train_arch").set_value("regnetx_002")
-    at.number_input(key="train_epochs").set_value(epochs)
-    at.number_input(key="train_size").set_value(size)
-    at.number_input(key="train_max").set_value(max_images)
-    at.number_input(key="train_batch").set_value(batch)
+    at.selectbox(key="tf_labels").set_value("nih14")
+    at.selectbox(key="tf_arch").set_value("regnetx_002")
+    at.number_input(key="tf_epochs").set_value(epochs)
+    at.number_input(key="tf_image_size").set_value(size)
+    at.number_input(key="tf_max_images").set_value(max_images)
+    at.number_input(key="tf_batch_size").set_value(batch)
     at.button(key="train_submit").click().run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -100,25 +100,31 @@ def test_form_renders_with_expected_widgets(ws):
     assert at.title[0].value == "Train a classifier in the background"
     assert at.radio(key="train_start").options == [FROM_CHECKPOINT, FROM_SCRATCH]
     assert at.radio(key="train_start").value == FROM_SCRATCH  # no checkpoints in a fresh workspace
-    assert at.selectbox(key="train_labels").options == ["nih14", "chexpert14", "chexpert5"]
-    assert at.selectbox(key="train_labels").value == "nih14"
+    assert at.selectbox(key="tf_labels").options == ["nih14", "chexpert14", "chexpert5"]
+    assert at.selectbox(key="tf_labels").value == "nih14"
     datasets = at.selectbox(key="train_dataset").options
     assert any("phantom nih" in d for d in datasets) and any("phantom chexpert" in d for d in datasets)
     assert at.text_input(key="train_folder").value == ""
-    arch = at.selectbox(key="train_arch")
+    arch = at.selectbox(key="tf_arch")
     assert arch.value == "regnetx_002"
     assert {"resnet18", "densenet121", "efficientnet_b0"} <= set(arch.options)
-    assert at.radio(key="train_pretrained").options == ["none", "timm"]
-    assert at.radio(key="train_pretrained").value == "none"
-    assert at.radio(key="train_mode").value == "full"
-    assert at.number_input(key="train_epochs").value == 3
-    assert at.number_input(key="train_batch").value == 32
-    assert at.number_input(key="train_lr").value == pytest.approx(2e-3)
-    assert at.number_input(key="train_size").value == 160
-    assert at.number_input(key="train_size").disabled is False
-    assert at.selectbox(key="train_policy").options == ["zeros", "ones", "ignore"]
-    assert at.number_input(key="train_max").value == 400
-    assert at.number_input(key="train_seed").value == 0
+    assert at.selectbox(key="tf_pretrained").options == ["auto", "none", "hub"]
+    assert at.selectbox(key="tf_pretrained").value == "auto"
+    assert at.selectbox(key="tf_mode").options == ["full network", "head only", "LoRA (peft)"]
+    assert at.selectbox(key="tf_mode").value == "full"
+    for key, value in (("tf_loss", "bce"), ("tf_hierarchy", "none"), ("tf_sampler", "shuffle"),
+                       ("tf_schedule", "cosine"), ("tf_backend", "local"), ("tf_precision", "fp32"),
+                       ("tf_split_method", "hash")):
+        assert at.selectbox(key=key).value == value, key
+    assert at.number_input(key="tf_early_stopping").value == 0 and at.number_input(key="tf_accum_steps").value == 1
+    assert at.number_input(key="tf_epochs").value == 3
+    assert at.number_input(key="tf_batch_size").value == 32
+    assert at.number_input(key="tf_lr").value == pytest.approx(2e-3)
+    assert at.number_input(key="tf_image_size").value == 160
+    assert at.number_input(key="tf_image_size").disabled is False
+    assert at.selectbox(key="tf_policy").options == ["zeros", "ones", "ignore"]
+    assert at.number_input(key="tf_max_images").value == 400
+    assert at.number_input(key="tf_seed").value == 0
     assert at.button(key="train_submit").label == "Start training"
     assert [i.value for i in at.info] == [
         "No jobs yet. Launch one above."]
@@ -139,7 +145,7 @@ def test_bad_submission_shows_error_and_creates_no_job(ws):
 
     # An invalid option (fewer than 10 images) is refused too, before anything is created.
     at.text_input(key="train_folder").set_value(str(NIH_SAMPLE))
-    at.number_input(key="train_max").set_value(5)
+    at.number_input(key="tf_max_images").set_value(5)
     at.button(key="train_submit").click().run()
     assert not at.exception
     errors = [e.value for e in at.error]
@@ -196,7 +202,7 @@ def test_submit_runs_job_to_success_and_shows_curves(ws):
     at.radio(key="train_start").set_value(FROM_CHECKPOINT).run()
     assert not at.exception
     assert f"run {job.id}" in at.selectbox(key="train_ckpt").options
-    assert at.number_input(key="train_size").disabled is True
+    assert at.number_input(key="tf_image_size").disabled is True
     assert any("head is swapped" in c.value for c in at.caption)
 
     # A fresh session (an app restart) lists the past job again.
@@ -244,14 +250,14 @@ def test_fine_tune_a_shipped_checkpoint(ws, shipped, monkeypatch):
     assert at.radio(key="train_start").value == FROM_CHECKPOINT
     options = at.selectbox(key="train_ckpt").options
     assert {"baseline (shipped demo)", "finetuned (shipped demo)"} <= set(options)
-    assert at.number_input(key="train_size").disabled is True
-    assert not any(w.key == "train_arch" for w in at.selectbox)
+    assert at.number_input(key="tf_image_size").disabled is True
+    assert not any(w.key == "tf_arch" for w in at.selectbox)
     at.selectbox(key="train_ckpt").set_value("baseline (shipped demo)")
-    at.selectbox(key="train_labels").set_value("chexpert5")
-    at.radio(key="train_mode").set_value("head")
+    at.selectbox(key="tf_labels").set_value("chexpert5")
+    at.selectbox(key="tf_mode").set_value("head")
     at.text_input(key="train_folder").set_value(str(NIH_SAMPLE))
-    at.number_input(key="train_epochs").set_value(1)
-    at.number_input(key="train_max").set_value(60)
+    at.number_input(key="tf_epochs").set_value(1)
+    at.number_input(key="tf_max_images").set_value(60)
     at.button(key="train_submit").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
@@ -265,3 +271,132 @@ def test_fine_tune_a_shipped_checkpoint(ws, shipped, monkeypatch):
     at.run()
     assert not at.exception
     assert at.dataframe[1].value["label"].tolist() == CHEXPERT5
+
+
+def _wait_epoch_saved(job, deadline_s: float = DEADLINE_S) -> None:
+    """Until the job has saved a complete epoch (its resumable state)."""
+    from cxrcore.train.state import state_path
+
+    t_end = time.monotonic() + deadline_s
+    while state_path(job.run_dir) is None:
+        assert refresh(job.id).status in ("queued", "running"), refresh(job.id).error
+        assert time.monotonic() < t_end, "no epoch saved"
+        time.sleep(0.5)
+
+
+def test_lora_and_full_fine_tunes_cancel_resume_clone_and_compare(ws, shipped, monkeypatch):
+    """The issue's scenario from the page: a LoRA and a full fine-tune of the demo model on phantom data run in
+    the background; the full one is cancelled after an epoch and resumed to completion; clone fills the form;
+    the two runs are compared."""
+    monkeypatch.setenv("CXR_CHECKPOINTS", str(shipped["baseline"].parent))
+    at = new_app()
+    phantom = next(d for d in at.selectbox(key="train_dataset").options if "phantom chexpert" in d)
+
+    def launch(name: str, mode: str, epochs: int) -> str:
+        at.radio(key="train_start").set_value(FROM_CHECKPOINT).run()
+        at.selectbox(key="train_ckpt").set_value("baseline (shipped demo)")
+        at.selectbox(key="train_dataset").set_value(phantom)
+        at.text_input(key="train_folder").set_value("")
+        at.text_input(key="tf_name").set_value(name)
+        at.selectbox(key="tf_labels").set_value("chexpert14")
+        at.selectbox(key="tf_mode").set_value(mode)
+        at.number_input(key="tf_lora_r").set_value(4)
+        at.number_input(key="tf_epochs").set_value(epochs)
+        at.number_input(key="tf_max_images").set_value(60)
+        at.number_input(key="tf_batch_size").set_value(16)
+        at.selectbox(key="tf_sampler").set_value("weighted")
+        at.button(key="train_submit").click().run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert not at.error, [e.value for e in at.error]
+        return next(j.id for j in JobStore().list() if j.name == name)
+
+    full_id = launch("full-ft", "full", 3)
+    job = JobStore().get(full_id)
+    assert job.config["mode"] == "full" and job.config["sampler"] == "weighted" and job.config["epochs"] == 3
+    _wait_epoch_saved(job)
+    at.selectbox(key="train_watch").set_value(full_id).run()
+    at.button(key=f"train_cancel_{full_id}").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    done = wait_for(full_id, ("succeeded", "failed", "cancelled"), deadline_s=60)
+    assert done.status == "cancelled", (done.status, done.error)
+    at.run()
+    # Resume from the page: the same job continues from its last complete epoch to the end.
+    at.button(key=f"train_resume_{full_id}").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert refresh(full_id).status in ("queued", "running", "succeeded")
+
+    lora_id = launch("lora-ft", "lora", 1)
+    lora = wait_for(lora_id, ("succeeded", "failed", "cancelled"))
+    assert lora.status == "succeeded", lora.error
+    full = wait_for(full_id, ("succeeded", "failed", "cancelled"))
+    assert full.status == "succeeded", full.error
+    card = json.loads((Path(full.run_dir) / "checkpoint" / "card.json").read_text())
+    assert card["training"]["epochs_run"] == 3
+    kinds = [e["type"] for e in events(full)]
+    assert kinds.count("resume") == 1 and kinds[-1] == "done"
+    lora_card = json.loads((Path(lora.run_dir) / "checkpoint" / "card.json").read_text())
+    assert lora_card["training"]["trainable_params"] < lora_card["training"]["total_params"] / 4
+
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe[0].value
+    assert set(table["status"]) == {"succeeded"} and set(table["mode"]) == {"full", "lora"}
+    # The watched job's summary shows the resume and the trainable parameter count.
+    at.selectbox(key="train_watch").set_value(full_id).run()
+    assert any("resumed 1×" in (p.proto.text or "") for p in at.get("progress"))
+    # Compare the two runs: curves of both and a per-label table of final metrics.
+    at.selectbox(key="train_cmp_a").set_value(lora_id)
+    at.selectbox(key="train_cmp_b").set_value(full_id).run()
+    assert not at.exception, [e.value for e in at.exception]
+    fig = json.loads(at.get("plotly_chart")[-1].proto.spec)
+    names = {t["name"] for t in fig["data"] if t.get("name")}
+    assert {"A · lora-ft", "B · full-ft"} <= names
+    cmp_table = next(d.value for d in at.dataframe if "A test" in d.value.columns)
+    assert cmp_table.iloc[0][""] == "mean" and len(cmp_table) == 1 + 14
+    diff = next(d.value for d in at.dataframe if list(d.value.columns) == ["option", "A", "B"])
+    assert {"mode", "epochs"} <= set(diff["option"])
+    # Clone the LoRA job: the form is filled with its options.
+    at.selectbox(key="train_watch").set_value(lora_id).run()
+    at.button(key=f"train_clone_{lora_id}").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="tf_mode").value == "lora" and at.number_input(key="tf_lora_r").value == 4
+    assert at.selectbox(key="tf_sampler").value == "weighted" and at.number_input(key="tf_epochs").value == 1
+    assert at.text_input(key="tf_name").value == "lora-ft (clone)"
+    assert at.radio(key="train_start").value == FROM_CHECKPOINT
+    assert at.selectbox(key="train_ckpt").value == "baseline (shipped demo)"
+    assert at.selectbox(key="train_dataset").value == phantom
+
+
+def test_form_options_reach_the_job_config(ws):
+    """Advanced options in the form become the job's config; a bad combination is refused with no job."""
+    at = new_app()
+    phantom = next(d for d in at.selectbox(key="train_dataset").options if "phantom nih" in d)
+    at.selectbox(key="train_dataset").set_value(phantom)
+    at.selectbox(key="tf_loss").set_value("focal")
+    at.checkbox(key="tf_pos_weight").check()
+    at.button(key="train_submit").click().run()
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "pos_weight" in errors[0] and JobStore().list() == []
+    at.checkbox(key="tf_pos_weight").uncheck()
+    at.selectbox(key="tf_hierarchy").set_value("two_stage")
+    at.number_input(key="tf_gate_threshold").set_value(0.3)
+    at.text_input(key="tf_policy_mix").set_value("ones:Atelectasis;zeros")
+    at.multiselect(key="tf_views").set_value(["PA"])
+    at.selectbox(key="tf_split_method").set_value("stratified")
+    at.number_input(key="tf_early_stopping").set_value(2)
+    at.selectbox(key="tf_schedule").set_value("plateau")
+    at.number_input(key="tf_aug_shear").set_value(10.0)
+    at.number_input(key="tf_epochs").set_value(1)
+    at.number_input(key="tf_max_images").set_value(40)
+    at.number_input(key="tf_image_size").set_value(48)
+    at.button(key="train_submit").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    job = JobStore().list()[0]
+    c = job.config
+    assert (c["loss"], c["hierarchy"], c["gate_threshold"], c["policy"], c["views"], c["split_method"],
+            c["early_stopping"], c["schedule"], c["augment_options"]["shear"]) == \
+        ("focal", "two_stage", 0.3, "ones:Atelectasis;zeros", ["PA"], "stratified", 2, "plateau", 10.0)
+    done = wait_for(job.id, ("succeeded", "failed", "cancelled"))
+    assert done.status == "succeeded", done.error
+    card = json.loads((Path(done.run_dir) / "checkpoint" / "card.json").read_text())
+    assert card["labels"][-1] == "Any finding" and card["model"]["two_stage"]["gate_threshold"] == 0.3

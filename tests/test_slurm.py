@@ -109,12 +109,20 @@ def test_sbatch_script_multinode_text(tmp_path):
                  "export OMP_NUM_THREADS=8", f"export CXR_HOME={tmp_path}", "export PYTHONUNBUFFERED=1"):
         assert line in text.splitlines(), f"missing {line!r} in\n{text}"
     assert f"export PYTHONPATH={REPO}" in text
-    assert 'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in text
-    srun = [ln for ln in text.splitlines() if ln.startswith("srun ")]
-    assert len(srun) == 1
-    assert re.search(r"srun --nodes=2 .*torchrun --nnodes 2 --nproc-per-node 2 --rdzv-backend c10d "
-                     r"--rdzv-endpoint \"\$head:29500\" .*-m cxrcore\.jobs\.runner 20260101-000000-abcd --db "
-                     + re.escape(str(tmp_path / "jobs.sqlite")), srun[0]), srun[0]
+    # Several nodes: the runner runs once (it owns the row) and starts `srun ... torchrun` itself.
+    assert 'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in text
+    assert "exec /opt/venv/bin/python -m cxrcore.jobs.runner 20260101-000000-abcd --db " in text
+    assert not [ln for ln in text.splitlines() if ln.startswith("srun ")]
+    from cxrcore.train.trainer import TrainConfig
+    from cxrcore.train.worker import launch_command
+
+    argv = launch_command(TrainConfig(data="/d", nodes=2, nproc=2), tmp_path / "run", job_id="j9")
+    assert argv[:2] == ["bash", "-c"]
+    assert re.search(r"^srun --nodes=2 --ntasks-per-node=1 --kill-on-bad-exit=1 \S+ -m torch\.distributed\.run "
+                     r"--nnodes 2 --nproc-per-node 2 --rdzv-backend c10d --rdzv-id j9 "
+                     r"--rdzv-endpoint \"\$\{MASTER_ADDR:-.*\}\":29500 -m cxrcore\.train\.worker ", argv[2]), argv[2]
+    # The command is valid shell (bash -n parses it without running anything).
+    assert subprocess.run(["bash", "-n", "-c", argv[2]]).returncode == 0
     # One node, CPU: the runner is exec'ed directly (scancel --batch reaches it), no gres line.
     one = slurm.render_script("j1", {"data": "/d", "gpus": 0, "nodes": 1, "nproc": 1, "slurm": {}}, tmp_path / "r",
                               tmp_path / "db", python="/opt/venv/bin/python", cxr_home=tmp_path)
@@ -300,3 +308,33 @@ def test_purged_job_is_marked_failed(ws, cluster):
     store.update(job.id, backend_id="987654")
     done = refresh(job.id, store)
     assert done.status == "failed" and "no longer knows job 987654" in done.error
+
+
+def test_cancelled_slurm_job_resumes_to_completion(ws, phantom, cluster):
+    """Cancel after an epoch is saved, resubmit through `resume`: the new Slurm job continues from that epoch."""
+    from cxrcore.jobs import resume
+    from cxrcore.train.state import state_path
+
+    store = JobStore()
+    job = slurm.submit(small_config(phantom, epochs=3, max_images=40), name="resumable", store=store,
+                       cluster=str(cluster.conf))
+    first_sid = job.backend_id
+
+    def saved():
+        j = refresh(job, store)
+        assert not j.ended, f"job ended early ({j.status}: {j.error}); log:\n{tail_log(j, 40)}"
+        return state_path(j.run_dir) is not None
+    wait_for(saved, what="the first epoch to be saved")
+    assert cancel(job.id, store=store).status == "cancelled"
+    again = resume(job.id, store)
+    assert again.status == "queued" and again.backend_id != first_sid
+
+    def ended():
+        j = refresh(job, store)
+        return j if j.ended else None
+    done = wait_for(ended, what="the resumed job to end")
+    assert done.status == "succeeded", (done.error, tail_log(done, 30))
+    assert "resuming from the last complete epoch" in tail_log(done, 400)
+    kinds = [e["type"] for e in events(done)]
+    assert kinds.count("resume") == 1 and kinds[-1] == "done"
+    assert [e["epoch"] for e in events(done) if e["type"] == "epoch"][-1] == 3

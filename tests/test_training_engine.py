@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -308,20 +307,28 @@ def test_bad_options_are_refused_before_training(chex):
 
 # --------------------------------------------------------------------------- data-parallel
 
-def test_ddp_with_two_gloo_processes_matches_a_single_process_run(chex, tmp_path):
-    """torchrun, 2 CPU processes (gloo): each trains half of every epoch; rank 0 validates and saves."""
-    env = dict(os.environ, CXR_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1",
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    single = train(small(chex, epochs=2), tmp_path / "single")
-    run = tmp_path / "ddp"
-    run.mkdir()
-    (run / "config.json").write_text(json.dumps(asdict(small(chex, epochs=2, nproc=2))))
+def test_ddp_with_two_gloo_processes_matches_a_single_process_run(chex, tmp_path, monkeypatch):
+    """A job with nproc=2: its runner starts torchrun (2 CPU processes, gloo); each rank trains half of every
+    epoch, rank 0 validates and saves; the result has the shape of a single-process run."""
+    import time
+
+    from cxrcore.jobs import JobStore, refresh, submit, tail_log
     from cxrcore.train.worker import launch_command
 
-    argv = launch_command(small(chex, nproc=2), run)
-    assert argv[1:4] == ["-m", "torch.distributed.run", "--standalone"]
-    proc = subprocess.run(argv, env=env, cwd=run, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    single = train(small(chex, epochs=2), tmp_path / "single")
+    argv = launch_command(small(chex, nproc=2), tmp_path / "x")
+    assert argv[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    store = JobStore()
+    job = submit(asdict(small(chex, epochs=2, nproc=2)), name="ddp", store=store)
+    t_end = time.monotonic() + 600
+    while not (job := refresh(job.id, store)).ended:
+        assert time.monotonic() < t_end, tail_log(job, 40)
+        time.sleep(1)
+    assert job.status == "succeeded", (job.error, tail_log(job, 40))
+    assert "torch.distributed.run" in tail_log(job, 400)
+    run = Path(job.run_dir)
     card = read_card(run / "checkpoint")
     assert card.training["world_size"] == 2
     assert card.labels == single.labels
@@ -334,3 +341,44 @@ def test_ddp_with_two_gloo_processes_matches_a_single_process_run(chex, tmp_path
     one = [e for e in read_events(tmp_path / "single" / "events.jsonl") if e["type"] == "data"][0]
     assert data[0]["steps_per_epoch"] == -(-(one["epoch_rows"] // 2) // 16)
     assert [e["epoch"] for e in ev if e["type"] == "epoch"] == [1, 2]
+
+
+def test_cli_lora_job_cancel_and_resume(chex, tmp_path):
+    """`cxr train --mode lora --background`, `cxr jobs cancel` after an epoch, `cxr jobs resume` to completion."""
+    import time
+
+    from cxrcore.jobs import JobStore
+    from cxrcore.train.state import state_path
+
+    env = dict(os.environ, CXR_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1")
+
+    def cxr(*args) -> str:
+        import subprocess
+
+        out = subprocess.run([sys.executable, "-m", "cxrcore.cli", *args], env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out.stdout
+
+    said = cxr("train", "--data", str(chex), "--labels", "chexpert14", "--mode", "lora", "--lora-r", "4",
+               "--epochs", "3", "--batch-size", "16", "--image-size", "48", "--max-images", "160",
+               "--policy", "ignore", "--sampler", "weighted", "--name", "cli-lora", "--background")
+    job_id = said.split()[2]
+    store = JobStore(tmp_path / "home" / "jobs.sqlite")
+    t_end = time.monotonic() + 300
+    while state_path(store.get(job_id).run_dir) is None:
+        assert time.monotonic() < t_end and store.get(job_id).status in ("queued", "running")
+        time.sleep(0.5)
+    assert "cancelled" in cxr("jobs", "cancel", job_id)
+    assert "resumed" in cxr("jobs", "resume", job_id)
+    while store.get(job_id).status in ("queued", "running"):
+        assert time.monotonic() < t_end + 300
+        time.sleep(1)
+        cxr("jobs", "list")  # what a user watching does; also reconciles a dead runner
+    job = store.get(job_id)
+    assert job.status == "succeeded", (job.error, cxr("jobs", "logs", job_id))
+    shown = json.loads(cxr("jobs", "show", job_id))
+    assert shown["progress"]["resumes"] == 1 and shown["progress"]["phase"] == "done"
+    assert shown["progress"]["mode"] == "lora"
+    card = read_card(Path(job.run_dir) / "checkpoint")
+    assert card.training["epochs_run"] == 3 and card.training["config"]["mode"] == "lora"

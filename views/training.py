@@ -1,9 +1,10 @@
-"""Training: launch background fine-tuning jobs, watch them live and cancel them.
+"""Training: launch background fine-tuning jobs, watch them live, cancel, resume, clone and compare them.
 
-A thin view over :mod:`cxrcore.jobs`: ``local.submit`` validates a config and starts a detached
-runner process; this page only reads the job table (SQLite in the workspace), each job's
-``events.jsonl`` and ``log.txt``. Jobs keep running when the tab closes, and past jobs are
-listed again after an app restart.
+A thin view over :mod:`cxrcore.jobs`: ``local.submit`` / ``slurm.submit`` validate a config and start
+a job; this page only reads the job table (SQLite in the workspace), each job's ``events.jsonl``
+and ``log.txt``. Jobs keep running when the tab closes, and past jobs are listed again after an app
+restart. Every option of :class:`cxrcore.train.trainer.TrainConfig` has a field in the form; a
+clone fills the form with a past job's options.
 """
 from __future__ import annotations
 
@@ -14,21 +15,53 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+from plotly.subplots import make_subplots
 
 from cxrcore.errors import CXRError
 from cxrcore.jobs import JobStore
 from cxrcore.jobs import local
+from cxrcore.jobs.progress import progress_summary
 from cxrcore.labels import LABEL_SPACES
-from ui.common import checkpoint_choices, dataset_choices, show_error
+from ui.common import chart_config, checkpoint_choices, dataset_choices, show_error
 
-ARCHS = ["regnetx_002", "resnet18", "densenet121", "efficientnet_b0", "convnext_atto", "mobilenetv3_small_100"]
+ARCHS = ["regnetx_002", "resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b0", "convnext_tiny",
+         "vit_small_patch16_224", "vit_base_patch16_224", "tv:resnet50", "tv:densenet121",
+         "xrv:densenet121-res224-all", "xrv:densenet121-res224-nih", "xrv:densenet121-res224-chex",
+         "xrv:densenet121-res224-pc", "xrv:densenet121-res224-mimic_ch", "xrv:densenet121-res224-rsna",
+         "xrv:resnet50-res512-all"]
 POLICIES = ["zeros", "ones", "ignore"]
+VIEWS = ["PA", "AP", "AP Supine", "LL", "LATERAL"]
 FROM_CHECKPOINT = "A checkpoint (fine-tune it)"
-FROM_SCRATCH = "A fresh timm architecture"
+FROM_SCRATCH = "An architecture (timm, tv:, xrv:)"
 STATUS_COLOR = {"queued": "gray", "running": "blue", "succeeded": "green", "failed": "red", "cancelled": "orange"}
 STATUS_ICON = {"queued": ":material/schedule:", "running": ":material/directions_run:",
                "succeeded": ":material/check_circle:", "failed": ":material/error:", "cancelled": ":material/block:"}
 REFRESH_S = 2
+K = "tf_"  # widget key prefix of the job form
+
+# The form: (option, default). Widget keys are K + option; a clone writes a job's config into them.
+DEFAULTS: dict = {
+    "name": "", "labels": "nih14", "arch": "regnetx_002", "pretrained": "auto", "stride16": True,
+    "mode": "full", "lora_r": 8, "lora_alpha": 16.0, "lora_dropout": 0.0, "lora_targets": "",
+    "epochs": 3, "batch_size": 32, "accum_steps": 1, "lr": 2e-3, "weight_decay": 1e-4,
+    "schedule": "cosine", "warmup_steps": 20, "plateau_patience": 1, "plateau_factor": 0.5, "early_stopping": 0,
+    "loss": "bce", "pos_weight": False, "focal_gamma": 2.0, "hierarchy": "none", "hierarchy_weight": 1.0,
+    "gate_threshold": 0.5, "sampler": "shuffle", "oversample_min": 0,
+    "image_size": 160, "fit": "pad", "policy": "zeros", "policy_mix": "", "frontal_only": True, "views": [],
+    "first_n_studies": 0, "age_min": 0, "age_max": 0, "sex": "any", "max_images": 400,
+    "split_method": "hash", "val_fraction": 0.1, "test_fraction": 0.2, "seed": 0,
+    "augment": True, "aug_p": 0.8, "aug_degrees": 7.0, "aug_translate": 0.06, "aug_scale": 0.08, "aug_shear": 5.0,
+    "aug_brightness": 0.1, "aug_contrast": 0.1,
+    "backend": "local", "device": "auto", "gpus": 0, "share_gpus": False, "nproc": 1, "precision": "fp32",
+    "channels_last": False, "compile": False, "threads": 0,
+    "slurm_partition": "", "slurm_time": "", "slurm_mem": "", "slurm_cpus": 0, "nodes": 1,
+}
+AUG_KEYS = ("p", "degrees", "translate", "scale", "shear", "brightness", "contrast")
+# Options shown as a choice: a cloned value outside these keeps the default (and is named in a note).
+CHOICES = {"labels": list(LABEL_SPACES), "pretrained": ["auto", "none", "hub"], "mode": ["full", "head", "lora"],
+           "schedule": ["cosine", "plateau", "constant"], "loss": ["bce", "focal"], "sampler": ["shuffle", "weighted"],
+           "hierarchy": ["none", "penalty", "two_stage"], "fit": ["pad", "crop"], "split_method": ["hash", "stratified"],
+           "backend": ["local", "slurm"], "device": ["auto", "cpu", "cuda"], "precision": ["fp32", "bf16", "fp16"]}
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -58,7 +91,7 @@ def _events_stamp(job) -> tuple:
 @st.cache_data(show_spinner=False, max_entries=256)
 def _summary(run_dir: str, stamp: tuple, _job) -> dict:
     """The progress summary of a job's events; cached until events.jsonl changes."""
-    return local.progress_summary(local.events(_job))
+    return progress_summary(local.events(_job))
 
 
 def summary_of(job) -> dict:
@@ -79,18 +112,131 @@ def _show_flash() -> None:
         getattr(st, kind)(text)
 
 
+def _v(option: str):
+    return st.session_state.get(K + option, DEFAULTS[option])
+
+
+def _init_form_state() -> None:
+    for option, default in DEFAULTS.items():
+        st.session_state.setdefault(K + option, default)
+
+
+# --------------------------------------------------------------------------- config <-> form
+
+def config_from_form(data: str, init: str | None) -> tuple[dict, str]:
+    """The training config the form describes, and the backend."""
+    cfg: dict = {"data": data, "labels": _v("labels"), "mode": _v("mode"), "epochs": int(_v("epochs")),
+                 "batch_size": int(_v("batch_size")), "accum_steps": int(_v("accum_steps")), "lr": float(_v("lr")),
+                 "weight_decay": float(_v("weight_decay")), "schedule": _v("schedule"),
+                 "warmup_steps": int(_v("warmup_steps")), "plateau_patience": int(_v("plateau_patience")),
+                 "plateau_factor": float(_v("plateau_factor")), "early_stopping": int(_v("early_stopping")),
+                 "loss": _v("loss"), "pos_weight": bool(_v("pos_weight")), "focal_gamma": float(_v("focal_gamma")),
+                 "hierarchy": _v("hierarchy"), "hierarchy_weight": float(_v("hierarchy_weight")),
+                 "gate_threshold": float(_v("gate_threshold")), "sampler": _v("sampler"),
+                 "oversample_min": int(_v("oversample_min")), "fit": _v("fit"),
+                 "policy": (_v("policy_mix") or "").strip() or _v("policy"),
+                 "frontal_only": bool(_v("frontal_only")), "views": list(_v("views")) or None,
+                 "first_n_studies": int(_v("first_n_studies")) or None,
+                 "age_min": float(_v("age_min")) or None, "age_max": float(_v("age_max")) or None,
+                 "sex": None if _v("sex") == "any" else _v("sex"), "max_images": int(_v("max_images")) or None,
+                 "split_method": _v("split_method"), "val_fraction": float(_v("val_fraction")),
+                 "test_fraction": float(_v("test_fraction")), "seed": int(_v("seed")),
+                 "augment": bool(_v("augment")),
+                 "augment_options": {k: float(_v("aug_" + k)) for k in AUG_KEYS},
+                 "device": _v("device"), "gpus": int(_v("gpus")), "share_gpus": bool(_v("share_gpus")),
+                 "nproc": int(_v("nproc")), "precision": _v("precision"), "channels_last": bool(_v("channels_last")),
+                 "compile": bool(_v("compile")), "threads": int(_v("threads"))}
+    if _v("mode") == "lora":
+        cfg.update(lora_r=int(_v("lora_r")), lora_alpha=float(_v("lora_alpha")),
+                   lora_dropout=float(_v("lora_dropout")), lora_targets=(_v("lora_targets") or "").strip() or None)
+    if init:
+        cfg["init"] = init
+    else:
+        arch = (_v("arch") or "").strip()
+        cfg.update(arch=arch, pretrained=_v("pretrained"), image_size=int(_v("image_size")),
+                   arch_kwargs={"output_stride": 16} if _v("stride16") and not arch.startswith(("tv:", "xrv:")) else {})
+    backend = _v("backend")
+    if backend == "slurm":
+        slurm = {"partition": _v("slurm_partition").strip(), "time": _v("slurm_time").strip(),
+                 "mem": _v("slurm_mem").strip(), "cpus": int(_v("slurm_cpus"))}
+        cfg["slurm"] = {k: v for k, v in slurm.items() if v}
+        cfg["nodes"] = int(_v("nodes"))
+    return cfg, backend
+
+
+def form_from_config(config: dict, backend: str = "local", name: str = "") -> None:
+    """Fill the form's widgets with a past job's options (clone)."""
+    c = dict(config)
+    ss = st.session_state
+    kept = []
+    for option, default in DEFAULTS.items():
+        value = c.get(option)
+        if value is None or isinstance(value, (dict, list)) != isinstance(default, (dict, list)):
+            continue
+        if option in CHOICES and value not in CHOICES[option]:
+            kept.append(f"{option}={value!r}")
+            continue
+        if isinstance(default, bool):
+            value = bool(value)
+        elif isinstance(default, int):
+            value = int(value)
+        elif isinstance(default, float):
+            value = float(value)
+        ss[K + option] = value
+    if c.get("pretrained") == "timm":
+        ss[K + "pretrained"] = "hub"
+    if kept:
+        _flash("info", "The form cannot show " + ", ".join(kept) + "; the defaults are shown instead.")
+    ss[K + "name"] = f"{name} (clone)" if name else ""
+    policy = c.get("policy", "zeros")
+    ss[K + "policy"], ss[K + "policy_mix"] = (policy, "") if policy in POLICIES else ("zeros", str(policy))
+    ss[K + "views"] = list(c.get("views") or [])
+    for opt in ("first_n_studies", "age_min", "age_max", "max_images"):
+        ss[K + opt] = int(c.get(opt) or 0)
+    ss[K + "sex"] = c.get("sex") or "any"
+    ss[K + "lora_targets"] = c.get("lora_targets") or ""
+    ss[K + "stride16"] = (c.get("arch_kwargs") or {}).get("output_stride") == 16
+    for k in AUG_KEYS:
+        if k in (c.get("augment_options") or {}):
+            ss[K + "aug_" + k] = float(c["augment_options"][k])
+    ss[K + "backend"] = backend
+    slurm = c.get("slurm") or {}
+    for k in ("partition", "time", "mem"):
+        ss[K + "slurm_" + k] = str(slurm.get(k, ""))
+    ss[K + "slurm_cpus"] = int(slurm.get("cpus", 0) or 0)
+    if c.get("init"):
+        ss["train_start"] = FROM_CHECKPOINT
+        ss["train_clone_init"] = c["init"]
+    else:
+        ss["train_start"] = FROM_SCRATCH
+        ss[K + "image_size"] = int(c.get("image_size", 160))
+    ss["train_clone_data"] = c.get("data")
+
+
+def _submit(config: dict, backend: str, name: str):
+    if backend == "slurm":
+        from cxrcore.jobs import slurm
+
+        return slurm.submit(config, name=name)
+    return local.submit(config, name=name)
+
+
 # --------------------------------------------------------------------------- page
 
 st.title("Train a classifier in the background")
-st.caption("Jobs run as separate processes on this machine: closing the tab does not stop them, and past jobs "
+st.caption("Jobs run as separate processes (or Slurm jobs): closing the tab does not stop them, and past jobs "
            "are listed again after an app restart. A finished job's checkpoint appears in the model pickers "
-           "on the Compare and Thresholds pages.")
+           "on the Compare, Thresholds and Evaluation pages.")
 
 try:
     store = JobStore()
 except CXRError as exc:
     show_error(exc)
     st.stop()
+
+if "train_clone" in st.session_state:  # set by the Clone button; applied before the widgets exist
+    form_from_config(*st.session_state.pop("train_clone"))
+_init_form_state()
 
 # ---- launch form ---------------------------------------------------------------------------------------------
 st.subheader("Launch a training job")
@@ -104,86 +250,199 @@ try:
 except CXRError as exc:
     show_error(exc)
     checkpoints = {}
+clone_data = st.session_state.pop("train_clone_data", None)
+if clone_data:
+    match = [n for n, p in datasets.items() if str(Path(p).resolve()) == str(Path(clone_data).resolve())]
+    if match:
+        st.session_state["train_dataset"], st.session_state["train_folder"] = match[0], ""
+    else:
+        st.session_state["train_folder"] = clone_data
+clone_init = st.session_state.pop("train_clone_init", None)
+if clone_init:
+    match = [n for n, p in checkpoints.items() if str(Path(p).resolve()) == str(Path(clone_init).resolve())]
+    if match:
+        st.session_state["train_ckpt"] = match[0]
 
 # Outside the form so that switching it shows the right fields at once.
-start_options = [FROM_CHECKPOINT, FROM_SCRATCH]
-start = st.radio("Start from", start_options, index=1 if not checkpoints else 0, horizontal=True,
+start = st.radio("Start from", [FROM_CHECKPOINT, FROM_SCRATCH], index=1 if not checkpoints else 0, horizontal=True,
                  key="train_start")
 from_ckpt = start == FROM_CHECKPOINT
 if from_ckpt and not checkpoints:
-    st.info("No checkpoints yet: run `cxr demo build`, or train a fresh architecture first.")
+    st.info("No checkpoints yet: run `cxr demo build`, or train an architecture first.")
 
 with st.form("train_form"):
     c1, c2 = st.columns(2)
-    name = c1.text_input("Job name", key="train_name", placeholder="e.g. nih-regnet-3ep",
-                         help="Shown in the jobs table and on the checkpoint card; empty: the dataset folder's name.")
-    labels = c2.selectbox("Label space", list(LABEL_SPACES), key="train_labels",
-                          help="The labels the model predicts. Labels the dataset lacks are left out of the loss.")
+    c1.text_input("Job name", key=K + "name", placeholder="e.g. nih-regnet-3ep",
+                  help="Shown in the jobs table and on the checkpoint card; empty: the dataset folder's name.")
+    c2.selectbox("Label space", list(LABEL_SPACES), key=K + "labels",
+                 help="The labels the model predicts. Labels the dataset lacks are left out of the loss.")
     d1, d2 = st.columns(2)
     ds_names = list(datasets)
     dataset_name = d1.selectbox("Dataset", ds_names, key="train_dataset", index=0 if ds_names else None,
                                 placeholder="no built-in dataset" if not ds_names else "Choose a dataset")
     folder = d2.text_input("…or a dataset folder on this machine", key="train_folder",
                            placeholder="/path/to/dataset (overrides the choice on the left)",
-                           help="An NIH- or CheXpert-style folder: a label table and the images.")
-
-    ckpt_name = arch = pretrained = None
-    stride16 = True
+                           help="An NIH- or CheXpert-style folder, or a folder of images with a CSV of labels.")
+    ckpt_name = None
     if from_ckpt:
         ckpt_name = st.selectbox("Checkpoint", list(checkpoints), key="train_ckpt",
                                  index=0 if checkpoints else None, placeholder="no checkpoints")
         st.caption("The checkpoint's classifier head is swapped to the chosen label space: rows of labels both "
-                   "share are kept, new labels start fresh. Its preprocessing (image size, fit) is kept, so the "
-                   "image size below is ignored.")
+                   "share are kept, new labels start fresh. Its preprocessing (image size, fit) is kept.")
     else:
         a1, a2, a3 = st.columns([2, 1, 1])
-        arch = a1.selectbox("Architecture (any timm name)", ARCHS, key="train_arch", accept_new_options=True,
-                            help="Pick one or type any name `timm.list_models()` knows.")
-        pretrained = a2.radio("Pretrained weights", ["none", "timm"], key="train_pretrained", horizontal=True,
-                              help="timm: timm's pretrained weights (must be in the local cache when offline).")
-        stride16 = a3.checkbox("Output stride 16", value=True, key="train_stride16",
-                               help="Finer Grad-CAM maps. Not every architecture supports it "
-                                    "(e.g. densenet121 and mobilenetv3 do not): untick it for those.")
-    m1, m2, m3, m4 = st.columns(4)
-    mode = m1.radio("Train", ["full", "head"], key="train_mode", horizontal=True,
-                    format_func=lambda m: {"full": "full network", "head": "head only"}[m])
-    epochs = m2.number_input("Epochs", min_value=1, max_value=500, value=3, step=1, key="train_epochs")
-    batch_size = m3.number_input("Batch size", min_value=1, max_value=1024, value=32, step=1, key="train_batch")
-    lr = m4.number_input("Learning rate", min_value=0.0, max_value=1.0, value=2e-3, step=1e-4, format="%.5f",
-                         key="train_lr")
-    n1, n2, n3, n4 = st.columns(4)
-    image_size = n1.number_input("Image size (px)", min_value=32, max_value=1024, value=160, step=16,
-                                 key="train_size", disabled=from_ckpt,
-                                 help="Ignored when starting from a checkpoint: its preprocessing is kept.")
-    policy = n2.selectbox("Uncertain labels (CheXpert −1)", POLICIES, key="train_policy",
-                          help="zeros: treat as negative; ones: as positive; ignore: leave out of the loss.")
-    max_images = n3.number_input("Max images (0 = all)", min_value=0, value=400, step=50, key="train_max",
-                                 help="A random subset keeps a CPU run to a few minutes.")
-    seed = n4.number_input("Seed", min_value=0, value=0, step=1, key="train_seed")
+        arch_now = st.session_state.get(K + "arch")
+        a1.selectbox("Architecture", ARCHS + ([arch_now] if arch_now and arch_now not in ARCHS else []),
+                     key=K + "arch", accept_new_options=True,
+                     help="Any timm name, `tv:<name>` for torchvision, `xrv:<weights>` for torchxrayvision's "
+                          "chest X-ray models. Type a name that is not in the list.")
+        a2.selectbox("Pretrained weights", ["auto", "none", "hub"], key=K + "pretrained",
+                     help="hub: the library's own weights (from its local cache when offline; a clear message says "
+                          "where to put the file if missing). none: random initialisation. auto: hub for xrv "
+                          "models, none otherwise.")
+        a3.checkbox("Output stride 16", key=K + "stride16",
+                    help="Finer Grad-CAM maps for timm ResNet/RegNet-like models; ignored for tv:/xrv: models. "
+                         "Untick for architectures that do not support it (densenet121, efficientnet, ViT).")
+    m1, m2, m3, m4, m5 = st.columns(5)
+    m1.selectbox("Train", ["full", "head", "lora"], key=K + "mode",
+                 format_func=lambda m: {"full": "full network", "head": "head only", "lora": "LoRA (peft)"}[m])
+    m2.number_input("Epochs", min_value=1, max_value=500, step=1, key=K + "epochs")
+    m3.number_input("Batch size", min_value=1, max_value=1024, step=1, key=K + "batch_size")
+    m4.number_input("Learning rate", min_value=0.0, max_value=1.0, step=1e-4, format="%.5f", key=K + "lr")
+    m5.number_input("Max images (0 = all)", min_value=0, step=50, key=K + "max_images",
+                    help="A random subset (after the filters) keeps a CPU run to a few minutes.")
+
+    with st.expander("Optimisation: LoRA, schedule, early stopping, accumulation"):
+        l1, l2, l3, l4 = st.columns(4)
+        l1.number_input("LoRA rank", min_value=1, max_value=256, step=1, key=K + "lora_r", help="LoRA mode only.")
+        l2.number_input("LoRA alpha", min_value=0.0, step=1.0, key=K + "lora_alpha")
+        l3.number_input("LoRA dropout", min_value=0.0, max_value=0.9, step=0.05, key=K + "lora_dropout")
+        l4.text_input("LoRA targets (regex)", key=K + "lora_targets", placeholder="auto",
+                      help="Empty: attention projections for ViTs, dense convolutions for CNNs.")
+        o1, o2, o3, o4 = st.columns(4)
+        o1.selectbox("Schedule", ["cosine", "plateau", "constant"], key=K + "schedule",
+                     help="cosine: warmup then cosine decay; plateau: reduce the LR when validation AUROC stalls.")
+        o2.number_input("Warmup steps", min_value=0, step=10, key=K + "warmup_steps")
+        o3.number_input("Plateau patience (epochs)", min_value=0, step=1, key=K + "plateau_patience")
+        o4.number_input("Plateau factor", min_value=0.01, max_value=0.99, step=0.05, key=K + "plateau_factor")
+        p1, p2, p3, p4 = st.columns(4)
+        p1.number_input("Early stopping patience (0 = off)", min_value=0, step=1, key=K + "early_stopping",
+                        help="Stop after this many epochs without a better validation mean AUROC.")
+        p2.number_input("Gradient accumulation (batches)", min_value=1, step=1, key=K + "accum_steps")
+        p3.number_input("Weight decay", min_value=0.0, step=1e-4, format="%.5f", key=K + "weight_decay")
+        p4.number_input("Seed", min_value=0, step=1, key=K + "seed")
+
+    with st.expander("Loss, class imbalance and label hierarchy"):
+        i1, i2, i3, i4 = st.columns(4)
+        i1.selectbox("Loss", ["bce", "focal"], key=K + "loss")
+        i2.number_input("Focal gamma", min_value=0.0, max_value=10.0, step=0.5, key=K + "focal_gamma")
+        i3.checkbox("pos_weight from prevalence (bce)", key=K + "pos_weight",
+                    help="Weight each label's positives by negatives / positives in the training split.")
+        i4.selectbox("Sampler", ["shuffle", "weighted"], key=K + "sampler",
+                     help="weighted: images with rare findings are drawn as often as common ones.")
+        h1, h2, h3, h4 = st.columns(4)
+        h1.number_input("Oversample rare combinations to (rows)", min_value=0, step=5, key=K + "oversample_min")
+        h2.selectbox("Hierarchy", ["none", "penalty", "two_stage"], key=K + "hierarchy",
+                     format_func=lambda h: {"none": "none", "penalty": "parent/child penalty",
+                                            "two_stage": "two-stage gate"}[h],
+                     help="penalty: CheXpert's tree, a child predicted above its parent costs loss. two-stage: an "
+                          "'Any finding' gate plus diseases trained on abnormal images, combined with the gate "
+                          "threshold.")
+        h3.number_input("Penalty weight", min_value=0.0, step=0.5, key=K + "hierarchy_weight")
+        h4.number_input("Gate threshold", min_value=0.0, max_value=1.0, step=0.05, key=K + "gate_threshold")
+
+    with st.expander("Data: uncertainty policy, filters, split, image size"):
+        u1, u2, u3 = st.columns([1, 2, 1])
+        u1.selectbox("Uncertain labels (CheXpert −1)", POLICIES, key=K + "policy",
+                     help="zeros: negative; ones: positive; ignore: left out of loss and metrics.")
+        u2.text_input("…or a per-label mix", key=K + "policy_mix", placeholder="ones:Atelectasis,Edema;zeros",
+                      help="Overrides the choice on the left: `policy:Label,Label;default`.")
+        u3.selectbox("Image fit", ["pad", "crop"], key=K + "fit", help="Aspect kept: letterbox or center crop.")
+        f1, f2, f3, f4 = st.columns(4)
+        f1.checkbox("Frontal views only", key=K + "frontal_only")
+        f2.multiselect("Views (empty = all)", list(dict.fromkeys(VIEWS + list(_v("views")))), key=K + "views",
+                       accept_new_options=True)
+        f3.number_input("First N studies per patient (0 = all)", min_value=0, step=1, key=K + "first_n_studies")
+        f4.selectbox("Sex", ["any", "M", "F"], key=K + "sex")
+        g1, g2, g3, g4 = st.columns(4)
+        g1.number_input("Age from (0 = any)", min_value=0, max_value=120, step=5, key=K + "age_min")
+        g2.number_input("Age to (0 = any)", min_value=0, max_value=120, step=5, key=K + "age_max")
+        g3.selectbox("Split", ["hash", "stratified"], key=K + "split_method",
+                     help="Both are patient-level; stratified balances each label's positive rate across splits.")
+        g4.number_input("Image size (px)", min_value=32, max_value=1024, step=16, key=K + "image_size",
+                        disabled=from_ckpt, help="Ignored when starting from a checkpoint: its preprocessing is kept.")
+        v1, v2, _ = st.columns([1, 1, 2])
+        v1.number_input("Validation fraction", min_value=0.01, max_value=0.5, step=0.05, key=K + "val_fraction")
+        v2.number_input("Test fraction", min_value=0.0, max_value=0.5, step=0.05, key=K + "test_fraction")
+
+    with st.expander("Augmentation"):
+        st.checkbox("Augment training images", key=K + "augment")
+        cols = st.columns(len(AUG_KEYS))
+        limits = {"p": 1.0, "degrees": 45.0, "translate": 0.5, "scale": 0.5, "shear": 30.0, "brightness": 0.5,
+                  "contrast": 0.9}
+        for col, k in zip(cols, AUG_KEYS):
+            col.number_input({"p": "probability"}.get(k, k), min_value=0.0, max_value=limits[k],
+                             step=0.01 if limits[k] <= 1 else 1.0, key=K + "aug_" + k)
+
+    with st.expander("Where it runs: backend, GPUs, precision"):
+        w1, w2, w3, w4 = st.columns(4)
+        w1.selectbox("Backend", ["local", "slurm"], key=K + "backend",
+                     help="local: a process on this machine; slurm: sbatch on the cluster this machine submits to.")
+        w2.selectbox("Device", ["auto", "cpu", "cuda"], key=K + "device")
+        w3.number_input("GPUs", min_value=0, max_value=64, step=1, key=K + "gpus",
+                        help="Local: the job waits until this many GPUs are free (CUDA_VISIBLE_DEVICES).")
+        w4.number_input("Processes (DDP)", min_value=1, max_value=64, step=1, key=K + "nproc",
+                        help="More than one: torchrun data-parallel (gloo on CPU, NCCL on GPUs).")
+        x1, x2, x3, x4 = st.columns(4)
+        x1.selectbox("Precision", ["fp32", "bf16", "fp16"], key=K + "precision", help="Autocast; fp16 needs a GPU.")
+        x2.checkbox("channels_last", key=K + "channels_last")
+        x3.checkbox("torch.compile", key=K + "compile")
+        x4.checkbox("Share GPUs with other jobs", key=K + "share_gpus")
+        y1, y2, y3, y4, y5 = st.columns(5)
+        y1.text_input("Slurm partition", key=K + "slurm_partition", placeholder="default")
+        y2.text_input("Slurm time", key=K + "slurm_time", placeholder="e.g. 04:00:00")
+        y3.text_input("Slurm memory", key=K + "slurm_mem", placeholder="e.g. 32G")
+        y4.number_input("Slurm CPUs per task (0 = default)", min_value=0, step=1, key=K + "slurm_cpus")
+        y5.number_input("Slurm nodes", min_value=1, step=1, key=K + "nodes")
+        st.number_input("CPU threads (0 = all cores but one)", min_value=0, max_value=256, step=1, key=K + "threads")
     submitted = st.form_submit_button("Start training", type="primary", key="train_submit")
 
 if submitted:
     data = folder.strip() or (datasets.get(dataset_name) if dataset_name else None)
-    config: dict = {"data": data or "", "labels": labels, "mode": mode, "epochs": int(epochs),
-                    "batch_size": int(batch_size), "lr": float(lr), "policy": policy,
-                    "max_images": int(max_images) or None, "seed": int(seed)}
-    if from_ckpt:
-        config["init"] = checkpoints.get(ckpt_name) if ckpt_name else None
-    else:
-        config.update(arch=(arch or "").strip(), pretrained=pretrained, image_size=int(image_size),
-                      arch_kwargs={"output_stride": 16} if stride16 else {})
+    init = (checkpoints.get(ckpt_name) if ckpt_name else None) if from_ckpt else None
     try:
         if not data:
             raise CXRError("Choose a dataset or type the path of a dataset folder.")
-        if from_ckpt and not config["init"]:
-            raise CXRError("Choose a checkpoint to start from, or start from a fresh architecture.")
+        if from_ckpt and not init:
+            raise CXRError("Choose a checkpoint to start from, or start from an architecture.")
+        config, backend = config_from_form(data, init)
         with st.spinner("Checking the configuration and starting the job…"):
-            job = local.submit(config, name=name.strip())
+            job = _submit(config, backend, _v("name").strip())
     except Exception as exc:  # noqa: BLE001 - CXRError as a message; anything else without a traceback
         show_error(exc)
     else:
-        st.success(f"Started job **{job.id}** ({job.name}). It runs in the background; watch it below.")
+        waiting = job.status == "queued" and not job.pid
+        st.success(f"{'Queued' if waiting else 'Started'} job **{job.id}** ({job.name}) on {job.backend}. "
+                   "It runs in the background; watch it below.")
         st.session_state["train_watch"] = job.id
+
+# ---- machine -----------------------------------------------------------------------------------------------------
+
+
+@st.fragment(run_every=5)
+def gpu_panel() -> None:
+    from cxrcore.jobs import gpus
+
+    rows = gpus.utilisation()
+    if not rows:
+        st.caption("GPUs: none visible through NVML on this machine; local jobs train on the CPU.")
+        return
+    st.dataframe(pd.DataFrame([{"GPU": r["index"], "name": r["name"], "busy %": r["util_percent"],
+                                "memory used (MiB)": r["mem_used_mib"], "memory total (MiB)": r["mem_total_mib"]}
+                               for r in rows]), hide_index=True)
+
+
+gpu_panel()
 
 # ---- jobs table ------------------------------------------------------------------------------------------------
 st.subheader("Jobs")
@@ -201,45 +460,62 @@ if not jobs:
 rows = []
 for j in jobs:
     try:
-        best = summary_of(j)["best_val_mean_auroc"]
+        s = summary_of(j)
     except Exception:  # noqa: BLE001 - an unreadable events file must not break the table
-        best = None
-    rows.append({"id": j.id, "name": j.name, "status": j.status,
-                 "created": _fmt_time(j.created), "duration": _fmt_seconds(j.duration),
-                 "best val AUROC": best})
+        s = progress_summary([])
+    note = (getattr(j, "note", None) or "") if j.active else ""
+    rows.append({"id": j.id, "name": j.name, "status": j.status, "backend": j.backend,
+                 "mode": (j.config or {}).get("mode", "full"), "progress": float(s["fraction"]),
+                 "best val AUROC": s["best_val_mean_auroc"], "created": _fmt_time(j.created),
+                 "duration": _fmt_seconds(j.duration), "note": note})
 st.dataframe(pd.DataFrame(rows), hide_index=True, placeholder="–",
-             column_config={"best val AUROC": st.column_config.NumberColumn(format="%.3f")})
+             column_config={"best val AUROC": st.column_config.NumberColumn(format="%.3f"),
+                            "progress": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="percent")})
 
 by_id = {j.id: j for j in jobs}
 ids = list(by_id)
 if st.session_state.get("train_watch") not in by_id:
     st.session_state["train_watch"] = ids[0]
 watch = st.selectbox("Watch job", ids, key="train_watch",
-                     format_func=lambda i: f"{i} — {by_id[i].name or 'unnamed'}")
+                     format_func=lambda i: f"{i} — {by_id[i].name or 'unnamed'} ({by_id[i].status})")
 
 
 # ---- live view -------------------------------------------------------------------------------------------------
 
-def _loss_figure(s: dict) -> go.Figure:
-    fig = go.Figure()
+def _layout(fig: go.Figure, title: str, height: int = 320) -> go.Figure:
+    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def _curves_figure(s: dict) -> go.Figure:
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
     if s["loss_curve"]:
         steps, losses = zip(*s["loss_curve"])
-        fig.add_trace(go.Scatter(x=steps, y=losses, mode="lines", name="train loss (step)"))
-    fig.update_layout(title="Training loss per step", xaxis_title="step", yaxis_title="BCE loss", height=320,
-                      margin=dict(l=10, r=10, t=40, b=10), showlegend=False)
-    return fig
+        fig.add_trace(go.Scatter(x=steps, y=losses, mode="lines", name="loss"), secondary_y=False)
+    if s["lr_curve"]:
+        steps, lrs = zip(*s["lr_curve"])
+        fig.add_trace(go.Scatter(x=steps, y=lrs, mode="lines", name="learning rate", line=dict(dash="dot")),
+                      secondary_y=True)
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text="training loss", secondary_y=False)
+    fig.update_yaxes(title_text="learning rate", secondary_y=True, exponentformat="e")
+    fig.update_layout(legend=dict(orientation="h", y=-0.25))
+    return _layout(fig, "Loss and learning rate per step")
 
 
 def _auroc_figure(s: dict) -> go.Figure:
     fig = go.Figure()
+    for label, pts in s["auroc_history"].items():
+        pts = [(e, a) for e, a in pts if a is not None]
+        if pts:
+            ep, au = zip(*pts)
+            fig.add_trace(go.Scatter(x=ep, y=au, mode="lines", name=label, opacity=0.45, line=dict(width=1)))
     pts = [(e, a) for e, a in s["auroc_curve"] if a is not None]
     if pts:
         ep, au = zip(*pts)
-        fig.add_trace(go.Scatter(x=ep, y=au, mode="lines+markers", name="val mean AUROC"))
-    fig.update_layout(title="Validation mean AUROC per epoch", xaxis_title="epoch", yaxis_title="mean AUROC",
-                      height=320, margin=dict(l=10, r=10, t=40, b=10), showlegend=False,
-                      xaxis=dict(dtick=1), yaxis=dict(range=[0, 1]))
-    return fig
+        fig.add_trace(go.Scatter(x=ep, y=au, mode="lines+markers", name="mean", line=dict(width=3, color="black")))
+    fig.update_layout(xaxis_title="epoch", yaxis_title="AUROC", xaxis=dict(dtick=1), yaxis=dict(range=[0, 1]))
+    return _layout(fig, "Validation AUROC per epoch (mean and per label)", 380)
 
 
 def _progress_text(s: dict, job) -> str:
@@ -255,9 +531,38 @@ def _progress_text(s: dict, job) -> str:
         parts.append(f"{s['images_per_s']:.1f} images/s")
     if s["eta_seconds"] is not None and s["phase"] == "training":
         parts.append(f"ETA {_fmt_seconds(s['eta_seconds'])}")
+    if s["resumes"]:
+        parts.append(f"resumed {s['resumes']}×")
     if s["phase"] == "preparing" and job.active:
         parts.append("reading the data and building the image cache")
     return " · ".join(parts)
+
+
+def _actions(job) -> None:
+    b1, b2, b3 = st.columns(3)
+    if job.active and b1.button("Cancel job", key=f"train_cancel_{job.id}"):
+        try:
+            with st.spinner("Stopping the job…"):
+                done = local.cancel(job.id, store)
+        except CXRError as exc:
+            show_error(exc)
+        else:
+            _flash("warning", f"Job {done.id} is {done.status}.")
+            st.rerun()
+    if job.status in ("cancelled", "failed") and b1.button("Resume job", key=f"train_resume_{job.id}", type="primary",
+                                                           help="Continue from the last complete epoch."):
+        try:
+            with st.spinner("Resuming…"):
+                again = local.resume(job.id, store)
+        except CXRError as exc:
+            show_error(exc)
+        else:
+            _flash("success", f"Job {again.id} resumes from its last complete epoch.")
+            st.rerun()
+    if b2.button("Clone into the form", key=f"train_clone_{job.id}",
+                 help="Fill the launch form with this job's options, to change some and launch a new job."):
+        st.session_state["train_clone"] = (job.config, job.backend, job.name)
+        st.rerun()
 
 
 def render_job(job_id: str, live: bool) -> None:
@@ -273,26 +578,23 @@ def render_job(job_id: str, live: bool) -> None:
         s = summary_of(job)
     except Exception as exc:  # noqa: BLE001
         show_error(exc)
-        s = local.progress_summary([])
+        s = progress_summary([])
 
     h1, h2 = st.columns([3, 1])
     h1.markdown(f"#### {job.name or 'unnamed'} · `{job.id}`")
     with h2:
         st.badge(job.status, icon=STATUS_ICON.get(job.status), color=STATUS_COLOR.get(job.status, "gray"))
+    where = job.backend + (f" job {job.backend_id}" if getattr(job, "backend_id", None) else "")
+    if job.pid and job.active and job.backend == "local":
+        where += f" · pid {job.pid}"
+    gpu_ids = getattr(job, "gpu_ids", None)
+    if gpu_ids:
+        where += f" · GPUs {gpu_ids}"
     st.caption(f"Created {_fmt_time(job.created)} · started {_fmt_time(job.started)} · "
-               f"duration {_fmt_seconds(job.duration)}" + (f" · pid {job.pid}" if job.pid and job.active else ""))
+               f"duration {_fmt_seconds(job.duration)} · {where}")
 
     st.progress(float(s["fraction"]), text=_progress_text(s, job))
-    if job.active:
-        if st.button("Cancel job", key=f"train_cancel_{job.id}", type="secondary"):
-            try:
-                with st.spinner("Stopping the job…"):
-                    done = local.cancel(job.id, store)
-            except CXRError as exc:
-                show_error(exc)
-            else:
-                _flash("warning", f"Job {done.id} is {done.status}.")
-                st.rerun()
+    _actions(job)
 
     if job.status == "failed":
         first, _, rest = (job.error or "no message").partition("\n")
@@ -301,6 +603,8 @@ def render_job(job_id: str, live: bool) -> None:
             st.code(rest, language=None)
     elif job.status == "cancelled":
         st.warning(_md_escape(job.error or "The job was cancelled."))
+    elif job.status == "queued" and getattr(job, "note", None):
+        st.info(_md_escape(job.note))
     ckpt = Path(job.run_dir) / "checkpoint"
     if job.ended and (ckpt / "card.json").exists():
         msg = (f"Checkpoint: `{ckpt}`  \nIt now appears in the model pickers on the Compare and Thresholds "
@@ -310,30 +614,41 @@ def render_job(job_id: str, live: bool) -> None:
         else:
             st.info("The best checkpoint so far was kept. " + msg)
 
-    m = st.columns(4)
+    m = st.columns(6)
     m[0].metric("Best val mean AUROC", "–" if s["best_val_mean_auroc"] is None else f"{s['best_val_mean_auroc']:.3f}",
                 help=f"epoch {s['best_epoch']}" if s["best_epoch"] else None)
     m[1].metric("Test mean AUROC", "–" if s["test_mean_auroc"] is None else f"{s['test_mean_auroc']:.3f}")
     m[2].metric("Last loss", "–" if s["last_loss"] is None else f"{s['last_loss']:.4f}")
-    m[3].metric("Images", "–" if s["n_images"] is None else s["n_images"])
+    m[3].metric("Images/s", "–" if s["images_per_s"] is None else f"{s['images_per_s']:.1f}",
+                help=f"{s['world_size']} processes" if s["world_size"] > 1 else None)
+    m[4].metric("ETA", _fmt_seconds(s["eta_seconds"]) if job.active else "–")
+    trainable = s["trainable_params"]
+    m[5].metric("Trainable parameters", "–" if trainable is None else f"{trainable / 1e6:.2f} M",
+                help=None if trainable is None else
+                f"{trainable:,} of {s['total_params']:,} ({100 * trainable / max(1, s['total_params']):.1f} %), "
+                f"mode {s['mode']}")
+    if s["gpu_mem_mib"] is not None:
+        st.caption(f"Peak GPU memory this epoch: {s['gpu_mem_mib']:.0f} MiB")
+    if s["early_stopped"]:
+        st.caption(f"Early stopping: no better validation AUROC after epoch {s['best_epoch']}.")
 
     g1, g2 = st.columns(2)
     if s["loss_curve"]:
-        g1.plotly_chart(_loss_figure(s), key=f"train_loss_{job.id}")
+        g1.plotly_chart(_curves_figure(s), key=f"train_loss_{job.id}", config=chart_config())
     else:
         g1.caption("The loss curve appears with the first training step.")
     if any(a is not None for _, a in s["auroc_curve"]):
-        g2.plotly_chart(_auroc_figure(s), key=f"train_auroc_{job.id}")
+        g2.plotly_chart(_auroc_figure(s), key=f"train_auroc_{job.id}", config=chart_config())
     else:
         g2.caption("Validation AUROC appears after the first epoch.")
 
     if s["per_label_auroc"]:
         last_epoch = s["auroc_curve"][-1][0] if s["auroc_curve"] else s["epoch"]
-        st.markdown(f"**Per-label validation AUROC, epoch {last_epoch}**")
-        table = pd.DataFrame({"label": list(s["per_label_auroc"]), "AUROC": list(s["per_label_auroc"].values())})
-        st.dataframe(table, hide_index=True, key=f"train_perlabel_{job.id}", height=35 * (len(table) + 1) + 3,
-                     placeholder="n/a", column_config={"AUROC": st.column_config.NumberColumn(
-                         format="%.3f", help="n/a: no positive (or no negative) case in the validation split.")})
+        with st.expander(f"Per-label validation AUROC, epoch {last_epoch}"):
+            table = pd.DataFrame({"label": list(s["per_label_auroc"]), "AUROC": list(s["per_label_auroc"].values())})
+            st.dataframe(table, hide_index=True, key=f"train_perlabel_{job.id}", placeholder="n/a",
+                         column_config={"AUROC": st.column_config.NumberColumn(
+                             format="%.3f", help="n/a: no positive (or no negative) case in the validation split.")})
 
     st.markdown("**Log** (last 40 lines)")
     st.code(local.tail_log(job, 40) or "(no output yet)", language=None)
@@ -361,3 +676,78 @@ if watched.active:
     live_view(watched.id)
 else:
     ended_view(watched.id)
+
+
+# ---- comparison ------------------------------------------------------------------------------------------------
+
+def _config_diff(a: dict, b: dict) -> pd.DataFrame:
+    keys = sorted(set(a) | set(b))
+    rows = [{"option": k, "A": json.dumps(a.get(k)), "B": json.dumps(b.get(k))} for k in keys
+            if a.get(k) != b.get(k) and k not in ("name",)]
+    return pd.DataFrame(rows, columns=["option", "A", "B"])
+
+
+def compare_runs(a, b) -> None:
+    sa, sb = summary_of(a), summary_of(b)
+    names = {"A": f"A · {a.name or a.id}", "B": f"B · {b.name or b.id}"}
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Validation mean AUROC per epoch", "Training loss per epoch"))
+    for tag, s, color in (("A", sa, "#1f77b4"), ("B", sb, "#d62728")):
+        pts = [(e, v) for e, v in s["auroc_curve"] if v is not None]
+        if pts:
+            fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
+                                     name=names[tag], line=dict(color=color), legendgroup=tag), row=1, col=1)
+        if s["epoch_loss_curve"]:
+            fig.add_trace(go.Scatter(x=[p[0] for p in s["epoch_loss_curve"]], y=[p[1] for p in s["epoch_loss_curve"]],
+                                     mode="lines+markers", name=names[tag], line=dict(color=color), legendgroup=tag,
+                                     showlegend=False), row=1, col=2)
+    fig.update_xaxes(title_text="epoch", dtick=1)
+    fig.update_layout(height=360, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2))
+    st.plotly_chart(fig, key="train_cmp_fig", config=chart_config())
+
+    def final(job, s) -> dict:
+        card = Path(job.run_dir) / "checkpoint" / "card.json"
+        if card.exists():
+            try:
+                c = json.loads(card.read_text())
+                return {"val": c.get("metrics", {}).get("val", {}), "test": c.get("metrics", {}).get("test", {})}
+            except (OSError, json.JSONDecodeError):
+                pass
+        return {"val": {"auroc": s["per_label_auroc"], "mean_auroc": s["best_val_mean_auroc"]}, "test": {}}
+
+    fa, fb = final(a, sa), final(b, sb)
+    labels = list(dict.fromkeys(list((fa["val"].get("auroc") or {})) + list((fb["val"].get("auroc") or {}))))
+    rows = [{"": "mean", "A val": fa["val"].get("mean_auroc"), "B val": fb["val"].get("mean_auroc"),
+             "A test": fa["test"].get("mean_auroc"), "B test": fb["test"].get("mean_auroc")}]
+    for x in labels:
+        rows.append({"": x, "A val": (fa["val"].get("auroc") or {}).get(x), "B val": (fb["val"].get("auroc") or {}).get(x),
+                     "A test": (fa["test"].get("auroc") or {}).get(x), "B test": (fb["test"].get("auroc") or {}).get(x)})
+    table = pd.DataFrame(rows)
+    table["B − A (test)"] = pd.to_numeric(table["B test"], errors="coerce") - pd.to_numeric(table["A test"], errors="coerce")
+    fmt = st.column_config.NumberColumn(format="%.3f")
+    st.dataframe(table, hide_index=True, placeholder="–", key="train_cmp_table",
+                 column_config={c: fmt for c in table.columns if c})
+    st.download_button("Download the comparison (CSV)", table.to_csv(index=False).encode(), "run_comparison.csv",
+                       "text/csv", key="train_cmp_csv")
+    diff = _config_diff(a.config or {}, b.config or {})
+    st.markdown("**Options that differ**")
+    if diff.empty:
+        st.caption("The two runs have the same options.")
+    else:
+        st.dataframe(diff, hide_index=True, key="train_cmp_diff")
+
+
+st.subheader("Compare two runs")
+if len(ids) < 2:
+    st.caption("Two or more jobs are needed for a comparison.")
+else:
+    r1, r2 = st.columns(2)
+    fmt = lambda i: f"{i} — {by_id[i].name or 'unnamed'} ({by_id[i].status})"  # noqa: E731
+    run_a = r1.selectbox("Run A", ids, index=min(1, len(ids) - 1), key="train_cmp_a", format_func=fmt)
+    run_b = r2.selectbox("Run B", ids, index=0, key="train_cmp_b", format_func=fmt)
+    if run_a == run_b:
+        st.caption("Pick two different runs.")
+    else:
+        try:
+            compare_runs(by_id[run_a], by_id[run_b])
+        except Exception as exc:  # noqa: BLE001 - an unreadable run must not break the page
+            show_error(exc)

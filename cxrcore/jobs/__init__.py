@@ -6,9 +6,9 @@ GPUs wait in a queue until enough are free (``gpus``); ``slurm.submit`` hands a 
 cluster instead, and refresh/cancel dispatch on the row's backend. Importing this package does
 not import torch.
 """
-from .local import (cancel, check_config, events, process_alive, progress_summary, refresh, refresh_all, start_queued,
+from .local import (cancel, check_config, events, process_alive, progress_summary, refresh, refresh_all, resume, start_queued,
                     submit, tail_log)
 from .store import ACTIVE, ENDED, STATUSES, Job, JobStore, new_job_id
 
 __all__ = ["ACTIVE", "ENDED", "STATUSES", "Job", "JobStore", "cancel", "check_config", "events", "new_job_id",
-           "process_alive", "progress_summary", "refresh", "refresh_all", "start_queued", "submit", "tail_log"]
+           "process_alive", "progress_summary", "refresh", "refresh_all", "resume", "start_queued", "submit", "tail_log"]

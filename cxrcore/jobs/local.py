@@ -12,7 +12,6 @@ tab closes, the session ends or the app restarts; the app only reads the job tab
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from .. import workspace
 from ..errors import ConfigError, JobError
+from .progress import progress_summary  # noqa: F401 - re-exported
 from .store import ACTIVE, Job, JobStore
 
 LOG_NAME = "log.txt"
@@ -287,6 +287,48 @@ def submit(config: dict, name: str = "", store: JobStore | None = None, run_dir:
     return store.update(job.id, pid=proc.pid, gpu_ids=[])
 
 
+def resume(job_id: str, store: JobStore | None = None) -> Job:
+    """Start a cancelled or failed job again from its last complete epoch (``run_dir/last``).
+
+    The same row and run folder are reused: the job goes back to ``queued``, a new runner
+    restores model, optimizer, scheduler, sampler and RNG state and trains the remaining epochs
+    (the events and log continue). Raises JobError for a job that is still active, succeeded, or
+    never finished an epoch (clone it instead).
+    """
+    from ..train.state import state_path
+
+    store = _store_for(store)
+    job = refresh(job_id, store)
+    if job.active:
+        raise JobError(f"Job {job.id} is still {job.status}; only a cancelled or failed job can be resumed.")
+    if job.status == "succeeded":
+        raise JobError(f"Job {job.id} already succeeded; clone it to train again with other options.")
+    if state_path(job.run_dir) is None:
+        raise JobError(f"Job {job.id} never finished an epoch, so there is nothing to resume from; "
+                       "clone it to start again.")
+    if job.backend == "slurm":
+        from . import slurm
+
+        return slurm.resume(job.id, store)
+    if not store.transition(job.id, ("cancelled", "failed"), "queued", pid=None, error=None, exit_code=None,
+                            finished=None, started=None, gpu_ids=None, note=None):
+        raise JobError(f"Job {job.id} changed state meanwhile ({store.get(job.id).status}); try again.")
+    with open(Path(job.run_dir) / LOG_NAME, "a") as log:
+        log.write(f"[{time.strftime('%H:%M:%S')}] resume requested: continuing from the last complete epoch\n")
+    _reap_children()
+    need = int(job.config.get("gpus") or 0)
+    try:
+        if need > 0:
+            store.update(job.id, note=f"waiting for {need} GPU(s)")
+            start_queued(store)
+            return store.get(job.id)
+        proc = _start_process(store.get(job.id), store, [])
+    except (OSError, subprocess.SubprocessError) as exc:
+        store.mark(job.id, "failed", error=f"The job's process could not be started: {exc}")
+        raise JobError(f"Could not start the training process for job {job.id}: {exc}") from exc
+    return store.update(job.id, pid=proc.pid, gpu_ids=[])
+
+
 # --------------------------------------------------------------------------- processes
 
 def _reap_children() -> None:
@@ -512,91 +554,5 @@ def events(job: Job) -> list[dict]:
     return read_events(Path(job.run_dir) / EVENTS_NAME)
 
 
-def _num(v) -> float | None:
-    if v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) or math.isinf(f) else f
-
-
-def progress_summary(events: list[dict]) -> dict:
-    """What a progress view needs, from a job's events.
-
-    Keys: phase (waiting | preparing | training | stopped | done), epoch, epochs, step, total_steps,
-    fraction (0..1), last_loss, images_per_s, eta_seconds, elapsed_seconds, best_val_mean_auroc,
-    best_epoch, test_mean_auroc, loss_curve [(step, loss)], auroc_curve [(epoch, val_mean_auroc)],
-    epoch_loss_curve [(epoch, train_loss)], per_label_auroc (the last epoch's {label: auroc|None}),
-    labels, n_images, stopped.
-    """
-    s: dict = {"phase": "waiting", "epoch": 0, "epochs": None, "step": 0, "total_steps": None, "fraction": 0.0,
-               "last_loss": None, "images_per_s": None, "eta_seconds": None, "elapsed_seconds": None,
-               "best_val_mean_auroc": None, "best_epoch": None, "test_mean_auroc": None,
-               "loss_curve": [], "auroc_curve": [], "epoch_loss_curve": [], "per_label_auroc": {},
-               "labels": [], "n_images": None, "stopped": False}
-    t_start = t_train = t_last = None
-    for e in events or []:
-        kind, t = e.get("type"), _num(e.get("time"))
-        if t is not None:
-            t_last = t
-        if kind == "start":
-            s["phase"] = "preparing"
-            t_start = t
-            cfg = e.get("config") or {}
-            s["epochs"] = cfg.get("epochs")
-        elif kind == "data":
-            s["phase"] = "training"
-            t_train = t
-            s["labels"] = list(e.get("labels") or [])
-            s["n_images"] = e.get("n_images")
-            if e.get("steps_per_epoch") is not None and s["epochs"]:
-                s["total_steps"] = int(e["steps_per_epoch"]) * int(s["epochs"])
-        elif kind == "step":
-            s["phase"] = "training"
-            s["epoch"] = e.get("epoch", s["epoch"])
-            s["step"] = int(e.get("step") or 0)
-            s["total_steps"] = e.get("total_steps", s["total_steps"])
-            s["last_loss"] = _num(e.get("loss"))
-            s["images_per_s"] = _num(e.get("images_per_s"))
-            if s["last_loss"] is not None:
-                s["loss_curve"].append((s["step"], s["last_loss"]))
-        elif kind == "epoch":
-            ep = e.get("epoch")
-            s["epoch"] = ep
-            auroc = _num(e.get("val_mean_auroc"))
-            s["auroc_curve"].append((ep, auroc))
-            loss = _num(e.get("train_loss"))
-            if loss is not None:
-                s["epoch_loss_curve"].append((ep, loss))
-            s["per_label_auroc"] = {k: _num(v) for k, v in (e.get("val_auroc") or {}).items()}
-            if auroc is not None and (s["best_val_mean_auroc"] is None or auroc > s["best_val_mean_auroc"]):
-                s["best_val_mean_auroc"], s["best_epoch"] = auroc, ep
-        elif kind == "stopped":
-            s["phase"] = "stopped"
-            s["stopped"] = True
-        elif kind == "done":
-            s["phase"] = "stopped" if e.get("stopped") else "done"
-            s["stopped"] = bool(e.get("stopped")) or s["stopped"]
-            s["test_mean_auroc"] = _num(e.get("test_mean_auroc"))
-            if e.get("best_epoch") is not None:
-                s["best_epoch"] = e.get("best_epoch")
-    total = s["total_steps"]
-    if s["phase"] == "done":
-        s["fraction"] = 1.0
-    elif total:
-        s["fraction"] = min(1.0, max(0.0, s["step"] / total))
-    if t_start is not None and t_last is not None:
-        s["elapsed_seconds"] = max(0.0, t_last - t_start)
-    if s["phase"] == "training" and total and s["step"] and t_train is not None and t_last is not None:
-        # Seconds per step so far, validation included after the first epoch.
-        per_step = (t_last - t_train) / s["step"]
-        s["eta_seconds"] = max(0.0, per_step * (total - s["step"]))
-    elif s["phase"] in ("done", "stopped"):
-        s["eta_seconds"] = 0.0
-    return s
-
-
-__all__ = ["submit", "check_config", "refresh", "refresh_all", "cancel", "start_queued", "tail_log", "events",
+__all__ = ["submit", "resume", "check_config", "refresh", "refresh_all", "cancel", "start_queued", "tail_log", "events",
            "progress_summary", "process_alive"]

@@ -13,12 +13,13 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from ..errors import CXRError
+from ..errors import CXRError, JobError
 from .store import JobStore
 
 EXIT_FAILED = 1
@@ -126,6 +127,40 @@ def _last_traceback_line(exc: BaseException) -> str:
     return text[-1] if text else type(exc).__name__
 
 
+def _run_training(cfg, run_dir: Path, stop: "_Stop", job_id: str):
+    """Train in this process, or data-parallel through torchrun when the job asks for several processes.
+
+    Resumes from ``run_dir/last`` when a complete epoch was saved there (a resumed or requeued job).
+    """
+    from ..checkpoint import read_card
+    from ..train.state import state_path
+    from ..train.trainer import train
+    from ..train.worker import STOP_FILE, launch_command
+
+    resume = state_path(run_dir) is not None
+    if resume:
+        print(f"[{_clock()}] resuming from the last complete epoch in {run_dir / 'last'}", flush=True)
+    if int(cfg.nproc) <= 1 and int(cfg.nodes) <= 1:
+        return train(cfg, run_dir, progress=ProgressPrinter(stop), should_stop=stop, resume=resume)
+    (run_dir / STOP_FILE).unlink(missing_ok=True)
+    argv = launch_command(cfg, run_dir, resume=resume, job_id=job_id)
+    print(f"[{_clock()}] data-parallel: {' '.join(argv)}", flush=True)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, cwd=str(run_dir))
+    stop_written = False
+    while proc.poll() is None:
+        if stop() and not stop_written:
+            (run_dir / STOP_FILE).write_text("stop\n")  # every rank stops at the same step
+            stop_written = True
+        time.sleep(0.5)
+    (run_dir / STOP_FILE).unlink(missing_ok=True)
+    if proc.returncode != 0:
+        if stop():
+            raise Cancelled(f"the data-parallel processes stopped (exit code {proc.returncode})")
+        raise JobError(f"The data-parallel training failed (torchrun exit code {proc.returncode}); "
+                       "the log above has each rank's error.")
+    return read_card(run_dir / "checkpoint")
+
+
 def run_job(job_id: str, db: str | os.PathLike | None = None) -> int:
     """Run one queued job in this process; returns the exit code."""
     stop = _Stop()
@@ -155,7 +190,7 @@ def run_job(job_id: str, db: str | os.PathLike | None = None) -> int:
         stop.interruptible = False
         if stop():
             raise Cancelled("Stopped before training started.")
-        card = train(cfg, run_dir, progress=ProgressPrinter(stop), should_stop=stop)
+        card = _run_training(cfg, run_dir, stop, job.id)
     except BaseException as exc:  # noqa: BLE001 - every end must be reported in the row
         stop.interruptible = False
         if stop() or isinstance(exc, Cancelled):

@@ -166,17 +166,12 @@ def render_script(job_id: str, config: dict, run_dir: str | Path, db: str | Path
               ""]
     runner_args = f"-m cxrcore.jobs.runner {shlex.quote(job_id)} --db {_sbatch_value(db)}"
     if nodes > 1:
-        torchrun = Path(python).with_name("torchrun")
-        launcher = _sbatch_value(torchrun) if torchrun.exists() else "torchrun"  # the venv's, else PATH's
-        # torchrun on every node (one task per node), rendezvous at the first node.
-        lines += ['head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
-                  f"srun --nodes={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 "
-                  f"{launcher} "
-                  f"--nnodes {nodes} --nproc-per-node {nproc} --rdzv-backend c10d "
-                  f"--rdzv-endpoint \"$head:{RDZV_PORT}\" --rdzv-id \"$SLURM_JOB_ID\" {runner_args}"]
-    else:
-        # exec: the runner is the batch step's process, so `scancel --batch --signal=TERM` reaches it.
-        lines.append(f"exec {_sbatch_value(python)} {runner_args}")
+        # The runner runs once, in the batch step on the first node, and owns the job's row; it starts
+        # one torchrun per node with `srun --ntasks-per-node=1 ... torchrun --nnodes N` (train.worker).
+        lines += [f"export CXR_RDZV_PORT={RDZV_PORT}",
+                  'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)']
+    # exec: the runner is the batch step's process, so `scancel --batch --signal=TERM` reaches it.
+    lines.append(f"exec {_sbatch_value(python)} {runner_args}")
     return "\n".join(lines) + "\n"
 
 
@@ -235,6 +230,30 @@ def submit(config: dict, name: str = "", store: JobStore | None = None, run_dir:
         store.mark(job.id, "failed", error=f"sbatch refused the job: {message}")
         raise JobError(f"sbatch refused job {job.id}: {message}")
     return store.update(job.id, backend_id=slurm_id, note="submitted to Slurm")
+
+
+def resume(job_id: str, store: JobStore | None = None) -> Job:
+    """Submit a cancelled or failed Slurm job's script again; its runner resumes from the last complete epoch.
+
+    Called by :func:`cxrcore.jobs.local.resume`, which has checked that the job ended and saved an epoch.
+    """
+    store = store or JobStore()
+    job = store.get(job_id)
+    conf = _conf_of(job)
+    check_reachable(conf)
+    script = Path(job.run_dir) / SBATCH_NAME
+    if not script.is_file():
+        raise JobError(f"Job {job.id}'s batch script {script} is missing; clone the job to submit it again.")
+    if not store.transition(job.id, ("cancelled", "failed"), "queued", pid=None, error=None, exit_code=None,
+                            finished=None, started=None, note="resubmitted to Slurm"):
+        raise JobError(f"Job {job.id} changed state meanwhile ({store.get(job.id).status}); try again.")
+    out = _run(["sbatch", "--parsable", str(script)], conf)
+    slurm_id = (out.stdout or "").strip().split(";")[0].strip()
+    if out.returncode != 0 or not slurm_id.isdigit():
+        message = _said(out) or f"sbatch exited with {out.returncode}"
+        store.mark(job.id, "failed", error=f"sbatch refused the resumed job: {message}")
+        raise JobError(f"sbatch refused job {job.id}: {message}")
+    return store.update(job.id, backend_id=slurm_id)
 
 
 # --------------------------------------------------------------------------- state

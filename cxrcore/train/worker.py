@@ -23,13 +23,13 @@ def launch_command(cfg, run_dir: str | os.PathLike, resume: bool = False, job_id
     tail = ["-m", "cxrcore.train.worker", str(run_dir)] + (["--resume"] if resume else [])
     if int(cfg.nodes) > 1:
         port = os.environ.get("CXR_RDZV_PORT", "29500")
-        head = os.environ.get("MASTER_ADDR") or "$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)"
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(cfg.nodes),
-                    "--nproc-per-node", str(cfg.nproc), "--rdzv-backend", "c10d", "--rdzv-id", job_id,
-                    "--rdzv-endpoint", f"{head}:{port}"] + tail
-        # A shell so the head node's name is looked up inside the allocation.
-        return ["bash", "-c", "srun --ntasks-per-node=1 " + " ".join(
-            shlex.quote(a) if "$(" not in a else f'"{a}"' for a in torchrun)]
+                    "--nproc-per-node", str(cfg.nproc), "--rdzv-backend", "c10d", "--rdzv-id", job_id]
+        # A shell, so the head node's name is looked up inside the allocation (the sbatch script exports it).
+        head = '"${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}"'
+        return ["bash", "-c", f"srun --nodes={int(cfg.nodes)} --ntasks-per-node=1 --kill-on-bad-exit=1 "
+                + " ".join(shlex.quote(x) for x in torchrun) + f" --rdzv-endpoint {head}:{port} "
+                + " ".join(shlex.quote(x) for x in tail)]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(cfg.nproc)] + tail
 
 

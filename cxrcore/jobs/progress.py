@@ -1,0 +1,123 @@
+"""What a progress view needs, read from a job's ``events.jsonl`` (no torch import).
+
+``progress_summary(events)`` folds the event stream into one dict: phase, epoch / step counters,
+ETA, curves (loss and learning rate per step, mean and per-label validation AUROC per epoch),
+images/s, GPU memory, best / test AUROC. A resumed run restarts from its last complete epoch:
+steps logged after that epoch by the interrupted attempt are dropped from the curves.
+"""
+from __future__ import annotations
+
+import math
+
+
+def _num(v) -> float | None:
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) or math.isinf(f) else f
+
+
+def progress_summary(events: list[dict]) -> dict:
+    """Keys: phase (waiting | preparing | training | stopped | done), epoch, epochs, step, total_steps,
+    fraction (0..1), last_loss, images_per_s, eta_seconds, elapsed_seconds, best_val_mean_auroc, best_epoch,
+    test_mean_auroc, loss_curve [(step, loss)], lr_curve [(step, lr)], auroc_curve [(epoch, val_mean_auroc)],
+    epoch_loss_curve [(epoch, train_loss)], per_label_auroc (the last epoch's {label: auroc|None}),
+    auroc_history {label: [(epoch, auroc|None)]}, labels, n_images, stopped, early_stopped, resumes,
+    gpu_mem_mib, mode, trainable_params, total_params, world_size.
+    """
+    s: dict = {"phase": "waiting", "epoch": 0, "epochs": None, "step": 0, "total_steps": None, "fraction": 0.0,
+               "last_loss": None, "images_per_s": None, "eta_seconds": None, "elapsed_seconds": None,
+               "best_val_mean_auroc": None, "best_epoch": None, "test_mean_auroc": None,
+               "loss_curve": [], "lr_curve": [], "auroc_curve": [], "epoch_loss_curve": [], "per_label_auroc": {},
+               "auroc_history": {}, "labels": [], "n_images": None, "stopped": False, "early_stopped": False,
+               "resumes": 0, "gpu_mem_mib": None, "mode": None, "trainable_params": None, "total_params": None,
+               "world_size": 1}
+    t_start = t_train = t_last = None
+    step_at_train = 0
+    for e in events or []:
+        kind, t = e.get("type"), _num(e.get("time"))
+        if t is not None:
+            t_last = t
+        if kind == "start":
+            s["phase"] = "preparing"
+            t_start = t
+            s["epochs"] = (e.get("config") or {}).get("epochs")
+        elif kind == "resume":
+            s["resumes"] += 1
+            s["phase"] = "preparing"
+            s["stopped"] = False
+            ep, st = int(e.get("epoch") or 0), int(e.get("step") or 0)
+            s["epoch"], s["step"] = ep, st
+            s["loss_curve"] = [p for p in s["loss_curve"] if p[0] <= st]
+            s["lr_curve"] = [p for p in s["lr_curve"] if p[0] <= st]
+            s["auroc_curve"] = [p for p in s["auroc_curve"] if p[0] <= ep]
+            s["epoch_loss_curve"] = [p for p in s["epoch_loss_curve"] if p[0] <= ep]
+            s["auroc_history"] = {k: [p for p in v if p[0] <= ep] for k, v in s["auroc_history"].items()}
+            if t_start is None:
+                t_start = t
+        elif kind == "data":
+            s["phase"] = "training"
+            t_train, step_at_train = t, s["step"]
+            s["labels"] = list(e.get("labels") or [])
+            s["n_images"] = e.get("n_images")
+            for k in ("mode", "trainable_params", "total_params"):
+                s[k] = e.get(k, s[k])
+            s["world_size"] = e.get("world_size") or 1
+            if e.get("steps_per_epoch") is not None and s["epochs"]:
+                s["total_steps"] = int(e["steps_per_epoch"]) * int(s["epochs"])
+        elif kind == "step":
+            s["phase"] = "training"
+            s["epoch"] = e.get("epoch", s["epoch"])
+            s["step"] = int(e.get("step") or 0)
+            s["total_steps"] = e.get("total_steps", s["total_steps"])
+            s["last_loss"] = _num(e.get("loss"))
+            s["images_per_s"] = _num(e.get("images_per_s"))
+            if _num(e.get("gpu_mem_mib")) is not None:
+                s["gpu_mem_mib"] = _num(e.get("gpu_mem_mib"))
+            if s["last_loss"] is not None:
+                s["loss_curve"].append((s["step"], s["last_loss"]))
+            if _num(e.get("lr")) is not None:
+                s["lr_curve"].append((s["step"], _num(e.get("lr"))))
+        elif kind == "epoch":
+            ep = e.get("epoch")
+            s["epoch"] = ep
+            auroc = _num(e.get("val_mean_auroc"))
+            s["auroc_curve"].append((ep, auroc))
+            loss = _num(e.get("train_loss"))
+            if loss is not None:
+                s["epoch_loss_curve"].append((ep, loss))
+            s["per_label_auroc"] = {k: _num(v) for k, v in (e.get("val_auroc") or {}).items()}
+            for k, v in s["per_label_auroc"].items():
+                s["auroc_history"].setdefault(k, []).append((ep, v))
+            if auroc is not None and (s["best_val_mean_auroc"] is None or auroc > s["best_val_mean_auroc"]):
+                s["best_val_mean_auroc"], s["best_epoch"] = auroc, ep
+        elif kind == "stopped":
+            s["phase"] = "stopped"
+            s["stopped"] = True
+        elif kind == "early_stop":
+            s["early_stopped"] = True
+        elif kind == "done":
+            s["phase"] = "stopped" if e.get("stopped") else "done"
+            s["stopped"] = bool(e.get("stopped")) or s["stopped"]
+            s["early_stopped"] = bool(e.get("early_stopped")) or s["early_stopped"]
+            s["test_mean_auroc"] = _num(e.get("test_mean_auroc"))
+            if e.get("best_epoch") is not None:
+                s["best_epoch"] = e.get("best_epoch")
+    total = s["total_steps"]
+    if s["phase"] == "done":
+        s["fraction"] = 1.0
+    elif total:
+        s["fraction"] = min(1.0, max(0.0, s["step"] / total))
+    if t_start is not None and t_last is not None:
+        s["elapsed_seconds"] = max(0.0, t_last - t_start)
+    done_here = s["step"] - step_at_train
+    if s["phase"] == "training" and total and done_here > 0 and t_train is not None and t_last is not None:
+        # Seconds per step since training (re)started, validation included after the first epoch.
+        per_step = (t_last - t_train) / done_here
+        s["eta_seconds"] = max(0.0, per_step * (total - s["step"]))
+    elif s["phase"] in ("done", "stopped"):
+        s["eta_seconds"] = 0.0
+    return s
