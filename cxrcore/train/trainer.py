@@ -313,6 +313,16 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: Callable[[str,
     d = dist_.setup(cfg.device)
     try:
         return _train(cfg, out, progress if d.main else None, should_stop, resume, d)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise ConfigError(f"Batch size {cfg.batch_size} at {cfg.image_size} px does not fit in the GPU's memory. Use a "
+                          "smaller batch_size (with accum_steps to keep the effective batch), a smaller image_size, "
+                          "precision bf16, or a GPU with more memory. The last complete epoch (if any) can be "
+                          "resumed.") from exc
+    except (MemoryError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "can't allocate memory" not in str(exc):
+            raise
+        raise ConfigError(f"Batch size {cfg.batch_size} at {cfg.image_size} px does not fit in this machine's memory "
+                          f"({type(exc).__name__}). Use a smaller batch_size or image_size.") from exc
     finally:
         d.close()
 
