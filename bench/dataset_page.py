@@ -16,6 +16,12 @@ Measurements:
    also given without it.
 3. per section (the page's lazy tabs): opening each one on CheXpert (first time: builds its charts) and
    re-running it; the Split balance section also for the stratified split.
+4. with ``--server``: the real thing. ``streamlit run app.py`` (a launcher that times every script run
+   on the server, and the ``gc.collect(2)`` Streamlit runs after each one, ``runner.postScriptGC``),
+   driven by headless Chromium (Playwright): open the page (NIH), switch tabs back and forth, switch to
+   CheXpert, switch tabs again. AppTest runs neither that collection nor a browser; on a server whose
+   process holds torch and the rest of the app (~550k GC-tracked objects) the collection is the largest
+   part of a warm re-run. ``--no-post-gc`` starts the server with ``runner.postScriptGC`` off.
 """
 from __future__ import annotations
 
@@ -144,14 +150,132 @@ def bench_apptest(page: Path, reruns: int) -> None:
           f"{1000 * statistics.median(warm):.0f} ms; warnings shown: {len(at.warning)}")
 
 
+LAUNCHER = """
+import gc, sys, time
+from streamlit.runtime.scriptrunner import script_runner as sr
+from streamlit.web import cli
+run, collect, spent = sr.ScriptRunner._run_script, gc.collect, [0.0]
+def timed_collect(*a, **k):
+    t = time.perf_counter()
+    try:
+        return collect(*a, **k)
+    finally:
+        spent[0] += time.perf_counter() - t
+def timed_run(self, *a, **k):
+    spent[0], t = 0.0, time.perf_counter()
+    try:
+        return run(self, *a, **k)
+    finally:
+        print(f"SCRIPT_RUN {1000 * (time.perf_counter() - t):.1f} {1000 * spent[0]:.1f} {len(gc.get_objects())}",
+              flush=True)
+gc.collect, sr.ScriptRunner._run_script = timed_collect, timed_run
+sys.exit(cli.main(["run", *sys.argv[1:]], standalone_mode=False))
+"""
+
+
+def bench_server(post_gc: bool, rounds: int = 4) -> None:
+    import socket
+    import urllib.request
+
+    from playwright.sync_api import sync_playwright
+
+    os.environ.setdefault("CXR_HOME", tempfile.mkdtemp(prefix="cxr_bench_home_"))
+    from cxrcore.demo import app_data
+
+    app_data()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = Path(tempfile.mkdtemp(prefix="cxr_bench_server_")) / "server.log"
+    env = dict(os.environ, STREAMLIT_RUNNER_POST_SCRIPT_GC="true" if post_gc else "false")
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, "app.py", "--server.headless", "true",
+                                 "--server.address", "127.0.0.1", "--server.port", str(port),
+                                 "--browser.gatherUsageStats", "false"], cwd=REPO, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def runs() -> list[tuple[float, float, int]]:
+        return [(float(a), float(b), int(c)) for line in log.read_text().splitlines()
+                if line.startswith("SCRIPT_RUN ") for a, b, c in [line.split()[1:4]]]
+
+    def act(fn) -> list[tuple[float, float, int]]:
+        """Do one thing in the browser; the script runs it caused (waits until the server is idle)."""
+        n = len(runs())
+        fn()
+        deadline = time.time() + 300
+        while len(runs()) == n and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # a run triggered right after (e.g. by a widget's first value) lands here too
+        return runs()[n:]
+
+    phases: dict[str, list] = {}
+    try:
+        for _ in range(360):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        with sync_playwright() as p:
+            chromium = next((c for c in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(c).exists()), None)
+            browser = p.chromium.launch(executable_path=chromium, headless=True,
+                                        args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+            page = browser.new_page()
+            tab = lambda name: lambda: page.get_by_role("tab", name=name).click()  # noqa: E731
+
+            def source(label: str):
+                def go():
+                    page.get_by_test_id("stSelectbox").filter(has_text="Source").first.locator("input").click()
+                    page.keyboard.type(label.split(" —")[0])
+                    page.keyboard.press("Enter")
+                return go
+
+            phases["nih: first page load (fresh server: imports + cold NIH)"] = act(
+                lambda: page.goto(f"{url}/dataset", timeout=300_000))
+            page.get_by_text("Download prevalence (CSV)").wait_for(timeout=300_000)
+            phases["nih: open Co-occurrence (builds its chart)"] = act(tab("Co-occurrence"))
+            warm = []
+            for _ in range(rounds):
+                warm += act(tab("Prevalence")) + act(tab("Co-occurrence"))
+            phases["nih: warm tab switches"] = warm
+            phases["chexpert: cold (Co-occurrence open)"] = act(source(SOURCES["chexpert"]))
+            warm = act(tab("Prevalence"))  # first time: builds the two Prevalence charts
+            phases["chexpert: open Prevalence (builds its charts)"] = warm
+            warm = []
+            for _ in range(rounds):
+                warm += act(tab("Co-occurrence")) + act(tab("Prevalence"))
+            phases["chexpert: warm tab switches"] = warm
+            browser.close()
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+    print(f"\nreal server + headless Chromium, runner.postScriptGC={'on' if post_gc else 'off'} "
+          f"(server-side time of each script run; of which post-script gc.collect)")
+    for name, rs in phases.items():
+        if not rs:
+            print(f"  {name:58s} (no script run seen)")
+            continue
+        tot = [r[0] for r in rs]
+        gcs = [r[1] for r in rs]
+        print(f"  {name:58s} n={len(rs):2d}  median {statistics.median(tot):6.0f} ms (gc {statistics.median(gcs):4.0f} ms)"
+              f"  min-max {min(tot):.0f}-{max(tot):.0f} ms; tracked objects {rs[-1][2]:,}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--reruns", type=int, default=7)
     ap.add_argument("--no-apptest", action="store_true")
     ap.add_argument("--page", type=Path, default=REPO / "views" / "dataset.py")
+    ap.add_argument("--server", action="store_true", help="only the real server + headless Chromium measurement")
+    ap.add_argument("--no-post-gc", action="store_true", help="with --server: runner.postScriptGC off")
     a = ap.parse_args()
     print(f"machine: {_machine()}; python {platform.python_version()}; OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}")
+    if a.server:
+        bench_server(post_gc=not a.no_post_gc)
+        print(f"\nafter: {_machine()}")
+        return
     bench_functions(a.repeat)
     if not a.no_apptest:
         bench_apptest(a.page.resolve(), a.reruns)
