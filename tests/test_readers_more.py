@@ -181,6 +181,8 @@ def test_gallery_tab_nih_sample(tmp_path, monkeypatch):
     at.text_input(key="dataset_folder").input(str(SAMPLE)).run()
     assert not at.exception, [e.value for e in at.exception]
     assert "Gallery" in [t.label for t in at.tabs]
+    at.session_state["dataset_section"] = "Gallery"  # the page's tabs are lazy: open the Gallery tab
+    at.run()
     at.selectbox(key="gallery_label").set_value("Pneumonia").run()
     assert not at.exception, [e.value for e in at.exception]
     captions = [c for el in at.get("image") for c in el.captions]
