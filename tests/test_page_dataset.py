@@ -314,3 +314,16 @@ def test_split_balance_phantom_policy(app):
         split, other = _expected(index, "hash", policy=policy)
         _check_balance(app, index, split, other)
     assert not np.allclose(other["train"], report["train"])  # -1 values exist, so the rates differ
+
+
+def test_through_app_navigation(cxr_home):
+    """The page as the app runs it: app.py (st.navigation, the sidebar's chart format), then the page."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    at.switch_page("views/dataset.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert metrics(at)["Images"] == "112,120" and [t.label for t in at.tabs] == SECTIONS
+    at.radio(key="chart_format").set_value("svg")
+    open_section(at, "Split balance")
+    assert len(at.success) == 1 and "Download split balance (CSV)" in downloads(at)  # full NIH: no gap > 2 points
