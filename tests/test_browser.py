@@ -103,3 +103,28 @@ def test_bad_upload_shows_a_message_and_the_app_keeps_working(app_url, browser, 
     # the app keeps working: the home page still renders
     page.goto(app_url, timeout=120_000)
     page.get_by_text("Chest X-ray classifier workbench").wait_for(timeout=120_000)
+
+
+def test_training_page_launches_and_watches_a_job(app_url, browser, tmp_path):
+    """The Training form in a real browser: a small job starts, the live view follows it to the end."""
+    page = browser.new_page(viewport={"width": 1500, "height": 2200})
+    page.goto(f"{app_url}/training", timeout=120_000)
+    page.get_by_text("Launch a training job").wait_for(timeout=120_000)
+    page.get_by_text("An architecture (timm, tv:, xrv:)").click()
+    page.get_by_text("Output stride 16").wait_for(timeout=120_000)  # the rerun after the click has drawn the form
+    # Values the user did not touch keep their defaults across that rerun (a form-widget pitfall, fixed).
+    assert page.get_by_role("spinbutton", name="Batch size").input_value() == "32"
+    page.get_by_role("textbox", name="Job name").fill("browser-job")
+    page.get_by_role("spinbutton", name="Epochs", exact=True).fill("1")
+    page.get_by_role("spinbutton", name="Max images (0 = all)").fill("40")
+    page.get_by_text("Data: uncertainty policy, filters, split, image size").click()
+    page.get_by_role("spinbutton", name="Image size (px)").fill("48")
+    page.get_by_text("Start training").click()
+    page.get_by_text("browser-job").first.wait_for(timeout=120_000)
+    page.locator("[data-testid=stAlertContentSuccess]").first.wait_for(timeout=60_000)
+    assert "Traceback" not in page.inner_text("body")
+    # The live view refreshes by itself until the job ends.
+    page.get_by_text("Checkpoint:").wait_for(timeout=300_000)
+    body = page.inner_text("body")
+    assert "succeeded" in body and "Best val mean AUROC" in body
+    page.screenshot(path=str(tmp_path / "training.png"), full_page=True)

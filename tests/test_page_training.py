@@ -55,7 +55,7 @@ def submit(at: AppTest, folder: str, *, name: str = "page-test", epochs: int = 1
     if at.radio(key="train_start").value != FROM_SCRATCH:
         at.radio(key="train_start").set_value(FROM_SCRATCH).run()
     at.text_input(key="tf_name").set_value(name)
-    at.text_input(key="train_folder").set_value(folder)
+    at.text_input(key="tf_folder").set_value(folder)
     at.selectbox(key="tf_labels").set_value("nih14")
     at.selectbox(key="tf_arch").set_value("regnetx_002")
     at.number_input(key="tf_epochs").set_value(epochs)
@@ -102,9 +102,9 @@ def test_form_renders_with_expected_widgets(ws):
     assert at.radio(key="train_start").value == FROM_SCRATCH  # no checkpoints in a fresh workspace
     assert at.selectbox(key="tf_labels").options == ["nih14", "chexpert14", "chexpert5"]
     assert at.selectbox(key="tf_labels").value == "nih14"
-    datasets = at.selectbox(key="train_dataset").options
+    datasets = at.selectbox(key="tf_dataset").options
     assert any("phantom nih" in d for d in datasets) and any("phantom chexpert" in d for d in datasets)
-    assert at.text_input(key="train_folder").value == ""
+    assert at.text_input(key="tf_folder").value == ""
     arch = at.selectbox(key="tf_arch")
     assert arch.value == "regnetx_002"
     assert {"resnet18", "densenet121", "efficientnet_b0"} <= set(arch.options)
@@ -144,7 +144,7 @@ def test_bad_submission_shows_error_and_creates_no_job(ws):
     assert not (ws / "runs").exists() or not any((ws / "runs").iterdir())
 
     # An invalid option (fewer than 10 images) is refused too, before anything is created.
-    at.text_input(key="train_folder").set_value(str(NIH_SAMPLE))
+    at.text_input(key="tf_folder").set_value(str(NIH_SAMPLE))
     at.number_input(key="tf_max_images").set_value(5)
     at.button(key="train_submit").click().run()
     assert not at.exception
@@ -201,7 +201,7 @@ def test_submit_runs_job_to_success_and_shows_curves(ws):
     # The new checkpoint is offered as a starting point; its preprocessing is kept (image size disabled).
     at.radio(key="train_start").set_value(FROM_CHECKPOINT).run()
     assert not at.exception
-    assert f"run {job.id}" in at.selectbox(key="train_ckpt").options
+    assert f"run {job.id}" in at.selectbox(key="tf_ckpt").options
     assert at.number_input(key="tf_image_size").disabled is True
     assert any("head is swapped" in c.value for c in at.caption)
 
@@ -248,14 +248,14 @@ def test_fine_tune_a_shipped_checkpoint(ws, shipped, monkeypatch):
     at = new_app()
     # With checkpoints available the form starts from one; its preprocessing is kept.
     assert at.radio(key="train_start").value == FROM_CHECKPOINT
-    options = at.selectbox(key="train_ckpt").options
+    options = at.selectbox(key="tf_ckpt").options
     assert {"baseline (shipped demo)", "finetuned (shipped demo)"} <= set(options)
     assert at.number_input(key="tf_image_size").disabled is True
     assert not any(w.key == "tf_arch" for w in at.selectbox)
-    at.selectbox(key="train_ckpt").set_value("baseline (shipped demo)")
+    at.selectbox(key="tf_ckpt").set_value("baseline (shipped demo)")
     at.selectbox(key="tf_labels").set_value("chexpert5")
     at.selectbox(key="tf_mode").set_value("head")
-    at.text_input(key="train_folder").set_value(str(NIH_SAMPLE))
+    at.text_input(key="tf_folder").set_value(str(NIH_SAMPLE))
     at.number_input(key="tf_epochs").set_value(1)
     at.number_input(key="tf_max_images").set_value(60)
     at.button(key="train_submit").click().run()
@@ -290,13 +290,13 @@ def test_lora_and_full_fine_tunes_cancel_resume_clone_and_compare(ws, shipped, m
     the two runs are compared."""
     monkeypatch.setenv("CXR_CHECKPOINTS", str(shipped["baseline"].parent))
     at = new_app()
-    phantom = next(d for d in at.selectbox(key="train_dataset").options if "phantom chexpert" in d)
+    phantom = next(d for d in at.selectbox(key="tf_dataset").options if "phantom chexpert" in d)
 
     def launch(name: str, mode: str, epochs: int) -> str:
         at.radio(key="train_start").set_value(FROM_CHECKPOINT).run()
-        at.selectbox(key="train_ckpt").set_value("baseline (shipped demo)")
-        at.selectbox(key="train_dataset").set_value(phantom)
-        at.text_input(key="train_folder").set_value("")
+        at.selectbox(key="tf_ckpt").set_value("baseline (shipped demo)")
+        at.selectbox(key="tf_dataset").set_value(phantom)
+        at.text_input(key="tf_folder").set_value("")
         at.text_input(key="tf_name").set_value(name)
         at.selectbox(key="tf_labels").set_value("chexpert14")
         at.selectbox(key="tf_mode").set_value(mode)
@@ -355,23 +355,31 @@ def test_lora_and_full_fine_tunes_cancel_resume_clone_and_compare(ws, shipped, m
     assert cmp_table.iloc[0][""] == "mean" and len(cmp_table) == 1 + 14
     diff = next(d.value for d in at.dataframe if list(d.value.columns) == ["option", "A", "B"])
     assert {"mode", "epochs"} <= set(diff["option"])
-    # Clone the LoRA job: the form is filled with its options.
+    # Clone the LoRA job: a new form (widget keys of generation 1) filled with its options.
     at.selectbox(key="train_watch").set_value(lora_id).run()
     at.button(key=f"train_clone_{lora_id}").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    assert at.selectbox(key="tf_mode").value == "lora" and at.number_input(key="tf_lora_r").value == 4
-    assert at.selectbox(key="tf_sampler").value == "weighted" and at.number_input(key="tf_epochs").value == 1
-    assert at.text_input(key="tf_name").value == "lora-ft (clone)"
-    assert at.radio(key="train_start").value == FROM_CHECKPOINT
-    assert at.selectbox(key="train_ckpt").value == "baseline (shipped demo)"
-    assert at.selectbox(key="train_dataset").value == phantom
+    assert at.selectbox(key="tf1_mode").value == "lora" and at.number_input(key="tf1_lora_r").value == 4
+    assert at.selectbox(key="tf1_sampler").value == "weighted" and at.number_input(key="tf1_epochs").value == 1
+    assert at.text_input(key="tf1_name").value == "lora-ft (clone)"
+    assert at.radio(key="train_start1").value == FROM_CHECKPOINT
+    assert at.selectbox(key="tf1_ckpt").value == "baseline (shipped demo)"
+    assert at.selectbox(key="tf1_dataset").value == phantom
+    assert not at.warning, [w.value for w in at.warning]
+    # Launching the clone makes a new job with the same options.
+    at.number_input(key="tf1_lora_r").set_value(2)
+    at.button(key="train_submit").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    clone = next(j for j in JobStore().list() if j.name == "lora-ft (clone)")
+    assert clone.config["mode"] == "lora" and clone.config["lora_r"] == 2 and clone.config["sampler"] == "weighted"
+    assert clone.config["init"] == lora.config["init"] and clone.config["data"] == lora.config["data"]
 
 
 def test_form_options_reach_the_job_config(ws):
     """Advanced options in the form become the job's config; a bad combination is refused with no job."""
     at = new_app()
-    phantom = next(d for d in at.selectbox(key="train_dataset").options if "phantom nih" in d)
-    at.selectbox(key="train_dataset").set_value(phantom)
+    phantom = next(d for d in at.selectbox(key="tf_dataset").options if "phantom nih" in d)
+    at.selectbox(key="tf_dataset").set_value(phantom)
     at.selectbox(key="tf_loss").set_value("focal")
     at.checkbox(key="tf_pos_weight").check()
     at.button(key="train_submit").click().run()

@@ -39,7 +39,7 @@ STATUS_ICON = {"queued": ":material/schedule:", "running": ":material/directions
 REFRESH_S = 2
 K = "tf_"  # widget key prefix of the job form
 
-# The form: (option, default). Widget keys are K + option; a clone writes a job's config into them.
+# The form: option -> default. Widget keys are K + option (generation 0); a clone starts a new generation.
 DEFAULTS: dict = {
     "name": "", "labels": "nih14", "arch": "regnetx_002", "pretrained": "auto", "stride16": True,
     "mode": "full", "lora_r": 8, "lora_alpha": 16.0, "lora_dropout": 0.0, "lora_targets": "",
@@ -55,6 +55,7 @@ DEFAULTS: dict = {
     "backend": "local", "device": "auto", "gpus": 0, "share_gpus": False, "nproc": 1, "precision": "fp32",
     "channels_last": False, "compile": False, "threads": 0,
     "slurm_partition": "", "slurm_time": "", "slurm_mem": "", "slurm_cpus": 0, "nodes": 1,
+    "dataset": None, "folder": "", "ckpt": None, "start": None,
 }
 AUG_KEYS = ("p", "degrees", "translate", "scale", "shear", "brightness", "contrast")
 # Options shown as a choice: a cloned value outside these keeps the default (and is named in a note).
@@ -112,13 +113,44 @@ def _show_flash() -> None:
         getattr(st, kind)(text)
 
 
+def _gen() -> int:
+    """The form's generation: a clone starts a new one, so its widgets are new and take the clone's values."""
+    return int(st.session_state.get("tf_gen", 0))
+
+
+def _k(option: str) -> str:
+    """Widget key of a form option (tests address generation 0 as ``tf_<option>``)."""
+    g = _gen()
+    return f"{K}{option}" if g == 0 else f"tf{g}_{option}"
+
+
+def _vals() -> dict:
+    """Initial values of the form's widgets: the defaults, or the options of the job being cloned."""
+    return st.session_state.get("tf_vals") or DEFAULTS
+
+
 def _v(option: str):
-    return st.session_state.get(K + option, DEFAULTS[option])
+    return st.session_state.get(_k(option), _vals()[option])
 
 
-def _init_form_state() -> None:
-    for option, default in DEFAULTS.items():
-        st.session_state.setdefault(K + option, default)
+# Form widgets get their initial value as an argument, never through Session State: a widget inside
+# st.form whose value came only from Session State is sent back by the browser with its own default
+# (min value, first option) on the next rerun caused by a widget outside the form.
+def _num(col, label: str, option: str, **kw):
+    return col.number_input(label, value=_vals()[option], key=_k(option), **kw)
+
+
+def _sel(col, label: str, options: list, option: str, **kw):
+    value = _vals()[option]
+    return col.selectbox(label, options, index=options.index(value) if value in options else 0, key=_k(option), **kw)
+
+
+def _chk(col, label: str, option: str, **kw):
+    return col.checkbox(label, value=bool(_vals()[option]), key=_k(option), **kw)
+
+
+def _txt(col, label: str, option: str, **kw):
+    return col.text_input(label, value=str(_vals()[option] or ""), key=_k(option), **kw)
 
 
 # --------------------------------------------------------------------------- config <-> form
@@ -164,14 +196,15 @@ def config_from_form(data: str, init: str | None) -> tuple[dict, str]:
     return cfg, backend
 
 
-def form_from_config(config: dict, backend: str = "local", name: str = "") -> None:
-    """Fill the form's widgets with a past job's options (clone)."""
+def form_from_config(config: dict, backend: str = "local", name: str = "", datasets: dict | None = None,
+                     checkpoints: dict | None = None) -> dict:
+    """The form's initial values for a clone of a past job (options the form cannot show keep the default)."""
     c = dict(config)
-    ss = st.session_state
+    vals = dict(DEFAULTS)
     kept = []
     for option, default in DEFAULTS.items():
         value = c.get(option)
-        if value is None or isinstance(value, (dict, list)) != isinstance(default, (dict, list)):
+        if value is None or default is None or isinstance(value, (dict, list)) != isinstance(default, (dict, list)):
             continue
         if option in CHOICES and value not in CHOICES[option]:
             kept.append(f"{option}={value!r}")
@@ -182,35 +215,41 @@ def form_from_config(config: dict, backend: str = "local", name: str = "") -> No
             value = int(value)
         elif isinstance(default, float):
             value = float(value)
-        ss[K + option] = value
+        vals[option] = value
     if c.get("pretrained") == "timm":
-        ss[K + "pretrained"] = "hub"
-    if kept:
-        _flash("info", "The form cannot show " + ", ".join(kept) + "; the defaults are shown instead.")
-    ss[K + "name"] = f"{name} (clone)" if name else ""
+        vals["pretrained"] = "hub"
+    vals["name"] = f"{name} (clone)" if name else ""
     policy = c.get("policy", "zeros")
-    ss[K + "policy"], ss[K + "policy_mix"] = (policy, "") if policy in POLICIES else ("zeros", str(policy))
-    ss[K + "views"] = list(c.get("views") or [])
+    vals["policy"], vals["policy_mix"] = (policy, "") if policy in POLICIES else ("zeros", str(policy))
+    vals["views"] = list(c.get("views") or [])
     for opt in ("first_n_studies", "age_min", "age_max", "max_images"):
-        ss[K + opt] = int(c.get(opt) or 0)
-    ss[K + "sex"] = c.get("sex") or "any"
-    ss[K + "lora_targets"] = c.get("lora_targets") or ""
-    ss[K + "stride16"] = (c.get("arch_kwargs") or {}).get("output_stride") == 16
+        vals[opt] = int(c.get(opt) or 0)
+    vals["sex"] = c.get("sex") or "any"
+    vals["lora_targets"] = c.get("lora_targets") or ""
+    vals["stride16"] = (c.get("arch_kwargs") or {}).get("output_stride") == 16
     for k in AUG_KEYS:
         if k in (c.get("augment_options") or {}):
-            ss[K + "aug_" + k] = float(c["augment_options"][k])
-    ss[K + "backend"] = backend
+            vals["aug_" + k] = float(c["augment_options"][k])
+    vals["backend"] = backend
     slurm = c.get("slurm") or {}
     for k in ("partition", "time", "mem"):
-        ss[K + "slurm_" + k] = str(slurm.get(k, ""))
-    ss[K + "slurm_cpus"] = int(slurm.get("cpus", 0) or 0)
+        vals["slurm_" + k] = str(slurm.get(k, ""))
+    vals["slurm_cpus"] = int(slurm.get("cpus", 0) or 0)
+    same = lambda a, b: str(Path(a).resolve()) == str(Path(b).resolve())  # noqa: E731
+    data = c.get("data")
+    match = [n for n, p in (datasets or {}).items() if data and same(p, data)]
+    vals["dataset"], vals["folder"] = (match[0], "") if match else (None, data or "")
     if c.get("init"):
-        ss["train_start"] = FROM_CHECKPOINT
-        ss["train_clone_init"] = c["init"]
+        vals["start"] = FROM_CHECKPOINT
+        match = [n for n, p in (checkpoints or {}).items() if same(p, c["init"])]
+        vals["ckpt"] = match[0] if match else None
+        if not match:
+            kept.append(f"init={c['init']!r} (not among the checkpoints found)")
     else:
-        ss["train_start"] = FROM_SCRATCH
-        ss[K + "image_size"] = int(c.get("image_size", 160))
-    ss["train_clone_data"] = c.get("data")
+        vals["start"] = FROM_SCRATCH
+    if kept:
+        _flash("info", "The form cannot show " + ", ".join(kept) + "; the defaults are shown instead.")
+    return vals
 
 
 def _submit(config: dict, backend: str, name: str):
@@ -234,9 +273,6 @@ except CXRError as exc:
     show_error(exc)
     st.stop()
 
-if "train_clone" in st.session_state:  # set by the Clone button; applied before the widgets exist
-    form_from_config(*st.session_state.pop("train_clone"))
-_init_form_state()
 
 # ---- launch form ---------------------------------------------------------------------------------------------
 st.subheader("Launch a training job")
@@ -250,161 +286,158 @@ try:
 except CXRError as exc:
     show_error(exc)
     checkpoints = {}
-clone_data = st.session_state.pop("train_clone_data", None)
-if clone_data:
-    match = [n for n, p in datasets.items() if str(Path(p).resolve()) == str(Path(clone_data).resolve())]
-    if match:
-        st.session_state["train_dataset"], st.session_state["train_folder"] = match[0], ""
-    else:
-        st.session_state["train_folder"] = clone_data
-clone_init = st.session_state.pop("train_clone_init", None)
-if clone_init:
-    match = [n for n, p in checkpoints.items() if str(Path(p).resolve()) == str(Path(clone_init).resolve())]
-    if match:
-        st.session_state["train_ckpt"] = match[0]
+if "train_clone" in st.session_state:  # set by the Clone button: a new form generation with the job's options
+    st.session_state["tf_vals"] = form_from_config(*st.session_state.pop("train_clone"), datasets=datasets,
+                                                   checkpoints=checkpoints)
+    st.session_state["tf_gen"] = _gen() + 1
+_show_flash()
 
 # Outside the form so that switching it shows the right fields at once.
-start = st.radio("Start from", [FROM_CHECKPOINT, FROM_SCRATCH], index=1 if not checkpoints else 0, horizontal=True,
-                 key="train_start")
+start_options = [FROM_CHECKPOINT, FROM_SCRATCH]
+start = st.radio("Start from", start_options, horizontal=True,
+                 index=start_options.index(_vals()["start"]) if _vals()["start"] else (1 if not checkpoints else 0),
+                 key="train_start" if _gen() == 0 else f"train_start{_gen()}")
 from_ckpt = start == FROM_CHECKPOINT
 if from_ckpt and not checkpoints:
     st.info("No checkpoints yet: run `cxr demo build`, or train an architecture first.")
 
 with st.form("train_form"):
     c1, c2 = st.columns(2)
-    c1.text_input("Job name", key=K + "name", placeholder="e.g. nih-regnet-3ep",
+    _txt(c1, "Job name", "name", placeholder="e.g. nih-regnet-3ep",
                   help="Shown in the jobs table and on the checkpoint card; empty: the dataset folder's name.")
-    c2.selectbox("Label space", list(LABEL_SPACES), key=K + "labels",
+    _sel(c2, "Label space", list(LABEL_SPACES), "labels",
                  help="The labels the model predicts. Labels the dataset lacks are left out of the loss.")
     d1, d2 = st.columns(2)
     ds_names = list(datasets)
-    dataset_name = d1.selectbox("Dataset", ds_names, key="train_dataset", index=0 if ds_names else None,
+    ds_index = ds_names.index(_vals()["dataset"]) if _vals()["dataset"] in ds_names else (0 if ds_names else None)
+    dataset_name = d1.selectbox("Dataset", ds_names, key=_k("dataset"), index=ds_index,
                                 placeholder="no built-in dataset" if not ds_names else "Choose a dataset")
-    folder = d2.text_input("…or a dataset folder on this machine", key="train_folder",
-                           placeholder="/path/to/dataset (overrides the choice on the left)",
-                           help="An NIH- or CheXpert-style folder, or a folder of images with a CSV of labels.")
+    folder = _txt(d2, "…or a dataset folder on this machine", "folder",
+                  placeholder="/path/to/dataset (overrides the choice on the left)",
+                  help="An NIH- or CheXpert-style folder, or a folder of images with a CSV of labels.")
     ckpt_name = None
     if from_ckpt:
-        ckpt_name = st.selectbox("Checkpoint", list(checkpoints), key="train_ckpt",
-                                 index=0 if checkpoints else None, placeholder="no checkpoints")
+        ck_names = list(checkpoints)
+        ck_index = ck_names.index(_vals()["ckpt"]) if _vals()["ckpt"] in ck_names else (0 if ck_names else None)
+        ckpt_name = st.selectbox("Checkpoint", ck_names, key=_k("ckpt"), index=ck_index,
+                                 placeholder="no checkpoints")
         st.caption("The checkpoint's classifier head is swapped to the chosen label space: rows of labels both "
                    "share are kept, new labels start fresh. Its preprocessing (image size, fit) is kept.")
     else:
         a1, a2, a3 = st.columns([2, 1, 1])
-        arch_now = st.session_state.get(K + "arch")
-        a1.selectbox("Architecture", ARCHS + ([arch_now] if arch_now and arch_now not in ARCHS else []),
-                     key=K + "arch", accept_new_options=True,
+        arch_now = _vals()["arch"]
+        _sel(a1, "Architecture", ARCHS + ([arch_now] if arch_now and arch_now not in ARCHS else []), "arch", accept_new_options=True,
                      help="Any timm name, `tv:<name>` for torchvision, `xrv:<weights>` for torchxrayvision's "
                           "chest X-ray models. Type a name that is not in the list.")
-        a2.selectbox("Pretrained weights", ["auto", "none", "hub"], key=K + "pretrained",
+        _sel(a2, "Pretrained weights", ["auto", "none", "hub"], "pretrained",
                      help="hub: the library's own weights (from its local cache when offline; a clear message says "
                           "where to put the file if missing). none: random initialisation. auto: hub for xrv "
                           "models, none otherwise.")
-        a3.checkbox("Output stride 16", key=K + "stride16",
+        _chk(a3, "Output stride 16", "stride16",
                     help="Finer Grad-CAM maps for timm ResNet/RegNet-like models; ignored for tv:/xrv: models. "
                          "Untick for architectures that do not support it (densenet121, efficientnet, ViT).")
     m1, m2, m3, m4, m5 = st.columns(5)
-    m1.selectbox("Train", ["full", "head", "lora"], key=K + "mode",
+    _sel(m1, "Train", ["full", "head", "lora"], "mode",
                  format_func=lambda m: {"full": "full network", "head": "head only", "lora": "LoRA (peft)"}[m])
-    m2.number_input("Epochs", min_value=1, max_value=500, step=1, key=K + "epochs")
-    m3.number_input("Batch size", min_value=1, max_value=1024, step=1, key=K + "batch_size")
-    m4.number_input("Learning rate", min_value=0.0, max_value=1.0, step=1e-4, format="%.5f", key=K + "lr")
-    m5.number_input("Max images (0 = all)", min_value=0, step=50, key=K + "max_images",
+    _num(m2, "Epochs", "epochs", min_value=1, max_value=500, step=1)
+    _num(m3, "Batch size", "batch_size", min_value=1, max_value=1024, step=1)
+    _num(m4, "Learning rate", "lr", min_value=0.0, max_value=1.0, step=1e-4, format="%.5f")
+    _num(m5, "Max images (0 = all)", "max_images", min_value=0, step=50,
                     help="A random subset (after the filters) keeps a CPU run to a few minutes.")
 
     with st.expander("Optimisation: LoRA, schedule, early stopping, accumulation"):
         l1, l2, l3, l4 = st.columns(4)
-        l1.number_input("LoRA rank", min_value=1, max_value=256, step=1, key=K + "lora_r", help="LoRA mode only.")
-        l2.number_input("LoRA alpha", min_value=0.0, step=1.0, key=K + "lora_alpha")
-        l3.number_input("LoRA dropout", min_value=0.0, max_value=0.9, step=0.05, key=K + "lora_dropout")
-        l4.text_input("LoRA targets (regex)", key=K + "lora_targets", placeholder="auto",
+        _num(l1, "LoRA rank", "lora_r", min_value=1, max_value=256, step=1, help="LoRA mode only.")
+        _num(l2, "LoRA alpha", "lora_alpha", min_value=0.0, step=1.0)
+        _num(l3, "LoRA dropout", "lora_dropout", min_value=0.0, max_value=0.9, step=0.05)
+        _txt(l4, "LoRA targets (regex)", "lora_targets", placeholder="auto",
                       help="Empty: attention projections for ViTs, dense convolutions for CNNs.")
         o1, o2, o3, o4 = st.columns(4)
-        o1.selectbox("Schedule", ["cosine", "plateau", "constant"], key=K + "schedule",
+        _sel(o1, "Schedule", ["cosine", "plateau", "constant"], "schedule",
                      help="cosine: warmup then cosine decay; plateau: reduce the LR when validation AUROC stalls.")
-        o2.number_input("Warmup steps", min_value=0, step=10, key=K + "warmup_steps")
-        o3.number_input("Plateau patience (epochs)", min_value=0, step=1, key=K + "plateau_patience")
-        o4.number_input("Plateau factor", min_value=0.01, max_value=0.99, step=0.05, key=K + "plateau_factor")
+        _num(o2, "Warmup steps", "warmup_steps", min_value=0, step=10)
+        _num(o3, "Plateau patience (epochs)", "plateau_patience", min_value=0, step=1)
+        _num(o4, "Plateau factor", "plateau_factor", min_value=0.01, max_value=0.99, step=0.05)
         p1, p2, p3, p4 = st.columns(4)
-        p1.number_input("Early stopping patience (0 = off)", min_value=0, step=1, key=K + "early_stopping",
+        _num(p1, "Early stopping patience (0 = off)", "early_stopping", min_value=0, step=1,
                         help="Stop after this many epochs without a better validation mean AUROC.")
-        p2.number_input("Gradient accumulation (batches)", min_value=1, step=1, key=K + "accum_steps")
-        p3.number_input("Weight decay", min_value=0.0, step=1e-4, format="%.5f", key=K + "weight_decay")
-        p4.number_input("Seed", min_value=0, step=1, key=K + "seed")
+        _num(p2, "Gradient accumulation (batches)", "accum_steps", min_value=1, step=1)
+        _num(p3, "Weight decay", "weight_decay", min_value=0.0, step=1e-4, format="%.5f")
+        _num(p4, "Seed", "seed", min_value=0, step=1)
 
     with st.expander("Loss, class imbalance and label hierarchy"):
         i1, i2, i3, i4 = st.columns(4)
-        i1.selectbox("Loss", ["bce", "focal"], key=K + "loss")
-        i2.number_input("Focal gamma", min_value=0.0, max_value=10.0, step=0.5, key=K + "focal_gamma")
-        i3.checkbox("pos_weight from prevalence (bce)", key=K + "pos_weight",
+        _sel(i1, "Loss", ["bce", "focal"], "loss")
+        _num(i2, "Focal gamma", "focal_gamma", min_value=0.0, max_value=10.0, step=0.5)
+        _chk(i3, "pos_weight from prevalence (bce)", "pos_weight",
                     help="Weight each label's positives by negatives / positives in the training split.")
-        i4.selectbox("Sampler", ["shuffle", "weighted"], key=K + "sampler",
+        _sel(i4, "Sampler", ["shuffle", "weighted"], "sampler",
                      help="weighted: images with rare findings are drawn as often as common ones.")
         h1, h2, h3, h4 = st.columns(4)
-        h1.number_input("Oversample rare combinations to (rows)", min_value=0, step=5, key=K + "oversample_min")
-        h2.selectbox("Hierarchy", ["none", "penalty", "two_stage"], key=K + "hierarchy",
+        _num(h1, "Oversample rare combinations to (rows)", "oversample_min", min_value=0, step=5)
+        _sel(h2, "Hierarchy", ["none", "penalty", "two_stage"], "hierarchy",
                      format_func=lambda h: {"none": "none", "penalty": "parent/child penalty",
                                             "two_stage": "two-stage gate"}[h],
                      help="penalty: CheXpert's tree, a child predicted above its parent costs loss. two-stage: an "
                           "'Any finding' gate plus diseases trained on abnormal images, combined with the gate "
                           "threshold.")
-        h3.number_input("Penalty weight", min_value=0.0, step=0.5, key=K + "hierarchy_weight")
-        h4.number_input("Gate threshold", min_value=0.0, max_value=1.0, step=0.05, key=K + "gate_threshold")
+        _num(h3, "Penalty weight", "hierarchy_weight", min_value=0.0, step=0.5)
+        _num(h4, "Gate threshold", "gate_threshold", min_value=0.0, max_value=1.0, step=0.05)
 
     with st.expander("Data: uncertainty policy, filters, split, image size"):
         u1, u2, u3 = st.columns([1, 2, 1])
-        u1.selectbox("Uncertain labels (CheXpert −1)", POLICIES, key=K + "policy",
+        _sel(u1, "Uncertain labels (CheXpert −1)", POLICIES, "policy",
                      help="zeros: negative; ones: positive; ignore: left out of loss and metrics.")
-        u2.text_input("…or a per-label mix", key=K + "policy_mix", placeholder="ones:Atelectasis,Edema;zeros",
+        _txt(u2, "…or a per-label mix", "policy_mix", placeholder="ones:Atelectasis,Edema;zeros",
                       help="Overrides the choice on the left: `policy:Label,Label;default`.")
-        u3.selectbox("Image fit", ["pad", "crop"], key=K + "fit", help="Aspect kept: letterbox or center crop.")
+        _sel(u3, "Image fit", ["pad", "crop"], "fit", help="Aspect kept: letterbox or center crop.")
         f1, f2, f3, f4 = st.columns(4)
-        f1.checkbox("Frontal views only", key=K + "frontal_only")
-        f2.multiselect("Views (empty = all)", list(dict.fromkeys(VIEWS + list(_v("views")))), key=K + "views",
-                       accept_new_options=True)
-        f3.number_input("First N studies per patient (0 = all)", min_value=0, step=1, key=K + "first_n_studies")
-        f4.selectbox("Sex", ["any", "M", "F"], key=K + "sex")
+        _chk(f1, "Frontal views only", "frontal_only")
+        f2.multiselect("Views (empty = all)", list(dict.fromkeys(VIEWS + list(_vals()["views"]))),
+                       default=list(_vals()["views"]), key=_k("views"), accept_new_options=True)
+        _num(f3, "First N studies per patient (0 = all)", "first_n_studies", min_value=0, step=1)
+        _sel(f4, "Sex", ["any", "M", "F"], "sex")
         g1, g2, g3, g4 = st.columns(4)
-        g1.number_input("Age from (0 = any)", min_value=0, max_value=120, step=5, key=K + "age_min")
-        g2.number_input("Age to (0 = any)", min_value=0, max_value=120, step=5, key=K + "age_max")
-        g3.selectbox("Split", ["hash", "stratified"], key=K + "split_method",
+        _num(g1, "Age from (0 = any)", "age_min", min_value=0, max_value=120, step=5)
+        _num(g2, "Age to (0 = any)", "age_max", min_value=0, max_value=120, step=5)
+        _sel(g3, "Split", ["hash", "stratified"], "split_method",
                      help="Both are patient-level; stratified balances each label's positive rate across splits.")
-        g4.number_input("Image size (px)", min_value=32, max_value=1024, step=16, key=K + "image_size",
+        _num(g4, "Image size (px)", "image_size", min_value=32, max_value=1024, step=16,
                         disabled=from_ckpt, help="Ignored when starting from a checkpoint: its preprocessing is kept.")
         v1, v2, _ = st.columns([1, 1, 2])
-        v1.number_input("Validation fraction", min_value=0.01, max_value=0.5, step=0.05, key=K + "val_fraction")
-        v2.number_input("Test fraction", min_value=0.0, max_value=0.5, step=0.05, key=K + "test_fraction")
+        _num(v1, "Validation fraction", "val_fraction", min_value=0.01, max_value=0.5, step=0.05)
+        _num(v2, "Test fraction", "test_fraction", min_value=0.0, max_value=0.5, step=0.05)
 
     with st.expander("Augmentation"):
-        st.checkbox("Augment training images", key=K + "augment")
+        _chk(st, "Augment training images", "augment")
         cols = st.columns(len(AUG_KEYS))
         limits = {"p": 1.0, "degrees": 45.0, "translate": 0.5, "scale": 0.5, "shear": 30.0, "brightness": 0.5,
                   "contrast": 0.9}
         for col, k in zip(cols, AUG_KEYS):
-            col.number_input({"p": "probability"}.get(k, k), min_value=0.0, max_value=limits[k],
-                             step=0.01 if limits[k] <= 1 else 1.0, key=K + "aug_" + k)
+            _num(col, {"p": "probability"}.get(k, k), "aug_" + k, min_value=0.0, max_value=limits[k],
+                             step=0.01 if limits[k] <= 1 else 1.0)
 
     with st.expander("Where it runs: backend, GPUs, precision"):
         w1, w2, w3, w4 = st.columns(4)
-        w1.selectbox("Backend", ["local", "slurm"], key=K + "backend",
+        _sel(w1, "Backend", ["local", "slurm"], "backend",
                      help="local: a process on this machine; slurm: sbatch on the cluster this machine submits to.")
-        w2.selectbox("Device", ["auto", "cpu", "cuda"], key=K + "device")
-        w3.number_input("GPUs", min_value=0, max_value=64, step=1, key=K + "gpus",
+        _sel(w2, "Device", ["auto", "cpu", "cuda"], "device")
+        _num(w3, "GPUs", "gpus", min_value=0, max_value=64, step=1,
                         help="Local: the job waits until this many GPUs are free (CUDA_VISIBLE_DEVICES).")
-        w4.number_input("Processes (DDP)", min_value=1, max_value=64, step=1, key=K + "nproc",
+        _num(w4, "Processes (DDP)", "nproc", min_value=1, max_value=64, step=1,
                         help="More than one: torchrun data-parallel (gloo on CPU, NCCL on GPUs).")
         x1, x2, x3, x4 = st.columns(4)
-        x1.selectbox("Precision", ["fp32", "bf16", "fp16"], key=K + "precision", help="Autocast; fp16 needs a GPU.")
-        x2.checkbox("channels_last", key=K + "channels_last")
-        x3.checkbox("torch.compile", key=K + "compile")
-        x4.checkbox("Share GPUs with other jobs", key=K + "share_gpus")
+        _sel(x1, "Precision", ["fp32", "bf16", "fp16"], "precision", help="Autocast; fp16 needs a GPU.")
+        _chk(x2, "channels_last", "channels_last")
+        _chk(x3, "torch.compile", "compile")
+        _chk(x4, "Share GPUs with other jobs", "share_gpus")
         y1, y2, y3, y4, y5 = st.columns(5)
-        y1.text_input("Slurm partition", key=K + "slurm_partition", placeholder="default")
-        y2.text_input("Slurm time", key=K + "slurm_time", placeholder="e.g. 04:00:00")
-        y3.text_input("Slurm memory", key=K + "slurm_mem", placeholder="e.g. 32G")
-        y4.number_input("Slurm CPUs per task (0 = default)", min_value=0, step=1, key=K + "slurm_cpus")
-        y5.number_input("Slurm nodes", min_value=1, step=1, key=K + "nodes")
-        st.number_input("CPU threads (0 = all cores but one)", min_value=0, max_value=256, step=1, key=K + "threads")
+        _txt(y1, "Slurm partition", "slurm_partition", placeholder="default")
+        _txt(y2, "Slurm time", "slurm_time", placeholder="e.g. 04:00:00")
+        _txt(y3, "Slurm memory", "slurm_mem", placeholder="e.g. 32G")
+        _num(y4, "Slurm CPUs per task (0 = default)", "slurm_cpus", min_value=0, step=1)
+        _num(y5, "Slurm nodes", "nodes", min_value=1, step=1)
+        _num(st, "CPU threads (0 = all cores but one)", "threads", min_value=0, max_value=256, step=1)
     submitted = st.form_submit_button("Start training", type="primary", key="train_submit")
 
 if submitted:
