@@ -218,6 +218,14 @@ BAD_CONFIGS = {
     "folder without a label table": (small_config(data=str(REPO / "tests")), CXRError, "label table"),
     "unknown architecture": (small_config(arch="resnet_nonexistent_9000"), ConfigError, "architecture"),
     "init not a checkpoint": (small_config(init="/nonexistent/checkpoint"), CXRError, "checkpoint"),
+    "labels the data does not have": (small_config(labels="Foo Bar,Baz"), CXRError, "has none of the labels"),
+    "LoRA rank 0": (small_config(mode="lora", lora_r=0), ConfigError, "lora_r"),
+    "focal with pos_weight": (small_config(loss="focal", pos_weight=True), ConfigError, "pos_weight"),
+    "fp16 without a GPU": (small_config(precision="fp16"), ConfigError, "fp16"),
+    "GPU asked for, none here": (small_config(device="cuda"), ConfigError, "GPU"),
+    "more GPUs than the machine has": (small_config(gpus=1), ConfigError, "GPU"),
+    "several nodes on the local backend": (small_config(nodes=2), ConfigError, "nodes"),
+    "bad augmentation option": (small_config(augment_options={"rotate": 3}), ConfigError, "augmentation"),
 }
 
 

@@ -70,6 +70,17 @@ def check_config(config: dict) -> dict:
     data = Path(cfg.data).expanduser().resolve()
     detect_format(data)  # DataError: missing folder, a file, or no label table
     cfg.data = str(data)
+    from ..data.readers import read_dataset
+    from ..errors import DataError
+    from ..labels import resolve_label_space
+
+    # The label table (not the images): a label space the data does not have is refused now, not mid-run.
+    table = read_dataset(data, check_files=False)
+    wanted = resolve_label_space(cfg.labels)
+    if not table.shared_labels(wanted):
+        raise DataError(f"The dataset at {data} has none of the labels {', '.join(wanted)}; its labels are "
+                        f"{', '.join(table.labels)}. Choose a label space it has (e.g. nih14 for NIH, chexpert14 "
+                        "for CheXpert) or list its labels.")
     if cfg.init:
         from ..checkpoint import read_card
 
