@@ -57,6 +57,41 @@ def shipped() -> dict[str, Path]:
     return out
 
 
+def job_workspace(tmp_path: Path, monkeypatch) -> Path:
+    """Point the workspace (its own job table) at ``tmp_path``; one math thread per job process
+    (on 2 busy cores, 2 OpenMP threads per process make steps ~50x slower)."""
+    monkeypatch.setenv("CXR_HOME", str(tmp_path))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    return tmp_path
+
+
+def wait_for(predicate, deadline_s: float = 180.0, interval: float = 0.25, what: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy (returned), or fail after ``deadline_s``."""
+    import time
+
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {deadline_s:.0f}s waiting for {what}")
+
+
+def phantom_job_config(data: Path, **over) -> dict:
+    """A tiny real training config (1 epoch, 60 images at 64 px) for job tests."""
+    cfg = dict(data=str(data), labels="nih14", epochs=1, batch_size=16, image_size=64, max_images=60, workers=1)
+    cfg.update(over)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def phantom(app_home) -> Path:
+    """The built-in NIH phantom of the session workspace."""
+    return app_home / "datasets" / "phantom-nih-seed0-n500"
+
+
 def kill_jobs(home: Path) -> None:
     """Kill the process group of every job of the workspace ``home`` still alive, and reap it."""
     import signal

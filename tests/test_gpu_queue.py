@@ -10,47 +10,21 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import kill_jobs
+from conftest import job_workspace, kill_jobs, phantom_job_config, wait_for
 from cxrcore.errors import ConfigError
 from cxrcore.jobs import JobStore, cancel, gpus, refresh, refresh_all, start_queued, submit, tail_log
 from cxrcore.jobs import local
 
-DEADLINE_S = 150.0
-
-
-@pytest.fixture(scope="session")
-def phantom(app_home) -> Path:
-    return app_home / "datasets" / "phantom-nih-seed0-n500"
-
-
-def small_config(data: Path, **over) -> dict:
-    cfg = dict(data=str(data), labels="nih14", epochs=1, batch_size=16, image_size=64, max_images=60, workers=1)
-    cfg.update(over)
-    return cfg
-
 
 @pytest.fixture
 def ws(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXR_HOME", str(tmp_path))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    job_workspace(tmp_path, monkeypatch)
     monkeypatch.setenv("CXR_GPUS", "0,1")
     yield tmp_path
     kill_jobs(tmp_path)
-
-
-def wait_for(predicate, deadline_s: float = DEADLINE_S, interval: float = 0.2, what: str = "condition"):
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {deadline_s:.0f}s waiting for {what}")
 
 
 def visible_devices(job) -> str:
@@ -82,12 +56,12 @@ def test_list_gpus_and_utilisation(monkeypatch):
 def test_too_many_gpus_is_a_config_error_without_a_row(ws, phantom, monkeypatch):
     store = JobStore()
     with pytest.raises(ConfigError, match=r"asked for 3 GPU\(s\), this machine has 2"):
-        submit(small_config(phantom, gpus=3), store=store)
+        submit(phantom_job_config(phantom, gpus=3), store=store)
     monkeypatch.setenv("CXR_GPUS", "")
     with pytest.raises(ConfigError, match=r"asked for 2 GPU\(s\), this machine has 0; use gpus=0 for CPU"):
-        submit(small_config(phantom, gpus=2), store=store)
+        submit(phantom_job_config(phantom, gpus=2), store=store)
     with pytest.raises(ConfigError, match="slurm backend"):
-        submit(small_config(phantom, nodes=2), store=store)
+        submit(phantom_job_config(phantom, nodes=2), store=store)
     assert store.list() == []
     assert not (ws / "runs").exists() or not any((ws / "runs").iterdir())
 
@@ -114,12 +88,12 @@ def test_old_database_gets_the_new_columns(ws):
 
 def test_gpu_queue_assigns_waits_shares_and_starts_on_cancel(ws, phantom):
     store = JobStore()
-    a = submit(small_config(phantom, gpus=1, epochs=40), name="a", store=store)
-    b = submit(small_config(phantom, gpus=1, epochs=40), name="b", store=store)
+    a = submit(phantom_job_config(phantom, gpus=1, epochs=40), name="a", store=store)
+    b = submit(phantom_job_config(phantom, gpus=1, epochs=40), name="b", store=store)
     assert a.pid and b.pid
     assert {tuple(a.gpu_ids), tuple(b.gpu_ids)} == {(0,), (1,)}
 
-    c = submit(small_config(phantom, gpus=1), name="c", store=store)
+    c = submit(phantom_job_config(phantom, gpus=1), name="c", store=store)
     assert c.status == "queued" and c.pid is None and c.gpu_ids is None
     assert c.note.startswith("waiting for 1 GPU(s)"), c.note
     assert tail_log(c) == ""  # no process, no log
@@ -129,7 +103,7 @@ def test_gpu_queue_assigns_waits_shares_and_starts_on_cancel(ws, phantom):
     assert [j.id for j in refresh_all(store) if j.status == "queued" and j.pid is None] == [c.id]
     assert start_queued(store) == []
 
-    d = submit(small_config(phantom, gpus=1, share_gpus=True, epochs=40), name="d-shares", store=store)
+    d = submit(phantom_job_config(phantom, gpus=1, share_gpus=True, epochs=40), name="d-shares", store=store)
     assert d.pid and d.gpu_ids in ([0], [1])  # runs alongside, on a GPU another job holds
 
     assert visible_devices(a) == str(a.gpu_ids[0])
@@ -155,13 +129,13 @@ def test_gpu_queue_assigns_waits_shares_and_starts_on_cancel(ws, phantom):
 
 def test_waiting_job_starts_when_a_runner_ends(ws, phantom):
     store = JobStore()
-    cpu = submit(small_config(phantom, epochs=40), name="cpu", store=store)
+    cpu = submit(phantom_job_config(phantom, epochs=40), name="cpu", store=store)
     assert cpu.gpu_ids == [] and visible_devices(cpu) == ""  # gpus=0: CPU, never a GPU
     assert cancel(cpu.id, store=store, timeout=30).status == "cancelled"
 
-    big = submit(small_config(phantom, gpus=2), name="both-gpus", store=store)
+    big = submit(phantom_job_config(phantom, gpus=2), name="both-gpus", store=store)
     assert big.pid and big.gpu_ids == [0, 1]
-    small = submit(small_config(phantom, gpus=1), name="waits", store=store)
+    small = submit(phantom_job_config(phantom, gpus=1), name="waits", store=store)
     assert small.pid is None and "waiting for 1 GPU(s): 0 of 2 free" in small.note
     assert visible_devices(big) == "0,1"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import kill_jobs
+from conftest import job_workspace, kill_jobs, phantom_job_config, wait_for  # noqa: F401
 from cxrcore.errors import CXRError, ConfigError, JobError
 from cxrcore.jobs import (ACTIVE, Job, JobStore, cancel, events, process_alive, progress_summary, refresh, submit,
                           tail_log)
@@ -33,8 +33,7 @@ DEADLINE_S = 180.0
 
 
 def small_config(**over) -> dict:
-    cfg = dict(data=str(NIH_SAMPLE), labels="nih14", epochs=1, batch_size=16, image_size=64, max_images=60,
-               workers=1)
+    cfg = phantom_job_config(NIH_SAMPLE)
     cfg.update(over)
     return cfg
 
@@ -42,22 +41,8 @@ def small_config(**over) -> dict:
 @pytest.fixture
 def ws(tmp_path, monkeypatch):
     """An isolated workspace; kills the process groups of runners still alive at the end."""
-    monkeypatch.setenv("CXR_HOME", str(tmp_path))
-    # One math thread per job: on 2 busy cores, 2 OpenMP threads per process make steps ~50x slower.
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("MKL_NUM_THREADS", "1")
-    yield tmp_path
+    yield job_workspace(tmp_path, monkeypatch)
     kill_jobs(tmp_path)
-
-
-def wait_for(predicate, deadline_s: float = DEADLINE_S, interval: float = 0.25, what: str = "condition"):
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {deadline_s:.0f}s waiting for {what}")
 
 
 def wait_ended(job: Job, store: JobStore) -> Job:
@@ -360,17 +345,22 @@ def test_killed_process_is_marked_failed_with_log_lines(ws):
 
 @needs_sample
 def test_error_at_train_time_marks_failed(ws):
-    """An error only reading the data reveals fails the job with the CXRError's message, not a traceback line."""
+    """An error only training-time data reading reveals fails the job with the CXRError's message, not a traceback line."""
     store = JobStore()
     # options the architecture refuses are caught at submit (the model is built on the meta device)
     with pytest.raises(ConfigError, match="does not accept the options"):
         submit(small_config(arch_kwargs={"no_such_option": 3}), name="bad-kwargs", store=store)
     assert store.list() == []
-    job = submit(small_config(labels="Fracture,Support Devices"), name="labels-not-in-data", store=store)
+    # labels the data lacks are caught at submit too (the label table is read, not the images) ...
+    with pytest.raises(CXRError, match="has none of the labels"):
+        submit(small_config(labels="Fracture,Support Devices"), name="labels-not-in-data", store=store)
+    assert store.list() == []
+    # ... while a filter that leaves no image is only found when the training reads the data.
+    job = submit(small_config(age_min=119), name="filter-empties-data", store=store)
     job = wait_ended(job, store)
     assert job.status == "failed"
     assert job.exit_code == 1
-    assert "has none of the labels" in job.error
+    assert "The filter age_min removed every image" in job.error
     log = tail_log(job, 200)
     assert "Traceback" in log and "failed after" in log
 

@@ -17,14 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import kill_jobs
+from conftest import job_workspace, kill_jobs, phantom_job_config, wait_for
 from slurm_cluster import SlurmCluster, missing
 from cxrcore.errors import ConfigError, JobError
 from cxrcore.jobs import JobStore, cancel, check_config, events, refresh, refresh_all, slurm, tail_log
 
 REPO = Path(__file__).resolve().parents[1]
-DEADLINE_S = 120.0
-
 needs_slurm = pytest.mark.skipif(bool(missing()), reason=(
     f"Slurm binaries not installed ({', '.join(missing())}); `scripts/setup.sh test` installs slurm-wlm and munge"))
 
@@ -43,23 +41,10 @@ def cluster(tmp_path_factory):
     c.stop()
 
 
-@pytest.fixture(scope="session")
-def phantom(app_home) -> Path:
-    return app_home / "datasets" / "phantom-nih-seed0-n500"
-
-
-def small_config(data: Path, **over) -> dict:
-    cfg = dict(data=str(data), labels="nih14", epochs=1, batch_size=16, image_size=64, max_images=60, workers=1)
-    cfg.update(over)
-    return cfg
-
-
 @pytest.fixture
 def ws(tmp_path, monkeypatch, cluster):
     """An isolated workspace on the cluster; cancels its Slurm jobs and kills local runners at the end."""
-    monkeypatch.setenv("CXR_HOME", str(tmp_path))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    job_workspace(tmp_path, monkeypatch)
     yield tmp_path
     db = tmp_path / "jobs.sqlite"
     if db.exists():
@@ -67,16 +52,6 @@ def ws(tmp_path, monkeypatch, cluster):
         if ids:
             cluster.cmd("scancel", *ids, check=False)
     kill_jobs(tmp_path)
-
-
-def wait_for(predicate, deadline_s: float = DEADLINE_S, interval: float = 0.25, what: str = "condition"):
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {deadline_s:.0f}s waiting for {what}")
 
 
 def wait_for_step(job, store):
@@ -150,11 +125,11 @@ BAD_PLACEMENT = {
 def test_placement_options_validated(phantom, case):
     over, match = BAD_PLACEMENT[case]
     with pytest.raises(ConfigError, match=match):
-        check_config(small_config(phantom, **over))
+        check_config(phantom_job_config(phantom, **over))
 
 
 def test_placement_options_accepted(phantom):
-    cfg = check_config(small_config(phantom, gpus=0, nproc=2, nodes=1,
+    cfg = check_config(phantom_job_config(phantom, gpus=0, nproc=2, nodes=1,
                                     slurm={"partition": "debug", "cpus": 2, "mem": 500, "time": "0:10:00",
                                            "extra": ["--hold"]}))
     assert cfg["nproc"] == 2 and cfg["slurm"]["mem"] == 500
@@ -176,7 +151,7 @@ def test_unreachable_slurm_raises_before_anything_is_created(ws, phantom, cluste
     path = os.environ["PATH"]
     monkeypatch.setenv("PATH", str(empty_bin))
     with pytest.raises(JobError, match=r"Slurm is not reachable: `sbatch` is not on PATH"):
-        slurm.submit(small_config(phantom), name="nope", store=store, cluster=str(cluster.conf))
+        slurm.submit(phantom_job_config(phantom), name="nope", store=store, cluster=str(cluster.conf))
     monkeypatch.setenv("PATH", path)
     _no_rows_no_folders(ws)
 
@@ -186,14 +161,14 @@ def test_unreachable_slurm_raises_before_anything_is_created(ws, phantom, cluste
     bad.write_text(text.replace("MessageTimeout=5", "MessageTimeout=2"))
     t0 = time.monotonic()
     with pytest.raises(JobError, match="Slurm is not reachable: its controller does not answer"):
-        slurm.submit(small_config(phantom), name="nope", store=store, cluster=str(bad))
+        slurm.submit(phantom_job_config(phantom), name="nope", store=store, cluster=str(bad))
     assert time.monotonic() - t0 < 30
     monkeypatch.setenv("SLURM_CONF", str(bad))  # the same through the environment
     with pytest.raises(JobError, match="not reachable"):
-        slurm.submit(small_config(phantom), name="nope", store=store)
+        slurm.submit(phantom_job_config(phantom), name="nope", store=store)
     # 3. A configuration file that does not exist (Slurm's commands would retry it for a minute).
     with pytest.raises(JobError, match="does not exist"):
-        slurm.submit(small_config(phantom), name="nope", store=store, cluster=str(bad.parent / "missing.conf"))
+        slurm.submit(phantom_job_config(phantom), name="nope", store=store, cluster=str(bad.parent / "missing.conf"))
     _no_rows_no_folders(ws)
     assert "not reachable" in (slurm.available(str(bad)) or "")
     assert slurm.available(str(cluster.conf)) is None
@@ -202,14 +177,14 @@ def test_unreachable_slurm_raises_before_anything_is_created(ws, phantom, cluste
 def test_slurm_refuses_before_a_row_or_folder(ws, phantom, cluster):
     store = JobStore()
     with pytest.raises(JobError, match="(?i)refuses.*partition"):
-        slurm.submit(small_config(phantom, slurm={"partition": "nosuchpartition"}), store=store,
+        slurm.submit(phantom_job_config(phantom, slurm={"partition": "nosuchpartition"}), store=store,
                      cluster=str(cluster.conf))
     with pytest.raises(JobError, match="Slurm refuses"):  # no node has a GPU
-        slurm.submit(small_config(phantom, gpus=1), store=store, cluster=str(cluster.conf))
+        slurm.submit(phantom_job_config(phantom, gpus=1), store=store, cluster=str(cluster.conf))
     taken = ws / "taken"
     taken.mkdir()
     with pytest.raises(JobError, match="already exists"):
-        slurm.submit(small_config(phantom), store=store, run_dir=taken, cluster=str(cluster.conf))
+        slurm.submit(phantom_job_config(phantom), store=store, run_dir=taken, cluster=str(cluster.conf))
     _no_rows_no_folders(ws)
 
 
@@ -217,7 +192,7 @@ def test_slurm_refuses_before_a_row_or_folder(ws, phantom, cluster):
 
 def test_real_job_pending_running_succeeded(ws, phantom, cluster):
     store = JobStore()
-    job = slurm.submit(small_config(phantom), name="on-slurm", store=store, cluster=str(cluster.conf))
+    job = slurm.submit(phantom_job_config(phantom), name="on-slurm", store=store, cluster=str(cluster.conf))
     assert job.backend == "slurm" and job.backend_id and job.backend_id.isdigit()
     assert job.status == "queued" and job.pid is None
     run_dir = Path(job.run_dir)
@@ -255,7 +230,7 @@ def test_real_job_pending_running_succeeded(ws, phantom, cluster):
 
 def test_cancel_running_slurm_job(ws, phantom, cluster):
     store = JobStore()
-    job = slurm.submit(small_config(phantom, epochs=40), name="long", store=store, cluster=str(cluster.conf))
+    job = slurm.submit(phantom_job_config(phantom, epochs=40), name="long", store=store, cluster=str(cluster.conf))
     wait_for_step(job, store)
     assert refresh(job, store).status == "running"
     t0 = time.monotonic()
@@ -273,7 +248,7 @@ def test_cancel_running_slurm_job(ws, phantom, cluster):
 
 def test_cancel_pending_slurm_job(ws, phantom, cluster):
     store = JobStore()
-    job = slurm.submit(small_config(phantom, slurm={"extra": ["--hold"]}), name="held", store=store,
+    job = slurm.submit(phantom_job_config(phantom, slurm={"extra": ["--hold"]}), name="held", store=store,
                        cluster=str(cluster.conf))
     j = refresh(job, store)
     assert j.status == "queued" and j.note.startswith("Slurm: PENDING"), j.note
@@ -284,7 +259,7 @@ def test_cancel_pending_slurm_job(ws, phantom, cluster):
 
 def test_job_killed_behind_our_back_is_failed_with_log_lines(ws, phantom, cluster):
     store = JobStore()
-    job = slurm.submit(small_config(phantom, epochs=40), name="doomed", store=store, cluster=str(cluster.conf))
+    job = slurm.submit(phantom_job_config(phantom, epochs=40), name="doomed", store=store, cluster=str(cluster.conf))
     wait_for_step(job, store)
     pid = refresh(job, store).pid  # the runner's pid on the (single, this) node
     assert pid
@@ -316,7 +291,7 @@ def test_cancelled_slurm_job_resumes_to_completion(ws, phantom, cluster):
     from cxrcore.train.state import state_path
 
     store = JobStore()
-    job = slurm.submit(small_config(phantom, epochs=3, max_images=40), name="resumable", store=store,
+    job = slurm.submit(phantom_job_config(phantom, epochs=3, max_images=40), name="resumable", store=store,
                        cluster=str(cluster.conf))
     first_sid = job.backend_id
 

@@ -183,7 +183,7 @@ def run_job(job_id: str, db: str | os.PathLike | None = None) -> int:
         stop.interruptible = True
         if stop():
             raise Cancelled("Stopped before training started.")
-        from ..train.trainer import TrainConfig, train  # heavy import (torch) after the signal handler is in
+        from ..train.trainer import TrainConfig  # heavy import (torch) after the signal handler is in
 
         cfg = TrainConfig.from_dict(job.config)
         print(f"[{_clock()}] config {json.dumps(job.config, sort_keys=True)}", flush=True)

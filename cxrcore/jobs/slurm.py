@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from .. import workspace
-from ..errors import ConfigError, JobError
+from ..errors import JobError
 from .store import ACTIVE, Job, JobStore
 
 SBATCH_NAME = "job.sbatch"
@@ -118,7 +118,6 @@ def render_script(job_id: str, config: dict, run_dir: str | Path, db: str | Path
     run_dir = Path(run_dir)
     gpus = int(config.get("gpus") or 0)
     nodes = int(config.get("nodes") or 1)
-    nproc = int(config.get("nproc") or 1)
     cpus = opts.get("cpus")
     threads = int(config.get("threads") or 0) or int(cpus or 1)
     python = python or sys.executable
@@ -162,7 +161,7 @@ def render_script(job_id: str, config: dict, run_dir: str | Path, db: str | Path
               "export PYTHONUNBUFFERED=1",
               f"export OMP_NUM_THREADS={threads}",
               f"export MKL_NUM_THREADS={threads}",
-              f'echo "[$(date +%H:%M:%S)] slurm job $SLURM_JOB_ID on $(hostname) (nodes: $SLURM_JOB_NODELIST)"',
+              'echo "[$(date +%H:%M:%S)] slurm job $SLURM_JOB_ID on $(hostname) (nodes: $SLURM_JOB_NODELIST)"',
               ""]
     runner_args = f"-m cxrcore.jobs.runner {shlex.quote(job_id)} --db {_sbatch_value(db)}"
     if nodes > 1:

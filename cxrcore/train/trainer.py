@@ -35,7 +35,7 @@ from .augment import Augment, random_affine  # noqa: F401 - random_affine re-exp
 from .lora import apply_lora, base_model, merged_state_dict
 from .losses import GATE_LABEL, LOSSES, Criterion, masked_bce, pos_weight_from, two_stage_targets  # noqa: F401
 from .sampling import SAMPLERS, epoch_order
-from .state import load_state, rng_state, save_state, set_rng_state, state_path
+from .state import load_state, rng_state, save_state, set_rng_state
 
 MODES = ("full", "head", "lora")
 SPLIT_METHODS = ("hash", "stratified")
