@@ -22,7 +22,7 @@ from cxrcore.train.augment import Augment
 from cxrcore.train.lora import apply_lora, default_targets, merged_state_dict
 from cxrcore.train.losses import (GATE_LABEL, Criterion, hierarchy_pairs, hierarchy_penalty, masked_bce,
                                   masked_focal, pos_weight_from, two_stage_targets)
-from cxrcore.train.sampling import combination_codes, epoch_order, oversample_rows
+from cxrcore.train.sampling import combination_codes, epoch_order, epoch_size, oversample_rows
 from cxrcore.train.state import load_state, state_path
 from cxrcore.train.trainer import TrainConfig, read_events, train
 
@@ -120,6 +120,7 @@ def test_oversampling_reaches_the_minimum_per_combination():
     codes = combination_codes(t[out])
     assert (codes == "0").sum() == 10 and (codes == "1").sum() == 10 and (codes == "").sum() == 45
     assert set(out) == set(rows)
+    assert epoch_size(rows, t, 10) == len(out) and epoch_size(rows, t, 0) == 50
 
 
 def test_weighted_sampler_draws_rare_findings_more_often():

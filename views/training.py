@@ -304,9 +304,9 @@ if from_ckpt and not checkpoints:
 with st.form("train_form"):
     c1, c2 = st.columns(2)
     _txt(c1, "Job name", "name", placeholder="e.g. nih-regnet-3ep",
-                  help="Shown in the jobs table and on the checkpoint card; empty: the dataset folder's name.")
+         help="Shown in the jobs table and on the checkpoint card; empty: the dataset folder's name.")
     _sel(c2, "Label space", list(LABEL_SPACES), "labels",
-                 help="The labels the model predicts. Labels the dataset lacks are left out of the loss.")
+         help="The labels the model predicts. Labels the dataset lacks are left out of the loss.")
     d1, d2 = st.columns(2)
     ds_names = list(datasets)
     ds_index = ds_names.index(_vals()["dataset"]) if _vals()["dataset"] in ds_names else (0 if ds_names else None)
@@ -326,24 +326,25 @@ with st.form("train_form"):
     else:
         a1, a2, a3 = st.columns([2, 1, 1])
         arch_now = _vals()["arch"]
-        _sel(a1, "Architecture", ARCHS + ([arch_now] if arch_now and arch_now not in ARCHS else []), "arch", accept_new_options=True,
-                     help="Any timm name, `tv:<name>` for torchvision, `xrv:<weights>` for torchxrayvision's "
-                          "chest X-ray models. Type a name that is not in the list.")
+        _sel(a1, "Architecture", ARCHS + ([arch_now] if arch_now and arch_now not in ARCHS else []), "arch",
+             accept_new_options=True,
+             help="Any timm name, `tv:<name>` for torchvision, `xrv:<weights>` for torchxrayvision's "
+                  "chest X-ray models. Type a name that is not in the list.")
         _sel(a2, "Pretrained weights", ["auto", "none", "hub"], "pretrained",
-                     help="hub: the library's own weights (from its local cache when offline; a clear message says "
-                          "where to put the file if missing). none: random initialisation. auto: hub for xrv "
-                          "models, none otherwise.")
+             help="hub: the library's own weights (from its local cache when offline; a clear message says "
+                  "where to put the file if missing). none: random initialisation. auto: hub for xrv "
+                  "models, none otherwise.")
         _chk(a3, "Output stride 16", "stride16",
-                    help="Finer Grad-CAM maps for timm ResNet/RegNet-like models; ignored for tv:/xrv: models. "
-                         "Untick for architectures that do not support it (densenet121, efficientnet, ViT).")
+             help="Finer Grad-CAM maps for timm ResNet/RegNet-like models; ignored for tv:/xrv: models. "
+                  "Untick for architectures that do not support it (densenet121, efficientnet, ViT).")
     m1, m2, m3, m4, m5 = st.columns(5)
     _sel(m1, "Train", ["full", "head", "lora"], "mode",
-                 format_func=lambda m: {"full": "full network", "head": "head only", "lora": "LoRA (peft)"}[m])
+         format_func=lambda m: {"full": "full network", "head": "head only", "lora": "LoRA (peft)"}[m])
     _num(m2, "Epochs", "epochs", min_value=1, max_value=500, step=1)
     _num(m3, "Batch size", "batch_size", min_value=1, max_value=1024, step=1)
     _num(m4, "Learning rate", "lr", min_value=0.0, max_value=1.0, step=1e-4, format="%.5f")
     _num(m5, "Max images (0 = all)", "max_images", min_value=0, step=50,
-                    help="A random subset (after the filters) keeps a CPU run to a few minutes.")
+         help="A random subset (after the filters) keeps a CPU run to a few minutes.")
 
     with st.expander("Optimisation: LoRA, schedule, early stopping, accumulation"):
         l1, l2, l3, l4 = st.columns(4)
@@ -351,16 +352,16 @@ with st.form("train_form"):
         _num(l2, "LoRA alpha", "lora_alpha", min_value=0.0, step=1.0)
         _num(l3, "LoRA dropout", "lora_dropout", min_value=0.0, max_value=0.9, step=0.05)
         _txt(l4, "LoRA targets (regex)", "lora_targets", placeholder="auto",
-                      help="Empty: attention projections for ViTs, dense convolutions for CNNs.")
+             help="Empty: attention projections for ViTs, dense convolutions for CNNs.")
         o1, o2, o3, o4 = st.columns(4)
         _sel(o1, "Schedule", ["cosine", "plateau", "constant"], "schedule",
-                     help="cosine: warmup then cosine decay; plateau: reduce the LR when validation AUROC stalls.")
+             help="cosine: warmup then cosine decay; plateau: reduce the LR when validation AUROC stalls.")
         _num(o2, "Warmup steps", "warmup_steps", min_value=0, step=10)
         _num(o3, "Plateau patience (epochs)", "plateau_patience", min_value=0, step=1)
         _num(o4, "Plateau factor", "plateau_factor", min_value=0.01, max_value=0.99, step=0.05)
         p1, p2, p3, p4 = st.columns(4)
         _num(p1, "Early stopping patience (0 = off)", "early_stopping", min_value=0, step=1,
-                        help="Stop after this many epochs without a better validation mean AUROC.")
+             help="Stop after this many epochs without a better validation mean AUROC.")
         _num(p2, "Gradient accumulation (batches)", "accum_steps", min_value=1, step=1)
         _num(p3, "Weight decay", "weight_decay", min_value=0.0, step=1e-4, format="%.5f")
         _num(p4, "Seed", "seed", min_value=0, step=1)
@@ -370,26 +371,26 @@ with st.form("train_form"):
         _sel(i1, "Loss", ["bce", "focal"], "loss")
         _num(i2, "Focal gamma", "focal_gamma", min_value=0.0, max_value=10.0, step=0.5)
         _chk(i3, "pos_weight from prevalence (bce)", "pos_weight",
-                    help="Weight each label's positives by negatives / positives in the training split.")
+             help="Weight each label's positives by negatives / positives in the training split.")
         _sel(i4, "Sampler", ["shuffle", "weighted"], "sampler",
-                     help="weighted: images with rare findings are drawn as often as common ones.")
+             help="weighted: images with rare findings are drawn as often as common ones.")
         h1, h2, h3, h4 = st.columns(4)
         _num(h1, "Oversample rare combinations to (rows)", "oversample_min", min_value=0, step=5)
         _sel(h2, "Hierarchy", ["none", "penalty", "two_stage"], "hierarchy",
-                     format_func=lambda h: {"none": "none", "penalty": "parent/child penalty",
-                                            "two_stage": "two-stage gate"}[h],
-                     help="penalty: CheXpert's tree, a child predicted above its parent costs loss. two-stage: an "
-                          "'Any finding' gate plus diseases trained on abnormal images, combined with the gate "
-                          "threshold.")
+             format_func=lambda h: {"none": "none", "penalty": "parent/child penalty",
+                                    "two_stage": "two-stage gate"}[h],
+             help="penalty: CheXpert's tree, a child predicted above its parent costs loss. two-stage: an "
+                  "'Any finding' gate plus diseases trained on abnormal images, combined with the gate "
+                  "threshold.")
         _num(h3, "Penalty weight", "hierarchy_weight", min_value=0.0, step=0.5)
         _num(h4, "Gate threshold", "gate_threshold", min_value=0.0, max_value=1.0, step=0.05)
 
     with st.expander("Data: uncertainty policy, filters, split, image size"):
         u1, u2, u3 = st.columns([1, 2, 1])
         _sel(u1, "Uncertain labels (CheXpert −1)", POLICIES, "policy",
-                     help="zeros: negative; ones: positive; ignore: left out of loss and metrics.")
+             help="zeros: negative; ones: positive; ignore: left out of loss and metrics.")
         _txt(u2, "…or a per-label mix", "policy_mix", placeholder="ones:Atelectasis,Edema;zeros",
-                      help="Overrides the choice on the left: `policy:Label,Label;default`.")
+             help="Overrides the choice on the left: `policy:Label,Label;default`.")
         _sel(u3, "Image fit", ["pad", "crop"], "fit", help="Aspect kept: letterbox or center crop.")
         f1, f2, f3, f4 = st.columns(4)
         _chk(f1, "Frontal views only", "frontal_only")
@@ -401,9 +402,9 @@ with st.form("train_form"):
         _num(g1, "Age from (0 = any)", "age_min", min_value=0, max_value=120, step=5)
         _num(g2, "Age to (0 = any)", "age_max", min_value=0, max_value=120, step=5)
         _sel(g3, "Split", ["hash", "stratified"], "split_method",
-                     help="Both are patient-level; stratified balances each label's positive rate across splits.")
+             help="Both are patient-level; stratified balances each label's positive rate across splits.")
         _num(g4, "Image size (px)", "image_size", min_value=32, max_value=1024, step=16,
-                        disabled=from_ckpt, help="Ignored when starting from a checkpoint: its preprocessing is kept.")
+             disabled=from_ckpt, help="Ignored when starting from a checkpoint: its preprocessing is kept.")
         v1, v2, _ = st.columns([1, 1, 2])
         _num(v1, "Validation fraction", "val_fraction", min_value=0.01, max_value=0.5, step=0.05)
         _num(v2, "Test fraction", "test_fraction", min_value=0.0, max_value=0.5, step=0.05)
@@ -415,17 +416,17 @@ with st.form("train_form"):
                   "contrast": 0.9}
         for col, k in zip(cols, AUG_KEYS):
             _num(col, {"p": "probability"}.get(k, k), "aug_" + k, min_value=0.0, max_value=limits[k],
-                             step=0.01 if limits[k] <= 1 else 1.0)
+                 step=0.01 if limits[k] <= 1 else 1.0)
 
     with st.expander("Where it runs: backend, GPUs, precision"):
         w1, w2, w3, w4 = st.columns(4)
         _sel(w1, "Backend", ["local", "slurm"], "backend",
-                     help="local: a process on this machine; slurm: sbatch on the cluster this machine submits to.")
+             help="local: a process on this machine; slurm: sbatch on the cluster this machine submits to.")
         _sel(w2, "Device", ["auto", "cpu", "cuda"], "device")
         _num(w3, "GPUs", "gpus", min_value=0, max_value=64, step=1,
-                        help="Local: the job waits until this many GPUs are free (CUDA_VISIBLE_DEVICES).")
+             help="Local: the job waits until this many GPUs are free (CUDA_VISIBLE_DEVICES).")
         _num(w4, "Processes (DDP)", "nproc", min_value=1, max_value=64, step=1,
-                        help="More than one: torchrun data-parallel (gloo on CPU, NCCL on GPUs).")
+             help="More than one: torchrun data-parallel (gloo on CPU, NCCL on GPUs).")
         x1, x2, x3, x4 = st.columns(4)
         _sel(x1, "Precision", ["fp32", "bf16", "fp16"], "precision", help="Autocast; fp16 needs a GPU.")
         _chk(x2, "channels_last", "channels_last")
@@ -571,27 +572,26 @@ def _progress_text(s: dict, job) -> str:
     return " · ".join(parts)
 
 
+def _run_action(action, job, spinner: str, kind: str, message) -> None:
+    """Run ``action(job_id, store)``; on success flash ``message(job)`` and redraw the page."""
+    try:
+        with st.spinner(spinner):
+            after = action(job.id, store)
+    except CXRError as exc:
+        show_error(exc)
+    else:
+        _flash(kind, message(after))
+        st.rerun()
+
+
 def _actions(job) -> None:
-    b1, b2, b3 = st.columns(3)
+    b1, b2 = st.columns(2)
     if job.active and b1.button("Cancel job", key=f"train_cancel_{job.id}"):
-        try:
-            with st.spinner("Stopping the job…"):
-                done = local.cancel(job.id, store)
-        except CXRError as exc:
-            show_error(exc)
-        else:
-            _flash("warning", f"Job {done.id} is {done.status}.")
-            st.rerun()
+        _run_action(local.cancel, job, "Stopping the job…", "warning", lambda j: f"Job {j.id} is {j.status}.")
     if job.status in ("cancelled", "failed") and b1.button("Resume job", key=f"train_resume_{job.id}", type="primary",
                                                            help="Continue from the last complete epoch."):
-        try:
-            with st.spinner("Resuming…"):
-                again = local.resume(job.id, store)
-        except CXRError as exc:
-            show_error(exc)
-        else:
-            _flash("success", f"Job {again.id} resumes from its last complete epoch.")
-            st.rerun()
+        _run_action(local.resume, job, "Resuming…", "success",
+                    lambda j: f"Job {j.id} resumes from its last complete epoch.")
     if b2.button("Clone into the form", key=f"train_clone_{job.id}",
                  help="Fill the launch form with this job's options, to change some and launch a new job."):
         st.session_state["train_clone"] = (job.config, job.backend, job.name)

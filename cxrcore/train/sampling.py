@@ -42,6 +42,14 @@ def oversample_rows(rows: np.ndarray, targets: np.ndarray, minimum: int, gen: to
     return np.concatenate([rows] + extra) if extra else rows
 
 
+def epoch_size(rows: np.ndarray, targets: np.ndarray, minimum: int = 0) -> int:
+    """How many rows an epoch has: ``rows`` plus the repeats ``oversample_rows`` adds (no random draw)."""
+    if minimum <= 0 or len(rows) == 0:
+        return len(rows)
+    _, counts = np.unique(combination_codes(targets[np.asarray(rows)]), return_counts=True)
+    return int(len(rows) + np.maximum(0, minimum - counts).sum())
+
+
 def sample_weights(targets: np.ndarray) -> np.ndarray:
     """Per-row weight: the largest 1/prevalence among its positive labels (no finding: 1/its rate)."""
     pos = np.nan_to_num(targets, nan=0.0) == 1

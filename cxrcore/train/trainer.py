@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -34,7 +35,7 @@ from . import dist as dist_
 from .augment import Augment, random_affine  # noqa: F401 - random_affine re-exported for bench/cache.py
 from .lora import apply_lora, base_model, merged_state_dict
 from .losses import GATE_LABEL, LOSSES, Criterion, masked_bce, pos_weight_from, two_stage_targets  # noqa: F401
-from .sampling import SAMPLERS, epoch_order
+from .sampling import SAMPLERS, epoch_order, epoch_size
 from .state import load_state, rng_state, save_state, set_rng_state
 
 MODES = ("full", "head", "lora")
@@ -264,19 +265,11 @@ def predict_array(model, images: np.ndarray, rows: np.ndarray, prep: Preprocess,
     out = []
     for k in range(0, len(rows), batch_size):
         x = prep.normalize(torch.from_numpy(np.asarray(images[rows[k:k + batch_size]])).to(device))
-        with autocast() if autocast else _nullcontext():
+        with autocast() if autocast else nullcontext():
             logits = model(x)
         out.append(torch.sigmoid(logits.float()).cpu().numpy())
     probs = np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
     return combine(probs, spec) if len(probs) else probs
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _mean_auroc(auroc: np.ndarray, two_stage: bool) -> float:
@@ -372,8 +365,6 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
                 log("balance_warning", warnings=warns)
 
     if init_card is not None:
-        if two_stage and GATE_LABEL in init_card.labels:
-            pass  # a two-stage model fine-tuned again: its gate row is copied like any shared label
         model = model_from_spec(init_card.model, len(init_card.labels))
         model.load_state_dict(init_state)
         swap = swap_head(model, init_card.labels, labels)
@@ -402,8 +393,8 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
     val_rows = np.flatnonzero(data.split == "val")
     test_rows = np.flatnonzero(data.split == "test")
     gen = torch.Generator().manual_seed(cfg.seed)
-    probe = epoch_order(train_rows, targets, cfg.sampler, torch.Generator().manual_seed(cfg.seed), cfg.oversample_min)
-    per_rank = len(probe) // d.world
+    epoch_rows = epoch_size(train_rows, targets, cfg.oversample_min)
+    per_rank = epoch_rows // d.world
     steps_per_epoch = math.ceil(per_rank / cfg.batch_size)
     opt_steps_per_epoch = math.ceil(steps_per_epoch / cfg.accum_steps)
     total_steps = steps_per_epoch * cfg.epochs
@@ -426,7 +417,7 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
         fwd = DDP(fwd, device_ids=[device.index] if device.type == "cuda" else None)
     log("data", n_images=len(data.index), train=len(train_rows), val=len(val_rows), test=len(test_rows),
         labels=labels, trainable_params=trainable, total_params=total, steps_per_epoch=steps_per_epoch,
-        epoch_rows=len(probe), head_swap=swap.to_dict() if swap else None, mode=cfg.mode, world_size=d.world,
+        epoch_rows=epoch_rows, head_swap=swap.to_dict() if swap else None, mode=cfg.mode, world_size=d.world,
         pos_weight=criterion.pos_weight.tolist() if criterion.pos_weight is not None else None)
 
     best, history, step, first_epoch = (-1.0, 0), [], 0, 1
@@ -462,7 +453,7 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
                 stopped = True
                 break
             rows = mine[k:k + cfg.batch_size]
-            x = to_unit(torch.from_numpy(np.asarray(data.images[np.sort(rows)])[np.argsort(np.argsort(rows))]))
+            x = to_unit(torch.from_numpy(np.asarray(data.images[rows])))
             x = x.to(device, non_blocking=True)
             if augment is not None:
                 x = augment(x, gen)
@@ -471,9 +462,9 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
                 x = x.contiguous(memory_format=torch.channels_last)
             y = torch.from_numpy(targets[rows]).to(device)
             boundary = (bi + 1) % cfg.accum_steps == 0 or bi + 1 == n_batches
-            sync = (fwd.no_sync() if d.enabled and not boundary else _nullcontext())
+            sync = (fwd.no_sync() if d.enabled and not boundary else nullcontext())
             with sync:
-                with autocast() if autocast else _nullcontext():
+                with autocast() if autocast else nullcontext():
                     logits = fwd(x)
                 loss = criterion(logits.float(), y)
                 scaler.scale(loss / cfg.accum_steps).backward()
