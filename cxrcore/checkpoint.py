@@ -39,6 +39,9 @@ class Card:
     name: str = ""
     created: str = ""
     notes: list[str] = field(default_factory=list)
+    # What the model has seen: {"kind": "phantom" | "real" | "library" | "unknown",
+    # "datasets": [names], "summary": one line for people}. See :func:`trained_on`.
+    trained_on: dict = field(default_factory=dict)
     weights_sha256: str = ""
     format: str = CARD_FORMAT
 
@@ -62,8 +65,59 @@ class Card:
         temps = (self.metrics.get("calibration") or {}).get("temperatures")
         return None if not temps else [float(temps.get(x, 1.0)) for x in self.labels]
 
+    def training_kind(self) -> str:
+        """``phantom`` | ``real`` | ``library`` | ``unknown``: what the model's weights were trained on."""
+        return str((self.trained_on or infer_trained_on(self)).get("kind", "unknown"))
+
     def threshold_list(self) -> list[float]:
         return [float(self.thresholds.get(x, 0.5)) for x in self.labels]
+
+
+TRAINED_ON_KINDS = ("phantom", "real", "library", "unknown")
+
+
+def dataset_trained_on(root: str | os.PathLike, name: str, fmt: str) -> dict:
+    """``trained_on`` for a model trained on the dataset folder ``root``: phantom (the generator's
+    ``PHANTOM.json`` is there) or real data."""
+    root = Path(root)
+    if (root / "PHANTOM.json").is_file():
+        try:
+            meta = json.loads((root / "PHANTOM.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            meta = {}
+        domain = meta.get("domain", fmt)
+        return {"kind": "phantom", "datasets": [f"synthetic phantom ({domain} layout) {name}"],
+                "summary": f"synthetic chest phantoms only ({name}); never real radiographs"}
+    label = {"nih": "NIH ChestX-ray14", "chexpert": "CheXpert"}.get(fmt, f"{fmt} dataset")
+    return {"kind": "real", "datasets": [f"{label}: {name}"], "summary": f"real radiographs ({label}, folder {name})"}
+
+
+def combine_trained_on(init: dict | None, own: dict) -> dict:
+    """A model initialised from ``init`` and trained on ``own``: the datasets of both; the kind of the
+    last data it was trained on, except that phantom training on top of real or library weights
+    stays "phantom" only if nothing real was ever seen."""
+    if not init:
+        return own
+    datasets = list(init.get("datasets", [])) + [d for d in own.get("datasets", []) if d not in init.get("datasets", [])]
+    kinds = {init.get("kind"), own.get("kind")}
+    kind = "phantom" if kinds == {"phantom"} else ("real" if "real" in kinds else own.get("kind", "unknown"))
+    if kind == "phantom":
+        summary = own.get("summary", "")
+    else:
+        summary = f"{init.get('summary', 'initial weights')}; then fine-tuned on {own.get('summary', 'more data')}"
+    return {"kind": kind, "datasets": datasets, "summary": summary}
+
+
+def infer_trained_on(card: "Card") -> dict:
+    """``trained_on`` for a card written before the field existed: from its data record."""
+    data = card.data or {}
+    root, name = data.get("root"), str(data.get("name", ""))
+    if root and Path(root).is_dir():
+        return dataset_trained_on(root, name, str(data.get("format", "")))
+    if name.startswith("phantom-"):
+        return {"kind": "phantom", "datasets": [f"synthetic phantom {name}"],
+                "summary": f"synthetic chest phantoms only ({name}); never real radiographs"}
+    return {"kind": "unknown", "datasets": [name] if name else [], "summary": "not recorded in the card"}
 
 
 def _sha256(path: Path) -> str:

@@ -19,7 +19,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..checkpoint import Card, load_checkpoint, save_checkpoint
+from ..checkpoint import (Card, combine_trained_on, dataset_trained_on, infer_trained_on, load_checkpoint,
+                          save_checkpoint)
 from ..data.cache import build_cache
 from ..data.filters import apply_filters
 from ..data.index import POLICIES, DatasetIndex, parse_policy, patient_split
@@ -369,10 +370,12 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
         model.load_state_dict(init_state)
         swap = swap_head(model, init_card.labels, labels)
         model_spec = {k: v for k, v in init_card.model.items() if k != "two_stage"}
+        init_trained_on = init_card.trained_on or infer_trained_on(init_card)
     else:
         model = build_model(cfg.arch, len(labels), cfg.pretrained, cfg.arch_kwargs, labels=labels)
         swap = getattr(model, "head_swap_report", None)  # library heads (e.g. torchxrayvision's) mapped to ours
         model_spec = spec_for(cfg.arch, cfg.pretrained, cfg.arch_kwargs)
+        init_trained_on = getattr(model, "trained_on", None)  # library chest X-ray weights say what they saw
     if two_stage:
         model_spec["two_stage"] = {"gate_threshold": cfg.gate_threshold, "gate_label": GATE_LABEL}
     if swap is not None and saved is None:
@@ -509,7 +512,7 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
                 since_best = 0
                 thresholds = best_f1_thresholds(targets[val_rows], val_probs)
                 card = _card(cfg, labels, model_spec, prep, data, record, thresholds, swap, history,
-                             trainable, total, time.time() - t_start, d.world)
+                             trainable, total, time.time() - t_start, d.world, init_trained_on)
                 save_checkpoint(out / "checkpoint", merged_state_dict(model), card)
                 log("checkpoint", epoch=epoch, val_mean_auroc=mean_auroc)
             else:
@@ -560,7 +563,7 @@ def _comparable(cfg: TrainConfig) -> dict:
 
 
 def _card(cfg, labels, model_spec, prep, data: Prepared, record, thresholds, swap, history, trainable, total, seconds,
-          world: int = 1) -> Card:
+          world: int = 1, init_trained_on: dict | None = None) -> Card:
     counts = {s: int((data.split == s).sum()) for s in ("train", "val", "test")}
     return Card(
         labels=list(labels),
@@ -579,4 +582,6 @@ def _card(cfg, labels, model_spec, prep, data: Prepared, record, thresholds, swa
               "filters": dict(data.filters), "splits_file": "../splits.csv",  # relative to the checkpoint folder
               "balance_warnings": balance_warnings(data.balance) if data.balance is not None else []},
         name=cfg.name or Path(cfg.data).name,
+        trained_on=combine_trained_on(init_trained_on,
+                                      dataset_trained_on(data.index.root, data.index.name, data.index.format)),
     )
