@@ -294,3 +294,133 @@ def test_predictor_runs_an_xrv_checkpoint(tmp_path):
     assert p.fast_cam  # one-channel input found, GAP + linear head
     pred = p.predict(np.random.default_rng(0).random((80, 70)).astype(np.float32))
     assert pred.probs.shape == (2,) and pred.heatmaps.shape[0] == 2 and pred.cam_grid == (2, 2)
+
+
+# ------------------------------------------------------- building models in a server (threads)
+def _plant_hub_files(tmp_path, monkeypatch) -> dict:
+    """Pretrained files in each library's cache (one temp folder per library), as the libraries store them."""
+    import timm
+    import torchvision
+    import torchxrayvision as xrv
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv(registry.XRV_CACHE_ENV, str(tmp_path / "xrv"))
+    torch.manual_seed(11)
+    ref_timm = timm.create_model("resnet18", pretrained=False)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "models--timm--resnet18.a1_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in ref_timm.state_dict().items()},
+              str(repo / "snapshots" / commit / "model.safetensors"))
+    ref_tv = torchvision.models.resnet18(weights=None)
+    (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(ref_tv.state_dict(), tmp_path / "torch" / "hub" / "checkpoints" / TV_RESNET18)
+    ref_xrv = xrv.models.DenseNet(weights=None)
+    (tmp_path / "xrv").mkdir()
+    torch.save(ref_xrv, tmp_path / "xrv" / XRV_ALL)
+    return {"timm": ref_timm, "tv": ref_tv, "xrv": ref_xrv}
+
+
+def _devices(model: nn.Module) -> set[str]:
+    return {t.device.type for t in list(model.parameters()) + list(model.buffers())}
+
+
+def test_models_built_from_many_threads_at_once_are_each_right(tmp_path, monkeypatch, no_network):
+    """App sessions are threads of one process: pretrained and random builds, and meta-device
+    architecture checks (incl. the CPU-then-meta fallback of torchvision's RegNet), run at the same
+    time; each model holds exactly what it should and nothing leaks between threads."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    refs = _plant_hub_files(tmp_path, monkeypatch)
+    ref_timm, ref_tv, ref_xrv = refs["timm"].conv1.weight, refs["tv"].conv1.weight, refs["xrv"].features.conv0.weight
+
+    def timm_hub():
+        m = build_model("resnet18", 3, "hub")
+        assert torch.equal(m.conv1.weight, ref_timm) and _devices(m) == {"cpu"}
+
+    def timm_none():
+        m = build_model("resnet18", 3, "none")
+        assert not torch.equal(m.conv1.weight, ref_timm) and _devices(m) == {"cpu"}
+
+    def tv_hub():
+        m = build_model("tv:resnet18", 3, "hub")
+        assert torch.equal(m.net.conv1.weight, ref_tv) and _devices(m) == {"cpu"}
+
+    def tv_none():
+        m = build_model("tv:resnet18", 3, "none")
+        assert not torch.equal(m.net.conv1.weight, ref_tv) and _devices(m) == {"cpu"}
+
+    def xrv_hub():
+        m = build_model("xrv:densenet121-res224-all", 2, "hub", labels=["Mass", "Hernia"])
+        assert torch.equal(m.net.features.conv0.weight, ref_xrv) and _devices(m) == {"cpu"}
+
+    def xrv_none():
+        m = build_model("xrv:densenet121-res224-all", 2, "none")
+        assert not torch.equal(m.net.features.conv0.weight, ref_xrv) and _devices(m) == {"cpu"}
+
+    def meta_check():
+        check_architecture("tv:resnet50", "hub")
+        check_architecture("vit_small_patch16_224", "none", {"img_size": 64})
+
+    def meta_fallback():
+        check_architecture("tv:regnet_x_400mf", "none")  # cannot run on meta: CPU, parameters moved at once
+
+    def meta_model():
+        with registry.on_meta():
+            m = build_model("tv:densenet121", 2, "none")
+        assert _devices(m) == {"meta"}
+        with registry.params_on_meta():
+            m = build_model("tv:regnet_x_400mf", 2, "none")
+        assert _devices(m) == {"meta"}
+
+    tasks = [timm_hub, timm_none, tv_hub, tv_none, xrv_hub, xrv_none, meta_check, meta_fallback, meta_model] * 3
+    random.Random(0).shuffle(tasks)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        for future in [pool.submit(t) for t in tasks]:
+            future.result()  # re-raises a failed check of any thread
+    # nothing left behind on this thread either
+    assert torch.get_default_device().type == "cpu" and torch.empty(1).device.type == "cpu"
+    assert _devices(build_model("resnet18", 2, "none")) == {"cpu"}
+    assert no_network == []
+
+
+def test_building_changes_no_global_attribute(tmp_path, monkeypatch):
+    """While a model is being built (observed from inside the build, at every parameter it
+    registers), nn.Module's attributes, huggingface_hub's constants and torch's current-device
+    global are exactly what they were before."""
+    import huggingface_hub.constants as hf_constants
+    import torch.utils._device as torch_device
+
+    _plant_hub_files(tmp_path, monkeypatch)
+
+    def snapshot() -> dict:
+        return {**{f"nn.Module.{k}": v for k, v in vars(nn.Module).items()},
+                **{f"hf.{k}": v for k, v in vars(hf_constants).items() if not k.startswith("__")},
+                "torch.utils._device.CURRENT_DEVICE": torch_device.CURRENT_DEVICE}
+
+    before = snapshot()
+    seen = {"calls": 0, "changed": set()}
+
+    def spy(module, name, param):
+        seen["calls"] += 1
+        now = snapshot()
+        seen["changed"].update(k for k in before.keys() | now.keys()
+                               if k not in before or k not in now or now[k] is not before[k])
+
+    handle = nn.modules.module.register_module_parameter_registration_hook(spy)
+    try:
+        build_model("resnet18", 2, "hub")                                 # timm, cached file
+        build_model("tv:resnet18", 2, "hub")                              # torchvision, cached file
+        build_model("xrv:densenet121-res224-all", 2, "hub", labels=["Mass", "Hernia"])
+        check_architecture("tv:densenet121")                             # on meta
+        check_architecture("tv:regnet_x_400mf")                          # the CPU-then-meta fallback
+    finally:
+        handle.remove()
+    assert seen["calls"] > 100
+    assert seen["changed"] == set()
+    assert snapshot().keys() == before.keys() and all(snapshot()[k] is before[k] for k in before)

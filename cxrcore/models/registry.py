@@ -30,6 +30,12 @@ random initialisation.
 
 Rebuilding a saved model (:func:`model_from_spec`) never downloads or loads pretrained weights:
 they come from the checkpoint.
+
+Building is safe in a server whose sessions are threads of one process: no library global is
+patched while a model is built. A cached timm file is loaded through timm's own file loader
+(``pretrained_cfg_overlay={"file": ...}``, no hub call); meta-device checks use a thread-local
+torch-function mode (:func:`on_meta`) and, for builders that cannot run on meta, torch's
+parameter / buffer registration hooks gated by a thread-local flag (:func:`params_on_meta`).
 """
 from __future__ import annotations
 
@@ -37,7 +43,8 @@ import difflib
 import math
 import os
 import socket
-from contextlib import contextmanager, nullcontext
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -45,6 +52,7 @@ from urllib.parse import urlparse
 import timm
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ..errors import ConfigError
 from ..labels import canonical
@@ -277,19 +285,6 @@ def _load_failed(arch: str, loc: WeightsLocation, exc: Exception) -> ConfigError
                        f"{loc.describe()} Or choose --pretrained none.")
 
 
-@contextmanager
-def _hf_offline():
-    """huggingface_hub in offline mode for one call: a cached file is used without asking the hub."""
-    from huggingface_hub import constants
-
-    old = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = old
-
-
 def _options_error(arch: str, kwargs: dict, exc: Exception) -> ConfigError:
     return ConfigError(f"Architecture {arch} does not accept the options {kwargs}: {exc or type(exc).__name__}. "
                        "Remove them (e.g. output_stride is only for ResNet/RegNet-like timm backbones).")
@@ -318,14 +313,15 @@ def build_model(arch: str, num_labels: int, pretrained: str = "none", kwargs: di
 
 def _build_timm(arch: str, name: str, n: int, mode: str, kwargs: dict) -> nn.Module:
     loc = _require_weights(arch) if mode == "hub" else None
-    extra, ctx = {}, nullcontext()
-    if loc is not None and loc.hf_repo:
-        extra["cache_dir"] = str(loc.folder)
-        if loc.cached:
-            ctx = _hf_offline()
+    extra: dict = {}
+    if loc is not None and loc.cached:
+        # The cached file through timm's own file loader (pretrained_cfg's ``file``): no hub call, and
+        # no process-wide offline switch that other sessions' threads would see.
+        extra["pretrained_cfg_overlay"] = {"file": str(loc.path), "source": ""}
+    elif loc is not None and loc.hf_repo:
+        extra["cache_dir"] = str(loc.folder)  # not cached, host reachable: the hub client downloads into it
     try:
-        with ctx:
-            return timm.create_model(name, pretrained=loc is not None, num_classes=n, **extra, **kwargs)
+        return timm.create_model(name, pretrained=loc is not None, num_classes=n, **extra, **kwargs)
     except (TypeError, AssertionError, NotImplementedError) as exc:
         raise _options_error(arch, kwargs, exc) from exc
     except Exception as exc:
@@ -424,40 +420,93 @@ def check_architecture(arch: str, pretrained: str = "none", kwargs: dict | None 
 
     Builds the model on the meta device: no memory, no weights, no download. With pretrained
     weights asked for, also checks that the library has some (not that they are cached).
+    Thread-safe: nothing global changes (see :func:`on_meta`), so app sessions can check and
+    build models at the same time.
     """
     mode = resolve_pretrained(arch, pretrained)
     parse_arch(arch)
     if mode == "hub":
         weights_location(arch)
     try:
-        with torch.device("meta"):
+        with on_meta():
             build_model(arch, 2, "none", kwargs)
-    except (ConfigError, NotImplementedError) as exc:
+    except (ConfigError, NotImplementedError, RuntimeError) as exc:
         if "meta" not in str(exc.__cause__ or exc):
             raise
-        # a builder that computes its layer sizes with tensors (torchvision's RegNet) cannot run on
-        # the meta device: build on the CPU, each parameter moved to meta as soon as it exists
-        with _params_on_meta():
+        # A builder that computes its layer sizes with tensors (torchvision's RegNet: torch.arange
+        # ... .tolist()) cannot run on the meta device: build it on the CPU, each parameter and
+        # buffer moved to meta as soon as it is registered (a full-size model is never allocated).
+        with params_on_meta():
             build_model(arch, 2, "none", kwargs)
+
+
+class _MetaDeviceMode(TorchFunctionMode):
+    """``torch.device("meta")`` as a context manager, minus its process-wide side effect.
+
+    torch's own device context pushes a mode on this thread's torch-function mode stack (thread
+    local) but also sets the module global ``torch.utils._device.CURRENT_DEVICE`` on enter and
+    restores it on exit; two threads interleaving enter/exit can leave it at "meta" for
+    everyone (torch.compile guards read it). This mode only does the thread-local part: tensor
+    constructors called without a device make meta tensors.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _DEVICE_CONSTRUCTORS and kwargs.get("device") is None:
+            kwargs["device"] = "meta"
+        return func(*args, **kwargs)
+
+
+def _device_constructors() -> frozenset:
+    try:
+        from torch.utils._device import _device_constructors as constructors
+
+        return frozenset(constructors())
+    except (ImportError, AttributeError):  # a torch without the private list: the common constructors
+        return frozenset({torch.empty, torch.empty_strided, torch.zeros, torch.ones, torch.full, torch.arange,
+                          torch.rand, torch.randn, torch.randint, torch.tensor, torch.as_tensor, torch.linspace,
+                          torch.eye, torch.scalar_tensor})
+
+
+_DEVICE_CONSTRUCTORS = _device_constructors()
+
+
+def on_meta():
+    """A context in which this thread builds models on the meta device (other threads are unaffected)."""
+    return _MetaDeviceMode()
+
+
+_META_PARAMS = threading.local()
+
+
+def _param_to_meta(module, name, param):
+    if getattr(_META_PARAMS, "on", False) and param is not None and param.device.type != "meta":
+        return nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+    return None
+
+
+def _buffer_to_meta(module, name, tensor):
+    if getattr(_META_PARAMS, "on", False) and tensor is not None and tensor.device.type != "meta":
+        return tensor.to("meta")
+    return None
+
+
+# torch's registration hooks, registered once when this module is imported; they do something
+# only on a thread inside params_on_meta() (a thread-local flag), so building a model never
+# changes anything global.
+nn.modules.module.register_module_parameter_registration_hook(_param_to_meta)
+nn.modules.module.register_module_buffer_registration_hook(_buffer_to_meta)
 
 
 @contextmanager
-def _params_on_meta():
-    register_parameter, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
-
-    def reg_param(self, name, param):
-        register_parameter(self, name, param)
-        if param is not None and param.device.type != "meta":
-            self._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-
-    def reg_buffer(self, name, tensor, persistent=True):
-        register_buffer(self, name, tensor.to("meta") if tensor is not None else None, persistent)
-
-    nn.Module.register_parameter, nn.Module.register_buffer = reg_param, reg_buffer
+def params_on_meta():
+    """On this thread only: every parameter and buffer a module registers is moved to meta at once."""
+    before = getattr(_META_PARAMS, "on", False)
+    _META_PARAMS.on = True
     try:
         yield
     finally:
-        nn.Module.register_parameter, nn.Module.register_buffer = register_parameter, register_buffer
+        _META_PARAMS.on = before
 
 
 def spec_for(arch: str, pretrained: str = "none", kwargs: dict | None = None) -> dict:
