@@ -1,5 +1,11 @@
-"""Shared fixtures: paths to the real data in ../shared/data, the shipped checkpoints, and a
-session-wide workspace holding the app's built-in phantom data (generated once per run)."""
+"""Shared fixtures: paths to the real test images in ``tests/data`` (see its README for where each
+file comes from), the shipped checkpoints, and a session-wide workspace holding the app's built-in
+phantom data (generated once per run).
+
+``EXTENDED_DATA``: larger real data for optional extended tests, only when the variable
+``CXR_EXTENDED_DATA`` names a folder laid out like the development machine's ``shared/data``
+(``nih-sample/`` with 512 / 1024 px originals, ``formats/``). CI leaves it unset, so a green CI
+run is what a user's fresh clone gets."""
 from __future__ import annotations
 
 import os
@@ -9,13 +15,30 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-NIH_SAMPLE = SHARED_DATA / "nih-sample"
-FORMATS = SHARED_DATA / "formats"
+TEST_DATA = REPO / "tests" / "data"
+NIH_SAMPLE = TEST_DATA / "nih-sample"   # 250 real NIH images (160 px), their label rows and boxes
+FORMATS = TEST_DATA / "formats"         # real files in the formats users upload (PNG, JPEG, DICOM)
+EXTENDED_DATA = Path(os.environ["CXR_EXTENDED_DATA"]).expanduser() if os.environ.get("CXR_EXTENDED_DATA") else None
+needs_extended = pytest.mark.skipif(
+    EXTENDED_DATA is None or not (EXTENDED_DATA / "nih-sample" / "images").is_dir(),
+    reason="extended test: set CXR_EXTENDED_DATA to a folder holding nih-sample/ (full-size NIH originals)")
 CHECKPOINTS = REPO / "checkpoints"
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+
+DEV_SHARED = str(REPO.parent / "shared")  # exists on the development machine only, never on a user's clone
+
+
+def _refuse_dev_shared(event: str, args: tuple) -> None:
+    """Audit hook: a test that opens a file of ``../shared`` fails, so a green run on the development
+    machine means a fresh clone with nothing beside it passes too."""
+    if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
+        path = os.fsdecode(args[0])
+        if path.startswith(DEV_SHARED + os.sep) or path == DEV_SHARED:
+            raise PermissionError(f"a test read {path}: tests must use tests/data (or CXR_EXTENDED_DATA), "
+                                  "never ../shared, which a user's clone does not have")
 
 
 def pytest_configure(config):
@@ -23,6 +46,8 @@ def pytest_configure(config):
     # per process on a busy 2-core machine thrash.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
+    if EXTENDED_DATA is None or not str(EXTENDED_DATA.resolve()).startswith(DEV_SHARED):
+        sys.addaudithook(_refuse_dev_shared)
 
 
 @pytest.fixture(scope="session")

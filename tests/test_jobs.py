@@ -20,14 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import job_workspace, kill_jobs, phantom_job_config, wait_for  # noqa: F401
+from conftest import NIH_SAMPLE, job_workspace, kill_jobs, phantom_job_config, wait_for  # noqa: F401
 from cxrcore.errors import CXRError, ConfigError, JobError
 from cxrcore.jobs import (ACTIVE, Job, JobStore, cancel, events, process_alive, progress_summary, refresh, submit,
                           tail_log)
 
 REPO = Path(__file__).resolve().parents[1]
-NIH_SAMPLE = REPO.parent / "shared" / "data" / "nih-sample"
-needs_sample = pytest.mark.skipif(not (NIH_SAMPLE / "images").is_dir(), reason="shared NIH sample not present")
 
 DEADLINE_S = 180.0
 
@@ -214,7 +212,6 @@ BAD_CONFIGS = {
 }
 
 
-@needs_sample
 @pytest.mark.parametrize("case", list(BAD_CONFIGS))
 def test_bad_config_creates_no_job(ws, case):
     config, error, match = BAD_CONFIGS[case]
@@ -227,7 +224,6 @@ def test_bad_config_creates_no_job(ws, case):
     assert sorted(p.name for p in (ws / "runs").iterdir()) == runs_before
 
 
-@needs_sample
 def test_submit_refuses_nonempty_run_dir(ws):
     store = JobStore()
     taken = ws / "taken"
@@ -249,7 +245,6 @@ SUBMITTER = textwrap.dedent("""
 """)
 
 
-@needs_sample
 def test_job_survives_its_submitting_process_and_succeeds(ws):
     """Submit from a process that exits at once (a closed tab / restarted app): the job still completes."""
     out = subprocess.run([sys.executable, "-c", SUBMITTER, json.dumps(small_config())], cwd=REPO,
@@ -289,7 +284,6 @@ def test_job_survives_its_submitting_process_and_succeeds(ws):
     assert card["name"] == "from-a-session"
 
 
-@needs_sample
 def test_cancel_stops_a_running_job(ws):
     store = JobStore()
     job = submit(small_config(epochs=40), name="long", store=store)
@@ -312,7 +306,6 @@ def test_cancel_stops_a_running_job(ws):
     assert refresh(job, store).status == "cancelled"
 
 
-@needs_sample
 def test_cancel_right_after_submit(ws):
     store = JobStore()
     job = submit(small_config(epochs=40), name="short-lived", store=store)
@@ -322,7 +315,6 @@ def test_cancel_right_after_submit(ws):
     assert not (Path(job.run_dir) / "checkpoint" / "card.json").exists()
 
 
-@needs_sample
 def test_killed_process_is_marked_failed_with_log_lines(ws):
     store = JobStore()
     job = submit(small_config(epochs=40), name="doomed", store=store)
@@ -343,7 +335,6 @@ def test_killed_process_is_marked_failed_with_log_lines(ws):
         cancel(job.id, store=store)
 
 
-@needs_sample
 def test_error_at_train_time_marks_failed(ws):
     """An error only training-time data reading reveals fails the job with the CXRError's message, not a traceback line."""
     store = JobStore()

@@ -20,7 +20,6 @@ from cxrcore.jobs import JobStore, events, process_alive, progress_summary, refr
 from cxrcore.labels import CHEXPERT5, NIH14
 
 PAGE = str(REPO / "views" / "training.py")
-needs_sample = pytest.mark.skipif(not (NIH_SAMPLE / "images").is_dir(), reason="shared NIH sample not present")
 
 FROM_SCRATCH = "An architecture (timm, tv:, xrv:)"
 FROM_CHECKPOINT = "A checkpoint (fine-tune it)"
@@ -153,7 +152,6 @@ def test_bad_submission_shows_error_and_creates_no_job(ws):
     assert JobStore().list() == []
 
 
-@needs_sample
 def test_submit_runs_job_to_success_and_shows_curves(ws):
     at = new_app()
     submit(at, str(NIH_SAMPLE), name="nih-sample-1ep")
@@ -210,7 +208,6 @@ def test_submit_runs_job_to_success_and_shows_curves(ws):
     assert job.id in list(again.dataframe[0].value["id"])
 
 
-@needs_sample
 def test_cancel_running_job(ws):
     at = new_app()
     # Many epochs so it is still running when Cancel is clicked.
@@ -242,7 +239,6 @@ def test_cancel_running_job(ws):
     assert badges(at) == [":orange-badge[:material/block: cancelled]"]
 
 
-@needs_sample
 def test_fine_tune_a_shipped_checkpoint(ws, shipped, monkeypatch):
     monkeypatch.setenv("CXR_CHECKPOINTS", str(shipped["baseline"].parent))
     at = new_app()

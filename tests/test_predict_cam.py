@@ -81,7 +81,7 @@ def test_predict_real_png_with_both_shipped_models(shipped):
 
 def test_non_square_and_dicom_inputs(shipped):
     p = Predictor(shipped["finetuned"])
-    jpg = p.predict(FORMATS / "16747_3_1.jpg")
+    jpg = p.predict(FORMATS / "nih_rgb_1036x885.jpg")
     assert jpg.image_shape == (885, 1036)
     assert abs(jpg.heatmaps.shape[2] / jpg.heatmaps.shape[1] - 1036 / 885) < 0.05  # heatmap keeps the aspect
     dcm = p.predict(FORMATS / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm")
@@ -139,7 +139,7 @@ def test_every_pytorch_grad_cam_method_and_vits():
 
 def test_predictor_heatmap_with_another_method(shipped):
     p = Predictor(shipped["finetuned"])
-    image = read_image(FORMATS / "16747_3_1.jpg")
+    image = read_image(FORMATS / "nih_rgb_1036x885.jpg")
     heat, boxes = p.heatmap(image, "Lung Opacity", "HiResCAM")
     assert heat.shape == p.predict(image).heatmaps.shape[1:] and 0 <= heat.min() and heat.max() <= 1
     with pytest.raises(Exception, match="no label"):

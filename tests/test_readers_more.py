@@ -14,7 +14,7 @@ from cxrcore.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "views" / "dataset.py"
-SAMPLE = ROOT.parent / "shared" / "data" / "nih-sample"
+from conftest import NIH_SAMPLE as SAMPLE  # noqa: E402
 FOLDER = "A folder on this machine…"
 
 
@@ -123,8 +123,6 @@ def test_detection_prefers_nih_and_chexpert(tmp_path):
 
 
 def _nih_copy(tmp_path: Path, n: int = 8, lists: bool = True) -> tuple[Path, list[str]]:
-    if not SAMPLE.exists():
-        pytest.skip(f"NIH sample not found at {SAMPLE}")
     root = tmp_path / "nih"
     (root / "images").mkdir(parents=True)
     table = pd.read_csv(SAMPLE / "Data_Entry_2017_sample.csv")
@@ -161,8 +159,6 @@ def test_no_official_split(tmp_path):
 
 
 def test_gallery_tab_nih_sample(tmp_path, monkeypatch):
-    if not SAMPLE.exists():
-        pytest.skip(f"NIH sample not found at {SAMPLE}")
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))

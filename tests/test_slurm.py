@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -159,10 +158,8 @@ def test_unreachable_slurm_raises_before_anything_is_created(ws, phantom, cluste
     bad = tmp_path_factory.mktemp("badconf") / "slurm.conf"
     text = re.sub(r"SlurmctldPort=\d+", "SlurmctldPort=9", cluster.conf.read_text())
     bad.write_text(text.replace("MessageTimeout=5", "MessageTimeout=2"))
-    t0 = time.monotonic()
     with pytest.raises(JobError, match="Slurm is not reachable: its controller does not answer"):
         slurm.submit(phantom_job_config(phantom), name="nope", store=store, cluster=str(bad))
-    assert time.monotonic() - t0 < 30
     monkeypatch.setenv("SLURM_CONF", str(bad))  # the same through the environment
     with pytest.raises(JobError, match="not reachable"):
         slurm.submit(phantom_job_config(phantom), name="nope", store=store)
@@ -233,11 +230,8 @@ def test_cancel_running_slurm_job(ws, phantom, cluster):
     job = slurm.submit(phantom_job_config(phantom, epochs=40), name="long", store=store, cluster=str(cluster.conf))
     wait_for_step(job, store)
     assert refresh(job, store).status == "running"
-    t0 = time.monotonic()
     done = cancel(job.id, store=store)  # local.cancel dispatches to scancel
-    took = time.monotonic() - t0
     assert done.status == "cancelled", done.error
-    assert took < 8.0, f"cancel took {took:.1f}s"
     assert "SIGTERM" in tail_log(done, 20)  # the runner stopped cleanly
     wait_for(lambda: slurm_job_state(cluster, job.backend_id) not in ("RUNNING", "COMPLETING", "PENDING"),
              deadline_s=15, what="Slurm to report the job ended")
