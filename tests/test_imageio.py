@@ -6,7 +6,6 @@ import struct
 import warnings
 import zipfile
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,15 +14,15 @@ from PIL import Image, ImageFile
 from cxrcore.data.imageio import LoadedImage, read_image, to_uint8
 from cxrcore.errors import ImageError
 
-FORMATS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "formats"
+from conftest import FORMATS
+
 MONO2_DCM = FORMATS / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 MONO1_DCM = FORMATS / "Fake_MONOHR1.dcm"
 NIH_PNGS = [FORMATS / "00000001_000.png", FORMATS / "00027426_000.png"]
-RGB_PNGS = [FORMATS / "h0001.png", FORMATS / "tb0005.png"]
-SMALL_JPEG = FORMATS / "16747_3_1.jpg"
-LARGE_JPEG = FORMATS / "covid-19-pneumonia-58-prior.jpg"
+RGB_PNGS = [FORMATS / "nih_rgb_tinted_a.png", FORMATS / "nih_rgb_tinted_b.png"]
+SMALL_JPEG = FORMATS / "nih_rgb_1036x885.jpg"
+LARGE_JPEG = FORMATS / "nih_rgb_2373.jpg"
 
-needs_samples = pytest.mark.skipif(not FORMATS.is_dir(), reason="shared sample files not present")
 
 
 def _png_bytes(arr: np.ndarray, mode: str | None = None) -> bytes:
@@ -86,7 +85,6 @@ def _dicom_bytes(pixels: np.ndarray | None = None, *, preamble: bool = True, **e
 
 
 # ------------------------------------------------------------------ real sample files
-@needs_samples
 @pytest.mark.parametrize("path", NIH_PNGS, ids=lambda p: p.name)
 def test_nih_png(path):
     img = read_image(path)
@@ -98,7 +96,6 @@ def test_nih_png(path):
     np.testing.assert_allclose(img.pixels, expected, atol=1e-6)
 
 
-@needs_samples
 @pytest.mark.parametrize("path", RGB_PNGS, ids=lambda p: p.name)
 def test_rgb_png_becomes_luminance(path):
     img = read_image(path)
@@ -109,7 +106,6 @@ def test_rgb_png_becomes_luminance(path):
     assert np.abs(img.pixels - expected).max() <= 1 / 255 + 1e-6  # PIL rounds to 8 bits
 
 
-@needs_samples
 def test_rgb_jpeg_height_width():
     img = read_image(SMALL_JPEG)
     _assert_valid(img)
@@ -118,7 +114,6 @@ def test_rgb_jpeg_height_width():
     assert "RGB converted to grayscale" in img.notes
 
 
-@needs_samples
 def test_large_jpeg():
     img = read_image(LARGE_JPEG)
     _assert_valid(img)
@@ -126,7 +121,6 @@ def test_large_jpeg():
     assert img.pixels.std() > 0.05
 
 
-@needs_samples
 def test_dicom_jpeg_baseline_decodes():
     img = read_image(MONO2_DCM)
     _assert_valid(img)
@@ -139,7 +133,6 @@ def test_dicom_jpeg_baseline_decodes():
     assert img.pixels.std() > 0.1
 
 
-@needs_samples
 def test_monochrome1_file_is_inverted():
     # Fake_MONOHR1.dcm holds byte-for-byte the same pixel data as the MONOCHROME2 file, only the
     # Photometric Interpretation says MONOCHROME1 (low = white). Honouring that declaration turns
@@ -156,7 +149,6 @@ def test_monochrome1_file_is_inverted():
     np.testing.assert_allclose(undo, mono2.pixels, atol=1e-6)
 
 
-@needs_samples
 @pytest.mark.parametrize("path", [NIH_PNGS[0], RGB_PNGS[0], SMALL_JPEG, MONO2_DCM, MONO1_DCM],
                          ids=lambda p: p.name[:20])
 def test_bytes_and_path_identical(path):
@@ -167,7 +159,6 @@ def test_bytes_and_path_identical(path):
            (b.source_format, b.bit_depth, b.original_shape, b.notes)
 
 
-@needs_samples
 @pytest.mark.parametrize("path", [NIH_PNGS[0], SMALL_JPEG], ids=lambda p: p.name)
 def test_truncated_real_files(path):
     data = path.read_bytes()
@@ -176,7 +167,6 @@ def test_truncated_real_files(path):
     assert path.name in str(err.value) and "re-export" in str(err.value)
 
 
-@needs_samples
 @pytest.mark.filterwarnings("ignore:End of file reached")
 def test_truncated_dicom():
     data = MONO2_DCM.read_bytes()
@@ -355,7 +345,8 @@ def test_dicom_phi_never_leaks(caplog):
     text = repr(img) + str(img) + " ".join(img.notes) + logged
     for secret in ("Doe", "Jane", "12345", "1970", "054Y", "2024", "ACC98765", "General Hospital"):
         assert secret not in text
-    assert set(vars(img)) == {"pixels", "source_format", "bit_depth", "original_shape", "notes"}
+    assert set(vars(img)) == {"pixels", "source_format", "bit_depth", "original_shape", "notes", "synthetic"}
+    assert img.synthetic is False
 
     with pytest.raises(ImageError) as err:
         read_image(_dicom_bytes(None, **phi), name="report.dcm")

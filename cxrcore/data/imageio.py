@@ -36,6 +36,21 @@ class LoadedImage:
     bit_depth: int
     original_shape: tuple[int, int]
     notes: list[str] = field(default_factory=list)
+    synthetic: bool = False   # carries cxrcore's phantom mark: a generated phantom, not a radiograph
+
+
+# Written into every phantom image (a PNG text chunk / a JPEG comment) by cxrcore.data.phantom, so
+# that a phantom is told apart from a real film wherever it is uploaded. It is provenance, not
+# security: re-saving an image may drop it, and then the image counts as real (the cautious side).
+PHANTOM_MARK_KEY = "cxr-phantom"
+PHANTOM_MARK = "cxrcore synthetic chest phantom, not a radiograph"
+
+
+def has_phantom_mark(info: dict) -> bool:
+    """Whether PIL's ``Image.info`` of a PNG or JPEG holds the phantom mark."""
+    comment = info.get("comment", b"")
+    comment = comment.decode("latin-1", "replace") if isinstance(comment, bytes) else str(comment)
+    return info.get(PHANTOM_MARK_KEY) == PHANTOM_MARK or comment == PHANTOM_MARK
 
 
 def read_image(source: str | os.PathLike | bytes, name: str | None = None) -> LoadedImage:
@@ -138,6 +153,7 @@ def _read_pil(data: bytes, label: str) -> LoadedImage:
         raise _error(corrupt) from None
     fmt = "JPEG" if im.format == "MPO" else str(im.format)
     _check_size(*im.size, label)  # header size, before decoding
+    synthetic = has_phantom_mark(im.info)
     notes: list[str] = []
     try:
         if getattr(im, "n_frames", 1) > 1:
@@ -157,7 +173,11 @@ def _read_pil(data: bytes, label: str) -> LoadedImage:
         raise _error(corrupt) from None
     finally:
         im.close()
-    return _finish(arr, fmt, bits, notes)
+    if synthetic:
+        notes.append("synthetic phantom (cxrcore's generator)")
+    out = _finish(arr, fmt, bits, notes)
+    out.synthetic = synthetic
+    return out
 
 
 def _pil_to_gray(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, int]:

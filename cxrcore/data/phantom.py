@@ -35,9 +35,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 from scipy import ndimage
 
+from .imageio import PHANTOM_MARK, PHANTOM_MARK_KEY
 from ..errors import ConfigError
 from ..labels import CHEXPERT14, NIH14, canonical
 
@@ -1183,10 +1184,12 @@ def _work(task):
     i, path, labels, key, pkey, domain, size, view = task
     img, boxes = render(labels, key, domain, size, pkey, view)
     im = Image.fromarray(img)
-    if domain == "nih":
-        im.save(path, format="PNG", compress_level=1)
+    if domain == "nih":  # the mark tells a phantom from a real film wherever it is uploaded
+        mark = PngImagePlugin.PngInfo()
+        mark.add_text(PHANTOM_MARK_KEY, PHANTOM_MARK)
+        im.save(path, format="PNG", compress_level=1, pnginfo=mark)
     else:
-        im.save(path, format="JPEG", quality=90)
+        im.save(path, format="JPEG", quality=90, comment=PHANTOM_MARK)
     return i, boxes
 
 
