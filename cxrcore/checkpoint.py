@@ -101,7 +101,7 @@ def combine_trained_on(init: dict | None, own: dict) -> dict:
     datasets = list(init.get("datasets", [])) + [d for d in own.get("datasets", []) if d not in init.get("datasets", [])]
     kinds = {init.get("kind"), own.get("kind")}
     kind = "phantom" if kinds == {"phantom"} else ("real" if "real" in kinds else own.get("kind", "unknown"))
-    if kind == "phantom":
+    if kinds == {"phantom"}:  # (library or real weights fine-tuned on phantoms: say both, never "phantoms only")
         summary = own.get("summary", "")
     else:
         summary = f"{init.get('summary', 'initial weights')}; then fine-tuned on {own.get('summary', 'more data')}"
@@ -161,7 +161,22 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def _library(ref) -> str | None:
+    """The library model name ``ref`` stands for (``xrv:densenet121-res224-all``), or None."""
+    if isinstance(ref, (str, os.PathLike)) and ":" in str(ref):
+        from .models.library import library_ref
+
+        return library_ref(ref)
+    return None
+
+
 def read_card(folder: str | os.PathLike) -> Card:
+    """The card of a checkpoint folder, a run folder, or a library model name (no weights needed)."""
+    name = _library(folder)
+    if name:
+        from .models.library import read_library_card
+
+        return read_library_card(name)
     folder = _resolve(Path(folder))
     try:
         return Card.from_dict(json.loads((folder / CARD).read_text()))
@@ -171,13 +186,26 @@ def read_card(folder: str | os.PathLike) -> Card:
 
 def write_card(folder: str | os.PathLike, card: Card) -> None:
     """Rewrite only the card (e.g. new thresholds), atomically."""
+    name = _library(folder)
+    if name:
+        raise CheckpointError(f"{name} is a library model; its card is not edited in place. Save to its workspace "
+                              "copy instead (cxrcore.models.library.editable_copy, as the Thresholds page does).")
     folder = _resolve(Path(folder))
     tmp = folder / (CARD + ".tmp")
     tmp.write_text(json.dumps(card.to_dict(), indent=2, default=_json_default))
     os.replace(tmp, folder / CARD)
 
 
-def load_checkpoint(folder: str | os.PathLike, verify: bool = True) -> tuple[Card, dict[str, torch.Tensor]]:
+def load_checkpoint(folder: str | os.PathLike, verify: bool = True,
+                    progress=None) -> tuple[Card, dict[str, torch.Tensor]]:
+    """(card, state dict) of a checkpoint folder, a run folder, or a library model name (``xrv:...``:
+    its weights fetched into the library's cache if needed, ``progress(done_bytes, total_bytes)``,
+    and made into a checkpoint in the workspace once; see :mod:`cxrcore.models.library`)."""
+    name = _library(folder)
+    if name:
+        from .models.library import materialize
+
+        folder = materialize(name, progress)
     folder = _resolve(Path(folder))
     card = read_card(folder)
     weights = folder / WEIGHTS

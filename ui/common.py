@@ -13,14 +13,22 @@ from cxrcore import workspace
 from cxrcore.errors import CXRError
 
 
+LIBRARY_TAG = " (library)"
+MY_THRESHOLDS = " (your thresholds)"
+
+
 def checkpoint_choices() -> dict[str, str]:
-    """Display name -> checkpoint folder: the shipped demo models, then finished runs in the workspace."""
+    """Display name -> checkpoint folder or library model name: the shipped demo models, finished runs
+    in the workspace, then the library's pretrained models (``xrv:…``, used as they are; see
+    :func:`choice_label` for their "needs weights" mark) and your threshold copies of them."""
+    from cxrcore.models.library import library_names, slug
+
     out: dict[str, str] = {}
     shipped = workspace.shipped_checkpoints()
-    saved = workspace.sub("checkpoints")  # shipped models with thresholds saved on the Thresholds page
+    saved = workspace.sub("checkpoints")  # shipped / library models with thresholds saved on the Thresholds page
     for name in ("baseline", "finetuned"):
         if (saved / name / "card.json").exists():
-            out[f"{name} (your thresholds)"] = str(saved / name)
+            out[f"{name}{MY_THRESHOLDS}"] = str(saved / name)
         if (shipped / name / "card.json").exists():
             out[f"{name} (shipped demo)"] = str(shipped / name)
     runs = workspace.runs()
@@ -28,11 +36,34 @@ def checkpoint_choices() -> dict[str, str]:
         out[f"run {card.parent.parent.name}"] = str(card.parent)
     for card in sorted(runs.glob("*/*/checkpoint/card.json"), key=lambda p: p.stat().st_mtime, reverse=True):
         out[f"run {card.parent.parent.parent.name}/{card.parent.parent.name}"] = str(card.parent)
+    for name in library_names():
+        copy = saved / slug(name)
+        if (copy / "card.json").exists() and (copy / "weights.safetensors").exists():
+            out[f"{name}{MY_THRESHOLDS}"] = str(copy)
+        out[f"{name}{LIBRARY_TAG}"] = name
     return out
 
 
+def choice_label(display: str) -> str:
+    """``display`` as shown in a model picker: library models whose file is not in the library's
+    cache are marked "needs weights" (the option itself stays the same, so a choice survives the
+    download)."""
+    if display.endswith(LIBRARY_TAG):
+        from cxrcore.models.library import library_status
+
+        try:
+            if not library_status(display[: -len(LIBRARY_TAG)])["cached"]:
+                return f"{display} · needs weights"
+        except CXRError:
+            pass
+    return display
+
+
 def _card_stamp(path: str) -> float:
-    p = Path(path) / "card.json"
+    from cxrcore.models.library import library_folder, library_ref
+
+    name = library_ref(path)
+    p = (library_folder(name) if name else Path(path)) / "card.json"
     return p.stat().st_mtime if p.exists() else 0.0
 
 
@@ -48,8 +79,35 @@ def _predictor(path: str, stamp: float):
     return Predictor(path)
 
 
+def ensure_weights(path: str) -> None:
+    """For a library model whose weight file is not cached: download it now into the library's
+    folder with a progress bar (when its host answers), or raise the error that names the file,
+    the folder, the URL and the variable that moves the folder. Nothing for other checkpoints."""
+    from cxrcore.models.library import fetch_weights, library_ref, library_status
+
+    name = library_ref(path)
+    if not name:
+        return
+    status = library_status(name)
+    if status["cached"]:
+        return
+    text = f"Downloading {status['file']} for {name} into {status['folder']}"
+    bar = st.progress(0.0, text=text + "…")
+
+    def update(done: int, total: int) -> None:
+        mb = f"{done / 2**20:.0f}" + (f" of {total / 2**20:.0f}" if total else "") + " MB"
+        bar.progress(min(1.0, done / total) if total else 0.0, text=f"{text}: {mb}")
+
+    try:
+        fetch_weights(name, progress=update)
+    finally:
+        bar.empty()
+
+
 def load_predictor(path: str):
-    """A cached Predictor; reloaded when its card changes (e.g. thresholds saved)."""
+    """A cached Predictor; reloaded when its card changes (e.g. thresholds saved). Library models:
+    the weights are fetched first (see :func:`ensure_weights`)."""
+    ensure_weights(path)
     return _predictor(path, _card_stamp(path))
 
 
@@ -59,8 +117,30 @@ def pick_checkpoint(label: str, key: str, default_index: int = 0) -> str | None:
         st.error("No checkpoints found. Run `cxr demo build` or train a model on the Training page.")
         return None
     names = list(choices)
-    name = st.selectbox(label, names, index=min(default_index, len(names) - 1), key=key)
+    name = st.selectbox(label, names, index=min(default_index, len(names) - 1), key=key, format_func=choice_label)
     return choices[name]
+
+
+def model_card_rows(path: str) -> dict:
+    """The model card facts shown next to a model's predictions (name, source, what it saw, licence,
+    labels, input, thresholds)."""
+    from cxrcore.checkpoint import read_card
+    from cxrcore.models.library import describe_card
+
+    return describe_card(read_card(path))
+
+
+def show_model_cards(paths: dict[str, str]) -> None:
+    """An expander with the card of each model (display name -> checkpoint)."""
+    with st.expander("Model cards", expanded=False):
+        for who, path in paths.items():
+            try:
+                facts = model_card_rows(path)
+            except CXRError as exc:
+                show_error(exc)
+                continue
+            st.markdown(f"**{who}: {facts.pop('name') or path}**")
+            st.markdown("\n".join(f"- *{k}*: {v}" for k, v in facts.items()))
 
 
 def show_error(exc: Exception) -> None:

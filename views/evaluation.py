@@ -8,7 +8,8 @@ import streamlit as st
 
 from cxrcore.checkpoint import read_card
 from cxrcore.errors import CXRError
-from ui.common import chart_config, checkpoint_choices, dataset_choices, load_predictor, show_error
+from ui.common import (chart_config, checkpoint_choices, choice_label, dataset_choices, ensure_weights, load_predictor,
+                       show_error)
 
 st.title("Evaluate a model on a dataset split")
 st.caption("Every interval is a percentile bootstrap that resamples patients (all images of a drawn patient). "
@@ -33,11 +34,11 @@ def _default(prefix: str, fallback: int) -> int:
 
 
 c1, c2 = st.columns(2)
-model_name = c1.selectbox("Model", names, index=_default("baseline", 0), key="eval_model")
+model_name = c1.selectbox("Model", names, index=_default("baseline", 0), key="eval_model", format_func=choice_label)
 cmp_options = [NONE] + names
 cmp_name = c2.selectbox("Compare with (ΔAUROC = this − Model)", cmp_options,
                         index=1 + _default("finetuned", min(1, len(names) - 1)) if len(names) > 1 else 0,
-                        key="eval_compare")
+                        key="eval_compare", format_func=choice_label)
 
 try:
     datasets = dataset_choices()
@@ -100,6 +101,9 @@ if clicked:
         st.error("Enter a dataset folder path first.")
     else:
         try:
+            for chosen in (choices[model_name], choices.get(cmp_name)):
+                if chosen:
+                    ensure_weights(chosen)  # a library model's file: fetched with a progress bar, or a clear error
             keys = (_card_key(choices[model_name]),
                     _card_key(choices[cmp_name]) if cmp_name != NONE else None)
             st.session_state["eval_params"] = dict(
@@ -217,9 +221,11 @@ if cal.get("fitted"):
     if st.button("Save these temperatures to the checkpoint card", key="eval_cal_save",
                  help="Predictions (app, CLI, API) then also report temperature-scaled probabilities."):
         from cxrcore.eval.thresholds import save_temperatures
+        from cxrcore.models.library import editable_copy
 
-        try:
-            where = save_temperatures(params["ckpt"], {x: v["temperature"] for x, v in cal["per_label"].items()}, "val")
+        try:  # a library model (xrv:…) is saved to its workspace copy, as a shipped model is
+            where = save_temperatures(editable_copy(params["ckpt"]),
+                                      {x: v["temperature"] for x, v in cal["per_label"].items()}, "val")
             st.success(f"Saved {len(cal['per_label'])} temperatures to {where / 'card.json'}"
                        + ("" if Path(where).resolve() == Path(params["ckpt"]).resolve()
                           else " (a workspace copy: shipped models are never modified)") + ".")

@@ -11,7 +11,9 @@ from cxrcore.errors import CXRError
 from cxrcore.eval.metrics import per_label_auroc
 from cxrcore.eval.thresholds import (MANUAL, STRATEGIES, TARGETED, ThresholdSweep, operating_table, save_thresholds,
                                      snap, suggest_thresholds)
-from ui.common import chart_config, checkpoint_choices, dataset_choices, load_predictor, show_error
+from cxrcore.models.library import default_thresholds, editable_copy, library_ref
+from ui.common import (chart_config, checkpoint_choices, choice_label, dataset_choices, ensure_weights, load_predictor,
+                       show_error)
 
 st.title("Per-label decision thresholds")
 st.caption("Move a slider: sensitivity, specificity, PPV, NPV, F1 and the confusion counts are recomputed from "
@@ -24,9 +26,19 @@ if not choices:
 names = list(choices)
 default = next((i for i, n in enumerate(names) if n.startswith("finetuned")), 0)
 c1, c2, c3 = st.columns([2, 2, 1])
-model_name = c1.selectbox("Model", names, index=default, key="thr_model")
+model_name = c1.selectbox("Model", names, index=default, key="thr_model", format_func=choice_label)
 ckpt = choices[model_name]
-card = read_card(ckpt)
+try:
+    ensure_weights(ckpt)  # a library model (xrv:…): its file fetched with a progress bar, or a clear error
+    card = read_card(ckpt)
+except CXRError as exc:
+    show_error(exc)
+    st.stop()
+# A library model's own operating points (torchxrayvision's op_threshs) are its defaults; they are small
+# raw-sigmoid values (0.0004 … 0.5), so its sliders move in steps of 0.0001 instead of 0.01.
+library_defaults = default_thresholds(card)
+STEP = 0.0001 if library_defaults else 0.01
+DIGITS = 4 if library_defaults else 2
 try:
     datasets = dataset_choices()
 except CXRError as exc:
@@ -66,7 +78,7 @@ def key(label: str) -> str:
 
 
 for j in usable:
-    st.session_state.setdefault(key(labels[j]), float(round(card.thresholds.get(labels[j], 0.5), 2)))
+    st.session_state.setdefault(key(labels[j]), float(round(card.thresholds.get(labels[j], 0.5), DIGITS)))
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
@@ -93,13 +105,19 @@ target = b5.number_input("Target", min_value=0.0, max_value=1.0, value=0.9, step
 label_all = f"Set all by {strategy}" + (f" {target:.2f}" if strategy in TARGETED else "")
 if b2.button(label_all, key="thr_suggest", disabled=strategy == MANUAL,
              help="Manual: move the sliders yourself" if strategy == MANUAL else None):
-    suggested = snap(suggest_thresholds(strategy, targets[:, usable], probs[:, usable], target), strategy)
+    suggested = snap(suggest_thresholds(strategy, targets[:, usable], probs[:, usable], target), strategy, STEP)
     for j, t in zip(usable, suggested):
         st.session_state[key(labels[j])] = float(t)
     st.rerun()
 if b3.button("Reset to saved", key="thr_reset"):
     for j in usable:
-        st.session_state[key(labels[j])] = float(round(card.thresholds.get(labels[j], 0.5), 2))
+        st.session_state[key(labels[j])] = float(round(card.thresholds.get(labels[j], 0.5), DIGITS))
+    st.rerun()
+if library_defaults and st.button("Reset to library default", key="thr_library_reset",
+                                  help="torchxrayvision's operating points (op_threshs) for this weight set"):
+    for j in usable:
+        if labels[j] in library_defaults:
+            st.session_state[key(labels[j])] = float(round(library_defaults[labels[j]], DIGITS))
     st.rerun()
 if strategy in TARGETED:
     st.caption(f"{strategy.capitalize()} ≥ {target:.2f}: per label the "
@@ -110,19 +128,38 @@ if strategy in TARGETED:
 
 slider_cols = st.columns(3)
 for k, j in enumerate(usable):
-    slider_cols[k % 3].slider(labels[j], 0.0, 1.0, step=0.01, key=key(labels[j]))
+    slider_cols[k % 3].slider(labels[j], 0.0, 1.0, step=STEP, key=key(labels[j]), format=f"%.{DIGITS}f")
 
 thr = np.array([st.session_state[key(labels[j])] for j in usable])
 sweep, auroc, curves = threshold_independent(ckpt, card.weights_sha256, datasets[data_name], split, tuple(usable))
 m = sweep.at(thr)
 table = operating_table([labels[j] for j in usable], thr, m, auroc)
-st.dataframe(table.round(3), hide_index=True, width="stretch", key="thr_table")
+
+
+def origin(label: str, t: float) -> str:
+    """Where a threshold comes from, said next to it."""
+    if label in library_defaults and round(library_defaults[label], DIGITS) == round(float(t), DIGITS):
+        return "library default"
+    if label in card.thresholds and round(card.thresholds[label], DIGITS) == round(float(t), DIGITS):
+        return "saved in the card"
+    return "default 0.5" if label not in card.thresholds and round(float(t), DIGITS) == 0.5 else "edited"
+
+
+table.insert(2, "threshold origin", [origin(labels[j], t) for j, t in zip(usable, thr)])
+if library_defaults:
+    st.caption("Library default: torchxrayvision's operating point (op_threshs) for this weight set, on its raw "
+               "probabilities. Saving writes your thresholds to a copy in the workspace; the library model keeps its own.")
+st.dataframe(table.round(DIGITS + 1), hide_index=True, width="stretch", key="thr_table")
 
 if b4.button("Save thresholds to the checkpoint card", type="primary", key="thr_save"):
     try:
-        where = save_thresholds(ckpt, {labels[j]: float(t) for j, t in zip(usable, thr)})
+        # a library default left as it is keeps its exact value (the slider shows it rounded)
+        chosen = {labels[j]: (library_defaults[labels[j]] if origin(labels[j], t) == "library default" else float(t))
+                  for j, t in zip(usable, thr)}
+        target = editable_copy(ckpt) if library_ref(ckpt) else ckpt  # a library model: its workspace copy
+        where = save_thresholds(target, chosen)
         note = "" if Path(where).resolve() == Path(ckpt).resolve() else (
-            " (the shipped model stays untouched; the copy with your thresholds is now in the model lists)")
+            " (the shipped / library model stays untouched; the copy with your thresholds is now in the model lists)")
         st.success(f"Saved {len(usable)} thresholds to {where / 'card.json'}{note}.")
     except CXRError as exc:
         show_error(exc)

@@ -56,6 +56,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import ConfigError
 from ..labels import canonical
+from . import xrv_weights  # noqa: F401 - registers the allowlist for xrv's weight files with torch, once
 from .wrappers import TorchvisionWrapper, XRVWrapper, torchvision_family
 
 PRETRAINED_CHOICES = ("none", "hub", "timm", "auto")
@@ -63,6 +64,7 @@ LIBRARIES = ("timm", "torchvision", "xrv")
 PREFIXES = {"timm": "timm", "tv": "torchvision", "torchvision": "torchvision", "xrv": "xrv"}
 SHORT = {"timm": "", "torchvision": "tv:", "xrv": "xrv:"}
 XRV_CACHE_ENV = "CXR_XRV_CACHE_DIR"
+XRV_BASE_URL_ENV = "CXR_XRV_BASE_URL"  # optional mirror of torchxrayvision's release downloads
 ONLINE_TIMEOUT_S = 2.0
 
 
@@ -249,6 +251,8 @@ def weights_location(arch: str) -> WeightsLocation:
     url = xrv.models.model_urls[name]["weights_url"]
     folder = xrv_cache_dir()
     f = _url_file(url)
+    if os.environ.get(XRV_BASE_URL_ENV):  # a mirror of xrv's release files (same file names)
+        url = os.environ[XRV_BASE_URL_ENV].rstrip("/") + "/" + f
     return WeightsLocation(lib, f, folder / f, folder, url,
                            f"{XRV_CACHE_ENV} (cxrcore's; passed to xrv as cache_dir; default ~/.torchxrayvision/models_data)",
                            (folder / f).is_file())
@@ -258,11 +262,12 @@ def _online(url: str, timeout: float = ONLINE_TIMEOUT_S) -> bool:
     """Whether the host serving ``url`` answers within ``timeout`` seconds (HF_HUB_OFFLINE / CXR_OFFLINE: no)."""
     if any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "CXR_OFFLINE")):
         return False
-    host = urlparse(url).hostname
+    parts = urlparse(url)
+    host = parts.hostname
     if not host:
         return False
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+        socket.create_connection((host, parts.port or (80 if parts.scheme == "http" else 443)), timeout=timeout).close()
         return True
     except OSError:
         return False
@@ -386,26 +391,46 @@ def _xrv_random(name: str) -> nn.Module:
     return net
 
 
+def xrv_weights_file(arch: str, progress=None) -> Path:
+    """The library's cached weight file for an ``xrv:`` name; downloaded first (xrv's URL, into xrv's
+    folder, ``progress(done_bytes, total_bytes)``, a tqdm bar when None) when missing and the host
+    answers; ConfigError naming file, folder, URL and variable when offline."""
+    loc = _require_weights(arch)
+    if not loc.cached:
+        from .xrv_weights import download, tqdm_progress
+
+        try:
+            download(loc.url, loc.path, progress or tqdm_progress(f"downloading {loc.file}"))
+        except Exception as exc:  # noqa: BLE001 - network / disk errors of any library
+            raise ConfigError(f"Downloading the weights for {arch} failed ({type(exc).__name__}: {str(exc)[:200]}). "
+                              f"{loc.describe()}") from exc
+    return loc.path
+
+
 def _build_xrv(arch: str, name: str, n: int, mode: str, kwargs: dict, labels: list[str] | None) -> nn.Module:
     if kwargs:
         raise ConfigError(f"torchxrayvision models take no options; remove {kwargs}.")
     info = _xrv_info(name)
+    net = _xrv_random(name)
     if mode == "hub":
-        import torchxrayvision as xrv
+        from .xrv_weights import read_state_dict, trained_on
 
-        loc = _require_weights(arch)
-        cls = xrv.models.DenseNet if name.startswith("densenet") else xrv.models.ResNet
+        path = xrv_weights_file(arch)
+        # Read through torch's weights_only unpickler with an allowlist (xrv itself unpickles the
+        # file with weights_only=False, which would run any code it names).
+        state = read_state_dict(path, arch)
+        target = net if name.startswith("densenet") else net.model  # xrv's ResNet file is its inner torchvision model
         try:
-            net = cls(weights=name, cache_dir=str(loc.folder))
-        except Exception as exc:
-            raise _load_failed(arch, loc, exc) from exc
-    else:
-        net = _xrv_random(name)
+            target.load_state_dict(state)
+        except RuntimeError as exc:
+            raise _load_failed(arch, weights_location(arch), exc) from exc
     thr = {lab: float(t) for lab, t in zip(info["labels"], info.get("op_threshs") or []) if lab and not math.isnan(t)}
     # Our head replaces xrv's: its operating points do not apply to it, and a None buffer keeps the
     # state dict the same whichever way the module was built.
     net.op_threshs = None
     model = XRVWrapper(f"xrv:{name}", net, name, info["labels"], thr)
+    if mode == "hub":
+        model.trained_on = trained_on(name)  # the trainer records what the library weights saw
     if mode == "hub" and labels is not None:
         report = swap_head(model, list(info["labels"]), list(labels))
         report.dropped = [x for x in report.dropped if x]  # '' = an output xrv leaves unused
