@@ -97,7 +97,9 @@ def _train_config(a):
     if a.output_stride:
         cfg["arch_kwargs"] = {"output_stride": a.output_stride}
     if a.init:
-        cfg["init"] = str(Path(a.init).resolve())
+        from .models.library import library_ref
+
+        cfg["init"] = library_ref(a.init) or str(Path(a.init).resolve())  # xrv:<weights>: the library model as is
     for item in a.set or []:
         key, sep, value = item.partition("=")
         if not sep:
@@ -309,7 +311,10 @@ def cmd_eval(a) -> int:
                            "Use --split test (temperatures are fitted on the val split).")
         from .eval.thresholds import save_temperatures
 
-        where = save_temperatures(a.checkpoint, {x: v["temperature"] for x, v in cal["per_label"].items()}, "val")
+        from .models.library import editable_copy
+
+        where = save_temperatures(editable_copy(a.checkpoint),  # a library model: its workspace copy
+                                  {x: v["temperature"] for x, v in cal["per_label"].items()}, "val")
         print(f"saved per-label temperatures to {where / 'card.json'}", file=sys.stderr)
     if a.json:
         print(metrics_json(result))
@@ -397,6 +402,10 @@ def _policy_arg(text: str) -> str:
     return text
 
 
+LIBRARY_HINT = "a library model by name: xrv:densenet121-res224-all|nih|pc|chex|rsna|mimic_nb|mimic_ch, xrv:resnet50-res512-all"
+CHECKPOINT_HELP = f"a checkpoint folder, a run folder, or {LIBRARY_HINT} (weights from torchxrayvision's cache)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cxr", description="Chest X-ray classifiers: data, training, explanation.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -419,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pretrained", choices=["auto", "none", "hub", "timm"], default="auto",
                    help="hub: the library's own weights (timm hub, torchvision, torchxrayvision caches; timm = alias); "
                         "none: random initialisation; auto: hub for xrv: models, none otherwise")
-    s.add_argument("--init", help="start from this checkpoint; its head is swapped to --labels")
+    s.add_argument("--init", help="start from this checkpoint (or library model, e.g. xrv:densenet121-res224-all); "
+                                  "its head is swapped to --labels")
     s.add_argument("--mode", choices=["full", "head", "lora"], default="full")
     s.add_argument("--lora-r", type=int, default=8, help="LoRA rank (--mode lora)")
     s.add_argument("--lora-alpha", type=float, default=16.0)
@@ -477,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("predict", help="probabilities, Grad-CAM heatmaps and boxes for one image")
     s.add_argument("image")
-    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     s.add_argument("--json", action="store_true")
     s.add_argument("--heatmaps", action="store_true", help="include heatmaps in the JSON")
     s.add_argument("--panel", help="also write a PNG panel with the overlay of --label (default: top label)")
@@ -485,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("localize", help="score heatmap boxes against ground-truth boxes (IoU, IoBB, pointing game)")
-    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     s.add_argument("--data", required=True, help="dataset folder with boxes (NIH BBox_List_2017*.csv or phantom_boxes.csv)")
     s.add_argument("--split", choices=["test", "val", "train", "all"], default="test",
                    help="patient split of the checkpoint's training seed; all for data the model never saw")
@@ -526,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_jobs)
 
     s = sub.add_parser("eval", help="metrics with patient-bootstrap CIs, calibration, DeLong comparison; HTML report")
-    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     s.add_argument("--data", required=True, help="dataset folder (NIH or CheXpert layout)")
     s.add_argument("--split", choices=["test", "val", "all"], default="test",
                    help="patient-level split by the checkpoint's split seed, or all images")
@@ -540,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("serve", help="JSON REST API: GET /health, POST /predict (base64 image)")
-    s.add_argument("--checkpoint", required=True, action="append", help="a checkpoint to serve; repeat for more")
+    s.add_argument("--checkpoint", required=True, action="append", help="a checkpoint (or " + LIBRARY_HINT + ") to serve; repeat for more")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /predict (default: env CXR_API_TOKEN)")

@@ -11,7 +11,8 @@ from cxrcore.data.imageio import read_image
 from cxrcore.errors import CXRError
 from cxrcore.explain.cam import CAM_METHODS
 from cxrcore.explain.visual import comparison_panel, overlay, png_bytes
-from ui.common import chart_config, checkpoint_choices, image_compare_slider, load_predictor, show_error
+from ui.common import (chart_config, checkpoint_choices, choice_label, ensure_weights, image_compare_slider,
+                       load_predictor, show_error, show_model_cards)
 
 st.title("Compare a baseline with a fine-tuned model")
 st.caption("Upload a chest radiograph (PNG, JPEG or DICOM). Nothing is stored; DICOM metadata never leaves this process.")
@@ -23,9 +24,10 @@ if not choices:
 names = list(choices)
 c1, c2 = st.columns(2)
 base_default = next((i for i, n in enumerate(names) if n.startswith("baseline")), 0)
-base_name = c1.selectbox("Baseline model", names, index=base_default, key="compare_base")
+base_name = c1.selectbox("Baseline model", names, index=base_default, key="compare_base", format_func=choice_label)
 tuned_default = next((i for i, n in enumerate(names) if n.startswith("finetuned")), min(1, len(names) - 1))
-tuned_name = c2.selectbox("Fine-tuned model", names, index=tuned_default, key="compare_tuned")
+tuned_name = c2.selectbox("Fine-tuned model", names, index=tuned_default, key="compare_tuned",
+                          format_func=choice_label)
 
 mc = st.toggle("Uncertainty: Monte-Carlo dropout, 20 passes per model (shown as ± one standard deviation)",
                value=True, key="compare_mc")
@@ -87,6 +89,8 @@ def stamp(path: str) -> float:
 
 
 try:
+    for chosen in (choices[base_name], choices[tuned_name]):
+        ensure_weights(chosen)  # a library model's file: downloaded here with a progress bar, or a clear error
     result = run_comparison(raw, name, choices[base_name], choices[tuned_name],
                             (stamp(choices[base_name]), stamp(choices[tuned_name])),
                             tuple(truth) if truth is not None else None, 20 if mc else 0)
@@ -160,4 +164,5 @@ for col in shown.columns:
 st.dataframe(shown, hide_index=True, width="stretch")
 st.caption("Heatmaps: " + ", ".join(f"{m}: {p.cam_method}, {p.cam_grid[0]}×{p.cam_grid[1]} feature cells "
                                     f"upsampled over the image, {p.seconds * 1000:.0f} ms" for m, p in result.predictions.items()))
+show_model_cards({"baseline": choices[base_name], "fine-tuned": choices[tuned_name]})
 st.page_link("views/explain.py", label="Explain this comparison →")
