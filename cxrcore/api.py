@@ -172,8 +172,11 @@ class Service:
             "cam_method": pred.cam_method,
             "image": {"format": loaded.source_format, "shape": list(pred.image_shape), "notes": notes},
             "ood": ood.to_dict(),
-            "warning": ("This image may not be a frontal chest radiograph: " + "; ".join(ood.reasons)
-                        + ". Predictions on it are unreliable.") if ood.is_suspect else None,
+            "warning": _ood_text(ood) or None,  # kept for clients of the first version
+            # how (not) to read these outputs: e.g. a phantom-trained model on a real film (explain.trust)
+            "warnings": [w.text for w in pred.warnings] + ([_ood_text(ood)] if ood.is_suspect else []),
+            "warning_codes": [w.code for w in pred.warnings] + (["not_chest_xray"] if ood.is_suspect else []),
+            "trained_on": pred.trained_on,
         }
         if pred.mc:
             out["uncertainty"] = {"method": "Monte-Carlo dropout" + (" + test-time augmentation" if pred.mc["tta"] else ""),
@@ -187,6 +190,11 @@ class Service:
             out["overlays"] = {x: _png_b64(overlay(loaded.pixels, pred.heatmaps[i], pred.boxes.get(x), x))
                                for i, x in enumerate(labels)}
         return out
+
+
+def _ood_text(ood) -> str:
+    return ("This image may not be a frontal chest radiograph: " + "; ".join(ood.reasons)
+            + ". Predictions on it are unreliable.") if ood.is_suspect else ""
 
 
 ROUTES = {"/health": "GET", "/predict": "POST"}

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import Card, load_checkpoint
+from .checkpoint import Card, infer_trained_on, load_checkpoint
 from .data.imageio import LoadedImage, read_image
 from .errors import CheckpointError
 from .explain.boxes import Box, boxes_from_heatmap
 from .explain.cam import forward_with_cams, gradcam_loop, supports_fast_cam
+from .explain.trust import domain_notices, uncertainty_note
 from .models.heads import combine
 from .models.registry import model_from_spec
 
@@ -38,7 +39,9 @@ class Prediction:
     prob_mean: np.ndarray | None = None    # (L,) Monte-Carlo dropout mean (predict(..., mc_samples > 0))
     prob_std: np.ndarray | None = None     # (L,) Monte-Carlo dropout standard deviation
     prob_var: np.ndarray | None = None     # (L,) Monte-Carlo dropout variance
-    mc: dict | None = None                 # {"samples", "dropout_p", "tta", "seed"} when MC dropout ran
+    mc: dict | None = None                 # {"samples", "dropout_p", "tta", "seed", "kind", "note"} when MC dropout ran
+    warnings: list = field(default_factory=list)   # explain.trust.Notice: how (not) to read these outputs
+    trained_on: str = ""                   # the card's one-line summary of what the model saw
 
     @property
     def positive(self) -> np.ndarray:
@@ -66,6 +69,9 @@ class Prediction:
             "cam_method": self.cam_method,
             "seconds": self.seconds,
             "notes": self.notes,
+            "warnings": [w.text for w in self.warnings],
+            "warning_codes": [w.code for w in self.warnings],
+            "trained_on": self.trained_on,
         }
         if self.prob_mean is not None:
             d["prob_mean"] = {x: float(p) for x, p in zip(self.labels, self.prob_mean)}
@@ -123,7 +129,9 @@ class Predictor:
             r = run_mc(self.model, x, int(mc_samples), mc_dropout, mc_seed, mc_tta,
                        post=lambda s: combine(s, self.card.model))
             pred.prob_mean, pred.prob_std, pred.prob_var = r.mean, r.std, r.var
-            pred.mc = {"samples": int(mc_samples), "dropout_p": r.p, "tta": r.tta, "seed": int(mc_seed)}
+            kind, note = uncertainty_note(r.p, int(mc_samples))
+            pred.mc = {"samples": int(mc_samples), "dropout_p": r.p, "tta": r.tta, "seed": int(mc_seed),
+                       "kind": kind, "note": note}
             pred.seconds += time.perf_counter() - t0
         return pred
 
@@ -133,6 +141,8 @@ class Predictor:
             LoadedImage(np.asarray(image, dtype=np.float32), "array", 8, tuple(np.shape(image))) if isinstance(image, np.ndarray)
             else read_image(image))
         h, w = loaded.pixels.shape
+        notices = domain_notices(self.card, None if isinstance(image, np.ndarray) else loaded, self.name)
+        trained_on = (self.card.trained_on or infer_trained_on(self.card)).get("summary", "")
         square = self.prep.square(loaded.pixels)
         x = self.prep.normalize(torch.from_numpy(square)[None].to(self.device))
         if not heatmaps:
@@ -140,7 +150,8 @@ class Predictor:
                 logits = self.model(x)
             probs = combine(torch.sigmoid(logits)[0].float().cpu().numpy(), self.card.model)
             return Prediction(self.labels, probs, self.thresholds, np.zeros((len(self.labels), 0, 0), np.float32), {},
-                              (h, w), time.perf_counter() - t0, "none", list(loaded.notes)), x
+                              (h, w), time.perf_counter() - t0, "none", list(loaded.notes), warnings=notices,
+                              trained_on=trained_on), x
         if self.fast_cam:
             logits, cams = forward_with_cams(self.model, x)
             method = "GradCAM (single pass, = CAM for a GAP + linear head)"
@@ -152,7 +163,8 @@ class Predictor:
         boxes = {label: boxes_from_heatmap(maps[i], threshold=box_threshold, top_k=top_k_boxes)
                  for i, label in enumerate(self.labels)}
         return Prediction(self.labels, probs, self.thresholds, maps, boxes, (h, w),
-                          time.perf_counter() - t0, method, list(loaded.notes), tuple(cams.shape[-2:])), x
+                          time.perf_counter() - t0, method, list(loaded.notes), tuple(cams.shape[-2:]),
+                          warnings=notices, trained_on=trained_on), x
 
     def heatmap(self, image: LoadedImage, label: str, method: str = "GradCAM",
                 box_threshold: float = 0.5, top_k_boxes: int = 3) -> tuple[np.ndarray, list[Box]]:

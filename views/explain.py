@@ -46,6 +46,8 @@ preds = comparison.for_label(label)
 panel = comparison_panel(comparison.image.pixels, preds, label, comparison.truth)
 st.image(panel, caption=f"{comparison.image_name}: the panel sent to the LLM", width="stretch")
 facts = build_facts(preds, label, comparison.truth)
+for warning in facts.get("warnings", []):  # also in the panel and in what the LLM is told
+    st.warning(warning)
 
 with st.expander("LLM settings (OpenAI or any OpenAI-compatible server)"):
     env = LLMConfig.from_env()

@@ -24,7 +24,9 @@ SYSTEM_PROMPT = (
     "model). You see a panel: the input radiograph, then each model's Grad-CAM overlay for one label, with their "
     "top predictions. Explain, in plain clinical language and in at most 180 words: what each model predicts, "
     "where each model's attention lies (anatomical zones), whether the attention is plausible for the finding, "
-    "and how the two models differ. Do not make a diagnosis; say where the evidence is weak."
+    "and how the two models differ. Do not make a diagnosis; say where the evidence is weak. If the facts carry "
+    "\"warnings\" (for example a model trained only on synthetic phantoms applied to a real film), state each one "
+    "first, plainly, and do not present that model's outputs as findings."
 )
 
 
@@ -79,8 +81,17 @@ def build_facts(predictions: dict, label: str, truth: list[str] | None = None, t
                               "threshold": round(float(pred.thresholds[i]), 3),
                               "boxes": [{"where": anatomical_position(b), "score": round(b.score, 2)}
                                         for b in pred.boxes.get(label, [])]}
+        entry["trained_on"] = getattr(pred, "trained_on", "")
+        warnings = [w.text for w in getattr(pred, "warnings", [])]
+        if warnings:
+            entry["warnings"] = warnings
+        if getattr(pred, "mc", None):
+            entry["uncertainty_note"] = pred.mc.get("note", "")
         models[name] = entry
     facts = {"label": label, "models": models}
+    all_warnings = list(dict.fromkeys(w for m in models.values() for w in m.get("warnings", [])))
+    if all_warnings:
+        facts["warnings"] = all_warnings
     if truth is not None:
         facts["ground_truth"] = truth or ["No Finding"]
         facts["case_type"] = case_type(predictions, label, truth)
@@ -102,7 +113,7 @@ def case_type(predictions: dict, label: str, truth: list[str]) -> str:
 def template_summary(facts: dict) -> str:
     """A deterministic written summary from the facts (used when no LLM is configured)."""
     label = facts["label"]
-    lines = []
+    lines = [f"WARNING: {w}" for w in facts.get("warnings", [])]
     for name, m in facts["models"].items():
         f = m.get("focus")
         if f is None:

@@ -77,12 +77,30 @@ def comparison_panel(pixels: np.ndarray, predictions: dict, label: str, truth: l
                           zip(pred.top(top_k), [pred.thresholds[pred.labels.index(x)] for x, _ in pred.top(top_k)])]
         tiles.append(_caption(tile, lines))
     h = max(t.shape[0] for t in tiles)
-    canvas = Image.new("RGB", (sum(t.shape[1] for t in tiles) + 8 * (len(tiles) - 1), h), (0, 0, 0))
+    width = sum(t.shape[1] for t in tiles) + 8 * (len(tiles) - 1)
+    # warnings (e.g. a phantom-trained model on a real film) travel with the picture, on top of it
+    warnings = list(dict.fromkeys(w.short for p in predictions.values() for w in getattr(p, "warnings", [])))
+    banner = _warning_banner(warnings, width)
+    canvas = Image.new("RGB", (width, h + banner.height), (0, 0, 0))
+    canvas.paste(banner, (0, 0))
     x = 0
     for t in tiles:
-        canvas.paste(Image.fromarray(t), (x, 0))
+        canvas.paste(Image.fromarray(t), (x, banner.height))
         x += t.shape[1] + 8
     return np.asarray(canvas)
+
+
+def _warning_banner(lines: list[str], width: int) -> Image.Image:
+    """White-on-red lines of warning text across the panel; zero height when there is none."""
+    if not lines:
+        return Image.new("RGB", (width, 0))
+    line_h = 14
+    banner = Image.new("RGB", (width, line_h * len(lines) + 8), (160, 20, 20))
+    d = ImageDraw.Draw(banner)
+    font = ImageFont.load_default()
+    for i, s in enumerate(lines):
+        d.text((6, 4 + i * line_h), f"WARNING: {s}", fill=(255, 255, 255), font=font)
+    return banner
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
