@@ -159,9 +159,13 @@ def cmd_train(a) -> int:
 
 
 def cmd_predict(a) -> int:
+    from .errors import ConfigError
+    from .explain.uncertainty import MAX_SAMPLES
     from .predictor import Predictor
 
-    pred = Predictor(a.checkpoint).predict(a.image, heatmaps=True)
+    if not 0 <= a.mc_samples <= MAX_SAMPLES:
+        raise ConfigError(f"--mc-samples must be from 0 to {MAX_SAMPLES}, not {a.mc_samples}.")
+    pred = Predictor(a.checkpoint).predict(a.image, heatmaps=True, mc_samples=a.mc_samples)
     if a.panel:
         from .explain.visual import comparison_panel, png_bytes
         from .data.imageio import read_image
@@ -171,13 +175,18 @@ def cmd_predict(a) -> int:
     if a.json:
         print(json.dumps(pred.to_dict(heatmaps=a.heatmaps), indent=1))
         return 0
+    for w in pred.warnings:  # before the numbers, where they are read
+        print(f"WARNING: {w.text}")
     print(f"{Path(a.image).name}: {pred.cam_method}, heatmaps {pred.heatmaps.shape[1]}x{pred.heatmaps.shape[2]}, "
-          f"{pred.seconds * 1000:.0f} ms")
+          f"{pred.seconds * 1000:.0f} ms; model trained on {pred.trained_on or 'not recorded'}")
     for i in sorted(range(len(pred.labels)), key=lambda i: -pred.probs[i]):
         x = pred.labels[i]
         mark = "POS" if pred.positive[i] else "   "
+        spread = f" ± {pred.prob_std[i]:.3f}" if pred.prob_std is not None else ""
         boxes = ", ".join(f"[{b.x:.2f} {b.y:.2f} {b.w:.2f} {b.h:.2f}] {b.score:.2f}" for b in pred.boxes.get(x, [])[:2])
-        print(f"  {mark} {x:<28} {pred.probs[i]:.3f}  (thr {pred.thresholds[i]:.2f})  {boxes}")
+        print(f"  {mark} {x:<28} {pred.probs[i]:.3f}{spread}  (thr {pred.thresholds[i]:.2f})  {boxes}")
+    if pred.mc:
+        print(pred.mc["note"])
     return 0
 
 
@@ -492,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--heatmaps", action="store_true", help="include heatmaps in the JSON")
     s.add_argument("--panel", help="also write a PNG panel with the overlay of --label (default: top label)")
     s.add_argument("--label")
+    s.add_argument("--mc-samples", type=int, default=0,
+                   help="Monte-Carlo dropout passes for a spread per label (0: off; at most 200)")
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("localize", help="score heatmap boxes against ground-truth boxes (IoU, IoBB, pointing game)")

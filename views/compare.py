@@ -109,6 +109,10 @@ if result.ood is not None and result.ood.is_suspect:
     st.warning("This image may not be a frontal chest radiograph: " + "; ".join(result.ood.reasons)
                + ". The models were not made for it; treat their outputs with care.")
 
+for text in dict.fromkeys(w.text for p in result.predictions.values() for w in p.warnings):
+    st.warning(text, icon="⚠️")  # above the numbers, never folded away
+st.caption(" · ".join(f"{m} trained on: {p.trained_on or 'not recorded'}" for m, p in result.predictions.items()))
+
 table = result.table()
 left, right = st.columns([3, 2])
 with left:
@@ -157,6 +161,9 @@ with right:
                       xaxis=dict(range=[0, 1], title="probability"), yaxis=dict(autorange="reversed"),
                       legend=dict(orientation="h", y=1.02))
     st.plotly_chart(fig, key="compare_bars", config=chart_config())
+    for m, p in result.predictions.items():
+        if p.mc:
+            st.caption(f"{m}: {p.mc['note']}")
 shown = table.copy()
 for col in shown.columns:
     if col.endswith(" p") or col.endswith("± sd"):
