@@ -218,3 +218,74 @@ def test_compare_with_a_library_model_on_one_side(xrv_app_url, browser, tmp_path
     page.get_by_text("CXR_XRV_CACHE_DIR moves that folder").wait_for(timeout=120_000)
     assert "nih-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt" in page.inner_text("body")
     page.screenshot(path=str(tmp_path / "compare-xrv.png"), full_page=True)
+
+
+# ------------------------------------------------------------------ a library model (torchxrayvision)
+@pytest.fixture(scope="module")
+def xrv_app_url(app_home, shipped, tmp_path_factory):
+    """A second app server whose torchxrayvision cache (CXR_XRV_CACHE_DIR) holds a planted DenseNet file,
+    made as the library makes its own; its own workspace (the built-in phantoms linked in); offline."""
+    from test_library_models import plant_densenet
+
+    root = tmp_path_factory.mktemp("xrv_app")
+    home = root / "home"
+    home.mkdir()
+    (home / "datasets").symlink_to(app_home / "datasets", target_is_directory=True)
+    plant_densenet(root / "xrv-cache")
+    env = dict(os.environ, CXR_HOME=str(home), CXR_XRV_CACHE_DIR=str(root / "xrv-cache"), CXR_OFFLINE="1")
+    env.pop("OPENAI_API_KEY", None)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.address",
+         "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start: " + proc.stdout.read().decode()[-2000:])
+    yield url
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=20)
+
+
+def _choose(page, label: str, option: str) -> str:
+    """Pick ``option`` in the Streamlit selectbox labelled ``label`` (type to filter, then click it); the
+    option's text as shown."""
+    box = page.get_by_test_id("stSelectbox").filter(has_text=label)
+    box.locator("input").click()
+    box.locator("input").fill(option.split(" ")[0])
+    choice = page.get_by_role("option", name=option).first
+    shown = choice.inner_text()
+    choice.click()
+    return shown
+
+
+def test_compare_with_a_library_model_on_one_side(xrv_app_url, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1500, "height": 2000})
+    page.goto(f"{xrv_app_url}/compare", timeout=120_000)
+    page.get_by_text("Compare a baseline with a fine-tuned model").wait_for(timeout=120_000)
+    assert "needs weights" not in _choose(page, "Baseline model", "xrv:densenet121-res224-all (library)")
+    page.locator("input[type=file]").set_input_files(str(FORMATS / "00000001_000.png"))
+    page.get_by_text("feature cells").wait_for(timeout=300_000)
+    body = page.inner_text("body")
+    assert "Traceback" not in body
+    assert "baseline:" in body and "fine-tuned:" in body
+    assert "xrv:densenet121-res224-all" in body and "torchxrayvision" in body  # what the baseline saw
+    page.wait_for_function("document.querySelectorAll('[data-testid=stImage] img').length >= 3", timeout=60_000)
+    # the library model's card next to its predictions
+    page.get_by_text("Model cards").click()
+    page.get_by_text("library default (torchxrayvision's op_threshs)").wait_for(timeout=60_000)
+    body = page.inner_text("body")
+    assert "weights densenet121-res224-all" in body and "[-1024, 1024]" in body and "Apache-2.0" in body
+    # a weight set whose file is not in the cache is marked, and choosing it says what to do (offline)
+    assert "needs weights" in _choose(page, "Fine-tuned model", "xrv:densenet121-res224-nih (library)")
+    page.get_by_text("CXR_XRV_CACHE_DIR moves that folder").wait_for(timeout=120_000)
+    assert "nih-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt" in page.inner_text("body")
+    page.screenshot(path=str(tmp_path / "compare-xrv.png"), full_page=True)
