@@ -209,8 +209,8 @@ def cmd_localize(a) -> int:
         return 0
     print(report.table())
     print("accuracy = share of ground-truth boxes with a predicted box at IoU / IoBB >= T (IoBB = intersection over "
-          "the predicted box's area, Wang et al. 2017); pointing game = heatmap peak inside the box; chance = mean "
-          "box area fraction")
+          "the predicted box's area, Wang et al. 2017); pointing game = heatmap peak inside one of the label's boxes on the "
+          "image (Zhang et al. 2016); chance = mean area fraction of those boxes' union; pointing (box) = peak inside that very box")
     return 0
 
 

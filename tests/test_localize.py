@@ -10,8 +10,8 @@ import pytest
 from cxrcore.cli import main
 from cxrcore.data.readers import read_dataset
 from cxrcore.explain.boxes import Box, iou
-from cxrcore.explain.localize import (BoxResult, LocalizationReport, clip_box, iobb, peak_point, pointing_hit,
-                                      score_box, summarize)
+from cxrcore.explain.localize import (BoxResult, LocalizationReport, clip_box, inside, iobb, localize, peak_point,
+                                      pointing_hit, score_box, summarize, union_area)
 from cxrcore.labels import find_label
 
 from conftest import NIH_SAMPLE
@@ -84,6 +84,68 @@ def test_pointing_game_on_hand_made_heatmaps():
     blob = np.exp(-((xx - 40) ** 2 + (yy - 20) ** 2) / 50.0)
     assert pointing_hit(blob, B(0.55, 0.25, 0.15, 0.15))
     assert score_box(B(0.55, 0.25, 0.15, 0.15), [], blob)["pointing"] is True
+
+
+def test_union_area_known_values():
+    assert union_area([]) == 0.0
+    assert union_area([B(0.1, 0.1, 0.2, 0.3)]) == pytest.approx(0.06)
+    # two boxes overlapping in 0.1 x 0.2: 0.04 + 0.04 - 0.02
+    assert union_area([B(0.0, 0.0, 0.2, 0.2), B(0.1, 0.0, 0.2, 0.2)]) == pytest.approx(0.06)
+    assert union_area([B(0.0, 0.0, 0.2, 0.2), B(0.5, 0.5, 0.1, 0.1)]) == pytest.approx(0.05)   # apart: sum
+    assert union_area([B(0.0, 0.0, 0.5, 0.5), B(0.1, 0.1, 0.1, 0.1)]) == pytest.approx(0.25)   # nested: outer
+    assert union_area([B(0.0, 0.0, 0.0, 0.5), B(0.1, 0.1, 0.1, 0.1)]) == pytest.approx(0.01)   # empty box ignored
+
+
+class _PeakOnFirstBox:
+    """A stand-in predictor: every label's heatmap (in the image frame) peaks on the first ground-truth box of
+    that label on the image, and is empty for labels without a box."""
+
+    def __init__(self, index, labels):
+        self.labels = list(labels)
+        self.index = index
+        self.id_of = dict(zip(index.frame["path"], index.frame["image_id"].astype(str)))
+        self.calls = 0
+
+    def predict(self, path, heatmaps=True, top_k_boxes=3, box_threshold=0.5):
+        from types import SimpleNamespace
+
+        self.calls += 1
+        size = 128
+        maps = np.zeros((len(self.labels), size, size), np.float32)
+        gt = self.index.boxes[self.index.boxes["image_id"].astype(str) == self.id_of[path]]
+        for row in gt.itertuples(index=False):
+            j = find_label(str(row.label), self.labels)
+            if j is not None and not maps[j].any():
+                cx, cy = row.x + row.w / 2, row.y + row.h / 2
+                maps[j, min(int(cy * size), size - 1), min(int(cx * size), size - 1)] = 1.0
+        return SimpleNamespace(labels=self.labels, boxes={}, heatmaps=maps)
+
+
+def test_pointing_game_counts_a_hit_on_any_instance_of_the_label(tmp_path):
+    """Zhang et al. 2016: the maximum on one of the label's boxes on the image is a hit for the label there; the
+    per-box variant (pointing_box) cannot win every box of a label with several boxes (devices, bilateral signs)."""
+    from cxrcore.data.phantom import generate
+    from cxrcore.labels import CHEXPERT14
+
+    index = read_dataset(generate(tmp_path / "chex", 30, "chexpert", 128, seed=3, workers=1))
+    predictor = _PeakOnFirstBox(index, CHEXPERT14)
+    rep = localize(predictor, index, "all", seed=0)
+    d = rep.to_dict()
+    assert d["n_boxes_scored"] == len(index.boxes) == d["overall"]["n"] and predictor.calls == d["n_images"]
+    assert d["overall"]["pointing"] == 1.0 and d["macro"]["pointing"] == 1.0
+    groups: dict = {}
+    for r in rep.results:
+        groups.setdefault((r.image_id, r.label), []).append(r)
+    multi = [g for g in groups.values() if len(g) > 1]
+    assert multi, "the phantom draws several boxes for devices and bilateral signs"
+    for g in groups.values():
+        union = union_area([r.gt for r in g])
+        assert all(r.area == pytest.approx(union) for r in g)           # chance: the union of the label's boxes
+        assert max(r.gt.w * r.gt.h for r in g) - 1e-9 <= union <= sum(r.gt.w * r.gt.h for r in g) + 1e-9
+        assert g[0].pointing_box                                        # the peak sits on the first box
+        assert all(r.pointing_box == inside(r.peak, r.gt) for r in g)
+    assert d["overall"]["pointing_box"] < 1.0                           # not on every box of a multi-box label
+    assert d["overall"]["pointing_box"] == pytest.approx(np.mean([r.pointing_box for r in rep.results]))
 
 
 def test_report_table_and_json_shape():

@@ -450,7 +450,7 @@ def run_localize(ckpt: str, ckpt_key: tuple, data: str, split: str) -> dict:
 st.subheader("Localization against ground-truth boxes")
 st.caption("Boxes cut from each label's heatmap vs the dataset's boxes (NIH BBox_List format; the phantoms write "
            "theirs): accuracy at IoU and IoBB thresholds as in Wang et al. 2017, and the pointing game (the "
-           "heatmap's peak inside the box; chance = mean box area). Same as `cxr localize`.")
+           "heatmap's peak inside one of the label's boxes on the image; chance = mean area of their union). Same as `cxr localize`.")
 if st.button("Score localization", key="eval_loc_run"):
     st.session_state["eval_loc"] = (params["ckpt"], params["ckpt_key"], params["data"], params["split"])
 loc_key = st.session_state.get("eval_loc")
