@@ -116,26 +116,37 @@ def test_real_nih_sample_gives_wide_intervals(app_env, shipped):
     assert {m.label for m in at.metric} >= {"easy", "hard"}
 
 
-def test_subgroups_shown_when_the_result_has_them(app_env, shipped, monkeypatch):
-    import cxrcore.eval.evaluate as evaluate
+def test_subgroup_gaps_from_the_real_evaluation(app_env, shipped, tmp_path):
+    """The Subgroups panel renders run_evaluation's own records: the AUROC gap per label across the
+    groups of one kind (sex, age band, view), largest first; only the largest gaps are highlighted,
+    on the page and in the HTML report."""
+    from cxrcore.eval.evaluate import run_evaluation
+    from cxrcore.eval.report import html_report
+    from cxrcore.eval.subgroups import gap_table, top_gaps
 
-    real = evaluate.run_evaluation
+    result, data = run_evaluation(str(shipped["baseline"]), NIH_SAMPLE, "all", 20)
+    kinds = {r["kind"] for r in result["subgroups"]}
+    assert {"sex", "age band", "view"} <= kinds
+    expected = gap_table(result["subgroups"])
+    assert len(expected) >= 5 and expected["gap"].is_monotonic_decreasing
+    flagged = top_gaps(expected)
+    assert 0 < flagged.sum() <= 3 < len(expected)  # the largest gaps only, not every row
+    # the gap is the spread between the groups of one kind, for one label
+    first = expected.iloc[0]
+    groups = [r for r in result["subgroups"] if r["kind"] == first["kind"] and r["label"] == first["label"]
+              and r["enough_positives"] and r["auroc"] is not None]
+    assert np.isclose(first["gap"], max(g["auroc"] for g in groups) - min(g["auroc"] for g in groups))
 
-    def with_subgroups(*args, **kwargs):
-        result, data = real(*args, **kwargs)
-        result["subgroups"] = {"sex": {"M": {"n": 60, "auroc": {"value": 0.74, "low": 0.6, "high": 0.85}},
-                                       "F": {"n": 51, "auroc": {"value": 0.61, "low": 0.5, "high": 0.72}}}}
-        return result, data
-
-    monkeypatch.setattr(evaluate, "run_evaluation", with_subgroups)
-    at = page().run()
-    pick(at, "eval_data", "phantom chexpert")
-    at.selectbox(key="eval_compare").set_value("(no comparison)")
-    at.number_input(key="eval_nboot").set_value(30)  # a fresh cache entry
-    at.button(key="eval_run").click().run()
+    at = evaluate_baseline_on_nih_sample(20)
     no_exception(at)
-    sub = table_with(at, "gap")
-    assert len(sub) == 2 and np.isclose(sub["gap"], 0.13).all()
+    shown = table_with(at, "lowest AUROC")
+    assert shown[["kind", "label"]].values.tolist() == expected[["kind", "label"]].values.tolist()
+    assert np.allclose(shown["gap"], expected["gap"])
+    caption = " ".join(c.value for c in at.caption)
+    assert f"Highlighted: the {int(flagged.sum())} largest gap(s)" in caption
+
+    report = html_report(result, data)
+    assert "<h2>Subgroups</h2>" in report and report.count("<tr class='flag'>") == int(flagged.sum())
 
 
 def test_localization_on_the_real_nih_boxes(app_env, shipped):

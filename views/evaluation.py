@@ -8,6 +8,7 @@ import streamlit as st
 
 from cxrcore.checkpoint import read_card
 from cxrcore.errors import CXRError
+from cxrcore.eval.subgroups import gap_table, top_gaps
 from ui.common import (chart_config, checkpoint_choices, choice_label, dataset_choices, ensure_weights, load_predictor,
                        show_error)
 
@@ -373,71 +374,28 @@ else:
                     else:
                         col.image(comp.image.pixels, clamp=True, width="stretch", caption=f"{mname}: no '{label}' output")
 
-# --------------------------------------------------------------------------- subgroups (when the result has them)
-
-
-def _subgroup_rows(node, path: tuple, out: list) -> None:
-    """Flatten nested dicts / lists down to rows whose values are scalars or {value, low, high} dicts."""
-    if isinstance(node, list):
-        for k, item in enumerate(node):
-            if isinstance(item, dict) and all(not isinstance(v, (dict, list)) or "value" in v for v in item.values()):
-                out.append({**{f"level {n}": p for n, p in enumerate(path)}, **_flat(item)})
-            else:
-                _subgroup_rows(item, path + (str(k),), out)
-        return
-    if not isinstance(node, dict):
-        return
-    leaf = {k: v for k, v in node.items() if not isinstance(v, (dict, list)) or (isinstance(v, dict) and "value" in v)}
-    if leaf and len(leaf) == len(node):
-        out.append({**{f"level {n}": p for n, p in enumerate(path)}, **_flat(node)})
-        return
-    for k, v in node.items():
-        if isinstance(v, (dict, list)):
-            _subgroup_rows(v, path + (str(k),), out)
-
-
-def _flat(row: dict) -> dict:
-    out = {}
-    for k, v in row.items():
-        if isinstance(v, dict) and "value" in v:
-            out[k] = v["value"]
-            if v.get("low") is not None:
-                out[f"{k} low"], out[f"{k} high"] = v["low"], v.get("high")
-        else:
-            out[k] = v
-    return out
-
-
+# --------------------------------------------------------------------------- subgroups
 subgroups = result.get("subgroups")
 if subgroups:
     st.subheader("Subgroups")
-    try:
-        srows: list = []
-        _subgroup_rows(subgroups, (), srows)
-        sub = pd.DataFrame(srows)
-        if sub.empty:
-            raise ValueError("no rows")
-        metric = next((c for c in sub.columns if "auroc" in str(c).lower() and not str(c).endswith((" low", " high"))
-                       and pd.api.types.is_numeric_dtype(sub[c])), None)
-        level_cols = [c for c in sub.columns if str(c).startswith("level ")]
-        if metric is not None:
-            # the gap: spread of the metric among rows that differ only in the last level (e.g. M vs F per label)
-            group_cols = level_cols[:-1] if len(level_cols) > 1 else []
-            if group_cols:
-                sub["gap"] = sub.groupby(group_cols, dropna=False)[metric].transform(lambda v: v.max() - v.min())
-            else:
-                sub["gap"] = sub[metric].max() - sub[metric].min()
-            top = sub["gap"].dropna().drop_duplicates().nlargest(3)
-            st.caption(f"Rows highlighted: the largest {metric} gaps between subgroups "
-                       f"({', '.join(f'{g:.3f}' for g in top)}).")
-            styled = sub.style.apply(
-                lambda row: ["background-color: rgba(255, 99, 71, 0.25)" if row["gap"] in set(top) else ""] * len(row),
-                axis=1).format(precision=3)
-            st.dataframe(styled, hide_index=True, width="stretch", key="eval_subgroups")
-        else:
-            st.dataframe(sub, hide_index=True, width="stretch", key="eval_subgroups")
-    except Exception:  # an unexpected layout: show it as it is
-        st.json(subgroups, expanded=False)
+    gaps = gap_table(subgroups, "auroc")
+    if gaps.empty:
+        st.info("No label has enough positives (at least "
+                f"{result.get('subgroup_min_positives', 5)}) in two or more groups of one kind (sex, age band, "
+                "view) to compare AUROC between groups.")
+    else:
+        flagged = top_gaps(gaps)
+        st.caption("AUROC gap per label between the groups of one kind (highest − lowest group), over groups with "
+                   "enough positives; largest first. "
+                   + (f"Highlighted: the {int(flagged.sum())} largest gap(s) of at least 0.05." if flagged.any()
+                      else "No gap reaches 0.05."))
+        shown = gaps.rename(columns={"lowest_value": "lowest AUROC", "highest_value": "highest AUROC",
+                                     "min_positives_in_group": "min positives"}).drop(columns="metric")
+        st.dataframe(shown.style.apply(lambda row: ["background-color: rgba(255, 99, 71, 0.25)"
+                                                    if flagged[row.name] else ""] * len(row), axis=1)
+                     .format(precision=3), hide_index=True, width="stretch", key="eval_subgroup_gaps")
+    with st.expander("Every subgroup: AUROC, sensitivity and specificity per group and label"):
+        st.dataframe(pd.DataFrame(subgroups).round(3), hide_index=True, width="stretch", key="eval_subgroups")
 
 # --------------------------------------------------------------------------- localization
 @st.cache_data(show_spinner="Predicting every image with ground-truth boxes…", max_entries=8)

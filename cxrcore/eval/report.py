@@ -186,7 +186,7 @@ h1{font-size:1.5em} h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #d
 table{border-collapse:collapse;font-size:13px;margin:8px 0}
 th,td{padding:3px 8px;border-bottom:1px solid #eee;text-align:right;white-space:nowrap}
 th:first-child,td:first-child{text-align:left} th{background:#f5f5f5;position:sticky;top:0}
-tr.muted td{color:#aaa} .ci{color:#777;font-size:11px} .cards{display:flex;gap:16px;flex-wrap:wrap}
+tr.muted td{color:#aaa} tr.flag td{background:rgba(255,99,71,.25)} .ci{color:#777;font-size:11px} .cards{display:flex;gap:16px;flex-wrap:wrap}
 .card{border:1px solid #ddd;border-radius:6px;padding:10px 14px;min-width:180px}
 .card b{font-size:1.3em;display:block} .note{color:#666;font-size:12px;max-width:1000px}
 """
@@ -267,6 +267,9 @@ def html_report(result: dict, data: EvalData) -> str:
                           "bootstrap p"], rows),
                   f"<p class=note>{e(cmp['note'])}.</p>"]
 
+    if r.get("subgroups"):
+        parts += _subgroup_section(r["subgroups"])
+
     parts.append("<h2>Figures</h2>")
     for _, fig in _figures(r, data):
         parts.append(pio.to_html(fig, include_plotlyjs=False, full_html=False, config={"displaylogo": False}))
@@ -275,6 +278,27 @@ def html_report(result: dict, data: EvalData) -> str:
             f"<title>Evaluation: {e(r['model'])} on {e(r['dataset'])} ({e(r['split'])})</title>"
             f"<style>{CSS}</style><script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
             + "\n".join(parts) + "</body></html>")
+
+
+def _subgroup_section(records: list[dict]) -> list[str]:
+    """The gap per label between the groups of one kind, largest first, the largest highlighted (as on the page)."""
+    from .subgroups import gap_table, top_gaps
+
+    e = html.escape
+    gaps = gap_table(records, "auroc")
+    if gaps.empty:
+        return ["<h2>Subgroups</h2>", "<p class=note>No label has enough positives in two or more groups of one kind "
+                "(sex, age band, view) to compare AUROC between groups.</p>"]
+    flagged = top_gaps(gaps)
+    rows = [[e(str(g.kind)), e(str(g.label)), _fmt(g.gap), f"{e(str(g.lowest))} ({_fmt(g.lowest_value)})",
+             f"{e(str(g.highest))} ({_fmt(g.highest_value)})", str(g.groups), str(g.min_positives_in_group)]
+            for g in gaps.itertuples()]
+    return ["<h2>Subgroups</h2>",
+            "<p class=note>AUROC gap per label between the groups of one kind (highest − lowest), over groups with "
+            "enough positives; largest first; highlighted: the largest gaps of at least 0.05. Per-group values "
+            "(AUROC, sensitivity, specificity) are in metrics.json.</p>",
+            _table(["kind", "label", "AUROC gap", "lowest group", "highest group", "groups", "min positives"], rows,
+                   ["flag" if f else "" for f in flagged])]
 
 
 def write_html_report(path: str | Path, result: dict, data: EvalData) -> Path:

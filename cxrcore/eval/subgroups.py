@@ -138,3 +138,35 @@ def to_records(df: pd.DataFrame) -> list[dict]:
             rec[key] = v
         out.append(rec)
     return out
+
+
+GAP_COLUMNS = ["kind", "label", "metric", "gap", "lowest", "lowest_value", "highest", "highest_value", "groups",
+               "min_positives_in_group"]
+
+
+def gap_table(records: list[dict] | pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
+    """Per (kind, label): the spread of ``metric`` across the groups of that kind (highest - lowest),
+    over the groups with enough positives for the label; largest gaps first. Input: the records of
+    :func:`subgroup_metrics` (what ``run_evaluation`` returns as ``subgroups``)."""
+    df = pd.DataFrame(records) if not isinstance(records, pd.DataFrame) else records
+    if df.empty:
+        return pd.DataFrame(columns=GAP_COLUMNS)
+    sub = df[(df["kind"] != "all") & df["enough_positives"].astype(bool)].dropna(subset=[metric])
+    rows = []
+    for (kind, label), g in sub.groupby(["kind", "label"], sort=False):
+        if len(g) < 2:
+            continue  # a gap needs two groups
+        lo, hi = g.loc[g[metric].idxmin()], g.loc[g[metric].idxmax()]
+        rows.append({"kind": kind, "label": label, "metric": metric, "gap": float(hi[metric] - lo[metric]),
+                     "lowest": lo["group"], "lowest_value": float(lo[metric]), "highest": hi["group"],
+                     "highest_value": float(hi[metric]), "groups": int(len(g)),
+                     "min_positives_in_group": int(g["positives"].min())})
+    out = pd.DataFrame(rows, columns=GAP_COLUMNS)
+    return out.sort_values("gap", ascending=False, kind="mergesort").reset_index(drop=True)
+
+
+def top_gaps(gaps: pd.DataFrame, k: int = 3, min_gap: float = 0.05) -> pd.Series:
+    """Which rows of :func:`gap_table` to highlight: the ``k`` largest, and only those of at least ``min_gap``."""
+    flag = pd.Series(False, index=gaps.index)
+    flag.iloc[:k] = True
+    return flag & (gaps["gap"] >= min_gap)
