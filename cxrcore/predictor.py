@@ -5,6 +5,7 @@ preprocessing, thresholds); nothing else is assumed.
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,11 +18,13 @@ from .checkpoint import Card, infer_trained_on, load_checkpoint
 from .data.imageio import LoadedImage, read_image
 from .errors import CheckpointError
 from .explain.boxes import Box, boxes_from_heatmap
-from .explain.cam import forward_with_cams, gradcam_loop, supports_fast_cam
+from .explain.cam import fast_cam_check, forward_with_cams, gradcam_loop
 from .explain.trust import domain_notices, uncertainty_note
 from .models.heads import combine
 from .models.registry import model_from_spec
 
+
+log = logging.getLogger(__name__)
 
 @dataclass
 class Prediction:
@@ -97,7 +100,9 @@ class Predictor:
             raise CheckpointError(f"The weights in {self.path} do not fit the model its card describes "
                                   f"({self.card.model.get('arch')}): {str(exc)[:300]}") from exc
         self.model = model.to(self.device).eval()
-        self.fast_cam = supports_fast_cam(self.model)
+        self.fast_cam, self.fast_cam_reason = fast_cam_check(self.model)
+        if not self.fast_cam:  # said where the heatmaps are shown (cam_method), and logged
+            log.info("%s: per-label Grad-CAM because %s", self.path, self.fast_cam_reason)
 
     @property
     def name(self) -> str:
@@ -157,7 +162,7 @@ class Predictor:
             method = "GradCAM (single pass, = CAM for a GAP + linear head)"
         else:
             logits, cams = gradcam_loop(self.model, x)
-            method = "GradCAM (pytorch-grad-cam, per label)"
+            method = f"GradCAM (pytorch-grad-cam, per label: {self.fast_cam_reason})"
         probs = combine(torch.sigmoid(logits)[0].float().cpu().numpy(), self.card.model)
         maps = np.stack([self.prep.unsquare(c, h, w) for c in cams[0]]).astype(np.float32)
         boxes = {label: boxes_from_heatmap(maps[i], threshold=box_threshold, top_k=top_k_boxes)

@@ -133,8 +133,24 @@ def test_every_pytorch_grad_cam_method_and_vits():
     # ViT: tokens reshaped to the 14x14 patch grid; the target is the last block's norm1
     vit = build_model("vit_tiny_patch16_224", 3).eval()
     assert not supports_fast_cam(vit)
+    from cxrcore.explain.cam import fast_cam_check
+
+    assert fast_cam_check(vit) == (False, "its features are 3-D (tokens), not a 2-D map")  # said, not silent
     _, maps = gradcam_loop(vit, torch.randn(1, 3, 224, 224), [0, 2], "GradCAM")
     assert maps.shape == (1, 2, 14, 14) and maps.max() > 0.9
+
+
+def test_predictor_says_why_heatmaps_take_the_per_label_loop(tmp_path):
+    from cxrcore.checkpoint import Card, save_checkpoint
+    from cxrcore.models.registry import spec_for
+
+    model = build_model("tv:convnext_tiny", 2, "none")
+    save_checkpoint(tmp_path / "c", model.state_dict(),
+                    Card(labels=["Edema", "Effusion"], model=spec_for("tv:convnext_tiny"), preprocess={"size": 64}))
+    p = Predictor(tmp_path / "c")
+    assert not p.fast_cam and p.fast_cam_reason == "its head is not global average pooling of the feature map"
+    pred = p.predict(np.random.default_rng(0).random((80, 64)).astype(np.float32))
+    assert pred.cam_method.endswith(f"per label: {p.fast_cam_reason})")
 
 
 def test_predictor_heatmap_with_another_method(shipped):

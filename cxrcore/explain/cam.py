@@ -9,9 +9,13 @@ runs once per label.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 def target_layer(model: nn.Module) -> nn.Module:
@@ -42,27 +46,45 @@ def input_channels(model: nn.Module) -> int:
     return int(conv.in_channels) if conv is not None else 3
 
 
-def supports_fast_cam(model: nn.Module, size: int = 64) -> bool:
-    """True when the output of forward_features, averaged, is exactly what the linear classifier sees."""
+def fast_cam_check(model: nn.Module, size: int = 64) -> tuple[bool, str]:
+    """(True, "") when the output of forward_features, averaged, is exactly what the linear classifier
+    sees (then every label's Grad-CAM is its class activation map, all from one pass); otherwise
+    (False, why), and the caller falls back to pytorch-grad-cam's per-label loop."""
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if not isinstance(head, nn.Linear) or not hasattr(model, "forward_features"):
-        return False
+    if not isinstance(head, nn.Linear):
+        return False, f"the classifier is {type(head).__name__ if head is not None else 'missing'}, not one linear layer"
+    if not hasattr(model, "forward_features"):
+        return False, "the model has no forward_features"
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
+            fixed = getattr(getattr(model, "patch_embed", None), "img_size", None)  # ViTs take one size
+            size = int(fixed[0]) if fixed else size
             x = torch.randn(1, input_channels(model), size, size, device=next(model.parameters()).device)
             feats = model.forward_features(x)
             if feats.ndim != 4:
-                return False
+                return False, f"its features are {feats.ndim}-D (tokens), not a 2-D map"
             pooled = model.forward_head(feats, pre_logits=True)
-            same_pool = torch.allclose(pooled.flatten(1), feats.mean((2, 3)), atol=1e-5, rtol=1e-4)
-            same_layer = _captures(model, target_layer(model), x, feats)
-            return bool(same_pool and same_layer)
-    except Exception:
-        return False
+            if not torch.allclose(pooled.flatten(1), feats.mean((2, 3)), atol=1e-5, rtol=1e-4):
+                return False, "its head is not global average pooling of the feature map"
+            if not _captures(model, target_layer(model), x, feats):
+                return False, "its Grad-CAM layer does not output the feature map the head pools"
+            return True, ""
+    except Exception as exc:  # noqa: BLE001 - any failure means: use the general per-label method
+        return False, f"the single-pass check failed ({type(exc).__name__}: {str(exc)[:160]})"
     finally:
         model.train(was_training)
+
+
+def supports_fast_cam(model: nn.Module, size: int = 64) -> bool:
+    """Whether every label's heatmap can come from one forward pass (see :func:`fast_cam_check`);
+    the reason is logged when not."""
+    ok, why = fast_cam_check(model, size)
+    if not ok:
+        log.info("single-pass Grad-CAM not available for %s: %s; using pytorch-grad-cam per label",
+                 type(model).__name__, why)
+    return ok
 
 
 def _captures(model, layer, x, feats) -> bool:
