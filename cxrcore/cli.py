@@ -265,35 +265,35 @@ def cmd_demo(a) -> int:
 
 
 def cmd_jobs(a) -> int:
-    from .jobs import local
+    from . import jobs
     from .jobs.store import JobStore
 
     store = JobStore()
     if a.action == "list":
-        local.refresh_all(store)
-        jobs = store.list()
-        if not jobs:
+        jobs.refresh_all(store)
+        rows = store.list()
+        if not rows:
             print("no jobs yet; start one with `cxr train ... --background` or from the Training page")
-        for j in jobs:
+        for j in rows:
             where = f"{j.backend}:{j.backend_id}" if j.backend_id else j.backend
             print(f"{j.id}  {j.status:<10} {where:<14} {j.name}" + (f"  ({j.note})" if j.note and j.active else ""))
         return 0
     if not a.job:
         raise CXRError(f"`cxr jobs {a.action}` needs a job id; `cxr jobs list` shows them.")
-    job = local.refresh(store.get(a.job), store)
+    job = jobs.refresh(store.get(a.job), store)
     if a.action == "show":
-        s = local.progress_summary(local.events(job))
+        s = jobs.progress_summary(jobs.events(job))
         print(json.dumps({"id": job.id, "name": job.name, "status": job.status, "backend": job.backend,
                           "slurm_id": job.backend_id, "gpu_ids": job.gpu_ids, "note": job.note,
                           "run_dir": str(job.run_dir), "error": job.error, "progress": {k: v for k, v in s.items() if not k.endswith("curve")}},
                          indent=1, default=str))
     elif a.action == "logs":
-        print(local.tail_log(job, a.lines))
+        print(jobs.logs(job, a.lines))
     elif a.action == "cancel":
-        done = local.cancel(job.id, store)  # dispatches to scancel for Slurm jobs
+        done = jobs.cancel(job.id, store)  # the job's backend: a signal to a local runner, scancel for Slurm
         print(f"cancelled {job.id}" + (f" (Slurm job {done.backend_id})" if done.backend_id else ""))
     elif a.action == "resume":
-        again = local.resume(job.id, store)
+        again = jobs.resume(job.id, store)
         print(f"resumed {again.id} from its last complete epoch ({again.status}); `cxr jobs show {again.id}`")
     return 0
 

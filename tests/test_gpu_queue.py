@@ -53,6 +53,28 @@ def test_list_gpus_and_utilisation(monkeypatch):
         assert set(r) == {"index", "name", "util_percent", "mem_used_mib", "mem_total_mib"}
 
 
+def test_no_gpus_from_nvml_says_why_and_logs_it(ws, phantom, monkeypatch, caplog):
+    """Whatever this machine has: either NVML answers (no reason) or the reason is a sentence naming NVML,
+    logged once (not every time the GPU panel asks), and a job asking for a GPU is told it."""
+    import logging
+
+    monkeypatch.delenv("CXR_GPUS")
+    monkeypatch.setattr(gpus, "_logged", set())  # forget reasons logged by earlier tests in this process
+    with caplog.at_level(logging.INFO, logger=gpus.__name__):
+        reason = gpus.nvml_problem()
+        again = gpus.nvml_problem()
+        rows = gpus.utilisation()
+    if reason is None:
+        assert again is None
+        return  # NVML answers here (a GPU machine): nothing to explain
+    assert "NVML" in reason and again == reason and rows == []
+    logged = [r.getMessage() for r in caplog.records if r.name == gpus.__name__]
+    assert logged == [f"GPU detection: {reason}"]
+    if not gpus.list_gpus():
+        with pytest.raises(ConfigError, match=r"this machine has 0 \(.*NVML"):
+            submit(phantom_job_config(phantom, gpus=1), store=JobStore())
+
+
 def test_too_many_gpus_is_a_config_error_without_a_row(ws, phantom, monkeypatch):
     store = JobStore()
     with pytest.raises(ConfigError, match=r"asked for 3 GPU\(s\), this machine has 2"):

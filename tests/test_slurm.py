@@ -230,7 +230,7 @@ def test_cancel_running_slurm_job(ws, phantom, cluster):
     job = slurm.submit(phantom_job_config(phantom, epochs=40), name="long", store=store, cluster=str(cluster.conf))
     wait_for_step(job, store)
     assert refresh(job, store).status == "running"
-    done = cancel(job.id, store=store)  # local.cancel dispatches to scancel
+    done = cancel(job.id, store=store)  # the dispatcher hands a Slurm job to scancel
     assert done.status == "cancelled", done.error
     assert "SIGTERM" in tail_log(done, 20)  # the runner stopped cleanly
     wait_for(lambda: slurm_job_state(cluster, job.backend_id) not in ("RUNNING", "COMPLETING", "PENDING"),

@@ -19,7 +19,7 @@ from plotly.subplots import make_subplots
 
 from cxrcore.errors import CXRError
 from cxrcore.jobs import JobStore
-from cxrcore.jobs import local
+from cxrcore.jobs import dispatch, local, logfiles
 from cxrcore.jobs.progress import progress_summary
 from cxrcore.labels import LABEL_SPACES
 from ui.common import chart_config, checkpoint_choices, dataset_choices, show_error
@@ -81,7 +81,7 @@ def _fmt_time(t: float | None) -> str:
 
 
 def _events_stamp(job) -> tuple:
-    p = Path(job.run_dir) / local.EVENTS_NAME
+    p = Path(job.run_dir) / logfiles.EVENTS_NAME
     try:
         s = p.stat()
     except OSError:
@@ -92,7 +92,7 @@ def _events_stamp(job) -> tuple:
 @st.cache_data(show_spinner=False, max_entries=256)
 def _summary(run_dir: str, stamp: tuple, _job) -> dict:
     """The progress summary of a job's events; cached until events.jsonl changes."""
-    return progress_summary(local.events(_job))
+    return progress_summary(logfiles.events(_job))
 
 
 def summary_of(job) -> dict:
@@ -469,7 +469,9 @@ def gpu_panel() -> None:
 
     rows = gpus.utilisation()
     if not rows:
-        st.caption("GPUs: none visible through NVML on this machine; local jobs train on the CPU.")
+        why = gpus.nvml_problem()  # None: NVML answered and counts no GPU
+        st.caption("GPUs: none visible through NVML on this machine" + (f" — {why}" if why else "")
+                   + "; local jobs train on the CPU.")
         return
     st.dataframe(pd.DataFrame([{"GPU": r["index"], "name": r["name"], "busy %": r["util_percent"],
                                 "memory used (MiB)": r["mem_used_mib"], "memory total (MiB)": r["mem_total_mib"]}
@@ -481,7 +483,7 @@ gpu_panel()
 # ---- jobs table ------------------------------------------------------------------------------------------------
 st.subheader("Jobs")
 try:
-    local.refresh_all(store)
+    dispatch.refresh_all(store)
     jobs = store.list(limit=200)
 except CXRError as exc:
     show_error(exc)
@@ -512,6 +514,8 @@ if st.session_state.get("train_watch") not in by_id:
     st.session_state["train_watch"] = ids[0]
 watch = st.selectbox("Watch job", ids, key="train_watch",
                      format_func=lambda i: f"{i} — {by_id[i].name or 'unnamed'} ({by_id[i].status})")
+# The states the table and this list show; the job view reruns the page when the watched job has moved on.
+st.session_state["train_listed_status"] = {i: j.status for i, j in by_id.items()}
 
 
 # ---- live view -------------------------------------------------------------------------------------------------
@@ -587,10 +591,10 @@ def _run_action(action, job, spinner: str, kind: str, message) -> None:
 def _actions(job) -> None:
     b1, b2 = st.columns(2)
     if job.active and b1.button("Cancel job", key=f"train_cancel_{job.id}"):
-        _run_action(local.cancel, job, "Stopping the job…", "warning", lambda j: f"Job {j.id} is {j.status}.")
+        _run_action(dispatch.cancel, job, "Stopping the job…", "warning", lambda j: f"Job {j.id} is {j.status}.")
     if job.status in ("cancelled", "failed") and b1.button("Resume job", key=f"train_resume_{job.id}", type="primary",
                                                            help="Continue from the last complete epoch."):
-        _run_action(local.resume, job, "Resuming…", "success",
+        _run_action(dispatch.resume, job, "Resuming…", "success",
                     lambda j: f"Job {j.id} resumes from its last complete epoch.")
     if b2.button("Clone into the form", key=f"train_clone_{job.id}",
                  help="Fill the launch form with this job's options, to change some and launch a new job."):
@@ -600,12 +604,14 @@ def _actions(job) -> None:
 
 def render_job(job_id: str, live: bool) -> None:
     try:
-        job = local.refresh(job_id, store)
+        job = dispatch.refresh(job_id, store)
     except CXRError as exc:
         show_error(exc)
         return
     if live and job.ended:
         st.rerun()  # the job just ended: redraw the whole page once (table too), without auto refresh
+    if st.session_state.get("train_listed_status", {}).get(job.id, job.status) != job.status:
+        st.rerun()  # it moved on since the table and the watch list were drawn: redraw them with its state
     _show_flash()
     try:
         s = summary_of(job)
@@ -684,7 +690,7 @@ def render_job(job_id: str, live: bool) -> None:
                              format="%.3f", help="n/a: no positive (or no negative) case in the validation split.")})
 
     st.markdown("**Log** (last 40 lines)")
-    st.code(local.tail_log(job, 40) or "(no output yet)", language=None)
+    st.code(dispatch.logs(job, 40) or "(no output yet)", language=None)
     with st.expander("Configuration"):
         st.code(json.dumps(job.config, indent=2), language="json")
 
@@ -701,7 +707,7 @@ def ended_view(job_id: str) -> None:
 
 st.subheader("Selected job")
 try:
-    watched = local.refresh(watch, store)
+    watched = dispatch.refresh(watch, store)
 except CXRError as exc:
     show_error(exc)
     st.stop()

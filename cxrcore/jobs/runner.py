@@ -1,10 +1,10 @@
 """The process that runs one training job: ``python -m cxrcore.jobs.runner JOB_ID [--db PATH]``.
 
-Started detached by :func:`cxrcore.jobs.local.submit` (its own session, stdout/stderr to
-``run_dir/log.txt``). It marks the job running, trains, and marks the end itself: ``succeeded``,
-``cancelled`` (after SIGTERM: training stops at the next step, the best checkpoint so far is
+Started detached by the local backend (:mod:`cxrcore.jobs.local`; its own session, stdout/stderr
+to ``run_dir/log.txt``) or by a Slurm batch script (:mod:`cxrcore.jobs.slurm`). It marks the job
+running, trains, and marks the end itself: ``succeeded``, ``cancelled`` (after SIGTERM: training stops at the next step, the best checkpoint so far is
 kept) or ``failed`` (with the error message; the full traceback goes to the log). If it is
-killed outright (SIGKILL, out of memory) the row still says running; ``local.refresh`` notices
+killed outright (SIGKILL, out of memory) the row still says running; ``cxrcore.jobs.refresh`` notices
 the missing process and marks the job failed.
 """
 from __future__ import annotations
@@ -20,16 +20,14 @@ import traceback
 from pathlib import Path
 
 from ..errors import CXRError, JobError
+from ..train.progress import Cancelled, ProgressPrinter
+from ..train.progress import clock as _clock
+from .local import start_queued
+from .logfiles import LOG_NAME
 from .store import JobStore
 
 EXIT_FAILED = 1
 EXIT_CANCELLED = 128 + signal.SIGTERM  # 143, what a SIGTERM-ed process conventionally returns
-
-LOG_NAME = "log.txt"
-
-
-class Cancelled(Exception):
-    """Raised from the progress callback when a stop was asked for outside the training loop."""
 
 
 class _Stop:
@@ -60,10 +58,6 @@ class _Stop:
             raise Cancelled("Stopped before training started.")
 
 
-def _clock() -> str:
-    return time.strftime("%H:%M:%S")
-
-
 def _same_file(fd: int, path: Path) -> bool:
     try:
         a, b = os.fstat(fd), os.stat(path)
@@ -85,40 +79,6 @@ def _route_output(log_path: Path) -> None:
             stream.reconfigure(line_buffering=True)
         except (AttributeError, ValueError):
             pass
-
-
-class ProgressPrinter:
-    """``progress(phase, done, total, info)`` that prints one concise line per ~5% of each phase."""
-
-    def __init__(self, stop: _Stop, every: float = 0.05, out=None):
-        self.stop = stop
-        self.every = every
-        self.out = out
-        self._last: dict[str, int] = {}
-        self._t0: dict[str, float] = {}
-
-    def __call__(self, phase: str, done: int, total: int, info: dict | None = None) -> None:
-        if self.stop() and phase != "train":
-            # The training loop polls should_stop itself; elsewhere (cache building) stop here.
-            raise Cancelled(f"Stopped while in phase {phase!r}.")
-        info = info or {}
-        self._t0.setdefault(phase, time.time())
-        bucket = int(done / max(1, total) / self.every)
-        if done < total and self._last.get(phase) == bucket:
-            return
-        if done >= total and self._last.get(phase) == -1:
-            return
-        self._last[phase] = -1 if done >= total else bucket
-        parts = [f"[{_clock()}] {phase:5s} {done}/{total} ({100.0 * done / max(1, total):5.1f}%)"]
-        if "epoch" in info:
-            parts.append(f"epoch {info['epoch']}")
-        if info.get("loss") is not None:
-            parts.append(f"loss {info['loss']:.4f}")
-        if info.get("images_per_s") is not None:
-            parts.append(f"{info['images_per_s']:.1f} img/s")
-        if phase != "train":
-            parts.append(f"{time.time() - self._t0[phase]:.0f}s")
-        print("  ".join(parts), file=self.out or sys.stdout, flush=True)
 
 
 def _last_traceback_line(exc: BaseException) -> str:
@@ -220,8 +180,6 @@ def _start_waiting_jobs(store: JobStore, job_id: str) -> None:
     try:
         if store.get(job_id).backend != "local":
             return  # a Slurm job's node is not where local jobs run
-        from .local import start_queued
-
         for started in start_queued(store):
             print(f"[{_clock()}] started waiting job {started.id} on GPU(s) {started.gpu_ids}", flush=True)
     except Exception as exc:  # noqa: BLE001 - our own end is already recorded

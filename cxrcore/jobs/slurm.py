@@ -7,8 +7,11 @@ compute node). The job's output is appended to ``run_dir/log.txt``, so logs read
 local jobs. Slurm's own job id is stored in the row (``backend_id``).
 
     job = submit({"data": "/data/nih", "epochs": 3, "slurm": {"partition": "gpu", "time": "2:00:00"}})
-    job = refresh(job)     # squeue / scontrol show job: PENDING -> queued, ended in Slurm -> reconciled
-    cancel(job.id)         # scancel: SIGTERM to the runner first, so it stops cleanly
+    job = cxrcore.jobs.refresh(job)  # squeue / scontrol show job: PENDING -> queued, ended in Slurm -> reconciled
+    cxrcore.jobs.cancel(job.id)      # scancel: SIGTERM to the runner first, so it stops cleanly
+
+:class:`SlurmBackend` is what the dispatcher (:mod:`cxrcore.jobs.dispatch`) calls for rows whose
+``backend`` is ``slurm``.
 
 ``cluster`` (or the slurm option ``conf``) names the cluster's ``slurm.conf``; by default the
 Slurm commands use ``$SLURM_CONF`` or their built-in default. ``sacct`` is never used: a cluster
@@ -16,7 +19,6 @@ without accounting storage works.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -28,11 +30,11 @@ from pathlib import Path
 
 from .. import workspace
 from ..errors import JobError
+from .config import check_config
+from .logfiles import LOG_NAME, tail_log, write_config
 from .store import ACTIVE, Job, JobStore
 
 SBATCH_NAME = "job.sbatch"
-LOG_NAME = "log.txt"
-CONFIG_NAME = "config.json"
 RDZV_PORT = 29500
 COMMAND_TIMEOUT_S = 30.0
 
@@ -174,87 +176,6 @@ def render_script(job_id: str, config: dict, run_dir: str | Path, db: str | Path
     return "\n".join(lines) + "\n"
 
 
-# --------------------------------------------------------------------------- submit
-
-def submit(config: dict, name: str = "", store: JobStore | None = None, run_dir: str | Path | None = None,
-           cluster: str | None = None) -> Job:
-    """Validate ``config``, write ``run_dir/job.sbatch`` and submit it with ``sbatch``; returns the queued job.
-
-    ``cluster``: the cluster's slurm.conf (stored as the slurm option ``conf``, used by refresh
-    and cancel). Bad options, an unreachable Slurm, a run folder that already exists or a script
-    Slurm refuses (``sbatch --test-only``: unknown partition, more GPUs than any node has) raise
-    before any row or folder is created.
-    """
-    from .local import check_config
-
-    config = check_config(config)
-    slurm_opts = dict(config.get("slurm") or {})
-    if cluster:
-        slurm_opts["conf"] = str(Path(cluster).expanduser().resolve())
-    conf = slurm_opts.get("conf") or None
-    config["slurm"] = slurm_opts
-    if name and not config.get("name"):
-        config["name"] = name
-    if not config.get("threads"):
-        config["threads"] = int(slurm_opts.get("cpus") or 1)
-    name = name or config.get("name") or Path(config["data"]).name
-    check_reachable(conf)
-    if run_dir is not None and Path(run_dir).expanduser().exists():
-        raise JobError(f"The run folder {Path(run_dir).expanduser()} already exists. Choose another run folder, so "
-                       "an earlier run is not overwritten.")
-    store = store or JobStore()
-    db = store.path.resolve()
-
-    # Let Slurm judge the script before anything is created (partition, gres, time, account).
-    probe_dir = Path(run_dir).expanduser().resolve() if run_dir is not None else workspace.runs() / "probe"
-    probe = render_script("probe", config, probe_dir, db, name=name)
-    test = _run(["sbatch", "--test-only"], conf, stdin=probe)
-    if test.returncode != 0:
-        raise JobError(f"Slurm refuses the job: {_said(test)}")
-
-    job = store.create(config, name=name, backend="slurm", run_dir=run_dir)
-    folder = Path(job.run_dir)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        script = folder / SBATCH_NAME
-        script.write_text(render_script(job.id, config, folder, db, name=name))
-        out = _run(["sbatch", "--parsable", str(script)], conf)
-    except (OSError, JobError) as exc:
-        store.mark(job.id, "failed", error=f"The job could not be submitted to Slurm: {exc}")
-        raise JobError(f"Could not submit job {job.id} to Slurm: {exc}") from exc
-    slurm_id = (out.stdout or "").strip().split(";")[0].strip()
-    if out.returncode != 0 or not slurm_id.isdigit():
-        message = _said(out) or f"sbatch exited with {out.returncode}"
-        store.mark(job.id, "failed", error=f"sbatch refused the job: {message}")
-        raise JobError(f"sbatch refused job {job.id}: {message}")
-    return store.update(job.id, backend_id=slurm_id, note="submitted to Slurm")
-
-
-def resume(job_id: str, store: JobStore | None = None) -> Job:
-    """Submit a cancelled or failed Slurm job's script again; its runner resumes from the last complete epoch.
-
-    Called by :func:`cxrcore.jobs.local.resume`, which has checked that the job ended and saved an epoch.
-    """
-    store = store or JobStore()
-    job = store.get(job_id)
-    conf = _conf_of(job)
-    check_reachable(conf)
-    script = Path(job.run_dir) / SBATCH_NAME
-    if not script.is_file():
-        raise JobError(f"Job {job.id}'s batch script {script} is missing; clone the job to submit it again.")
-    if not store.transition(job.id, ("cancelled", "failed"), "queued", pid=None, error=None, exit_code=None,
-                            finished=None, started=None, note="resubmitted to Slurm"):
-        raise JobError(f"Job {job.id} changed state meanwhile ({store.get(job.id).status}); try again.")
-    out = _run(["sbatch", "--parsable", str(script)], conf)
-    slurm_id = (out.stdout or "").strip().split(";")[0].strip()
-    if out.returncode != 0 or not slurm_id.isdigit():
-        message = _said(out) or f"sbatch exited with {out.returncode}"
-        store.mark(job.id, "failed", error=f"sbatch refused the resumed job: {message}")
-        raise JobError(f"sbatch refused job {job.id}: {message}")
-    return store.update(job.id, backend_id=slurm_id)
-
-
 # --------------------------------------------------------------------------- state
 
 def slurm_state(job: Job) -> tuple[str | None, str]:
@@ -290,99 +211,173 @@ def _exit_code(detail: str) -> int | None:
     return -sig if sig else code
 
 
-def refresh(job: Job | str, store: JobStore | None = None) -> Job:
-    """Re-read a Slurm job and reconcile its row with what Slurm says.
+# --------------------------------------------------------------------------- the backend
 
-    The runner marks running/succeeded/failed/cancelled itself; here a job that Slurm says ended
-    while its row is still queued/running (killed, timed out, out of memory, cancelled outside
-    the app, never started) is marked failed or cancelled with Slurm's state and the last log
-    lines, and a job Slurm no longer knows at all is marked failed. While Slurm cannot be asked
-    the row is left as it is (its note says so).
-    """
-    from .local import tail_log
+class SlurmBackend:
+    """Jobs as ``sbatch`` scripts on a Slurm cluster (see the module docstring)."""
 
-    store = store or JobStore()
-    job = store.get(job.id if isinstance(job, Job) else job)
-    if job.ended:
-        if job.note:  # "Slurm: RUNNING" from before the runner reported; the error says how it ended
-            job = store.update(job.id, note=None)
-        return job
-    if not job.backend_id:
-        # Row created, sbatch not answered yet (or the submitting process died in between).
-        if time.time() - job.created > 120:
-            store.transition(job.id, ACTIVE, "failed", error="The job was never submitted to Slurm (no Slurm job id).")
-        return store.get(job.id)
-    try:
-        state, detail = slurm_state(job)
-    except JobError as exc:
-        if job.note != str(exc):
-            store.update(job.id, note=str(exc))
-        return store.get(job.id)
-    if state is None:
-        last = tail_log(job, 5).strip()
-        store.transition(job.id, ACTIVE, "failed",
-                         error=(f"Slurm no longer knows job {job.backend_id} (purged from the controller) and it "
-                                f"never reported its end. Last log lines:\n{last or '(the log is empty)'}"))
-        return store.get(job.id)
-    base = state.split("+")[0].split()[0]
-    if base in ENDED_STATES:
-        job = store.get(job.id)  # the runner may have reported just now
-        if job.ended:
-            return job
-        last = tail_log(job, 5).strip()
-        fields = {"note": None}
-        code = _exit_code(detail)
-        if code is not None:
-            fields["exit_code"] = code
-        if base == "CANCELLED":
-            store.transition(job.id, ACTIVE, "cancelled",
-                             error=f"Cancelled in Slurm (scancel, {detail}). Last log lines:\n{last or '(the log is empty)'}",
-                             **fields)
-        else:
-            store.transition(job.id, ACTIVE, "failed",
-                             error=(f"Slurm reports the job {base} ({detail}) but it never reported its end. "
-                                    f"Last log lines:\n{last or '(the log is empty)'}"), **fields)
-        return store.get(job.id)
-    note = f"Slurm: {base}" + (f" ({detail})" if detail and detail not in ("None", "(null)") else "")
-    if base in RUNNING_STATES and job.status == "queued":
-        note = f"Slurm: {base}; the runner is starting"
-    if note != job.note:
-        store.update(job.id, note=note)
-    # PENDING stays queued; RUNNING becomes running when the runner marks it (it records its pid).
-    return store.get(job.id)
+    name = "slurm"
 
+    def submit(self, config: dict, name: str = "", store: JobStore | None = None, run_dir: str | Path | None = None,
+               cluster: str | None = None) -> Job:
+        """Validate ``config``, write ``run_dir/job.sbatch`` and submit it with ``sbatch``; returns the queued job.
 
-def cancel(job_id: str, store: JobStore | None = None, timeout: float = 5.0) -> Job:
-    """Stop a Slurm job: SIGTERM to the runner (``scancel --batch --signal=TERM``; it stops at the next
-    step and reports), a full ``scancel`` when it has not ended after ``timeout`` seconds (or when it
-    is still pending); marks it cancelled. A job that already ended raises JobError.
-    """
-    store = store or JobStore()
-    job = refresh(job_id, store)
-    if job.ended:
-        raise JobError(f"Job {job.id} already ended with status {job.status}; there is nothing to cancel.")
-    conf = _conf_of(job)
-    sid = str(job.backend_id or "")
-    gone = True
-    if sid:
+        ``cluster``: the cluster's slurm.conf (stored as the slurm option ``conf``, used by refresh
+        and cancel). Bad options, an unreachable Slurm, a run folder that already exists or a script
+        Slurm refuses (``sbatch --test-only``: unknown partition, more GPUs than any node has) raise
+        before any row or folder is created.
+        """
+        config = check_config(config)
+        slurm_opts = dict(config.get("slurm") or {})
+        if cluster:
+            slurm_opts["conf"] = str(Path(cluster).expanduser().resolve())
+        conf = slurm_opts.get("conf") or None
+        config["slurm"] = slurm_opts
+        if name and not config.get("name"):
+            config["name"] = name
+        if not config.get("threads"):
+            config["threads"] = int(slurm_opts.get("cpus") or 1)
+        name = name or config.get("name") or Path(config["data"]).name
+        check_reachable(conf)
+        if run_dir is not None and Path(run_dir).expanduser().exists():
+            raise JobError(f"The run folder {Path(run_dir).expanduser()} already exists. Choose another run folder, so "
+                           "an earlier run is not overwritten.")
+        store = store or JobStore()
+        db = store.path.resolve()
+
+        # Let Slurm judge the script before anything is created (partition, gres, time, account).
+        probe_dir = Path(run_dir).expanduser().resolve() if run_dir is not None else workspace.runs() / "probe"
+        probe = render_script("probe", config, probe_dir, db, name=name)
+        test = _run(["sbatch", "--test-only"], conf, stdin=probe)
+        if test.returncode != 0:
+            raise JobError(f"Slurm refuses the job: {_said(test)}")
+
+        job = store.create(config, name=name, backend=self.name, run_dir=run_dir)
+        folder = Path(job.run_dir)
         try:
-            state, _ = slurm_state(job)
-        except JobError:
-            state = "UNKNOWN"
-        gone = state is None  # purged: nothing left to stop in Slurm
-        if state in RUNNING_STATES:
-            _run(["scancel", "--batch", "--signal=TERM", sid], conf)  # the runner stops cleanly and reports
-            gone = _wait_gone(job, store, timeout)
+            write_config(folder, config)
+            script = folder / SBATCH_NAME
+            script.write_text(render_script(job.id, config, folder, db, name=name))
+            out = _run(["sbatch", "--parsable", str(script)], conf)
+        except (OSError, JobError) as exc:
+            store.mark(job.id, "failed", error=f"The job could not be submitted to Slurm: {exc}")
+            raise JobError(f"Could not submit job {job.id} to Slurm: {exc}") from exc
+        slurm_id = (out.stdout or "").strip().split(";")[0].strip()
+        if out.returncode != 0 or not slurm_id.isdigit():
+            message = _said(out) or f"sbatch exited with {out.returncode}"
+            store.mark(job.id, "failed", error=f"sbatch refused the job: {message}")
+            raise JobError(f"sbatch refused job {job.id}: {message}")
+        return store.update(job.id, backend_id=slurm_id, note="submitted to Slurm")
+
+    def resume(self, job: Job, store: JobStore) -> Job:
+        """Submit a cancelled or failed Slurm job's script again; its runner resumes from the last complete epoch.
+
+        The dispatcher (:func:`cxrcore.jobs.resume`) has checked that the job ended and saved an epoch.
+        """
+        conf = _conf_of(job)
+        check_reachable(conf)
+        script = Path(job.run_dir) / SBATCH_NAME
+        if not script.is_file():
+            raise JobError(f"Job {job.id}'s batch script {script} is missing; clone the job to submit it again.")
+        if not store.transition(job.id, ("cancelled", "failed"), "queued", pid=None, error=None, exit_code=None,
+                                finished=None, started=None, note="resubmitted to Slurm"):
+            raise JobError(f"Job {job.id} changed state meanwhile ({store.get(job.id).status}); try again.")
+        out = _run(["sbatch", "--parsable", str(script)], conf)
+        slurm_id = (out.stdout or "").strip().split(";")[0].strip()
+        if out.returncode != 0 or not slurm_id.isdigit():
+            message = _said(out) or f"sbatch exited with {out.returncode}"
+            store.mark(job.id, "failed", error=f"sbatch refused the resumed job: {message}")
+            raise JobError(f"sbatch refused job {job.id}: {message}")
+        return store.update(job.id, backend_id=slurm_id)
+
+    def refresh(self, job: Job, store: JobStore) -> Job:
+        """Re-read a Slurm job and reconcile its row with what Slurm says.
+
+        The runner marks running/succeeded/failed/cancelled itself; here a job that Slurm says ended
+        while its row is still queued/running (killed, timed out, out of memory, cancelled outside
+        the app, never started) is marked failed or cancelled with Slurm's state and the last log
+        lines, and a job Slurm no longer knows at all is marked failed. While Slurm cannot be asked
+        the row is left as it is (its note says so).
+        """
+        if job.ended:
+            if job.note:  # "Slurm: RUNNING" from before the runner reported; the error says how it ended
+                job = store.update(job.id, note=None)
+            return job
+        if not job.backend_id:
+            # Row created, sbatch not answered yet (or the submitting process died in between).
+            if time.time() - job.created > 120:
+                store.transition(job.id, ACTIVE, "failed", error="The job was never submitted to Slurm (no Slurm job id).")
+            return store.get(job.id)
+        try:
+            state, detail = slurm_state(job)
+        except JobError as exc:
+            if job.note != str(exc):
+                store.update(job.id, note=str(exc))
+            return store.get(job.id)
+        if state is None:
+            last = tail_log(job, 5).strip()
+            store.transition(job.id, ACTIVE, "failed",
+                             error=(f"Slurm no longer knows job {job.backend_id} (purged from the controller) and it "
+                                    f"never reported its end. Last log lines:\n{last or '(the log is empty)'}"))
+            return store.get(job.id)
+        base = state.split("+")[0].split()[0]
+        if base in ENDED_STATES:
+            job = store.get(job.id)  # the runner may have reported just now
+            if job.ended:
+                return job
+            last = tail_log(job, 5).strip()
+            fields = {"note": None}
+            code = _exit_code(detail)
+            if code is not None:
+                fields["exit_code"] = code
+            if base == "CANCELLED":
+                store.transition(job.id, ACTIVE, "cancelled",
+                                 error=f"Cancelled in Slurm (scancel, {detail}). Last log lines:\n{last or '(the log is empty)'}",
+                                 **fields)
+            else:
+                store.transition(job.id, ACTIVE, "failed",
+                                 error=(f"Slurm reports the job {base} ({detail}) but it never reported its end. "
+                                        f"Last log lines:\n{last or '(the log is empty)'}"), **fields)
+            return store.get(job.id)
+        note = f"Slurm: {base}" + (f" ({detail})" if detail and detail not in ("None", "(null)") else "")
+        if base in RUNNING_STATES and job.status == "queued":
+            note = f"Slurm: {base}; the runner is starting"
+        if note != job.note:
+            store.update(job.id, note=note)
+        # PENDING stays queued; RUNNING becomes running when the runner marks it (it records its pid).
+        return store.get(job.id)
+
+    def cancel(self, job: Job, store: JobStore, timeout: float = 5.0) -> Job:
+        """Stop a Slurm job: SIGTERM to the runner (``scancel --batch --signal=TERM``; it stops at the next
+        step and reports), a full ``scancel`` when it has not ended after ``timeout`` seconds (or when it
+        is still pending); marks it cancelled.
+        """
+        conf = _conf_of(job)
+        sid = str(job.backend_id or "")
+        gone = True
+        if sid:
+            try:
+                state, _ = slurm_state(job)
+            except JobError:
+                state = "UNKNOWN"
+            gone = state is None  # purged: nothing left to stop in Slurm
+            if state in RUNNING_STATES:
+                _run(["scancel", "--batch", "--signal=TERM", sid], conf)  # the runner stops cleanly and reports
+                gone = _wait_gone(job, store, timeout)
+            if not gone:
+                out = _run(["scancel", sid], conf)
+                if out.returncode != 0 and "completed" not in _said(out).lower():
+                    raise JobError(f"scancel {sid} failed: {_said(out)}")
+                gone = _wait_gone(job, store, 5.0)
+        error = "Cancelled." if job.status == "queued" else "Cancelled; the Slurm job was stopped."
         if not gone:
-            out = _run(["scancel", sid], conf)
-            if out.returncode != 0 and "completed" not in _said(out).lower():
-                raise JobError(f"scancel {sid} failed: {_said(out)}")
-            gone = _wait_gone(job, store, 5.0)
-    error = "Cancelled." if job.status == "queued" else "Cancelled; the Slurm job was stopped."
-    if not gone:
-        error += f" Slurm had not confirmed the end of job {sid} yet."
-    store.transition(job.id, ACTIVE, "cancelled", error=error, note=None)  # no-op if the runner reported
-    return store.get(job.id)
+            error += f" Slurm had not confirmed the end of job {sid} yet."
+        store.transition(job.id, ACTIVE, "cancelled", error=error, note=None)  # no-op if the runner reported
+        return store.get(job.id)
+
+    def logs(self, job: Job, n: int = 50) -> str:
+        """The batch script's output: Slurm appends it to ``run_dir/log.txt`` like a local runner's."""
+        return tail_log(job, n)
 
 
 def _wait_gone(job: Job, store: JobStore, timeout: float) -> bool:
@@ -400,5 +395,14 @@ def _wait_gone(job: Job, store: JobStore, timeout: float) -> bool:
         time.sleep(0.2)
 
 
-__all__ = ["SBATCH_NAME", "available", "cancel", "check_reachable", "refresh", "render_script", "slurm_state",
+BACKEND = SlurmBackend()
+
+
+def submit(config: dict, name: str = "", store: JobStore | None = None, run_dir: str | Path | None = None,
+           cluster: str | None = None) -> Job:
+    """Submit a job to Slurm (``cxrcore.jobs.submit(..., backend="slurm", cluster=...)``)."""
+    return BACKEND.submit(config, name=name, store=store, run_dir=run_dir, cluster=cluster)
+
+
+__all__ = ["BACKEND", "SBATCH_NAME", "SlurmBackend", "available", "check_reachable", "render_script", "slurm_state",
            "submit"]

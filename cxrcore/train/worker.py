@@ -3,7 +3,8 @@
 The job runner starts it through :func:`launch_command` when a job asks for ``nproc > 1`` (or
 several Slurm nodes); each rank reads ``RUN_DIR/config.json`` and calls ``train()``, which sets up
 DDP from torchrun's environment. A stop request is the file ``RUN_DIR/STOP`` (the runner writes it
-on SIGTERM); rank 0 polls it and every rank stops at the same step.
+on SIGTERM) or a SIGTERM to a rank; every rank polls its own at each step and the ranks agree
+(``Dist.any``: a stop seen by any rank stops all of them at the same step).
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import shlex
 import signal
 import sys
 from pathlib import Path
+
+from .progress import Cancelled, ProgressPrinter, clock
 
 STOP_FILE = "STOP"
 
@@ -33,33 +36,61 @@ def launch_command(cfg, run_dir: str | os.PathLike, resume: bool = False, job_id
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(cfg.nproc)] + tail
 
 
+class RankStop:
+    """``should_stop`` of one rank: SIGTERM to this rank, or the run folder's STOP file (the runner writes it).
+
+    The training loop calls it once per step on every rank and stops when any rank says yes
+    (``Dist.any``), so all ranks leave the loop at the same step; ``checks`` counts those calls, so each
+    rank can say where it stopped.
+    """
+
+    def __init__(self, stop_file: Path):
+        self.stop_file = stop_file
+        self.signalled = False
+        self.checks = 0
+
+    def handler(self, signum, frame) -> None:
+        self.signalled = True
+
+    def seen(self) -> bool:
+        """Whether this rank itself was asked to stop (without counting a check)."""
+        return self.signalled or self.stop_file.exists()
+
+    def __call__(self) -> bool:
+        self.checks += 1
+        return self.seen()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cxrcore.train.worker", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
-    stop_file = run_dir / STOP_FILE
     # SIGTERM from torchrun (or scancel) also asks for a stop at the next step.
-    asked = {"sig": False}
-    signal.signal(signal.SIGTERM, lambda *_: asked.__setitem__("sig", True))
+    stop = RankStop(run_dir / STOP_FILE)
+    signal.signal(signal.SIGTERM, stop.handler)
+    rank = int(os.environ.get("RANK", "0"))
+    print(f"[{clock()}] rank {rank} pid {os.getpid()}", flush=True)
 
     from ..errors import CXRError
-    from ..jobs.runner import Cancelled, ProgressPrinter
     from .trainer import TrainConfig, train
 
     cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
-    should_stop = lambda: asked["sig"] or stop_file.exists()  # noqa: E731
-    rank = int(os.environ.get("RANK", "0"))
-    printer = ProgressPrinter(should_stop) if rank == 0 else None
+    printer = ProgressPrinter(stop.seen) if rank == 0 else None
     try:
-        train(cfg, run_dir, progress=printer, should_stop=should_stop, resume=args.resume)
+        train(cfg, run_dir, progress=printer, should_stop=stop, resume=args.resume)
     except Cancelled as exc:
-        print(f"stopped (rank {rank}): {exc}", flush=True)
+        print(f"[{clock()}] rank {rank}: stopped before training ({exc})", flush=True)
         return 128 + signal.SIGTERM
     except CXRError as exc:
         print(f"error (rank {rank}): {exc}", file=sys.stderr, flush=True)
         return 1
+    finally:
+        # One line per rank: how many steps its loop began (the stopping check included), and whether the
+        # stop request reached this rank directly (else through another rank, by Dist.any).
+        print(f"[{clock()}] rank {rank}: training loop ended after {stop.checks} step checks; "
+              f"stop asked of this rank: {'yes' if stop.seen() else 'no'}", flush=True)
     return 0
 
 

@@ -1,0 +1,102 @@
+"""The one entry point of the job layer: submit, refresh, cancel, resume and read jobs on any backend.
+
+A job row names its backend (``local`` or ``slurm``); every function here takes a job (or its id),
+checks what holds for every backend, and hands the rest to that backend (:mod:`cxrcore.jobs.backend`).
+``cxrcore.jobs`` re-exports these functions; the app and the CLI call them, never a backend's own.
+
+    job = submit({"data": "/data/nih", "epochs": 3}, name="nih-3ep")               # local
+    job = submit(config, backend="slurm", cluster="/etc/slurm/slurm.conf")           # Slurm
+    job = refresh(job)          # reconcile a job whose runner died without reporting
+    cancel(job.id); resume(job.id); print(logs(job))
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import JobError
+from .backend import Backend
+from .local import BACKEND as LOCAL
+from .local import start_queued
+from .slurm import BACKEND as SLURM
+from .store import ACTIVE, Job, JobStore
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (LOCAL, SLURM)}
+
+
+def backend_for(job_or_name: Job | str) -> Backend:
+    """The backend of a job row (or by name); JobError for one this version does not know."""
+    name = job_or_name.backend if isinstance(job_or_name, Job) else job_or_name
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise JobError(f"Unknown job backend {name!r}; use {' or '.join(BACKENDS)}.") from None
+
+
+def submit(config: dict, name: str = "", store: JobStore | None = None, run_dir: str | Path | None = None,
+           backend: str = "local", **backend_options) -> Job:
+    """Validate ``config``, create the job and start it on ``backend``; returns the queued job.
+
+    Bad input raises (ConfigError / DataError / CheckpointError / JobError) before any row or
+    folder is created. ``backend_options``: the backend's own (slurm: ``cluster``, its slurm.conf).
+    """
+    return backend_for(backend).submit(config, name=name, store=store or JobStore(), run_dir=run_dir,
+                                       **backend_options)
+
+
+def refresh(job: Job | str, store: JobStore | None = None) -> Job:
+    """Re-read a job and reconcile it with its backend (a runner gone without reporting: failed, last log lines)."""
+    store = store or JobStore()
+    job = store.get(job.id if isinstance(job, Job) else job)
+    return backend_for(job).refresh(job, store)
+
+
+def refresh_all(store: JobStore | None = None, limit: int | None = None) -> list[Job]:
+    """Refresh every queued/running job and start local jobs waiting for GPUs that are free now; returns the
+    jobs that were active before the refresh, refreshed."""
+    store = store or JobStore()
+    jobs = [refresh(j, store) for j in store.list(limit=limit, status=ACTIVE)]
+    if start_queued(store):
+        jobs = [store.get(j.id) for j in jobs]
+    return jobs
+
+
+def cancel(job_id: str, store: JobStore | None = None, timeout: float = 5.0) -> Job:
+    """Stop a job: SIGTERM to its runner first (it stops at the next training step, keeps its best
+    checkpoint and reports), harder after ``timeout`` seconds; marks it cancelled. An ended job raises JobError."""
+    store = store or JobStore()
+    job = refresh(job_id, store)
+    if job.ended:
+        raise JobError(f"Job {job.id} already ended with status {job.status}; there is nothing to cancel.")
+    return backend_for(job).cancel(job, store, timeout=timeout)
+
+
+def resume(job_id: str, store: JobStore | None = None) -> Job:
+    """Start a cancelled or failed job again from its last complete epoch (``run_dir/last``).
+
+    The same row and run folder are reused: the job goes back to ``queued``, a new runner restores
+    model, optimizer, scheduler, sampler and RNG state and trains the remaining epochs (the events
+    and log continue). Raises JobError for a job that is still active, succeeded, or never finished
+    an epoch (clone it instead).
+    """
+    from ..train.state import state_path  # imports torch
+
+    store = store or JobStore()
+    job = refresh(job_id, store)
+    if job.active:
+        raise JobError(f"Job {job.id} is still {job.status}; only a cancelled or failed job can be resumed.")
+    if job.status == "succeeded":
+        raise JobError(f"Job {job.id} already succeeded; clone it to train again with other options.")
+    if state_path(job.run_dir) is None:
+        raise JobError(f"Job {job.id} never finished an epoch, so there is nothing to resume from; "
+                       "clone it to start again.")
+    return backend_for(job).resume(job, store)
+
+
+def logs(job: Job | str, n: int = 50, store: JobStore | None = None) -> str:
+    """The last ``n`` lines of a job's output."""
+    if not isinstance(job, Job):
+        job = (store or JobStore()).get(job)
+    return backend_for(job).logs(job, n)
+
+
+__all__ = ["BACKENDS", "backend_for", "cancel", "logs", "refresh", "refresh_all", "resume", "submit"]
