@@ -19,10 +19,13 @@ import plotly.express as px
 import streamlit as st
 
 from cxrcore.data import stats
+from cxrcore.data.gallery import folder_stamp, gallery_items
+from cxrcore.data.imageio import read_image
 from cxrcore.data.index import POLICIES, DatasetIndex
 from cxrcore.data.readers import builtin_table, read_dataset
 from cxrcore.data.splits import SPLIT_METHODS, SPLITS, WARN_GAP, split_balance
 from cxrcore.errors import CXRError
+from cxrcore.explain.visual import png_bytes, thumbnail
 from cxrcore.labels import LABEL_SPACES, canonical
 from ui.common import chart_config, dataset_choices, show_error
 
@@ -42,20 +45,7 @@ OWN_LABELS = "this dataset's labels"
 def _stamp(source: str) -> tuple:
     """Changes when a folder's label tables or image folders change, so the cache re-reads them."""
     kind, _, arg = source.partition(":")
-    if kind != "folder":
-        return ()
-    root = Path(arg)
-    if not root.is_dir():
-        return ("missing",)
-    out = []
-    for p in sorted(root.iterdir()):
-        if p.is_dir() or p.name.lower().endswith((".csv", ".csv.gz")):
-            try:
-                st_ = p.stat()
-            except OSError:
-                continue
-            out.append((p.name, st_.st_mtime_ns, st_.st_size))
-    return tuple(out)
+    return folder_stamp(arg) if kind == "folder" else ()
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
@@ -92,47 +82,14 @@ THUMB_HEIGHT = 320
 
 @st.cache_data(show_spinner="Finding images…", max_entries=32)
 def _gallery_items(source: str, stamp: tuple, label: str) -> list[dict]:
-    """Up to GALLERY_N images on disk positive for ``label``: path, caption and that label's boxes."""
     kind, _, arg = source.partition(":")
-    if kind != "folder":
-        return []
-    index = read_dataset(arg)
-    f = index.frame
-    if label not in f.columns:
-        return []
-    boxes = index.boxes[index.boxes["label"] == label] if len(index.boxes) else index.boxes
-    rows = f[(f[label] == 1) & f["path"].notna()]
-    boxed = rows["image_id"].isin(set(boxes["image_id"]))
-    rows = pd.concat([rows[boxed], rows[~boxed]]).head(GALLERY_N)  # images with a box first
-    items = []
-    for _, r in rows.iterrows():
-        pos = [x for x in index.labels if r[x] == 1]
-        b = boxes[boxes["image_id"] == r["image_id"]]
-        items.append({"path": str(r["path"]), "caption": f"{Path(str(r['image_id'])).name}: {', '.join(pos)}",
-                      "boxes": [tuple(float(v) for v in t) for t in b[["x", "y", "w", "h"]].itertuples(index=False)]})
-    return items
+    return gallery_items(_index(source, stamp), label, GALLERY_N) if kind == "folder" else []
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def _thumbnail(path: str, mtime: float, boxes: tuple, label: str) -> bytes:
-    """The image at THUMB_HEIGHT px with ``boxes`` (fractions of width / height) drawn; PNG bytes."""
-    from PIL import Image, ImageDraw
-
-    from cxrcore.data.imageio import read_image, to_uint8
-    from cxrcore.explain.visual import png_bytes
-
-    pixels = read_image(path).pixels
-    h, w = pixels.shape
-    width = max(1, round(w * THUMB_HEIGHT / h))
-    img = Image.fromarray(to_uint8(pixels)).resize((width, THUMB_HEIGHT), Image.BILINEAR).convert("RGB")
-    draw = ImageDraw.Draw(img)
-    for x, y, bw, bh in boxes:
-        x0, y0 = x * img.width, y * img.height
-        draw.rectangle([x0, y0, x0 + bw * img.width, y0 + bh * img.height], outline=(0, 255, 0), width=2)
-        draw.text((x0 + 3, max(0, y0 - 12)), label, fill=(0, 255, 0))
-    import numpy as np
-
-    return png_bytes(np.asarray(img))
+    """The image at THUMB_HEIGHT px with its ``boxes`` drawn; PNG bytes."""
+    return png_bytes(thumbnail(read_image(path).pixels, boxes, label, THUMB_HEIGHT))
 
 
 def _gallery(src: str, s: dict) -> None:

@@ -107,3 +107,14 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def thumbnail(pixels: np.ndarray, boxes=(), label: str = "", height: int = 320) -> np.ndarray:
+    """The radiograph at ``height`` px (aspect kept), RGB, with ``boxes`` ((x, y, w, h) fractions) in green."""
+    img = Image.fromarray(_display(pixels, height))
+    draw = ImageDraw.Draw(img)
+    for x, y, bw, bh in boxes:
+        x0, y0 = x * img.width, y * img.height
+        draw.rectangle([x0, y0, x0 + bw * img.width, y0 + bh * img.height], outline=(0, 255, 0), width=2)
+        draw.text((x0 + 3, max(0, y0 - 12)), label, fill=(0, 255, 0))
+    return np.asarray(img)
