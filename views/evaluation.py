@@ -8,6 +8,7 @@ import streamlit as st
 
 from cxrcore.checkpoint import read_card
 from cxrcore.errors import CXRError
+from cxrcore.eval.cases import bucket_help, bucket_names, evaluation_cases
 from cxrcore.eval.subgroups import gap_table, top_gaps
 from ui.common import (chart_config, checkpoint_choices, choice_label, dataset_choices, ensure_weights, load_predictor,
                        show_error)
@@ -69,32 +70,20 @@ def _card_key(path: str) -> tuple:
 @st.cache_data(show_spinner=False, max_entries=8)
 def run_eval(ckpt: str, ckpt_key: tuple, other: str | None, other_key: tuple | None, data: str, split: str,
              n_boot: int):
-    """(result dict, EvalData, case table for the browser) of one evaluation."""
+    """(result dict, EvalData, Cases for the browser) of one evaluation."""
     from cxrcore.data.readers import read_dataset
     from cxrcore.eval.evaluate import run_evaluation
     from cxrcore.eval.predictions import predict_split
 
     index = read_dataset(data)
     result, ev = run_evaluation(ckpt, index, split, n_boot, other)
-    paths = dict(zip(index.frame["image_id"].astype(str), index.frame["path"].astype(str)))
-    cases = None
+    other_ids, other_thr = None, None
     if ev.compare is not None:
-        ids = list(ev.image_ids)
-        if len(ids) != len(ev.compare["targets"]):   # the two splits differ: the shared images, in ev's order
-            other_ids = set(predict_split(load_predictor(other), index, split).image_ids)
-            ids = [x for x in ids if x in other_ids]
         other_card = read_card(other)
-        thr_b = dict(zip(other_card.labels, other_card.threshold_list()))
-        cmp_labels = result["comparison"]["per_label"]
-        cases = {"image_ids": ids, "paths": [paths.get(x, "") for x in ids], "labels": ev.compare["labels"],
-                 "targets": ev.compare["targets"], "probs": [ev.compare["probs_a"], ev.compare["probs_b"]],
-                 "thresholds": [np.array([ev.thresholds[ev.labels.index(x)] for x in ev.compare["labels"]]),
-                                np.array([thr_b.get(cmp_labels[x]["label_compare"], 0.5)
-                                          for x in ev.compare["labels"]])]}
-    else:
-        cases = {"image_ids": list(ev.image_ids), "paths": [paths.get(x, "") for x in ev.image_ids],
-                 "labels": list(ev.labels), "targets": ev.targets, "probs": [ev.probs], "thresholds": [ev.thresholds]}
-    return result, ev, cases
+        other_thr = dict(zip(other_card.labels, other_card.threshold_list()))
+        if len(ev.image_ids) != len(ev.compare["targets"]):  # the compared model's own split differs
+            other_ids = predict_split(load_predictor(other), index, split).image_ids
+    return result, ev, evaluation_cases(result, ev, index, other_ids, other_thr)
 
 
 if clicked:
@@ -299,40 +288,31 @@ if cmp:
 # --------------------------------------------------------------------------- case browser
 st.subheader("Case browser")
 model_names = [name_a] + ([name_b] if cmp else [])
-browse_labels = [x for x in cases["labels"] if np.any(~np.isnan(cases["targets"][:, cases["labels"].index(x)]))]
+browse_labels = cases.browsable_labels()
 if not browse_labels:
     st.caption("No label with known values to browse.")
 else:
     b1, b2 = st.columns([2, 3])
     label = b1.selectbox("Label" + (" (shared)" if cmp else ""), browse_labels, key="eval_case_label")
-    j = cases["labels"].index(label)
-    t = cases["targets"][:, j]
-    known = np.flatnonzero(~np.isnan(t))
-    right = np.stack([(p[known, j] >= thr[j]) == (t[known] == 1) for p, thr in zip(cases["probs"], cases["thresholds"])])
-    n_right = right.sum(0)
-    k = len(model_names)
-    bucket_of = np.where(n_right == k, "easy", np.where(n_right == 0, "hard", "average"))
-    desc = {"easy": "all models right" if k > 1 else "model right",
-            "average": "one model right", "hard": "both models wrong" if k > 1 else "model wrong"}
-    buckets = ["easy", "average", "hard"] if k > 1 else ["easy", "hard"]
+    j = cases.labels.index(label)
+    t = cases.targets[:, j]
+    known, bucket_of = cases.buckets(label)
+    desc = bucket_help(cases.n_models)
+    buckets = bucket_names(cases.n_models)
     cols = st.columns(len(buckets))
     for col, b in zip(cols, buckets):
         col.metric(b, int((bucket_of == b).sum()), help=desc[b])
     st.caption(f"{len(known)} cases with a known {label} value, each model at its own threshold "
-               + ", ".join(f"({n}: {thr[j]:.2f})" for n, thr in zip(model_names, cases["thresholds"])) + ".")
+               + ", ".join(f"({n}: {thr[j]:.2f})" for n, thr in zip(model_names, cases.thresholds)) + ".")
     bucket = b2.radio("Bucket", buckets, horizontal=True, key="eval_bucket",
                       format_func=lambda b: f"{b}: {desc[b]} ({int((bucket_of == b).sum())})")
-    rows_in = known[bucket_of == bucket]
+    rows_in = cases.in_bucket(label, bucket)  # the most wrong first
     if not len(rows_in):
         st.caption(f"No {bucket} case for {label}.")
     else:
-        # the most wrong first: mean distance of the models' probabilities from the truth
-        err = np.mean([np.abs(p[rows_in, j] - t[rows_in]) for p in cases["probs"]], axis=0)
-        rows_in = rows_in[np.argsort(-err, kind="stable")]
-
         def _fmt_case(i: int) -> str:
-            ps = " · ".join(f"{n} p={p[i, j]:.2f}" for n, p in zip(model_names, cases["probs"]))
-            return f"{cases['image_ids'][i]} — {'positive' if t[i] == 1 else 'negative'} · {ps}"
+            ps = " · ".join(f"{n} p={p[i, j]:.2f}" for n, p in zip(model_names, cases.probs))
+            return f"{cases.image_ids[i]} — {'positive' if t[i] == 1 else 'negative'} · {ps}"
 
         case = st.selectbox(f"Case ({len(rows_in)} in this bucket)", [int(i) for i in rows_in],
                             format_func=_fmt_case, key="eval_case")
@@ -349,11 +329,11 @@ else:
 
         if case is not None:
             i = int(case)
-            truth = tuple(x for jj, x in enumerate(cases["labels"]) if cases["targets"][i, jj] == 1)
+            truth = tuple(cases.truth(i))
             ckpts = (params["ckpt"],) + ((params["other"],) if cmp else ())
             keys = (params["ckpt_key"],) + ((params["other_key"],) if cmp else ())
             try:
-                comp = case_comparison(cases["paths"][i], ckpts, keys, tuple(model_names), truth)
+                comp = case_comparison(cases.paths[i], ckpts, keys, tuple(model_names), truth)
             except CXRError as exc:
                 show_error(exc)
             else:
@@ -362,7 +342,7 @@ else:
                 preds = comp.for_label(label)
                 icols = st.columns(len(preds) + 1)
                 icols[0].image(comp.image.pixels, clamp=True, width="stretch",
-                               caption=f"{cases['image_ids'][i]} · truth: {', '.join(truth) or 'none of the shared labels'}")
+                               caption=f"{cases.image_ids[i]} · truth: {', '.join(truth) or 'none of the shared labels'}")
                 for col, (mname, pred) in zip(icols[1:], preds.items()):
                     if label in pred.labels:
                         q = pred.labels.index(label)
@@ -434,15 +414,7 @@ if loc_key and loc_key == (params["ckpt"], params["ckpt_key"], params["data"], p
                        + ", ".join(f"{k} ({v})" for k, v in loc["skipped_labels"].items()))
 
 # --------------------------------------------------------------------------- downloads
-from cxrcore.eval.report import html_report, metrics_json, predictions_frame  # noqa: E402
-
-def _parquet(frame: pd.DataFrame) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    frame.to_parquet(buf, index=False)
-    return buf.getvalue()
-
+from cxrcore.eval.report import html_report, metrics_json, predictions_frame, predictions_parquet  # noqa: E402
 
 st.subheader("Downloads")
 stem = f"eval-{result['model']}-{result['dataset']}-{result['split']}".replace(" ", "_").replace("/", "_")
@@ -451,7 +423,7 @@ w1.download_button("Predictions (CSV)", predictions_frame(ev).to_csv(index=False
                    mime="text/csv", key="eval_dl_csv", on_click="ignore")
 w2.download_button("Metrics (JSON)", metrics_json(result).encode(), file_name=f"{stem}.json",
                    mime="application/json", key="eval_dl_json", on_click="ignore")
-w4.download_button("Predictions (Parquet)", lambda: _parquet(predictions_frame(ev)), file_name=f"{stem}.parquet",
+w4.download_button("Predictions (Parquet)", lambda: predictions_parquet(ev), file_name=f"{stem}.parquet",
                    mime="application/octet-stream", key="eval_dl_parquet", on_click="ignore")
 w3.download_button("Report (HTML, opens offline)", lambda: html_report(result, ev).encode("utf-8"),
                    file_name=f"{stem}.html", mime="text/html", key="eval_dl_html", on_click="ignore")

@@ -6,6 +6,7 @@ mailed or archived as one file.
 from __future__ import annotations
 
 import html
+import io
 import json
 import math
 import time
@@ -62,6 +63,13 @@ def predictions_frame(data: EvalData) -> pd.DataFrame:
         if data.calibrated is not None:
             cols[f"{x}_prob_calibrated"] = np.round(data.calibrated[:, j], 6)
     return pd.DataFrame(cols)
+
+
+def predictions_parquet(data: EvalData) -> bytes:
+    """:func:`predictions_frame` as Parquet bytes (pyarrow)."""
+    buf = io.BytesIO()
+    predictions_frame(data).to_parquet(buf, index=False)
+    return buf.getvalue()
 
 
 def write_predictions_csv(path: str | Path, data: EvalData) -> Path:

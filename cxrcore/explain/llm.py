@@ -107,7 +107,9 @@ def case_type(predictions: dict, label: str, truth: list[str]) -> str:
              for pred in predictions.values() if label in pred.labels]
     if not right:
         return "unknown"
-    return "easy" if all(right) else ("hard" if not any(right) else "average")
+    from ..eval.cases import bucket  # the Evaluation page's case browser buckets the same way
+
+    return bucket(sum(right), len(right))
 
 
 def template_summary(facts: dict) -> str:
