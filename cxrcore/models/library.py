@@ -255,6 +255,19 @@ def library_folder(name: str) -> Path:
     return workspace.sub("library") / slug(library_ref(name) or name)
 
 
+def card_stamp(ref) -> tuple:
+    """What changes when the model behind ``ref`` (a checkpoint folder or a library name) changes: its
+    card file's modification time and size (thresholds saved, weights rewritten: the card holds their
+    hash). ``()`` while a library model's card is not made yet. Cache keys of the app use it."""
+    name = library_ref(ref)
+    p = (library_folder(name) if name else Path(ref)) / "card.json"
+    try:
+        s = p.stat()
+    except OSError:
+        return ()
+    return (s.st_mtime_ns, s.st_size)
+
+
 def _current(folder: Path, source: Path):
     """The card in ``folder`` when it was made from ``source`` as it is now, else None."""
     from ..checkpoint import read_card
@@ -324,14 +337,19 @@ def editable_copy(ref, progress=None) -> Path:
     target = workspace.sub("checkpoints") / slug(name)
     if (target / "card.json").is_file() and (target / "weights.safetensors").is_file():
         return target
+    from .xrv_weights import file_lock
+
     folder = materialize(name, progress)
-    tmp = target.with_name(target.name + ".copy")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(folder, tmp)
-    card = read_card(tmp)
-    card.name = f"{name} (your thresholds)"
-    write_card(tmp, card)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    with file_lock(target.with_name("." + target.name + ".lock")):  # two sessions saving at once: one copy
+        if (target / "card.json").is_file() and (target / "weights.safetensors").is_file():
+            return target
+        tmp = target.with_name(target.name + ".copy")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(folder, tmp)
+        card = read_card(tmp)
+        card.name = f"{name} (your thresholds)"
+        write_card(tmp, card)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
     return target
