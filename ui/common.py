@@ -59,16 +59,28 @@ def choice_label(display: str) -> str:
     return display
 
 
-def _card_stamp(path: str) -> float:
-    from cxrcore.models.library import library_folder, library_ref
+NO_CHECKPOINTS = "No checkpoints found. Run `cxr demo build` or train a model on the Training page."
 
-    name = library_ref(path)
-    p = (library_folder(name) if name else Path(path)) / "card.json"
-    return p.stat().st_mtime if p.exists() else 0.0
+
+def require_checkpoints() -> dict[str, str]:
+    """:func:`checkpoint_choices`, or an error on the page and the script stopped when there is none."""
+    choices = checkpoint_choices()
+    if not choices:
+        st.error(NO_CHECKPOINTS)
+        st.stop()
+    return choices
+
+
+def model_picker(col, label: str, choices: dict[str, str], key: str, prefer: tuple = ()) -> str:
+    """A model selectbox (library models marked "needs weights"); the first name starting with one of
+    ``prefer`` (in that order) is the default. Returns the chosen display name."""
+    names = list(choices)
+    index = next((i for want in prefer for i, n in enumerate(names) if n.startswith(want)), 0)
+    return col.selectbox(label, names, index=index, key=key, format_func=choice_label)
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=6)
-def _predictor(path: str, stamp: float):
+def _predictor(path: str, stamp: tuple):
     import torch
 
     from cxrcore.predictor import Predictor
@@ -108,17 +120,34 @@ def load_predictor(path: str):
     """A cached Predictor; reloaded when its card changes (e.g. thresholds saved). Library models:
     the weights are fetched first (see :func:`ensure_weights`)."""
     ensure_weights(path)
-    return _predictor(path, _card_stamp(path))
+    from cxrcore.models.library import card_stamp
+
+    return _predictor(path, card_stamp(path))
 
 
-def pick_checkpoint(label: str, key: str, default_index: int = 0) -> str | None:
-    choices = checkpoint_choices()
-    if not choices:
-        st.error("No checkpoints found. Run `cxr demo build` or train a model on the Training page.")
-        return None
-    names = list(choices)
-    name = st.selectbox(label, names, index=min(default_index, len(names) - 1), key=key, format_func=choice_label)
-    return choices[name]
+@st.cache_data(show_spinner="Running both models (probabilities and every label's heatmap in one pass each)…",
+               max_entries=16)
+def _comparison(raw: bytes, name: str, base_path: str, tuned_path: str, stamps: tuple, truth: tuple | None,
+                mc_samples: int):
+    from cxrcore.compare import compare
+    from cxrcore.data.imageio import read_image
+
+    predictors = {"baseline": load_predictor(base_path), "fine-tuned": load_predictor(tuned_path)}
+    return compare(read_image(raw, name), predictors, name, list(truth) if truth is not None else None, raw=raw,
+                   mc_samples=mc_samples)
+
+
+def run_comparison(raw: bytes, name: str, base_path: str, tuned_path: str, truth=None, mc_samples: int = 0):
+    """The Compare page's workflow (also the Explain page's): library weights fetched if needed, both
+    models run (cached per image, models and their cards), the result kept for the Explain page."""
+    from cxrcore.models.library import card_stamp
+
+    for chosen in (base_path, tuned_path):
+        ensure_weights(chosen)  # a library model's file: downloaded with a progress bar, or a clear error
+    result = _comparison(raw, name, base_path, tuned_path, (card_stamp(base_path), card_stamp(tuned_path)),
+                         tuple(truth) if truth is not None else None, mc_samples)
+    st.session_state["comparison"] = result
+    return result
 
 
 def model_card_rows(path: str) -> dict:

@@ -6,28 +6,21 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from cxrcore.compare import compare
 from cxrcore.data.imageio import read_image
 from cxrcore.errors import CXRError
 from cxrcore.explain.cam import CAM_METHODS
 from cxrcore.explain.visual import comparison_panel, overlay, png_bytes
-from ui.common import (chart_config, checkpoint_choices, choice_label, ensure_weights, image_compare_slider,
-                       load_predictor, show_error, show_model_cards)
+from cxrcore.models.library import card_stamp
+from ui.common import (chart_config, image_compare_slider, load_predictor, model_picker, require_checkpoints,
+                       run_comparison, show_error, show_model_cards)
 
 st.title("Compare a baseline with a fine-tuned model")
 st.caption("Upload a chest radiograph (PNG, JPEG or DICOM). Nothing is stored; DICOM metadata never leaves this process.")
 
-choices = checkpoint_choices()
-if not choices:
-    st.error("No checkpoints found. Run `cxr demo build` or train a model on the Training page.")
-    st.stop()
-names = list(choices)
+choices = require_checkpoints()
 c1, c2 = st.columns(2)
-base_default = next((i for i, n in enumerate(names) if n.startswith("baseline")), 0)
-base_name = c1.selectbox("Baseline model", names, index=base_default, key="compare_base", format_func=choice_label)
-tuned_default = next((i for i, n in enumerate(names) if n.startswith("finetuned")), min(1, len(names) - 1))
-tuned_name = c2.selectbox("Fine-tuned model", names, index=tuned_default, key="compare_tuned",
-                          format_func=choice_label)
+base_name = model_picker(c1, "Baseline model", choices, "compare_base", prefer=("baseline",))
+tuned_name = model_picker(c2, "Fine-tuned model", choices, "compare_tuned", prefer=("finetuned",))
 
 mc = st.toggle("Uncertainty: Monte-Carlo dropout, 20 passes per model (shown as ± one standard deviation)",
                value=True, key="compare_mc")
@@ -57,18 +50,8 @@ if raw is None:
     st.stop()
 
 
-@st.cache_data(show_spinner="Running both models (probabilities and every label's heatmap in one pass each)…",
-               max_entries=16)
-def run_comparison(raw: bytes, name: str, base_path: str, tuned_path: str, stamps: tuple, truth: tuple | None,
-                   mc_samples: int):
-    image = read_image(raw, name)
-    predictors = {"baseline": load_predictor(base_path), "fine-tuned": load_predictor(tuned_path)}
-    return compare(image, predictors, name, list(truth) if truth is not None else None, raw=raw,
-                   mc_samples=mc_samples)
-
-
 @st.cache_data(show_spinner="Computing the heatmap with pytorch-grad-cam…", max_entries=64)
-def _method_map(raw: bytes, name: str, path: str, stamp: float, label: str, method: str):
+def _method_map(raw: bytes, name: str, path: str, stamp: tuple, label: str, method: str):
     heat, boxes = load_predictor(path).heatmap(read_image(raw, name), label, method)
     return heat, boxes
 
@@ -77,28 +60,18 @@ def with_method(pred, raw: bytes, name: str, path: str, label: str, method: str)
     """``pred`` with ``label``'s heatmap and boxes replaced by another CAM method's."""
     if label not in pred.labels:
         return pred
-    heat, boxes = _method_map(raw, name, path, stamp(path), label, method)
+    heat, boxes = _method_map(raw, name, path, card_stamp(path), label, method)
     maps = pred.heatmaps.copy()
     maps[pred.labels.index(label)] = heat
     return replace(pred, heatmaps=maps, boxes={**pred.boxes, label: boxes})
 
 
-def stamp(path: str) -> float:
-    p = Path(path) / "card.json"
-    return p.stat().st_mtime if p.exists() else 0.0
-
-
 try:
-    for chosen in (choices[base_name], choices[tuned_name]):
-        ensure_weights(chosen)  # a library model's file: downloaded here with a progress bar, or a clear error
-    result = run_comparison(raw, name, choices[base_name], choices[tuned_name],
-                            (stamp(choices[base_name]), stamp(choices[tuned_name])),
-                            tuple(truth) if truth is not None else None, 20 if mc else 0)
+    result = run_comparison(raw, name, choices[base_name], choices[tuned_name], truth, 20 if mc else 0)
 except CXRError as exc:
     show_error(exc)
     st.stop()
 
-st.session_state["comparison"] = result
 image = result.image
 h, w = image.original_shape
 st.caption(f"{name}: {image.source_format}, {w}×{h}, {image.bit_depth}-bit"

@@ -10,7 +10,8 @@ from cxrcore.checkpoint import read_card
 from cxrcore.errors import CXRError
 from cxrcore.eval.cases import bucket_help, bucket_names, evaluation_cases
 from cxrcore.eval.subgroups import gap_table, top_gaps
-from ui.common import (chart_config, checkpoint_choices, choice_label, dataset_choices, ensure_weights, load_predictor,
+from cxrcore.models.library import card_stamp
+from ui.common import (chart_config, dataset_choices, ensure_weights, load_predictor, model_picker, require_checkpoints,
                        show_error)
 
 st.title("Evaluate a model on a dataset split")
@@ -20,27 +21,11 @@ st.caption("Every interval is a percentile bootstrap that resamples patients (al
 NONE = "(no comparison)"
 OTHER = "A folder path…"
 
-choices = checkpoint_choices()
-if not choices:
-    st.error("No checkpoints found. Run `cxr demo build` or train a model on the Training page.")
-    st.stop()
-names = list(choices)
-
-
-def _default(prefix: str, fallback: int) -> int:
-    for want in (f"{prefix} (shipped demo)", prefix):
-        for i, n in enumerate(names):
-            if n.startswith(want):
-                return i
-    return fallback
-
-
+choices = require_checkpoints()
 c1, c2 = st.columns(2)
-model_name = c1.selectbox("Model", names, index=_default("baseline", 0), key="eval_model", format_func=choice_label)
-cmp_options = [NONE] + names
-cmp_name = c2.selectbox("Compare with (ΔAUROC = this − Model)", cmp_options,
-                        index=1 + _default("finetuned", min(1, len(names) - 1)) if len(names) > 1 else 0,
-                        key="eval_compare", format_func=choice_label)
+model_name = model_picker(c1, "Model", choices, "eval_model", prefer=("baseline (shipped demo)", "baseline"))
+cmp_name = model_picker(c2, "Compare with (ΔAUROC = this − Model)", {NONE: "", **choices}, "eval_compare",
+                        prefer=("finetuned (shipped demo)", "finetuned"))
 
 try:
     datasets = dataset_choices()
@@ -58,13 +43,6 @@ split = d2.selectbox("Split", ["test", "val", "all"], key="eval_split")
 n_boot = int(d3.number_input("Bootstrap replicates", min_value=10, max_value=10000, value=500, step=50,
                              key="eval_nboot"))
 clicked = d4.button("Evaluate", type="primary", key="eval_run", width="stretch")
-
-
-def _card_key(path: str) -> tuple:
-    """What identifies a checkpoint's behaviour: weights hash and the card's mtime (thresholds)."""
-    card = read_card(path)
-    p = Path(path) / "card.json"
-    return card.weights_sha256, p.stat().st_mtime if p.exists() else 0.0
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -94,8 +72,7 @@ if clicked:
             for chosen in (choices[model_name], choices.get(cmp_name)):
                 if chosen:
                     ensure_weights(chosen)  # a library model's file: fetched with a progress bar, or a clear error
-            keys = (_card_key(choices[model_name]),
-                    _card_key(choices[cmp_name]) if cmp_name != NONE else None)
+            keys = (card_stamp(choices[model_name]), card_stamp(choices[cmp_name]) if cmp_name != NONE else None)
             st.session_state["eval_params"] = dict(
                 ckpt=choices[model_name], ckpt_key=keys[0], other=choices.get(cmp_name), other_key=keys[1],
                 data=data_path, split=split, n_boot=n_boot,

@@ -7,7 +7,7 @@ import streamlit as st
 from cxrcore.errors import CXRError, LLMError
 from cxrcore.explain.llm import DISCLAIMER, LLMConfig, build_facts, explain_stream, template_summary
 from cxrcore.explain.visual import comparison_panel, png_bytes
-from ui.common import checkpoint_choices, load_predictor, show_error
+from ui.common import checkpoint_choices, run_comparison, show_error
 
 st.title("Explain a comparison")
 st.caption(DISCLAIMER)
@@ -15,9 +15,8 @@ st.caption(DISCLAIMER)
 comparison = st.session_state.get("comparison")
 if comparison is None:
     st.info("No comparison yet: run one on the Compare page, or use a held-out phantom test image here.")
+    st.page_link("views/compare.py", label="Open the Compare page (upload an image or pick a phantom) →")
     if st.button("Compare the shipped models on a phantom test image", key="explain_sample"):
-        from cxrcore.compare import compare
-        from cxrcore.data.imageio import read_image
         from cxrcore.demo import sample_cases
 
         try:
@@ -25,11 +24,7 @@ if comparison is None:
             base = next(p for n, p in choices.items() if n.startswith("baseline"))
             tuned = next(p for n, p in choices.items() if n.startswith("finetuned"))
             case = next((c for c in sample_cases() if c["truth"]), sample_cases()[0])
-            raw = Path(case["path"]).read_bytes()
-            st.session_state["comparison"] = compare(
-                read_image(raw, Path(case["path"]).name),
-                {"baseline": load_predictor(base), "fine-tuned": load_predictor(tuned)},
-                Path(case["path"]).name, case["truth"], raw=raw)
+            run_comparison(Path(case["path"]).read_bytes(), Path(case["path"]).name, base, tuned, case["truth"])
             st.rerun()
         except StopIteration:
             st.error("The shipped baseline and fine-tuned checkpoints are missing; run `cxr demo build`.")

@@ -4,7 +4,7 @@ import json
 import streamlit as st
 
 from cxrcore import __version__, workspace
-from cxrcore.checkpoint import read_card
+from cxrcore.checkpoint import infer_trained_on, read_card
 from ui.common import checkpoint_choices, ensure_app_data, show_error
 
 st.title("Chest X-ray classifier workbench")
@@ -48,7 +48,7 @@ for name, path in choices.items():
         "architecture": card.model.get("arch"),
         "labels": len(card.labels),
         "input": f"{card.preprocess.get('size')} px, {card.preprocess.get('fit')}",
-        "trained on": card.data.get("name", "?"),
+        "trained on": f"{card.training_kind()}: {(card.trained_on or infer_trained_on(card)).get('summary', '')}",
         "val mean AUROC": None if val is None else round(val, 3),
         "test mean AUROC": None if test is None else round(test, 3),
         "folder": path,

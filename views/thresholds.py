@@ -4,29 +4,23 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
-from sklearn.metrics import precision_recall_curve, roc_curve
 
 from cxrcore.checkpoint import read_card
 from cxrcore.errors import CXRError
 from cxrcore.eval.metrics import per_label_auroc
-from cxrcore.eval.thresholds import (MANUAL, STRATEGIES, TARGETED, ThresholdSweep, operating_table, save_thresholds,
-                                     snap, suggest_thresholds)
+from cxrcore.eval.thresholds import (MANUAL, STRATEGIES, TARGETED, ThresholdSweep, label_curves, operating_table,
+                                     save_thresholds, snap, suggest_thresholds, tunable_labels)
 from cxrcore.models.library import default_thresholds, editable_copy, library_ref
-from ui.common import (chart_config, checkpoint_choices, choice_label, dataset_choices, ensure_weights, load_predictor,
+from ui.common import (chart_config, dataset_choices, ensure_weights, load_predictor, model_picker, require_checkpoints,
                        show_error)
 
 st.title("Per-label decision thresholds")
 st.caption("Move a slider: sensitivity, specificity, PPV, NPV, F1 and the confusion counts are recomputed from "
            "cached predictions of the validation split. No model runs while you tune.")
 
-choices = checkpoint_choices()
-if not choices:
-    st.error("No checkpoints found. Run `cxr demo build` or train a model on the Training page.")
-    st.stop()
-names = list(choices)
-default = next((i for i, n in enumerate(names) if n.startswith("finetuned")), 0)
+choices = require_checkpoints()
 c1, c2, c3 = st.columns([2, 2, 1])
-model_name = c1.selectbox("Model", names, index=default, key="thr_model", format_func=choice_label)
+model_name = model_picker(c1, "Model", choices, "thr_model", prefer=("finetuned",))
 ckpt = choices[model_name]
 try:
     ensure_weights(ckpt)  # a library model (xrv:…): its file fetched with a progress bar, or a clear error
@@ -65,7 +59,7 @@ except CXRError as exc:
     show_error(exc)
     st.stop()
 
-usable = [j for j in range(len(labels)) if np.nansum(targets[:, j]) > 0 and np.nansum(1 - targets[:, j]) > 0]
+usable = tunable_labels(targets)
 if not usable:
     st.warning(f"No label of this model has both positive and negative cases in the {split} split of {data_name}.")
     st.stop()
@@ -87,14 +81,7 @@ def threshold_independent(ckpt: str, weights: str, data: str, split: str, usable
     counts), AUROC, ROC and PR curves. Keyed by strings: no array hashing on reruns."""
     _, t_all, p_all, _ = split_predictions(ckpt, weights, data, split)
     t, p = t_all[:, list(usable)], p_all[:, list(usable)]
-    curves = []
-    for j in range(t.shape[1]):
-        m = ~np.isnan(t[:, j])
-        fpr, tpr, _ = roc_curve(t[m, j], p[m, j])
-        prec, rec, _ = precision_recall_curve(t[m, j], p[m, j])
-        curves.append({"fpr": fpr, "tpr": tpr, "precision": prec, "recall": rec,
-                       "prevalence": float(np.mean(t[m, j] == 1))})
-    return ThresholdSweep(t, p), per_label_auroc(t, p), curves
+    return ThresholdSweep(t, p), per_label_auroc(t, p), label_curves(t, p)
 
 
 b1, b5, b2, b3, b4 = st.columns([2, 1, 2, 2, 3])

@@ -148,6 +148,25 @@ class ThresholdSweep:
                     "ppv": tp / (tp + fp), "npv": tn / (tn + fn), "f1": 2 * tp / (2 * tp + fp + fn)}
 
 
+def tunable_labels(targets: np.ndarray) -> list[int]:
+    """Columns of ``targets`` with both positives and negatives (NaN = unknown): the labels a threshold can be tuned on."""
+    return [j for j in range(targets.shape[1]) if np.nansum(targets[:, j]) > 0 and np.nansum(1 - targets[:, j]) > 0]
+
+
+def label_curves(targets: np.ndarray, scores: np.ndarray) -> list[dict]:
+    """Per column: ROC (fpr, tpr) and precision-recall curves over the known cases, and the prevalence."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    curves = []
+    for j in range(targets.shape[1]):
+        m = ~np.isnan(targets[:, j])
+        fpr, tpr, _ = roc_curve(targets[m, j], scores[m, j])
+        prec, rec, _ = precision_recall_curve(targets[m, j], scores[m, j])
+        curves.append({"fpr": fpr, "tpr": tpr, "precision": prec, "recall": rec,
+                       "prevalence": float(np.mean(targets[m, j] == 1))})
+    return curves
+
+
 def operating_table(labels: list[str], thresholds: np.ndarray, conf: dict, auroc: np.ndarray) -> pd.DataFrame:
     """The Thresholds page's table: one row per label."""
     return pd.DataFrame({
