@@ -80,22 +80,15 @@ def _add_filter_flags(s, frontal_default: bool) -> None:
 
 
 def _train_config(a):
-    from .train.trainer import TrainConfig
+    """TrainConfig from the flags derived from its declaration (train/config.py), plus --output-stride,
+    --init resolution and --set KEY=JSON for anything else."""
+    from .train import config as train_config  # the module's TrainConfig, read now
 
-    cfg = dict(data=str(Path(a.data).resolve()), labels=a.labels, arch=a.arch, epochs=a.epochs, batch_size=a.batch_size,
-               lr=a.lr, image_size=a.image_size, policy=a.policy, mode=a.mode, pretrained=a.pretrained, seed=a.seed,
-               max_images=a.max_images, device=a.device, name=a.name or "", frontal_only=a.frontal_only,
-               views=_views(a.views), first_n_studies=a.first_n_studies, age_min=a.age_min, age_max=a.age_max,
-               sex=a.sex, split_method=a.split_method)
-    cfg.update(mode=a.mode, lora_r=a.lora_r, lora_alpha=a.lora_alpha, lora_targets=a.lora_targets, loss=a.loss,
-               pos_weight=a.pos_weight, focal_gamma=a.focal_gamma, hierarchy=a.hierarchy,
-               hierarchy_weight=a.hierarchy_weight, gate_threshold=a.gate_threshold, sampler=a.sampler,
-               oversample_min=a.oversample_min, schedule=a.schedule, warmup_steps=a.warmup_steps,
-               early_stopping=a.early_stopping, accum_steps=a.accum_steps, weight_decay=a.weight_decay,
-               precision=a.precision, channels_last=a.channels_last, compile=a.compile, augment=not a.no_augment,
-               gpus=a.gpus, nproc=a.nproc, nodes=a.nodes)
+    if not a.data:
+        raise CXRError("cxr train needs --data DIR (an NIH- or CheXpert-style folder, or images + a CSV).")
+    cfg = train_config.config_from_args(a, train_config.TrainConfig, data=str(Path(a.data).resolve()))
     if a.output_stride:
-        cfg["arch_kwargs"] = {"output_stride": a.output_stride}
+        cfg["arch_kwargs"] = {**cfg.get("arch_kwargs", {}), "output_stride": a.output_stride}
     if a.init:
         from .models.library import library_ref
 
@@ -108,7 +101,7 @@ def _train_config(a):
             cfg[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             cfg[key.strip()] = value  # a bare string
-    return TrainConfig.from_dict(cfg)
+    return train_config.TrainConfig.from_dict(cfg)
 
 
 def cmd_train(a) -> int:
@@ -369,6 +362,14 @@ def cmd_eval(a) -> int:
         print(f"  mean dAUROC {ci(c['mean_delta_auroc'])}; wins {len(c['wins'])}, losses {len(c['losses'])}, "
               f"significant (DeLong p < {b['alpha']}): {len(c['significant_wins'])} wins, "
               f"{len(c['significant_losses'])} losses")
+    if result.get("subgroups"):
+        from .eval.subgroups import gap_table
+
+        gaps = gap_table(result["subgroups"]).head(3)
+        if len(gaps):
+            print("\nlargest subgroup AUROC gaps: " + "; ".join(
+                f"{g.label} by {g.kind} {g.gap:.3f} ({g.lowest} {g.lowest_value:.3f} vs {g.highest} "
+                f"{g.highest_value:.3f})" for g in gaps.itertuples()))
     print(f"\nwrote {', '.join(p.name for p in files.values())} to {out}")
     return 0
 
@@ -400,17 +401,6 @@ def cmd_serve(a) -> int:
     return 0
 
 
-def _policy_arg(text: str) -> str:
-    from .data.index import parse_policy
-    from .errors import DataError
-
-    try:
-        parse_policy(text)
-    except DataError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-    return text
-
-
 LIBRARY_HINT = "a library model by name: xrv:densenet121-res224-all|nih|pc|chex|rsna|mimic_nb|mimic_ch, xrv:resnet50-res512-all"
 CHECKPOINT_HELP = f"a checkpoint folder, a run folder, or {LIBRARY_HINT} (weights from torchxrayvision's cache)"
 
@@ -428,60 +418,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=2)
     s.set_defaults(func=cmd_phantom)
 
-    s = sub.add_parser("train", help="fine-tune a backbone on a dataset folder")
-    s.add_argument("--data", required=True, help="dataset folder (NIH or CheXpert layout)")
-    s.add_argument("--labels", default="nih14", help="nih14, chexpert14, chexpert5 or a comma-separated list")
-    s.add_argument("--arch", default="regnetx_002", help="timm architecture name")
+    s = sub.add_parser("train", help="fine-tune a backbone on a dataset folder",
+                       description="Every training option below is declared once in cxrcore/train/config.py "
+                                   "(TrainConfig); the Training page's form shows the same options.")
+    from .train import config as train_config
+
+    train_config.add_cli_flags(s, train_config.TrainConfig)
     s.add_argument("--output-stride", type=int, choices=[8, 16, 32],
-                   help="dilate the last stage (ResNet/RegNet-like backbones) for finer heatmaps; 16 doubles the grid")
-    s.add_argument("--pretrained", choices=["auto", "none", "hub", "timm"], default="auto",
-                   help="hub: the library's own weights (timm hub, torchvision, torchxrayvision caches; timm = alias); "
-                        "none: random initialisation; auto: hub for xrv: models, none otherwise")
-    s.add_argument("--init", help="start from this checkpoint (or library model, e.g. xrv:densenet121-res224-all); "
-                                  "its head is swapped to --labels")
-    s.add_argument("--mode", choices=["full", "head", "lora"], default="full")
-    s.add_argument("--lora-r", type=int, default=8, help="LoRA rank (--mode lora)")
-    s.add_argument("--lora-alpha", type=float, default=16.0)
-    s.add_argument("--lora-targets", help="regex over module names; default: attention qkv/proj (ViT) or dense convs")
-    s.add_argument("--epochs", type=int, default=5)
-    s.add_argument("--batch-size", type=int, default=32)
-    s.add_argument("--accum-steps", type=int, default=1, help="gradient accumulation: optimizer step every N batches")
-    s.add_argument("--lr", type=float, default=2e-3)
-    s.add_argument("--weight-decay", type=float, default=1e-4)
-    s.add_argument("--schedule", choices=["cosine", "plateau", "constant"], default="cosine")
-    s.add_argument("--warmup-steps", type=int, default=20)
-    s.add_argument("--early-stopping", type=int, default=0, metavar="EPOCHS",
-                   help="stop after this many epochs without a better val mean AUROC (0: off)")
-    s.add_argument("--loss", choices=["bce", "focal"], default="bce")
-    s.add_argument("--pos-weight", action="store_true", help="bce: weight positives by negatives/positives per label")
-    s.add_argument("--focal-gamma", type=float, default=2.0)
-    s.add_argument("--hierarchy", choices=["none", "penalty", "two_stage"], default="none",
-                   help="penalty: CheXpert parent/child penalty; two_stage: 'Any finding' gate + diseases")
-    s.add_argument("--hierarchy-weight", type=float, default=1.0)
-    s.add_argument("--gate-threshold", type=float, default=0.5)
-    s.add_argument("--sampler", choices=["shuffle", "weighted"], default="shuffle")
-    s.add_argument("--oversample-min", type=int, default=0, help="repeat rare label combinations up to N rows")
-    s.add_argument("--no-augment", action="store_true")
-    s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    s.add_argument("--channels-last", action="store_true")
-    s.add_argument("--compile", action="store_true", help="torch.compile the model")
-    s.add_argument("--gpus", type=int, default=0, help="GPUs the job needs (local queue / slurm gres)")
-    s.add_argument("--nproc", type=int, default=1, help="processes per node: torchrun DDP when > 1")
-    s.add_argument("--nodes", type=int, default=1, help="slurm: nodes")
+                   help="shorthand for --arch-kwargs '{\"output_stride\": N}': dilate the last stage (ResNet/RegNet-"
+                        "like timm backbones) for finer heatmaps; 16 doubles the grid")
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="any other training option, VALUE as JSON (repeatable), e.g. --set augment_options='{\"p\":0.5}'")
+                   help="any training option by name, VALUE as JSON (repeatable), e.g. --set augment_options='{\"p\":0.5}'")
     s.add_argument("--resume", action="store_true", help="foreground: continue --out from its last complete epoch")
-    s.add_argument("--image-size", type=int, default=160)
-    s.add_argument("--policy", type=_policy_arg, default="zeros",
-                   help="CheXpert uncertain labels: zeros (U-Zeros), ones (U-Ones), ignore (U-Ignore), or a per-label "
-                        "mix such as 'ones:Atelectasis,Edema;zeros' (the bare policy last is the default)")
-    s.add_argument("--max-images", type=int, help="random sample of this many images, after the filters")
-    s.add_argument("--split-method", choices=["hash", "stratified"], default="hash",
-                   help="hash: patient hash split (default); stratified: patient-level multi-label stratified split")
-    _add_filter_flags(s, frontal_default=True)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--name")
     s.add_argument("--out", default="run", help="run folder (foreground runs)")
     s.add_argument("--backend", choices=["local", "slurm"], default="local",
                    help="local: this machine (foreground, or detached with --background); slurm: submit with sbatch")
@@ -536,8 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="build the shipped demo checkpoints")
     s.add_argument("action", choices=["build"])
     s.add_argument("--out", help="default: the repository's checkpoints/")
-    s.add_argument("--baseline-epochs", type=int, default=10)
-    s.add_argument("--finetune-epochs", type=int, default=8)
+    s.add_argument("--baseline-epochs", type=int, default=None, help="default: cxrcore.demo.BASELINE_EPOCHS")
+    s.add_argument("--finetune-epochs", type=int, default=None, help="default: cxrcore.demo.FINETUNE_EPOCHS")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("jobs", help="list, inspect, cancel and resume background training jobs")

@@ -3,8 +3,9 @@
 A thin view over :mod:`cxrcore.jobs`: ``local.submit`` / ``slurm.submit`` validate a config and start
 a job; this page only reads the job table (SQLite in the workspace), each job's ``events.jsonl``
 and ``log.txt``. Jobs keep running when the tab closes, and past jobs are listed again after an app
-restart. Every option of :class:`cxrcore.train.trainer.TrainConfig` has a field in the form; a
-clone fills the form with a past job's options.
+restart. The form is derived from the declaration of :class:`cxrcore.train.config.TrainConfig`: every
+option has a widget (its kind, bounds, choices, label and help decide which), so a new option shows
+up here with no edit; a clone fills the form with a past job's options.
 """
 from __future__ import annotations
 
@@ -22,13 +23,14 @@ from cxrcore.jobs import JobStore
 from cxrcore.jobs import dispatch, local, logfiles
 from cxrcore.jobs.progress import progress_summary
 from cxrcore.labels import LABEL_SPACES
-from ui.common import chart_config, checkpoint_choices, dataset_choices, show_error
+from cxrcore.train.config import AUGMENT_OPTIONS, GROUPS, Option, TrainConfig, option, options
+from ui.common import LIBRARY_TAG, chart_config, checkpoint_choices, choice_label, dataset_choices, show_error
 
 ARCHS = ["regnetx_002", "resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b0", "convnext_tiny",
          "vit_small_patch16_224", "vit_base_patch16_224", "tv:resnet50", "tv:densenet121",
          "xrv:densenet121-res224-all", "xrv:densenet121-res224-nih", "xrv:densenet121-res224-chex",
          "xrv:densenet121-res224-pc", "xrv:densenet121-res224-mimic_ch", "xrv:densenet121-res224-rsna",
-         "xrv:resnet50-res512-all"]
+         "xrv:resnet50-res512-all"]  # suggestions: any timm / tv: / xrv: name can be typed
 POLICIES = ["zeros", "ones", "ignore"]
 VIEWS = ["PA", "AP", "AP Supine", "LL", "LATERAL"]
 FROM_CHECKPOINT = "A checkpoint (fine-tune it)"
@@ -39,30 +41,48 @@ STATUS_ICON = {"queued": ":material/schedule:", "running": ":material/directions
 REFRESH_S = 2
 K = "tf_"  # widget key prefix of the job form
 
-# The form: option -> default. Widget keys are K + option (generation 0); a clone starts a new generation.
-DEFAULTS: dict = {
-    "name": "", "labels": "nih14", "arch": "regnetx_002", "pretrained": "auto", "stride16": True,
-    "mode": "full", "lora_r": 8, "lora_alpha": 16.0, "lora_dropout": 0.0, "lora_targets": "",
-    "epochs": 3, "batch_size": 32, "accum_steps": 1, "lr": 2e-3, "weight_decay": 1e-4,
-    "schedule": "cosine", "warmup_steps": 20, "plateau_patience": 1, "plateau_factor": 0.5, "early_stopping": 0,
-    "loss": "bce", "pos_weight": False, "focal_gamma": 2.0, "hierarchy": "none", "hierarchy_weight": 1.0,
-    "gate_threshold": 0.5, "sampler": "shuffle", "oversample_min": 0,
-    "image_size": 160, "fit": "pad", "policy": "zeros", "policy_mix": "", "frontal_only": True, "views": [],
-    "first_n_studies": 0, "age_min": 0, "age_max": 0, "sex": "any", "max_images": 400,
-    "split_method": "hash", "val_fraction": 0.1, "test_fraction": 0.2, "seed": 0,
-    "augment": True, "aug_p": 0.8, "aug_degrees": 7.0, "aug_translate": 0.06, "aug_scale": 0.08, "aug_shear": 5.0,
-    "aug_brightness": 0.1, "aug_contrast": 0.1,
-    "backend": "local", "device": "auto", "gpus": 0, "share_gpus": False, "nproc": 1, "precision": "fp32",
-    "channels_last": False, "compile": False, "threads": 0,
-    "slurm_partition": "", "slurm_time": "", "slurm_mem": "", "slurm_cpus": 0, "nodes": 1,
-    "dataset": None, "folder": "", "ckpt": None, "start": None,
+# The form shows every declared training option (cxrcore/train/config.py) that is not `custom`, with a
+# widget derived from its declaration; these are the page's own fields beside them (the custom options'
+# widgets and where the job runs). Widget keys are K + name (generation 0); a clone starts a new generation.
+PAGE_FIELDS: dict = {
+    "dataset": None, "folder": "", "ckpt": None, "start": None, "labels": "nih14", "arch": "regnetx_002",
+    "stride16": True, "policy": "zeros", "policy_mix": "", "views": [], "backend": "local",
+    "slurm_partition": "", "slurm_time": "", "slurm_mem": "", "slurm_cpus": 0,
+    **{"aug_" + k: default for k, (default, _, _) in AUGMENT_OPTIONS.items()},
 }
-AUG_KEYS = ("p", "degrees", "translate", "scale", "shear", "brightness", "contrast")
-# Options shown as a choice: a cloned value outside these keeps the default (and is named in a note).
-CHOICES = {"labels": list(LABEL_SPACES), "pretrained": ["auto", "none", "hub"], "mode": ["full", "head", "lora"],
-           "schedule": ["cosine", "plateau", "constant"], "loss": ["bce", "focal"], "sampler": ["shuffle", "weighted"],
-           "hierarchy": ["none", "penalty", "two_stage"], "fit": ["pad", "crop"], "split_method": ["hash", "stratified"],
-           "backend": ["local", "slurm"], "device": ["auto", "cpu", "cuda"], "precision": ["fp32", "bf16", "fp16"]}
+
+
+def form_options() -> list[Option]:
+    """The declared options the form renders by itself (read each run: a new field shows up at once)."""
+    return [o for o in options(TrainConfig) if not o.custom]
+
+
+def _widget_value(o: Option, value):
+    """A config value as the widget holds it: None -> 0 (numbers) or '' (text); numbers typed."""
+    if o.kind in ("int", "float"):
+        return (int if o.kind == "int" else float)(value or 0)
+    if o.kind == "bool":
+        return bool(value)
+    if o.kind == "str":
+        return "" if value is None else str(value)
+    return value
+
+
+def _config_value(o: Option, value):
+    """A widget's value as the config holds it (the inverse of :func:`_widget_value`)."""
+    if o.kind in ("int", "float"):
+        value = (int if o.kind == "int" else float)(value)
+        return None if o.optional and value == 0 else value
+    if o.kind == "str":
+        value = (value or "").strip()
+        return None if o.optional and not value else value
+    if o.kind == "bool":
+        return bool(value)
+    return value
+
+
+def defaults() -> dict:
+    return {**{o.name: _widget_value(o, o.initial) for o in form_options()}, **PAGE_FIELDS}
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -126,7 +146,7 @@ def _k(option: str) -> str:
 
 def _vals() -> dict:
     """Initial values of the form's widgets: the defaults, or the options of the job being cloned."""
-    return st.session_state.get("tf_vals") or DEFAULTS
+    return st.session_state.get("tf_vals") or defaults()
 
 
 def _v(option: str):
@@ -153,46 +173,56 @@ def _txt(col, label: str, option: str, **kw):
     return col.text_input(label, value=str(_vals()[option] or ""), key=_k(option), **kw)
 
 
+def option_widget(col, o: Option, **kw):
+    """The widget of a declared option: its kind, bounds, choices, label and help decide it."""
+    if o.kind == "choice":
+        offered = [c for c in o.choices if c not in o.hidden]
+        names = dict(o.choice_labels)
+        return _sel(col, o.label, ([None] if o.optional else []) + offered, o.name, help=o.help,
+                    format_func=lambda c: "any" if c is None else names.get(c, c), **kw)
+    if o.kind == "bool":
+        return _chk(col, o.label, o.name, help=o.help, **kw)
+    if o.kind in ("int", "float"):
+        num = int if o.kind == "int" else float
+        lo = 0 if o.optional else o.min
+        bounds = {"min_value": None if lo is None else num(lo), "max_value": None if o.max is None else num(o.max),
+                  "step": num(o.step or 1)}
+        if o.fmt:
+            bounds["format"] = o.fmt
+        return _num(col, o.label + (" (0 = off)" if o.optional else ""), o.name, help=o.help, **bounds, **kw)
+    kw.setdefault("placeholder", "auto" if o.optional else None)
+    return _txt(col, o.label, o.name, help=o.help, **kw)
+
+
+def option_grid(group: str, skip: tuple = (), per_row: int = 4, overrides: dict | None = None) -> None:
+    """Every declared, non-custom option of ``group``, ``per_row`` to a row."""
+    shown = [o for o in form_options() if o.group == group and o.name not in skip]
+    for i in range(0, len(shown), per_row):
+        for col, o in zip(st.columns(per_row), shown[i:i + per_row]):
+            option_widget(col, o, **(overrides or {}).get(o.name, {}))
+
+
 # --------------------------------------------------------------------------- config <-> form
 
 def config_from_form(data: str, init: str | None) -> tuple[dict, str]:
     """The training config the form describes, and the backend."""
-    cfg: dict = {"data": data, "labels": _v("labels"), "mode": _v("mode"), "epochs": int(_v("epochs")),
-                 "batch_size": int(_v("batch_size")), "accum_steps": int(_v("accum_steps")), "lr": float(_v("lr")),
-                 "weight_decay": float(_v("weight_decay")), "schedule": _v("schedule"),
-                 "warmup_steps": int(_v("warmup_steps")), "plateau_patience": int(_v("plateau_patience")),
-                 "plateau_factor": float(_v("plateau_factor")), "early_stopping": int(_v("early_stopping")),
-                 "loss": _v("loss"), "pos_weight": bool(_v("pos_weight")), "focal_gamma": float(_v("focal_gamma")),
-                 "hierarchy": _v("hierarchy"), "hierarchy_weight": float(_v("hierarchy_weight")),
-                 "gate_threshold": float(_v("gate_threshold")), "sampler": _v("sampler"),
-                 "oversample_min": int(_v("oversample_min")), "fit": _v("fit"),
-                 "policy": (_v("policy_mix") or "").strip() or _v("policy"),
-                 "frontal_only": bool(_v("frontal_only")), "views": list(_v("views")) or None,
-                 "first_n_studies": int(_v("first_n_studies")) or None,
-                 "age_min": float(_v("age_min")) or None, "age_max": float(_v("age_max")) or None,
-                 "sex": None if _v("sex") == "any" else _v("sex"), "max_images": int(_v("max_images")) or None,
-                 "split_method": _v("split_method"), "val_fraction": float(_v("val_fraction")),
-                 "test_fraction": float(_v("test_fraction")), "seed": int(_v("seed")),
-                 "augment": bool(_v("augment")),
-                 "augment_options": {k: float(_v("aug_" + k)) for k in AUG_KEYS},
-                 "device": _v("device"), "gpus": int(_v("gpus")), "share_gpus": bool(_v("share_gpus")),
-                 "nproc": int(_v("nproc")), "precision": _v("precision"), "channels_last": bool(_v("channels_last")),
-                 "compile": bool(_v("compile")), "threads": int(_v("threads"))}
-    if _v("mode") == "lora":
-        cfg.update(lora_r=int(_v("lora_r")), lora_alpha=float(_v("lora_alpha")),
-                   lora_dropout=float(_v("lora_dropout")), lora_targets=(_v("lora_targets") or "").strip() or None)
+    cfg: dict = {"data": data, **{o.name: _config_value(o, _v(o.name)) for o in form_options()}}
+    cfg.update(labels=_v("labels"), policy=(_v("policy_mix") or "").strip() or _v("policy"),
+               views=list(_v("views")) or None,
+               augment_options={k: float(_v("aug_" + k)) for k in AUGMENT_OPTIONS})
     if init:
         cfg["init"] = init
+        for kept in ("pretrained", "image_size"):  # the checkpoint's own preprocessing is kept
+            cfg.pop(kept, None)
     else:
         arch = (_v("arch") or "").strip()
-        cfg.update(arch=arch, pretrained=_v("pretrained"), image_size=int(_v("image_size")),
+        cfg.update(arch=arch,
                    arch_kwargs={"output_stride": 16} if _v("stride16") and not arch.startswith(("tv:", "xrv:")) else {})
     backend = _v("backend")
     if backend == "slurm":
         slurm = {"partition": _v("slurm_partition").strip(), "time": _v("slurm_time").strip(),
                  "mem": _v("slurm_mem").strip(), "cpus": int(_v("slurm_cpus"))}
         cfg["slurm"] = {k: v for k, v in slurm.items() if v}
-        cfg["nodes"] = int(_v("nodes"))
     return cfg, backend
 
 
@@ -200,34 +230,26 @@ def form_from_config(config: dict, backend: str = "local", name: str = "", datas
                      checkpoints: dict | None = None) -> dict:
     """The form's initial values for a clone of a past job (options the form cannot show keep the default)."""
     c = dict(config)
-    vals = dict(DEFAULTS)
+    vals = defaults()
     kept = []
-    for option, default in DEFAULTS.items():
-        value = c.get(option)
-        if value is None or default is None or isinstance(value, (dict, list)) != isinstance(default, (dict, list)):
+    for o in form_options():
+        value = c.get(o.name)
+        if o.name == "pretrained" and value == "timm":
+            value = "hub"  # an alias the form does not offer
+        if value is None and not o.optional:
             continue
-        if option in CHOICES and value not in CHOICES[option]:
-            kept.append(f"{option}={value!r}")
+        if o.kind == "choice" and value is not None and (value not in o.choices or value in o.hidden):
+            kept.append(f"{o.name}={value!r}")
             continue
-        if isinstance(default, bool):
-            value = bool(value)
-        elif isinstance(default, int):
-            value = int(value)
-        elif isinstance(default, float):
-            value = float(value)
-        vals[option] = value
-    if c.get("pretrained") == "timm":
-        vals["pretrained"] = "hub"
+        vals[o.name] = _widget_value(o, value)
     vals["name"] = f"{name} (clone)" if name else ""
+    vals["labels"] = c.get("labels", vals["labels"])
+    vals["arch"] = c.get("arch", vals["arch"])
     policy = c.get("policy", "zeros")
     vals["policy"], vals["policy_mix"] = (policy, "") if policy in POLICIES else ("zeros", str(policy))
     vals["views"] = list(c.get("views") or [])
-    for opt in ("first_n_studies", "age_min", "age_max", "max_images"):
-        vals[opt] = int(c.get(opt) or 0)
-    vals["sex"] = c.get("sex") or "any"
-    vals["lora_targets"] = c.get("lora_targets") or ""
     vals["stride16"] = (c.get("arch_kwargs") or {}).get("output_stride") == 16
-    for k in AUG_KEYS:
+    for k in AUGMENT_OPTIONS:
         if k in (c.get("augment_options") or {}):
             vals["aug_" + k] = float(c["augment_options"][k])
     vals["backend"] = backend
@@ -241,7 +263,7 @@ def form_from_config(config: dict, backend: str = "local", name: str = "", datas
     vals["dataset"], vals["folder"] = (match[0], "") if match else (None, data or "")
     if c.get("init"):
         vals["start"] = FROM_CHECKPOINT
-        match = [n for n, p in (checkpoints or {}).items() if same(p, c["init"])]
+        match = [n for n, p in (checkpoints or {}).items() if p == c["init"] or same(p, c["init"])]
         vals["ckpt"] = match[0] if match else None
         if not match:
             kept.append(f"init={c['init']!r} (not among the checkpoints found)")
@@ -294,8 +316,9 @@ _show_flash()
 
 # Outside the form so that switching it shows the right fields at once.
 start_options = [FROM_CHECKPOINT, FROM_SCRATCH]
+own = [n for n in checkpoints if not n.endswith(LIBRARY_TAG)]  # trained or shipped (library models may need weights)
 start = st.radio("Start from", start_options, horizontal=True,
-                 index=start_options.index(_vals()["start"]) if _vals()["start"] else (1 if not checkpoints else 0),
+                 index=start_options.index(_vals()["start"]) if _vals()["start"] else (0 if own else 1),
                  key="train_start" if _gen() == 0 else f"train_start{_gen()}")
 from_ckpt = start == FROM_CHECKPOINT
 if from_ckpt and not checkpoints:
@@ -303,142 +326,66 @@ if from_ckpt and not checkpoints:
 
 with st.form("train_form"):
     c1, c2 = st.columns(2)
-    _txt(c1, "Job name", "name", placeholder="e.g. nih-regnet-3ep",
-         help="Shown in the jobs table and on the checkpoint card; empty: the dataset folder's name.")
-    _sel(c2, "Label space", list(LABEL_SPACES), "labels",
-         help="The labels the model predicts. Labels the dataset lacks are left out of the loss.")
+    option_widget(c1, option("name", TrainConfig), placeholder="e.g. nih-regnet-3ep")
+    labels_now = _vals()["labels"]
+    _sel(c2, option("labels", TrainConfig).label,
+         list(LABEL_SPACES) + ([labels_now] if isinstance(labels_now, str) and labels_now not in LABEL_SPACES else []),
+         "labels", help=option("labels", TrainConfig).help)
     d1, d2 = st.columns(2)
     ds_names = list(datasets)
     ds_index = ds_names.index(_vals()["dataset"]) if _vals()["dataset"] in ds_names else (0 if ds_names else None)
     dataset_name = d1.selectbox("Dataset", ds_names, key=_k("dataset"), index=ds_index,
                                 placeholder="no built-in dataset" if not ds_names else "Choose a dataset")
     folder = _txt(d2, "…or a dataset folder on this machine", "folder",
-                  placeholder="/path/to/dataset (overrides the choice on the left)",
-                  help="An NIH- or CheXpert-style folder, or a folder of images with a CSV of labels.")
+                  placeholder="/path/to/dataset (overrides the choice on the left)", help=option("data", TrainConfig).help)
     ckpt_name = None
     if from_ckpt:
         ck_names = list(checkpoints)
         ck_index = ck_names.index(_vals()["ckpt"]) if _vals()["ckpt"] in ck_names else (0 if ck_names else None)
         ckpt_name = st.selectbox("Checkpoint", ck_names, key=_k("ckpt"), index=ck_index,
-                                 placeholder="no checkpoints")
+                                 placeholder="no checkpoints", format_func=choice_label)
         st.caption("The checkpoint's classifier head is swapped to the chosen label space: rows of labels both "
                    "share are kept, new labels start fresh. Its preprocessing (image size, fit) is kept.")
     else:
         a1, a2, a3 = st.columns([2, 1, 1])
         arch_now = _vals()["arch"]
-        _sel(a1, "Architecture", ARCHS + ([arch_now] if arch_now and arch_now not in ARCHS else []), "arch",
-             accept_new_options=True,
-             help="Any timm name, `tv:<name>` for torchvision, `xrv:<weights>` for torchxrayvision's "
-                  "chest X-ray models. Type a name that is not in the list.")
-        _sel(a2, "Pretrained weights", ["auto", "none", "hub"], "pretrained",
-             help="hub: the library's own weights (from its local cache when offline; a clear message says "
-                  "where to put the file if missing). none: random initialisation. auto: hub for xrv "
-                  "models, none otherwise.")
+        _sel(a1, option("arch", TrainConfig).label, ARCHS + ([arch_now] if arch_now and arch_now not in ARCHS else []),
+             "arch", accept_new_options=True,
+             help=option("arch", TrainConfig).help + " Type a name that is not in the list.")
+        option_widget(a2, option("pretrained", TrainConfig))
         _chk(a3, "Output stride 16", "stride16",
              help="Finer Grad-CAM maps for timm ResNet/RegNet-like models; ignored for tv:/xrv: models. "
                   "Untick for architectures that do not support it (densenet121, efficientnet, ViT).")
-    m1, m2, m3, m4, m5 = st.columns(5)
-    _sel(m1, "Train", ["full", "head", "lora"], "mode",
-         format_func=lambda m: {"full": "full network", "head": "head only", "lora": "LoRA (peft)"}[m])
-    _num(m2, "Epochs", "epochs", min_value=1, max_value=500, step=1)
-    _num(m3, "Batch size", "batch_size", min_value=1, max_value=1024, step=1)
-    _num(m4, "Learning rate", "lr", min_value=0.0, max_value=1.0, step=1e-4, format="%.5f")
-    _num(m5, "Max images (0 = all)", "max_images", min_value=0, step=50,
-         help="A random subset (after the filters) keeps a CPU run to a few minutes.")
+        option_grid("model", skip=("pretrained",))
+    option_grid("basic", skip=("name",), per_row=5)
 
-    with st.expander("Optimisation: LoRA, schedule, early stopping, accumulation"):
-        l1, l2, l3, l4 = st.columns(4)
-        _num(l1, "LoRA rank", "lora_r", min_value=1, max_value=256, step=1, help="LoRA mode only.")
-        _num(l2, "LoRA alpha", "lora_alpha", min_value=0.0, step=1.0)
-        _num(l3, "LoRA dropout", "lora_dropout", min_value=0.0, max_value=0.9, step=0.05)
-        _txt(l4, "LoRA targets (regex)", "lora_targets", placeholder="auto",
-             help="Empty: attention projections for ViTs, dense convolutions for CNNs.")
-        o1, o2, o3, o4 = st.columns(4)
-        _sel(o1, "Schedule", ["cosine", "plateau", "constant"], "schedule",
-             help="cosine: warmup then cosine decay; plateau: reduce the LR when validation AUROC stalls.")
-        _num(o2, "Warmup steps", "warmup_steps", min_value=0, step=10)
-        _num(o3, "Plateau patience (epochs)", "plateau_patience", min_value=0, step=1)
-        _num(o4, "Plateau factor", "plateau_factor", min_value=0.01, max_value=0.99, step=0.05)
-        p1, p2, p3, p4 = st.columns(4)
-        _num(p1, "Early stopping patience (0 = off)", "early_stopping", min_value=0, step=1,
-             help="Stop after this many epochs without a better validation mean AUROC.")
-        _num(p2, "Gradient accumulation (batches)", "accum_steps", min_value=1, step=1)
-        _num(p3, "Weight decay", "weight_decay", min_value=0.0, step=1e-4, format="%.5f")
-        _num(p4, "Seed", "seed", min_value=0, step=1)
-
-    with st.expander("Loss, class imbalance and label hierarchy"):
-        i1, i2, i3, i4 = st.columns(4)
-        _sel(i1, "Loss", ["bce", "focal"], "loss")
-        _num(i2, "Focal gamma", "focal_gamma", min_value=0.0, max_value=10.0, step=0.5)
-        _chk(i3, "pos_weight from prevalence (bce)", "pos_weight",
-             help="Weight each label's positives by negatives / positives in the training split.")
-        _sel(i4, "Sampler", ["shuffle", "weighted"], "sampler",
-             help="weighted: images with rare findings are drawn as often as common ones.")
-        h1, h2, h3, h4 = st.columns(4)
-        _num(h1, "Oversample rare combinations to (rows)", "oversample_min", min_value=0, step=5)
-        _sel(h2, "Hierarchy", ["none", "penalty", "two_stage"], "hierarchy",
-             format_func=lambda h: {"none": "none", "penalty": "parent/child penalty",
-                                    "two_stage": "two-stage gate"}[h],
-             help="penalty: CheXpert's tree, a child predicted above its parent costs loss. two-stage: an "
-                  "'Any finding' gate plus diseases trained on abnormal images, combined with the gate "
-                  "threshold.")
-        _num(h3, "Penalty weight", "hierarchy_weight", min_value=0.0, step=0.5)
-        _num(h4, "Gate threshold", "gate_threshold", min_value=0.0, max_value=1.0, step=0.05)
-
-    with st.expander("Data: uncertainty policy, filters, split, image size"):
-        u1, u2, u3 = st.columns([1, 2, 1])
-        _sel(u1, "Uncertain labels (CheXpert −1)", POLICIES, "policy",
-             help="zeros: negative; ones: positive; ignore: left out of loss and metrics.")
-        _txt(u2, "…or a per-label mix", "policy_mix", placeholder="ones:Atelectasis,Edema;zeros",
-             help="Overrides the choice on the left: `policy:Label,Label;default`.")
-        _sel(u3, "Image fit", ["pad", "crop"], "fit", help="Aspect kept: letterbox or center crop.")
-        f1, f2, f3, f4 = st.columns(4)
-        _chk(f1, "Frontal views only", "frontal_only")
-        f2.multiselect("Views (empty = all)", list(dict.fromkeys(VIEWS + list(_vals()["views"]))),
-                       default=list(_vals()["views"]), key=_k("views"), accept_new_options=True)
-        _num(f3, "First N studies per patient (0 = all)", "first_n_studies", min_value=0, step=1)
-        _sel(f4, "Sex", ["any", "M", "F"], "sex")
-        g1, g2, g3, g4 = st.columns(4)
-        _num(g1, "Age from (0 = any)", "age_min", min_value=0, max_value=120, step=5)
-        _num(g2, "Age to (0 = any)", "age_max", min_value=0, max_value=120, step=5)
-        _sel(g3, "Split", ["hash", "stratified"], "split_method",
-             help="Both are patient-level; stratified balances each label's positive rate across splits.")
-        _num(g4, "Image size (px)", "image_size", min_value=32, max_value=1024, step=16,
-             disabled=from_ckpt, help="Ignored when starting from a checkpoint: its preprocessing is kept.")
-        v1, v2, _ = st.columns([1, 1, 2])
-        _num(v1, "Validation fraction", "val_fraction", min_value=0.01, max_value=0.5, step=0.05)
-        _num(v2, "Test fraction", "test_fraction", min_value=0.0, max_value=0.5, step=0.05)
-
-    with st.expander("Augmentation"):
-        _chk(st, "Augment training images", "augment")
-        cols = st.columns(len(AUG_KEYS))
-        limits = {"p": 1.0, "degrees": 45.0, "translate": 0.5, "scale": 0.5, "shear": 30.0, "brightness": 0.5,
-                  "contrast": 0.9}
-        for col, k in zip(cols, AUG_KEYS):
-            _num(col, {"p": "probability"}.get(k, k), "aug_" + k, min_value=0.0, max_value=limits[k],
-                 step=0.01 if limits[k] <= 1 else 1.0)
-
-    with st.expander("Where it runs: backend, GPUs, precision"):
-        w1, w2, w3, w4 = st.columns(4)
-        _sel(w1, "Backend", ["local", "slurm"], "backend",
-             help="local: a process on this machine; slurm: sbatch on the cluster this machine submits to.")
-        _sel(w2, "Device", ["auto", "cpu", "cuda"], "device")
-        _num(w3, "GPUs", "gpus", min_value=0, max_value=64, step=1,
-             help="Local: the job waits until this many GPUs are free (CUDA_VISIBLE_DEVICES).")
-        _num(w4, "Processes (DDP)", "nproc", min_value=1, max_value=64, step=1,
-             help="More than one: torchrun data-parallel (gloo on CPU, NCCL on GPUs).")
-        x1, x2, x3, x4 = st.columns(4)
-        _sel(x1, "Precision", ["fp32", "bf16", "fp16"], "precision", help="Autocast; fp16 needs a GPU.")
-        _chk(x2, "channels_last", "channels_last")
-        _chk(x3, "torch.compile", "compile")
-        _chk(x4, "Share GPUs with other jobs", "share_gpus")
-        y1, y2, y3, y4, y5 = st.columns(5)
-        _txt(y1, "Slurm partition", "slurm_partition", placeholder="default")
-        _txt(y2, "Slurm time", "slurm_time", placeholder="e.g. 04:00:00")
-        _txt(y3, "Slurm memory", "slurm_mem", placeholder="e.g. 32G")
-        _num(y4, "Slurm CPUs per task (0 = default)", "slurm_cpus", min_value=0, step=1)
-        _num(y5, "Slurm nodes", "nodes", min_value=1, step=1)
-        _num(st, "CPU threads (0 = all cores but one)", "threads", min_value=0, max_value=256, step=1)
+    for group, title in {**GROUPS, **{o.group: o.group for o in form_options() if o.group not in GROUPS}}.items():
+        if group in ("basic", "model"):
+            continue
+        with st.expander(title):
+            if group == "data":
+                u1, u2 = st.columns([1, 3])
+                _sel(u1, option("policy", TrainConfig).label, POLICIES, "policy",
+                     help="zeros: negative; ones: positive; ignore: left out of loss and metrics.")
+                _txt(u2, "…or a per-label mix", "policy_mix", placeholder="ones:Atelectasis,Edema;zeros",
+                     help="Overrides the choice on the left: `policy:Label,Label;default`.")
+                st.multiselect(option("views", TrainConfig).label + " (empty = all)",
+                               list(dict.fromkeys(VIEWS + list(_vals()["views"]))),
+                               default=list(_vals()["views"]), key=_k("views"), accept_new_options=True,
+                               help=option("views", TrainConfig).help)
+            option_grid(group, overrides={"image_size": {"disabled": from_ckpt}})
+            if group == "augmentation":
+                for col, (k, (_, hi, what)) in zip(st.columns(len(AUGMENT_OPTIONS)), AUGMENT_OPTIONS.items()):
+                    _num(col, {"p": "probability"}.get(k, k), "aug_" + k, min_value=0.0, max_value=hi,
+                         step=0.01 if hi <= 1 else 1.0, help=what)
+            if group == "placement":
+                y0, y1, y2, y3, y4 = st.columns(5)
+                _sel(y0, "Backend", ["local", "slurm"], "backend",
+                     help="local: a process on this machine; slurm: sbatch on the cluster this machine submits to.")
+                _txt(y1, "Slurm partition", "slurm_partition", placeholder="default")
+                _txt(y2, "Slurm time", "slurm_time", placeholder="e.g. 04:00:00")
+                _txt(y3, "Slurm memory", "slurm_mem", placeholder="e.g. 32G")
+                _num(y4, "Slurm CPUs per task (0 = default)", "slurm_cpus", min_value=0, step=1)
     submitted = st.form_submit_button("Start training", type="primary", key="train_submit")
 
 if submitted:

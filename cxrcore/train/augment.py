@@ -13,26 +13,26 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from .config import AUGMENT_OPTIONS
 
 
 @dataclass(frozen=True)
 class Augment:
-    p: float = 0.8            # probability an image is augmented at all
-    degrees: float = 7.0      # rotation, +/- degrees
-    translate: float = 0.06   # +/- fraction of the image size
-    scale: float = 0.08       # zoom in [1 - scale, 1 + scale]
-    shear: float = 5.0        # +/- degrees
-    brightness: float = 0.1   # additive, +/- fraction of the intensity range
-    contrast: float = 0.1     # multiplicative around the image mean, 1 +/- contrast
+    p: float = AUGMENT_OPTIONS["p"][0]                    # probability an image is augmented at all
+    degrees: float = AUGMENT_OPTIONS["degrees"][0]        # rotation, +/- degrees
+    translate: float = AUGMENT_OPTIONS["translate"][0]    # +/- fraction of the image size
+    scale: float = AUGMENT_OPTIONS["scale"][0]            # zoom in [1 - scale, 1 + scale]
+    shear: float = AUGMENT_OPTIONS["shear"][0]            # +/- degrees
+    brightness: float = AUGMENT_OPTIONS["brightness"][0]  # additive, +/- fraction of the intensity range
+    contrast: float = AUGMENT_OPTIONS["contrast"][0]      # multiplicative around the image mean, 1 +/- contrast
 
     def __post_init__(self):
         if not 0 <= self.p <= 1:
             raise ConfigError(f"augmentation probability must be in [0, 1], not {self.p}.")
-        for name, hi in (("degrees", 45), ("translate", 0.5), ("scale", 0.5), ("shear", 30),
-                         ("brightness", 0.5), ("contrast", 0.9)):
+        for name, (_, hi, _) in AUGMENT_OPTIONS.items():
             v = getattr(self, name)
             if not 0 <= v <= hi:
-                raise ConfigError(f"augmentation {name} must be in [0, {hi}], not {v}.")
+                raise ConfigError(f"augmentation {name} must be in [0, {hi:g}], not {v}.")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "Augment":

@@ -21,8 +21,8 @@ from torchvision.ops import sigmoid_focal_loss
 
 from ..errors import ConfigError
 from ..labels import CHEXPERT_HIERARCHY, canonical
+from .config import LOSS_CHOICES as LOSSES  # declared with the option
 
-LOSSES = ("bce", "focal")
 GATE_LABEL = "Any finding"
 
 

@@ -17,8 +17,7 @@ import torch
 from torch.utils.data import WeightedRandomSampler
 
 from ..errors import ConfigError
-
-SAMPLERS = ("shuffle", "weighted")
+from .config import SAMPLER_CHOICES as SAMPLERS  # declared with the option
 
 
 def combination_codes(targets: np.ndarray) -> np.ndarray:

@@ -1,9 +1,14 @@
-"""Fine-tuning: a timm backbone with a multi-label head, BCE with logits, AUROC every epoch.
+"""The training loop: ``train(config, out_dir)``.
 
-``train(config, out_dir)`` reads the dataset, splits it by patient, builds (or reuses) the uint8
-cache, trains, validates every epoch, keeps the best checkpoint (mean validation AUROC) in
-``out_dir/checkpoint`` and appends events to ``out_dir/events.jsonl``. Progress goes through
-callbacks, so the CLI shows a tqdm bar and a job writes events.
+Reads the dataset (filters, uncertainty policy, patient-level hash or stratified split), builds or
+reuses the uint8 cache, builds the model (any timm / torchvision / torchxrayvision backbone, or a
+checkpoint with its head swapped), trains it (full, head-only or LoRA; BCE or focal loss, optional
+pos_weight, weighted sampling, oversampling, hierarchy penalty or two-stage gate, augmentation,
+warmup + cosine / plateau / constant schedule, accumulation, autocast, DDP under torchrun),
+validates every epoch (AUROC per label), keeps the best checkpoint in ``out_dir/checkpoint`` and the
+resumable state in ``out_dir/last``, and appends events to ``out_dir/events.jsonl``. Progress goes
+through callbacks, so the CLI shows a tqdm bar and a job writes events. The options are
+:class:`cxrcore.train.config.TrainConfig`.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from ..checkpoint import (Card, combine_trained_on, dataset_trained_on, infer_tr
                           save_checkpoint)
 from ..data.cache import build_cache
 from ..data.filters import apply_filters
-from ..data.index import POLICIES, DatasetIndex, parse_policy, patient_split
+from ..data.index import DatasetIndex, patient_split
 from ..data.splits import balance_report, balance_warnings, stratified_patient_split
 from ..data.preprocess import Preprocess, to_unit
 from ..data.readers import read_dataset
@@ -35,136 +40,12 @@ from ..models.registry import build_model, count_parameters, model_from_spec, pr
 from . import dist as dist_
 from .augment import Augment, random_affine  # noqa: F401 - random_affine re-exported for bench/cache.py
 from .lora import apply_lora, base_model, merged_state_dict
-from .losses import GATE_LABEL, LOSSES, Criterion, masked_bce, pos_weight_from, two_stage_targets  # noqa: F401
-from .sampling import SAMPLERS, epoch_order, epoch_size
+from .losses import GATE_LABEL, Criterion, masked_bce, pos_weight_from, two_stage_targets  # noqa: F401
+from .config import TrainConfig  # noqa: F401 - re-exported: cxrcore.train.trainer.TrainConfig
+from .sampling import epoch_order, epoch_size
 from .state import load_state, rng_state, save_state, set_rng_state
 
-MODES = ("full", "head", "lora")
-SPLIT_METHODS = ("hash", "stratified")
-HIERARCHIES = ("none", "penalty", "two_stage")
-SCHEDULES = ("cosine", "plateau", "constant")
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-@dataclass
-class TrainConfig:
-    data: str
-    labels: str | list = "nih14"
-    arch: str = "regnetx_002"
-    arch_kwargs: dict = field(default_factory=dict)  # e.g. {"output_stride": 16} for finer heatmaps
-    pretrained: str = "auto"          # none | hub (the library's own weights; timm = alias) | auto (hub for xrv, else none)
-    init: str | None = None           # start from this checkpoint (head swapped to `labels`)
-    mode: str = "full"                # full | head | lora
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    lora_targets: str | None = None   # regex over module names; None = attention qkv/proj (ViT) or dense convs
-    epochs: int = 5
-    batch_size: int = 32
-    accum_steps: int = 1              # gradient accumulation: optimizer step every N batches
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"          # cosine (after warmup) | plateau (reduce on val AUROC plateau) | constant
-    warmup_steps: int = 20
-    plateau_patience: int = 1
-    plateau_factor: float = 0.5
-    early_stopping: int = 0           # stop after N epochs without a better val mean AUROC; 0 = off
-    loss: str = "bce"                 # bce | focal
-    pos_weight: bool = False          # bce: weight positives by negatives/positives per label
-    focal_gamma: float = 2.0
-    hierarchy: str = "none"           # none | penalty (parent/child BCE penalty) | two_stage (gate + diseases)
-    hierarchy_weight: float = 1.0
-    gate_threshold: float = 0.5
-    sampler: str = "shuffle"          # shuffle | weighted (rare findings drawn as often as common ones)
-    oversample_min: int = 0           # repeat rare label combinations up to this many rows per epoch
-    image_size: int = 160
-    fit: str = "pad"
-    policy: str | dict = "zeros"      # CheXpert -1 / blank: zeros | ones | ignore, or a mix "ones:Edema;zeros"
-    frontal_only: bool = True
-    views: list | None = None         # keep only these view positions, e.g. ["PA"]
-    first_n_studies: int | None = None  # per patient, by study order
-    age_min: float | None = None
-    age_max: float | None = None
-    sex: str | None = None            # M | F
-    max_images: int | None = None     # random sample of this many images after the other filters
-    split_method: str = "hash"        # hash (patient_split) | stratified (patient-level, multi-label)
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    augment: bool = True
-    augment_options: dict = field(default_factory=dict)  # p, degrees, translate, scale, shear, brightness, contrast
-    precision: str = "fp32"           # fp32 | bf16 | fp16 (autocast; fp16 with a grad scaler, GPU only)
-    channels_last: bool = False
-    compile: bool = False             # torch.compile the model
-    seed: int = 0
-    workers: int = 2
-    threads: int = 0                  # torch CPU threads; 0 = all cores
-    device: str = "auto"
-    name: str = ""
-    # Where the job runs (read by the job backends, not by train()).
-    gpus: int = 0                     # GPUs this job needs (local: assigned via CUDA_VISIBLE_DEVICES; slurm: --gpus)
-    share_gpus: bool = False          # local: allow running on GPUs another job holds
-    nproc: int = 1                    # processes per node (torchrun DDP when > 1)
-    nodes: int = 1                    # slurm only: nodes (srun torchrun)
-    slurm: dict = field(default_factory=dict)  # partition, cpus, mem, time, account, extra sbatch lines
-
-    def validate(self) -> None:
-        for name, allowed in (("mode", MODES), ("hierarchy", HIERARCHIES), ("schedule", SCHEDULES),
-                              ("precision", PRECISIONS), ("loss", LOSSES), ("sampler", SAMPLERS)):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}.")
-        if self.mode == "lora" and self.lora_r < 1:
-            raise ConfigError("lora_r (the LoRA rank) must be at least 1.")
-        if self.loss == "focal" and self.pos_weight:
-            raise ConfigError("pos_weight is for the bce loss; focal loss weights hard examples itself. Choose one.")
-        if not 0 <= self.gate_threshold <= 1:
-            raise ConfigError(f"gate_threshold must be in [0, 1], not {self.gate_threshold}.")
-        if self.accum_steps < 1 or self.early_stopping < 0 or self.oversample_min < 0:
-            raise ConfigError("accum_steps must be at least 1; early_stopping and oversample_min at least 0.")
-        if self.precision == "fp16" and not (torch.cuda.is_available() and self.device != "cpu"):
-            raise ConfigError("fp16 autocast needs a GPU; on CPU use precision bf16 or fp32.")
-        if not 0 < self.plateau_factor < 1 or self.plateau_patience < 0:
-            raise ConfigError("plateau_factor must be in (0, 1) and plateau_patience at least 0.")
-        Augment.from_dict(self.augment_options)
-        if not (isinstance(self.policy, str) and self.policy in POLICIES):
-            try:
-                per, _ = parse_policy(self.policy)
-            except DataError as exc:
-                raise ConfigError(str(exc)) from exc
-            from ..labels import canonical
-
-            known = {canonical(x) for x in resolve_label_space(self.labels)}
-            unknown = sorted(set(per) - known)
-            if unknown:
-                raise ConfigError(f"policy names label(s) {', '.join(unknown)} that are not in the label space {self.labels!r}.")
-        if self.split_method not in SPLIT_METHODS:
-            raise ConfigError(f"split_method must be one of {', '.join(SPLIT_METHODS)}, not {self.split_method!r}.")
-        if self.sex is not None and str(self.sex).upper() not in ("M", "F"):
-            raise ConfigError(f"sex must be M or F, not {self.sex!r}.")
-        if self.views is not None and (not isinstance(self.views, list) or not self.views):
-            raise ConfigError(f"views must be a non-empty list of view positions such as ['PA'], not {self.views!r}.")
-        if self.first_n_studies is not None and self.first_n_studies < 1:
-            raise ConfigError("first_n_studies must be at least 1.")
-        if self.age_min is not None and self.age_max is not None and self.age_min > self.age_max:
-            raise ConfigError(f"age_min ({self.age_min}) is above age_max ({self.age_max}).")
-        for name, lo in (("epochs", 1), ("batch_size", 1), ("image_size", 32)):
-            if int(getattr(self, name)) < lo:
-                raise ConfigError(f"{name} must be at least {lo}.")
-        if not self.lr > 0:
-            raise ConfigError("lr must be positive.")
-        if self.max_images is not None and self.max_images < 10:
-            raise ConfigError("max_images must be at least 10.")
-        resolve_label_space(self.labels)
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ConfigError(f"device must be auto, cpu or cuda[:N], not {self.device!r}.")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError("A GPU was asked for (device=cuda) but none is available here; use device=cpu or auto.")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"Unknown training option(s): {', '.join(sorted(unknown))}.")
-        return cls(**d)
+# TrainConfig lives in train/config.py (declared once; the CLI flags, the form and the checks derive from it)
 
 
 class EventLog:
