@@ -67,7 +67,8 @@ class Card:
 
     def training_kind(self) -> str:
         """``phantom`` | ``real`` | ``library`` | ``unknown``: what the model's weights were trained on."""
-        return str((self.trained_on or infer_trained_on(self)).get("kind", "unknown"))
+        kind = str((self.trained_on or infer_trained_on(self)).get("kind", "unknown"))
+        return kind if kind in TRAINED_ON_KINDS else "unknown"
 
     def threshold_list(self) -> list[float]:
         return [float(self.thresholds.get(x, 0.5)) for x in self.labels]

@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from conftest import REPO
 from cxrcore.eval.metrics import confusion_at
-from cxrcore.eval.subgroups import largest_gaps, subgroup_metrics
+from cxrcore.eval.subgroups import gap_table, subgroup_metrics, top_gaps
 from cxrcore.eval.thresholds import (STRATEGIES, ThresholdSweep, snap, suggest_thresholds,
                                      target_sensitivity_thresholds, target_specificity_thresholds)
 
@@ -135,13 +135,14 @@ def test_subgroup_metrics_hand_made():
     # min_positives=1: B's overall AUROC is defined (positive at the lowest score -> 0)
     df1 = subgroup_metrics(targets, probs, [0.5, 0.5], f, ["A", "B"], min_positives=1)
     assert df1.set_index(["kind", "group", "label"]).loc[("all", "all", "B"), "auroc"] == 0.0
-    # largest gaps: overall AUROC of A is 48/64 = 0.75 -> F -0.75, M +0.25; sensitivity F -0.5, M +0.5.
-    # Every other group of A lacks positives (< 3) or negatives; B never has enough positives.
+    # gaps between the groups of one kind: A by sex, AUROC 1.0 (M) vs 0.0 (F). Every other kind has at
+    # most one group of A with enough positives (>= 3) and negatives; B never has enough positives.
     assert overall == 0.75
-    gaps = largest_gaps(df, 10)
-    assert list(zip(gaps["metric"], gaps["group"], gaps["gap"])) == [
-        ("auroc", "F", -0.75), ("sensitivity", "F", -0.5), ("sensitivity", "M", 0.5), ("auroc", "M", 0.25)]
-    assert len(largest_gaps(df, 2)) == 2
+    gaps = gap_table(subgroup_metrics(targets, probs, [0.5, 0.5], f, ["A", "B"], min_positives=3))
+    assert gaps[["kind", "label", "gap", "lowest", "highest", "groups"]].values.tolist() == [
+        ["sex", "A", 1.0, "F", "M", 2]]
+    assert gap_table(df, "sensitivity")[["kind", "label", "gap"]].values.tolist()[0] == ["sex", "A", 1.0]
+    assert top_gaps(gaps).tolist() == [True]
     # a source column adds a kind
     f2 = f.assign(source=["nih", "chexpert"] * 8)
     assert "source" in set(subgroup_metrics(targets, probs, 0.5, f2, ["A", "B"])["kind"])

@@ -25,7 +25,6 @@ import pandas as pd
 from ..errors import DataError
 from ..labels import canonical
 
-META_COLUMNS = ["image_id", "path", "patient_id", "study_id", "sex", "age", "view", "frontal"]
 BOX_COLUMNS = ["image_id", "label", "x", "y", "w", "h"]
 
 # How CheXpert's uncertain (-1) and unmentioned (NaN) values become training targets.

@@ -28,13 +28,6 @@ MAX_AGE = 120.0  # ages above this (or below 0) are data errors and count as unk
 
 # --------------------------------------------------------------------------- helpers
 
-def positive_matrix(index: DatasetIndex) -> np.ndarray:
-    """Boolean (N, L): raw value == 1."""
-    if not index.labels:
-        return np.zeros((len(index.frame), 0), dtype=bool)
-    return index.label_matrix() == 1
-
-
 def has_uncertainty(index: DatasetIndex) -> bool:
     """True when any label value is -1 (uncertain) or NaN (unmentioned): CheXpert-style data."""
     if not index.labels or len(index.frame) == 0:
@@ -68,13 +61,6 @@ def _patient_codes(frame: pd.DataFrame) -> tuple[np.ndarray, int]:
 def _clean_age(frame: pd.DataFrame) -> pd.Series:
     age = pd.to_numeric(frame["age"], errors="coerce").astype(float)
     return age.where((age >= 0) & (age <= MAX_AGE))
-
-
-def _category(series: pd.Series) -> pd.Series:
-    """String categories (object dtype) with missing values as ``unknown``."""
-    codes, names = _category_codes(series)
-    values = np.array(names, dtype=object)[codes] if len(names) else np.full(len(series), UNKNOWN, dtype=object)
-    return pd.Series(values, index=series.index, dtype=object, name=series.name)
 
 
 def _category_codes(series: pd.Series) -> tuple[np.ndarray, list[str]]:

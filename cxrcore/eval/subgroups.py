@@ -4,6 +4,8 @@
 the whole split (kind ``all``). AUROC is NaN where the group has fewer than ``min_positives``
 positives or no negatives for the label; sensitivity is NaN without positives, specificity
 without negatives. ``*_gap`` = group value - overall value (overall = all images of the split).
+``gap_table`` turns the records into what the page and the report show: per kind and label, the
+spread of a metric between the groups (highest - lowest), largest first.
 """
 from __future__ import annotations
 
@@ -105,22 +107,6 @@ def subgroup_metrics(targets: np.ndarray, probs: np.ndarray, thresholds, frame: 
         df[f"{k}_gap"] = df[k] - df["label"].map({x: r[k] for x, r in overall.items()}).astype(float)
     df.attrs["min_positives"] = min_positives
     return df[COLUMNS]
-
-
-def largest_gaps(df: pd.DataFrame, k: int = 10) -> pd.DataFrame:
-    """The ``k`` largest absolute AUROC or sensitivity gaps of a subgroup to the whole split
-    (subgroups only; rows with too few positives for the label are left out). One row per gap:
-    ``metric`` (auroc / sensitivity), ``gap`` (signed) and the group's identifying columns."""
-    sub = df[(df["kind"] != "all") & df["enough_positives"]]
-    parts = []
-    for metric in ("auroc", "sensitivity"):
-        g = sub[["kind", "group", "label", "n_images", "n_patients", "positives", metric, f"{metric}_gap"]].rename(
-            columns={metric: "value", f"{metric}_gap": "gap"})
-        parts.append(g.assign(metric=metric).dropna(subset=["gap"]))
-    out = pd.concat(parts, ignore_index=True)
-    out = out.assign(abs_gap=out["gap"].abs()).sort_values("abs_gap", ascending=False, kind="mergesort")
-    return out.head(k).drop(columns="abs_gap").reset_index(drop=True)[
-        ["metric", "kind", "group", "label", "value", "gap", "n_images", "n_patients", "positives"]]
 
 
 def to_records(df: pd.DataFrame) -> list[dict]:

@@ -206,10 +206,6 @@ def library_card(name: str, source: dict | None = None):
                 trained_on=trained_on(weights))
 
 
-def is_library_card(card) -> bool:
-    return bool((card.training or {}).get("library")) and card.training_kind() == "library"
-
-
 def default_thresholds(card) -> dict[str, float]:
     """The library's own thresholds recorded in a library model's card (or a copy of it); {} otherwise."""
     return dict(((card.training or {}).get("library") or {}).get("default_thresholds") or {})

@@ -150,11 +150,6 @@ def resolve_pretrained(arch: str, pretrained: str) -> str:
     return p
 
 
-def default_pretrained(arch: str) -> str:
-    """What ``auto`` means for ``arch``: xrv names are pretrained models, the rest start random."""
-    return resolve_pretrained(arch, "auto")
-
-
 # ---------------------------------------------------------------------- where weights live
 @dataclass
 class WeightsLocation:
