@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from cxrcore.checkpoint import read_card
 from cxrcore.errors import CXRError
 from cxrcore.jobs import JobStore
 from cxrcore.jobs import dispatch, local, logfiles
@@ -691,14 +692,11 @@ def compare_runs(a, b) -> None:
     st.plotly_chart(fig, key="train_cmp_fig", config=chart_config())
 
     def final(job, s) -> dict:
-        card = Path(job.run_dir) / "checkpoint" / "card.json"
-        if card.exists():
-            try:
-                c = json.loads(card.read_text())
-                return {"val": c.get("metrics", {}).get("val", {}), "test": c.get("metrics", {}).get("test", {})}
-            except (OSError, json.JSONDecodeError):
-                pass
-        return {"val": {"auroc": s["per_label_auroc"], "mean_auroc": s["best_val_mean_auroc"]}, "test": {}}
+        try:
+            metrics = read_card(Path(job.run_dir) / "checkpoint").metrics
+            return {"val": metrics.get("val", {}), "test": metrics.get("test", {})}
+        except CXRError:  # no checkpoint yet (or a damaged one): the live summary of the events
+            return {"val": {"auroc": s["per_label_auroc"], "mean_auroc": s["best_val_mean_auroc"]}, "test": {}}
 
     fa, fb = final(a, sa), final(b, sb)
     labels = list(dict.fromkeys(list((fa["val"].get("auroc") or {})) + list((fb["val"].get("auroc") or {}))))
