@@ -59,9 +59,12 @@ def check_config(config: dict) -> dict:
     if cfg.init:
         from ..checkpoint import read_card
 
-        init = Path(cfg.init).expanduser().resolve()
-        read_card(init)  # CheckpointError when it is not a checkpoint
-        cfg.init = str(init)
+        from ..models.library import library_ref
+
+        name = library_ref(cfg.init)  # a library model (xrv:...) stays a name, not a path
+        init = name or str(Path(cfg.init).expanduser().resolve())
+        read_card(init)  # CheckpointError when it is not a checkpoint (or a known library model)
+        cfg.init = init
     else:
         from ..data.preprocess import Preprocess
 
