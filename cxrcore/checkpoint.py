@@ -121,7 +121,7 @@ def infer_trained_on(card: "Card") -> dict:
     return {"kind": "unknown", "datasets": [name] if name else [], "summary": "not recorded in the card"}
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -138,7 +138,7 @@ def save_checkpoint(folder: str | os.PathLike, state_dict: dict[str, torch.Tenso
     tensors = {k: (v.detach().to("cpu", dtype=dtype if (dtype and v.is_floating_point()) else v.dtype)).contiguous()
                for k, v in state_dict.items()}
     save_file(tensors, str(tmp / WEIGHTS), metadata={"format": CARD_FORMAT})
-    card.weights_sha256 = _sha256(tmp / WEIGHTS)
+    card.weights_sha256 = file_sha256(tmp / WEIGHTS)
     card.created = card.created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
     (tmp / CARD).write_text(json.dumps(card.to_dict(), indent=2, default=_json_default))
     _swap_in(tmp, folder)
@@ -210,7 +210,7 @@ def load_checkpoint(folder: str | os.PathLike, verify: bool = True,
     folder = _resolve(Path(folder))
     card = read_card(folder)
     weights = folder / WEIGHTS
-    if verify and card.weights_sha256 and _sha256(weights) != card.weights_sha256:
+    if verify and card.weights_sha256 and file_sha256(weights) != card.weights_sha256:
         raise CheckpointError(f"{weights} does not match the hash in its card: the checkpoint is damaged or mixed. "
                               "Re-run the training or restore the folder.")
     try:

@@ -26,11 +26,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def app_url(app_home, shipped):
+def serve_app(env: dict):
+    """`streamlit run app.py` on a free port of 127.0.0.1 with ``env``; yields its URL, stops it after."""
     port = _free_port()
-    env = dict(os.environ, CXR_HOME=str(app_home))
-    env.pop("OPENAI_API_KEY", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.address",
          "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
@@ -49,6 +47,13 @@ def app_url(app_home, shipped):
     yield url
     os.killpg(proc.pid, 15)
     proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def app_url(app_home, shipped):
+    env = dict(os.environ, CXR_HOME=str(app_home))
+    env.pop("OPENAI_API_KEY", None)
+    yield from serve_app(env)
 
 
 @pytest.fixture(scope="module")
@@ -163,25 +168,7 @@ def xrv_app_url(app_home, shipped, tmp_path_factory):
     plant_densenet(root / "xrv-cache")
     env = dict(os.environ, CXR_HOME=str(home), CXR_XRV_CACHE_DIR=str(root / "xrv-cache"), CXR_OFFLINE="1")
     env.pop("OPENAI_API_KEY", None)
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.address",
-         "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start: " + proc.stdout.read().decode()[-2000:])
-    yield url
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=20)
+    yield from serve_app(env)
 
 
 def _choose(page, label: str, option: str) -> str:

@@ -22,7 +22,6 @@ short forms ``xrv:all``, ``xrv:nih`` … work too). No training is involved:
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import shutil
@@ -236,14 +235,6 @@ def _fingerprint(path: Path) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def library_folder(name: str) -> Path:
     """Where the model made from the library's file is kept (under the workspace)."""
     from .. import workspace
@@ -284,7 +275,7 @@ def _current(folder: Path, source: Path):
 def materialize(name: str, progress=None) -> Path:
     """The library model as an ordinary checkpoint folder in the workspace, made (once per version of
     the library's file) from that file, fetched first if needed (see :func:`fetch_weights`)."""
-    from ..checkpoint import save_checkpoint
+    from ..checkpoint import file_sha256, save_checkpoint
     from .registry import build_model
     from .xrv_weights import file_lock
 
@@ -297,7 +288,7 @@ def materialize(name: str, progress=None) -> Path:
         if _current(folder, source) is not None:  # made by another session meanwhile
             return folder
         fp = _fingerprint(source)
-        card = library_card(name, {"sha256": _sha256(source), **fp})
+        card = library_card(name, {"sha256": file_sha256(source), **fp})
         model = build_model(name, len(card.labels), "hub", labels=card.labels)
         report = model.head_swap_report
         if report is None or report.new:
