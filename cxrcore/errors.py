@@ -31,3 +31,8 @@ class JobError(CXRError):
 
 class LLMError(CXRError):
     """The language-model service is not configured, unreachable or answered badly."""
+
+
+class AccessError(CXRError):
+    """Something this server's operator has not allowed (a folder outside the data roots, an LLM base URL
+    off the allowlist, a job action without the right, an upload over the size limit)."""
