@@ -1,7 +1,7 @@
 """A local OpenAI-compatible chat-completions server on 127.0.0.1 for tests.
 
-It records every request, checks the Authorization header, and answers in one of several
-modes: a streamed (SSE) answer, HTTP 401, garbage, or a slow answer.
+It records every request (path, Authorization header, all headers, body), checks the Authorization
+header, and answers in one of several modes: a streamed (SSE) answer, HTTP 401, garbage, or a slow answer.
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ class StubLLM:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
-                stub.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+                stub.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body,
+                                      "headers": {k.lower(): v for k, v in self.headers.items()}})
                 if stub.mode == "slow":
                     time.sleep(5)
                 if self.headers.get("Authorization") != f"Bearer {stub.key}" or stub.mode == "401":

@@ -4,10 +4,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from cxrcore.errors import CXRError, LLMError
+from cxrcore import hosting
+from cxrcore.errors import AccessError, CXRError, LLMError
 from cxrcore.explain.llm import DISCLAIMER, LLMConfig, build_facts, explain_stream, template_summary
 from cxrcore.explain.visual import comparison_panel, png_bytes
-from ui.common import checkpoint_choices, run_comparison, show_error
+from ui.common import checkpoint_choices, hosting_settings, run_comparison, show_error
 
 st.title("Explain a comparison")
 st.caption(DISCLAIMER)
@@ -44,20 +45,42 @@ facts = build_facts(preds, label, comparison.truth)
 for warning in facts.get("warnings", []):  # also in the panel and in what the LLM is told
     st.warning(warning)
 
+settings = hosting_settings()
 with st.expander("LLM settings (OpenAI or any OpenAI-compatible server)"):
     env = LLMConfig.from_env()
+    own = env.base_url or hosting.OPENAI_BASE_URL
     st.caption("Defaults come from OPENAI_API_KEY, OPENAI_BASE_URL and CXR_LLM_MODEL. "
-               "The key is used for the request only; it is never shown or logged.")
+               "A key is used for the request only; it is never shown or logged.")
     model = st.text_input("Model", value=env.model, key="llm_model")
-    base_url = st.text_input("Base URL (blank: OpenAI)", value=env.base_url or "", key="llm_base_url")
-    key_input = st.text_input("API key (blank: OPENAI_API_KEY)", value="", type="password", key="llm_key")
-config = LLMConfig.from_env(model=model, base_url=base_url or None, api_key=key_input or None)
+    editable = hosting.llm_base_url_editable(settings)
+    base_url = st.text_input("Base URL (blank: this server's endpoint)", value=env.base_url or "",
+                             key="llm_base_url", disabled=not editable)
+    if not editable:
+        base_url = ""
+        st.caption(f"This server sends explanations only to its own endpoint ({own}). The operator can allow other "
+                   f"OpenAI-compatible servers with {hosting.ENV_LLM_ALLOWED}.")
+    elif settings.llm_allowed_set or settings.hosted:
+        st.caption(f"Besides this server's endpoint ({own}), allowed: {', '.join(settings.llm_allowed)}. Another "
+                   "base URL is used only with the API key you type below: the server's key goes to its own "
+                   "endpoint only.")
+    else:
+        st.caption(f"Another base URL than {own} is used only with the API key you type below: the key from "
+                   "OPENAI_API_KEY goes to its own endpoint only.")
+    key_input = st.text_input("API key (blank: the server's key, for its own endpoint only)", value="",
+                              type="password", key="llm_key")
+try:
+    config = hosting.llm_config_for(base_url, key_input, settings, model=model or None)
+except AccessError as exc:
+    show_error(exc)
+    st.markdown("Written summary from the same facts instead:  \n" + template_summary(facts).replace("\n", "  \n"))
+    st.stop()
 
 with st.expander("Structured facts sent with the panel"):
     st.json(facts)
 
 cache = st.session_state.setdefault("explanations", {})
-cache_key = (comparison.image_hash, tuple(sorted(comparison.model_paths.values())), label, config.model, config.base_url)
+cache_key = (comparison.image_hash, tuple(sorted(comparison.model_paths.values())), label, config.model, config.base_url,
+             config.isolated)
 
 if not config.enabled:
     st.warning("No LLM configured. Set OPENAI_API_KEY (and OPENAI_BASE_URL for a local OpenAI-compatible server) "

@@ -32,16 +32,32 @@ SYSTEM_PROMPT = (
 
 @dataclass
 class LLMConfig:
+    """Where one explanation request goes and with which key.
+
+    ``isolated``: the endpoint is not the environment's own (a base URL someone typed), so nothing of
+    the server's environment goes with the request: not ``OPENAI_API_KEY``, and not the headers the
+    ``openai`` client adds from the environment (``OPENAI_ORG_ID``, ``OPENAI_PROJECT_ID``,
+    ``OPENAI_CUSTOM_HEADERS``). Only :meth:`from_env` makes a config that is not isolated, and only
+    for the environment's own endpoint. Which base URLs a visitor may type is the operator's choice
+    (:func:`cxrcore.hosting.llm_config_for`)."""
+
     api_key: str | None = None
     base_url: str | None = None
     model: str = "gpt-4o-mini"
     timeout: float = 60.0
+    isolated: bool = True
 
     @classmethod
-    def from_env(cls, **overrides) -> "LLMConfig":
-        cfg = cls(api_key=os.environ.get("OPENAI_API_KEY") or None,
-                  base_url=os.environ.get("OPENAI_BASE_URL") or None,
-                  model=os.environ.get("CXR_LLM_MODEL") or cls.model)
+    def from_env(cls, environ=None, **overrides) -> "LLMConfig":
+        """The environment's endpoint and key (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``, ``CXR_LLM_MODEL``);
+        blank overrides are ignored. A ``base_url`` override other than the environment's own drops
+        the environment's key: the request then carries only an ``api_key`` override, if any."""
+        env = os.environ if environ is None else environ
+        cfg = cls(api_key=env.get("OPENAI_API_KEY") or None, base_url=env.get("OPENAI_BASE_URL") or None,
+                  model=env.get("CXR_LLM_MODEL") or cls.model, isolated=False)
+        other = overrides.pop("base_url", None)
+        if other not in (None, "") and not _same_endpoint(other, cfg.base_url):
+            cfg.base_url, cfg.api_key, cfg.isolated = other, None, True
         for k, v in overrides.items():
             if v not in (None, ""):
                 setattr(cfg, k, v)
@@ -53,6 +69,47 @@ class LLMConfig:
 
     def __repr__(self) -> str:  # never show the key
         return f"LLMConfig(model={self.model!r}, base_url={self.base_url!r}, api_key={'set' if self.api_key else 'unset'})"
+
+
+def _same_endpoint(a: str | None, b: str | None) -> bool:
+    """Whether two base URLs name one endpoint (None: OpenAI's)."""
+    from ..errors import AccessError
+    from ..hosting import OPENAI_BASE_URL, normalize_base_url
+
+    try:
+        return normalize_base_url(a or OPENAI_BASE_URL) == normalize_base_url(b or OPENAI_BASE_URL)
+    except AccessError:
+        return (a or "").rstrip("/") == (b or "").rstrip("/")
+
+
+def _env_header_names() -> set[str]:
+    """Lower-case names of the headers the openai client adds from ``OPENAI_CUSTOM_HEADERS``."""
+    names = set()
+    for line in (os.environ.get("OPENAI_CUSTOM_HEADERS") or "").split("\n"):
+        if ":" in line:
+            names.add(line.split(":", 1)[0].strip().lower())
+    return names
+
+
+def _client(config: LLMConfig):
+    """The ``openai`` client for one request. For an isolated config, a request hook leaves only the
+    config's own key on the request: headers the client took from the environment are removed."""
+    import openai
+
+    kwargs = dict(api_key=config.api_key, base_url=config.base_url, timeout=config.timeout, max_retries=0)
+    if config.isolated:
+        key = config.api_key
+        strip = _env_header_names() | {"authorization"}
+
+        def only_own_credentials(request) -> None:
+            for name in list(request.headers.keys()):
+                low = name.lower()
+                if low in strip or low.startswith("openai-"):
+                    del request.headers[name]
+            request.headers["Authorization"] = f"Bearer {key}"
+
+        kwargs["http_client"] = openai.DefaultHttpxClient(event_hooks={"request": [only_own_credentials]})
+    return openai.OpenAI(**kwargs)
 
 
 def anatomical_position(box: Box) -> str:
@@ -152,7 +209,7 @@ def explain_stream(panel_png: bytes, facts: dict, config: LLMConfig) -> Iterator
                        "OpenAI-compatible server), or enter them on the Explain page.")
     import openai
 
-    client = openai.OpenAI(api_key=config.api_key, base_url=config.base_url, timeout=config.timeout, max_retries=0)
+    client = _client(config)
     image_url = "data:image/png;base64," + base64.b64encode(panel_png).decode()
     messages = [
         {"role": "system", "content": SYSTEM_PROMPT},
