@@ -114,19 +114,20 @@ def cmd_train(a) -> int:
 
         check_architecture(cfg.arch, cfg.pretrained, cfg.arch_kwargs)
     if a.backend == "slurm":
-        from .jobs import slurm
+        from .jobs import dispatch
 
         opts = {k: v for k, v in (("partition", a.partition), ("time", a.time), ("mem", a.mem), ("cpus", a.cpus),
                                   ("account", a.account)) if v is not None}
         cfg.slurm = {**(cfg.slurm or {}), **opts}
-        job = slurm.submit(asdict(cfg), name=a.name or Path(a.data).name, cluster=a.slurm_conf)
+        job = dispatch.submit(asdict(cfg), name=a.name or Path(a.data).name, backend="slurm",
+                              cluster=a.slurm_conf)  # recorded as launched by the OS user
         print(f"submitted job {job.id} to Slurm as job {job.backend_id} (run folder {job.run_dir}); "
               f"watch it with `cxr jobs show {job.id}`")
         return 0
     if a.backend == "local" and a.background:
-        from .jobs import local
+        from .jobs import dispatch
 
-        job = local.submit(asdict(cfg), name=a.name or Path(a.data).name)
+        job = dispatch.submit(asdict(cfg), name=a.name or Path(a.data).name)  # recorded as launched by the OS user
         print(f"submitted job {job.id} (run folder {job.run_dir}); watch it with `cxr jobs show {job.id}`")
         return 0
     from .train.trainer import train
@@ -259,6 +260,7 @@ def cmd_demo(a) -> int:
 
 def cmd_jobs(a) -> int:
     from . import jobs
+    from .hosting import owner_display
     from .jobs.store import JobStore
 
     store = JobStore()
@@ -269,7 +271,8 @@ def cmd_jobs(a) -> int:
             print("no jobs yet; start one with `cxr train ... --background` or from the Training page")
         for j in rows:
             where = f"{j.backend}:{j.backend_id}" if j.backend_id else j.backend
-            print(f"{j.id}  {j.status:<10} {where:<14} {j.name}" + (f"  ({j.note})" if j.note and j.active else ""))
+            print(f"{j.id}  {j.status:<10} {where:<14} {j.name}" + (f"  ({j.note})" if j.note and j.active else "")
+                  + (f"  [by {owner_display(j.owner)}]" if j.owner else ""))
         return 0
     if not a.job:
         raise CXRError(f"`cxr jobs {a.action}` needs a job id; `cxr jobs list` shows them.")
@@ -277,7 +280,7 @@ def cmd_jobs(a) -> int:
     if a.action == "show":
         s = jobs.progress_summary(jobs.events(job))
         print(json.dumps({"id": job.id, "name": job.name, "status": job.status, "backend": job.backend,
-                          "slurm_id": job.backend_id, "gpu_ids": job.gpu_ids, "note": job.note,
+                          "slurm_id": job.backend_id, "gpu_ids": job.gpu_ids, "note": job.note, "owner": job.owner,
                           "run_dir": str(job.run_dir), "error": job.error, "progress": {k: v for k, v in s.items() if not k.endswith("curve")}},
                          indent=1, default=str))
     elif a.action == "logs":
@@ -382,7 +385,7 @@ def cmd_serve(a) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     token = a.token or os.environ.get("CXR_API_TOKEN") or None
-    if a.max_bytes < 1:
+    if a.max_bytes is not None and a.max_bytes < 1:
         raise CXRError("--max-bytes must be positive.")
     service = Service(a.checkpoint, token=token, max_bytes=a.max_bytes)
     try:
@@ -513,7 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /predict (default: env CXR_API_TOKEN)")
-    s.add_argument("--max-bytes", type=int, default=20_000_000, help="largest request body accepted")
+    s.add_argument("--max-bytes", type=int, default=None,
+                   help="largest request body accepted (default: an image of CXR_MAX_UPLOAD_MB, default 32 MB, "
+                        "base64-encoded, plus 64 KiB)")
     s.set_defaults(func=cmd_serve)
     return p
 

@@ -14,21 +14,26 @@ from pathlib import Path
 from ..errors import ConfigError
 
 
-def check_config(config: dict) -> dict:
+def check_config(config: dict, settings=None) -> dict:
     """Validate a training config without starting anything; returns it normalised.
 
     Normalised: every option present (defaults filled in), ``data`` and ``init`` as absolute
     paths (the runner's working directory is the run folder). Raises ConfigError for bad
     options (unknown option, epochs < 1, unknown labels, mode, policy, device, architecture,
     pretrained), DataError for a data folder that is missing or holds no label table, and
-    CheckpointError for an ``init`` that is not a checkpoint.
+    CheckpointError for an ``init`` that is not a checkpoint. AccessError for a ``data`` or ``init``
+    folder outside the folders the operator lets jobs read (``CXR_DATA_ROOTS`` and the workspace;
+    :func:`cxrcore.hosting.check_job_paths`, with ``settings`` or the environment's), whoever calls.
     """
+    from .. import hosting
+
     from ..train.trainer import TrainConfig  # imports torch
 
     if not isinstance(config, dict):
         raise ConfigError(f"A training config is a dict of options, not {type(config).__name__}.")
     if not config.get("data"):
         raise ConfigError("The training config needs `data`: the dataset folder to train on.")
+    hosting.check_job_paths(config, settings or hosting.settings())  # before anything reads the folder
     try:
         cfg = TrainConfig.from_dict(dict(config))
     except TypeError as exc:

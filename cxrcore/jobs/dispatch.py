@@ -8,11 +8,18 @@ checks what holds for every backend, and hands the rest to that backend (:mod:`c
     job = submit(config, backend="slurm", cluster="/etc/slurm/slurm.conf")           # Slurm
     job = refresh(job)          # reconcile a job whose runner died without reporting
     cancel(job.id); resume(job.id); print(logs(job))
+
+Who may launch, cancel and resume is the operator's setting (:mod:`cxrcore.hosting`): the app passes
+the visitor as ``user`` (and its settings) and these functions refuse with AccessError before
+anything happens. ``user=None`` is the operator's own tool (the CLI, Python on this machine): every
+right. Jobs record who launched them (``Job.owner``); a cap on queued + running jobs per person is
+checked atomically with the insert. The data roots apply to every caller (``check_config``).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+from .. import hosting
 from ..errors import JobError
 from .backend import Backend
 from .local import BACKEND as LOCAL
@@ -33,14 +40,25 @@ def backend_for(job_or_name: Job | str) -> Backend:
 
 
 def submit(config: dict, name: str = "", store: JobStore | None = None, run_dir: str | Path | None = None,
-           backend: str = "local", **backend_options) -> Job:
+           backend: str = "local", user: hosting.User | None = None, settings: hosting.Settings | None = None,
+           **backend_options) -> Job:
     """Validate ``config``, create the job and start it on ``backend``; returns the queued job.
 
     Bad input raises (ConfigError / DataError / CheckpointError / JobError) before any row or
     folder is created. ``backend_options``: the backend's own (slurm: ``cluster``, its slurm.conf).
+    ``user``: who launches (default: the operator); AccessError when the operator's settings do not
+    let them, or when ``data`` / ``init`` lie outside the folders they may open; JobError at their cap.
     """
-    return backend_for(backend).submit(config, name=name, store=store or JobStore(), run_dir=run_dir,
-                                       **backend_options)
+    backend_impl = backend_for(backend)
+    s = settings or hosting.settings()
+    user = user or hosting.operator_user()
+    hosting.check_may(user, "launch", None, s)
+    hosting.check_job_paths(config, s)
+    if run_dir is not None and not user.operator:
+        raise hosting.AccessError("Only the operator chooses a job's run folder; the app's jobs go under the workspace.")
+    store = (store or JobStore()).launching_as(user.id, hosting.cap_for(user, s),
+                                               lambda owner: hosting.same_person(owner, user))
+    return backend_impl.submit(config, name=name, store=store, run_dir=run_dir, **backend_options)
 
 
 def refresh(job: Job | str, store: JobStore | None = None) -> Job:
@@ -60,27 +78,34 @@ def refresh_all(store: JobStore | None = None, limit: int | None = None) -> list
     return jobs
 
 
-def cancel(job_id: str, store: JobStore | None = None, timeout: float = 5.0) -> Job:
+def cancel(job_id: str, store: JobStore | None = None, timeout: float = 5.0, user: hosting.User | None = None,
+           settings: hosting.Settings | None = None) -> Job:
     """Stop a job: SIGTERM to its runner first (it stops at the next training step, keeps its best
-    checkpoint and reports), harder after ``timeout`` seconds; marks it cancelled. An ended job raises JobError."""
+    checkpoint and reports), harder after ``timeout`` seconds; marks it cancelled. An ended job raises JobError.
+    ``user`` without the right to cancel this job (see :mod:`cxrcore.hosting`): AccessError, nothing stopped."""
     store = store or JobStore()
+    if user is not None:
+        hosting.check_may(user, "cancel", store.get(job_id.id if isinstance(job_id, Job) else job_id), settings)
     job = refresh(job_id, store)
     if job.ended:
         raise JobError(f"Job {job.id} already ended with status {job.status}; there is nothing to cancel.")
     return backend_for(job).cancel(job, store, timeout=timeout)
 
 
-def resume(job_id: str, store: JobStore | None = None) -> Job:
+def resume(job_id: str, store: JobStore | None = None, user: hosting.User | None = None,
+           settings: hosting.Settings | None = None) -> Job:
     """Start a cancelled or failed job again from its last complete epoch (``run_dir/last``).
 
     The same row and run folder are reused: the job goes back to ``queued``, a new runner restores
     model, optimizer, scheduler, sampler and RNG state and trains the remaining epochs (the events
     and log continue). Raises JobError for a job that is still active, succeeded, or never finished
-    an epoch (clone it instead).
+    an epoch (clone it instead). ``user`` without the right to resume it: AccessError, nothing started.
     """
     from ..train.state import state_path  # imports torch
 
     store = store or JobStore()
+    if user is not None:
+        hosting.check_may(user, "resume", store.get(job_id.id if isinstance(job_id, Job) else job_id), settings)
     job = refresh(job_id, store)
     if job.active:
         raise JobError(f"Job {job.id} is still {job.status}; only a cancelled or failed job can be resumed.")

@@ -10,6 +10,7 @@ Statuses: ``queued`` (row created, process starting) -> ``running`` -> ``succeed
 """
 from __future__ import annotations
 
+import copy
 import json
 import secrets
 import sqlite3
@@ -43,13 +44,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     exit_code INTEGER,
     backend_id TEXT,
     gpu_ids   TEXT,
-    note      TEXT
+    note      TEXT,
+    owner     TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created);
 """
 
 # Columns added after the first release: (name, SQL type), added to older databases on open.
-_ADDED_COLUMNS = (("backend_id", "TEXT"), ("gpu_ids", "TEXT"), ("note", "TEXT"))
+_ADDED_COLUMNS = (("backend_id", "TEXT"), ("gpu_ids", "TEXT"), ("note", "TEXT"), ("owner", "TEXT"))
 
 
 @dataclass
@@ -71,6 +73,7 @@ class Job:
     backend_id: str | None = None     # the backend's own id (Slurm job id); None for local jobs
     gpu_ids: list | None = None       # local: GPU indices given to the job (CUDA_VISIBLE_DEVICES); None until placed
     note: str | None = None           # what a queued job waits for ("waiting for 1 GPU(s)", Slurm's reason)
+    owner: str | None = None          # who launched it (cxrcore.hosting.User.id); None: before owners were recorded
 
     @property
     def active(self) -> bool:
@@ -120,6 +123,16 @@ class JobStore:
             raise JobError(f"The job database {self.path} cannot be opened ({exc}). Move it away to start "
                            "a fresh one; the run folders are kept.") from exc
         self.journal_mode = str(mode).lower()
+        self._launch: tuple | None = None  # (owner, cap, same_person) of launching_as; None: no owner recorded
+
+    def launching_as(self, owner: str, cap: int = 0, same_person=None) -> "JobStore":
+        """This table, for one launcher: rows it creates record ``owner``, and creating one is refused
+        (JobError) when ``cap`` > 0 and ``same_person(row_owner)`` holds for ``cap`` queued or running
+        rows already; the count and the insert happen under one write lock, so two launches at once
+        cannot both pass. A new object: the store it came from is unchanged (threads share stores)."""
+        clone = copy.copy(self)
+        clone._launch = (str(owner), int(cap or 0), same_person or (lambda o: o == owner))
+        return clone
 
     def __repr__(self) -> str:
         return f"JobStore({str(self.path)!r})"
@@ -198,9 +211,20 @@ class JobStore:
             folder = folder.resolve()
             try:
                 with self._write() as con:
+                    owner = None
+                    if self._launch is not None:
+                        owner, cap, same = self._launch
+                        if cap > 0:
+                            active = [r[0] for r in con.execute(
+                                f"SELECT owner FROM jobs WHERE status IN ({','.join('?' * len(ACTIVE))})", ACTIVE)]
+                            mine = sum(1 for o in active if same(o))
+                            if mine >= cap:
+                                raise JobError(f"You have {mine} job(s) queued or running; this server allows {cap} "
+                                               "per person at once. Wait for one to end or cancel one.")
                     con.execute(
-                        "INSERT INTO jobs (id, name, status, backend, config, run_dir, created) VALUES (?,?,?,?,?,?,?)",
-                        (job_id, name or "", "queued", backend, config_text, str(folder), now))
+                        "INSERT INTO jobs (id, name, status, backend, config, run_dir, created, owner) "
+                        "VALUES (?,?,?,?,?,?,?,?)",
+                        (job_id, name or "", "queued", backend, config_text, str(folder), now, owner))
             except sqlite3.IntegrityError:
                 continue  # id collision: same second, same 4 hex digits
             return self.get(job_id)
