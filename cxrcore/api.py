@@ -11,7 +11,9 @@ Endpoints::
 Errors are JSON ``{"error": message, "status": code}``: 400 malformed JSON, base64 or image (the
 reader's message), 401 missing or wrong bearer token (when a token is set; /health stays open),
 404 unknown path or model, 405 wrong method, 411 no Content-Length, 413 body over the limit
-(checked from Content-Length before anything is read), 500 unexpected (logged server-side with
+(checked from Content-Length before anything is read) or an image over the operator's upload limit
+(``CXR_MAX_UPLOAD_MB``, the app's limit too; the default body limit is that image base64-encoded plus
+64 KiB of JSON, see :func:`cxrcore.hosting.api_max_body_bytes`), 500 unexpected (logged server-side with
 the traceback but never the image; the client gets no traceback). Nothing is written to disk, and
 no DICOM metadata appears in responses.
 """
@@ -33,7 +35,7 @@ from .errors import CXRError, ImageError
 
 log = logging.getLogger("cxrcore.api")
 
-MAX_BYTES = 20_000_000
+MAX_BYTES = 20_000_000  # the former fixed default; the default now follows CXR_MAX_UPLOAD_MB (cxrcore.hosting)
 MAX_MC_SAMPLES = 50
 _DICOM_NOTE_PREFIXES = ("DICOM transfer syntax", "modality ", "photometric interpretation")
 
@@ -65,9 +67,14 @@ def _decode_b64(text: str) -> bytes:
 class Service:
     """The models and the request logic, independent of HTTP (usable in tests and other servers)."""
 
-    def __init__(self, checkpoints: list[str | Path], token: str | None = None, max_bytes: int = MAX_BYTES,
-                 device: str = "cpu"):
+    def __init__(self, checkpoints: list[str | Path], token: str | None = None, max_bytes: int | None = None,
+                 device: str = "cpu", max_image_bytes: int | None = None):
+        """``max_bytes``: the largest request body (default: an image of ``CXR_MAX_UPLOAD_MB`` in base64 plus
+        JSON); ``max_image_bytes``: the largest decoded image (default: ``CXR_MAX_UPLOAD_MB``)."""
+        from . import hosting
         from .predictor import Predictor
+
+        limits = hosting.settings()
 
         if not checkpoints:
             raise CXRError("Give at least one --checkpoint to serve.")
@@ -83,14 +90,15 @@ class Service:
             self.locks[name] = threading.Lock()
         self.default = next(iter(self.models))
         self.token = token or None
-        self.max_bytes = int(max_bytes)
+        self.max_bytes = int(max_bytes) if max_bytes is not None else hosting.api_max_body_bytes(limits)
+        self.max_image_bytes = int(max_image_bytes) if max_image_bytes is not None else limits.max_upload_bytes
 
     # ------------------------------------------------------------------ endpoints
     def health(self) -> dict:
         return {"status": "ok", "models": list(self.models), "default_model": self.default,
                 "labels": {n: list(p.labels) for n, p in self.models.items()},
                 "display_names": {n: p.name for n, p in self.models.items()},
-                "max_bytes": self.max_bytes, "max_mc_samples": MAX_MC_SAMPLES}
+                "max_bytes": self.max_bytes, "max_image_bytes": self.max_image_bytes, "max_mc_samples": MAX_MC_SAMPLES}
 
     def check_auth(self, header: str | None) -> None:
         if not self.token:
@@ -130,6 +138,9 @@ class Service:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ApiError(400, "\"mc_seed\" must be an integer.")
         data = _decode_b64(image)
+        if len(data) > self.max_image_bytes:
+            raise ApiError(413, f"The image is {len(data):,} bytes, over this service's {self.max_image_bytes:,} byte "
+                                "limit (CXR_MAX_UPLOAD_MB); downscale or compress it.")
         if not data:
             raise ApiError(400, "\"image\" decodes to 0 bytes.")
         t_dec = time.perf_counter()

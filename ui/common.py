@@ -172,6 +172,58 @@ def show_model_cards(paths: dict[str, str]) -> None:
             st.markdown("\n".join(f"- *{k}*: {v}" for k, v in facts.items()))
 
 
+def hosting_settings():
+    """The operator's settings (:mod:`cxrcore.hosting`) for this server: read from the environment now,
+    with the address Streamlit listens on (unset means every interface, so not loopback)."""
+    from cxrcore import hosting
+
+    return hosting.settings(address=st.get_option("server.address") or "0.0.0.0")
+
+
+def current_user(settings=None):
+    """Who this session is (:func:`cxrcore.hosting.visitor`): signed in when Streamlit's own
+    authentication (``st.login``, configured in ``.streamlit/secrets.toml``) says so through
+    ``st.user``; otherwise anonymous, told apart per browser session by a random token kept
+    server-side in the session state (never taken from the browser or typed)."""
+    import secrets
+
+    from cxrcore import hosting
+
+    token = st.session_state.get("_cxr_session_token")
+    if not token:
+        token = st.session_state["_cxr_session_token"] = secrets.token_hex(8)
+    return hosting.visitor(st.user.to_dict(), token, settings or hosting_settings())
+
+
+def login_configured() -> bool:
+    """Whether ``.streamlit/secrets.toml`` has an ``[auth]`` section (an OpenID Connect provider)."""
+    try:
+        return "auth" in st.secrets
+    except Exception:  # noqa: BLE001 - no secrets file at all
+        return False
+
+
+def account_box(user) -> None:
+    """Sidebar: who you are, and Sign in / Sign out when the operator configured a login."""
+    box = st.sidebar.container(border=True)
+    if user.signed_in:
+        box.caption(f"Signed in as **{user.name or user.id}**")
+        if login_configured():
+            box.button("Sign out", key="account_logout", on_click=st.logout)
+        return
+    if not login_configured():
+        return
+    box.caption("Not signed in.")
+    if box.button("Sign in", key="account_login"):
+        from streamlit.auth_util import is_authlib_installed
+
+        if not is_authlib_installed():
+            box.error("Sign-in needs the Authlib package on the server (pip install Authlib>=1.3.2); "
+                      "tell the operator.")
+        else:
+            st.login()
+
+
 def show_error(exc: Exception) -> None:
     """A user-caused error as a message; anything else as an error box without a traceback."""
     if isinstance(exc, CXRError):

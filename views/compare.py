@@ -6,13 +6,14 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from cxrcore import hosting
 from cxrcore.data.imageio import read_image
 from cxrcore.errors import CXRError
 from cxrcore.explain.cam import CAM_METHODS
 from cxrcore.explain.visual import comparison_panel, overlay, png_bytes
 from cxrcore.models.library import card_stamp
-from ui.common import (chart_config, image_compare_slider, load_predictor, model_picker, require_checkpoints,
-                       run_comparison, show_error, show_model_cards)
+from ui.common import (chart_config, hosting_settings, image_compare_slider, load_predictor, model_picker,
+                       require_checkpoints, run_comparison, show_error, show_model_cards)
 
 st.title("Compare a baseline with a fine-tuned model")
 st.caption("Upload a chest radiograph (PNG, JPEG or DICOM). Nothing is stored; DICOM metadata never leaves this process.")
@@ -30,6 +31,11 @@ raw, name, truth = None, None, None
 if source == "Upload a file":
     up = st.file_uploader("Chest X-ray", type=["png", "jpg", "jpeg", "dcm", "dicom"], key="compare_upload")
     if up is not None:
+        try:  # the operator's limit (CXR_MAX_UPLOAD_MB), also Streamlit's server.maxUploadSize through run.sh
+            hosting.check_upload_size(up.size, hosting_settings(), up.name)
+        except CXRError as exc:
+            show_error(exc)
+            st.stop()
         raw, name = up.getvalue(), up.name
 else:
     from cxrcore.demo import sample_cases

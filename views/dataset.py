@@ -24,10 +24,11 @@ from cxrcore.data.imageio import read_image
 from cxrcore.data.index import POLICIES, DatasetIndex
 from cxrcore.data.readers import builtin_table, read_dataset
 from cxrcore.data.splits import SPLIT_METHODS, SPLITS, WARN_GAP, split_balance
-from cxrcore.errors import CXRError
+from cxrcore import hosting
+from cxrcore.errors import AccessError, CXRError
 from cxrcore.explain.visual import png_bytes, thumbnail
 from cxrcore.labels import LABEL_SPACES, canonical
-from ui.common import chart_config, dataset_choices, show_error
+from ui.common import chart_config, dataset_choices, hosting_settings, show_error
 
 NIH_FULL = "NIH ChestX-ray14 — full label table (torchxrayvision)"
 CHEXPERT_FULL = "CheXpert — full train table (torchxrayvision)"
@@ -238,18 +239,29 @@ display = choice
 if choice in BUILTIN:
     source = BUILTIN[choice]
 elif choice == FOLDER:
-    typed = st.text_input(
-        "Dataset folder", key="dataset_folder",
-        placeholder="/data/ChestX-ray14 (holds Data_Entry_2017*.csv) or /data/CheXpert-v1.0-small (holds train.csv)",
-        help="A folder in the NIH layout (Data_Entry_2017*.csv beside images/ or images_0NN/images/) or the "
-             "CheXpert layout (train.csv / valid.csv beside train/ and valid/). Relative paths start at "
-             f"{Path.cwd()}.",
-    ).strip()
-    if typed:
-        path = Path(typed).expanduser().resolve()
-        source, display = f"folder:{path}", str(path)
+    access = hosting_settings()
+    if not access.typed_folders_allowed:
+        st.info(hosting.HOW_TO_ENABLE_FOLDERS)
     else:
-        st.info("Type the path of a dataset folder on this machine.")
+        start = access.data_roots[0] if access.roots_configured else Path.cwd()
+        typed = st.text_input(
+            "Dataset folder", key="dataset_folder",
+            placeholder="/data/ChestX-ray14 (holds Data_Entry_2017*.csv) or /data/CheXpert-v1.0-small (holds train.csv)",
+            help="A folder in the NIH layout (Data_Entry_2017*.csv beside images/ or images_0NN/images/) or the "
+                 "CheXpert layout (train.csv / valid.csv beside train/ and valid/). Relative paths start at "
+                 f"{start}.",
+        ).strip()
+        if access.roots_configured:
+            st.caption("This server opens folders inside: " + ", ".join(f"`{r}`" for r in access.data_roots))
+        if typed:
+            try:
+                path = hosting.resolve_data_path(typed, access)  # symlinks and .. resolved, then the roots checked
+            except AccessError as exc:
+                show_error(exc)
+            else:
+                source, display = f"folder:{path}", str(path)
+        else:
+            st.info("Type the path of a dataset folder on this machine.")
 elif choice is not None:
     source = f"folder:{Path(folders[choice]).resolve()}"
 

@@ -10,9 +10,10 @@ from cxrcore.checkpoint import read_card
 from cxrcore.errors import CXRError
 from cxrcore.eval.cases import bucket_help, bucket_names, evaluation_cases
 from cxrcore.eval.subgroups import gap_table, top_gaps
+from cxrcore.hosting import HOW_TO_ENABLE_FOLDERS, resolve_data_path
 from cxrcore.models.library import card_stamp
-from ui.common import (chart_config, dataset_choices, ensure_weights, load_predictor, model_picker, require_checkpoints,
-                       show_error)
+from ui.common import (chart_config, dataset_choices, ensure_weights, hosting_settings, load_predictor, model_picker,
+                       require_checkpoints, show_error)
 
 st.title("Evaluate a model on a dataset split")
 st.caption("Every interval is a percentile bootstrap that resamples patients (all images of a drawn patient). "
@@ -34,9 +35,15 @@ except CXRError as exc:
     datasets = {}
 d1, d2, d3, d4 = st.columns([3, 1, 1, 1])
 data_name = d1.selectbox("Dataset", list(datasets) + [OTHER], key="eval_data")
-if data_name == OTHER:
+access = hosting_settings()
+if data_name == OTHER and not access.typed_folders_allowed:
+    st.info(HOW_TO_ENABLE_FOLDERS)
+    data_path = ""
+elif data_name == OTHER:
     data_path = st.text_input("Dataset folder (NIH or CheXpert layout)", key="eval_folder",
                               placeholder="/path/to/nih-sample").strip()
+    if access.roots_configured:
+        st.caption("This server opens folders inside: " + ", ".join(f"`{r}`" for r in access.data_roots))
 else:
     data_path = datasets[data_name]
 split = d2.selectbox("Split", ["test", "val", "all"], key="eval_split")
@@ -69,6 +76,8 @@ if clicked:
         st.error("Enter a dataset folder path first.")
     else:
         try:
+            if data_name == OTHER:  # a typed folder: symlinks and .. resolved, then the operator's data roots checked
+                data_path = str(resolve_data_path(data_path, access))
             for chosen in (choices[model_name], choices.get(cmp_name)):
                 if chosen:
                     ensure_weights(chosen)  # a library model's file: fetched with a progress bar, or a clear error

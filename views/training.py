@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -21,11 +22,13 @@ from plotly.subplots import make_subplots
 from cxrcore.checkpoint import read_card
 from cxrcore.errors import CXRError
 from cxrcore.jobs import JobStore
-from cxrcore.jobs import dispatch, local, logfiles
+from cxrcore.jobs import dispatch, logfiles
 from cxrcore.jobs.progress import progress_summary
 from cxrcore.labels import LABEL_SPACES
 from cxrcore.train.config import AUGMENT_OPTIONS, GROUPS, Option, TrainConfig, option, options
-from ui.common import LIBRARY_TAG, chart_config, checkpoint_choices, choice_label, dataset_choices, show_error
+from cxrcore import hosting
+from ui.common import (LIBRARY_TAG, account_box, chart_config, checkpoint_choices, choice_label, current_user,
+                       dataset_choices, hosting_settings, show_error)
 
 ARCHS = ["regnetx_002", "resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b0", "convnext_tiny",
          "vit_small_patch16_224", "vit_base_patch16_224", "tv:resnet50", "tv:densenet121",
@@ -276,11 +279,9 @@ def form_from_config(config: dict, backend: str = "local", name: str = "", datas
 
 
 def _submit(config: dict, backend: str, name: str):
-    if backend == "slurm":
-        from cxrcore.jobs import slurm
-
-        return slurm.submit(config, name=name)
-    return local.submit(config, name=name)
+    """Through the job layer's entry point, as this visitor: it checks the operator's launch rights, the
+    data roots and the per-person cap before anything is created, and records who launched the job."""
+    return dispatch.submit(config, name=name, backend=backend, user=user, settings=access)
 
 
 # --------------------------------------------------------------------------- page
@@ -295,6 +296,10 @@ try:
 except CXRError as exc:
     show_error(exc)
     st.stop()
+access = hosting_settings()  # the operator's settings: who may launch / cancel / resume, data roots, cap
+user = current_user(access)
+account_box(user)
+launch_blocked = hosting.why_not(user, "launch", None, access)
 
 
 # ---- launch form ---------------------------------------------------------------------------------------------
@@ -314,6 +319,11 @@ if "train_clone" in st.session_state:  # set by the Clone button: a new form gen
                                                    checkpoints=checkpoints)
     st.session_state["tf_gen"] = _gen() + 1
 _show_flash()
+if launch_blocked:
+    st.info(launch_blocked + " You can still watch the jobs below.")
+elif access.hosted and hosting.cap_for(user, access):
+    st.caption(f"Launching as **{user.display}**; at most {hosting.cap_for(user, access)} queued or running job(s) "
+               "per person on this server.")
 
 # Outside the form so that switching it shows the right fields at once.
 start_options = [FROM_CHECKPOINT, FROM_SCRATCH]
@@ -337,8 +347,11 @@ with st.form("train_form"):
     ds_index = ds_names.index(_vals()["dataset"]) if _vals()["dataset"] in ds_names else (0 if ds_names else None)
     dataset_name = d1.selectbox("Dataset", ds_names, key=_k("dataset"), index=ds_index,
                                 placeholder="no built-in dataset" if not ds_names else "Choose a dataset")
-    folder = _txt(d2, "…or a dataset folder on this machine", "folder",
-                  placeholder="/path/to/dataset (overrides the choice on the left)", help=option("data", TrainConfig).help)
+    folder = _txt(d2, "…or a dataset folder on this machine", "folder", disabled=not access.typed_folders_allowed,
+                  placeholder="/path/to/dataset (overrides the choice on the left)",
+                  help=option("data", TrainConfig).help + (
+                      "" if access.typed_folders_allowed else " " + hosting.HOW_TO_ENABLE_FOLDERS) + (
+                      " Folders inside: " + ", ".join(map(str, access.data_roots)) if access.roots_configured else ""))
     ckpt_name = None
     if from_ckpt:
         ck_names = list(checkpoints)
@@ -387,12 +400,15 @@ with st.form("train_form"):
                 _txt(y2, "Slurm time", "slurm_time", placeholder="e.g. 04:00:00")
                 _txt(y3, "Slurm memory", "slurm_mem", placeholder="e.g. 32G")
                 _num(y4, "Slurm CPUs per task (0 = default)", "slurm_cpus", min_value=0, step=1)
-    submitted = st.form_submit_button("Start training", type="primary", key="train_submit")
+    submitted = st.form_submit_button("Start training", type="primary", key="train_submit",
+                                      disabled=launch_blocked is not None)
 
 if submitted:
     data = folder.strip() or (datasets.get(dataset_name) if dataset_name else None)
     init = (checkpoints.get(ckpt_name) if ckpt_name else None) if from_ckpt else None
     try:
+        if folder.strip():  # typed: symlinks and .. resolved, the operator's data roots checked (the job layer too)
+            data = str(hosting.resolve_data_path(folder, access))
         if not data:
             raise CXRError("Choose a dataset or type the path of a dataset folder.")
         if from_ckpt and not init:
@@ -448,7 +464,8 @@ for j in jobs:
     except Exception:  # noqa: BLE001 - an unreadable events file must not break the table
         s = progress_summary([])
     note = (getattr(j, "note", None) or "") if j.active else ""
-    rows.append({"id": j.id, "name": j.name, "status": j.status, "backend": j.backend,
+    rows.append({"id": j.id, "name": j.name, "status": j.status, "launched by": hosting.owner_display(j.owner),
+                 "backend": j.backend,
                  "mode": (j.config or {}).get("mode", "full"), "progress": float(s["fraction"]),
                  "best val AUROC": s["best_val_mean_auroc"], "created": _fmt_time(j.created),
                  "duration": _fmt_seconds(j.duration), "note": note})
@@ -538,11 +555,17 @@ def _run_action(action, job, spinner: str, kind: str, message) -> None:
 
 def _actions(job) -> None:
     b1, b2 = st.columns(2)
-    if job.active and b1.button("Cancel job", key=f"train_cancel_{job.id}"):
-        _run_action(dispatch.cancel, job, "Stopping the job…", "warning", lambda j: f"Job {j.id} is {j.status}.")
-    if job.status in ("cancelled", "failed") and b1.button("Resume job", key=f"train_resume_{job.id}", type="primary",
-                                                           help="Continue from the last complete epoch."):
-        _run_action(dispatch.resume, job, "Resuming…", "success",
+    # The buttons follow the operator's rights; dispatch.cancel / resume check them again for this user.
+    no_cancel = hosting.why_not(user, "cancel", job, access)
+    no_resume = hosting.why_not(user, "resume", job, access)
+    if job.active and b1.button("Cancel job", key=f"train_cancel_{job.id}", disabled=no_cancel is not None,
+                                help=no_cancel):
+        _run_action(partial(dispatch.cancel, user=user, settings=access), job, "Stopping the job…", "warning",
+                    lambda j: f"Job {j.id} is {j.status}.")
+    if job.status in ("cancelled", "failed") and b1.button(
+            "Resume job", key=f"train_resume_{job.id}", type="primary", disabled=no_resume is not None,
+            help=no_resume or "Continue from the last complete epoch."):
+        _run_action(partial(dispatch.resume, user=user, settings=access), job, "Resuming…", "success",
                     lambda j: f"Job {j.id} resumes from its last complete epoch.")
     if b2.button("Clone into the form", key=f"train_clone_{job.id}",
                  help="Fill the launch form with this job's options, to change some and launch a new job."):
