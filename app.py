@@ -8,6 +8,8 @@ name the folder something else.
 """
 import streamlit as st
 
+from ui.common import account_box, current_user
+
 st.set_page_config(page_title="CXR workbench", page_icon=":material/pulmonology:", layout="wide")
 
 PAGES = [
@@ -22,4 +24,5 @@ PAGES = [
 page = st.navigation(PAGES)
 st.sidebar.radio("Chart downloads (camera button)", ["png", "svg"], key="chart_format", horizontal=True,
                  format_func=str.upper)
+account_box(current_user())  # who you are; Sign in / out when the operator configured a login (every page)
 page.run()

@@ -387,6 +387,11 @@ def cmd_serve(a) -> int:
     token = a.token or os.environ.get("CXR_API_TOKEN") or None
     if a.max_bytes is not None and a.max_bytes < 1:
         raise CXRError("--max-bytes must be positive.")
+    loopback = a.host in ("127.0.0.1", "localhost", "::1")
+    if not token and not loopback and not a.insecure_no_token:
+        raise CXRError(f"Refusing to serve on {a.host} without a bearer token: anyone who reaches the port could use "
+                       "the models. Set --token or CXR_API_TOKEN (or pass --insecure-no-token on a network you "
+                       "trust completely).")
     service = Service(a.checkpoint, token=token, max_bytes=a.max_bytes)
     try:
         server = make_server(service, a.host, a.port)
@@ -395,8 +400,8 @@ def cmd_serve(a) -> int:
     host, port = server.server_address[:2]
     print(f"serving {', '.join(service.models)} on http://{host}:{port} (GET /health, POST /predict); "
           f"bearer token {'required' if token else 'not set'}; Ctrl-C stops", flush=True)
-    if not token and a.host not in ("127.0.0.1", "localhost", "::1"):
-        print("warning: listening beyond this machine without a token (--token or CXR_API_TOKEN)", file=sys.stderr)
+    if not token and not loopback:
+        print("warning: listening beyond this machine without a token (--insecure-no-token)", file=sys.stderr)
     try:
         server.serve_forever()
     finally:
@@ -519,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-bytes", type=int, default=None,
                    help="largest request body accepted (default: an image of CXR_MAX_UPLOAD_MB, default 32 MB, "
                         "base64-encoded, plus 64 KiB)")
+    s.add_argument("--insecure-no-token", action="store_true",
+                   help="allow --host beyond 127.0.0.1 without a token (refused otherwise)")
     s.set_defaults(func=cmd_serve)
     return p
 

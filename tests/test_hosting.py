@@ -534,3 +534,13 @@ def test_rest_service_default_limit_follows_the_upload_setting(shipped, monkeypa
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_cxr_serve_refuses_a_public_address_without_a_token(shipped, capsys, monkeypatch):
+    from cxrcore.cli import main
+
+    monkeypatch.delenv("CXR_API_TOKEN", raising=False)
+    # refused before any model is loaded or any port is bound
+    assert main(["serve", "--checkpoint", str(shipped["baseline"]), "--host", "0.0.0.0", "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Refusing to serve on 0.0.0.0 without a bearer token") and "--token" in err

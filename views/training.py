@@ -27,7 +27,7 @@ from cxrcore.jobs.progress import progress_summary
 from cxrcore.labels import LABEL_SPACES
 from cxrcore.train.config import AUGMENT_OPTIONS, GROUPS, Option, TrainConfig, option, options
 from cxrcore import hosting
-from ui.common import (LIBRARY_TAG, account_box, chart_config, checkpoint_choices, choice_label, current_user,
+from ui.common import (LIBRARY_TAG, chart_config, checkpoint_choices, choice_label, current_user,
                        dataset_choices, hosting_settings, show_error)
 
 ARCHS = ["regnetx_002", "resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b0", "convnext_tiny",
@@ -298,7 +298,6 @@ except CXRError as exc:
     st.stop()
 access = hosting_settings()  # the operator's settings: who may launch / cancel / resume, data roots, cap
 user = current_user(access)
-account_box(user)
 launch_blocked = hosting.why_not(user, "launch", None, access)
 
 
