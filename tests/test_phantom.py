@@ -13,6 +13,8 @@ from scipy import ndimage
 
 from cxrcore.data import phantom
 from cxrcore.data.phantom import generate, render, sample_table
+from cxrcore.data.phantom.renderer import _Renderer
+from cxrcore.data.phantom.writing import _pool_context
 from cxrcore.errors import ConfigError
 from cxrcore.labels import CHEXPERT14, NIH14, canonical
 
@@ -255,7 +257,7 @@ def test_cardiomegaly_enlarges_the_heart():
     for k in range(3):
         _, b_full = render({"Cardiomegaly": 1}, [7, k], "nih", size, [8, k])
         _, b_half = render({"Cardiomegaly": -1}, [7, k], "nih", size, [8, k])
-        r = phantom._Renderer({}, [7, k], [8, k], "nih", size, None)
+        r = _Renderer({}, [7, k], [8, k], "nih", size, None)
         g = r.g
         normal_ctr = g["hw"] / g["tw"]
         assert 0.35 < normal_ctr < 0.5
@@ -312,9 +314,9 @@ def test_patients_share_body_shape():
     pid = t["_patient"].value_counts().index[0]  # a patient with several images
     idx = t.index[t["_patient"] == pid].tolist()
     assert len(idx) >= 2
-    r = [phantom._Renderer({}, [0, 1, 0, i], [0, 1, 1, int(pid)], "nih", 128, None) for i in idx]
+    r = [_Renderer({}, [0, 1, 0, i], [0, 1, 1, int(pid)], "nih", 128, None) for i in idx]
     assert r[0].g["tw"] == r[1].g["tw"] and r[0].g["ctr"] == r[1].g["ctr"]
-    other = phantom._Renderer({}, [0, 1, 0, 0], [0, 1, 1, int(pid) + 1], "nih", 128, None)
+    other = _Renderer({}, [0, 1, 0, 0], [0, 1, 1, int(pid) + 1], "nih", 128, None)
     assert other.g["tw"] != r[0].g["tw"]
 
 
@@ -377,7 +379,7 @@ def test_pool_from_a_threaded_process_matches_in_process(tmp_path):
     t = threading.Thread(target=stop.wait, daemon=True)
     t.start()
     try:
-        assert phantom._pool_context().get_start_method() != "fork"
+        assert _pool_context().get_start_method() != "fork"
         a = generate(tmp_path / "pool", 4, "nih", 64, seed=3, workers=2)
     finally:
         stop.set()

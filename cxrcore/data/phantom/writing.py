@@ -1,0 +1,173 @@
+"""Writing: :func:`generate` renders a whole dataset and writes it in the real layout.
+
+Builds the table with :func:`~.tables.sample_table`, renders the images in this process or in a
+worker pool (fork, or forkserver in threaded processes such as the Streamlit server), saves them
+as marked PNG (NIH) or JPEG (CheXpert), writes the label CSVs, the box file (1024-pixel frame)
+and ``PHANTOM.json`` into a hidden sibling folder, and renames it into place at the end.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+from ...errors import ConfigError
+from ..imageio import PHANTOM_MARK, PHANTOM_MARK_KEY
+from .canvas import Box
+from .renderer import render
+from .tables import (BOX_COLUMNS, CHEXPERT_COLUMNS, DOMAINS, NIH_COLUMNS, _TAG_IMAGE, _TAG_PATIENT,
+                     _check_args, row_labels, sample_table)
+
+
+GENERATOR_VERSION = "1.0.0"
+
+BOX_FRAME = 1024  # box coordinates are written in the pixel frame of a 1024 x 1024 NIH image
+
+# Box label spelling in NIH's own box file.
+_NIH_BOX_NAME = {"Infiltration": "Infiltrate"}
+
+
+def _work(task):
+    """Render and write one image (runs in a pool worker or in-process)."""
+    i, path, labels, key, pkey, domain, size, view = task
+    img, boxes = render(labels, key, domain, size, pkey, view)
+    im = Image.fromarray(img)
+    if domain == "nih":  # the mark tells a phantom from a real film wherever it is uploaded
+        mark = PngImagePlugin.PngInfo()
+        mark.add_text(PHANTOM_MARK_KEY, PHANTOM_MARK)
+        im.save(path, format="PNG", compress_level=1, pnginfo=mark)
+    else:
+        im.save(path, format="JPEG", quality=90, comment=PHANTOM_MARK)
+    return i, boxes
+
+
+def _init_worker():
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and cleans up
+
+
+def _pool_context():
+    methods = multiprocessing.get_all_start_methods()
+    # fork is fastest and needs no importable __main__, but is unsafe in threaded processes
+    # (e.g. the Streamlit server); there the forkserver starts workers from a clean process.
+    if "fork" in methods and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    if "forkserver" in methods:
+        return multiprocessing.get_context("forkserver")
+    return multiprocessing.get_context("spawn")
+
+
+def generate(out: str | Path, n: int, domain: str = "nih", size: int = 256, seed: int = 0,
+             workers: int = 2, progress: Callable[[int, int], None] | None = None) -> Path:
+    """Write a phantom dataset of ``n`` images into ``out`` in the real layout of ``domain``.
+
+    ``domain`` is ``nih`` or ``chexpert``; ``size`` the image side in pixels (64-1024);
+    ``workers`` processes render in parallel (1 renders in this process); ``progress(done,
+    total)`` is called in this process as images finish. ``out`` must not exist or be an empty
+    folder. The dataset is built in a hidden sibling folder and renamed into place at the end,
+    so an interrupted run leaves nothing at ``out``. Returns ``out``.
+    """
+    _check_args(n, domain, size, seed, workers)
+    n, size, seed, workers = int(n), int(size), int(seed), int(workers)
+    out = Path(out).expanduser()
+    if out.exists():
+        if not out.is_dir():
+            raise ConfigError(f"{out} exists and is a file; choose a new folder for the phantom dataset.")
+        if any(out.iterdir()):
+            raise ConfigError(
+                f"{out} already exists and is not empty; it was left untouched. "
+                "Choose a new folder or delete this one first."
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame = sample_table(n, domain, seed)
+    code = DOMAINS[domain]
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        tasks = []
+        dirs = sorted({str(Path(f).parent) for f in frame["_file"]})
+        for d in dirs:
+            (tmp / d).mkdir(parents=True, exist_ok=True)
+        view_col = "View Position" if domain == "nih" else "AP/PA"
+        for i, row in enumerate(frame.to_dict("records")):
+            tasks.append((i, str(tmp / row["_file"]), row_labels(row, domain),
+                          [seed, code, _TAG_IMAGE, i], [seed, code, _TAG_PATIENT, int(row["_patient"])],
+                          domain, size, row[view_col]))
+        boxes: dict[int, list[Box]] = {}
+        done = 0
+        if workers == 1 or n == 1:
+            for t in tasks:
+                i, b = _work(t)
+                boxes[i] = b
+                done += 1
+                if progress:
+                    progress(done, n)
+        else:
+            ctx = _pool_context()
+            chunk = max(1, min(16, n // (workers * 8)))
+            with ctx.Pool(min(workers, n), initializer=_init_worker) as pool:
+                for i, b in pool.imap_unordered(_work, tasks, chunksize=chunk):
+                    boxes[i] = b
+                    done += 1
+                    if progress:
+                        progress(done, n)
+        _write_tables(tmp, frame, boxes, domain, size)
+        (tmp / "PHANTOM.json").write_text(json.dumps({
+            "generator": "cxrcore.data.phantom", "version": GENERATOR_VERSION, "domain": domain,
+            "n": n, "size": size, "seed": seed,
+        }, indent=2) + "\n")
+        if out.exists():
+            try:
+                out.rmdir()
+            except OSError:
+                raise ConfigError(
+                    f"{out} was filled by something else while the phantom dataset was generated; "
+                    "it was left untouched. Choose a new folder."
+                ) from None
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _box_rows(image_id: str, boxes: list[Box], size: int, domain: str):
+    f = BOX_FRAME / size
+    rows = []
+    for lab, x, y, w, h in boxes:
+        if domain == "nih":
+            lab = _NIH_BOX_NAME.get(lab, lab)
+        rows.append((image_id, lab, round(x * f, 2), round(y * f, 2), round(w * f, 2), round(h * f, 2)))
+    return rows
+
+
+def _write_tables(root: Path, frame, boxes: dict[int, list[Box]], domain: str, size: int):
+    import pandas as pd
+
+    box_rows = []
+    if domain == "nih":
+        table = frame[NIH_COLUMNS[:7]].copy()
+        spacing = round(0.143 * BOX_FRAME / size, 3)
+        table["OriginalImage[Width"] = size
+        table["Height]"] = size
+        table["OriginalImagePixelSpacing[x"] = spacing
+        table["y]"] = spacing
+        table.to_csv(root / "Data_Entry_2017.csv", index=False)
+        for i, name in enumerate(frame["Image Index"]):
+            box_rows += _box_rows(name, boxes[i], size, domain)
+        pd.DataFrame(box_rows, columns=BOX_COLUMNS).to_csv(root / "BBox_List_2017.csv", index=False)
+    else:
+        for split in ("train", "valid"):
+            part = frame[frame["_split"] == split]
+            part[CHEXPERT_COLUMNS].to_csv(root / f"{split}.csv", index=False)
+        for i, path in enumerate(frame["Path"]):
+            box_rows += _box_rows(path, boxes[i], size, domain)
+        pd.DataFrame(box_rows, columns=BOX_COLUMNS).to_csv(root / "phantom_boxes.csv", index=False)
