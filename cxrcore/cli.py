@@ -185,7 +185,7 @@ def cmd_predict(a) -> int:
 
 
 def cmd_localize(a) -> int:
-    from .explain.localize import localize_checkpoint
+    from .eval.localize import localize_checkpoint
 
     report = localize_checkpoint(a.checkpoint, a.data, a.split, a.top_k, a.box_threshold,
                                  progress=None if a.json else _bar("predict"))

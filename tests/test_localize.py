@@ -10,7 +10,7 @@ import pytest
 from cxrcore.cli import main
 from cxrcore.data.readers import read_dataset
 from cxrcore.explain.boxes import Box, iou
-from cxrcore.explain.localize import (BoxResult, LocalizationReport, clip_box, inside, iobb, localize, peak_point,
+from cxrcore.eval.localize import (BoxResult, LocalizationReport, clip_box, inside, iobb, localize, peak_point,
                                       pointing_hit, score_box, summarize, union_area)
 from cxrcore.labels import find_label
 

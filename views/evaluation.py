@@ -366,7 +366,7 @@ if subgroups:
 # --------------------------------------------------------------------------- localization
 @st.cache_data(show_spinner="Predicting every image with ground-truth boxes…", max_entries=8)
 def run_localize(ckpt: str, ckpt_key: tuple, data: str, split: str) -> dict:
-    from cxrcore.explain.localize import localize_checkpoint
+    from cxrcore.eval.localize import localize_checkpoint
 
     return localize_checkpoint(ckpt, data, split).to_dict(boxes=False)
 

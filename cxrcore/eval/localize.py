@@ -40,8 +40,8 @@ import numpy as np
 
 from ..data.index import DatasetIndex
 from ..errors import ConfigError, DataError
+from ..explain.boxes import Box, iou
 from ..labels import find_label
-from .boxes import Box, iou
 
 IOU_THRESHOLDS = (0.1, 0.25, 0.5)
 IOBB_THRESHOLDS = (0.1, 0.25, 0.5)
@@ -257,7 +257,7 @@ def localize(predictor, index: DatasetIndex, split: str = "test", top_k: int = 3
     """
     import time
 
-    from ..eval.predictions import model_split_rows, split_rows
+    from .predictions import model_split_rows, split_rows
 
     t0 = time.perf_counter()
     if top_k < 1:
