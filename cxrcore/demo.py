@@ -2,16 +2,22 @@
 
 ``cxr demo build`` makes both checkpoints from nothing but this package:
 1. a phantom dataset in the NIH layout (clean PA domain) and one in the CheXpert layout
-   (portable AP domain), in the workspace;
-2. *baseline*: regnetx_002 (timm) trained from random initialisation on the NIH phantom with the
-   NIH-14 labels;
+   (portable AP domain), in the workspace, plus two *fresh* phantom sets from seeds the training
+   never used (``EVAL_DATA``), for the report;
+2. *baseline*: regnetx_002 (timm, output stride 16: a 12 x 12 heatmap at 192 px) trained from random
+   initialisation on the NIH phantom with the NIH-14 labels;
 3. *fine-tuned*: the baseline with its head swapped to the CheXpert-14 labels (rows of shared
    labels copied) and trained further on the CheXpert phantom;
-4. both evaluated on the CheXpert phantom's test split, on the labels both models have.
+4. both evaluated on the CheXpert phantom's test split, on the labels both models have;
+5. both evaluated on the fresh sets: AUROC per label (every image, U-Zeros) and the pointing game
+   of their heatmaps against the phantom's ground-truth boxes (``cxr localize --split all``), with
+   the machine the build ran on. Everything lands in ``BUILD.json``.
 """
 from __future__ import annotations
 
 import json
+import os
+import platform
 import shutil
 import time
 from pathlib import Path
@@ -27,10 +33,22 @@ from .predictor import Predictor
 from .train.trainer import TrainConfig, train
 
 DEMO_DATA = {
-    "nih": {"n": 1600, "seed": 0},
-    "chexpert": {"n": 1200, "seed": 0},
+    "nih": {"n": 3500, "seed": 0},
+    "chexpert": {"n": 5000, "seed": 0},
 }
-APP_DATA_N = 500  # the app generates this prefix of the demo data when it is not there yet
+# Fresh phantom sets for the build report: seeds the training data never used (image i of a
+# phantom depends on (seed, domain, i) only, so these share no image with DEMO_DATA).
+EVAL_DATA = {
+    "chexpert": {"n": 2000, "seed": 12345},
+    "nih": {"n": 3000, "seed": 54321},
+}
+IMAGE_SIZE = 192          # 12 x 12 feature map (and heatmap) at output stride 16
+OUTPUT_STRIDE = 16
+BASELINE_EPOCHS = 3
+FINETUNE_EPOCHS = 3
+# The app generates this prefix of the demo data when it is not there yet: about 330 validation
+# images per domain (hash split by patient, seed 0), enough to tune thresholds on.
+APP_DATA_N = 3500
 Log = Callable[[str], None]
 
 
@@ -48,20 +66,34 @@ def ensure_phantom(domain: str, n: int | None = None, progress: Callable[[int, i
     return out
 
 
+def eval_dir(domain: str) -> Path:
+    spec = EVAL_DATA[domain]
+    return workspace.datasets() / f"phantom-{domain}-seed{spec['seed']}-n{spec['n']}"
+
+
+def ensure_eval_phantom(domain: str) -> Path:
+    """The fresh phantom set of the build report (a seed the demo training never used), generated once."""
+    out = eval_dir(domain)
+    if not (out / "PHANTOM.json").exists():
+        spec = EVAL_DATA[domain]
+        phantom.generate(out, spec["n"], domain=domain, size=256, seed=spec["seed"])
+    return out
+
+
 def app_data(progress: Callable[[int, int], None] | None = None) -> dict[str, Path]:
     """Datasets the app works on by default: a prefix of the demo's phantom data."""
     return {d: ensure_phantom(d, APP_DATA_N, progress) for d in DEMO_DATA}
 
 
-def baseline_config(data: Path, epochs: int = 10) -> TrainConfig:
-    return TrainConfig(data=str(data), labels="nih14", arch="regnetx_002", arch_kwargs={"output_stride": 16},
-                       pretrained="none", epochs=epochs, batch_size=32, lr=3e-3, image_size=160,
-                       name="baseline (NIH phantom, NIH-14)")
+def baseline_config(data: Path, epochs: int = BASELINE_EPOCHS) -> TrainConfig:
+    return TrainConfig(data=str(data), labels="nih14", arch="regnetx_002", arch_kwargs={"output_stride": OUTPUT_STRIDE},
+                       pretrained="none", epochs=epochs, batch_size=32, lr=3e-3, image_size=IMAGE_SIZE,
+                       pos_weight=True, name="baseline (NIH phantom, NIH-14)")
 
 
-def finetune_config(data: Path, init: Path, epochs: int = 8) -> TrainConfig:
-    return TrainConfig(data=str(data), labels="chexpert14", init=str(init), epochs=epochs, batch_size=32, lr=1.5e-3,
-                       policy="zeros", name="fine-tuned (CheXpert phantom, CheXpert-14)")
+def finetune_config(data: Path, init: Path, epochs: int = FINETUNE_EPOCHS) -> TrainConfig:
+    return TrainConfig(data=str(data), labels="chexpert14", init=str(init), epochs=epochs, batch_size=32, lr=2e-3,
+                       policy="zeros", pos_weight=True, name="fine-tuned (CheXpert phantom, CheXpert-14)")
 
 
 def compare_on(data: Path, checkpoints: dict[str, Path], split: str = "test") -> dict:
@@ -80,40 +112,169 @@ def compare_on(data: Path, checkpoints: dict[str, Path], split: str = "test") ->
             "shared_mean_auroc": mean_ignoring_nan(au),
             "shared_auroc": {x: (None if np.isnan(v) else float(v)) for x, v in zip(labels, au)},
             "own_mean_auroc": mean_ignoring_nan(all_au),
+            "own_auroc": {x: (None if np.isnan(v) else float(v)) for x, v in zip(p.labels, all_au)},
             "n": int(len(p.image_ids)),
         }
     return out
 
 
-def build(out: Path | None = None, baseline_epochs: int = 10, finetune_epochs: int = 8, log: Log = print,
-          progress=None) -> dict:
+def _auroc_table(pred) -> dict:
+    au = per_label_auroc(pred.targets, pred.probs)
+    pos = np.nansum(pred.targets == 1, axis=0)
+    return {"mean_auroc": mean_ignoring_nan(au), "n_images": int(len(pred.image_ids)),
+            "auroc": {x: (None if np.isnan(v) else float(v)) for x, v in zip(pred.labels, au)},
+            "positives": {x: int(k) for x, k in zip(pred.labels, pos)}}
+
+
+def _pointing_table(report) -> dict:
+    """The pointing game of a LocalizationReport: all boxes, label mean, and per label n / hit rate / chance."""
+    d = report.to_dict(boxes=False)
+    keep = ("n", "pointing", "pointing_box", "chance", "iou_acc", "iobb_acc")
+    return {"overall": {k: d["overall"].get(k) for k in keep},
+            "label_mean": {k: d["macro"].get(k) for k in ("n_labels", "pointing", "pointing_box", "chance")},
+            "labels": {x: {"model_label": s["model_label"], **{k: s.get(k) for k in keep}}
+                       for x, s in d["labels"].items()},
+            "n_images": d["n_images"], "skipped_labels": d["skipped_labels"], "seconds": d["seconds"]}
+
+
+def evaluate_fresh(checkpoints: dict[str, Path], log: Log = print) -> dict:
+    """Both models on the fresh phantom sets (``EVAL_DATA``): AUROC per label over every image (U-Zeros,
+    as ``cxr eval --split all``) and the pointing game over every ground-truth box (``cxr localize --split all``).
+
+    The fine-tuned model is measured on the fresh CheXpert set (where it is also compared with the baseline
+    on the labels both have); the baseline on the fresh NIH set (its own domain) and on the CheXpert set.
+    """
+    from .data.readers import read_dataset
+    from .eval.localize import localize
+
+    chex, nih = ensure_eval_phantom("chexpert"), ensure_eval_phantom("nih")
+    out = {"data": {d: {"name": eval_dir(d).name, **EVAL_DATA[d]} for d in EVAL_DATA}, "models": {}}
+    index = {"chexpert": read_dataset(chex), "nih": read_dataset(nih)}
+    runs = {"finetuned": ["chexpert"], "baseline": ["nih", "chexpert"]}
+    for name, domains in runs.items():
+        p = Predictor(checkpoints[name])
+        out["models"][name] = {}
+        for dom in domains:
+            pred = predict_split(p, index[dom], "all", use_cache=False)
+            loc = localize(p, index[dom], "all", seed=0)
+            m = {"auroc": _auroc_table(pred), "pointing": _pointing_table(loc)}
+            out["models"][name][dom] = m
+            log(f"{name:>10} on fresh {dom} (seed {EVAL_DATA[dom]['seed']}, n={m['auroc']['n_images']}): "
+                f"mean AUROC {m['auroc']['mean_auroc']:.3f}; pointing game {m['pointing']['overall']['pointing']:.3f} "
+                f"over {m['pointing']['overall']['n']} boxes (chance {m['pointing']['overall']['chance']:.3f}), "
+                f"label mean {m['pointing']['label_mean']['pointing']:.3f}")
+    # the fine-tuned model against the baseline on the labels both have, fresh CheXpert set
+    ft = out["models"]["finetuned"]["chexpert"]["auroc"]["auroc"]
+    base = out["models"]["baseline"]["chexpert"]["auroc"]["auroc"]
+    from .labels import find_label
+
+    pairs = {}
+    for x, v in ft.items():
+        j = find_label(x, list(base))
+        if j is not None:
+            b = base[list(base)[j]]
+            pairs[x] = {"finetuned": v, "baseline": b, "finetuned_better": (v is not None and b is not None and v > b)}
+    out["shared_labels_chexpert"] = pairs
+    return out
+
+
+# What the build is meant to reach on the fresh sets (issue 10, section 3).
+TARGETS = {"auroc": 0.90, "pointing": 0.6, "min_boxes": 20, "build_minutes": 60}
+
+
+def target_checks(report: dict) -> dict:
+    """Each target of ``TARGETS`` against the figures of a build report (``BUILD.json``): value, bound and
+    whether it holds. Computed from the report's own per-label tables, so a test can recheck the claims."""
+    fresh = report["fresh"]["models"]
+    out = {}
+
+    def check(name, value, bound, holds=None):
+        out[name] = {"value": value, "bound": bound, "holds": bool(value >= bound) if holds is None else bool(holds)}
+
+    ft = fresh["finetuned"]["chexpert"]
+    check("finetuned_chexpert_mean_auroc", ft["auroc"]["mean_auroc"], TARGETS["auroc"])
+    pairs = report["fresh"]["shared_labels_chexpert"]
+    worse = sorted(x for x, v in pairs.items() if not v["finetuned_better"])
+    out["finetuned_beats_baseline_every_shared_label"] = {"value": len(pairs) - len(worse), "bound": len(pairs),
+                                                          "holds": not worse, "not_better": worse}
+    check("baseline_nih_mean_auroc", fresh["baseline"]["nih"]["auroc"]["mean_auroc"], TARGETS["auroc"])
+    for model, dom in (("finetuned", "chexpert"), ("baseline", "nih")):
+        pg = fresh[model][dom]["pointing"]
+        check(f"{model}_{dom}_pointing_all_boxes", pg["overall"]["pointing"], TARGETS["pointing"])
+        check(f"{model}_{dom}_pointing_label_mean", pg["label_mean"]["pointing"], TARGETS["pointing"])
+        big = {x: s for x, s in pg["labels"].items() if s["n"] >= TARGETS["min_boxes"]}
+        below = sorted(x for x, s in big.items() if not s["pointing"] > s["chance"])
+        out[f"{model}_{dom}_pointing_above_chance_every_label_with_{TARGETS['min_boxes']}_boxes"] = {
+            "value": len(big) - len(below), "bound": len(big), "holds": not below, "not_above": below}
+    minutes = report["timings"]["total_s"] / 60
+    out["build_minutes"] = {"value": minutes, "bound": TARGETS["build_minutes"], "holds": minutes <= TARGETS["build_minutes"]}
+    return out
+
+
+def machine() -> dict:
+    """Where the build ran: CPU model, cores, torch threads, load."""
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "loadavg_start": [round(x, 2) for x in load] if load else None}
+
+
+def build(out: Path | None = None, baseline_epochs: int | None = None, finetune_epochs: int | None = None,
+          log: Log = print, progress=None, evaluate: bool = True) -> dict:
     """Build both demo checkpoints into ``out`` (default: the repository's checkpoints/)."""
+    baseline_epochs = baseline_epochs or BASELINE_EPOCHS
+    finetune_epochs = finetune_epochs or FINETUNE_EPOCHS
     out = Path(out or workspace.shipped_checkpoints())
+    host = machine()
     t0 = time.time()
     timings = {}
-    log("1/4 phantom datasets")
+    log("1/5 phantom datasets")
     nih = ensure_phantom("nih")
     chex = ensure_phantom("chexpert")
+    if evaluate:
+        for d in EVAL_DATA:
+            ensure_eval_phantom(d)
     timings["phantom_s"] = time.time() - t0
 
     runs = workspace.runs() / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    log(f"2/4 baseline on {nih.name} ({baseline_epochs} epochs)")
+    log(f"2/5 baseline on {nih.name} ({baseline_epochs} epochs)")
     t = time.time()
     train(baseline_config(nih, baseline_epochs), runs / "baseline", progress=progress)
     timings["baseline_s"] = time.time() - t
 
-    log(f"3/4 fine-tune on {chex.name} ({finetune_epochs} epochs)")
+    log(f"3/5 fine-tune on {chex.name} ({finetune_epochs} epochs)")
     t = time.time()
     train(finetune_config(chex, runs / "baseline" / "checkpoint", finetune_epochs), runs / "finetuned", progress=progress)
     timings["finetune_s"] = time.time() - t
 
-    log("4/4 both models on the CheXpert phantom test split")
+    log("4/5 both models on the CheXpert phantom test split")
     t = time.time()
-    report = compare_on(chex, {"baseline": runs / "baseline" / "checkpoint", "finetuned": runs / "finetuned" / "checkpoint"})
+    checkpoints = {"baseline": runs / "baseline" / "checkpoint", "finetuned": runs / "finetuned" / "checkpoint"}
+    report = compare_on(chex, checkpoints)
     timings["evaluate_s"] = time.time() - t
+    if evaluate:
+        log("5/5 both models on fresh phantom sets (AUROC per label, pointing game)")
+        t = time.time()
+        report["fresh"] = evaluate_fresh(checkpoints, log)
+        timings["fresh_s"] = time.time() - t
     timings["total_s"] = time.time() - t0
     report["timings"] = timings
     report["data"] = {"nih": nih.name, "chexpert": chex.name}
+    report["config"] = {"image_size": IMAGE_SIZE, "output_stride": OUTPUT_STRIDE, "baseline_epochs": baseline_epochs,
+                        "finetune_epochs": finetune_epochs, "demo_data": DEMO_DATA, "app_data_n": APP_DATA_N}
+    report["machine"] = host
+    if evaluate:
+        report["targets"] = target_checks(report)
 
     out.mkdir(parents=True, exist_ok=True)
     for name in ("baseline", "finetuned"):

@@ -114,7 +114,9 @@ def phantom_job_config(data: Path, **over) -> dict:
 @pytest.fixture(scope="session")
 def phantom(app_home) -> Path:
     """The built-in NIH phantom of the session workspace."""
-    return app_home / "datasets" / "phantom-nih-seed0-n500"
+    from cxrcore.demo import APP_DATA_N
+
+    return app_home / "datasets" / f"phantom-nih-seed0-n{APP_DATA_N}"
 
 
 def kill_jobs(home: Path) -> None:
