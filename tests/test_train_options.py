@@ -52,7 +52,7 @@ def test_cli_flags_round_trip_to_the_config():
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"lr": 0.0}, "lr must be at least"), ({"epochs": 0}, "epochs must be at least 1"),
+    ({"lr": 0.0}, "lr must be positive"), ({"lr": -1e-3}, "lr must be at least 0"), ({"epochs": 0}, "epochs must be at least 1"),
     ({"gate_threshold": 1.5}, "gate_threshold must be at most 1"), ({"max_images": 5}, "max_images must be at least 10"),
     ({"mode": "partial"}, "mode must be one of full, head, lora"), ({"batch_size": 2.5}, "whole number"),
     ({"pos_weight": "yes"}, "true or false"), ({"val_fraction": 0.5, "test_fraction": 0.45}, "too little"),

@@ -193,7 +193,7 @@ def option_widget(col, o: Option, **kw):
                   "step": num(o.step or 1)}
         if o.fmt:
             bounds["format"] = o.fmt
-        return _num(col, o.label + (" (0 = off)" if o.optional else ""), o.name, help=o.help, **bounds, **kw)
+        return _num(col, o.label + (f" (0 = {o.zero})" if o.optional else ""), o.name, help=o.help, **bounds, **kw)
     kw.setdefault("placeholder", "auto" if o.optional else None)
     return _txt(col, o.label, o.name, help=o.help, **kw)
 

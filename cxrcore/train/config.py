@@ -66,6 +66,7 @@ class Option:
     max: float | None = None
     step: float | None = None
     optional: bool = False         # None allowed: "off"; shown on the form as 0 (numbers) or blank (text)
+    zero: str = "off"              # what 0 means on the form for an optional number ("all", "any")
     custom: bool = False           # the page / CLI render it themselves
     form_default: Any = None       # a different initial value on the form (e.g. fewer epochs for a CPU run)
     choice_labels: tuple = ()      # (choice, label on the form) pairs
@@ -122,10 +123,11 @@ class TrainConfig:
                     choice_labels=(("full", "full network"), ("head", "head only"), ("lora", "LoRA (peft)")))
     epochs: int = opt(5, "Epochs", "Passes over the training split.", "basic", min=1, max=10_000, form_default=3)
     batch_size: int = opt(32, "Batch size", "Images per step.", "basic", min=1, max=4096)
-    lr: float = opt(2e-3, "Learning rate", "AdamW learning rate.", "basic", min=1e-8, max=1.0, step=1e-4, fmt="%.5f")
+    lr: float = opt(2e-3, "Learning rate", "AdamW learning rate (positive).", "basic", min=0.0, max=1.0, step=1e-4,
+                    fmt="%.5f")
     max_images: int | None = opt(None, "Max images", "A random subset of this many images after the filters "
                                  "(keeps a CPU run to a few minutes); 0 / empty: all.", "basic", kind="int",
-                                 optional=True, min=10, step=50, form_default=400)
+                                 optional=True, min=10, step=50, form_default=400, zero="all")
     lora_r: int = opt(8, "LoRA rank", "LoRA mode only.", "optimisation", min=1, max=1024)
     lora_alpha: float = opt(16.0, "LoRA alpha", "LoRA scaling numerator.", "optimisation", min=0.0)
     lora_dropout: float = opt(0.0, "LoRA dropout", "Dropout on the LoRA path.", "optimisation", min=0.0, max=0.9,
@@ -176,11 +178,12 @@ class TrainConfig:
     views: list | None = opt(None, "Views", "Keep only these view positions, e.g. PA or PA,AP; empty: all.", "data",
                              kind="list", optional=True, custom=True)
     first_n_studies: int | None = opt(None, "First N studies per patient", "Keep each patient's first N studies "
-                                      "(by study order); 0 / empty: all.", "data", kind="int", optional=True, min=1)
+                                      "(by study order); 0 / empty: all.", "data", kind="int", optional=True, min=1,
+                                      zero="all")
     age_min: float | None = opt(None, "Age from", "Keep patients at least this old; 0 / empty: any.", "data",
-                                kind="float", optional=True, min=0, max=130, step=5.0)
+                                kind="float", optional=True, min=0, max=130, step=5.0, zero="any")
     age_max: float | None = opt(None, "Age to", "Keep patients at most this old; 0 / empty: any.", "data",
-                                kind="float", optional=True, min=0, max=130, step=5.0)
+                                kind="float", optional=True, min=0, max=130, step=5.0, zero="any")
     sex: str | None = opt(None, "Sex", "Keep one sex only: M or F; empty: both.", "data", choices=("M", "F"),
                           optional=True)
     split_method: str = opt("hash", "Split", "Both are patient-level; stratified balances each label's positive rate "
@@ -215,6 +218,8 @@ class TrainConfig:
         """Choices and bounds from the declarations, then the rules that tie options together."""
         for o in options(type(self)):
             check_option(o, getattr(self, o.name))
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, not {self.lr:g}.")
         if self.loss == "focal" and self.pos_weight:
             raise ConfigError("pos_weight is for the bce loss; focal loss weights hard examples itself. Choose one.")
         if self.age_min is not None and self.age_max is not None and self.age_min > self.age_max:
