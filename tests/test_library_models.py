@@ -469,13 +469,14 @@ def test_rest_service_serves_a_library_model(lib_env, shipped):
         server.server_close()
 
 
-def test_cli_train_init_from_a_library_model(lib_env, app_home, tmp_path):
+def test_cli_train_init_from_a_library_model(lib_env, tmp_path):
     """Fine-tune the library model as is: head swapped to the phantom's labels (shared rows copied)."""
     plant_densenet(lib_env["cache"])
     run = tmp_path / "run"
-    from cxrcore.demo import APP_DATA_N
+    from cxrcore.data.phantom import generate
 
-    data = app_home / "datasets" / f"phantom-nih-seed0-n{APP_DATA_N}"
+    # a small phantom of its own: the DenseNet121 runs on CPU, and the app's data has ~700 test images
+    data = generate(tmp_path / "phantom", 150, domain="nih", size=128, seed=0, workers=1)
     r = _cxr("train", "--data", str(data), "--labels", "nih14", "--init", "xrv:all", "--epochs", "1",
              "--batch-size", "8", "--max-images", "24", "--out", str(run), env=lib_env["env"])
     assert r.returncode == 0, r.stderr[-3000:]
