@@ -205,13 +205,13 @@ def login_configured() -> bool:
 
 def account_box(user) -> None:
     """Sidebar: who you are, and Sign in / Sign out when the operator configured a login."""
+    if not user.signed_in and not login_configured():
+        return  # a single user on their own machine: nothing to show (no empty box)
     box = st.sidebar.container(border=True)
     if user.signed_in:
         box.caption(f"Signed in as **{user.name or user.id}**")
         if login_configured():
             box.button("Sign out", key="account_logout", on_click=st.logout)
-        return
-    if not login_configured():
         return
     box.caption("Not signed in.")
     if box.button("Sign in", key="account_login"):
