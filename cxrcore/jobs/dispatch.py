@@ -78,14 +78,20 @@ def refresh_all(store: JobStore | None = None, limit: int | None = None) -> list
     return jobs
 
 
+def _check_right(user: hosting.User | None, action: str, job_id, store: JobStore,
+                 settings: hosting.Settings | None) -> None:
+    """AccessError when ``user`` may not ``action`` this job; no user (the CLI, Python on this machine): allowed."""
+    if user is not None:
+        hosting.check_may(user, action, store.get(job_id.id if isinstance(job_id, Job) else job_id), settings)
+
+
 def cancel(job_id: str, store: JobStore | None = None, timeout: float = 5.0, user: hosting.User | None = None,
            settings: hosting.Settings | None = None) -> Job:
     """Stop a job: SIGTERM to its runner first (it stops at the next training step, keeps its best
     checkpoint and reports), harder after ``timeout`` seconds; marks it cancelled. An ended job raises JobError.
     ``user`` without the right to cancel this job (see :mod:`cxrcore.hosting`): AccessError, nothing stopped."""
     store = store or JobStore()
-    if user is not None:
-        hosting.check_may(user, "cancel", store.get(job_id.id if isinstance(job_id, Job) else job_id), settings)
+    _check_right(user, "cancel", job_id, store, settings)
     job = refresh(job_id, store)
     if job.ended:
         raise JobError(f"Job {job.id} already ended with status {job.status}; there is nothing to cancel.")
@@ -104,8 +110,7 @@ def resume(job_id: str, store: JobStore | None = None, user: hosting.User | None
     from ..train.state import state_path  # imports torch
 
     store = store or JobStore()
-    if user is not None:
-        hosting.check_may(user, "resume", store.get(job_id.id if isinstance(job_id, Job) else job_id), settings)
+    _check_right(user, "resume", job_id, store, settings)
     job = refresh(job_id, store)
     if job.active:
         raise JobError(f"Job {job.id} is still {job.status}; only a cancelled or failed job can be resumed.")
