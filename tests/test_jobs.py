@@ -100,12 +100,22 @@ def test_store_round_trip_and_wal(ws):
     assert not store.transition(job.id, ACTIVE, "cancelled")
     assert store.get(job.id).status == "failed"
 
+    # A watcher's live note ("Slurm: RUNNING") lands only on an active row, and an end clears it:
+    # the runner may mark the end between the watcher reading Slurm and writing the note.
+    live = store.create({}, name="live")
+    assert store.update_active(live.id, note="Slurm: RUNNING") and store.get(live.id).note == "Slurm: RUNNING"
+    assert store.mark(live.id, "succeeded", exit_code=0).note is None
+    assert not store.update_active(live.id, note="Slurm: RUNNING")
+    assert store.get(live.id).note is None and store.get(live.id).status == "succeeded"
+    with pytest.raises(JobError):
+        store.update_active("20000101-000000-dead", note="x")
+
     second = store.create({}, name="second")
     third = store.create({}, name="third")
-    assert [j.id for j in store.list()] == [third.id, second.id, job.id]
+    assert [j.id for j in store.list()] == [third.id, second.id, live.id, job.id]
     assert [j.id for j in store.list(limit=2)] == [third.id, second.id]
     assert [j.id for j in store.list(status="failed")] == [job.id]
-    assert len({j.id for j in store.list()}) == 3
+    assert len({j.id for j in store.list()}) == 4
 
     # A second store object (another process would do the same) sees the same rows.
     assert JobStore(ws / "jobs.sqlite").get(second.id).name == "second"

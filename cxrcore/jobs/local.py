@@ -245,7 +245,7 @@ class LocalBackend:
         try:
             write_config(Path(job.run_dir), config)
             if need > 0:
-                store.update(job.id, note=f"waiting for {need} GPU(s)")
+                store.update_active(job.id, note=f"waiting for {need} GPU(s)")
             else:
                 proc = _start_process(job, store, [])
         except (OSError, subprocess.SubprocessError) as exc:
@@ -328,7 +328,7 @@ class LocalBackend:
         need = int(job.config.get("gpus") or 0)
         try:
             if need > 0:
-                store.update(job.id, note=f"waiting for {need} GPU(s)")
+                store.update_active(job.id, note=f"waiting for {need} GPU(s)")
                 start_queued(store)
                 return store.get(job.id)
             proc = _start_process(store.get(job.id), store, [])

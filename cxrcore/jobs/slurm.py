@@ -312,7 +312,7 @@ class SlurmBackend:
             state, detail = slurm_state(job)
         except JobError as exc:
             if job.note != str(exc):
-                store.update(job.id, note=str(exc))
+                store.update_active(job.id, note=str(exc))
             return store.get(job.id)
         if state is None:
             last = tail_log(job, 5).strip()
@@ -343,7 +343,7 @@ class SlurmBackend:
         if base in RUNNING_STATES and job.status == "queued":
             note = f"Slurm: {base}; the runner is starting"
         if note != job.note:
-            store.update(job.id, note=note)
+            store.update_active(job.id, note=note)  # not onto a row the runner has just marked ended
         # PENDING stays queued; RUNNING becomes running when the runner marks it (it records its pid).
         return store.get(job.id)
 

@@ -263,6 +263,24 @@ class JobStore:
                     raise JobError(f"No job with id {job_id!r} in {self.path}. `cxr jobs list` shows the job ids.")
         return self.get(job_id)
 
+    def update_active(self, job_id: str, **fields_) -> bool:
+        """Set columns only while the row is still queued or running; returns whether it changed.
+
+        For notes a watcher writes ("Slurm: RUNNING") that must not land on a row the runner has
+        meanwhile marked ended.
+        """
+        enc = self._encode(fields_)
+        if not enc:
+            return False
+        with self._write() as con:
+            cur = con.execute(
+                f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in enc)} WHERE id = ? "
+                f"AND status IN ({','.join('?' * len(ACTIVE))})", (*enc.values(), str(job_id), *ACTIVE))
+            changed = cur.rowcount > 0
+        if not changed:
+            self.get(job_id)  # JobError for an unknown id
+        return changed
+
     def mark(self, job_id: str, status: str, **fields_) -> Job:
         """Set the status; ``started`` (running) or ``finished`` (ended statuses) default to now."""
         return self.update(job_id, **_status_fields(status, fields_))
@@ -351,6 +369,7 @@ def _status_fields(status: str, fields_: dict) -> dict:
         out.setdefault("started", time.time())
     elif status in ENDED:
         out.setdefault("finished", time.time())
+        out.setdefault("note", None)  # notes describe a live job ("Slurm: RUNNING", "waiting for GPUs")
     return out
 
 
