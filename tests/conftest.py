@@ -52,8 +52,13 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def app_home(tmp_path_factory) -> Path:
-    """A workspace with the app's built-in phantom datasets, generated once for the whole run."""
-    home = tmp_path_factory.mktemp("cxr_home")
+    """A workspace with the app's built-in phantom datasets, generated once for the whole run.
+
+    ``CXR_TEST_APP_HOME`` (a developer's convenience; ``.ci/run`` leaves it unset) names a folder kept
+    between runs, so the phantom images are generated once, not at every pytest start."""
+    keep = os.environ.get("CXR_TEST_APP_HOME")
+    home = Path(keep) if keep else tmp_path_factory.mktemp("cxr_home")
+    home.mkdir(parents=True, exist_ok=True)
     old = os.environ.get("CXR_HOME")
     os.environ["CXR_HOME"] = str(home)
     from cxrcore.demo import app_data

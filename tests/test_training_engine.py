@@ -458,3 +458,125 @@ def test_cli_lora_job_cancel_and_resume(chex, tmp_path):
     assert shown["progress"]["mode"] == "lora"
     card = read_card(Path(job.run_dir) / "checkpoint")
     assert card.training["epochs_run"] == 3 and card.training["config"]["mode"] == "lora"
+
+
+# --------------------------------------------------------------------------- what a run shows (issue 13 §1)
+
+def _val_rows_logits(run: Path, chex: Path):
+    """The best checkpoint's logits and U-Zeros targets on the run's own validation split (splits.csv)."""
+    import pandas as pd
+
+    from cxrcore.data.readers import read_dataset
+    from cxrcore.predictor import Predictor
+
+    splits = pd.read_csv(run / "splits.csv", dtype=str)
+    ids = set(splits.loc[splits["split"] == "val", "image_id"])
+    index = read_dataset(chex)
+    index = index.subset(index.frame["image_id"].astype(str).isin(ids).to_numpy())
+    p = Predictor(run / "checkpoint")
+    from cxrcore.data.cache import build_cache
+
+    cache = build_cache(index, p.prep, workers=1)
+    x = p.prep.normalize(torch.from_numpy(np.array(cache.array)))
+    with torch.no_grad():
+        logits = p.model.eval()(x).float()
+    return logits, torch.from_numpy(index.targets(p.labels, "zeros"))
+
+
+def test_validation_loss_and_metrics_every_epoch(chex, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    card = train(small(chex, epochs=2, policy="zeros", pos_weight=True, schedule="constant"), tmp_path / "run")
+    ev = read_events(tmp_path / "run" / "events.jsonl")
+    epochs = [e for e in ev if e["type"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2] and [e["epochs_done"] for e in epochs] == [1, 2]
+    for e in epochs:
+        assert e["val_loss"] > 0 and e["train_loss"] > 0
+        assert 0 <= e["val_mean_ap"] <= 1 and 0 <= e["val_f1"] <= 1 and 0 <= e["val_accuracy"] <= 1
+    # The validation loss is the training criterion (BCE with the run's pos_weight) on the validation split.
+    logits, y = _val_rows_logits(tmp_path / "run", chex)
+    pw = torch.tensor([e for e in ev if e["type"] == "data"][0]["pos_weight"])
+    want = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pw).item()
+    best = card.metrics["val"]
+    assert best["loss"] == pytest.approx(want, rel=1e-4)
+    assert best["loss"] == [e for e in epochs if e["epoch"] == best["epoch"]][0]["val_loss"]
+    assert best["monitor"] == "auroc" and best["mean_ap"] is not None and best["f1"] is not None
+    assert [h["val_loss"] for h in card.training["history"]] == [e["val_loss"] for e in epochs]
+
+
+def test_validate_every_n_steps_and_pick_the_checkpoint_on_validation_loss(chex, tmp_path, monkeypatch):
+    from cxrcore.jobs.progress import progress_summary
+
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    card = train(small(chex, epochs=2, val_every=3, monitor="loss", policy="zeros"), tmp_path / "run")
+    ev = read_events(tmp_path / "run" / "events.jsonl")
+    vals = [e for e in ev if e["type"] in ("epoch", "validation")]
+    mids = [e for e in vals if e["type"] == "validation"]
+    steps_per_epoch = [e for e in ev if e["type"] == "data"][0]["steps_per_epoch"]
+    assert mids and all(e["step"] % 3 == 0 for e in mids)
+    assert all(0 < e["epochs_done"] - (e["epoch"] - 1) < 1 for e in mids)
+    assert len(vals) == 2 + sum(1 for s in range(1, 2 * steps_per_epoch + 1) if s % 3 == 0 and s % steps_per_epoch)
+    # the checkpoint is the validation with the lowest loss
+    lowest = min(vals, key=lambda e: e["val_loss"])
+    assert card.metrics["val"]["loss"] == lowest["val_loss"] and card.metrics["val"]["step"] == lowest["step"]
+    assert card.metrics["val"]["monitor"] == "loss"
+    s = progress_summary(ev)
+    assert [round(x, 4) for x, _ in s["val_loss_curve"]] == [e["epochs_done"] for e in vals]
+    assert s["best_x"] == lowest["epochs_done"] and s["monitor"] == "loss"
+    assert len(s["history"]) == len(vals) and s["history"][-1]["val_auroc"].keys() == set(card.labels)
+
+
+def test_overfitting_note_needs_rising_validation_and_falling_training_loss():
+    from cxrcore.jobs.progress import overfitting_note
+
+    def hist(val, tr):
+        return [{"epochs_done": i + 1, "val_loss": v, "train_loss": t} for i, (v, t) in enumerate(zip(val, tr))]
+
+    note = overfitting_note(hist([0.5, 0.4, 0.45, 0.5], [0.6, 0.5, 0.4, 0.3]), best_x=2)
+    assert note and "epoch 2" in note and "0.4000" in note and "0.5000" in note and "overfitting" in note
+    assert overfitting_note(hist([0.5, 0.4, 0.39, 0.38], [0.6, 0.5, 0.4, 0.3])) is None   # still falling
+    assert overfitting_note(hist([0.5, 0.4, 0.45, 0.5], [0.6, 0.5, 0.55, 0.6])) is None   # training loss up too
+    assert overfitting_note(hist([0.5, 0.4, 0.45], [0.6, 0.5, 0.4])) is None              # one rise only
+    assert overfitting_note(hist([0.5, 0.4], [0.6, 0.5])) is None
+
+
+def test_step_schedule_adam_l2_sum_reduction_and_dropout(chex, tmp_path, monkeypatch):
+    from cxrcore.train.trainer import set_classifier_dropout
+
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    cfg = small(chex, epochs=3, schedule="step", step_epochs=1, step_gamma=0.5, optimizer="adam",
+                loss_reduction="sum", drop_rate=0.3, lr=1e-3, policy="zeros")
+    train(cfg, tmp_path / "run")
+    ev = read_events(tmp_path / "run" / "events.jsonl")
+    lr_by_epoch = {e["epoch"]: e["lr"] for e in ev if e["type"] == "epoch"}
+    assert lr_by_epoch[1] == pytest.approx(5e-4) and lr_by_epoch[2] == pytest.approx(2.5e-4)
+    assert lr_by_epoch[3] == pytest.approx(1.25e-4)
+    # sum reduction: the step losses are sums over the batch's known labels (14 per image here)
+    first = [e for e in ev if e["type"] == "step"][0]
+    assert first["loss"] > 16 * 14 * 0.1
+    # Adam's weight decay is an L2 term in the gradient: one step on a zero-gradient weight shrinks it by lr
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([w], lr=0.1, weight_decay=1.0)
+    w.grad = torch.zeros(3)
+    opt.step()
+    assert torch.allclose(w.detach(), torch.full((3,), 0.9), atol=1e-3)
+    # dropout goes where the timm model applies its drop_rate
+    m = build_model("regnetx_002", 3)
+    set_classifier_dropout(m, 0.3)
+    assert m.head.drop.p == 0.3
+    r = build_model("resnet18", 3)
+    set_classifier_dropout(r, 0.25)
+    assert r.drop_rate == 0.25
+    with pytest.raises(ConfigError, match="drop_rate"):
+        TrainConfig(data="x", arch="tv:resnet18", drop_rate=0.2).validate()
+
+
+def test_masked_sum_reduction_is_the_sum_over_known_labels():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.0, -3.0]])
+    y = torch.tensor([[1.0, nan, 0.0], [0.0, 1.0, nan]])
+    known = ~torch.isnan(y)
+    assert torch.isclose(masked_bce(logits, y, reduction="sum"),
+                         F.binary_cross_entropy_with_logits(logits[known], y[known], reduction="sum"))
+    c = Criterion("bce", reduction="sum")
+    assert torch.isclose(c(logits, y), masked_bce(logits, y, reduction="sum"))
+    with pytest.raises(ConfigError, match="reduction"):
+        Criterion("bce", reduction="max")

@@ -505,6 +505,49 @@ def _curves_figure(s: dict) -> go.Figure:
     return _layout(fig, "Loss and learning rate per step")
 
 
+def _mark_best(fig: go.Figure, s: dict) -> None:
+    if s.get("best_x") is not None:
+        fig.add_vline(x=s["best_x"], line=dict(color="green", dash="dash", width=1),
+                      annotation_text=f"best (epoch {s['best_x']:g})", annotation_position="top left")
+
+
+def _val_loss_figure(s: dict) -> go.Figure:
+    """Training loss (mean per epoch) and validation loss (each validation) against epochs, best marked."""
+    fig = go.Figure()
+    if s["epoch_loss_curve"]:
+        ep, lo = zip(*s["epoch_loss_curve"])
+        fig.add_trace(go.Scatter(x=ep, y=lo, mode="lines+markers", name="training loss (epoch mean)"))
+    if s["val_loss_curve"]:
+        ep, lo = zip(*s["val_loss_curve"])
+        fig.add_trace(go.Scatter(x=ep, y=lo, mode="lines+markers", name="validation loss"))
+    _mark_best(fig, s)
+    fig.update_layout(xaxis_title="epoch", yaxis_title="loss (same masked loss as training)",
+                      legend=dict(orientation="h", y=-0.25))
+    return _layout(fig, "Training and validation loss", 360)
+
+
+def _metrics_figure(s: dict) -> go.Figure:
+    fig = go.Figure()
+    pts = [(e, a) for e, a in s["auroc_curve"] if a is not None]
+    if pts:
+        ep, au = zip(*pts)
+        fig.add_trace(go.Scatter(x=ep, y=au, mode="lines+markers", name="mean AUROC"))
+    for name, curve in s["metric_curves"].items():
+        if curve:
+            ep, v = zip(*curve)
+            fig.add_trace(go.Scatter(x=ep, y=v, mode="lines+markers", name=name if name != "F1" else
+                                     "macro F1 (val-tuned thresholds)"))
+    _mark_best(fig, s)
+    fig.update_layout(xaxis_title="epoch", yaxis=dict(range=[0, 1]), legend=dict(orientation="h", y=-0.25))
+    return _layout(fig, "Validation metrics", 360)
+
+
+def _history_csv(s: dict) -> bytes:
+    rows = [{**{k: v for k, v in h.items() if k != "val_auroc"},
+             **{f"val_auroc[{k}]": v for k, v in (h.get("val_auroc") or {}).items()}} for h in s["history"]]
+    return pd.DataFrame(rows).to_csv(index=False).encode()
+
+
 def _auroc_figure(s: dict) -> go.Figure:
     fig = go.Figure()
     for label, pts in s["auroc_history"].items():
@@ -639,7 +682,10 @@ def render_job(job_id: str, live: bool) -> None:
     if s["gpu_mem_mib"] is not None:
         st.caption(f"Peak GPU memory this epoch: {s['gpu_mem_mib']:.0f} MiB")
     if s["early_stopped"]:
-        st.caption(f"Early stopping: no better validation AUROC after epoch {s['best_epoch']}.")
+        watched = "validation loss" if s["monitor"] == "loss" else "validation mean AUROC"
+        st.caption(f"Early stopping: no better {watched} after epoch {s['best_epoch']}.")
+    if s["overfitting"]:
+        st.warning(s["overfitting"])
 
     g1, g2 = st.columns(2)
     if s["loss_curve"]:
@@ -650,6 +696,17 @@ def render_job(job_id: str, live: bool) -> None:
         g2.plotly_chart(_auroc_figure(s), key=f"train_auroc_{job.id}", config=chart_config())
     else:
         g2.caption("Validation AUROC appears after the first epoch.")
+    if s["history"]:
+        best = (f"best checkpoint: epoch {s['best_x']:g}, chosen on "
+                + ("validation loss" if s["monitor"] == "loss" else "validation mean AUROC")) if s["best_x"] is not None else ""
+        st.caption("Per validation: " + best)
+        h1, h2 = st.columns(2)
+        h1.plotly_chart(_val_loss_figure(s), key=f"train_valloss_{job.id}", config=chart_config())
+        h2.plotly_chart(_metrics_figure(s), key=f"train_metrics_{job.id}", config=chart_config())
+        st.download_button("History as CSV", _history_csv(s), file_name=f"history-{job.id}.csv", mime="text/csv",
+                           key=f"train_history_csv_{job.id}",
+                           help="One row per validation: losses, mean AUROC / AP, macro F1 and accuracy at the "
+                                "validation-tuned thresholds, learning rate, and AUROC per label.")
 
     if s["per_label_auroc"]:
         last_epoch = s["auroc_curve"][-1][0] if s["auroc_curve"] else s["epoch"]

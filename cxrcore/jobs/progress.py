@@ -20,13 +20,44 @@ def _num(v) -> float | None:
     return None if math.isnan(f) or math.isinf(f) else f
 
 
+HISTORY_COLUMNS = ("train_loss", "val_loss", "val_mean_auroc", "val_mean_ap", "val_f1", "val_accuracy", "lr", "seconds")
+
+
+def overfitting_note(history: list[dict], best_x=None, rise: float = 0.02) -> str | None:
+    """A sentence when validation loss has risen (by more than ``rise``, relative) over at least the last two
+    validations since its minimum while the training loss kept falling: the usual sign of overfitting.
+    None when it has not, or when there is too little history to say."""
+    pts = [h for h in history if h.get("val_loss") is not None]
+    if len(pts) < 3:
+        return None
+    k = min(range(len(pts)), key=lambda i: pts[i]["val_loss"])
+    low, last = pts[k], pts[-1]
+    if len(pts) - 1 - k < 2 or last["val_loss"] <= low["val_loss"] * (1 + rise):
+        return None
+    tl_low, tl_last = low.get("train_loss"), last.get("train_loss")
+    if tl_low is None or tl_last is None or not tl_last < tl_low:
+        return None
+    where = f"epoch {low['epochs_done']:g}"
+    kept = f" The best checkpoint is from epoch {best_x:g}." if best_x is not None else ""
+    return (f"Validation loss has risen from {low['val_loss']:.4f} ({where}) to {last['val_loss']:.4f} while the "
+            f"training loss fell from {tl_low:.4f} to {tl_last:.4f}: the model is overfitting the training split."
+            f"{kept} Fewer epochs, early stopping on validation loss, more augmentation, dropout or weight decay "
+            "are the usual answers.")
+
+
 def progress_summary(events: list[dict]) -> dict:
     """Keys: phase (waiting | preparing | training | stopped | done), epoch, epochs, step, total_steps,
     fraction (0..1), last_loss, images_per_s, eta_seconds, elapsed_seconds, best_val_mean_auroc, best_epoch,
     test_mean_auroc, loss_curve [(step, loss)], lr_curve [(step, lr)], auroc_curve [(epoch, val_mean_auroc)],
     epoch_loss_curve [(epoch, train_loss)], per_label_auroc (the last epoch's {label: auroc|None}),
     auroc_history {label: [(epoch, auroc|None)]}, labels, n_images, stopped, early_stopped, resumes,
-    gpu_mem_mib, mode, trainable_params, total_params, world_size.
+    gpu_mem_mib, mode, trainable_params, total_params, world_size; per validation (at each epoch's end, and
+    every N steps when asked, at fractional epochs): val_loss_curve [(epoch, val_loss)],
+    metric_curves {"mean AP" | "F1" | "accuracy": [(epoch, value)]}, history [one flat dict per validation:
+    epoch, step, epochs_done, train_loss, val_loss, val_mean_auroc, val_mean_ap, val_f1, val_accuracy, lr,
+    seconds], monitor (auroc | loss), best_x (the best checkpoint's position in epochs), best_val_loss,
+    overfitting (a sentence, or None; see :func:`overfitting_note`).
+    Epoch-valued curves use fractional epochs for validations inside an epoch.
     """
     s: dict = {"phase": "waiting", "epoch": 0, "epochs": None, "step": 0, "total_steps": None, "fraction": 0.0,
                "last_loss": None, "images_per_s": None, "eta_seconds": None, "elapsed_seconds": None,
@@ -34,7 +65,9 @@ def progress_summary(events: list[dict]) -> dict:
                "loss_curve": [], "lr_curve": [], "auroc_curve": [], "epoch_loss_curve": [], "per_label_auroc": {},
                "auroc_history": {}, "labels": [], "n_images": None, "stopped": False, "early_stopped": False,
                "resumes": 0, "gpu_mem_mib": None, "mode": None, "trainable_params": None, "total_params": None,
-               "world_size": 1}
+               "world_size": 1, "val_loss_curve": [], "metric_curves": {"mean AP": [], "F1": [], "accuracy": []},
+               "history": [], "monitor": "auroc", "best_x": None, "best_val_loss": None, "overfitting": None,
+               "_checkpoint_events": False}
     t_start = t_train = t_last = None
     step_at_train = 0
     for e in events or []:
@@ -45,6 +78,7 @@ def progress_summary(events: list[dict]) -> dict:
             s["phase"] = "preparing"
             t_start = t
             s["epochs"] = (e.get("config") or {}).get("epochs")
+            s["monitor"] = (e.get("config") or {}).get("monitor") or "auroc"
         elif kind == "resume":
             s["resumes"] += 1
             s["phase"] = "preparing"
@@ -56,6 +90,9 @@ def progress_summary(events: list[dict]) -> dict:
             s["auroc_curve"] = [p for p in s["auroc_curve"] if p[0] <= ep]
             s["epoch_loss_curve"] = [p for p in s["epoch_loss_curve"] if p[0] <= ep]
             s["auroc_history"] = {k: [p for p in v if p[0] <= ep] for k, v in s["auroc_history"].items()}
+            s["val_loss_curve"] = [p for p in s["val_loss_curve"] if p[0] <= ep]
+            s["metric_curves"] = {k: [p for p in v if p[0] <= ep] for k, v in s["metric_curves"].items()}
+            s["history"] = [h for h in s["history"] if (h.get("epochs_done") or 0) <= ep]
             if t_start is None:
                 t_start = t
         elif kind == "data":
@@ -81,19 +118,37 @@ def progress_summary(events: list[dict]) -> dict:
                 s["loss_curve"].append((s["step"], s["last_loss"]))
             if _num(e.get("lr")) is not None:
                 s["lr_curve"].append((s["step"], _num(e.get("lr"))))
-        elif kind == "epoch":
+        elif kind in ("epoch", "validation"):
             ep = e.get("epoch")
-            s["epoch"] = ep
+            x = _num(e.get("epochs_done"))
+            x = ep if x is None else (int(x) if float(x).is_integer() else x)
+            if kind == "epoch":
+                s["epoch"] = ep
             auroc = _num(e.get("val_mean_auroc"))
-            s["auroc_curve"].append((ep, auroc))
+            s["auroc_curve"].append((x, auroc))
             loss = _num(e.get("train_loss"))
-            if loss is not None:
-                s["epoch_loss_curve"].append((ep, loss))
+            if loss is not None and kind == "epoch":
+                s["epoch_loss_curve"].append((x, loss))
+            if _num(e.get("val_loss")) is not None:
+                s["val_loss_curve"].append((x, _num(e.get("val_loss"))))
+            for name, key in (("mean AP", "val_mean_ap"), ("F1", "val_f1"), ("accuracy", "val_accuracy")):
+                if _num(e.get(key)) is not None:
+                    s["metric_curves"][name].append((x, _num(e.get(key))))
             s["per_label_auroc"] = {k: _num(v) for k, v in (e.get("val_auroc") or {}).items()}
             for k, v in s["per_label_auroc"].items():
-                s["auroc_history"].setdefault(k, []).append((ep, v))
-            if auroc is not None and (s["best_val_mean_auroc"] is None or auroc > s["best_val_mean_auroc"]):
-                s["best_val_mean_auroc"], s["best_epoch"] = auroc, ep
+                s["auroc_history"].setdefault(k, []).append((x, v))
+            s["history"].append({"epoch": ep, "step": e.get("step"), "epochs_done": x, "at": kind,
+                                 **{k: _num(e.get(k)) for k in HISTORY_COLUMNS},
+                                 "val_auroc": dict(s["per_label_auroc"])})
+            if not s["_checkpoint_events"] and auroc is not None and (
+                    s["best_val_mean_auroc"] is None or auroc > s["best_val_mean_auroc"]):
+                s["best_val_mean_auroc"], s["best_epoch"], s["best_x"] = auroc, ep, x  # logs from before checkpoint events said more
+        elif kind == "checkpoint":
+            s["_checkpoint_events"] = True
+            s["best_epoch"] = e.get("epoch", s["best_epoch"])
+            s["best_val_mean_auroc"] = _num(e.get("val_mean_auroc"))
+            s["best_val_loss"] = _num(e.get("val_loss"))
+            s["best_x"] = s["history"][-1]["epochs_done"] if s["history"] else s["best_epoch"]
         elif kind == "stopped":
             s["phase"] = "stopped"
             s["stopped"] = True
@@ -106,6 +161,8 @@ def progress_summary(events: list[dict]) -> dict:
             s["test_mean_auroc"] = _num(e.get("test_mean_auroc"))
             if e.get("best_epoch") is not None:
                 s["best_epoch"] = e.get("best_epoch")
+    s.pop("_checkpoint_events", None)
+    s["overfitting"] = overfitting_note(s["history"], s["best_x"])
     total = s["total_steps"]
     if s["phase"] == "done":
         s["fraction"] = 1.0

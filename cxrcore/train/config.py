@@ -23,9 +23,12 @@ from typing import Any
 from ..errors import ConfigError, DataError
 
 MODES = ("full", "head", "lora")
-SPLIT_METHODS = ("hash", "stratified")
+SPLIT_METHODS = ("hash", "stratified", "official")
 HIERARCHIES = ("none", "penalty", "two_stage")
-SCHEDULES = ("cosine", "plateau", "constant")
+SCHEDULES = ("cosine", "plateau", "step", "constant")
+MONITORS = ("auroc", "loss")
+OPTIMIZERS = ("adamw", "adam")
+REDUCTIONS = ("mean", "sum")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LOSS_CHOICES = ("bce", "focal")          # train.losses.LOSSES must match (a test checks)
 SAMPLER_CHOICES = ("shuffle", "weighted")  # train.sampling.SAMPLERS must match (a test checks)
@@ -123,8 +126,8 @@ class TrainConfig:
                     choice_labels=(("full", "full network"), ("head", "head only"), ("lora", "LoRA (peft)")))
     epochs: int = opt(5, "Epochs", "Passes over the training split.", "basic", min=1, max=10_000, form_default=3)
     batch_size: int = opt(32, "Batch size", "Images per step.", "basic", min=1, max=4096)
-    lr: float = opt(2e-3, "Learning rate", "AdamW learning rate (positive).", "basic", min=0.0, max=1.0, step=1e-4,
-                    fmt="%.5f")
+    lr: float = opt(2e-3, "Learning rate", "Optimizer learning rate (positive).", "basic", min=0.0, max=1.0,
+                    step=1e-4, fmt="%.5f")
     max_images: int | None = opt(None, "Max images", "A random subset of this many images after the filters "
                                  "(keeps a CPU run to a few minutes); 0 / empty: all.", "basic", kind="int",
                                  optional=True, min=10, step=50, form_default=400, zero="all")
@@ -135,23 +138,42 @@ class TrainConfig:
     lora_targets: str | None = opt(None, "LoRA targets (regex)", "Regex over module names; empty: attention "
                                    "projections for ViTs, dense convolutions for CNNs.", "optimisation", kind="str",
                                    optional=True)
-    schedule: str = opt("cosine", "Schedule", "cosine: warmup then cosine decay; plateau: reduce the LR when "
-                        "validation AUROC stalls; constant.", "optimisation", choices=SCHEDULES)
+    schedule: str = opt("cosine", "Schedule", "cosine: warmup then cosine decay; plateau: reduce the LR when the "
+                        "monitored validation metric stalls; step: multiply the LR by the step factor every N "
+                        "epochs (StepLR); constant.", "optimisation", choices=SCHEDULES)
+    step_epochs: int = opt(3, "Step every (epochs)", "Step schedule: epochs between LR drops.", "optimisation",
+                           min=1, max=10_000)
+    step_gamma: float = opt(0.1, "Step factor", "Step schedule: the LR is multiplied by this at each drop.",
+                            "optimisation", min=0.001, max=0.99, step=0.05)
     warmup_steps: int = opt(20, "Warmup steps", "Linear warmup steps (cosine schedule).", "optimisation", min=0,
                             step=10)
     plateau_patience: int = opt(1, "Plateau patience (epochs)", "Epochs without improvement before the LR drops.",
                                 "optimisation", min=0)
     plateau_factor: float = opt(0.5, "Plateau factor", "The LR is multiplied by this on a plateau.", "optimisation",
                                 min=0.01, max=0.99, step=0.05)
-    early_stopping: int = opt(0, "Early stopping patience", "Stop after this many epochs without a better "
-                              "validation mean AUROC; 0: off.", "optimisation", min=0)
+    early_stopping: int = opt(0, "Early stopping patience", "Stop after this many validations (epochs, unless "
+                              "validating every N steps) without a better monitored metric; 0: off.",
+                              "optimisation", min=0)
+    monitor: str = opt("auroc", "Watch", "The validation metric that picks the best checkpoint and drives early "
+                       "stopping and the plateau schedule: mean AUROC (higher is better) or loss (lower is better).",
+                       "optimisation", choices=MONITORS,
+                       choice_labels=(("auroc", "validation mean AUROC"), ("loss", "validation loss")))
+    val_every: int | None = opt(None, "Validate every N steps", "Also validate (and checkpoint when better) every N "
+                                "training steps, as well as at each epoch's end; 0 / empty: at epoch ends only.",
+                                "optimisation", kind="int", optional=True, min=1, step=50)
+    optimizer: str = opt("adamw", "Optimizer", "adamw: decoupled weight decay; adam: Adam with the weight decay "
+                         "as an L2 penalty in the gradient (torch.optim.Adam).", "optimisation", choices=OPTIMIZERS)
     accum_steps: int = opt(1, "Gradient accumulation (batches)", "Optimizer step every N batches.", "optimisation",
                            min=1)
-    weight_decay: float = opt(1e-4, "Weight decay", "AdamW weight decay.", "optimisation", min=0.0, step=1e-4,
-                              fmt="%.5f")
+    weight_decay: float = opt(1e-4, "Weight decay", "AdamW's decoupled weight decay, or Adam's L2 penalty.",
+                              "optimisation", min=0.0, step=1e-4, fmt="%.5f")
+    drop_rate: float = opt(0.0, "Classifier dropout", "Dropout before the classifier (timm's drop_rate); 0: none.",
+                           "model", min=0.0, max=0.9, step=0.05)
     seed: int = opt(0, "Seed", "Seeds the split, sampling, augmentation and initialisation.", "optimisation", min=0)
     loss: str = opt("bce", "Loss", "bce: binary cross-entropy; focal: torchvision's sigmoid focal loss.", "loss",
                     choices=LOSS_CHOICES)
+    loss_reduction: str = opt("mean", "Loss reduction", "mean over the known labels of the batch, or their sum "
+                              "(seed 004; scale the learning rate down accordingly).", "loss", choices=REDUCTIONS)
     pos_weight: bool = opt(False, "pos_weight from prevalence (bce)", "Weight each label's positives by negatives / "
                            "positives in the training split.", "loss")
     focal_gamma: float = opt(2.0, "Focal gamma", "Focusing parameter of the focal loss.", "loss", min=0.0, max=10.0,
@@ -186,8 +208,13 @@ class TrainConfig:
                                 kind="float", optional=True, min=0, max=130, step=5.0, zero="any")
     sex: str | None = opt(None, "Sex", "Keep one sex only: M or F; empty: both.", "data", choices=("M", "F"),
                           optional=True)
-    split_method: str = opt("hash", "Split", "Both are patient-level; stratified balances each label's positive rate "
-                            "across splits.", "data", choices=SPLIT_METHODS)
+    split_method: str = opt("hash", "Split", "All are patient-level. hash: by a hash of the patient; stratified: "
+                            "balances each label's positive rate across splits; official: the dataset's own test "
+                            "list (NIH test_list.txt, CheXpert valid.csv) is the test split and the rest is split "
+                            "into train / val by patient (the test fraction is not used).", "data",
+                            choices=SPLIT_METHODS, choice_labels=(("hash", "hash by patient"),
+                                                                  ("stratified", "stratified by label"),
+                                                                  ("official", "official test split")))
     val_fraction: float = opt(0.1, "Validation fraction", "Share of patients in the validation split.", "data",
                               min=0.01, max=0.5, step=0.05)
     test_fraction: float = opt(0.2, "Test fraction", "Share of patients in the test split.", "data", min=0.0,
@@ -220,6 +247,8 @@ class TrainConfig:
             check_option(o, getattr(self, o.name))
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, not {self.lr:g}.")
+        if self.drop_rate and str(self.arch).startswith(("tv:", "xrv:")) and not self.init:
+            raise ConfigError(f"Classifier dropout (drop_rate) is a timm option; {self.arch} has none. Set it to 0.")
         if self.loss == "focal" and self.pos_weight:
             raise ConfigError("pos_weight is for the bce loss; focal loss weights hard examples itself. Choose one.")
         if self.age_min is not None and self.age_max is not None and self.age_min > self.age_max:

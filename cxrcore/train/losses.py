@@ -26,28 +26,33 @@ from .config import LOSS_CHOICES as LOSSES  # declared with the option
 GATE_LABEL = "Any finding"
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+REDUCTIONS = ("mean", "sum")
+
+
+def _masked_reduce(values: torch.Tensor, mask: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     if not mask.any():
         return values.sum() * 0.0
-    return values[mask].mean()
+    return values[mask].sum() if reduction == "sum" else values[mask].mean()
 
 
-def masked_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None,
+               reduction: str = "mean") -> torch.Tensor:
+    """BCE with logits over the known (non-NaN) targets: their mean, or their sum."""
     mask = ~torch.isnan(targets)
     if not mask.any():
         return logits.sum() * 0.0
-    if pos_weight is None:
-        return F.binary_cross_entropy_with_logits(logits[mask], targets[mask])
     safe = torch.where(mask, targets, torch.zeros_like(targets))
-    raw = F.binary_cross_entropy_with_logits(logits, safe, pos_weight=pos_weight.to(logits.dtype), reduction="none")
-    return _masked_mean(raw, mask)
+    pw = None if pos_weight is None else pos_weight.to(logits.dtype)
+    raw = F.binary_cross_entropy_with_logits(logits, safe, pos_weight=pw, reduction="none")
+    return _masked_reduce(raw, mask, reduction)
 
 
-def masked_focal(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0, alpha: float = -1.0) -> torch.Tensor:
+def masked_focal(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0, alpha: float = -1.0,
+                 reduction: str = "mean") -> torch.Tensor:
     mask = ~torch.isnan(targets)
     safe = torch.where(mask, targets, torch.zeros_like(targets))
     raw = sigmoid_focal_loss(logits.float(), safe.float(), alpha=alpha, gamma=gamma, reduction="none")
-    return _masked_mean(raw, mask)
+    return _masked_reduce(raw, mask, reduction)
 
 
 def pos_weight_from(targets: np.ndarray, clip: float = 100.0) -> np.ndarray:
@@ -102,9 +107,13 @@ class Criterion:
     """The configured loss: ``criterion(logits, targets) -> scalar``; ``parts`` of the last call for logging."""
 
     def __init__(self, loss: str = "bce", labels: list[str] | None = None, pos_weight: np.ndarray | None = None,
-                 focal_gamma: float = 2.0, hierarchy: str = "none", hierarchy_weight: float = 1.0):
+                 focal_gamma: float = 2.0, hierarchy: str = "none", hierarchy_weight: float = 1.0,
+                 reduction: str = "mean"):
         if loss not in LOSSES:
             raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, not {loss!r}.")
+        if reduction not in REDUCTIONS:
+            raise ConfigError(f"loss reduction must be one of {', '.join(REDUCTIONS)}, not {reduction!r}.")
+        self.reduction = reduction
         if loss == "focal" and pos_weight is not None:
             raise ConfigError("pos_weight is for the bce loss; focal loss weights hard examples itself. Choose one.")
         self.loss = loss
@@ -116,10 +125,10 @@ class Criterion:
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.loss == "focal":
-            base = masked_focal(logits, targets, self.gamma)
+            base = masked_focal(logits, targets, self.gamma, reduction=self.reduction)
         else:
             pw = None if self.pos_weight is None else self.pos_weight.to(logits.device)
-            base = masked_bce(logits.float(), targets, pw)
+            base = masked_bce(logits.float(), targets, pw, reduction=self.reduction)
         if not self.pairs:
             self.parts = {"base": float(base.detach())}
             return base

@@ -29,11 +29,11 @@ from ..checkpoint import (Card, combine_trained_on, dataset_trained_on, infer_tr
 from ..data.cache import build_cache
 from ..data.filters import apply_filters
 from ..data.index import DatasetIndex, patient_split
-from ..data.splits import balance_report, balance_warnings, stratified_patient_split
+from ..data.splits import balance_report, balance_warnings, official_patient_split, stratified_patient_split
 from ..data.preprocess import Preprocess, to_unit
 from ..data.readers import read_dataset
 from ..errors import ConfigError, DataError
-from ..eval.metrics import best_f1_thresholds, mean_ignoring_nan, per_label_auroc
+from ..eval.metrics import best_f1_thresholds, confusion_at, mean_ignoring_nan, per_label_auprc, per_label_auroc
 from ..labels import resolve_label_space
 from ..models.heads import combine
 from ..models.registry import build_model, count_parameters, model_from_spec, preprocess_for, spec_for, swap_head
@@ -119,6 +119,8 @@ def prepare_data(cfg: TrainConfig, prep: Preprocess, progress=None) -> Prepared:
     targets = index.targets(labels, cfg.policy)
     if cfg.split_method == "stratified":
         split = stratified_patient_split(index.frame, targets, cfg.seed, cfg.val_fraction, cfg.test_fraction)
+    elif cfg.split_method == "official":
+        split = official_patient_split(index.frame, cfg.seed, cfg.val_fraction)
     else:
         split = patient_split(index.frame["patient_id"], cfg.seed, cfg.val_fraction, cfg.test_fraction)
     for name in ("train", "val"):
@@ -154,15 +156,90 @@ def predict_array(model, images: np.ndarray, rows: np.ndarray, prep: Preprocess,
     return combine(probs, spec) if len(probs) else probs
 
 
+def validation_pass(model, images: np.ndarray, rows: np.ndarray, prep: Preprocess, device, targets: np.ndarray,
+                    criterion, spec: dict | None = None, autocast=None, batch_size: int = 64) -> tuple[np.ndarray, float]:
+    """Probabilities (combined for two-stage models) for ``images[rows]`` and the validation loss: the
+    training criterion on the same targets (masked the same way), averaged over batches weighted by
+    their size. No augmentation, no gradient."""
+    model.eval()
+    out, total, n = [], 0.0, 0
+    with torch.no_grad():
+        for k in range(0, len(rows), batch_size):
+            idx = rows[k:k + batch_size]
+            x = prep.normalize(torch.from_numpy(np.asarray(images[idx])).to(device))
+            with autocast() if autocast else nullcontext():
+                logits = model(x)
+            logits = logits.float()
+            y = torch.from_numpy(targets[idx]).to(device)
+            total += float(criterion(logits, y)) * len(idx)
+            n += len(idx)
+            out.append(torch.sigmoid(logits).cpu().numpy())
+    probs = np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+    return (combine(probs, spec) if len(probs) else probs), (total / n if n else float("nan"))
+
+
+def validation_metrics(targets: np.ndarray, probs: np.ndarray, two_stage: bool) -> dict:
+    """Per-label AUROC and their means, mean average precision, and macro F1 / accuracy at the per-label
+    thresholds the checkpoint would carry (max F1 on this validation split: optimistic by construction)."""
+    auroc = per_label_auroc(targets, probs)
+    ap = per_label_auprc(targets, probs)
+    thresholds = best_f1_thresholds(targets, probs)
+    c = confusion_at(targets, probs, thresholds)
+    known = c["tp"] + c["fp"] + c["fn"] + c["tn"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        acc = np.where(known > 0, (c["tp"] + c["tn"]) / np.maximum(known, 1), np.nan)
+    has_pos = (c["tp"] + c["fn"]) > 0
+    f1 = np.where(has_pos, c["f1"], np.nan)
+    if two_stage and len(auroc) > 1:  # the gate is reported per label, not averaged with the diseases
+        auroc_m, ap_m, f1_m, acc_m = auroc[:-1], ap[:-1], f1[:-1], acc[:-1]
+    else:
+        auroc_m, ap_m, f1_m, acc_m = auroc, ap, f1, acc
+    return {"auroc": auroc, "thresholds": thresholds, "mean_auroc": mean_ignoring_nan(auroc_m),
+            "mean_ap": mean_ignoring_nan(ap_m), "f1": mean_ignoring_nan(f1_m), "accuracy": mean_ignoring_nan(acc_m)}
+
+
+def _better(value: float, best: float, monitor: str, first: bool) -> bool:
+    if first:
+        return True
+    if math.isnan(value):
+        return False
+    return value < best if monitor == "loss" else value > best
+
+
+def set_classifier_dropout(model, p: float) -> None:
+    """Dropout with rate ``p`` before the classifier of a timm model (its ``drop_rate``): the head's
+    ``drop`` module (ClassifierHead), ``head_drop`` (ViTs) or the ``drop_rate`` attribute the model's
+    ``forward_head`` reads. ConfigError for a model with none of them."""
+    import torch.nn as nn
+
+    done = False
+    for m in [model, *model.modules()]:
+        if isinstance(getattr(m, "drop", None), nn.Dropout) and hasattr(m, "fc"):
+            m.drop = nn.Dropout(p)
+            done = True
+        if isinstance(getattr(m, "head_drop", None), nn.Dropout):
+            m.head_drop = nn.Dropout(p)
+            done = True
+    if not done and isinstance(getattr(model, "drop_rate", None), float):
+        model.drop_rate = float(p)
+        done = True
+    if not done:
+        raise ConfigError(f"Classifier dropout needs a timm model with a drop_rate ({type(model).__name__} has none); "
+                          "set drop_rate to 0.")
+
+
 def _mean_auroc(auroc: np.ndarray, two_stage: bool) -> float:
     """Mean validation AUROC over disease labels (a two-stage model's gate is reported, not averaged)."""
     return mean_ignoring_nan(auroc[:-1] if two_stage and len(auroc) > 1 else auroc)
 
 
-def _schedule(cfg: TrainConfig, opt, total_steps: int):
+def _schedule(cfg: TrainConfig, opt, total_steps: int, steps_per_epoch: int = 1):
     if cfg.schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.plateau_factor,
-                                                          patience=cfg.plateau_patience)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min" if cfg.monitor == "loss" else "max",
+                                                          factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+    if cfg.schedule == "step":  # StepLR, stepped per optimizer step: a drop every step_epochs epochs
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, cfg.step_epochs * steps_per_epoch),
+                                               gamma=cfg.step_gamma)
     warm = min(cfg.warmup_steps, max(1, total_steps // 10))
     if cfg.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
@@ -215,7 +292,7 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
     saved = None
     if resume:
         saved = load_state(out)
-        if saved["config"] != _comparable(cfg):
+        if {**_comparable_defaults(), **saved["config"]} != _comparable(cfg):
             raise ConfigError("The run folder's saved state was made with different options; resume needs the same "
                               "config (clone the job to change options).")
 
@@ -261,6 +338,8 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
         model_spec["two_stage"] = {"gate_threshold": cfg.gate_threshold, "gate_label": GATE_LABEL}
     if swap is not None and saved is None:
         log("head_swap", **swap.to_dict())
+    if cfg.drop_rate:
+        set_classifier_dropout(model, cfg.drop_rate)
     if cfg.mode == "head":
         for p in model.parameters():
             p.requires_grad_(False)
@@ -283,14 +362,15 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
     opt_steps_per_epoch = math.ceil(steps_per_epoch / cfg.accum_steps)
     total_steps = steps_per_epoch * cfg.epochs
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = _schedule(cfg, opt, opt_steps_per_epoch * cfg.epochs)
+    optim = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    opt = optim(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = _schedule(cfg, opt, opt_steps_per_epoch * cfg.epochs, opt_steps_per_epoch)
     use_amp = cfg.precision != "fp32"
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if use_amp else None
     scaler = torch.amp.GradScaler(device.type, enabled=(cfg.precision == "fp16"))
     criterion = Criterion(cfg.loss, labels, pos_weight_from(targets[train_rows]) if cfg.pos_weight else None,
-                          cfg.focal_gamma, cfg.hierarchy, cfg.hierarchy_weight)
+                          cfg.focal_gamma, cfg.hierarchy, cfg.hierarchy_weight, cfg.loss_reduction)
     augment = Augment.from_dict(cfg.augment_options) if cfg.augment else None
     fwd = model
     if cfg.compile:
@@ -321,6 +401,43 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
 
     stopped = early = False
     cuda = device.type == "cuda"
+    first_validation = [best[1] == 0]
+
+    def validate(epoch: int, step: int, losses: list, t_epoch: float, seen: int, end_of_epoch: bool) -> float:
+        """Validate on rank 0: record the metrics (an ``epoch`` event at an epoch's end, a ``validation``
+        event in between), checkpoint when the monitored metric improved; returns that metric."""
+        nonlocal best, since_best
+        if not d.main:
+            return float("nan")
+        t_val = time.time()
+        val_probs, val_loss = validation_pass(model, data.images, val_rows, prep, device, targets, criterion,
+                                              spec=model_spec, autocast=autocast)
+        m = validation_metrics(targets[val_rows], val_probs, two_stage)
+        record = {"epoch": epoch, "step": step, "epochs_done": round((step - (epoch - 1) * steps_per_epoch)
+                                                                     / steps_per_epoch + epoch - 1, 4),
+                  "train_loss": float(np.mean(losses)) if losses else None,
+                  "val_loss": val_loss, "val_auroc": dict(zip(labels, _nan_to_none(m["auroc"]))),
+                  "val_mean_auroc": m["mean_auroc"], "val_mean_ap": m["mean_ap"], "val_f1": m["f1"],
+                  "val_accuracy": m["accuracy"], "lr": _current_lr(opt), "seconds": time.time() - t_epoch,
+                  "val_seconds": time.time() - t_val, "images_per_s": seen / max(1e-6, t_val - t_epoch)}
+        if cuda:
+            record["gpu_mem_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        history.append(record)
+        log("epoch" if end_of_epoch else "validation", **record)
+        metric = val_loss if cfg.monitor == "loss" else m["mean_auroc"]
+        if _better(metric, best[0], cfg.monitor, first_validation[0]):
+            first_validation[0] = False
+            best = (metric, epoch)
+            since_best = 0
+            card = _card(cfg, labels, model_spec, prep, data, record, m["thresholds"], swap, history,
+                         trainable, total, time.time() - t_start, d.world, init_trained_on)
+            save_checkpoint(out / "checkpoint", merged_state_dict(model), card)
+            log("checkpoint", epoch=epoch, step=step, val_mean_auroc=m["mean_auroc"], val_loss=val_loss,
+                monitor=cfg.monitor)
+        else:
+            since_best += 1
+        return metric
+
     for epoch in range(first_epoch, cfg.epochs + 1):
         if early:
             break
@@ -370,37 +487,17 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
                 images_per_s=ips, **extra)
             if progress:
                 progress("train", step, total_steps, {"epoch": epoch, "loss": loss_v, "images_per_s": ips})
+            if cfg.val_every and step % cfg.val_every == 0 and bi + 1 < n_batches:
+                validate(epoch, step, losses, t_epoch, seen, end_of_epoch=False)
+                since_best = int(d.broadcast(since_best))
+                fwd.train()
         if stopped:
             log("stopped", epoch=epoch, step=step)
             break
-        # Validation and checkpointing on rank 0; its decisions are broadcast.
-        mean_auroc = float("nan")
-        if d.main:
-            val_probs = predict_array(model, data.images, val_rows, prep, device, spec=model_spec, autocast=autocast)
-            auroc = per_label_auroc(targets[val_rows], val_probs)
-            mean_auroc = _mean_auroc(auroc, two_stage)
-            record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None,
-                      "val_auroc": dict(zip(labels, _nan_to_none(auroc))), "val_mean_auroc": mean_auroc,
-                      "lr": _current_lr(opt), "seconds": time.time() - t_epoch,
-                      "images_per_s": seen / max(1e-6, time.time() - t_epoch)}
-            if cuda:
-                record["gpu_mem_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-            history.append(record)
-            log("epoch", **record)
-            improved = best[1] == 0 or (not math.isnan(mean_auroc) and mean_auroc > best[0])
-            if improved:
-                best = (mean_auroc, epoch)
-                since_best = 0
-                thresholds = best_f1_thresholds(targets[val_rows], val_probs)
-                card = _card(cfg, labels, model_spec, prep, data, record, thresholds, swap, history,
-                             trainable, total, time.time() - t_start, d.world, init_trained_on)
-                save_checkpoint(out / "checkpoint", merged_state_dict(model), card)
-                log("checkpoint", epoch=epoch, val_mean_auroc=mean_auroc)
-            else:
-                since_best += 1
-        mean_auroc = d.broadcast(mean_auroc)
-        if cfg.schedule == "plateau" and not math.isnan(mean_auroc):
-            sched.step(mean_auroc)
+        metric = validate(epoch, step, losses, t_epoch, seen, end_of_epoch=True)
+        metric = d.broadcast(metric)
+        if cfg.schedule == "plateau" and not math.isnan(metric):
+            sched.step(metric)
         since_best = int(d.broadcast(since_best))
         if cfg.early_stopping and since_best >= cfg.early_stopping and epoch < cfg.epochs:
             early = True
@@ -430,12 +527,21 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
     card.training["early_stopping"] = {"triggered": early, "best_epoch": best[1]} if cfg.early_stopping else None
     card.training["epochs_run"] = len(history)
     save_checkpoint(out / "checkpoint", state, card)
-    log("done", best_epoch=best[1], val_mean_auroc=best[0], test_mean_auroc=card.metrics.get("test", {}).get("mean_auroc"),
+    log("done", best_epoch=best[1], val_mean_auroc=card.metrics.get("val", {}).get("mean_auroc"),
+        val_loss=card.metrics.get("val", {}).get("loss"), monitor=cfg.monitor, test_mean_auroc=card.metrics.get("test", {}).get("mean_auroc"),
         seconds=time.time() - t_start, stopped=stopped, early_stopped=early)
     return card
 
 
 _RUNTIME_OPTIONS = ("name", "threads", "workers", "device", "gpus", "share_gpus", "nproc", "nodes", "slurm")
+
+
+def _comparable_defaults() -> dict:
+    """Every result-deciding option at its default: a state saved before an option existed resumes as if
+    it had been set to its default."""
+    from .config import options
+
+    return {o.name: o.default for o in options() if o.name not in _RUNTIME_OPTIONS and o.name != "data"}
 
 
 def _comparable(cfg: TrainConfig) -> dict:
@@ -452,7 +558,9 @@ def _card(cfg, labels, model_spec, prep, data: Prepared, record, thresholds, swa
         preprocess=prep.to_dict(),
         thresholds={x: float(t) for x, t in zip(labels, thresholds)},
         metrics={"val": {"auroc": record["val_auroc"], "mean_auroc": record["val_mean_auroc"], "epoch": record["epoch"],
-                         "n": counts["val"]}},
+                         "step": record.get("step"), "loss": record.get("val_loss"),
+                         "mean_ap": record.get("val_mean_ap"), "f1": record.get("val_f1"),
+                         "accuracy": record.get("val_accuracy"), "monitor": cfg.monitor, "n": counts["val"]}},
         training={"config": asdict(cfg), "history": history, "best_epoch": record["epoch"], "seconds": seconds,
                   "trainable_params": trainable, "total_params": total, "world_size": world,
                   "head_swap": swap.to_dict() if swap else None,
