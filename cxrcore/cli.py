@@ -302,7 +302,7 @@ def cmd_eval(a) -> int:
     from .eval.report import metrics_json, write_all
 
     result, data = run_evaluation(a.checkpoint, a.data, a.split, a.n_boot, a.compare, seed=a.seed,
-                                  progress=None if a.json else _bar("predict"))
+                                  progress=None if a.json else _bar("predict"), policy=a.policy)
     if a.out:
         out = Path(a.out)
     else:
@@ -336,6 +336,9 @@ def cmd_eval(a) -> int:
     print(f"{result['model']} on {result['dataset']} ({a.split}): {result['n_images']} images, "
           f"{result['n_patients']} patients; {int(round(100 * (1 - b['alpha'])))}% CIs from {b['n_boot']} "
           f"patient-bootstrap replicates")
+    print(f"  images: {result['split_description']}; uncertain labels scored as "
+          f"{json.dumps(result['policy']) if not isinstance(result['policy'], str) else result['policy']} "
+          f"({result['policy_source']})")
     head = f"  {'label':<27} {'n':>5} {'pos':>4}  {'AUROC [CI]':<22} {'AUPRC [CI]':<22} {'thr':>5} " \
            + " ".join(f"{r[:5]:>5}" for r in RATES) + f" {'ECE':>6} {'Brier':>6}"
     print(head)
@@ -351,6 +354,9 @@ def cmd_eval(a) -> int:
           f"(card thresholds, {s['multilabel_images']} images)")
     if s["labels_not_evaluated"]:
         print("  not evaluated: " + ", ".join(f"{k} ({v})" for k, v in s["labels_not_evaluated"].items()))
+    for ref in (result.get("reference") or {}).values():  # published NIH-14 figures, for reference only
+        shown = ", ".join(f"{x} {v:.3f}" for x, v in ref["auroc"].items() if v is not None)
+        print(f"  published ({ref['title']}; {ref['split']}): {shown}")
     c = result["comparison"]
     if c:
         print(f"\ncompare: {c['compare_model']} - {result['model']} on {len(c['shared_labels'])} shared labels, "
@@ -464,8 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("localize", help="score heatmap boxes against ground-truth boxes (IoU, IoBB, pointing game)")
     s.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     s.add_argument("--data", required=True, help="dataset folder with boxes (NIH BBox_List_2017*.csv or phantom_boxes.csv)")
-    s.add_argument("--split", choices=["test", "val", "train", "all"], default="test",
-                   help="patient split of the checkpoint's training seed; all for data the model never saw")
+    s.add_argument("--split", choices=["test", "val", "train", "all", "official_test"], default="test",
+                   help="patient split of the checkpoint's training (its seed, or the official split it trained "
+                        "with); all for data the model never saw; official_test: the dataset's own test list")
     s.add_argument("--top-k", type=int, default=3, help="predicted boxes per label")
     s.add_argument("--box-threshold", type=float, default=0.5, help="heatmap threshold for boxes, fraction of the peak")
     s.add_argument("--json", action="store_true")
@@ -505,9 +512,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("eval", help="metrics with patient-bootstrap CIs, calibration, DeLong comparison; HTML report")
     s.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     s.add_argument("--data", required=True, help="dataset folder (NIH or CheXpert layout)")
-    s.add_argument("--split", choices=["test", "val", "all"], default="test",
-                   help="patient-level split by the checkpoint's split seed, or all images")
+    s.add_argument("--split", choices=["test", "val", "all", "official_test"], default="test",
+                   help="the checkpoint's own patient-level split (hash, stratified or official, as it trained), "
+                        "all images, or official_test: the dataset's own test list (NIH test_list.txt, CheXpert "
+                        "valid.csv) whatever the model trained with")
     s.add_argument("--compare", help="a second checkpoint: ΔAUROC on the shared labels, paired CI, DeLong p")
+    s.add_argument("--policy", default=None,
+                   help="uncertain (-1) labels: zeros, ones, ignore or a per-label mix; default: the model's own "
+                        "training policy (from its card)")
     s.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (patients resampled)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", action="store_true", help="print every metric with its CI as JSON")

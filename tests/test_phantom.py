@@ -58,9 +58,15 @@ def _box_frame(boxes, size):
 
 def test_nih_layout_and_table(nih_ds):
     assert sorted(p.name for p in nih_ds.iterdir()) == [
-        "BBox_List_2017.csv", "Data_Entry_2017.csv", "PHANTOM.json", "images"]
+        "BBox_List_2017.csv", "Data_Entry_2017.csv", "PHANTOM.json", "images", "test_list.txt", "train_val_list.txt"]
     assert _first_line(nih_ds / "Data_Entry_2017.csv") == NIH_HEADER
     t = pd.read_csv(nih_ds / "Data_Entry_2017.csv")
+    # NIH's official split: two patient-disjoint image lists covering every image
+    test = (nih_ds / "test_list.txt").read_text().split()
+    rest = (nih_ds / "train_val_list.txt").read_text().split()
+    assert sorted(test + rest) == sorted(t["Image Index"]) and test and rest
+    by_patient = t.set_index("Image Index")["Patient ID"]
+    assert not set(by_patient[test]) & set(by_patient[rest])
     assert list(t.columns) == ["Image Index", "Finding Labels", "Follow-up #", "Patient ID",
                                "Patient Age", "Patient Gender", "View Position",
                                "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]"]
@@ -387,3 +393,18 @@ def test_pool_from_a_threaded_process_matches_in_process(tmp_path):
     b = generate(tmp_path / "inproc", 4, "nih", 64, seed=3, workers=1)
     assert _images(a) == _images(b)
     assert (a / "Data_Entry_2017.csv").read_bytes() == (b / "Data_Entry_2017.csv").read_bytes()
+
+
+def test_official_lists_are_added_to_an_older_nih_phantom(nih_ds, tmp_path):
+    import shutil
+
+    from cxrcore.data.phantom.writing import add_missing_nih_lists
+
+    old = tmp_path / "old"
+    shutil.copytree(nih_ds, old)
+    want = {n: (old / n).read_text() for n in ("test_list.txt", "train_val_list.txt")}
+    for n in want:
+        (old / n).unlink()
+    assert add_missing_nih_lists(old)
+    assert {n: (old / n).read_text() for n in want} == want      # the same lists the generator writes
+    assert not add_missing_nih_lists(old)

@@ -1,4 +1,5 @@
 """Evaluation: metrics with patient-bootstrap CIs, a paired comparison, calibration and a case browser."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,19 @@ elif data_name == OTHER:
         st.caption("This server opens folders inside: " + ", ".join(f"`{r}`" for r in access.data_roots))
 else:
     data_path = datasets[data_name]
-split = d2.selectbox("Split", ["test", "val", "all"], key="eval_split")
+SPLIT_LABELS = {"test": "test (the model's own)", "val": "val (the model's own)", "all": "all images",
+                "official_test": "official test list"}
+split = d2.selectbox("Split", list(SPLIT_LABELS), key="eval_split", format_func=SPLIT_LABELS.get,
+                     help="The model's own split is the one its training used (hash, stratified or official, from "
+                          "its card). The official test list is the dataset's own (NIH test_list.txt, CheXpert "
+                          "valid.csv), for figures comparable with papers.")
+POLICY_LABELS = {"": "as the model was trained", "zeros": "absent (U-Zeros)", "ones": "present (U-Ones)",
+                 "ignore": "left out (U-Ignore)"}
+policy_choice = st.selectbox("Uncertain labels (CheXpert -1)", list(POLICY_LABELS), key="eval_policy",
+                             format_func=POLICY_LABELS.get,
+                             help="How the dataset's uncertain labels count when scoring. Default: the model's own "
+                                  "training policy (from its card), so a model trained with U-Ones is not scored as if "
+                                  "uncertain meant absent.")
 n_boot = int(d3.number_input("Bootstrap replicates", min_value=10, max_value=10000, value=500, step=50,
                              key="eval_nboot"))
 clicked = d4.button("Evaluate", type="primary", key="eval_run", width="stretch")
@@ -54,14 +67,14 @@ clicked = d4.button("Evaluate", type="primary", key="eval_run", width="stretch")
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def run_eval(ckpt: str, ckpt_key: tuple, other: str | None, other_key: tuple | None, data: str, split: str,
-             n_boot: int):
+             n_boot: int, policy: str | None = None):
     """(result dict, EvalData, Cases for the browser) of one evaluation."""
     from cxrcore.data.readers import read_dataset
     from cxrcore.eval.evaluate import run_evaluation
     from cxrcore.eval.predictions import predict_split
 
     index = read_dataset(data)
-    result, ev = run_evaluation(ckpt, index, split, n_boot, other)
+    result, ev = run_evaluation(ckpt, index, split, n_boot, other, policy=policy or None)
     other_ids, other_thr = None, None
     if ev.compare is not None:
         other_card = read_card(other)
@@ -84,7 +97,7 @@ if clicked:
             keys = (card_stamp(choices[model_name]), card_stamp(choices[cmp_name]) if cmp_name != NONE else None)
             st.session_state["eval_params"] = dict(
                 ckpt=choices[model_name], ckpt_key=keys[0], other=choices.get(cmp_name), other_key=keys[1],
-                data=data_path, split=split, n_boot=n_boot,
+                data=data_path, split=split, n_boot=n_boot, policy=policy_choice,
                 names=(model_name, cmp_name if cmp_name != NONE else None), data_name=data_name)
         except CXRError as exc:
             show_error(exc)
@@ -98,7 +111,7 @@ try:
     with st.spinner(f"Evaluating on the {params['split']} split ({params['n_boot']} patient-bootstrap replicates; "
                     "the first run predicts every image)…"):
         result, ev, cases = run_eval(params["ckpt"], params["ckpt_key"], params["other"], params["other_key"],
-                                     params["data"], params["split"], params["n_boot"])
+                                     params["data"], params["split"], params["n_boot"], params.get("policy", ""))
 except Exception as exc:  # CXRError: the user's input; anything else: reported without a traceback
     st.session_state.pop("eval_params", None)
     show_error(exc)
@@ -108,8 +121,9 @@ name_a = params["names"][0]
 name_b = params["names"][1]
 if name_b == name_a:
     name_b = f"{name_b} (2)"
-current = (choices.get(model_name), choices.get(cmp_name), data_path, split, n_boot)
-if current != (params["ckpt"], params["other"], params["data"], params["split"], params["n_boot"]):
+current = (choices.get(model_name), choices.get(cmp_name), data_path, split, n_boot, policy_choice)
+if current != (params["ckpt"], params["other"], params["data"], params["split"], params["n_boot"],
+               params.get("policy", "")):
     st.caption(":orange[The selection changed since this evaluation; press Evaluate to update.]")
 
 per = result["per_label"]
@@ -137,6 +151,9 @@ def _ci_label(name: str, m: dict | None) -> str:
 
 
 st.subheader(f"{name_a} on {result['dataset']} · {result['split']}")
+_pol = result["policy"] if isinstance(result["policy"], str) else json.dumps(result["policy"])
+st.caption(f"Images: {result['split_description']}. Uncertain labels scored as **{_pol}** "
+           f"({result['policy_source']}).")
 s1, s2, s3, s4 = st.columns(4)
 s1.metric(_ci_label("Mean AUROC", summary["mean_auroc"]), _point(summary["mean_auroc"]))
 s2.metric(_ci_label("Mean AUPRC", summary["mean_auprc"]), _point(summary["mean_auprc"]))
@@ -162,10 +179,16 @@ for x in labels:
         "ECE": m["ece"]["value"], "Brier": m["brier"]["value"],
     })
 table = pd.DataFrame(rows)
+if result.get("reference"):  # NIH-14: published AUROCs beside the model's (cxrcore.eval.reference)
+    for key, ref in result["reference"].items():
+        table[f"{ref['title']} AUROC"] = [ref["auroc"].get(x) for x in labels]
 num = [c for c in table.columns if c not in ("label", "n", "positives")]
 table[num] = table[num].astype(float)
 st.markdown("**Per label** (rates at the card's thresholds; None = undefined on this split)")
 st.dataframe(table.round(3), hide_index=True, width="stretch", key="eval_table")
+if result.get("reference"):
+    st.caption("Published AUROCs for reference, not results of this model: "
+               + " ".join(f"**{r['title']}** — {r['split']}; {r['citation']}" for r in result["reference"].values()))
 
 ev_labels = [x for x in labels if per[x]["evaluable"] and per[x]["auroc"]["value"] is not None]
 fig = go.Figure()

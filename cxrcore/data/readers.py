@@ -174,17 +174,25 @@ def _add_official_split(frame: pd.DataFrame, folder: Path, notes: list[str]) -> 
     return True
 
 
+# Values of ``official_split`` that mean "the official test set": NIH's test_list.txt, CheXpert's
+# radiologist-labelled valid.csv (the public stand-in for its hidden test set).
+OFFICIAL_TEST = ("test", "valid")
+OFFICIAL_HELP = ("For NIH ChestX-ray14 put train_val_list.txt and test_list.txt beside Data_Entry_2017*.csv; "
+                 "a CheXpert folder needs valid.csv beside train.csv.")
+
+
+def has_official_split(index: DatasetIndex) -> bool:
+    return "official_split" in index.frame.columns and index.frame["official_split"].isin(OFFICIAL_TEST).any()
+
+
 def official_test_mask(index: DatasetIndex) -> np.ndarray:
-    """Boolean mask of the images in the dataset's official test split (NIH test_list.txt).
+    """Boolean mask of the images in the dataset's official test split (NIH test_list.txt, CheXpert valid.csv).
 
     Raises :class:`DataError` when the dataset carries no official split.
     """
     if "official_split" not in index.frame.columns:
-        raise DataError(
-            f"{index.name} has no official split. For NIH ChestX-ray14 put train_val_list.txt and "
-            "test_list.txt beside Data_Entry_2017*.csv."
-        )
-    return index.frame["official_split"].eq("test").to_numpy(dtype=bool)
+        raise DataError(f"{index.name} has no official split. {OFFICIAL_HELP}")
+    return index.frame["official_split"].isin(OFFICIAL_TEST).to_numpy(dtype=bool)
 
 
 def _read_box_table(path: Path, labels: list[str]) -> pd.DataFrame:

@@ -16,6 +16,7 @@ import pandas as pd
 from ..errors import DataError
 
 SPLITS = ("train", "val", "test")
+OFFICIAL_TRAIN = ("train_val", "train")   # NIH train_val_list.txt, CheXpert train.csv
 WARN_GAP = 0.02  # 2 percentage points
 
 
@@ -173,3 +174,29 @@ def split_balance(index, labels: list[str], method: str = "hash", seed: int = 0,
     report = balance_report(targets, split, labels, warn_gap)
     return {"split": split, "report": report, "warnings": balance_warnings(report),
             "sizes": split_sizes(index.frame, split)}
+
+
+def official_patient_split(frame: pd.DataFrame, seed: int = 0, val: float = 0.1) -> np.ndarray:
+    """The dataset's official split: its test list (NIH ``test_list.txt``, CheXpert ``valid.csv``) is the
+    test split; the rest of the official training part (``train_val_list.txt``, ``train.csv``) is split
+    into train / val by a hash of the patient (``val`` of its patients). Images in neither list are
+    ``unlisted`` and used nowhere. A patient with images on both sides of the official line (the official
+    lists are patient-disjoint; a hand-made list may not be) keeps its test images in test and the rest
+    out of training (``unlisted``), so no patient is in both.
+    """
+    from .index import patient_split
+    from .readers import OFFICIAL_HELP, OFFICIAL_TEST
+
+    if "official_split" not in frame.columns or not frame["official_split"].isin(OFFICIAL_TEST).any():
+        raise DataError(f"The split method 'official' needs the dataset's official test list. {OFFICIAL_HELP}")
+    if not 0 <= val < 1:
+        raise DataError(f"Validation fraction {val} must be in [0, 1).")
+    off = frame["official_split"]
+    test = off.isin(OFFICIAL_TEST).to_numpy()
+    train_part = off.isin(OFFICIAL_TRAIN).to_numpy()
+    inner = patient_split(frame["patient_id"], seed, val, 0.0)
+    out = np.where(test, "test", np.where(train_part, inner, "unlisted")).astype(object)
+    test_patients = set(frame.loc[test, "patient_id"].astype(str))
+    leak = train_part & frame["patient_id"].astype(str).isin(test_patients).to_numpy()
+    out[leak] = "unlisted"
+    return out

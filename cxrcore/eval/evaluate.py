@@ -85,13 +85,13 @@ def _multilabel(targets, probs, thresholds, cols, pids, n_boot, seed, alpha) -> 
 
 
 def _temperature(predictor: Predictor, index: DatasetIndex, split: str, targets, probs,
-                 progress) -> tuple[dict, np.ndarray | None]:
+                 progress, policy: str = "zeros") -> tuple[dict, np.ndarray | None]:
     """Per-label temperatures fitted on the val split, applied to this split (only for ``test``)."""
     if split != "test":
         return {"fitted": False, "note": f"temperature scaling is fitted on the val split and reported on the test "
                                           f"split; not done for split={split!r}"}, None
     try:
-        val = predict_split(predictor, index, "val", progress=progress)
+        val = predict_split(predictor, index, "val", policy=policy, progress=progress)
     except DataError as exc:
         return {"fitted": False, "note": f"no val split to fit temperatures on: {exc}"}, None
     temps = fit_temperatures(val.targets, logits_from_probs(val.probs))
@@ -166,9 +166,50 @@ def _comparison(preds: SplitPredictions, pids: np.ndarray, other: Predictor, ind
     return out, arrays
 
 
+def eval_policy(predictor: Predictor, policy: str | dict | None) -> tuple[str | dict, str]:
+    """(policy, where it came from): the one asked for, else the model's training policy, else U-Zeros."""
+    if policy is not None:
+        from ..data.index import parse_policy
+
+        parse_policy(policy)  # DataError for a bad one
+        return policy, "chosen"
+    trained = (predictor.card.data or {}).get("policy")
+    if trained:
+        return trained, "the model's training policy"
+    return "zeros", "default (the model's card records no training policy)"
+
+
+def describe_split(predictor: Predictor, index: DatasetIndex, split: str) -> str:
+    """What the evaluated images are, in words (the page and the report show it)."""
+    method = (predictor.card.data or {}).get("split_method", "hash")
+    same_data = (predictor.card.data or {}).get("name") == index.name
+    if split == "official_test":
+        what = "test_list.txt" if index.format == "nih" else "valid.csv" if index.format == "chexpert" else "test list"
+        text = f"official test split ({what})"
+        if same_data and method != "official":
+            text += ("; this model trained on this dataset with a " + method + " split, so some of these images "
+                     "may have been in its training split")
+        return text
+    if split == "all":
+        return "every image" + ("" if not same_data else " (including the model's training images)")
+    if method == "official":
+        return (f"official test split ({'test_list.txt' if index.format == 'nih' else 'valid.csv'})" if split == "test"
+                else f"the model's {split} split (patients of the official training part)")
+    return f"the model's own {split} split ({method} by patient)"
+
+
+def reference_columns(labels: list[str]) -> dict:
+    """Published per-label AUROCs on NIH ChestX-ray14 for ``labels`` (see cxrcore.eval.reference)."""
+    from .reference import SOURCES, published_auroc
+
+    return {k: {**SOURCES[k], "auroc": published_auroc(labels, k)} for k in SOURCES}
+
+
 def run_evaluation(checkpoint: str | Path, data: str | Path | DatasetIndex, split: str = "test", n_boot: int = 1000,
                    compare_to: str | Path | None = None, *, seed: int = 0, alpha: float = 0.05, n_bins: int = 10,
-                   calibrate: bool = True, progress=None) -> tuple[dict, EvalData]:
+                   calibrate: bool = True, progress=None, policy: str | dict | None = None) -> tuple[dict, EvalData]:
+    """``policy``: how uncertain (-1) labels become targets; None: the model's own training policy (its
+    card), so a model trained with U-Ones is scored with U-Ones; any of zeros / ones / ignore or a mix."""
     if n_boot < 1:
         raise ConfigError(f"n_boot must be at least 1 (got {n_boot}); 1000 or more for reported intervals.")
     if not 0 < alpha < 1:
@@ -176,7 +217,8 @@ def run_evaluation(checkpoint: str | Path, data: str | Path | DatasetIndex, spli
     t0 = time.perf_counter()
     index = _index(data)
     predictor = Predictor(checkpoint)
-    preds = predict_split(predictor, index, split, progress=progress)
+    policy, policy_source = eval_policy(predictor, policy)
+    preds = predict_split(predictor, index, split, policy=policy, progress=progress)
     t_pred = time.perf_counter() - t0
     pids = _patients(index, preds.image_ids)
     targets, probs = preds.targets.astype(np.float64), preds.probs.astype(np.float64)
@@ -230,7 +272,7 @@ def run_evaluation(checkpoint: str | Path, data: str | Path | DatasetIndex, spli
 
     calibration, calibrated = ({"fitted": False, "note": "not requested"}, None)
     if calibrate:
-        calibration, calibrated = _temperature(predictor, index, split, targets, probs, progress)
+        calibration, calibrated = _temperature(predictor, index, split, targets, probs, progress, policy)
 
     comparison, compare_arrays = None, None
     if compare_to is not None:
@@ -248,6 +290,9 @@ def run_evaluation(checkpoint: str | Path, data: str | Path | DatasetIndex, spli
     result = {
         "checkpoint": str(Path(checkpoint)), "model": predictor.name, "labels": labels,
         "dataset": index.name, "dataset_root": str(index.root), "split": split,
+        "split_description": describe_split(predictor, index, split), "dataset_format": index.format,
+        "policy": policy, "policy_source": policy_source,
+        "reference": reference_columns(labels) if index.format == "nih" else None,
         "n_images": len(preds.image_ids), "n_patients": int(len(sizes)), "max_images_per_patient": int(sizes.max()),
         "bootstrap": {"n_boot": n_boot, "seed": seed, "alpha": alpha, "unit": "patient", "interval": "percentile",
                       "note": "images are resampled by patient; n_valid = replicates in which the metric was defined"},

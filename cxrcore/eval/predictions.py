@@ -40,11 +40,20 @@ class SplitPredictions:
         return out
 
 
+SPLIT_CHOICES = ("test", "val", "train", "all", "official_test")
+
+
 def split_rows(index: DatasetIndex, split: str, seed: int = 0, val: float = 0.1, test: float = 0.2) -> np.ndarray:
+    """Rows of a hash split (``train`` / ``val`` / ``test``), every row (``all``), or the dataset's
+    official test list (``official_test``: NIH test_list.txt, CheXpert valid.csv)."""
     if split == "all":
         return np.arange(len(index))
+    if split == "official_test":
+        from ..data.readers import official_test_mask
+
+        return np.flatnonzero(official_test_mask(index))
     if split not in ("train", "val", "test"):
-        raise DataError(f"Unknown split {split!r}; use train, val, test or all.")
+        raise DataError(f"Unknown split {split!r}; use {', '.join(SPLIT_CHOICES)}.")
     assignment = patient_split(index.frame["patient_id"], seed, val, test)
     return np.flatnonzero(assignment == split)
 
@@ -52,12 +61,19 @@ def split_rows(index: DatasetIndex, split: str, seed: int = 0, val: float = 0.1,
 def model_split_rows(predictor: Predictor, index: DatasetIndex, split: str) -> np.ndarray:
     """Rows of ``index`` in the model's own ``split``: the split its training used.
 
-    Hash splits are recomputed from the card (seed and fractions); a stratified split depends on
-    the whole training set, so it is read from the run's splits.csv (matched by image id).
+    Hash and official splits are recomputed from the card (seed and fractions); a stratified split
+    depends on the whole training set, so it is read from the run's splits.csv (matched by image id).
+    ``official_test`` is the dataset's official test list whatever split the model trained with.
     """
     data = predictor.card.data
     cfg = (predictor.card.training or {}).get("config", {})
-    if split != "all" and data.get("split_method", "hash") == "stratified":
+    if split in ("train", "val", "test") and data.get("split_method") == "official":
+        from ..data.splits import official_patient_split
+
+        assignment = official_patient_split(index.frame, int(data.get("split_seed", 0)),
+                                            float(cfg.get("val_fraction", 0.1)))
+        return np.flatnonzero(assignment == split)
+    if split in ("train", "val", "test") and data.get("split_method", "hash") == "stratified":
         import pandas as pd
 
         rel = data.get("splits_file", "../splits.csv")

@@ -213,6 +213,9 @@ def html_report(result: dict, data: EvalData) -> str:
              f"<p>{e(r['dataset'])} ({e(r['dataset_root'])}), split <b>{e(r['split'])}</b>: {r['n_images']} images of "
              f"{r['n_patients']} patients (up to {r['max_images_per_patient']} images per patient). "
              f"Checkpoint <code>{e(r['checkpoint'])}</code>. Written {time.strftime('%Y-%m-%d %H:%M')}.</p>",
+             f"<p class=note>Images: {e(str(r.get('split_description', r['split'])))}. Uncertain labels scored as "
+             f"<b>{e(json.dumps(r.get('policy', 'zeros')) if not isinstance(r.get('policy', 'zeros'), str) else r.get('policy', 'zeros'))}</b> "
+             f"({e(str(r.get('policy_source', '')))}).</p>",
              "<div class=cards>"]
     for name, key in (("mean AUROC", "mean_auroc"), ("mean AUPRC", "mean_auprc"), ("Hamming loss", "hamming_loss"),
                       ("subset accuracy", "subset_accuracy")):
@@ -227,6 +230,8 @@ def html_report(result: dict, data: EvalData) -> str:
 
     header = ["label", "n", "pos", "AUROC", "DeLong CI", "AUPRC", "thr", "sensitivity", "specificity", "PPV",
               "NPV", "F1", "ECE", "Brier"]
+    refs = r.get("reference") or {}
+    header += [f"published: {ref['title']}" for ref in refs.values()]
     rows, classes = [], []
     for x in data.labels:
         m = r["per_label"][x]
@@ -234,9 +239,13 @@ def html_report(result: dict, data: EvalData) -> str:
         rows.append([e(x), str(m["n"]), str(m["positives"]), _ci_cell(m["auroc"]),
                      f"[{_fmt(dl['low'])}, {_fmt(dl['high'])}]" if dl["low"] is not None else "–",
                      _ci_cell(m["auprc"]), f"{m['threshold']:.3f}" + ("" if m["threshold_source"] == "card" else "*"),
-                     *[_ci_cell(m[k]) for k in RATES], _ci_cell(m["ece"]), _ci_cell(m["brier"])])
+                     *[_ci_cell(m[k]) for k in RATES], _ci_cell(m["ece"]), _ci_cell(m["brier"]),
+                     *[_fmt(ref["auroc"].get(x)) for ref in refs.values()]])
         classes.append("" if m["evaluable"] else "muted")
     parts += ["<h2>Per label</h2>", _table(header, rows, classes),
+              *([f"<p class=note>Published AUROCs, for reference (not this model): "
+                 + " ".join(f"{e(ref['title'])}: {e(ref['split'])}. {e(ref['citation'])}" for ref in refs.values())
+                 + "</p>"] if refs else []),
               "<p class=note>Thresholds from the checkpoint card (* = none stored, 0.5 used). n_valid (replicates "
               "in which a metric was defined, e.g. a rare label drawn with no positive patient) is in metrics.json. "
               "The DeLong interval treats images as independent and is narrower when patients have several images."

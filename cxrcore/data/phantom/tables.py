@@ -105,6 +105,15 @@ def _patient_layout(n: int, domain_code: int, seed: int) -> tuple[np.ndarray, np
     return patient, i - starts[patient]
 
 
+NIH_TEST_FRACTION = 0.2  # NIH's test_list.txt holds about 23 % of the images (patient-disjoint)
+
+
+def nih_test_patient(seed: int, pid: int) -> bool:
+    """Whether a phantom NIH patient is on the official test list (``test_list.txt``)."""
+    d = hashlib.blake2b(f"phantom-nih-test:{seed}:{pid}".encode(), digest_size=8).digest()
+    return int.from_bytes(d, "big") / 2**64 < NIH_TEST_FRACTION
+
+
 def _valid_patient(seed: int, pid: int) -> bool:
     d = hashlib.blake2b(f"phantom-valid:{seed}:{pid}".encode(), digest_size=8).digest()
     return int.from_bytes(d, "big") / 2**64 < VALID_FRACTION

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, PngImagePlugin
 
 from ...errors import ConfigError
@@ -23,7 +24,7 @@ from ..imageio import PHANTOM_MARK, PHANTOM_MARK_KEY
 from .canvas import Box
 from .renderer import render
 from .tables import (BOX_COLUMNS, CHEXPERT_COLUMNS, DOMAINS, NIH_COLUMNS, _TAG_IMAGE, _TAG_PATIENT,
-                     _check_args, row_labels, sample_table)
+                     _check_args, nih_test_patient, row_labels, sample_table)
 
 
 GENERATOR_VERSION = "1.0.0"
@@ -119,7 +120,7 @@ def generate(out: str | Path, n: int, domain: str = "nih", size: int = 256, seed
                     done += 1
                     if progress:
                         progress(done, n)
-        _write_tables(tmp, frame, boxes, domain, size)
+        _write_tables(tmp, frame, boxes, domain, size, seed)
         (tmp / "PHANTOM.json").write_text(json.dumps({
             "generator": "cxrcore.data.phantom", "version": GENERATOR_VERSION, "domain": domain,
             "n": n, "size": size, "seed": seed,
@@ -149,7 +150,29 @@ def _box_rows(image_id: str, boxes: list[Box], size: int, domain: str):
     return rows
 
 
-def _write_tables(root: Path, frame, boxes: dict[int, list[Box]], domain: str, size: int):
+def write_nih_lists(root: Path, names, patients, seed: int) -> None:
+    """NIH's official split as NIH ships it: patient-disjoint image lists (test_list.txt, train_val_list.txt)
+    beside the table; a patient is on the test list by a hash of (seed, patient)."""
+    test = np.array([nih_test_patient(seed, int(p)) for p in patients], dtype=bool)
+    names = np.asarray(names).astype(str)
+    (root / "test_list.txt").write_text("".join(f"{x}\n" for x in names[test]))
+    (root / "train_val_list.txt").write_text("".join(f"{x}\n" for x in names[~test]))
+
+
+def add_missing_nih_lists(root: str | Path) -> bool:
+    """Write the official lists into an NIH phantom folder made before the generator wrote them; True if written."""
+    import pandas as pd
+
+    root = Path(root)
+    meta = json.loads((root / "PHANTOM.json").read_text())
+    if meta.get("domain") != "nih" or (root / "test_list.txt").exists():
+        return False
+    t = pd.read_csv(root / "Data_Entry_2017.csv", usecols=["Image Index", "Patient ID"])
+    write_nih_lists(root, t["Image Index"], t["Patient ID"], int(meta.get("seed", 0)))
+    return True
+
+
+def _write_tables(root: Path, frame, boxes: dict[int, list[Box]], domain: str, size: int, seed: int = 0):
     import pandas as pd
 
     box_rows = []
@@ -161,6 +184,7 @@ def _write_tables(root: Path, frame, boxes: dict[int, list[Box]], domain: str, s
         table["OriginalImagePixelSpacing[x"] = spacing
         table["y]"] = spacing
         table.to_csv(root / "Data_Entry_2017.csv", index=False)
+        write_nih_lists(root, frame["Image Index"], frame["_patient"], seed)
         for i, name in enumerate(frame["Image Index"]):
             box_rows += _box_rows(name, boxes[i], size, domain)
         pd.DataFrame(box_rows, columns=BOX_COLUMNS).to_csv(root / "BBox_List_2017.csv", index=False)
