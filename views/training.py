@@ -25,16 +25,12 @@ from cxrcore.jobs import JobStore
 from cxrcore.jobs import dispatch, logfiles
 from cxrcore.jobs.progress import progress_summary
 from cxrcore.labels import LABEL_SPACES
-from cxrcore.train.config import AUGMENT_OPTIONS, GROUPS, Option, TrainConfig, option, options
+from cxrcore.train.config import AUGMENT_OPTIONS, GROUPS, SUGGESTED_ARCHS, Option, TrainConfig, option, options
 from cxrcore import hosting
 from ui.common import (LIBRARY_TAG, chart_config, checkpoint_choices, choice_label, current_user,
                        dataset_choices, hosting_settings, show_error)
 
-ARCHS = ["regnetx_002", "resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b0", "convnext_tiny",
-         "vit_small_patch16_224", "vit_base_patch16_224", "tv:resnet50", "tv:densenet121",
-         "xrv:densenet121-res224-all", "xrv:densenet121-res224-nih", "xrv:densenet121-res224-chex",
-         "xrv:densenet121-res224-pc", "xrv:densenet121-res224-mimic_ch", "xrv:densenet121-res224-rsna",
-         "xrv:resnet50-res512-all"]  # suggestions: any timm / tv: / xrv: name can be typed
+ARCHS = list(SUGGESTED_ARCHS)  # suggestions: any timm / tv: / xrv: name can be typed
 POLICIES = ["zeros", "ones", "ignore"]
 VIEWS = ["PA", "AP", "AP Supine", "LL", "LATERAL"]
 FROM_CHECKPOINT = "A checkpoint (fine-tune it)"
@@ -220,14 +216,24 @@ def config_from_form(data: str, init: str | None) -> tuple[dict, str]:
             cfg.pop(kept, None)
     else:
         arch = (_v("arch") or "").strip()
-        cfg.update(arch=arch,
-                   arch_kwargs={"output_stride": 16} if _v("stride16") and not arch.startswith(("tv:", "xrv:")) else {})
+        cfg.update(arch=arch, arch_kwargs={})
+        cfg.update(_arch_defaults(arch, cfg, bool(_v("stride16"))))
     backend = _v("backend")
     if backend == "slurm":
         slurm = {"partition": _v("slurm_partition").strip(), "time": _v("slurm_time").strip(),
                  "mem": _v("slurm_mem").strip(), "cpus": int(_v("slurm_cpus"))}
         cfg["slurm"] = {k: v for k, v in slurm.items() if v}
     return cfg, backend
+
+
+def _arch_defaults(arch: str, cfg: dict, stride16: bool) -> dict:
+    """The model's own configuration over the form's generic defaults (registry.form_arch_defaults); the
+    notes are shown after the submit."""
+    from cxrcore.models.registry import form_arch_defaults
+
+    out, notes = form_arch_defaults(arch, cfg.get("image_size"), stride16)
+    st.session_state["train_arch_notes"] = notes
+    return out
 
 
 def form_from_config(config: dict, backend: str = "local", name: str = "", datasets: dict | None = None,
@@ -367,8 +373,8 @@ with st.form("train_form"):
              help=option("arch", TrainConfig).help + " Type a name that is not in the list.")
         option_widget(a2, option("pretrained", TrainConfig))
         _chk(a3, "Output stride 16", "stride16",
-             help="Finer Grad-CAM maps for timm ResNet/RegNet-like models; ignored for tv:/xrv: models. "
-                  "Untick for architectures that do not support it (densenet121, efficientnet, ViT).")
+             help="Finer Grad-CAM maps for timm models that have the option (ResNet, RegNet, ConvNeXt, "
+                  "EfficientNet); left out, with a note, for those that do not (DenseNet, ViT, tv:, xrv:).")
         option_grid("model", skip=("pretrained",))
     option_grid("basic", skip=("name",), per_row=5)
 
@@ -422,6 +428,8 @@ if submitted:
         st.success(f"{'Queued' if waiting else 'Started'} job **{job.id}** ({job.name}) on {job.backend}. "
                    "It runs in the background; watch it below.")
         st.session_state["train_watch"] = job.id
+        for note in st.session_state.pop("train_arch_notes", []):
+            st.info(note)
 
 # ---- machine -----------------------------------------------------------------------------------------------------
 

@@ -41,14 +41,24 @@ class Geometry:
 class Preprocess:
     size: int = 160
     fit: str = "pad"         # pad (letterbox, keeps the whole image) | crop (center crop)
-    norm: str = "imagenet"   # imagenet (mean/std) | xrv (torchxrayvision's [-1024, 1024])
+    norm: str = "imagenet"   # imagenet (mean/std) | xrv (torchxrayvision's [-1024, 1024]) | stats (mean/std below)
     channels: int = 3
+    mean: tuple | None = None  # norm "stats": per-channel mean and sd of the [0, 1] input (one value: all channels)
+    std: tuple | None = None
+    stats_from: str | None = None  # norm "stats": "model" (its pretrained config) or "dataset" (the training split)
 
     def __post_init__(self):
         if self.fit not in ("pad", "crop"):
             raise ConfigError(f"Preprocess fit must be 'pad' or 'crop', not {self.fit!r}.")
-        if self.norm not in ("imagenet", "xrv"):
-            raise ConfigError(f"Preprocess norm must be 'imagenet' or 'xrv', not {self.norm!r}.")
+        if self.norm not in ("imagenet", "xrv", "stats"):
+            raise ConfigError(f"Preprocess norm must be 'imagenet', 'xrv' or 'stats', not {self.norm!r}.")
+        if self.norm == "stats":
+            if not self.mean or not self.std or len(self.mean) != len(self.std) or len(self.mean) not in (1, 3):
+                raise ConfigError("Preprocess norm 'stats' needs mean and std of 1 or 3 values each.")
+            if min(self.std) <= 0:
+                raise ConfigError(f"Preprocess std must be positive, not {self.std}.")
+            object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+            object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         if not 32 <= self.size <= 2048:
             raise ConfigError(f"Image size {self.size} is out of range 32..2048.")
         if self.channels not in (1, 3):
@@ -59,7 +69,7 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
-        return cls(**{k: d[k] for k in ("size", "fit", "norm", "channels") if k in d})
+        return cls(**{k: d[k] for k in ("size", "fit", "norm", "channels", "mean", "std", "stats_from") if k in d})
 
     def key(self) -> str:
         return f"{self.size}-{self.fit}"
@@ -96,6 +106,11 @@ class Preprocess:
         if self.norm == "xrv":
             x = x * 2048.0 - 1024.0
             return x.expand(-1, self.channels, -1, -1)
+        if self.norm == "stats":
+            k = self.channels if len(self.mean) == self.channels else 1
+            mean = torch.tensor(self.mean[:k], device=x.device).view(1, k, 1, 1)
+            std = torch.tensor(self.std[:k], device=x.device).view(1, k, 1, 1)
+            return (x.expand(-1, self.channels, -1, -1) - mean) / std
         if self.channels == 1:
             return (x - 0.5) / 0.25
         mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)

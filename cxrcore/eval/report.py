@@ -243,7 +243,7 @@ def html_report(result: dict, data: EvalData) -> str:
                      *[_fmt(ref["auroc"].get(x)) for ref in refs.values()]])
         classes.append("" if m["evaluable"] else "muted")
     parts += ["<h2>Per label</h2>", _table(header, rows, classes),
-              *([f"<p class=note>Published AUROCs, for reference (not this model): "
+              *(["<p class=note>Published AUROCs, for reference (not this model): "
                  + " ".join(f"{e(ref['title'])}: {e(ref['split'])}. {e(ref['citation'])}" for ref in refs.values())
                  + "</p>"] if refs else []),
               "<p class=note>Thresholds from the checkpoint card (* = none stored, 0.5 used). n_valid (replicates "

@@ -78,7 +78,12 @@ def check_config(config: dict, settings=None) -> dict:
 
         if not isinstance(cfg.arch, str):
             raise ConfigError(f"arch must be a timm architecture name, not {cfg.arch!r}.")
-        check_architecture(cfg.arch, cfg.pretrained, cfg.arch_kwargs)  # unknown name, options it refuses
+        from ..models.registry import library_of
+
+        one = cfg.channels == 1 and library_of(cfg.arch) == "timm"
+        # unknown name, options it refuses, and an image size it cannot take (run on the meta device)
+        check_architecture(cfg.arch, cfg.pretrained, {**cfg.arch_kwargs, **({"in_chans": 1} if one else {})},
+                           size=cfg.image_size, channels=1 if one else 3)
     out = asdict(cfg)
     try:
         json.dumps(out)

@@ -40,6 +40,7 @@ parameter / buffer registration hooks gated by a thread-local flag (:func:`param
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import os
 import socket
@@ -54,6 +55,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ConfigError
 from ..labels import canonical
 from . import xrv_weights  # noqa: F401 - registers the allowlist for xrv's weight files with torch, once
@@ -435,7 +437,8 @@ def _build_xrv(arch: str, name: str, n: int, mode: str, kwargs: dict, labels: li
     return model
 
 
-def check_architecture(arch: str, pretrained: str = "none", kwargs: dict | None = None) -> None:
+def check_architecture(arch: str, pretrained: str = "none", kwargs: dict | None = None, size: int | None = None,
+                       channels: int = 3) -> None:
     """Raise ConfigError now for an architecture / options that would fail at training time.
 
     Builds the model on the meta device: no memory, no weights, no download. With pretrained
@@ -458,6 +461,16 @@ def check_architecture(arch: str, pretrained: str = "none", kwargs: dict | None 
         # buffer moved to meta as soon as it is registered (a full-size model is never allocated).
         with params_on_meta():
             build_model(arch, 2, "none", kwargs)
+        return
+    if size is not None and library_of(arch) == "timm":
+        # Run the model at the configured size (meta tensors: no compute), so a size it cannot take is
+        # refused now, not at the first training step.
+        why = _forward_error(arch, dict(kwargs or {}), int(size), channels)
+        if why is not None:
+            facts = arch_facts(arch)
+            hint = (f"it takes {facts['input_size']} px images only; set the image size to {facts['input_size']}"
+                    if facts["fixed_size"] else f"its native size is {facts['input_size']} px")
+            raise ConfigError(f"{arch} cannot take {size} px images ({why}): {hint}.")
 
 
 class _MetaDeviceMode(TorchFunctionMode):
@@ -535,13 +548,97 @@ def spec_for(arch: str, pretrained: str = "none", kwargs: dict | None = None) ->
             "pretrained": resolve_pretrained(arch, pretrained)}
 
 
-def preprocess_for(arch: str) -> dict:
-    """Preprocess options (``norm``, ``channels``) the architecture expects; {} = the defaults (ImageNet, 3 channels).
+def preprocess_for(arch: str, channels: int = 3) -> dict:
+    """Preprocess options (``norm``, ``channels``, ``mean`` / ``std``) the architecture expects; {} = the
+    defaults (ImageNet mean / sd, 3 channels).
 
-    xrv models take one channel scaled to [-1024, 1024]. Their native sizes (224 for the
-    DenseNets, 512 for the ResNet) are not imposed: the image size stays the trainer's choice.
+    xrv models take one channel scaled to [-1024, 1024]. timm models are normalised with the mean and
+    sd of their own pretrained configuration (ViTs: 0.5 / 0.5), ``channels`` 1 when built with
+    ``in_chans=1``. Native sizes (224 for the xrv DenseNets, 512 for its ResNet) are not imposed: the
+    image size stays the trainer's choice unless the model only takes one (:func:`arch_facts`).
     """
-    return {"norm": "xrv", "channels": 1} if library_of(arch) == "xrv" else {}
+    if library_of(arch) == "xrv":
+        return {"norm": "xrv", "channels": 1}
+    facts = arch_facts(arch) if library_of(arch) == "timm" else {}
+    mean, std = facts.get("mean"), facts.get("std")
+    out: dict = {} if channels == 3 else {"channels": 1}
+    if mean and std and (tuple(mean) != IMAGENET_MEAN or tuple(std) != IMAGENET_STD):
+        out.update(norm="stats", mean=tuple(mean), std=tuple(std), stats_from="model")
+    elif channels == 1:
+        # one channel: the gray image goes through the mean / sd of ImageNet's channels averaged
+        out.update(norm="stats", mean=(sum(IMAGENET_MEAN) / 3,), std=(sum(IMAGENET_STD) / 3,), stats_from="model")
+    return out
+
+
+@functools.lru_cache(maxsize=512)
+def arch_facts(arch: str) -> dict:
+    """What an architecture takes, from its own configuration (timm's ``pretrained_cfg``; the wrappers'
+    specs): ``input_size`` (its native side in pixels), ``fixed_size`` (True when it takes no other,
+    e.g. a ViT's fixed patch grid), ``output_stride`` (it accepts output_stride=16 for finer heatmaps),
+    ``one_channel`` (it can be built with ``in_chans=1``), ``mean`` / ``std`` (its input normalisation).
+    Found by building the model on the meta device (no memory, no weights); cached per name.
+    """
+    lib, name = parse_arch(arch)
+    out = {"input_size": 224, "fixed_size": False, "output_stride": False, "one_channel": lib == "timm",
+           "mean": None, "std": None}
+    if lib == "xrv":
+        out.update(input_size=512 if "res512" in name else 224, mean=None, std=None)
+        return out
+    if lib == "torchvision":
+        out.update(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        return out
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is not None:
+        out["input_size"] = int(cfg.input_size[-1])
+        out["mean"], out["std"] = tuple(cfg.mean), tuple(cfg.std)
+    out["output_stride"] = _builds(arch, {"output_stride": 16})
+    other = 160 if out["input_size"] != 160 else 192
+    out["fixed_size"] = _forward_error(arch, {}, other) is not None and _forward_error(arch, {}, out["input_size"]) is None
+    return out
+
+
+def form_arch_defaults(arch: str, image_size: int | None, stride16: bool) -> tuple[dict, list[str]]:
+    """Options the model's own configuration decides over a form's generic defaults, and a note for each:
+    output stride 16 only where the model has that option, and a model that takes one input size only
+    (a ViT's fixed patch grid) trains at that size. An unknown name gives ({}, []): the submit check
+    refuses it with suggestions."""
+    try:
+        facts = arch_facts(arch)
+    except ConfigError:
+        return {}, []
+    out, notes = {"arch_kwargs": {}}, []
+    if stride16 and facts["output_stride"]:
+        out["arch_kwargs"] = {"output_stride": 16}
+    elif stride16 and library_of(arch) == "timm":
+        notes.append(f"{arch} has no output-stride option: trained at its own stride.")
+    if facts["fixed_size"] and image_size != facts["input_size"]:
+        notes.append(f"{arch} takes {facts['input_size']} px images only: trained at {facts['input_size']} px "
+                     f"(the form said {image_size}).")
+        out["image_size"] = facts["input_size"]
+    return out, notes
+
+
+def _builds(arch: str, kwargs: dict) -> bool:
+    try:
+        with on_meta():
+            build_model(arch, 2, "none", kwargs)
+        return True
+    except (ConfigError, TypeError, ValueError, AssertionError, RuntimeError, NotImplementedError):
+        return False
+
+
+def _forward_error(arch: str, kwargs: dict, size: int, channels: int = 3) -> str | None:
+    """None when the model (built on meta) runs an image of ``size`` pixels, else why not."""
+    with on_meta():
+        model = build_model(arch, 2, "none", kwargs)
+        x = torch.empty(1, channels, size, size)
+        try:
+            model.eval()(x)
+        except (AssertionError, RuntimeError, ValueError) as exc:
+            if "meta" in str(exc).lower() and "size" not in str(exc).lower():
+                return None  # an op without a meta kernel: nothing is known, the real run will tell
+            return str(exc) or type(exc).__name__
+    return None
 
 
 def model_from_spec(spec: dict, num_labels: int) -> nn.Module:

@@ -33,6 +33,16 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 LOSS_CHOICES = ("bce", "focal")          # train.losses.LOSSES must match (a test checks)
 SAMPLER_CHOICES = ("shuffle", "weighted")  # train.sampling.SAMPLERS must match (a test checks)
 
+# Architectures the Training form suggests (any timm / tv: / xrv: name can be typed); each trains with the
+# form's defaults (a test runs one real step of every one).
+SUGGESTED_ARCHS = (
+    "regnetx_002", "resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b0", "convnext_tiny",
+    "vit_small_patch16_224", "vit_base_patch16_224", "tv:resnet50", "tv:densenet121",
+    "xrv:densenet121-res224-all", "xrv:densenet121-res224-nih", "xrv:densenet121-res224-chex",
+    "xrv:densenet121-res224-pc", "xrv:densenet121-res224-mimic_ch", "xrv:densenet121-res224-rsna",
+    "xrv:resnet50-res512-all",
+)
+
 # Augmentation parameters (train/augment.py's Augment): name -> (default, maximum, help); minimum 0.
 AUGMENT_OPTIONS = {
     "p": (0.8, 1.0, "probability an image is augmented at all"),
@@ -167,6 +177,13 @@ class TrainConfig:
                            min=1)
     weight_decay: float = opt(1e-4, "Weight decay", "AdamW's decoupled weight decay, or Adam's L2 penalty.",
                               "optimisation", min=0.0, step=1e-4, fmt="%.5f")
+    channels: int = opt(3, "Input channels", "3: the gray image repeated (as pretrained weights expect); 1: timm "
+                        "models built with in_chans=1 (timm sums a pretrained first layer over RGB). torchxrayvision "
+                        "models always take 1.", "model", min=1, max=3)
+    normalize: str = opt("model", "Normalisation", "model: the mean / sd the architecture was pretrained with "
+                         "(ImageNet's for most timm models, 0.5 for ViTs; torchxrayvision's own scale for xrv: models); "
+                         "dataset: the training split's own pixel mean and sd (seed 004).", "model",
+                         choices=("model", "dataset"))
     drop_rate: float = opt(0.0, "Classifier dropout", "Dropout before the classifier (timm's drop_rate); 0: none.",
                            "model", min=0.0, max=0.9, step=0.05)
     seed: int = opt(0, "Seed", "Seeds the split, sampling, augmentation and initialisation.", "optimisation", min=0)
@@ -247,6 +264,14 @@ class TrainConfig:
             check_option(o, getattr(self, o.name))
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, not {self.lr:g}.")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"channels must be 1 or 3, not {self.channels}.")
+        if self.channels == 1 and str(self.arch).startswith("tv:") and not self.init:
+            raise ConfigError(f"One input channel is a timm option (in_chans=1); {self.arch} takes 3. Set channels "
+                              "to 3.")
+        if self.normalize == "dataset" and str(self.arch).startswith("xrv:") and not self.init:
+            raise ConfigError(f"{self.arch} takes torchxrayvision's own scale ([-1024, 1024]); dataset normalisation "
+                              "would feed it inputs it was not trained on. Use normalize=model.")
         if self.drop_rate and str(self.arch).startswith(("tv:", "xrv:")) and not self.init:
             raise ConfigError(f"Classifier dropout (drop_rate) is a timm option; {self.arch} has none. Set it to 0.")
         if self.loss == "focal" and self.pos_weight:

@@ -36,7 +36,8 @@ from ..errors import ConfigError, DataError
 from ..eval.metrics import best_f1_thresholds, confusion_at, mean_ignoring_nan, per_label_auprc, per_label_auroc
 from ..labels import resolve_label_space
 from ..models.heads import combine
-from ..models.registry import build_model, count_parameters, model_from_spec, preprocess_for, spec_for, swap_head
+from ..models.registry import (build_model, count_parameters, library_of, model_from_spec, preprocess_for, spec_for,
+                               swap_head)
 from . import dist as dist_
 from .augment import Augment, random_affine  # noqa: F401 - random_affine re-exported for bench/cache.py
 from .lora import apply_lora, base_model, merged_state_dict
@@ -154,6 +155,28 @@ def predict_array(model, images: np.ndarray, rows: np.ndarray, prep: Preprocess,
         out.append(torch.sigmoid(logits.float()).cpu().numpy())
     probs = np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
     return combine(probs, spec) if len(probs) else probs
+
+
+def dataset_normalization(prep: Preprocess, images: np.ndarray, rows: np.ndarray, seed: int = 0,
+                          sample: int = 2000) -> Preprocess:
+    """``prep`` normalised with the pixel mean and sd of the training images (up to ``sample`` of them,
+    drawn with ``seed``), as the [0, 1] gray values the network sees before normalisation."""
+    import dataclasses
+
+    rows = np.asarray(rows)
+    if len(rows) > sample:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, sample, replace=False))
+    total, total_sq, n = 0.0, 0.0, 0
+    for k in range(0, len(rows), 256):
+        x = np.asarray(images[rows[k:k + 256]], dtype=np.float64) / 255.0
+        total += float(x.sum())
+        total_sq += float((x * x).sum())
+        n += x.size
+    if not n:
+        raise DataError("No training images to compute the dataset's mean and sd from.")
+    mean = total / n
+    std = max(1e-3, (total_sq / n - mean * mean) ** 0.5)
+    return dataclasses.replace(prep, norm="stats", mean=(mean,), std=(std,), stats_from="dataset")
 
 
 def validation_pass(model, images: np.ndarray, rows: np.ndarray, prep: Preprocess, device, targets: np.ndarray,
@@ -301,7 +324,8 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
         init_card, init_state = load_checkpoint(cfg.init)
         prep = init_card.prep
     else:
-        prep = Preprocess(size=cfg.image_size, fit=cfg.fit, **preprocess_for(cfg.arch))
+        prep = Preprocess(size=cfg.image_size, fit=cfg.fit,
+                          **preprocess_for(cfg.arch, 1 if library_of(cfg.arch) == "timm" and cfg.channels == 1 else 3))
 
     if saved is None:
         log("start", config=asdict(cfg), device=str(device), world_size=d.world)
@@ -313,6 +337,10 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
     d.barrier()
     if not d.main:
         data = prepare_data(cfg, prep)
+    if cfg.normalize == "dataset" and init_card is None and prep.norm != "xrv":
+        prep = dataset_normalization(prep, data.images, np.flatnonzero(data.split == "train"), cfg.seed)
+        if saved is None:
+            log("normalization", mean=list(prep.mean), std=list(prep.std), source="training split")
     two_stage = cfg.hierarchy == "two_stage"
     labels = list(data.labels) + ([GATE_LABEL] if two_stage else [])
     targets = two_stage_targets(data.targets) if two_stage else data.targets
@@ -330,9 +358,12 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
         model_spec = {k: v for k, v in init_card.model.items() if k != "two_stage"}
         init_trained_on = init_card.trained_on or infer_trained_on(init_card)
     else:
-        model = build_model(cfg.arch, len(labels), cfg.pretrained, cfg.arch_kwargs, labels=labels)
+        kwargs = dict(cfg.arch_kwargs)
+        if cfg.channels == 1 and library_of(cfg.arch) == "timm":
+            kwargs["in_chans"] = 1
+        model = build_model(cfg.arch, len(labels), cfg.pretrained, kwargs, labels=labels)
         swap = getattr(model, "head_swap_report", None)  # library heads (e.g. torchxrayvision's) mapped to ours
-        model_spec = spec_for(cfg.arch, cfg.pretrained, cfg.arch_kwargs)
+        model_spec = spec_for(cfg.arch, cfg.pretrained, kwargs)
         init_trained_on = getattr(model, "trained_on", None)  # library chest X-ray weights say what they saw
     if two_stage:
         model_spec["two_stage"] = {"gate_threshold": cfg.gate_threshold, "gate_label": GATE_LABEL}
