@@ -132,7 +132,7 @@ class Predictor:
 
             t0 = time.perf_counter()
             r = run_mc(self.model, x, int(mc_samples), mc_dropout, mc_seed, mc_tta,
-                       post=lambda s: combine(s, self.card.model))
+                       post=lambda s: combine(s, self.card.model, self.card.thresholds))
             pred.prob_mean, pred.prob_std, pred.prob_var = r.mean, r.std, r.var
             kind, note = uncertainty_note(r.p, int(mc_samples))
             pred.mc = {"samples": int(mc_samples), "dropout_p": r.p, "tta": r.tta, "seed": int(mc_seed),
@@ -153,7 +153,7 @@ class Predictor:
         if not heatmaps:
             with torch.no_grad():
                 logits = self.model(x)
-            probs = combine(torch.sigmoid(logits)[0].float().cpu().numpy(), self.card.model)
+            probs = combine(torch.sigmoid(logits)[0].float().cpu().numpy(), self.card.model, self.card.thresholds)
             return Prediction(self.labels, probs, self.thresholds, np.zeros((len(self.labels), 0, 0), np.float32), {},
                               (h, w), time.perf_counter() - t0, "none", list(loaded.notes), warnings=notices,
                               trained_on=trained_on), x
@@ -163,7 +163,7 @@ class Predictor:
         else:
             logits, cams = gradcam_loop(self.model, x)
             method = f"GradCAM (pytorch-grad-cam, per label: {self.fast_cam_reason})"
-        probs = combine(torch.sigmoid(logits)[0].float().cpu().numpy(), self.card.model)
+        probs = combine(torch.sigmoid(logits)[0].float().cpu().numpy(), self.card.model, self.card.thresholds)
         maps = np.stack([self.prep.unsquare(c, h, w) for c in cams[0]]).astype(np.float32)
         boxes = {label: boxes_from_heatmap(maps[i], threshold=box_threshold, top_k=top_k_boxes)
                  for i, label in enumerate(self.labels)}
@@ -183,14 +183,21 @@ class Predictor:
         heat = self.prep.unsquare(cams[0, 0], h, w).astype(np.float32)
         return heat, boxes_from_heatmap(heat, threshold=box_threshold, top_k=top_k_boxes)
 
+    def combine(self, raw: np.ndarray, gate: float | None = None) -> np.ndarray:
+        """Raw sigmoid outputs -> the probabilities shown: a two-stage model's gate applied with its one
+        threshold (the card's, or ``gate``); plain models unchanged."""
+        return combine(raw, self.card.model, self.card.thresholds, t=gate)
+
     @torch.no_grad()
-    def predict_squares(self, squares: np.ndarray, batch_size: int = 64, progress=None) -> np.ndarray:
-        """Probabilities (N, L) for preprocessed uint8 squares (N, S, S), e.g. from the cache."""
+    def predict_squares(self, squares: np.ndarray, batch_size: int = 64, progress=None, raw: bool = False) -> np.ndarray:
+        """Probabilities (N, L) for preprocessed uint8 squares (N, S, S), e.g. from the cache. ``raw``: the
+        sigmoid outputs before a two-stage model's gate combination (:meth:`combine` applies it)."""
         out = []
         n = len(squares)
         for k in range(0, n, batch_size):
             x = self.prep.normalize(torch.from_numpy(np.array(squares[k:k + batch_size])).to(self.device))
-            out.append(combine(torch.sigmoid(self.model(x)).float().cpu().numpy(), self.card.model))
+            p = torch.sigmoid(self.model(x)).float().cpu().numpy()
+            out.append(p if raw else self.combine(p))
             if progress:
                 progress(min(n, k + batch_size), n)
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)

@@ -93,6 +93,39 @@ def test_hierarchy_penalty_punishes_children_above_parents():
     assert set(crit.parts) == {"base", "hierarchy"}
 
 
+def test_two_stage_gate_ignores_no_finding_on_real_nih_rows():
+    """Real label rows (the NIH fixture) under the CheXpert-14 label space: a "No Finding" film is a
+    normal film for the gate (target 0), never a finding; its own column trains on every image."""
+    from cxrcore.data.readers import read_dataset
+    from cxrcore.labels import resolve_label_space
+
+    index = read_dataset(REPO / "tests" / "data" / "nih-sample")
+    labels = resolve_label_space("chexpert14")
+    t = index.targets(labels, "zeros")
+    out = two_stage_targets(t, labels)
+    normal = index.frame["No Finding"].eq(1).to_numpy()  # the table's "No Finding" rows
+    assert normal.any() and (~normal).any()
+    assert (out[normal, -1] == 0).all()
+    nf = labels.index("No Finding")
+    np.testing.assert_array_equal(out[:, nf], t[:, nf])          # not masked to abnormal images
+    findings = [j for j, x in enumerate(labels) if x != "No Finding"]
+    abnormal = (t[:, findings] == 1).any(axis=1)
+    assert (out[abnormal, -1] == 1).all()
+    # before the fix the gate counted "No Finding" as a finding: every normal film opened it
+    assert (two_stage_targets(t)[normal, -1] == 1).all()
+
+
+def test_hard_gate_and_one_threshold_from_the_card():
+    spec = {"two_stage": {"gate_threshold": 0.5, "gate_label": GATE_LABEL, "mode": "hard", "exempt": [0]}}
+    probs = np.array([[0.7, 0.4, 0.9], [0.7, 0.4, 0.2]], dtype=np.float32)
+    got = combine(probs, spec)
+    np.testing.assert_allclose(got[1], [0.7, 0.0, 0.2])      # below the gate: not assessed; column 0 exempt
+    np.testing.assert_allclose(got[0], probs[0])
+    # the card's threshold of the gate label is the one threshold (it overrides the spec's)
+    np.testing.assert_allclose(combine(probs, spec, {GATE_LABEL: 0.1})[1], probs[1])
+    np.testing.assert_allclose(combine(torch.from_numpy(probs), spec).numpy(), got)
+
+
 def test_two_stage_targets_and_combination():
     t = np.array([[1, 0], [0, 0], [0, nan], [nan, 1]], dtype=np.float32)
     out = two_stage_targets(t)
@@ -205,7 +238,11 @@ def test_two_stage_run_has_a_gate_label_used_at_inference(chex, tmp_path, monkey
 
     monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
     card = train(small(chex, hierarchy="two_stage", gate_threshold=0.6, epochs=1), tmp_path / "run")
-    assert card.labels[-1] == GATE_LABEL and card.model["two_stage"]["gate_threshold"] == 0.6
+    assert card.labels[-1] == GATE_LABEL
+    # one gate threshold, tuned on validation (max F1 of the gate), in the card's thresholds and the spec
+    ts = card.model["two_stage"]
+    assert ts["gate_threshold"] == card.thresholds[GATE_LABEL] and ts["tuned_on"].startswith("val")
+    assert ts["exempt"] == [[i for i, x in enumerate(card.labels) if x == "No Finding"][0]] and ts["mode"] == "soft"
     p = Predictor(tmp_path / "run" / "checkpoint")
     squares = np.stack([p.prep.square(np.random.default_rng(i).random((80, 80)).astype(np.float32) * 255)
                         for i in range(4)])
@@ -213,6 +250,13 @@ def test_two_stage_run_has_a_gate_label_used_at_inference(chex, tmp_path, monkey
     raw = torch.sigmoid(p.model(p.prep.normalize(torch.from_numpy(squares)))).detach().numpy()
     np.testing.assert_allclose(probs, combine(raw, card.model), rtol=1e-5, atol=1e-6)
     assert probs.shape == (4, len(card.labels))
+    np.testing.assert_allclose(p.predict_squares(squares, raw=True), raw, rtol=1e-5, atol=1e-6)
+    # editing the gate's threshold (as the Thresholds page saves it) changes the combination
+    from cxrcore.eval.thresholds import save_thresholds
+
+    save_thresholds(tmp_path / "run" / "checkpoint", {GATE_LABEL: 1.0})
+    p2 = Predictor(tmp_path / "run" / "checkpoint")
+    np.testing.assert_allclose(p2.predict_squares(squares), combine(raw, card.model, t=1.0), rtol=1e-5, atol=1e-6)
 
 
 def test_penalty_focal_weighted_plateau_and_accumulation_run(chex, tmp_path, monkeypatch):

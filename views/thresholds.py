@@ -10,6 +10,7 @@ from cxrcore.errors import CXRError
 from cxrcore.eval.metrics import per_label_auroc
 from cxrcore.eval.thresholds import (MANUAL, STRATEGIES, TARGETED, ThresholdSweep, label_curves, operating_table,
                                      save_thresholds, snap, suggest_thresholds, tunable_labels)
+from cxrcore.models.heads import combine, gate_threshold, two_stage
 from cxrcore.models.library import default_thresholds, editable_copy, library_ref
 from ui.common import (chart_config, dataset_choices, ensure_weights, load_predictor, model_picker, require_checkpoints,
                        show_error)
@@ -49,12 +50,12 @@ split = c3.selectbox("Split", ["val", "test"], key="thr_split")
 def split_predictions(ckpt: str, weights: str, data: str, split: str):
     from cxrcore.eval.predictions import predict_split
 
-    p = predict_split(load_predictor(ckpt), data, split)
+    p = predict_split(load_predictor(ckpt), data, split, raw=True)  # a two-stage gate is applied below
     return p.labels, p.targets, p.probs, len(p.image_ids)
 
 
 try:
-    labels, targets, probs, n = split_predictions(ckpt, card.weights_sha256, datasets[data_name], split)
+    labels, targets, raw_probs, n = split_predictions(ckpt, card.weights_sha256, datasets[data_name], split)
 except CXRError as exc:
     show_error(exc)
     st.stop()
@@ -74,12 +75,27 @@ def key(label: str) -> str:
 for j in usable:
     st.session_state.setdefault(key(labels[j]), float(round(card.thresholds.get(labels[j], 0.5), DIGITS)))
 
+# A two-stage model's disease probabilities depend on its one gate threshold (the gate label's slider):
+# they are recombined from the raw outputs whenever it moves.
+ts = two_stage(card.model)
+gate_label = ts.get("gate_label") if ts else None
+gate_t = (float(st.session_state.get(key(gate_label), gate_threshold(card.model, card.thresholds)))
+          if gate_label in labels else None)
+probs = combine(raw_probs, card.model, t=gate_t) if gate_t is not None else raw_probs
+if gate_t is not None:
+    st.caption(f"Two-stage model: below the gate **{gate_label}** at {gate_t:.2f} a finding's probability is "
+               + ("reported as 0 (not assessed)" if ts.get("mode") == "hard" else "scaled by the gate's")
+               + "; moving the gate's slider recomputes every finding's figures.")
+
 
 @st.cache_resource(max_entries=8, show_spinner=False)
-def threshold_independent(ckpt: str, weights: str, data: str, split: str, usable: tuple[int, ...]):
-    """Everything a slider move does not change: per-label sorted scores (for O(log N) confusion
-    counts), AUROC, ROC and PR curves. Keyed by strings: no array hashing on reruns."""
+def threshold_independent(ckpt: str, weights: str, data: str, split: str, usable: tuple[int, ...],
+                          gate: float | None = None):
+    """Everything a slider move does not change (but a two-stage gate move does): per-label sorted scores
+    (for O(log N) confusion counts), AUROC, ROC and PR curves. Keyed by strings: no array hashing on reruns."""
     _, t_all, p_all, _ = split_predictions(ckpt, weights, data, split)
+    if gate is not None:
+        p_all = combine(p_all, read_card(ckpt).model, t=gate)
     t, p = t_all[:, list(usable)], p_all[:, list(usable)]
     return ThresholdSweep(t, p), per_label_auroc(t, p), label_curves(t, p)
 
@@ -118,7 +134,8 @@ for k, j in enumerate(usable):
     slider_cols[k % 3].slider(labels[j], 0.0, 1.0, step=STEP, key=key(labels[j]), format=f"%.{DIGITS}f")
 
 thr = np.array([st.session_state[key(labels[j])] for j in usable])
-sweep, auroc, curves = threshold_independent(ckpt, card.weights_sha256, datasets[data_name], split, tuple(usable))
+sweep, auroc, curves = threshold_independent(ckpt, card.weights_sha256, datasets[data_name], split, tuple(usable),
+                                             gate_t)
 m = sweep.at(thr)
 table = operating_table([labels[j] for j in usable], thr, m, auroc)
 

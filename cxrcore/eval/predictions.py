@@ -90,7 +90,9 @@ def model_split_rows(predictor: Predictor, index: DatasetIndex, split: str) -> n
 
 
 def predict_split(predictor: Predictor, data: str | Path | DatasetIndex, split: str = "val", policy: str = "zeros",
-                  progress=None, use_cache: bool = True) -> SplitPredictions:
+                  progress=None, use_cache: bool = True, raw: bool = False) -> SplitPredictions:
+    """The model's probabilities and the targets (``policy``) on ``split`` of ``data``; model outputs are
+    cached in the workspace. ``raw``: a two-stage model's outputs before its gate combination."""
     index = data if isinstance(data, DatasetIndex) else read_dataset(data)
     index = index.subset(index.frame["frontal"].fillna(True).astype(bool).to_numpy())
     rows = model_split_rows(predictor, index, split)
@@ -100,12 +102,15 @@ def predict_split(predictor: Predictor, data: str | Path | DatasetIndex, split: 
     targets = sub.targets(predictor.labels, policy)
     key = hashlib.sha256(f"{predictor.card.weights_sha256}|{sub.fingerprint()}|{split}|{predictor.prep.to_dict()}".encode()).hexdigest()[:20]
     path = workspace.sub("predictions") / f"{key}.npz"
-    if use_cache and path.exists():
-        probs = np.load(path)["probs"]
+    # The cache holds raw sigmoid outputs; a two-stage model's gate is applied after, with the card's
+    # current gate threshold (editing it on the Thresholds page needs no new model run).
+    if use_cache and path.exists() and "raw" in np.load(path).files:
+        raw_probs = np.load(path)["raw"]
     else:
         cache = build_cache(sub, predictor.prep, progress=None, workers=1 if len(sub) < 400 else 2)
-        probs = predictor.predict_squares(cache.array, progress=progress)
-        np.savez(path, probs=probs)
+        raw_probs = predictor.predict_squares(cache.array, progress=progress, raw=True)
+        np.savez(path, raw=raw_probs)
+    probs = raw_probs if raw else predictor.combine(raw_probs)
     return SplitPredictions(list(predictor.labels), list(sub.frame["image_id"]), targets, probs, split, index.name)
 
 

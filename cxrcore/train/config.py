@@ -205,8 +205,13 @@ class TrainConfig:
                                                              ("two_stage", "two-stage gate")))
     hierarchy_weight: float = opt(1.0, "Penalty weight", "Weight of the hierarchy penalty.", "loss", min=0.0,
                                   step=0.5)
-    gate_threshold: float = opt(0.5, "Gate threshold", "Two-stage: below it a disease probability is gate x "
-                                "disease.", "loss", min=0.0, max=1.0, step=0.05)
+    gate_threshold: float = opt(0.5, "Gate threshold (while training)", "Two-stage: the gate threshold used for "
+                                "validation during training; the saved model's is tuned on validation (max F1 of "
+                                "'Any finding') and can be edited on the Thresholds page.", "loss", min=0.0, max=1.0,
+                                step=0.05)
+    gate_mode: str = opt("soft", "Below the gate", "Two-stage: soft: a disease probability is gate x disease; "
+                         "hard: reported as 0, not assessed (seed 000).", "loss", choices=("soft", "hard"),
+                         choice_labels=(("soft", "scaled by the gate (soft)"), ("hard", "not assessed (hard)")))
     policy: str | dict = opt("zeros", "Uncertain labels (CheXpert -1)", "zeros: negative; ones: positive; ignore: "
                              "left out of loss and metrics; or a per-label mix such as 'ones:Atelectasis,Edema;zeros' "
                              "(the bare policy last is the default).", "data", kind="policy", custom=True)

@@ -90,16 +90,26 @@ def hierarchy_penalty(logits: torch.Tensor, pairs: list[tuple[int, int]]) -> tor
     return F.relu(p[:, children] - p[:, parents]).mean()
 
 
-def two_stage_targets(targets: np.ndarray) -> np.ndarray:
+def two_stage_targets(targets: np.ndarray, labels: list[str] | None = None) -> np.ndarray:
     """Disease targets masked to abnormal images, plus a last "Any finding" gate column.
 
-    Gate: 1 when any label is positive, 0 when every label is known and negative, NaN otherwise
-    (only unknowns and no positive: the image cannot be called normal).
+    Gate: 1 when any finding is positive, 0 when the image is labelled "No Finding" or every finding is
+    known and negative, NaN otherwise (only unknowns and no positive: the image cannot be called normal).
+    "No Finding" (when ``labels`` has it) is never a finding: it does not open the gate, and its own
+    column is trained on every image (it is the gate's complement, not a disease of abnormal images).
     """
-    pos = np.nansum(targets == 1, axis=1) > 0
-    all_known_neg = (~np.isnan(targets)).all(axis=1) & ~pos
-    gate = np.where(pos, 1.0, np.where(all_known_neg, 0.0, np.nan)).astype(np.float32)
+    targets = np.asarray(targets, dtype=np.float32)
+    nf = [j for j, x in enumerate(labels or []) if canonical(x) == "no finding"]
+    finding = np.ones(targets.shape[1], dtype=bool)
+    finding[nf] = False
+    t = targets[:, finding]
+    pos = np.nansum(t == 1, axis=1) > 0
+    normal = (~np.isnan(t)).all(axis=1) & ~pos
+    if nf:
+        normal |= (targets[:, nf] == 1).any(axis=1) & ~pos
+    gate = np.where(pos, 1.0, np.where(normal, 0.0, np.nan)).astype(np.float32)
     disease = np.where(pos[:, None], targets, np.nan).astype(np.float32)
+    disease[:, ~finding] = targets[:, ~finding]
     return np.concatenate([disease, gate[:, None]], axis=1)
 
 

@@ -34,7 +34,7 @@ from ..data.preprocess import Preprocess, to_unit
 from ..data.readers import read_dataset
 from ..errors import ConfigError, DataError
 from ..eval.metrics import best_f1_thresholds, confusion_at, mean_ignoring_nan, per_label_auprc, per_label_auroc
-from ..labels import resolve_label_space
+from ..labels import canonical, resolve_label_space
 from ..models.heads import combine
 from ..models.registry import (build_model, count_parameters, library_of, model_from_spec, preprocess_for, spec_for,
                                swap_head)
@@ -343,7 +343,7 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
             log("normalization", mean=list(prep.mean), std=list(prep.std), source="training split")
     two_stage = cfg.hierarchy == "two_stage"
     labels = list(data.labels) + ([GATE_LABEL] if two_stage else [])
-    targets = two_stage_targets(data.targets) if two_stage else data.targets
+    targets = two_stage_targets(data.targets, data.labels) if two_stage else data.targets
     if d.main:
         write_split_files(data, out)
         if data.balance is not None and saved is None:
@@ -366,7 +366,8 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
         model_spec = spec_for(cfg.arch, cfg.pretrained, kwargs)
         init_trained_on = getattr(model, "trained_on", None)  # library chest X-ray weights say what they saw
     if two_stage:
-        model_spec["two_stage"] = {"gate_threshold": cfg.gate_threshold, "gate_label": GATE_LABEL}
+        model_spec["two_stage"] = {"gate_threshold": cfg.gate_threshold, "gate_label": GATE_LABEL, "mode": cfg.gate_mode,
+                                   "exempt": [j for j, x in enumerate(labels) if canonical(x) == "no finding"]}
     if swap is not None and saved is None:
         log("head_swap", **swap.to_dict())
     if cfg.drop_rate:
@@ -548,6 +549,8 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
     card, state = load_checkpoint(out / "checkpoint")
     plain = base_model(model) if cfg.mode != "lora" else model_from_spec(card.model, len(card.labels)).to(device)
     plain.load_state_dict(state)
+    if two_stage and len(val_rows):
+        card = _tune_gate(card, plain, data, val_rows, targets, prep, device)
     if len(test_rows):
         test_probs = predict_array(plain, data.images, test_rows, prep, device, spec=card.model)
         auroc = per_label_auroc(targets[test_rows], test_probs)
@@ -565,6 +568,21 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
 
 
 _RUNTIME_OPTIONS = ("name", "threads", "workers", "device", "gpus", "share_gpus", "nproc", "nodes", "slurm")
+
+
+def _tune_gate(card: Card, model, data, val_rows, targets, prep: Preprocess, device) -> Card:
+    """A two-stage model's one gate threshold: max F1 of "Any finding" on the validation split, stored as
+    the gate label's threshold and in the spec; then the other labels' thresholds are tuned again on the
+    probabilities combined with it (they depend on the gate)."""
+    raw = predict_array(model, data.images, val_rows, prep, device)  # no spec: raw sigmoid outputs
+    gate = best_f1_thresholds(targets[val_rows][:, -1:], raw[:, -1:])[0]
+    card.model["two_stage"]["gate_threshold"] = float(gate)
+    card.model["two_stage"]["tuned_on"] = "val (max F1 of the gate)"
+    combined = combine(raw, card.model, t=float(gate))
+    thr = best_f1_thresholds(targets[val_rows], combined)
+    card.thresholds = {x: float(t) for x, t in zip(card.labels, thr)}
+    card.thresholds[card.labels[-1]] = float(gate)
+    return card
 
 
 def _comparable_defaults() -> dict:
