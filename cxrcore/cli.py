@@ -210,11 +210,12 @@ def cmd_localize(a) -> int:
 
 def cmd_stats(a) -> int:
     from .data import stats
-    from .data.readers import builtin_table, read_dataset
+    from .data.readers import LABELS_ONLY, builtin_table, read_dataset
 
     from .data.filters import apply_filters
 
-    index = builtin_table(a.source[len("builtin:"):]) if a.source.startswith("builtin:") else read_dataset(a.source, a.format)
+    index = (builtin_table(a.source[len("builtin:"):]) if a.source.startswith("builtin:")
+             else read_dataset(a.source, a.format, check_files=LABELS_ONLY))  # a table without images: its labels
     n_before = len(index)
     index, report = apply_filters(index, frontal_only=a.frontal_only, views=_views(a.views),
                                   first_n_studies=a.first_n_studies, age_min=a.age_min, age_max=a.age_max, sex=a.sex,
@@ -352,6 +353,8 @@ def cmd_eval(a) -> int:
           f"{len(s['labels_evaluated'])} labels with positives and negatives")
     print(f"  Hamming loss {ci(s['hamming_loss'])}, subset accuracy {ci(s['subset_accuracy'])} "
           f"(card thresholds, {s['multilabel_images']} images)")
+    print(f"  samples-averaged precision {ci(s['samples_precision'])}, recall {ci(s['samples_recall'])}, "
+          f"F1 {ci(s['samples_f1'])}")
     if s["labels_not_evaluated"]:
         print("  not evaluated: " + ", ".join(f"{k} ({v})" for k, v in s["labels_not_evaluated"].items()))
     for ref in (result.get("reference") or {}).values():  # published NIH-14 figures, for reference only

@@ -154,3 +154,31 @@ def test_cli_eval_official_test_with_a_chosen_policy(data, runs, tmp_path):
     assert metrics["split"] == "official_test" and metrics["policy"] == "zeros"
     html = next((tmp_path / "ev").glob("*.html")).read_text()
     assert "published: CheXNet" in html and "official test split" in html
+
+
+def test_samples_averaged_metrics_match_sklearn_and_grids_have_a_panel_per_label(data, runs):
+    from sklearn.metrics import precision_recall_fscore_support
+
+    from cxrcore.eval.evaluate import samples_prf
+    from cxrcore.eval.report import curve_grid
+
+    rng = np.random.default_rng(0)
+    true = rng.random((60, 5)) < 0.3
+    pred = rng.random((60, 5)) < 0.3
+    true[:5], pred[:5] = False, False                      # nothing to find, nothing predicted
+    p, r, f = samples_prf(true, pred)
+    want = precision_recall_fscore_support(true, pred, average="samples", zero_division=1)
+    assert (p.mean(), r.mean(), f.mean()) == pytest.approx(want[:3])
+    result, ev = run_evaluation(runs["nih"] / "checkpoint", data["nih"], "test", n_boot=20)
+    s = result["summary"]
+    for k in ("samples_precision", "samples_recall", "samples_f1"):
+        assert 0 <= s[k]["value"] <= 1 and s[k]["low"] <= s[k]["value"] <= s[k]["high"]
+    fig = curve_grid(list(ev.labels), ev.targets, ev.probs, "roc",
+                     aurocs={x: result["per_label"][x]["auroc"]["value"] for x in ev.labels})
+    titles = [a.text for a in fig.layout.annotations]
+    assert len(titles) == len(ev.labels) == 14
+    evaluable = [x for x in ev.labels if result["per_label"][x]["evaluable"]]
+    assert all(f"AUROC {result['per_label'][x]['auroc']['value']:.3f}" in t for x, t in zip(ev.labels, titles)
+               if x in evaluable)
+    assert sum("not evaluable" in t for t in titles) == 14 - len(evaluable)
+    assert len(curve_grid(list(ev.labels), ev.targets, ev.probs, "pr").data) == 2 * len(evaluable)

@@ -186,3 +186,29 @@ def test_gallery_tab_nih_sample(tmp_path, monkeypatch):
     assert all("Pneumonia" in c for c in captions)
     # the sample has Pneumonia boxes: images with a box come first and their boxes are drawn
     assert any("ground-truth box(es) for Pneumonia" in c.value and "has no" not in c.value for c in at.caption)
+
+
+def test_a_label_table_without_images_gives_statistics_with_a_note(tmp_path):
+    """How people start with NIH and CheXpert: the table first, images later (issue 13 §5)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from cxrcore.data import stats
+    from cxrcore.data.readers import LABELS_ONLY
+    from cxrcore.errors import DataError
+
+    src = Path(__file__).parent / "data" / "nih-sample"
+    table = next(src.glob("Data_Entry_2017*.csv"))
+    shutil.copy(table, tmp_path / table.name)
+    with pytest.raises(DataError, match="None of the"):
+        read_dataset(tmp_path)                                   # training and evaluation still need images
+    ix = read_dataset(tmp_path, check_files=LABELS_ONLY)
+    assert len(ix) == len(read_dataset(src, check_files=False)) and ix.frame["path"].isna().all()
+    assert any("No images found" in n for n in ix.notes)
+    prev = stats.prevalence(ix)
+    assert prev.loc["Effusion"].iloc[0] > 0
+    out = subprocess.run([sys.executable, "-m", "cxrcore.cli", "stats", str(tmp_path)], capture_output=True, text=True,
+                         cwd=Path(__file__).parents[1], timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "No images found" in out.stdout and "Effusion" in out.stdout

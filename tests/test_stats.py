@@ -21,7 +21,7 @@ def make_index(rows: list[dict], labels: list[str], notes: list[str] | None = No
     frame = pd.DataFrame(rows)
     for c in ("path", "sex", "age", "view"):
         if c not in frame:
-            frame[c] = np.nan
+            frame[c] = True if c == "frontal" else np.nan
     if "frontal" not in frame:
         frame["frontal"] = True
     if "study_id" not in frame:
@@ -252,3 +252,25 @@ def test_chexpert_patient_prevalence_matches_groupby(chexpert):
     f = chexpert.frame
     naive = (f[chexpert.labels] == 1).groupby(f["patient_id"]).any().sum()
     assert prev["patients_positive"].tolist() == naive.tolist()
+
+
+def test_combination_tail_counts_distinct_sets_and_the_rare_ones():
+    import numpy as np
+    import pandas as pd
+
+    from cxrcore.data.index import DatasetIndex
+    from cxrcore.data.stats import all_statistics, combination_tail
+
+    rows = [[1, 0, 0]] * 6 + [[1, 1, 0]] * 3 + [[0, 1, 1]] + [[0, 0, 1]] + [[0, 0, 0]] * 4
+    labels = ["A", "B", "C"]
+    frame = pd.DataFrame(np.array(rows, dtype=float), columns=labels)
+    frame["image_id"] = [f"i{k}" for k in range(len(rows))]
+    frame["patient_id"] = [f"p{k}" for k in range(len(rows))]
+    for c in ("path", "study_id", "sex", "age", "view", "frontal"):
+        frame[c] = True if c == "frontal" else np.nan
+    ix = DatasetIndex(Path("tail"), "csv", frame, labels)
+    t = combination_tail(ix)
+    assert t["distinct"] == 5 and t["images"] == 15
+    assert t["tail"][0] == {"at_most": 1, "combinations": 2, "images": 2, "pct_images": pytest.approx(100 * 2 / 15)}
+    assert t["tail"][1]["combinations"] == 4 and t["tail"][1]["images"] == 9     # 3 + 1 + 1 + 4
+    assert all_statistics(ix)["combination_tail"] == t

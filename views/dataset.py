@@ -22,7 +22,7 @@ from cxrcore.data import stats
 from cxrcore.data.gallery import folder_stamp, gallery_items
 from cxrcore.data.imageio import read_image
 from cxrcore.data.index import POLICIES, DatasetIndex
-from cxrcore.data.readers import builtin_table, read_dataset
+from cxrcore.data.readers import LABELS_ONLY, builtin_table, read_dataset
 from cxrcore.data.splits import SPLIT_METHODS, SPLITS, WARN_GAP, split_balance
 from cxrcore import hosting
 from cxrcore.errors import AccessError, CXRError
@@ -54,7 +54,7 @@ def _index(source: str, stamp: tuple) -> DatasetIndex:
     """The index of one source (``builtin:nih``, ``builtin:chexpert`` or ``folder:/abs/path``), shared
     read-only by the statistics and the split balance (the CheXpert table is ~50 MB; two kept)."""
     kind, _, arg = source.partition(":")
-    return builtin_table(arg) if kind == "builtin" else read_dataset(arg)
+    return builtin_table(arg) if kind == "builtin" else read_dataset(arg, check_files=LABELS_ONLY)
 
 
 @st.cache_data(show_spinner="Reading the label table and computing statistics…", max_entries=8)
@@ -339,10 +339,15 @@ def _cooccurrence(src: str, counts: pd.DataFrame, cond: pd.DataFrame, slug: str)
     _download(table, what, slug)
 
 
-def _combinations(src: str, top: pd.DataFrame, per_image: pd.DataFrame, slug: str) -> None:
+def _combinations(src: str, top: pd.DataFrame, per_image: pd.DataFrame, slug: str, tail: dict | None = None) -> None:
     left, right = st.columns([3, 2])
     with left:
         st.subheader("Most frequent label combinations")
+        if tail and tail["distinct"]:
+            rare = "; ".join(f"{t['combinations']:,} occur at most {t['at_most']}× ({t['images']:,} images, "
+                             f"{t['pct_images']:.2f} %)" for t in tail["tail"])
+            st.caption(f"**{tail['distinct']:,} distinct combinations** of positive labels in {tail['images']:,} "
+                       f"images. The rare tail: {rare}.")
         k = st.slider("How many", 5, max(5, min(TOP_K, len(top))), min(20, max(5, len(top))), key="top_k") \
             if len(top) > 5 else len(top)
         shown = top.head(k)
@@ -471,7 +476,8 @@ if data is not None:
             elif section == "Co-occurrence":
                 _cooccurrence(source, data["cooccurrence"], data["conditional"], slug)
             elif section == "Combinations":
-                _combinations(source, data["top_combinations"], data["labels_per_image"], slug)
+                _combinations(source, data["top_combinations"], data["labels_per_image"], slug,
+                              data.get("combination_tail"))
             elif section == "Demographics":
                 _demographics(source, data["demographics"], s["labels"], slug)
             elif section == "Split balance":

@@ -159,6 +159,13 @@ s1.metric(_ci_label("Mean AUROC", summary["mean_auroc"]), _point(summary["mean_a
 s2.metric(_ci_label("Mean AUPRC", summary["mean_auprc"]), _point(summary["mean_auprc"]))
 s3.metric("Images", result["n_images"])
 s4.metric("Patients", result["n_patients"])
+m1, m2, m3, m4 = st.columns(4)
+m1.metric(_ci_label("Samples precision", summary.get("samples_precision")), _point(summary.get("samples_precision")))
+m2.metric(_ci_label("Samples recall", summary.get("samples_recall")), _point(summary.get("samples_recall")))
+m3.metric(_ci_label("Samples F1", summary.get("samples_f1")), _point(summary.get("samples_f1")),
+          help="Per image over its labels at the card's thresholds, then averaged (seed 004); an image with "
+               "nothing to find and nothing predicted counts 1.")
+m4.metric(_ci_label("Subset accuracy", summary.get("subset_accuracy")), _point(summary.get("subset_accuracy")))
 not_eval = summary["labels_not_evaluated"]
 st.caption(f"Means over the {len(summary['labels_evaluated'])} labels with positives and negatives. "
            + (f"Not evaluated: {', '.join(f'{k} ({v})' for k, v in not_eval.items())}. " if not_eval else "")
@@ -202,6 +209,14 @@ fig.add_vline(x=0.5, line_dash="dot", line_color="gray")
 fig.update_layout(title="AUROC per label", xaxis=dict(range=[0, 1.02], title="AUROC"),
                   yaxis=dict(autorange="reversed"), height=110 + 28 * len(ev_labels), margin=dict(t=40, b=10))
 st.plotly_chart(fig, key="eval_forest", config=chart_config())
+with st.expander("ROC and precision-recall curves, one panel per label"):
+    from cxrcore.eval.report import curve_grid
+
+    _au = {x: per[x]["auroc"]["value"] for x in labels}
+    st.plotly_chart(curve_grid(list(ev.labels), ev.targets, ev.probs, "roc", aurocs=_au), key="eval_roc_grid",
+                    config=chart_config())
+    st.plotly_chart(curve_grid(list(ev.labels), ev.targets, ev.probs, "pr"), key="eval_pr_grid",
+                    config=chart_config())
 
 # --------------------------------------------------------------------------- calibration
 st.markdown("**Calibration**")

@@ -40,11 +40,14 @@ def detect_format(root: Path) -> str:
     )
 
 
-def read_dataset(root: str | os.PathLike, format: str = "auto", check_files: bool = True,
+def read_dataset(root: str | os.PathLike, format: str = "auto", check_files: bool | str = True,
                  path_column: str | None = None, labels: list[str] | None = None) -> DatasetIndex:
     """Read a dataset folder. ``format`` is ``auto``, ``nih``, ``chexpert`` or ``csv``.
 
     ``path_column`` and ``labels`` apply to the generic ``csv`` format only (see :func:`read_csv`).
+    ``check_files``: True keeps the images found on disk (DataError when none is); False does not look;
+    ``"labels_only"`` is True, except that a folder with the label table and no images yet (how people
+    start with NIH and CheXpert) gives every row of the table with a note saying so, for label statistics.
     """
     root = Path(root).expanduser().resolve()
     if format == "auto" and (path_column is not None or labels is not None) and root.is_dir() \
@@ -448,11 +451,18 @@ def _resolve_generic_path(root: Path, rel: str) -> str | None:
 
 # --------------------------------------------------------------------------- shared
 
-def _keep_found(frame: pd.DataFrame, root: Path, notes: list[str], check_files: bool) -> pd.DataFrame:
+LABELS_ONLY = "labels_only"
+
+
+def _keep_found(frame: pd.DataFrame, root: Path, notes: list[str], check_files: bool | str) -> pd.DataFrame:
     if not check_files:
         return frame
     found = frame["path"].notna()
     n, k = len(frame), int(found.sum())
+    if k == 0 and check_files == LABELS_ONLY:
+        notes.append(f"No images found under {root} (the label table lists {n:,}): these are the table's label "
+                     "statistics only. Download the images beside the table to see them, train or evaluate.")
+        return frame
     if k == 0:
         raise DataError(
             f"None of the {n} images listed in the label table were found under {root}. "

@@ -288,6 +288,22 @@ def _top_combinations(d: _Shared, k: int) -> pd.DataFrame:
     return out.head(k).reset_index(drop=True)
 
 
+def combination_tail(index: DatasetIndex, rare: tuple = (1, 5, 10)) -> dict:
+    """How many distinct sets of positive labels the dataset has, and its rare tail: for each bound b in
+    ``rare``, how many combinations occur at most b times and how many images carry one of them."""
+    return _combination_tail(_Shared(index), rare)
+
+
+def _combination_tail(d: "_Shared", rare: tuple = (1, 5, 10)) -> dict:
+    pos = d.pos
+    if len(pos) == 0:
+        return {"distinct": 0, "images": 0, "tail": []}
+    _, counts = np.unique(np.asarray(pos, dtype=bool), axis=0, return_counts=True)
+    tail = [{"at_most": int(b), "combinations": int((counts <= b).sum()), "images": int(counts[counts <= b].sum()),
+             "pct_images": float(100.0 * counts[counts <= b].sum() / len(pos))} for b in rare]
+    return {"distinct": int(len(counts)), "images": int(len(pos)), "tail": tail}
+
+
 def _crosstab(codes: np.ndarray, order: list[str], pos: np.ndarray, labels: list[str]) -> pd.DataFrame:
     """Rows = categories in ``order`` (``codes`` index into it; -1 = none); column ``all`` = images,
     then one column per label = positive images. Bin counts over the positive cells."""
@@ -358,5 +374,6 @@ def all_statistics(index: DatasetIndex, k: int = 20) -> dict:
         "conditional": conditional,
         "labels_per_image": _labels_per_image(d),
         "top_combinations": _top_combinations(d, k),
+        "combination_tail": _combination_tail(d),
         "demographics": _demographics(d),
     }

@@ -70,17 +70,36 @@ def _patients(index: DatasetIndex, image_ids: list[str]) -> np.ndarray:
     return np.array([lookup[i] for i in image_ids], dtype=object)
 
 
+def samples_prf(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-image precision, recall and F1 over its labels (boolean (N, L) arrays): the terms whose mean is
+    sklearn's ``precision_recall_fscore_support(average="samples", zero_division=1)`` (an image with nothing
+    to find and nothing predicted scores 1). Per image, so the patient bootstrap can resample them."""
+    tp = (true & pred).sum(1).astype(float)
+    n_pred, n_true = pred.sum(1).astype(float), true.sum(1).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(n_pred > 0, tp / n_pred, 1.0)
+        recall = np.where(n_true > 0, tp / n_true, 1.0)
+        f1 = np.where(n_pred + n_true > 0, 2 * tp / (n_pred + n_true), 1.0)
+    return precision, recall, f1
+
+
 def _multilabel(targets, probs, thresholds, cols, pids, n_boot, seed, alpha) -> dict:
-    """Hamming loss and subset accuracy over the labels in ``cols`` on images labelled for all of them."""
+    """Hamming loss, subset accuracy and samples-averaged precision / recall / F1 (seed 004) over the labels
+    in ``cols`` on images labelled for all of them, at the card's thresholds."""
     if not cols:
-        return {"labels": [], "n_images": 0, "hamming_loss": None, "subset_accuracy": None}
+        return {"labels": [], "n_images": 0, "hamming_loss": None, "subset_accuracy": None,
+                "samples_precision": None, "samples_recall": None, "samples_f1": None}
     t = targets[:, cols]
     rows = ~np.isnan(t).any(1)
-    wrong = (probs[rows][:, cols] >= thresholds[cols]) != (t[rows] == 1)
+    pred = probs[rows][:, cols] >= thresholds[cols]
+    true = t[rows] == 1
+    wrong = pred != true
+    precision, recall, f1 = samples_prf(true, pred)
+    boot = lambda v: bootstrap_mean(v, pids[rows], n_boot, seed, alpha)  # noqa: E731
     return {
         "labels": cols, "n_images": int(rows.sum()),
-        "hamming_loss": bootstrap_mean(wrong.mean(1), pids[rows], n_boot, seed, alpha),
-        "subset_accuracy": bootstrap_mean(~wrong.any(1), pids[rows], n_boot, seed, alpha),
+        "hamming_loss": boot(wrong.mean(1)), "subset_accuracy": boot(~wrong.any(1)),
+        "samples_precision": boot(precision), "samples_recall": boot(recall), "samples_f1": boot(f1),
     }
 
 
@@ -268,6 +287,8 @@ def run_evaluation(checkpoint: str | Path, data: str | Path | DatasetIndex, spli
     }
     ml = _multilabel(targets, probs, thresholds, with_pos, pids, n_boot, seed, alpha)
     summary.update(hamming_loss=ml["hamming_loss"], subset_accuracy=ml["subset_accuracy"],
+                   samples_precision=ml["samples_precision"], samples_recall=ml["samples_recall"],
+                   samples_f1=ml["samples_f1"],
                    multilabel_images=ml["n_images"], multilabel_labels=[labels[j] for j in ml["labels"]])
 
     calibration, calibrated = ({"fitted": False, "note": "not requested"}, None)

@@ -123,6 +123,58 @@ def _err(points: list[dict], lo: list[dict] | None = None) -> dict:
     return dict(type="data", symmetric=False, array=plus, arrayminus=minus)
 
 
+def curve_grid(labels: list[str], targets: np.ndarray, probs: np.ndarray, kind: str = "roc", per_row: int = 7,
+               aurocs: dict | None = None):
+    """One small ROC (``kind="roc"``) or precision-recall (``"pr"``) panel per label, ``per_row`` to a row
+    (seed 001's 2 x 7 for 14 labels); labels without positives and negatives get an empty panel saying so.
+    sklearn's roc_curve / precision_recall_curve; chance drawn (the diagonal, or the prevalence)."""
+    import math
+
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
+
+    rows = max(1, math.ceil(len(labels) / per_row))
+    titles = []
+    curves = []
+    for j, x in enumerate(labels):
+        m = ~np.isnan(targets[:, j])
+        y, s = targets[m, j], probs[m, j]
+        if not (y.size and 0 < y.sum() < y.size):
+            titles.append(f"{x}<br>(not evaluable)")
+            curves.append(None)
+            continue
+        if kind == "roc":
+            a, b, _ = roc_curve(y, s)
+            au = (aurocs or {}).get(x)
+            titles.append(f"{x}<br>AUROC {au:.3f}" if au is not None else x)
+            curves.append((a, b, None))
+        else:
+            prec, rec, _ = precision_recall_curve(y, s)
+            titles.append(f"{x}<br>AP {average_precision_score(y, s):.3f}")
+            curves.append((rec, prec, float(y.mean())))
+    fig = make_subplots(rows=rows, cols=per_row, subplot_titles=titles, horizontal_spacing=0.02,
+                        vertical_spacing=0.12 if rows > 1 else 0.0)
+    for k, c in enumerate(curves):
+        r, col = k // per_row + 1, k % per_row + 1
+        if c is None:
+            continue
+        a, b, prevalence = c
+        a, b = _thin(a, b)
+        fig.add_trace(go.Scatter(x=a, y=b, mode="lines", showlegend=False, line=dict(width=1.5),
+                                 line_shape="linear" if kind == "roc" else "hv"), row=r, col=col)
+        chance = [0, 1] if kind == "roc" else [prevalence, prevalence]
+        fig.add_trace(go.Scatter(x=[0, 1], y=chance, mode="lines", showlegend=False,
+                                 line=dict(dash="dot", color="grey", width=1)), row=r, col=col)
+    fig.update_xaxes(range=[0, 1], showticklabels=False)
+    fig.update_yaxes(range=[0, 1.02], showticklabels=False)
+    fig.update_annotations(font_size=10)
+    what = ("ROC per label (x: 1 − specificity, y: sensitivity; dotted: chance)" if kind == "roc" else
+            "Precision-recall per label (x: recall, y: precision; dotted: prevalence)")
+    fig.update_layout(title=what, height=60 + 190 * rows, margin=dict(l=10, r=10, t=70, b=10))
+    return fig
+
+
 def _figures(result: dict, data: EvalData) -> list[tuple[str, object]]:
     import plotly.graph_objects as go
     from sklearn.metrics import roc_curve
@@ -157,6 +209,9 @@ def _figures(result: dict, data: EvalData) -> list[tuple[str, object]]:
         fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"), name="chance"))
         fig.update_layout(title="ROC curves", xaxis_title="1 − specificity", yaxis_title="sensitivity", height=520)
         figs.append(("ROC", fig))
+        au = {x: per[x]["auroc"]["value"] for x in data.labels}
+        figs.append(("ROC per label", curve_grid(list(data.labels), data.targets, data.probs, "roc", aurocs=au)))
+        figs.append(("PR per label", curve_grid(list(data.labels), data.targets, data.probs, "pr")))
 
         fig = go.Figure()
         for x in ev:
@@ -218,7 +273,8 @@ def html_report(result: dict, data: EvalData) -> str:
              f"({e(str(r.get('policy_source', '')))}).</p>",
              "<div class=cards>"]
     for name, key in (("mean AUROC", "mean_auroc"), ("mean AUPRC", "mean_auprc"), ("Hamming loss", "hamming_loss"),
-                      ("subset accuracy", "subset_accuracy")):
+                      ("subset accuracy", "subset_accuracy"), ("samples precision", "samples_precision"),
+                      ("samples recall", "samples_recall"), ("samples F1", "samples_f1")):
         parts.append(f"<div class=card>{name}<b>{_ci_cell(s.get(key))}</b></div>")
     parts.append("</div>")
     parts.append(f"<p class=note>{conf}% intervals: percentile bootstrap with {b['n_boot']} replicates resampling "
@@ -226,7 +282,9 @@ def html_report(result: dict, data: EvalData) -> str:
                  f"{len(s['labels_evaluated'])} labels with positives and negatives: "
                  f"{e(', '.join(s['labels_evaluated']))}. Not evaluated: "
                  f"{e(', '.join(f'{k} ({v})' for k, v in s['labels_not_evaluated'].items())) or 'none'}. "
-                 f"Hamming loss and subset accuracy at the card's thresholds over those labels.</p>")
+                 f"Hamming loss, subset accuracy and the samples-averaged precision / recall / F1 (per image over "
+                 f"its labels, then averaged; an image with nothing to find and nothing predicted counts 1) at the "
+                 f"card's thresholds over those labels.</p>")
 
     header = ["label", "n", "pos", "AUROC", "DeLong CI", "AUPRC", "thr", "sensitivity", "specificity", "PPV",
               "NPV", "F1", "ECE", "Brier"]
