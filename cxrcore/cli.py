@@ -159,7 +159,10 @@ def cmd_predict(a) -> int:
 
     if not 0 <= a.mc_samples <= MAX_SAMPLES:
         raise ConfigError(f"--mc-samples must be from 0 to {MAX_SAMPLES}, not {a.mc_samples}.")
-    pred = Predictor(a.checkpoint).predict(a.image, heatmaps=True, mc_samples=a.mc_samples)
+    if len(a.image) > 1:
+        return _predict_study(a)
+    a.image = a.image[0]
+    pred = Predictor(a.checkpoint).predict(a.image, heatmaps=True, mc_samples=a.mc_samples, tta=a.tta)
     if a.panel:
         from .explain.visual import comparison_panel, png_bytes
         from .data.imageio import read_image
@@ -173,6 +176,8 @@ def cmd_predict(a) -> int:
         print(f"WARNING: {w.text}")
     print(f"{Path(a.image).name}: {pred.cam_method}, heatmaps {pred.heatmaps.shape[1]}x{pred.heatmaps.shape[2]}, "
           f"{pred.seconds * 1000:.0f} ms; model trained on {pred.trained_on or 'not recorded'}")
+    for note in pred.notes:
+        print(f"note: {note}")
     for i in sorted(range(len(pred.labels)), key=lambda i: -pred.probs[i]):
         x = pred.labels[i]
         mark = "POS" if pred.positive[i] else "   "
@@ -181,6 +186,34 @@ def cmd_predict(a) -> int:
         print(f"  {mark} {x:<28} {pred.probs[i]:.3f}{spread}  (thr {pred.thresholds[i]:.2f})  {boxes}")
     if pred.mc:
         print(pred.mc["note"])
+    return 0
+
+
+def _predict_study(a) -> int:
+    """Several views of one study (frontal and lateral): each view's probabilities and the study's, fused by
+    mean or max (seed 003)."""
+    from .predictor import Predictor, fuse_views
+
+    if a.fuse == "none":
+        raise CXRError("Several images are the views of one study: say how to combine them with --fuse mean or max.")
+    p = Predictor(a.checkpoint)
+    preds = [p.predict(x, heatmaps=False, tta=a.tta) for x in a.image]
+    fused = fuse_views([q.probs for q in preds], a.fuse)
+    if a.json:
+        print(json.dumps({"fusion": a.fuse, "labels": p.labels, "study": [float(v) for v in fused],
+                          "views": [{"image": str(x), **q.to_dict(heatmaps=False)} for x, q in zip(a.image, preds)]},
+                         indent=1))
+        return 0
+    for x, q in zip(a.image, preds):
+        for w in q.warnings:
+            print(f"WARNING ({Path(x).name}): {w.text}")
+    names = [Path(x).name[:14] for x in a.image]
+    print(f"study of {len(a.image)} views, fused by {a.fuse}; model trained on {preds[0].trained_on or 'not recorded'}")
+    print(f"  {'':3} {'label':<28} {'study':>6}  " + " ".join(f"{n:>14}" for n in names))
+    thr = preds[0].thresholds
+    for i in sorted(range(len(p.labels)), key=lambda i: -fused[i]):
+        mark = "POS" if fused[i] >= thr[i] else "   "
+        print(f"  {mark} {p.labels[i]:<28} {fused[i]:>6.3f}  " + " ".join(f"{q.probs[i]:>14.3f}" for q in preds))
     return 0
 
 
@@ -282,7 +315,8 @@ def cmd_jobs(a) -> int:
         s = jobs.progress_summary(jobs.events(job))
         print(json.dumps({"id": job.id, "name": job.name, "status": job.status, "backend": job.backend,
                           "slurm_id": job.backend_id, "gpu_ids": job.gpu_ids, "note": job.note, "owner": job.owner,
-                          "run_dir": str(job.run_dir), "error": job.error, "progress": {k: v for k, v in s.items() if not k.endswith("curve")}},
+                          "run_dir": str(job.run_dir), "error": job.error, "progress": {k: v for k, v in s.items()
+                                                                   if not k.endswith(("curve", "curves", "auroc_history"))}},
                          indent=1, default=str))
     elif a.action == "logs":
         print(jobs.logs(job, a.lines))
@@ -303,7 +337,8 @@ def cmd_eval(a) -> int:
     from .eval.report import metrics_json, write_all
 
     result, data = run_evaluation(a.checkpoint, a.data, a.split, a.n_boot, a.compare, seed=a.seed,
-                                  progress=None if a.json else _bar("predict"), policy=a.policy)
+                                  progress=None if a.json else _bar("predict"), policy=a.policy, tta=a.tta,
+                                  fuse=a.fuse, laterals=True if a.laterals else None)
     if a.out:
         out = Path(a.out)
     else:
@@ -339,7 +374,10 @@ def cmd_eval(a) -> int:
           f"patient-bootstrap replicates")
     print(f"  images: {result['split_description']}; uncertain labels scored as "
           f"{json.dumps(result['policy']) if not isinstance(result['policy'], str) else result['policy']} "
-          f"({result['policy_source']})")
+          f"({result['policy_source']})" + (f"; test-time augmentation {result['tta']}" if result.get("tta", "none") != "none"
+                                            else "")
+          + (f"; {result['n_images']} studies fused ({result['fusion']}) from {result['n_views']} views"
+             if result.get("fusion", "none") != "none" else ""))
     head = f"  {'label':<27} {'n':>5} {'pos':>4}  {'AUROC [CI]':<22} {'AUPRC [CI]':<22} {'thr':>5} " \
            + " ".join(f"{r[:5]:>5}" for r in RATES) + f" {'ECE':>6} {'Brier':>6}"
     print(head)
@@ -459,13 +497,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--background", action="store_true", help="run as a detached job (see `cxr jobs`)")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("predict", help="probabilities, Grad-CAM heatmaps and boxes for one image")
-    s.add_argument("image")
+    s = sub.add_parser("predict", help="probabilities, Grad-CAM heatmaps and boxes for one image (or a study's views)")
+    s.add_argument("image", nargs="+", help="an image; several: the views of one study (with --fuse)")
+    s.add_argument("--fuse", choices=["none", "mean", "max"], default="none",
+                   help="several views of one study (frontal and lateral): combine their probabilities")
     s.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     s.add_argument("--json", action="store_true")
     s.add_argument("--heatmaps", action="store_true", help="include heatmaps in the JSON")
     s.add_argument("--panel", help="also write a PNG panel with the overlay of --label (default: top label)")
     s.add_argument("--label")
+    s.add_argument("--tta", choices=["none", "flip", "tencrop"], default="none",
+                   help="test-time augmentation of the probabilities (heatmaps from the image as it is)")
     s.add_argument("--mc-samples", type=int, default=0,
                    help="Monte-Carlo dropout passes for a spread per label (0: off; at most 200)")
     s.set_defaults(func=cmd_predict)
@@ -520,6 +562,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "all images, or official_test: the dataset's own test list (NIH test_list.txt, CheXpert "
                         "valid.csv) whatever the model trained with")
     s.add_argument("--compare", help="a second checkpoint: ΔAUROC on the shared labels, paired CI, DeLong p")
+    s.add_argument("--fuse", choices=["none", "mean", "max"], default="none",
+                   help="study level: combine each study's views (frontal and lateral) by mean or max and score "
+                        "studies (seed 003)")
+    s.add_argument("--laterals", action="store_true",
+                   help="keep lateral views (default: only when the model trained with them, from its card)")
+    s.add_argument("--tta", choices=["none", "flip", "tencrop"], default="none",
+                   help="test-time augmentation: mean probability over the image and its mirror (flip), or over "
+                        "CheXNet's ten crops (tencrop)")
     s.add_argument("--policy", default=None,
                    help="uncertain (-1) labels: zeros, ones, ignore or a per-label mix; default: the model's own "
                         "training policy (from its card)")

@@ -86,6 +86,16 @@ class Prediction:
         return d
 
 
+def fuse_views(probs: list, how: str = "mean") -> np.ndarray:
+    """One study's probabilities from its views' (frontal and lateral; seed 003): their mean or maximum."""
+    if how not in ("mean", "max"):
+        raise CheckpointError(f"Views are fused by mean or max, not {how!r}.")
+    if not probs:
+        raise CheckpointError("No view to fuse.")
+    stack = np.stack([np.asarray(p, dtype=np.float32) for p in probs])
+    return stack.mean(0) if how == "mean" else stack.max(0)
+
+
 class Predictor:
     def __init__(self, checkpoint: str | os.PathLike, device: str = "cpu"):
         self.path = Path(checkpoint)
@@ -118,10 +128,17 @@ class Predictor:
 
     def predict(self, image: LoadedImage | np.ndarray | str | os.PathLike | bytes, heatmaps: bool = True,
                 top_k_boxes: int = 3, box_threshold: float = 0.5, mc_samples: int = 0,
-                mc_dropout: float = 0.2, mc_seed: int = 0, mc_tta: bool = False) -> Prediction:
+                mc_dropout: float = 0.2, mc_seed: int = 0, mc_tta: bool = False, tta: str = "none") -> Prediction:
         """Probabilities, heatmaps and boxes; with ``mc_samples > 0`` also Monte-Carlo dropout mean and
         spread (``prob_mean`` / ``prob_std`` / ``prob_var``; ``probs`` stays the deterministic output)."""
         pred, x = self._predict(image, heatmaps, top_k_boxes, box_threshold)
+        if tta and tta != "none":
+            from .eval.tta import VIEWS, check_tta, tta_sigmoid
+
+            tta = check_tta(tta)
+            pred.probs = self.combine(tta_sigmoid(self.model, x, tta)[0].cpu().numpy()).astype(np.float32)
+            pred.notes.append(f"Probabilities are the mean over {VIEWS[tta]} test-time views ({tta}); heatmaps "
+                              "come from the image as it is.")
         temps = self.card.temperature_list()
         if temps is not None:
             from .eval.calibration import apply_temperature, logits_from_probs
@@ -189,14 +206,20 @@ class Predictor:
         return combine(raw, self.card.model, self.card.thresholds, t=gate)
 
     @torch.no_grad()
-    def predict_squares(self, squares: np.ndarray, batch_size: int = 64, progress=None, raw: bool = False) -> np.ndarray:
+    def predict_squares(self, squares: np.ndarray, batch_size: int = 64, progress=None, raw: bool = False,
+                        tta: str = "none") -> np.ndarray:
         """Probabilities (N, L) for preprocessed uint8 squares (N, S, S), e.g. from the cache. ``raw``: the
-        sigmoid outputs before a two-stage model's gate combination (:meth:`combine` applies it)."""
+        sigmoid outputs before a two-stage model's gate combination (:meth:`combine` applies it). ``tta``:
+        none, flip or tencrop (:mod:`cxrcore.eval.tta`): the mean over the views."""
+        from .eval.tta import VIEWS, check_tta, tta_sigmoid
+
+        tta = check_tta(tta)
         out = []
         n = len(squares)
+        batch_size = max(1, batch_size // VIEWS[tta])
         for k in range(0, n, batch_size):
             x = self.prep.normalize(torch.from_numpy(np.array(squares[k:k + batch_size])).to(self.device))
-            p = torch.sigmoid(self.model(x)).float().cpu().numpy()
+            p = tta_sigmoid(self.model, x, tta).cpu().numpy()
             out.append(p if raw else self.combine(p))
             if progress:
                 progress(min(n, k + batch_size), n)

@@ -182,3 +182,52 @@ def test_samples_averaged_metrics_match_sklearn_and_grids_have_a_panel_per_label
                if x in evaluable)
     assert sum("not evaluable" in t for t in titles) == 14 - len(evaluable)
     assert len(curve_grid(list(ev.labels), ev.targets, ev.probs, "pr").data) == 2 * len(evaluable)
+
+
+def test_study_level_fusion_of_frontal_and_lateral_views(data, runs, tmp_path):
+    """Two views per study (a CSV layout: study = patient), laterals kept, probabilities fused by mean
+    and max; targets are the study's labels (the maximum over its views)."""
+    import shutil
+
+    from cxrcore.eval.predictions import fuse_studies
+    from cxrcore.predictor import fuse_views
+
+    src = read_dataset(data["chexpert"])
+    rows = src.frame.head(40)
+    (tmp_path / "img").mkdir()
+    table = []
+    for k, (_, r) in enumerate(rows.iterrows()):
+        name = f"img/{k:03d}.jpg"
+        shutil.copy(r["path"], tmp_path / name)
+        table.append({"path": name, "patient_id": f"s{k // 2}", "view": "PA" if k % 2 == 0 else "LATERAL",
+                      **{x: r[x] for x in ("Cardiomegaly", "Edema", "Pleural Effusion", "Support Devices")}})
+    pd.DataFrame(table).to_csv(tmp_path / "labels.csv", index=False)
+    ckpt = runs["chexpert"] / "checkpoint"
+    frontal, _ = run_evaluation(ckpt, tmp_path, "all", n_boot=10)
+    assert frontal["n_images"] == 20 and not frontal["laterals"]            # trained frontal-only: laterals left out
+    views, ev_views = run_evaluation(ckpt, tmp_path, "all", n_boot=10, laterals=True)
+    assert views["n_images"] == 40
+    for how in ("mean", "max"):
+        study, ev = run_evaluation(ckpt, tmp_path, "all", n_boot=10, laterals=True, fuse=how)
+        assert study["n_images"] == 20 and study["n_views"] == 40 and study["fusion"] == how
+        assert ev.image_ids == [f"s{k}" for k in range(20)]
+        j = ev_views.labels.index("Edema")
+        a, b = ev_views.probs[0, j], ev_views.probs[1, j]                    # the two views of study s0
+        assert ev.probs[0, j] == pytest.approx(float(np.mean([a, b]) if how == "mean" else max(a, b)), abs=1e-6)
+        assert ev.targets[0, j] == np.nanmax(ev_views.targets[:2, j])
+        assert study["n_patients"] == 20
+    np.testing.assert_allclose(fuse_views([[0.2, 0.9], [0.4, 0.1]], "max"), [0.4, 0.9])
+    with pytest.raises(DataError, match="mean or max"):
+        fuse_studies(None, None, "median")
+
+
+def test_cli_predict_fuses_the_views_of_one_study(data, runs):
+    imgs = [str(p) for p in sorted((data["chexpert"]).rglob("*.jpg"))[:2]]
+    out = subprocess.run([sys.executable, "-m", "cxrcore.cli", "predict", *imgs, "--checkpoint",
+                          str(runs["chexpert"] / "checkpoint"), "--fuse", "max"], capture_output=True, text=True,
+                         cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "study of 2 views, fused by max" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "cxrcore.cli", "predict", *imgs, "--checkpoint",
+                          str(runs["chexpert"] / "checkpoint")], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert bad.returncode == 2 and "--fuse mean or max" in bad.stderr

@@ -28,6 +28,7 @@ mc = st.toggle("Uncertainty: Monte-Carlo dropout, 20 passes per model (shown as 
 source = st.radio("Image", ["Upload a file", "A held-out phantom test image (ground truth known)"], horizontal=True,
                   key="compare_source")
 raw, name, truth = None, None, None
+second = None  # (bytes, name) of a second view of the same study
 if source == "Upload a file":
     up = st.file_uploader("Chest X-ray", type=["png", "jpg", "jpeg", "dcm", "dicom"], key="compare_upload")
     if up is not None:
@@ -37,6 +38,16 @@ if source == "Upload a file":
             show_error(exc)
             st.stop()
         raw, name = up.getvalue(), up.name
+    up2 = st.file_uploader("Another view of the same study (optional, e.g. the lateral): both views' predictions are "
+                           "combined into the study's", type=["png", "jpg", "jpeg", "dcm", "dicom"],
+                           key="compare_upload2")
+    if up2 is not None:
+        try:
+            hosting.check_upload_size(up2.size, hosting_settings(), up2.name)
+        except CXRError as exc:
+            show_error(exc)
+            st.stop()
+        second = (up2.getvalue(), up2.name)
 else:
     from cxrcore.demo import sample_cases
 
@@ -150,5 +161,38 @@ for col in shown.columns:
 st.dataframe(shown, hide_index=True, width="stretch")
 st.caption("Heatmaps: " + ", ".join(f"{m}: {p.cam_method}, {p.cam_grid[0]}×{p.cam_grid[1]} feature cells "
                                     f"upsampled over the image, {p.seconds * 1000:.0f} ms" for m, p in result.predictions.items()))
+
+
+@st.cache_data(show_spinner="Predicting the second view…", max_entries=16)
+def _view_probs(raw: bytes, name: str, path: str, stamp: tuple):
+    p = load_predictor(path).predict(read_image(raw, name), heatmaps=False)
+    return p.labels, p.probs, [w.text for w in p.warnings]
+
+
+if second is not None:
+    from cxrcore.predictor import fuse_views
+
+    st.subheader("The study: both views combined")
+    how = st.radio("Combine the two views' probabilities by", ["mean", "max"], horizontal=True, key="compare_fuse",
+                   help="seed 003's study-level fusion of frontal and lateral predictions")
+    rows = {}
+    try:
+        for mname, path in result.model_paths.items():
+            labels2, probs2, warns2 = _view_probs(second[0], second[1], path, card_stamp(path))
+            for text in warns2:
+                st.warning(f"{second[1]} ({mname}): {text}", icon="⚠️")
+            first = result.predictions[mname]
+            fused = fuse_views([first.probs, probs2], how)
+            for i, x in enumerate(labels2):
+                rows.setdefault(x, {"label": x})
+                rows[x].update({f"{mname} study": round(float(fused[i]), 3),
+                                f"{mname} {name[:18]}": round(float(first.probs[i]), 3),
+                                f"{mname} {second[1][:18]}": round(float(probs2[i]), 3)})
+    except CXRError as exc:
+        show_error(exc)
+    else:
+        st.dataframe(list(rows.values()), hide_index=True, width="stretch", key="compare_study")
+        st.caption(f"Study probability = the {how} of the two views' (the heatmaps above are the first view's).")
+
 show_model_cards({"baseline": choices[base_name], "fine-tuned": choices[tuned_name]})
 st.page_link("views/explain.py", label="Explain this comparison →")

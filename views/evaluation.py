@@ -55,11 +55,16 @@ split = d2.selectbox("Split", list(SPLIT_LABELS), key="eval_split", format_func=
                           "valid.csv), for figures comparable with papers.")
 POLICY_LABELS = {"": "as the model was trained", "zeros": "absent (U-Zeros)", "ones": "present (U-Ones)",
                  "ignore": "left out (U-Ignore)"}
-policy_choice = st.selectbox("Uncertain labels (CheXpert -1)", list(POLICY_LABELS), key="eval_policy",
+p1, p2 = st.columns(2)
+policy_choice = p1.selectbox("Uncertain labels (CheXpert -1)", list(POLICY_LABELS), key="eval_policy",
                              format_func=POLICY_LABELS.get,
                              help="How the dataset's uncertain labels count when scoring. Default: the model's own "
                                   "training policy (from its card), so a model trained with U-Ones is not scored as if "
                                   "uncertain meant absent.")
+TTA_LABELS = {"none": "none", "flip": "image + mirror (2 views)", "tencrop": "CheXNet ten-crop (10 views)"}
+tta_choice = p2.selectbox("Test-time augmentation", list(TTA_LABELS), key="eval_tta", format_func=TTA_LABELS.get,
+                          help="Probabilities averaged over views of each image (cxrcore.eval.tta); each view is one "
+                               "more model pass.")
 n_boot = int(d3.number_input("Bootstrap replicates", min_value=10, max_value=10000, value=500, step=50,
                              key="eval_nboot"))
 clicked = d4.button("Evaluate", type="primary", key="eval_run", width="stretch")
@@ -67,14 +72,14 @@ clicked = d4.button("Evaluate", type="primary", key="eval_run", width="stretch")
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def run_eval(ckpt: str, ckpt_key: tuple, other: str | None, other_key: tuple | None, data: str, split: str,
-             n_boot: int, policy: str | None = None):
+             n_boot: int, policy: str | None = None, tta: str = "none"):
     """(result dict, EvalData, Cases for the browser) of one evaluation."""
     from cxrcore.data.readers import read_dataset
     from cxrcore.eval.evaluate import run_evaluation
     from cxrcore.eval.predictions import predict_split
 
     index = read_dataset(data)
-    result, ev = run_evaluation(ckpt, index, split, n_boot, other, policy=policy or None)
+    result, ev = run_evaluation(ckpt, index, split, n_boot, other, policy=policy or None, tta=tta)
     other_ids, other_thr = None, None
     if ev.compare is not None:
         other_card = read_card(other)
@@ -97,7 +102,7 @@ if clicked:
             keys = (card_stamp(choices[model_name]), card_stamp(choices[cmp_name]) if cmp_name != NONE else None)
             st.session_state["eval_params"] = dict(
                 ckpt=choices[model_name], ckpt_key=keys[0], other=choices.get(cmp_name), other_key=keys[1],
-                data=data_path, split=split, n_boot=n_boot, policy=policy_choice,
+                data=data_path, split=split, n_boot=n_boot, policy=policy_choice, tta=tta_choice,
                 names=(model_name, cmp_name if cmp_name != NONE else None), data_name=data_name)
         except CXRError as exc:
             show_error(exc)
@@ -111,7 +116,8 @@ try:
     with st.spinner(f"Evaluating on the {params['split']} split ({params['n_boot']} patient-bootstrap replicates; "
                     "the first run predicts every image)…"):
         result, ev, cases = run_eval(params["ckpt"], params["ckpt_key"], params["other"], params["other_key"],
-                                     params["data"], params["split"], params["n_boot"], params.get("policy", ""))
+                                     params["data"], params["split"], params["n_boot"], params.get("policy", ""),
+                                     params.get("tta", "none"))
 except Exception as exc:  # CXRError: the user's input; anything else: reported without a traceback
     st.session_state.pop("eval_params", None)
     show_error(exc)
@@ -121,9 +127,9 @@ name_a = params["names"][0]
 name_b = params["names"][1]
 if name_b == name_a:
     name_b = f"{name_b} (2)"
-current = (choices.get(model_name), choices.get(cmp_name), data_path, split, n_boot, policy_choice)
+current = (choices.get(model_name), choices.get(cmp_name), data_path, split, n_boot, policy_choice, tta_choice)
 if current != (params["ckpt"], params["other"], params["data"], params["split"], params["n_boot"],
-               params.get("policy", "")):
+               params.get("policy", ""), params.get("tta", "none")):
     st.caption(":orange[The selection changed since this evaluation; press Evaluate to update.]")
 
 per = result["per_label"]
@@ -153,7 +159,9 @@ def _ci_label(name: str, m: dict | None) -> str:
 st.subheader(f"{name_a} on {result['dataset']} · {result['split']}")
 _pol = result["policy"] if isinstance(result["policy"], str) else json.dumps(result["policy"])
 st.caption(f"Images: {result['split_description']}. Uncertain labels scored as **{_pol}** "
-           f"({result['policy_source']}).")
+           f"({result['policy_source']})."
+           + (f" Probabilities averaged over test-time views: {TTA_LABELS[result['tta']]}."
+              if result.get("tta", "none") != "none" else ""))
 s1, s2, s3, s4 = st.columns(4)
 s1.metric(_ci_label("Mean AUROC", summary["mean_auroc"]), _point(summary["mean_auroc"]))
 s2.metric(_ci_label("Mean AUPRC", summary["mean_auprc"]), _point(summary["mean_auprc"]))

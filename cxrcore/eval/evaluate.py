@@ -25,7 +25,7 @@ from .calibration import (LOG_T_BOUNDS, binary_nll, calibrate_probs, fit_tempera
                           per_label_brier, per_label_ece, per_label_reliability)
 from .delong import delong_test, per_label_delong_ci
 from .metrics import confusion_at, mean_ignoring_nan
-from .predictions import SplitPredictions, align_to, predict_split
+from .predictions import SplitPredictions, align_to, fuse_studies, predict_split, trained_on_laterals
 from .subgroups import subgroup_metrics, to_records
 
 RATES = ("sensitivity", "specificity", "ppv", "npv", "f1")
@@ -104,13 +104,13 @@ def _multilabel(targets, probs, thresholds, cols, pids, n_boot, seed, alpha) -> 
 
 
 def _temperature(predictor: Predictor, index: DatasetIndex, split: str, targets, probs,
-                 progress, policy: str = "zeros") -> tuple[dict, np.ndarray | None]:
+                 progress, policy: str = "zeros", tta: str = "none") -> tuple[dict, np.ndarray | None]:
     """Per-label temperatures fitted on the val split, applied to this split (only for ``test``)."""
     if split != "test":
         return {"fitted": False, "note": f"temperature scaling is fitted on the val split and reported on the test "
                                           f"split; not done for split={split!r}"}, None
     try:
-        val = predict_split(predictor, index, "val", policy=policy, progress=progress)
+        val = predict_split(predictor, index, "val", policy=policy, progress=progress, tta=tta)
     except DataError as exc:
         return {"fitted": False, "note": f"no val split to fit temperatures on: {exc}"}, None
     temps = fit_temperatures(val.targets, logits_from_probs(val.probs))
@@ -131,8 +131,11 @@ def _temperature(predictor: Predictor, index: DatasetIndex, split: str, targets,
 
 
 def _comparison(preds: SplitPredictions, pids: np.ndarray, other: Predictor, index: DatasetIndex, split: str,
-                n_boot: int, seed: int, alpha: float, progress) -> tuple[dict, dict]:
-    other_preds = predict_split(other, index, split, progress=progress)
+                n_boot: int, seed: int, alpha: float, progress, tta: str = "none", fuse: str = "none",
+                laterals: bool | None = None) -> tuple[dict, dict]:
+    other_preds = predict_split(other, index, split, progress=progress, tta=tta, laterals=laterals)
+    if fuse and fuse != "none":
+        other_preds, _ = fuse_studies(other_preds, index, fuse)
     pos_b = {x: i for i, x in enumerate(other_preds.image_ids)}
     rows_a = np.array([i for i, x in enumerate(preds.image_ids) if x in pos_b], dtype=int)
     if not rows_a.size:
@@ -226,7 +229,8 @@ def reference_columns(labels: list[str]) -> dict:
 
 def run_evaluation(checkpoint: str | Path, data: str | Path | DatasetIndex, split: str = "test", n_boot: int = 1000,
                    compare_to: str | Path | None = None, *, seed: int = 0, alpha: float = 0.05, n_bins: int = 10,
-                   calibrate: bool = True, progress=None, policy: str | dict | None = None) -> tuple[dict, EvalData]:
+                   calibrate: bool = True, progress=None, policy: str | dict | None = None,
+                   tta: str = "none", fuse: str = "none", laterals: bool | None = None) -> tuple[dict, EvalData]:
     """``policy``: how uncertain (-1) labels become targets; None: the model's own training policy (its
     card), so a model trained with U-Ones is scored with U-Ones; any of zeros / ones / ignore or a mix."""
     if n_boot < 1:
@@ -237,9 +241,13 @@ def run_evaluation(checkpoint: str | Path, data: str | Path | DatasetIndex, spli
     index = _index(data)
     predictor = Predictor(checkpoint)
     policy, policy_source = eval_policy(predictor, policy)
-    preds = predict_split(predictor, index, split, policy=policy, progress=progress)
+    preds = predict_split(predictor, index, split, policy=policy, progress=progress, tta=tta, laterals=laterals)
     t_pred = time.perf_counter() - t0
-    pids = _patients(index, preds.image_ids)
+    n_views = len(preds.image_ids)
+    if fuse and fuse != "none":  # study level: a study's frontal and lateral predictions combined
+        preds, pids = fuse_studies(preds, index, fuse)
+    else:
+        pids = _patients(index, preds.image_ids)
     targets, probs = preds.targets.astype(np.float64), preds.probs.astype(np.float64)
     thresholds = predictor.thresholds.astype(np.float64)
     labels = preds.labels
@@ -293,16 +301,17 @@ def run_evaluation(checkpoint: str | Path, data: str | Path | DatasetIndex, spli
 
     calibration, calibrated = ({"fitted": False, "note": "not requested"}, None)
     if calibrate:
-        calibration, calibrated = _temperature(predictor, index, split, targets, probs, progress, policy)
+        calibration, calibrated = _temperature(predictor, index, split, targets, probs, progress, policy, tta)
 
     comparison, compare_arrays = None, None
     if compare_to is not None:
         comparison, compare_arrays = _comparison(preds, pids, Predictor(compare_to), index, split, n_boot, seed,
-                                                 alpha, progress)
+                                                 alpha, progress, tta, fuse, laterals)
         compare_arrays["name_a"] = predictor.name
 
-    meta = index.frame.drop_duplicates("image_id")
-    meta = meta.set_index(meta["image_id"].astype(str).to_numpy()).reindex([str(i) for i in preds.image_ids])
+    key = "study_id" if fuse and fuse != "none" else "image_id"   # a study's sex / age / view: its first image's
+    meta = index.frame.drop_duplicates(key)
+    meta = meta.set_index(meta[key].astype(str).to_numpy()).reindex([str(i) for i in preds.image_ids])
     meta = meta.reset_index(drop=True)
     meta["patient_id"] = pids
     subgroups = to_records(subgroup_metrics(targets, probs, thresholds, meta, labels))
@@ -313,6 +322,8 @@ def run_evaluation(checkpoint: str | Path, data: str | Path | DatasetIndex, spli
         "dataset": index.name, "dataset_root": str(index.root), "split": split,
         "split_description": describe_split(predictor, index, split), "dataset_format": index.format,
         "policy": policy, "policy_source": policy_source,
+        "tta": tta, "fusion": fuse or "none", "n_views": n_views,
+        "laterals": bool(laterals if laterals is not None else trained_on_laterals(predictor)),
         "reference": reference_columns(labels) if index.format == "nih" else None,
         "n_images": len(preds.image_ids), "n_patients": int(len(sizes)), "max_images_per_patient": int(sizes.max()),
         "bootstrap": {"n_boot": n_boot, "seed": seed, "alpha": alpha, "unit": "patient", "interval": "percentile",

@@ -89,18 +89,40 @@ def model_split_rows(predictor: Predictor, index: DatasetIndex, split: str) -> n
                       float(cfg.get("test_fraction", 0.2)))
 
 
+def trained_on_laterals(predictor: Predictor) -> bool:
+    """Whether the model's training kept lateral views (its card's ``frontal_only`` was off)."""
+    cfg = (predictor.card.training or {}).get("config", {})
+    return cfg.get("frontal_only") is False
+
+
 def predict_split(predictor: Predictor, data: str | Path | DatasetIndex, split: str = "val", policy: str = "zeros",
-                  progress=None, use_cache: bool = True, raw: bool = False) -> SplitPredictions:
+                  progress=None, use_cache: bool = True, raw: bool = False, tta: str = "none",
+                  laterals: bool | None = None) -> SplitPredictions:
     """The model's probabilities and the targets (``policy``) on ``split`` of ``data``; model outputs are
-    cached in the workspace. ``raw``: a two-stage model's outputs before its gate combination."""
+    cached in the workspace. ``raw``: a two-stage model's outputs before its gate combination.
+    ``laterals``: keep lateral views (None: when the model trained with them, as its card says)."""
     index = data if isinstance(data, DatasetIndex) else read_dataset(data)
-    index = index.subset(index.frame["frontal"].fillna(True).astype(bool).to_numpy())
+    if laterals is None:
+        laterals = trained_on_laterals(predictor)
+    if not laterals:
+        index = index.subset(index.frame["frontal"].fillna(True).astype(bool).to_numpy())
     rows = model_split_rows(predictor, index, split)
     if not len(rows):
         raise DataError(f"The {split} split of {index.name} is empty.")
     sub = index.subset(np.isin(np.arange(len(index)), rows))
     targets = sub.targets(predictor.labels, policy)
-    key = hashlib.sha256(f"{predictor.card.weights_sha256}|{sub.fingerprint()}|{split}|{predictor.prep.to_dict()}".encode()).hexdigest()[:20]
+    ts = (predictor.card.model or {}).get("two_stage")
+    if isinstance(ts, dict) and predictor.labels and predictor.labels[-1] == ts.get("gate_label"):
+        # a two-stage model's gate has no column in any dataset: its target follows from the findings
+        from ..train.losses import gate_targets
+
+        targets[:, -1] = gate_targets(targets[:, :-1], predictor.labels[:-1])
+    from .tta import check_tta
+
+    tta = check_tta(tta)
+    extra = "" if tta == "none" else f"|tta={tta}"
+    key = hashlib.sha256(f"{predictor.card.weights_sha256}|{sub.fingerprint()}|{split}|{predictor.prep.to_dict()}{extra}"
+                         .encode()).hexdigest()[:20]
     path = workspace.sub("predictions") / f"{key}.npz"
     # The cache holds raw sigmoid outputs; a two-stage model's gate is applied after, with the card's
     # current gate threshold (editing it on the Thresholds page needs no new model run).
@@ -108,10 +130,45 @@ def predict_split(predictor: Predictor, data: str | Path | DatasetIndex, split: 
         raw_probs = np.load(path)["raw"]
     else:
         cache = build_cache(sub, predictor.prep, progress=None, workers=1 if len(sub) < 400 else 2)
-        raw_probs = predictor.predict_squares(cache.array, progress=progress, raw=True)
+        raw_probs = predictor.predict_squares(cache.array, progress=progress, raw=True, tta=tta)
         np.savez(path, raw=raw_probs)
     probs = raw_probs if raw else predictor.combine(raw_probs)
     return SplitPredictions(list(predictor.labels), list(sub.frame["image_id"]), targets, probs, split, index.name)
+
+
+FUSIONS = ("none", "mean", "max")
+
+
+def fuse_studies(preds: SplitPredictions, index: DatasetIndex, how: str = "mean") -> tuple[SplitPredictions, np.ndarray]:
+    """Study-level predictions (seed 003): each study's images (frontal and lateral views) combined, their
+    probabilities by ``mean`` or ``max``, their targets by the maximum over the images that are labelled
+    (CheXpert labels studies: every image of a study carries the same row). Returns the fused predictions
+    (``image_ids`` are study ids) and each study's patient id (for the patient bootstrap)."""
+    if how not in FUSIONS or how == "none":
+        raise DataError(f"Study fusion must be mean or max, not {how!r}.")
+    f = index.frame.set_index(index.frame["image_id"].astype(str))
+    study = f.loc[preds.image_ids, "study_id"].astype(str).to_numpy()
+    patient = f.loc[preds.image_ids, "patient_id"].astype(str).to_numpy()
+    order, first = np.unique(study, return_index=True)
+    keys = list(order[np.argsort(first)])                      # studies in order of first appearance
+    pos = {k: i for i, k in enumerate(keys)}
+    g = np.array([pos[x] for x in study])
+    n, L = len(keys), preds.probs.shape[1]
+    probs = np.zeros((n, L), dtype=np.float64)
+    targets = np.full((n, L), np.nan, dtype=np.float64)
+    pids = np.empty(n, dtype=object)
+    for i in range(n):
+        rows = np.flatnonzero(g == i)
+        p = preds.probs[rows].astype(np.float64)
+        probs[i] = p.mean(0) if how == "mean" else p.max(0)
+        t = preds.targets[rows]
+        known = ~np.isnan(t)
+        any_known = known.any(0)
+        targets[i, any_known] = np.nanmax(np.where(known, t, -np.inf), axis=0)[any_known]
+        pids[i] = patient[rows[0]]
+    fused = SplitPredictions(preds.labels, keys, targets.astype(np.float32), probs.astype(np.float32),
+                             preds.split, preds.dataset)
+    return fused, pids
 
 
 def align_to(preds: SplitPredictions, labels: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -99,8 +99,8 @@ def subgroup_metrics(targets: np.ndarray, probs: np.ndarray, thresholds, frame: 
     overall = {r["label"]: r for r in records}
     for kind, values in subgroup_columns(frame).items():
         v = values.to_numpy(dtype=object)
-        for group in sorted({g for g in v if g is not None}, key=lambda g: ([b[2] for b in AGE_BANDS].index(g)
-                                                                          if kind == "age band" else 0, g)):
+        present = {g for g in v if g is not None and not (isinstance(g, float) and g != g)}  # NaN: in no group
+        for group in sorted(present, key=lambda g: ([b[2] for b in AGE_BANDS].index(g) if kind == "age band" else 0, g)):
             records += rows(kind, group, v == group)
     df = pd.DataFrame.from_records(records)
     for k in ("auroc", "sensitivity", "specificity"):
