@@ -77,7 +77,7 @@ def test_upload_png_shows_both_models_and_an_overlay(app_url, browser, tmp_path)
     # a first visit straight to a page's URL still goes through app.py's navigation
     nav = page.inner_text("[data-testid=stSidebarNav]")
     assert "Thresholds" in nav and "Explain" in nav and "app" not in nav.split()
-    page.locator("input[type=file]").set_input_files(str(FORMATS / "00000001_000.png"))
+    page.locator("input[type=file]").first.set_input_files(str(FORMATS / "00000001_000.png"))
     page.get_by_text("feature cells").wait_for(timeout=240_000)
     body = page.inner_text("body")
     assert "baseline:" in body and "fine-tuned:" in body and "threshold" in body
@@ -99,7 +99,7 @@ def test_upload_of_a_phantom_has_no_phantom_warning(app_url, browser, app_home):
     page.goto(f"{app_url}/compare", timeout=120_000)
     page.get_by_text("Compare a baseline with a fine-tuned model").wait_for(timeout=120_000)
     image = next(iter(sorted((app_home / "datasets").glob("phantom-nih-*/images/*.png"))))
-    page.locator("input[type=file]").set_input_files(str(image))
+    page.locator("input[type=file]").first.set_input_files(str(image))
     page.get_by_text("feature cells").wait_for(timeout=240_000)
     body = page.inner_text("body")
     assert "synthetic phantom (cxrcore's generator)" in body  # the image's provenance, read from its mark
@@ -110,12 +110,29 @@ def test_dicom_upload_with_uncertainty(app_url, browser):
     page = browser.new_page(viewport={"width": 1500, "height": 1800})
     page.goto(f"{app_url}/compare", timeout=120_000)
     page.get_by_text("Compare a baseline with a fine-tuned model").wait_for(timeout=120_000)
-    page.locator("input[type=file]").set_input_files(
+    page.locator("input[type=file]").first.set_input_files(
         str(FORMATS / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"))
     page.get_by_text("feature cells").wait_for(timeout=240_000)
     body = page.inner_text("body")
     assert "DICOM, 1024×1024" in body and "MONOCHROME2" in body and "Monte-Carlo dropout" in body
     assert "may not be a frontal chest radiograph" not in body  # a real chest X-ray passes the OOD guard
+
+
+def test_two_views_of_one_study_are_combined(app_url, browser, tmp_path):
+    """A second upload (e.g. the lateral) gives the study's probabilities, mean or max of the two views."""
+    page = browser.new_page(viewport={"width": 1500, "height": 2200})
+    page.goto(f"{app_url}/compare", timeout=120_000)
+    page.get_by_text("Compare a baseline with a fine-tuned model").wait_for(timeout=120_000)
+    files = page.locator("input[type=file]")
+    files.nth(0).set_input_files(str(FORMATS / "00000001_000.png"))
+    page.get_by_text("feature cells").wait_for(timeout=240_000)
+    files.nth(1).set_input_files(str(FORMATS / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"))
+    page.get_by_text("The study: both views combined").wait_for(timeout=240_000)
+    page.get_by_text("Study probability = the mean of the two views").wait_for(timeout=120_000)
+    page.get_by_text("max", exact=True).click()
+    page.get_by_text("Study probability = the max of the two views").wait_for(timeout=120_000)
+    assert "Traceback" not in page.inner_text("body")
+    page.screenshot(path=str(tmp_path / "compare-study.png"), full_page=True)
 
 
 def test_bad_upload_shows_a_message_and_the_app_keeps_working(app_url, browser, tmp_path):
@@ -124,7 +141,7 @@ def test_bad_upload_shows_a_message_and_the_app_keeps_working(app_url, browser, 
     page.get_by_text("Compare a baseline with a fine-tuned model").wait_for(timeout=120_000)
     broken = tmp_path / "broken.png"
     broken.write_bytes((FORMATS / "00000001_000.png").read_bytes()[:3000])
-    page.locator("input[type=file]").set_input_files(str(broken))
+    page.locator("input[type=file]").first.set_input_files(str(broken))
     page.locator("[data-testid=stAlertContentError]").first.wait_for(timeout=120_000)
     assert "truncated" in page.inner_text("body").lower() or "corrupt" in page.inner_text("body").lower()
     assert "Traceback" not in page.inner_text("body")
@@ -155,6 +172,12 @@ def test_training_page_launches_and_watches_a_job(app_url, browser, tmp_path):
     page.get_by_text("Checkpoint:").wait_for(timeout=300_000)
     body = page.inner_text("body")
     assert "succeeded" in body and "Best val mean AUROC" in body
+    # training vs validation loss with the best checkpoint marked, and the history as CSV (drawn below the
+    # success message, so waited for)
+    page.get_by_text("best checkpoint: epoch 1, chosen on validation mean AUROC").wait_for(timeout=60_000)
+    page.wait_for_function("[...document.querySelectorAll('.gtitle')].some(t => t.textContent.includes("
+                           "'Training and validation loss'))", timeout=60_000)
+    assert page.get_by_text("History as CSV").count() == 1
     page.screenshot(path=str(tmp_path / "training.png"), full_page=True)
 
 
@@ -192,7 +215,7 @@ def test_compare_with_a_library_model_on_one_side(xrv_app_url, browser, tmp_path
     page.goto(f"{xrv_app_url}/compare", timeout=120_000)
     page.get_by_text("Compare a baseline with a fine-tuned model").wait_for(timeout=120_000)
     assert "needs weights" not in _choose(page, "Baseline model", "xrv:densenet121-res224-all (library)")
-    page.locator("input[type=file]").set_input_files(str(FORMATS / "00000001_000.png"))
+    page.locator("input[type=file]").first.set_input_files(str(FORMATS / "00000001_000.png"))
     page.get_by_text("feature cells").wait_for(timeout=300_000)
     body = page.inner_text("body")
     assert "Traceback" not in body

@@ -187,11 +187,16 @@ def test_submit_runs_job_to_success_and_shows_curves(ws):
     assert any(str(ckpt) in s.value and "Compare" in s.value for s in at.success)
     assert not any(b.key == f"train_cancel_{job.id}" for b in at.button)  # no cancel for an ended job
     figs = plotly_figures(at)
-    assert len(figs) == 2
+    assert len(figs) == 4  # step loss and LR, AUROC per label, training vs validation loss, validation metrics
     loss = figs[0]["data"][0]
     assert len(loss["x"]) >= 1 and all(v > 0 for v in loss["y"])
     auroc = figs[1]["data"][0]
     assert list(auroc["x"]) == [1] and 0.0 <= auroc["y"][0] <= 1.0
+    curves = {t["name"]: t for t in figs[2]["data"]}
+    assert set(curves) == {"training loss (epoch mean)", "validation loss"}
+    assert list(curves["validation loss"]["x"]) == [1] and curves["validation loss"]["y"][0] > 0
+    assert any("best (epoch 1)" in a.get("text", "") for a in figs[2]["layout"]["annotations"])
+    assert {t["name"] for t in figs[3]["data"]} >= {"mean AUROC", "mean AP", "accuracy"}
     per_label = at.dataframe[1].value
     assert len(per_label) >= 1 and set(per_label["label"]) <= set(NIH14)
     assert "succeeded" in at.code[0].value  # the runner's last log line
@@ -403,4 +408,6 @@ def test_form_options_reach_the_job_config(ws):
     done = wait_for(job.id, ("succeeded", "failed", "cancelled"))
     assert done.status == "succeeded", done.error
     card = json.loads((Path(done.run_dir) / "checkpoint" / "card.json").read_text())
-    assert card["labels"][-1] == "Any finding" and card["model"]["two_stage"]["gate_threshold"] == 0.3
+    # 0.3 was the gate threshold while training; the saved one is tuned on validation, stored once (the card's)
+    assert card["labels"][-1] == "Any finding" and card["training"]["config"]["gate_threshold"] == 0.3
+    assert card["model"]["two_stage"]["gate_threshold"] == card["thresholds"]["Any finding"]

@@ -110,3 +110,41 @@ def test_explain_streams_from_a_local_server(app_env, shipped, monkeypatch):
         assert "lower right zone" in shown
         everything = " ".join(str(e.value) for e in at.main if hasattr(e, "value"))
         assert key not in everything
+
+
+def test_thresholds_gate_of_a_two_stage_model_recombines_the_findings(app_home, shipped, tmp_path, monkeypatch):
+    """One gate threshold, edited on the Thresholds page like any label's: moving it changes every finding's
+    probabilities (hence their operating points); saving writes it as the gate label's threshold."""
+    from cxrcore.train.trainer import TrainConfig, train
+
+    home = tmp_path / "home"
+    (home / "datasets").mkdir(parents=True)
+    for d in (app_home / "datasets").iterdir():
+        (home / "datasets" / d.name).symlink_to(d)
+    monkeypatch.setenv("CXR_HOME", str(home))
+    chex = next((home / "datasets").glob("phantom-chexpert-*"))
+    train(TrainConfig(data=str(chex), labels="chexpert14", hierarchy="two_stage", epochs=1, batch_size=32,
+                      image_size=48, max_images=400, workers=1, threads=1), home / "runs" / "twostage")
+    at = page("thresholds")
+    at.run()
+    no_exception(at)
+    at.selectbox(key="thr_model").set_value("run twostage").run()
+    at.selectbox(key="thr_data").set_value(next(o for o in at.selectbox(key="thr_data").options
+                                                 if "chexpert" in o)).run()
+    no_exception(at)
+    assert any("Two-stage model" in c.value for c in at.caption)
+    gate = next(s for s in at.slider if s.label == "Any finding")
+    gate.set_value(0.0).run()
+    open_gate = at.dataframe[0].value.set_index("label")
+    next(s for s in at.slider if s.label == "Any finding").set_value(1.0).run()
+    closed = at.dataframe[0].value.set_index("label")
+    findings = [x for x in closed.index if x not in ("Any finding", "No Finding")]
+    # with the gate at 1 every finding is scaled down by the gate's probability: fewer or equal positive calls
+    assert all(closed.loc[x, "TP"] + closed.loc[x, "FP"] <= open_gate.loc[x, "TP"] + open_gate.loc[x, "FP"]
+               for x in findings)
+    assert any(closed.loc[x, "TP"] + closed.loc[x, "FP"] < open_gate.loc[x, "TP"] + open_gate.loc[x, "FP"]
+               for x in findings)
+    at.button(key="thr_save").click().run()
+    no_exception(at)
+    card = json.loads((home / "runs" / "twostage" / "checkpoint" / "card.json").read_text())
+    assert card["thresholds"]["Any finding"] == pytest.approx(1.0)

@@ -351,7 +351,10 @@ def test_bad_options_are_refused_before_training(chex):
     for bad, match in (({"mode": "qlora"}, "mode"), ({"loss": "focal", "pos_weight": True}, "pos_weight"),
                        ({"hierarchy": "tree"}, "hierarchy"), ({"precision": "fp16"}, "fp16"),
                        ({"accum_steps": 0}, "accum_steps"), ({"gate_threshold": 2.0}, "gate_threshold"),
-                       ({"augment_options": {"p": 3}}, "probability"), ({"schedule": "step"}, "schedule")):
+                       ({"augment_options": {"p": 3}}, "probability"), ({"schedule": "linear"}, "schedule"),
+                       ({"monitor": "f1"}, "monitor"), ({"channels": 2}, "channels"), ({"step_gamma": 1.5}, "step_gamma"),
+                       ({"optimizer": "sgd"}, "optimizer"), ({"loss_reduction": "max"}, "loss_reduction"),
+                       ({"normalize": "minmax"}, "normalize"), ({"gate_mode": "maybe"}, "gate_mode")):
         with pytest.raises(ConfigError, match=match):
             small(chex, **bad).validate()
 

@@ -65,7 +65,9 @@ class Preprocess:
             raise ConfigError(f"channels must be 1 or 3, not {self.channels}.")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The card's ``preprocess``: mean / std / stats_from only when set (norm "stats")."""
+        return {k: v for k, v in asdict(self).items()
+                if not (k in ("mean", "std", "stats_from") and v is None)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":

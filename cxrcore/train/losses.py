@@ -99,6 +99,17 @@ def two_stage_targets(targets: np.ndarray, labels: list[str] | None = None) -> n
     column is trained on every image (it is the gate's complement, not a disease of abnormal images).
     """
     targets = np.asarray(targets, dtype=np.float32)
+    gate = gate_targets(targets, labels)
+    finding = np.array([canonical(x) != "no finding" for x in (labels or [])] or [True] * targets.shape[1])
+    disease = np.where((gate == 1)[:, None], targets, np.nan).astype(np.float32)
+    disease[:, ~finding] = targets[:, ~finding]
+    return np.concatenate([disease, gate[:, None]], axis=1)
+
+
+def gate_targets(targets: np.ndarray, labels: list[str] | None = None) -> np.ndarray:
+    """The "Any finding" target per image (see :func:`two_stage_targets`): 1 when a finding is positive,
+    0 for a "No Finding" film or one whose findings are all known and negative, NaN otherwise."""
+    targets = np.asarray(targets, dtype=np.float32)
     nf = [j for j, x in enumerate(labels or []) if canonical(x) == "no finding"]
     finding = np.ones(targets.shape[1], dtype=bool)
     finding[nf] = False
@@ -107,10 +118,7 @@ def two_stage_targets(targets: np.ndarray, labels: list[str] | None = None) -> n
     normal = (~np.isnan(t)).all(axis=1) & ~pos
     if nf:
         normal |= (targets[:, nf] == 1).any(axis=1) & ~pos
-    gate = np.where(pos, 1.0, np.where(normal, 0.0, np.nan)).astype(np.float32)
-    disease = np.where(pos[:, None], targets, np.nan).astype(np.float32)
-    disease[:, ~finding] = targets[:, ~finding]
-    return np.concatenate([disease, gate[:, None]], axis=1)
+    return np.where(pos, 1.0, np.where(normal, 0.0, np.nan)).astype(np.float32)
 
 
 class Criterion:
