@@ -169,7 +169,7 @@ def test_training_page_launches_and_watches_a_job(app_url, browser, tmp_path):
     page.locator("[data-testid=stAlertContentSuccess]").first.wait_for(timeout=60_000)
     assert "Traceback" not in page.inner_text("body")
     # The live view refreshes by itself until the job ends.
-    page.get_by_text("Checkpoint:").wait_for(timeout=300_000)
+    page.locator("[data-testid=stAlertContentSuccess]", has_text="Checkpoint:").wait_for(timeout=300_000)
     body = page.inner_text("body")
     assert "succeeded" in body and "Best val mean AUROC" in body
     # training vs validation loss with the best checkpoint marked, and the history as CSV (drawn below the
@@ -177,7 +177,7 @@ def test_training_page_launches_and_watches_a_job(app_url, browser, tmp_path):
     page.get_by_text("best checkpoint: epoch 1, chosen on validation mean AUROC").wait_for(timeout=60_000)
     page.wait_for_function("[...document.querySelectorAll('.gtitle')].some(t => t.textContent.includes("
                            "'Training and validation loss'))", timeout=60_000)
-    assert page.get_by_text("History as CSV").count() == 1
+    page.get_by_role("button", name="History as CSV").first.wait_for(timeout=60_000)
     page.screenshot(path=str(tmp_path / "training.png"), full_page=True)
 
 
