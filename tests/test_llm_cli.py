@@ -123,7 +123,7 @@ def test_cli_errors_exit_2_with_a_message(shipped, tmp_path):
 
 
 def test_cli_phantom_then_train_then_predict(tmp_path):
-    env = dict(**__import__("os").environ, CXR_HOME=str(tmp_path / "home"))
+    env = dict(__import__("os").environ, CXR_HOME=str(tmp_path / "home"))
     r = _cxr("phantom", "--out", str(tmp_path / "ph"), "--n", "80", "--domain", "nih", "--size", "128", env=env)
     assert r.returncode == 0, r.stderr
     r = _cxr("train", "--data", str(tmp_path / "ph"), "--labels", "nih14", "--epochs", "1", "--image-size", "64",
@@ -145,7 +145,7 @@ def test_cli_phantom_then_train_then_predict(tmp_path):
 
 
 def test_cli_stats_and_cache_on_the_real_sample(tmp_path):
-    env = dict(**__import__("os").environ, CXR_HOME=str(tmp_path))
+    env = dict(__import__("os").environ, CXR_HOME=str(tmp_path))
     from conftest import NIH_SAMPLE
 
     r = _cxr("stats", str(NIH_SAMPLE), "--json", env=env)
