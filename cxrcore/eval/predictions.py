@@ -17,7 +17,7 @@ from ..data.index import DatasetIndex, patient_split
 from ..data.readers import read_dataset
 from ..errors import DataError
 from ..labels import match_labels
-from ..predictor import Predictor
+from ..predictor import Predictor, fuse_views
 
 
 @dataclass
@@ -159,8 +159,7 @@ def fuse_studies(preds: SplitPredictions, index: DatasetIndex, how: str = "mean"
     pids = np.empty(n, dtype=object)
     for i in range(n):
         rows = np.flatnonzero(g == i)
-        p = preds.probs[rows].astype(np.float64)
-        probs[i] = p.mean(0) if how == "mean" else p.max(0)
+        probs[i] = fuse_views(list(preds.probs[rows]), how)
         t = preds.targets[rows]
         known = ~np.isnan(t)
         any_known = known.any(0)

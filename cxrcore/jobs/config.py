@@ -78,12 +78,12 @@ def check_config(config: dict, settings=None) -> dict:
 
         if not isinstance(cfg.arch, str):
             raise ConfigError(f"arch must be a timm architecture name, not {cfg.arch!r}.")
-        from ..models.registry import library_of
+        from ..train.trainer import timm_channels
 
-        one = cfg.channels == 1 and library_of(cfg.arch) == "timm"
+        channels = timm_channels(cfg)
         # unknown name, options it refuses, and an image size it cannot take (run on the meta device)
-        check_architecture(cfg.arch, cfg.pretrained, {**cfg.arch_kwargs, **({"in_chans": 1} if one else {})},
-                           size=cfg.image_size, channels=1 if one else 3)
+        check_architecture(cfg.arch, cfg.pretrained, {**cfg.arch_kwargs, **({"in_chans": 1} if channels == 1 else {})},
+                           size=cfg.image_size, channels=channels)
     out = asdict(cfg)
     try:
         json.dumps(out)

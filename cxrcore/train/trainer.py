@@ -142,19 +142,16 @@ def write_split_files(data: Prepared, out: Path) -> None:
         data.balance.to_csv(out / "balance.csv", index=False)
 
 
-@torch.no_grad()
 def predict_array(model, images: np.ndarray, rows: np.ndarray, prep: Preprocess, device, batch_size=64,
                   spec: dict | None = None, autocast=None) -> np.ndarray:
     """Probabilities (combined for two-stage models, see models.heads) for ``images[rows]``."""
-    model.eval()
-    out = []
-    for k in range(0, len(rows), batch_size):
-        x = prep.normalize(torch.from_numpy(np.asarray(images[rows[k:k + batch_size]])).to(device))
-        with autocast() if autocast else nullcontext():
-            logits = model(x)
-        out.append(torch.sigmoid(logits.float()).cpu().numpy())
-    probs = np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
-    return combine(probs, spec) if len(probs) else probs
+    return validation_pass(model, images, rows, prep, device, spec=spec, autocast=autocast, batch_size=batch_size)[0]
+
+
+def timm_channels(cfg: TrainConfig) -> int:
+    """Input channels the model is built with: 1 for a timm model asked for one channel (``in_chans=1``),
+    else 3 (torchvision models take 3; xrv models set their own 1 through preprocess_for)."""
+    return 1 if cfg.channels == 1 and library_of(cfg.arch) == "timm" else 3
 
 
 def dataset_normalization(prep: Preprocess, images: np.ndarray, rows: np.ndarray, seed: int = 0,
@@ -179,11 +176,12 @@ def dataset_normalization(prep: Preprocess, images: np.ndarray, rows: np.ndarray
     return dataclasses.replace(prep, norm="stats", mean=(mean,), std=(std,), stats_from="dataset")
 
 
-def validation_pass(model, images: np.ndarray, rows: np.ndarray, prep: Preprocess, device, targets: np.ndarray,
-                    criterion, spec: dict | None = None, autocast=None, batch_size: int = 64) -> tuple[np.ndarray, float]:
-    """Probabilities (combined for two-stage models) for ``images[rows]`` and the validation loss: the
-    training criterion on the same targets (masked the same way), averaged over batches weighted by
-    their size. No augmentation, no gradient."""
+def validation_pass(model, images: np.ndarray, rows: np.ndarray, prep: Preprocess, device,
+                    targets: np.ndarray | None = None, criterion=None, spec: dict | None = None, autocast=None,
+                    batch_size: int = 64) -> tuple[np.ndarray, float]:
+    """Probabilities (combined for two-stage models) for ``images[rows]`` and, with ``targets`` and
+    ``criterion``, the validation loss: the training criterion on the same targets (masked the same way),
+    averaged over batches weighted by their size (NaN without them). No augmentation, no gradient."""
     model.eval()
     out, total, n = [], 0.0, 0
     with torch.no_grad():
@@ -193,9 +191,10 @@ def validation_pass(model, images: np.ndarray, rows: np.ndarray, prep: Preproces
             with autocast() if autocast else nullcontext():
                 logits = model(x)
             logits = logits.float()
-            y = torch.from_numpy(targets[idx]).to(device)
-            total += float(criterion(logits, y)) * len(idx)
-            n += len(idx)
+            if criterion is not None:
+                y = torch.from_numpy(targets[idx]).to(device)
+                total += float(criterion(logits, y)) * len(idx)
+                n += len(idx)
             out.append(torch.sigmoid(logits).cpu().numpy())
     probs = np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
     return (combine(probs, spec) if len(probs) else probs), (total / n if n else float("nan"))
@@ -324,8 +323,7 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
         init_card, init_state = load_checkpoint(cfg.init)
         prep = init_card.prep
     else:
-        prep = Preprocess(size=cfg.image_size, fit=cfg.fit,
-                          **preprocess_for(cfg.arch, 1 if library_of(cfg.arch) == "timm" and cfg.channels == 1 else 3))
+        prep = Preprocess(size=cfg.image_size, fit=cfg.fit, **preprocess_for(cfg.arch, timm_channels(cfg)))
 
     if saved is None:
         log("start", config=asdict(cfg), device=str(device), world_size=d.world)
@@ -358,9 +356,7 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
         model_spec = {k: v for k, v in init_card.model.items() if k != "two_stage"}
         init_trained_on = init_card.trained_on or infer_trained_on(init_card)
     else:
-        kwargs = dict(cfg.arch_kwargs)
-        if cfg.channels == 1 and library_of(cfg.arch) == "timm":
-            kwargs["in_chans"] = 1
+        kwargs = {**cfg.arch_kwargs, **({"in_chans": 1} if timm_channels(cfg) == 1 else {})}
         model = build_model(cfg.arch, len(labels), cfg.pretrained, kwargs, labels=labels)
         swap = getattr(model, "head_swap_report", None)  # library heads (e.g. torchxrayvision's) mapped to ours
         model_spec = spec_for(cfg.arch, cfg.pretrained, kwargs)
@@ -433,8 +429,6 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
 
     stopped = early = False
     cuda = device.type == "cuda"
-    first_validation = [best[1] == 0]
-
     def validate(epoch: int, step: int, losses: list, t_epoch: float, seen: int, end_of_epoch: bool) -> float:
         """Validate on rank 0: record the metrics (an ``epoch`` event at an epoch's end, a ``validation``
         event in between), checkpoint when the monitored metric improved; returns that metric."""
@@ -457,8 +451,7 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
         history.append(record)
         log("epoch" if end_of_epoch else "validation", **record)
         metric = val_loss if cfg.monitor == "loss" else m["mean_auroc"]
-        if _better(metric, best[0], cfg.monitor, first_validation[0]):
-            first_validation[0] = False
+        if _better(metric, best[0], cfg.monitor, first=best[1] == 0):  # no checkpoint yet: any result is best
             best = (metric, epoch)
             since_best = 0
             card = _card(cfg, labels, model_spec, prep, data, record, m["thresholds"], swap, history,
