@@ -283,6 +283,17 @@ def cmd_cache(a) -> int:
     return 0
 
 
+def cmd_combine(a) -> int:
+    from .models.two_network import combine_checkpoints
+
+    card = combine_checkpoints(a.disease, a.gate, a.out, mode=a.gate_mode, name=a.name or "")
+    t = card.model["two_stage"]["gate_threshold"]
+    print(f"combined two-network checkpoint in {a.out}: {len(card.labels) - 1} findings from {a.disease}, "
+          f"gate {card.labels[-1]!r} from {a.gate} (threshold {t:.3f}, {a.gate_mode}); the other thresholds are the "
+          "disease model's own: tune them on the Thresholds page for the combination")
+    return 0
+
+
 def cmd_demo(a) -> int:
     from .demo import build
 
@@ -540,6 +551,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=["auto", "nih", "chexpert"], default="auto")
     s.add_argument("--workers", type=int, default=2)
     s.set_defaults(func=cmd_cache)
+
+    s = sub.add_parser("combine", help="one two-stage model from a disease checkpoint and a one-label gate checkpoint")
+    s.add_argument("--disease", required=True, help="checkpoint (or run folder) of the disease model")
+    s.add_argument("--gate", required=True, help="checkpoint (or run folder) of the binary gate model (one label)")
+    s.add_argument("--out", required=True, help="folder for the combined checkpoint")
+    s.add_argument("--gate-mode", choices=["soft", "hard"], default="soft",
+                   help="below the gate: soft scales a finding by the gate's probability, hard reports 0")
+    s.add_argument("--name", help="the combined model's name")
+    s.set_defaults(func=cmd_combine)
 
     s = sub.add_parser("demo", help="build the shipped demo checkpoints")
     s.add_argument("action", choices=["build"])

@@ -576,6 +576,9 @@ def _progress_text(s: dict, job) -> str:
     if job.ended and phase not in ("done", "stopped"):
         phase = f"{job.status} while {phase}"
     parts = [phase]
+    if s.get("network") and phase != "done":
+        k = list(s["networks"]).index(s["network"]) + 1
+        parts.append(f"{s['network']} network ({k}/2)")
     if s["epochs"]:
         parts.append(f"epoch {s['epoch'] or 0}/{s['epochs']}")
     if s["total_steps"]:
@@ -621,6 +624,39 @@ def _actions(job) -> None:
                  help="Fill the launch form with this job's options, to change some and launch a new job."):
         st.session_state["train_clone"] = (job.config, job.backend, job.name)
         st.rerun()
+
+
+def _curves(s: dict, key: str) -> None:
+    """Loss / AUROC curves, per-validation history and per-label AUROC of one training (one network)."""
+    g1, g2 = st.columns(2)
+    if s["loss_curve"]:
+        g1.plotly_chart(_curves_figure(s), key=f"train_loss_{key}", config=chart_config())
+    else:
+        g1.caption("The loss curve appears with the first training step.")
+    if any(a is not None for _, a in s["auroc_curve"]):
+        g2.plotly_chart(_auroc_figure(s), key=f"train_auroc_{key}", config=chart_config())
+    else:
+        g2.caption("Validation AUROC appears after the first epoch.")
+    if s["history"]:
+        best = (f"best checkpoint: epoch {s['best_x']:g}, chosen on "
+                + ("validation loss" if s["monitor"] == "loss" else "validation mean AUROC")) if s["best_x"] is not None else ""
+        st.caption("Per validation: " + best)
+        h1, h2 = st.columns(2)
+        h1.plotly_chart(_val_loss_figure(s), key=f"train_valloss_{key}", config=chart_config())
+        h2.plotly_chart(_metrics_figure(s), key=f"train_metrics_{key}", config=chart_config())
+        st.download_button("History as CSV", _history_csv(s), file_name=f"history-{key}.csv", mime="text/csv",
+                           key=f"train_history_csv_{key}",
+                           help="One row per validation: losses, mean AUROC / AP, macro F1 and accuracy at the "
+                                "validation-tuned thresholds, learning rate, and AUROC per label.")
+
+    if s["per_label_auroc"]:
+        last_epoch = s["auroc_curve"][-1][0] if s["auroc_curve"] else s["epoch"]
+        with st.expander(f"Per-label validation AUROC, epoch {last_epoch}"):
+            table = pd.DataFrame({"label": list(s["per_label_auroc"]), "AUROC": list(s["per_label_auroc"].values())})
+            st.dataframe(table, hide_index=True, key=f"train_perlabel_{key}", placeholder="n/a",
+                         column_config={"AUROC": st.column_config.NumberColumn(
+                             format="%.3f", help="n/a: no positive (or no negative) case in the validation split.")})
+
 
 
 def render_job(job_id: str, live: bool) -> None:
@@ -695,34 +731,16 @@ def render_job(job_id: str, live: bool) -> None:
     if s["overfitting"]:
         st.warning(s["overfitting"])
 
-    g1, g2 = st.columns(2)
-    if s["loss_curve"]:
-        g1.plotly_chart(_curves_figure(s), key=f"train_loss_{job.id}", config=chart_config())
+    if s.get("networks"):
+        names = {"gate": "Gate network (Any finding, every image)", "disease": "Disease network (abnormal images)"}
+        st.caption("Two networks, trained one after the other, each with its own optimiser and checkpoint "
+                   f"(`{job.run_dir}/gate`, `{job.run_dir}/disease`); the combined model is the run's checkpoint.")
+        tabs = st.tabs([names.get(r, r) for r in s["networks"]])
+        for tab, (role, sub) in zip(tabs, s["networks"].items()):
+            with tab:
+                _curves(sub, f"{job.id}_{role}")
     else:
-        g1.caption("The loss curve appears with the first training step.")
-    if any(a is not None for _, a in s["auroc_curve"]):
-        g2.plotly_chart(_auroc_figure(s), key=f"train_auroc_{job.id}", config=chart_config())
-    else:
-        g2.caption("Validation AUROC appears after the first epoch.")
-    if s["history"]:
-        best = (f"best checkpoint: epoch {s['best_x']:g}, chosen on "
-                + ("validation loss" if s["monitor"] == "loss" else "validation mean AUROC")) if s["best_x"] is not None else ""
-        st.caption("Per validation: " + best)
-        h1, h2 = st.columns(2)
-        h1.plotly_chart(_val_loss_figure(s), key=f"train_valloss_{job.id}", config=chart_config())
-        h2.plotly_chart(_metrics_figure(s), key=f"train_metrics_{job.id}", config=chart_config())
-        st.download_button("History as CSV", _history_csv(s), file_name=f"history-{job.id}.csv", mime="text/csv",
-                           key=f"train_history_csv_{job.id}",
-                           help="One row per validation: losses, mean AUROC / AP, macro F1 and accuracy at the "
-                                "validation-tuned thresholds, learning rate, and AUROC per label.")
-
-    if s["per_label_auroc"]:
-        last_epoch = s["auroc_curve"][-1][0] if s["auroc_curve"] else s["epoch"]
-        with st.expander(f"Per-label validation AUROC, epoch {last_epoch}"):
-            table = pd.DataFrame({"label": list(s["per_label_auroc"]), "AUROC": list(s["per_label_auroc"].values())})
-            st.dataframe(table, hide_index=True, key=f"train_perlabel_{job.id}", placeholder="n/a",
-                         column_config={"AUROC": st.column_config.NumberColumn(
-                             format="%.3f", help="n/a: no positive (or no negative) case in the validation split.")})
+        _curves(s, job.id)
 
     st.markdown("**Log** (last 40 lines)")
     st.code(dispatch.logs(job, 40) or "(no output yet)", language=None)

@@ -46,10 +46,42 @@ def input_channels(model: nn.Module) -> int:
     return int(conv.in_channels) if conv is not None else 3
 
 
+def _members(model: nn.Module) -> list[nn.Module] | None:
+    """The networks of a model made of several (models/two_network.py), in output order; None otherwise."""
+    members = getattr(model, "cam_members", None)
+    return members() if callable(members) else None
+
+
+def _member_outputs(model: nn.Module, x: torch.Tensor) -> list[int]:
+    with torch.no_grad():
+        return [int(m(x[:1]).shape[1]) for m in _members(model)]
+
+
+def _to_grid(maps: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """(B, L, h, w) maps resampled to the grid ``hw`` (members of one model may have different grids)."""
+    if tuple(maps.shape[-2:]) == tuple(hw):
+        return maps
+    t = torch.nn.functional.interpolate(torch.from_numpy(maps), size=hw, mode="bilinear", align_corners=False)
+    return t.numpy()
+
+
+def _join(parts: list[tuple[torch.Tensor, np.ndarray]]) -> tuple[torch.Tensor, np.ndarray]:
+    """Outputs and maps of several member networks as one model's: grids brought to the finest."""
+    hw = max((p[1].shape[-2:] for p in parts), key=lambda s: s[0] * s[1])
+    return torch.cat([p[0] for p in parts], dim=1), np.concatenate([_to_grid(p[1], hw) for p in parts], axis=1)
+
+
 def fast_cam_check(model: nn.Module, size: int = 64) -> tuple[bool, str]:
     """(True, "") when the output of forward_features, averaged, is exactly what the linear classifier
     sees (then every label's Grad-CAM is its class activation map, all from one pass); otherwise
     (False, why), and the caller falls back to pytorch-grad-cam's per-label loop."""
+    members = _members(model)
+    if members is not None:  # several networks: single pass when every one allows it
+        for m in members:
+            ok, why = fast_cam_check(m, size)
+            if not ok:
+                return False, f"its {type(m).__name__} network: {why}"
+        return True, ""
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     if not isinstance(head, nn.Linear):
         return False, f"the classifier is {type(head).__name__ if head is not None else 'missing'}, not one linear layer"
@@ -108,7 +140,10 @@ def scale_maps(maps: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def forward_with_cams(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
-    """Logits (B, L) and every label's Grad-CAM (B, L, h, w) in [0, 1] from one forward pass."""
+    """Logits (B, L) and every label's Grad-CAM (B, L, h, w) in [0, 1] from one forward pass (of each
+    network, for a model made of several: each label's map comes from the network that outputs it)."""
+    if _members(model) is not None:
+        return _join([forward_with_cams(m, x) for m in _members(model)])
     feats = model.forward_features(x)
     logits = model.forward_head(feats)
     weight = model.get_classifier().weight
@@ -149,6 +184,27 @@ def gradcam_loop(model: nn.Module, x: torch.Tensor, labels: list[int] | None = N
 
     if method not in CAM_METHODS:
         raise ValueError(f"Unknown CAM method {method!r}; use one of {', '.join(CAM_METHODS)}.")
+    members = _members(model)
+    if members is not None:  # each label's map from the network that outputs it
+        sizes = _member_outputs(model, x)
+        starts = np.cumsum([0] + sizes)
+        wanted = list(range(int(starts[-1]))) if labels is None else list(labels)
+        parts, order = [], []
+        for m, lo, n in zip(members, starts[:-1], sizes):
+            mine = [j for j in wanted if lo <= j < lo + n]
+            with torch.no_grad():
+                logits_m = m(x)
+            if mine:
+                _, maps = gradcam_loop(m, x, [j - lo for j in mine], method)
+                parts.append((logits_m, maps))
+                order += mine
+            else:
+                parts.append((logits_m, None))
+        logits = torch.cat([p[0] for p in parts], dim=1)
+        found = [p[1] for p in parts if p[1] is not None]
+        hw = max((f.shape[-2:] for f in found), key=lambda s: s[0] * s[1])
+        maps = np.concatenate([_to_grid(f, hw) for f in found], axis=1)
+        return logits, maps[:, [order.index(j) for j in wanted]]
     cam_cls = getattr(pgc, method)
     layer = target_layer(model)
     reshape_transform = reshape_transform or default_reshape(model)

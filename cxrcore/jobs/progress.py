@@ -58,7 +58,15 @@ def progress_summary(events: list[dict]) -> dict:
     seconds], monitor (auroc | loss), best_x (the best checkpoint's position in epochs), best_val_loss,
     overfitting (a sentence, or None; see :func:`overfitting_note`).
     Epoch-valued curves use fractional epochs for validations inside an epoch.
+
+    A two-network run (hierarchy two_network) tags its networks' events with ``network``: then each key
+    describes the network training now (or the last one), ``networks`` holds each network's own summary
+    ({"gate": ..., "disease": ...}), ``network`` names the current one, ``fraction`` spans both, and the
+    combined model's figures (``best_val_mean_auroc``, ``test_mean_auroc``) come once both are done.
     """
+    roles = list(dict.fromkeys(e.get("network") for e in events or [] if e.get("network") in ("gate", "disease")))
+    if roles:
+        return _two_network_summary(events, roles)
     s: dict = {"phase": "waiting", "epoch": 0, "epochs": None, "step": 0, "total_steps": None, "fraction": 0.0,
                "last_loss": None, "images_per_s": None, "eta_seconds": None, "elapsed_seconds": None,
                "best_val_mean_auroc": None, "best_epoch": None, "test_mean_auroc": None,
@@ -177,4 +185,30 @@ def progress_summary(events: list[dict]) -> dict:
         s["eta_seconds"] = max(0.0, per_step * (total - s["step"]))
     elif s["phase"] in ("done", "stopped"):
         s["eta_seconds"] = 0.0
+    return s
+
+
+TWO_NETWORKS = ("gate", "disease")
+
+
+def _two_network_summary(events: list[dict], roles: list[str]) -> dict:
+    per = {r: progress_summary([{k: v for k, v in e.items() if k != "network"} for e in events
+                                if e.get("network") == r]) for r in roles}
+    current = roles[-1]
+    s = dict(per[current])
+    s["networks"], s["network"] = per, current
+    k = TWO_NETWORKS.index(current) if current in TWO_NETWORKS else 0
+    s["fraction"] = min(1.0, (k + float(per[current]["fraction"])) / len(TWO_NETWORKS))
+    if per[current]["phase"] == "done":
+        s["phase"] = "training"   # the other network, or the combination, is still to come
+    s["best_val_mean_auroc"] = s["test_mean_auroc"] = s["best_epoch"] = None
+    s["eta_seconds"] = None if current != TWO_NETWORKS[-1] else s["eta_seconds"]
+    s["elapsed_seconds"] = sum(x["elapsed_seconds"] or 0 for x in per.values()) or None
+    for e in events:
+        if e.get("network") == "combined" and e.get("type") == "done":
+            s["phase"], s["fraction"] = "done", 1.0
+            s["best_val_mean_auroc"] = _num(e.get("val_mean_auroc"))
+            s["test_mean_auroc"] = _num(e.get("test_mean_auroc"))
+        elif e.get("type") == "stopped" and e.get("network") in TWO_NETWORKS and "step" not in e:
+            s["phase"], s["stopped"] = "stopped", True
     return s

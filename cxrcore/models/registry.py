@@ -643,6 +643,10 @@ def _forward_error(arch: str, kwargs: dict, size: int, channels: int = 3) -> str
 
 def model_from_spec(spec: dict, num_labels: int) -> nn.Module:
     """Rebuild a saved model: the architecture with random weights (they come from the checkpoint)."""
+    if spec.get("arch") == "two_network":  # a gate network and a disease network (models/two_network.py)
+        from .two_network import build
+
+        return build(spec, num_labels)
     lib = spec.get("library", "timm")
     if lib not in LIBRARIES:
         raise ConfigError(f"Model library {lib!r} is not supported; use one of {', '.join(LIBRARIES)}.")

@@ -24,7 +24,7 @@ from ..errors import ConfigError, DataError
 
 MODES = ("full", "head", "lora")
 SPLIT_METHODS = ("hash", "stratified", "official")
-HIERARCHIES = ("none", "penalty", "two_stage")
+HIERARCHIES = ("none", "penalty", "two_stage", "two_network")
 SCHEDULES = ("cosine", "plateau", "step", "constant")
 MONITORS = ("auroc", "loss")
 OPTIMIZERS = ("adamw", "adam")
@@ -200,9 +200,13 @@ class TrainConfig:
     oversample_min: int = opt(0, "Oversample rare combinations to (rows)", "Repeat rare label combinations up to "
                               "this many rows per epoch; 0: off.", "loss", min=0, step=5)
     hierarchy: str = opt("none", "Hierarchy", "penalty: CheXpert's tree, a child predicted above its parent costs "
-                         "loss; two_stage: an 'Any finding' gate plus diseases trained on abnormal images.", "loss",
+                         "loss; two_stage: an 'Any finding' gate output plus diseases trained on abnormal images, "
+                         "in one network; two_network: the same with two separate networks (a binary gate model, "
+                         "then a disease model on abnormal images), each with its own optimiser and checkpoint, "
+                         "combined at inference.", "loss",
                          choices=HIERARCHIES, choice_labels=(("penalty", "parent/child penalty"),
-                                                             ("two_stage", "two-stage gate")))
+                                                             ("two_stage", "two-stage gate, one network"),
+                                                             ("two_network", "two-stage gate, two networks")))
     hierarchy_weight: float = opt(1.0, "Penalty weight", "Weight of the hierarchy penalty.", "loss", min=0.0,
                                   step=0.5)
     gate_threshold: float = opt(0.5, "Gate threshold (while training)", "Two-stage: the gate threshold used for "

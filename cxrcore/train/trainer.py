@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import (Card, combine_trained_on, dataset_trained_on, infer_trained_on, load_checkpoint,
-                          save_checkpoint)
+                          read_card, save_checkpoint)
 from ..data.cache import build_cache
 from ..data.filters import apply_filters
 from ..data.index import DatasetIndex, patient_split
@@ -41,7 +41,7 @@ from ..models.registry import (build_model, count_parameters, library_of, model_
 from . import dist as dist_
 from .augment import Augment, random_affine  # noqa: F401 - random_affine re-exported for bench/cache.py
 from .lora import apply_lora, base_model, merged_state_dict
-from .losses import GATE_LABEL, Criterion, masked_bce, pos_weight_from, two_stage_targets  # noqa: F401
+from .losses import GATE_LABEL, Criterion, gate_targets, masked_bce, pos_weight_from, two_stage_targets  # noqa: F401
 from .config import TrainConfig  # noqa: F401 - re-exported: cxrcore.train.trainer.TrainConfig
 from .sampling import epoch_order, epoch_size
 from .state import load_state, rng_state, save_state, set_rng_state
@@ -286,6 +286,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: Callable[[str,
     out.mkdir(parents=True, exist_ok=True)
     d = dist_.setup(cfg.device)
     try:
+        if cfg.hierarchy == "two_network":
+            return _train_two_networks(cfg, out, progress if d.main else None, should_stop, resume, d)
         return _train(cfg, out, progress if d.main else None, should_stop, resume, d)
     except torch.cuda.OutOfMemoryError as exc:
         raise ConfigError(f"Batch size {cfg.batch_size} at {cfg.image_size} px does not fit in the GPU's memory. Use a "
@@ -301,8 +303,93 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: Callable[[str,
         d.close()
 
 
-def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: dist_.Dist) -> Card:
+NETWORKS = ("gate", "disease")  # the two networks of hierarchy two_network, in training order
+
+
+def _train_two_networks(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: dist_.Dist) -> Card:
+    """hierarchy two_network: the gate network ("Any finding", every image) in ``out/gate``, then the disease
+    network (diseases on abnormal images) in ``out/disease``, each an ordinary run with its own optimiser,
+    events and checkpoint; then the combined checkpoint in ``out/checkpoint`` with the gate threshold and the
+    other thresholds tuned on validation, and test metrics of the combination. Events of both runs are also
+    written to ``out/events.jsonl`` tagged with ``network``. Resume continues the unfinished network."""
+    from ..models.two_network import combine_checkpoints
+
     log = EventLog(out / "events.jsonl") if d.main else (lambda kind, **payload: None)
+    if not resume:
+        log("two_network", networks=list(NETWORKS), config=asdict(cfg))
+    cards = {}
+    for k, role in enumerate(NETWORKS):
+        sub = out / role
+        ended = [e for e in read_events(sub / "events.jsonl") if e.get("type") == "done"] if resume else []
+        if ended and not ended[-1].get("stopped"):
+            cards[role] = read_card(sub / "checkpoint")
+            continue
+        sub_progress = None if progress is None else (
+            lambda phase, done, total, info, role=role, k=k: progress(phase, done, total,
+                                                                     {**info, "network": f"{role} ({k + 1}/2)"}))
+        card = _train(cfg, sub, sub_progress, should_stop, resume and (sub / "events.jsonl").exists(), d,
+                      network=role, parent_log=log)
+        if not d.main:
+            continue
+        cards[role] = card
+        if card.training.get("stopped_early"):
+            log("stopped", network=role)
+            return card
+    if not d.main:
+        return None
+    mode = cfg.gate_mode
+    combine_checkpoints(out / "disease" / "checkpoint", out / "gate" / "checkpoint", out / "checkpoint",
+                        mode=mode, name=cfg.name or Path(cfg.data).name)
+    # Thresholds of the combination, and its validation / test metrics, on the run's own splits.
+    device = resolve_device(cfg.device)
+    card, state = load_checkpoint(out / "checkpoint")
+    model = model_from_spec(card.model, len(card.labels))
+    model.load_state_dict(state)
+    model.to(device).eval()
+    prep = card.prep
+    data = prepare_data(cfg, prep)
+    targets = np.concatenate([data.targets, gate_targets(data.targets, data.labels)[:, None]], axis=1)
+    val_rows = np.flatnonzero(data.split == "val")
+    test_rows = np.flatnonzero(data.split == "test")
+    if len(val_rows):
+        card = _tune_gate(card, model, data, val_rows, targets, prep, device)
+        card.model["two_stage"]["tuned_on"] = "val (max F1 of the gate network)"
+        probs = predict_array(model, data.images, val_rows, prep, device, spec=card.model)
+        m = validation_metrics(targets[val_rows], probs, True)
+        card.metrics["val"] = {"auroc": dict(zip(card.labels, _nan_to_none(m["auroc"]))), "mean_auroc": m["mean_auroc"],
+                               "mean_ap": m["mean_ap"], "n": int(len(val_rows)), "of": "the combined networks"}
+    if len(test_rows):
+        probs = predict_array(model, data.images, test_rows, prep, device, spec=card.model)
+        auroc = per_label_auroc(targets[test_rows], probs)
+        card.metrics["test"] = {"auroc": dict(zip(card.labels, _nan_to_none(auroc))),
+                                "mean_auroc": _mean_auroc(auroc, True), "n": int(len(test_rows))}
+    card.training["config"] = asdict(cfg)
+    card.training["seconds"] = sum(float(c.training.get("seconds") or 0) for c in cards.values())
+    card.training["networks"] = {role: {"best_epoch": c.training.get("best_epoch"),
+                                        "epochs_run": c.training.get("epochs_run"),
+                                        "val_mean_auroc": c.metrics.get("val", {}).get("mean_auroc")}
+                                 for role, c in cards.items()}
+    card.data["splits_file"] = "../splits.csv"
+    write_split_files(data, out)
+    save_checkpoint(out / "checkpoint", state, card)
+    log("checkpoint", network="combined", val_mean_auroc=card.metrics.get("val", {}).get("mean_auroc"))
+    log("done", network="combined", val_mean_auroc=card.metrics.get("val", {}).get("mean_auroc"),
+        test_mean_auroc=card.metrics.get("test", {}).get("mean_auroc"), seconds=card.training["seconds"],
+        stopped=False, early_stopped=False)
+    return card
+
+
+def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: dist_.Dist,
+           network: str | None = None, parent_log=None) -> Card:
+    """One training run. ``network`` (gate | disease): one of hierarchy two_network's networks, whose events
+    also go to ``parent_log`` tagged with it."""
+    own = EventLog(out / "events.jsonl") if d.main else (lambda kind, **payload: None)
+    if parent_log is not None and d.main:
+        def log(kind, **payload):
+            parent_log(kind, network=network, **payload)
+            return own(kind, **payload)
+    else:
+        log = own
     t_start = time.time()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -342,6 +429,10 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
     two_stage = cfg.hierarchy == "two_stage"
     labels = list(data.labels) + ([GATE_LABEL] if two_stage else [])
     targets = two_stage_targets(data.targets, data.labels) if two_stage else data.targets
+    if network == "gate":  # two_network's binary gate: "Any finding" on every image
+        labels, targets = [GATE_LABEL], gate_targets(data.targets, data.labels)[:, None].astype(np.float32)
+    elif network == "disease":  # two_network's disease model: findings on abnormal images only
+        targets = two_stage_targets(data.targets, data.labels)[:, :-1]
     if d.main:
         write_split_files(data, out)
         if data.balance is not None and saved is None:
@@ -398,7 +489,8 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if use_amp else None
     scaler = torch.amp.GradScaler(device.type, enabled=(cfg.precision == "fp16"))
     criterion = Criterion(cfg.loss, labels, pos_weight_from(targets[train_rows]) if cfg.pos_weight else None,
-                          cfg.focal_gamma, cfg.hierarchy, cfg.hierarchy_weight, cfg.loss_reduction)
+                          cfg.focal_gamma, "none" if network else cfg.hierarchy, cfg.hierarchy_weight,
+                          cfg.loss_reduction)
     augment = Augment.from_dict(cfg.augment_options) if cfg.augment else None
     fwd = model
     if cfg.compile:
@@ -455,7 +547,7 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
             best = (metric, epoch)
             since_best = 0
             card = _card(cfg, labels, model_spec, prep, data, record, m["thresholds"], swap, history,
-                         trainable, total, time.time() - t_start, d.world, init_trained_on)
+                         trainable, total, time.time() - t_start, d.world, init_trained_on, network)
             save_checkpoint(out / "checkpoint", merged_state_dict(model), card)
             log("checkpoint", epoch=epoch, step=step, val_mean_auroc=m["mean_auroc"], val_loss=val_loss,
                 monitor=cfg.monitor)
@@ -592,7 +684,7 @@ def _comparable(cfg: TrainConfig) -> dict:
 
 
 def _card(cfg, labels, model_spec, prep, data: Prepared, record, thresholds, swap, history, trainable, total, seconds,
-          world: int = 1, init_trained_on: dict | None = None) -> Card:
+          world: int = 1, init_trained_on: dict | None = None, network: str | None = None) -> Card:
     counts = {s: int((data.split == s).sum()) for s in ("train", "val", "test")}
     return Card(
         labels=list(labels),
@@ -612,7 +704,11 @@ def _card(cfg, labels, model_spec, prep, data: Prepared, record, thresholds, swa
               "split_seed": cfg.seed, "policy": cfg.policy, "split_method": cfg.split_method,
               "filters": dict(data.filters), "splits_file": "../splits.csv",  # relative to the checkpoint folder
               "balance_warnings": balance_warnings(data.balance) if data.balance is not None else []},
-        name=cfg.name or Path(cfg.data).name,
+        name=(cfg.name or Path(cfg.data).name) + (f" · {network} network" if network else ""),
+        notes=[{"gate": "The gate network of a two-network model: 'Any finding' on every image.",
+                "disease": "The disease network of a two-network model: trained on abnormal images only, so its "
+                           "outputs are P(finding | abnormal); use the combined checkpoint for P(finding)."}[network]]
+        if network else [],
         trained_on=combine_trained_on(init_trained_on,
                                       dataset_trained_on(data.index.root, data.index.name, data.index.format)),
     )
