@@ -283,6 +283,59 @@ def cmd_cache(a) -> int:
     return 0
 
 
+def cmd_sweep(a) -> int:
+    from .jobs import sweep
+
+    if a.action == "start":
+        from dataclasses import asdict
+
+        if not a.space:
+            raise CXRError("Give the options to vary with --space, e.g. --space 'lr = 1e-4 .. 1e-2 log' "
+                           "--space 'image_size = 48, 64'.")
+        cfg = _train_config(a)
+        cfg.validate()
+        space = sweep.parse_space(a.space)
+        base = {k: v for k, v in asdict(cfg).items() if k != "sweep"}
+        if a.backend == "slurm":
+            opts = {k: v for k, v in (("partition", a.partition), ("time", a.time), ("mem", a.mem),
+                                      ("cpus", a.cpus)) if v is not None}
+            base["slurm"] = {**(base.get("slurm") or {}), **opts}
+        spec = sweep.SweepSpec(name=a.name or f"sweep of {Path(a.data).name}", base=base, space=space,
+                               sampler=a.search, n_trials=a.trials, parallel=a.parallel, metric=a.metric,
+                               prune=not a.no_prune, prune_after=a.prune_after, seed=a.seed, backend=a.backend)
+        sweep_id = sweep.create(spec)
+        print(f"started sweep {sweep_id}: {spec.n_trials} trials, {spec.parallel} at a time, {spec.sampler} over "
+              + "; ".join(f"{k} = {p.describe()}" for k, p in space.items())
+              + f". Watch it with `cxr sweep show {sweep_id}` or on the Training page.")
+        return 0
+    if a.action == "list":
+        rows = sweep.list_sweeps()
+        if not rows:
+            print("no sweeps yet")
+        for r in rows:
+            print(f"{r['id']}  {r['name']}  {r['trials']}/{r['planned']} trials  metric {r['metric']}"
+                  + ("  (stopped)" if r["stopped"] else ""))
+        return 0
+    if not a.sweep:
+        raise CXRError(f"`cxr sweep {a.action}` needs the sweep's id (see `cxr sweep list`).")
+    if a.action == "stop":
+        sweep.stop(a.sweep, cancel_running=a.cancel_running)
+        print(f"sweep {a.sweep}: no new trials" + ("; its running trials were cancelled" if a.cancel_running else ""))
+        return 0
+    started = sweep.advance(a.sweep)
+    table = sweep.results(a.sweep)
+    if started:
+        print(f"started trial job(s) {', '.join(started)}")
+    if a.csv:
+        table.to_csv(a.csv, index=False)
+        print(f"wrote {a.csv}")
+    print(table.to_string(index=False) if len(table) else "no trials yet")
+    best = sweep.best_job(a.sweep)
+    if best is not None:
+        print(f"best trial: job {best.id} ({best.name}); checkpoint {Path(best.run_dir) / 'checkpoint'}")
+    return 0
+
+
 def cmd_combine(a) -> int:
     from .models.two_network import combine_checkpoints
 
@@ -507,6 +560,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--slurm-conf", help="slurm: the cluster's slurm.conf (default: $SLURM_CONF)")
     s.add_argument("--background", action="store_true", help="run as a detached job (see `cxr jobs`)")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sweep", help="hyperparameter sweeps: many training jobs over ranges of options (Optuna)",
+                       description="start: the training options below are the base of every trial (as for "
+                                   "`cxr train`); --space lines name what varies. show: the trials table (and "
+                                   "starts due trials); list; stop.")
+    s.add_argument("action", choices=["start", "list", "show", "stop"])
+    s.add_argument("sweep", nargs="?", help="show / stop: the sweep's id")
+    train_config.add_cli_flags(s, train_config.TrainConfig)
+    s.add_argument("--output-stride", type=int, choices=[8, 16, 32], help="as for `cxr train`")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="as for `cxr train`")
+    s.add_argument("--space", action="append", metavar="'OPTION = LOW .. HIGH [log]' | 'OPTION = V1, V2'",
+                   help="an option to vary (repeatable): a range (random / TPE) or listed values (any sampler)")
+    s.add_argument("--search", choices=["grid", "random", "tpe"], default="tpe",
+                   help="how trials are chosen: grid (every combination of listed values), random, or tpe "
+                        "(Optuna's TPE sampler, default); --sampler is the training option (shuffle / weighted)")
+    s.add_argument("--trials", type=int, default=8, help="how many trials (a grid stops at its size)")
+    s.add_argument("--parallel", type=int, default=2, help="how many trials run at once")
+    s.add_argument("--metric", choices=["auroc", "loss"], default="auroc",
+                   help="what a trial is judged on: best validation mean AUROC, or validation loss")
+    s.add_argument("--no-prune", action="store_true", help="never stop a trial early (default: Optuna's median "
+                                                            "pruner on each epoch's validation metric)")
+    s.add_argument("--prune-after", type=int, default=2, help="completed trials before any trial is pruned")
+    s.add_argument("--backend", choices=["local", "slurm"], default="local")
+    s.add_argument("--partition", help="slurm: partition")
+    s.add_argument("--time", help="slurm: time limit")
+    s.add_argument("--mem", help="slurm: memory per node")
+    s.add_argument("--cpus", type=int, help="slurm: CPUs per task")
+    s.add_argument("--csv", help="show: also write the trials table to this CSV file")
+    s.add_argument("--cancel-running", action="store_true", help="stop: also cancel the trials at work")
+    s.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("predict", help="probabilities, Grad-CAM heatmaps and boxes for one image (or a study's views)")
     s.add_argument("image", nargs="+", help="an image; several: the views of one study (with --fuse)")

@@ -22,7 +22,8 @@ from plotly.subplots import make_subplots
 from cxrcore.checkpoint import read_card
 from cxrcore.errors import CXRError
 from cxrcore.jobs import JobStore
-from cxrcore.jobs import dispatch, logfiles
+from cxrcore.jobs import dispatch, logfiles, sweep
+from cxrcore.jobs.sweep import sweepable
 from cxrcore.jobs.progress import progress_summary
 from cxrcore.labels import LABEL_SPACES
 from cxrcore.train.config import AUGMENT_OPTIONS, GROUPS, SUGGESTED_ARCHS, Option, TrainConfig, option, options
@@ -405,10 +406,33 @@ with st.form("train_form"):
                 _txt(y2, "Slurm time", "slurm_time", placeholder="e.g. 04:00:00")
                 _txt(y3, "Slurm memory", "slurm_mem", placeholder="e.g. 32G")
                 _num(y4, "Slurm CPUs per task (0 = default)", "slurm_cpus", min_value=0, step=1)
-    submitted = st.form_submit_button("Start training", type="primary", key="train_submit",
-                                      disabled=launch_blocked is not None)
+    with st.expander("Sweep: many jobs over ranges of these options (Optuna)"):
+        st.caption("Every trial is an ordinary job with the options above, except those listed here. One per line: "
+                   "`option = low .. high` (add `log` for a log scale; random / TPE) or `option = v1, v2, …` "
+                   "(any sampler; a grid tries every combination).")
+        sweep_space = st.text_area("Options to vary", key="sweep_space", height=100,
+                                   placeholder="lr = 1e-4 .. 1e-2 log\nimage_size = 48, 64, 96",
+                                   help="Options a sweep can vary: " + ", ".join(sorted(sweepable())))
+        w1, w2, w3, w4, w5 = st.columns(5)
+        sweep_sampler = w1.selectbox("Sampler", ["tpe", "random", "grid"], key="sweep_sampler",
+                                     format_func={"tpe": "TPE (Optuna)", "random": "random", "grid": "grid"}.get)
+        sweep_trials = w2.number_input("Trials", min_value=1, max_value=500, value=6, step=1, key="sweep_trials")
+        sweep_parallel = w3.number_input("At once", min_value=1, max_value=64, value=2, step=1, key="sweep_parallel")
+        sweep_metric = w4.selectbox("Judged on", ["auroc", "loss"], key="sweep_metric",
+                                    format_func={"auroc": "val mean AUROC", "loss": "val loss"}.get)
+        sweep_prune = w5.checkbox("Prune", value=True, key="sweep_prune",
+                                  help="Stop an unpromising trial early: Optuna's median pruner on each epoch's "
+                                       "validation metric, after the first completed trials (below).")
+        sweep_prune_after = w5.number_input("…after completed trials", min_value=0, max_value=100, value=2, step=1,
+                                            key="sweep_prune_after")
+    b_job, b_sweep = st.columns([1, 1])
+    submitted = b_job.form_submit_button("Start training", type="primary", key="train_submit",
+                                         disabled=launch_blocked is not None)
+    sweep_submitted = b_sweep.form_submit_button("Start sweep", key="train_sweep_submit",
+                                                 disabled=launch_blocked is not None,
+                                                 help="Launch the trials of the sweep set in the Sweep section.")
 
-if submitted:
+if submitted or sweep_submitted:
     data = folder.strip() or (datasets.get(dataset_name) if dataset_name else None)
     init = (checkpoints.get(ckpt_name) if ckpt_name else None) if from_ckpt else None
     try:
@@ -419,15 +443,29 @@ if submitted:
         if from_ckpt and not init:
             raise CXRError("Choose a checkpoint to start from, or start from an architecture.")
         config, backend = config_from_form(data, init)
-        with st.spinner("Checking the configuration and starting the job…"):
-            job = _submit(config, backend, _v("name").strip())
+        if sweep_submitted:
+            spec = sweep.SweepSpec(name=_v("name").strip() or "sweep", base=config, space=sweep.parse_space(sweep_space),
+                                   sampler=sweep_sampler, n_trials=int(sweep_trials), parallel=int(sweep_parallel),
+                                   metric=sweep_metric, prune=bool(sweep_prune), prune_after=int(sweep_prune_after),
+                                   backend=backend)
+            with st.spinner("Checking the configuration and starting the first trials…"):
+                sweep_id = sweep.create(spec, store, user=user, settings=access)
+            job = None
+        else:
+            with st.spinner("Checking the configuration and starting the job…"):
+                job = _submit(config, backend, _v("name").strip())
     except Exception as exc:  # noqa: BLE001 - CXRError as a message; anything else without a traceback
         show_error(exc)
     else:
-        waiting = job.status == "queued" and not job.pid
-        st.success(f"{'Queued' if waiting else 'Started'} job **{job.id}** ({job.name}) on {job.backend}. "
-                   "It runs in the background; watch it below.")
-        st.session_state["train_watch"] = job.id
+        if job is None:
+            st.success(f"Started sweep **{sweep_id}**: {spec.n_trials} trials, {spec.parallel} at a time. Its "
+                       "trials are listed with the jobs below; the results are under **Sweeps** at the end of the page.")
+            st.session_state["train_sweep"] = sweep_id
+        else:
+            waiting = job.status == "queued" and not job.pid
+            st.success(f"{'Queued' if waiting else 'Started'} job **{job.id}** ({job.name}) on {job.backend}. "
+                       "It runs in the background; watch it below.")
+            st.session_state["train_watch"] = job.id
         for note in st.session_state.pop("train_arch_notes", []):
             st.info(note)
 
@@ -840,3 +878,86 @@ else:
             compare_runs(by_id[run_a], by_id[run_b])
         except Exception as exc:  # noqa: BLE001 - an unreadable run must not break the page
             show_error(exc)
+
+
+# ---- sweeps ------------------------------------------------------------------------------------------------------
+
+def render_sweep(sweep_id: str) -> bool:
+    """A sweep's trials table, Optuna's plots and the best trial; True while trials are at work."""
+    try:
+        sweep.advance(sweep_id, store, user=user, settings=access)  # records ended trials, starts due ones
+        table = sweep.results(sweep_id, store)
+        study, spec = sweep.load(sweep_id, store)
+    except Exception as exc:  # noqa: BLE001 - a damaged sweep database must not break the page
+        show_error(exc)
+        return False
+    states = table["state"].tolist() if len(table) else []
+    at_work = sum(x in ("queued", "running", "finishing") for x in states)
+    n = {x: states.count(x) for x in set(states)}
+    st.caption(f"{spec.sampler} sampler over " + "; ".join(f"`{k} = {p.describe()}`" for k, p in spec.space.items())
+               + f" · {len(table)}/{spec.n_trials} trials made, {spec.parallel} at a time · "
+               + ", ".join(f"{v} {k}" for k, v in sorted(n.items()))
+               + (f" · judged on {'validation mean AUROC' if spec.metric == 'auroc' else 'validation loss'}")
+               + (" · pruning on" if spec.prune else "") + (" · stopped" if study.user_attrs.get("stopped") else ""))
+    metric_col = [c for c in table.columns if c.startswith("best val")]
+    st.dataframe(table, hide_index=True, placeholder="–", key=f"train_sweep_table_{sweep_id}",
+                 column_config={c: st.column_config.NumberColumn(format="%.4f") for c in metric_col})
+    st.download_button("Trials as CSV", table.to_csv(index=False).encode(), f"{sweep_id}.csv", "text/csv",
+                       key=f"train_sweep_csv_{sweep_id}")
+    figs = sweep.figures(sweep_id, store)
+    f1, f2 = st.columns(2)
+    for col, key, title in ((f1, "parallel", "Parallel coordinates"), (f2, "importance", "Option importance")):
+        fig = figs[key]
+        with col:
+            st.markdown(f"**{title}**")
+            if isinstance(fig, str):
+                st.caption(fig)
+            else:
+                fig.update_layout(height=360, margin=dict(l=10, r=10, t=30, b=10), title=None)
+                st.plotly_chart(fig, key=f"train_sweep_{key}_{sweep_id}", config=chart_config())
+    best = sweep.best_job(sweep_id, store)
+    if best is not None:
+        value = study.best_value
+        st.success(f"Best trial: job **{best.id}** ({best.name}), "
+                   f"{'val mean AUROC' if spec.metric == 'auroc' else 'val loss'} {value:.4f}. Its checkpoint is in "
+                   f"the model pickers as **run {best.id}**.")
+        c1, c2 = st.columns(2)
+        if c1.button("Clone the best trial into the form", key=f"train_sweep_clone_{sweep_id}", type="primary"):
+            st.session_state["train_clone"] = (best.config, best.backend, best.name)
+            st.rerun()
+        if c2.button("Stop the sweep (no new trials)", key=f"train_sweep_stop_{sweep_id}",
+                     disabled=bool(study.user_attrs.get("stopped"))):
+            sweep.stop(sweep_id, store)
+            st.rerun()
+    return at_work > 0
+
+
+@st.fragment(run_every=REFRESH_S * 2)
+def live_sweep(sweep_id: str) -> None:
+    if not render_sweep(sweep_id):
+        st.rerun()  # the sweep has ended: redraw the page once, without auto refresh
+
+
+@st.fragment
+def ended_sweep(sweep_id: str) -> None:
+    render_sweep(sweep_id)
+
+
+try:
+    sweeps = sweep.list_sweeps(store)
+except Exception as exc:  # noqa: BLE001
+    show_error(exc)
+    sweeps = []
+if sweeps:
+    st.subheader("Sweeps")
+    sweep_ids = [r["id"] for r in sweeps]
+    names = {r["id"]: f"{r['name']} · {r['id']} ({r['trials']}/{r['planned']} trials)" for r in sweeps}
+    if st.session_state.get("train_sweep") not in sweep_ids:
+        st.session_state["train_sweep"] = sweep_ids[0]
+    chosen = st.selectbox("Sweep", sweep_ids, key="train_sweep", format_func=names.get)
+    trials = sweep.results(chosen, store)
+    busy = len(trials) and trials["state"].isin(["queued", "running", "finishing"]).any()
+    if busy:
+        live_sweep(chosen)
+    else:
+        ended_sweep(chosen)

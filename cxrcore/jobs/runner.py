@@ -186,6 +186,21 @@ def _start_waiting_jobs(store: JobStore, job_id: str) -> None:
         print(f"[{_clock()}] could not start waiting jobs: {exc}", flush=True)
 
 
+def _advance_sweep(store: JobStore, job_id: str) -> None:
+    """After a sweep trial's job ended: record its result in the study and start the sweep's next trials."""
+    try:
+        sweep = (store.get(job_id).config or {}).get("sweep")
+        if not sweep:
+            return
+        from .sweep import advance
+
+        started = advance(sweep["id"], store)
+        if started:
+            print(f"[{_clock()}] sweep {sweep['id']}: started trial job(s) {', '.join(started)}", flush=True)
+    except Exception as exc:  # noqa: BLE001 - our own end is already recorded; the page advances it too
+        print(f"[{_clock()}] could not advance the sweep: {exc}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cxrcore.jobs.runner", description="Run one queued training job.")
     parser.add_argument("job_id")
@@ -194,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = run_job(args.job_id, args.db)
         _start_waiting_jobs(JobStore(args.db), args.job_id)
+        _advance_sweep(JobStore(args.db), args.job_id)
         return code
     except CXRError as exc:  # unknown job, unreadable database: nothing to mark
         print(f"error: {exc}", file=sys.stderr, flush=True)

@@ -266,6 +266,10 @@ class TrainConfig:
     workers: int = opt(2, "Cache workers", "Processes that build the image cache.", "placement", min=1, max=256)
     slurm: dict = opt({}, "Slurm options", "partition, cpus, mem, time, account, extra sbatch lines.", "placement",
                       custom=True)
+    # Set by a sweep (cxrcore/jobs/sweep.py) on its trials' jobs: where the trial lives, so each epoch's
+    # validation metric is reported to the study and the run stops when Optuna prunes it. Not an option
+    # (no flag, no widget): a clone of a trial into the form drops it.
+    sweep: dict | None = None
 
     def validate(self) -> None:
         """Choices and bounds from the declarations, then the rules that tie options together."""

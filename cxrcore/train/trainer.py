@@ -520,11 +520,12 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
             progress("train", step, total_steps, {"epoch": first_epoch - 1, "resumed": True})
 
     stopped = early = False
+    pruned = None  # a sweep trial's reason to stop (Optuna's pruner; cxrcore/jobs/sweep.py)
     cuda = device.type == "cuda"
     def validate(epoch: int, step: int, losses: list, t_epoch: float, seen: int, end_of_epoch: bool) -> float:
         """Validate on rank 0: record the metrics (an ``epoch`` event at an epoch's end, a ``validation``
         event in between), checkpoint when the monitored metric improved; returns that metric."""
-        nonlocal best, since_best
+        nonlocal best, since_best, pruned
         if not d.main:
             return float("nan")
         t_val = time.time()
@@ -553,6 +554,13 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
                 monitor=cfg.monitor)
         else:
             since_best += 1
+        if cfg.sweep and end_of_epoch:
+            from ..jobs.sweep import report
+
+            try:
+                pruned = report(cfg.sweep, epoch, metric)
+            except Exception as exc:  # noqa: BLE001 - the sweep's database must not end the training
+                log("sweep_report_failed", epoch=epoch, error=f"{type(exc).__name__}: {str(exc)[:300]}")
         return metric
 
     for epoch in range(first_epoch, cfg.epochs + 1):
@@ -619,6 +627,9 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
         if cfg.early_stopping and since_best >= cfg.early_stopping and epoch < cfg.epochs:
             early = True
             log("early_stop", epoch=epoch, best_epoch=best[1], patience=cfg.early_stopping)
+        if d.broadcast(1.0 if pruned else 0.0) and epoch < cfg.epochs:
+            early = True
+            log("pruned", epoch=epoch, best_epoch=best[1], reason=pruned)
         if d.main:
             save_state(out, {"config": _comparable(cfg), "epoch": epoch, "step": step, "model": model.state_dict(),
                              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -645,10 +656,12 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
     card.training["stopped_early"] = stopped
     card.training["early_stopping"] = {"triggered": early, "best_epoch": best[1]} if cfg.early_stopping else None
     card.training["epochs_run"] = len(history)
+    if pruned and early:
+        card.training["pruned"] = pruned
     save_checkpoint(out / "checkpoint", state, card)
     log("done", best_epoch=best[1], val_mean_auroc=card.metrics.get("val", {}).get("mean_auroc"),
         val_loss=card.metrics.get("val", {}).get("loss"), monitor=cfg.monitor, test_mean_auroc=card.metrics.get("test", {}).get("mean_auroc"),
-        seconds=time.time() - t_start, stopped=stopped, early_stopped=early)
+        seconds=time.time() - t_start, stopped=stopped, early_stopped=early, pruned=pruned if early else None)
     return card
 
 
