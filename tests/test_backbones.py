@@ -15,7 +15,7 @@ from cxrcore.errors import ConfigError
 from cxrcore.jobs.config import check_config
 from cxrcore.models.registry import arch_facts, form_arch_defaults, preprocess_for
 from cxrcore.predictor import Predictor
-from cxrcore.train.config import SUGGESTED_ARCHS, TrainConfig, option
+from cxrcore.train.config import SUGGESTED_ARCHS, TrainConfig, options
 from cxrcore.train.trainer import read_events, train
 
 
@@ -26,7 +26,7 @@ def tiny(tmp_path_factory) -> Path:
 
 def form_config(arch: str, data: Path) -> dict:
     """What the Training form submits for ``arch`` with every other widget at its initial value (few images)."""
-    cfg = {o.name: o.initial for o in (option(n) for n in TrainConfig.__dataclass_fields__) if not o.custom}
+    cfg = {o.name: o.initial for o in options() if not o.custom}
     cfg.update(data=str(data), arch=arch, labels="nih14", policy="zeros", epochs=1, max_images=24, batch_size=8,
                workers=1, threads=1)
     over, _ = form_arch_defaults(arch, cfg["image_size"], stride16=True)  # the form's "Output stride 16" is ticked

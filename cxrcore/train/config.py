@@ -32,6 +32,7 @@ REDUCTIONS = ("mean", "sum")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LOSS_CHOICES = ("bce", "focal")          # train.losses.LOSSES must match (a test checks)
 SAMPLER_CHOICES = ("shuffle", "weighted")  # train.sampling.SAMPLERS must match (a test checks)
+INTERNAL_FIELDS = ("sweep",)  # set by the program (a sweep's trial), not options: no flag, no widget
 
 # Architectures the Training form suggests (any timm / tv: / xrv: name can be typed); each trains with the
 # form's defaults (a test runs one real step of every one).
