@@ -14,13 +14,14 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-
-from .data.preprocess import Preprocess
 from .errors import CheckpointError
+
+if TYPE_CHECKING:  # torch is imported where tensors are read or written: reading a card needs only JSON
+    import torch
+
+    from .data.preprocess import Preprocess
 
 CARD_FORMAT = "cxrcore-checkpoint/1"
 WEIGHTS = "weights.safetensors"
@@ -58,6 +59,8 @@ class Card:
 
     @property
     def prep(self) -> Preprocess:
+        from .data.preprocess import Preprocess
+
         return Preprocess.from_dict(self.preprocess)
 
     def temperature_list(self) -> list[float] | None:
@@ -131,6 +134,8 @@ def file_sha256(path: Path) -> str:
 
 def save_checkpoint(folder: str | os.PathLike, state_dict: dict[str, torch.Tensor], card: Card,
                     dtype: torch.dtype | None = None) -> Path:
+    from safetensors.torch import save_file
+
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -213,6 +218,9 @@ def load_checkpoint(folder: str | os.PathLike, verify: bool = True,
     if verify and card.weights_sha256 and file_sha256(weights) != card.weights_sha256:
         raise CheckpointError(f"{weights} does not match the hash in its card: the checkpoint is damaged or mixed. "
                               "Re-run the training or restore the folder.")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:

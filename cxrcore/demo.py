@@ -22,16 +22,18 @@ import platform
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from . import workspace
 from .data import phantom
-from .eval.metrics import mean_ignoring_nan, per_label_auroc
-from .eval.predictions import align_to, predict_split
-from .predictor import Predictor
-from .train.trainer import TrainConfig, train
+if TYPE_CHECKING:  # annotations only
+    from .predictor import Predictor
+    from .train.trainer import TrainConfig
+
+# Heavy imports (torch, the trainer, the predictor) happen inside the functions that need them: the home
+# page and every page's data check import this module for the phantom datasets' paths.
 
 DEMO_DATA = {
     "nih": {"n": 6000, "seed": 0},
@@ -99,12 +101,16 @@ def app_data(progress: Callable[[int, int], None] | None = None) -> dict[str, Pa
 
 
 def baseline_config(data: Path, epochs: int = BASELINE_EPOCHS) -> TrainConfig:
+    from .train.trainer import TrainConfig
+
     return TrainConfig(data=str(data), labels="nih14", arch="regnetx_002", arch_kwargs={"output_stride": OUTPUT_STRIDE},
                        pretrained="none", epochs=epochs, batch_size=32, lr=3e-3, image_size=IMAGE_SIZE,
                        pos_weight=True, channels_last=True, name="baseline (NIH phantom, NIH-14)")
 
 
 def finetune_config(data: Path, init: Path, epochs: int = FINETUNE_EPOCHS) -> TrainConfig:
+    from .train.trainer import TrainConfig
+
     return TrainConfig(data=str(data), labels="chexpert14", init=str(init), epochs=epochs, batch_size=32, lr=2e-3,
                        policy=FINETUNE_POLICY, pos_weight=True, channels_last=True,
                        name="fine-tuned (CheXpert phantom, CheXpert-14)")
@@ -113,6 +119,10 @@ def finetune_config(data: Path, init: Path, epochs: int = FINETUNE_EPOCHS) -> Tr
 def compare_on(data: Path, checkpoints: dict[str, Path], split: str = "test", policy: str = "zeros") -> dict:
     """Mean AUROC of each checkpoint on ``split`` of ``data``, over the labels all checkpoints share
     (uncertain labels turned into targets by ``policy``)."""
+    from .eval.metrics import mean_ignoring_nan, per_label_auroc
+    from .eval.predictions import align_to, predict_split
+    from .predictor import Predictor
+
     preds = {name: predict_split(Predictor(c), data, split, policy=policy) for name, c in checkpoints.items()}
     first = next(iter(preds.values()))
     shared = list(first.labels)
@@ -134,6 +144,8 @@ def compare_on(data: Path, checkpoints: dict[str, Path], split: str = "test", po
 
 
 def _auroc_table(pred) -> dict:
+    from .eval.metrics import mean_ignoring_nan, per_label_auroc
+
     au = per_label_auroc(pred.targets, pred.probs)
     pos = np.nansum(pred.targets == 1, axis=0)
     neg = np.nansum(pred.targets == 0, axis=0)
@@ -145,6 +157,8 @@ def _auroc_table(pred) -> dict:
 
 def _auroc_tables(predictor: Predictor, index) -> dict:
     """The AUROC table under each of ``FRESH_POLICIES`` (the first is the headline); one model pass."""
+    from .eval.predictions import predict_split
+
     out = {}
     for k, policy in enumerate(FRESH_POLICIES):
         pred = predict_split(predictor, index, "all", policy=policy, use_cache=k > 0)
@@ -170,6 +184,7 @@ def evaluate_fresh(checkpoints: dict[str, Path], log: Log = print) -> dict:
     The fine-tuned model is measured on the fresh CheXpert set (where it is also compared with the baseline
     on the labels both have); the baseline on the fresh NIH set (its own domain) and on the CheXpert set.
     """
+    from .predictor import Predictor
     from .data.readers import read_dataset
     from .eval.localize import localize
 
@@ -319,6 +334,8 @@ def machine() -> dict:
 def build(out: Path | None = None, baseline_epochs: int | None = None, finetune_epochs: int | None = None,
           log: Log = print, progress=None, evaluate: bool = True) -> dict:
     """Build both demo checkpoints into ``out`` (default: the repository's checkpoints/)."""
+    from .train.trainer import train
+
     baseline_epochs = baseline_epochs or BASELINE_EPOCHS
     finetune_epochs = finetune_epochs or FINETUNE_EPOCHS
     out = Path(out or workspace.shipped_checkpoints())

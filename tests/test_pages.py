@@ -31,6 +31,10 @@ def test_home_lists_models_and_data(app_env, shipped):
     assert {"baseline (shipped demo)", "finetuned (shipped demo)"} <= set(table["model"])
     assert table.set_index("model").loc["finetuned (shipped demo)", "labels"] == 14
     assert any("phantom" in str(j.value) for j in at.json)
+    # the library models (their cards need the library's metadata: slow on a fresh server) come last
+    assert [h.value for h in at.subheader] == ["Models", "Data", "Library models (pretrained, used as they are)"]
+    library = at.dataframe[1].value
+    assert any(m.startswith("xrv:densenet121-res224-all") for m in library["model"])
 
 
 def test_compare_on_a_held_out_phantom_image(app_env, shipped):

@@ -5,7 +5,7 @@ import streamlit as st
 
 from cxrcore import __version__, workspace
 from cxrcore.checkpoint import infer_trained_on, read_card
-from ui.common import checkpoint_choices, ensure_app_data, show_error
+from ui.common import LIBRARY_TAG, checkpoint_choices, ensure_app_data, show_error
 
 st.title("Chest X-ray classifier workbench")
 st.caption(f"cxrcore {__version__} · research tool, not a medical device")
@@ -30,20 +30,10 @@ for col, (page, text) in zip(cols, [
         st.page_link(page)
         st.caption(text)
 
-st.subheader("Models")
-choices = checkpoint_choices()
-if not choices:
-    st.warning("No checkpoints found. Build the demo models with `cxr demo build`.")
-rows = []
-for name, path in choices.items():
-    try:
-        card = read_card(path)
-    except Exception as exc:  # a damaged run folder must not break the home page
-        show_error(exc)
-        continue
+def _row(name: str, card) -> dict:
     val = card.metrics.get("val", {}).get("mean_auroc")
     test = card.metrics.get("test", {}).get("mean_auroc")
-    rows.append({
+    return {
         "model": name,
         "architecture": card.model.get("arch"),
         "labels": len(card.labels),
@@ -51,8 +41,26 @@ for name, path in choices.items():
         "trained on": f"{card.training_kind()}: {(card.trained_on or infer_trained_on(card)).get('summary', '')}",
         "val mean AUROC": None if val is None else round(val, 3),
         "test mean AUROC": None if test is None else round(test, 3),
-        "folder": path,
-    })
+        "folder": choices[name],
+    }
+
+
+def _rows(names: list[str]) -> list[dict]:
+    rows = []
+    for name in names:
+        try:
+            rows.append(_row(name, read_card(choices[name])))  # JSON only: no torch import
+        except Exception as exc:  # a damaged run folder must not break the home page
+            show_error(exc)
+    return rows
+
+
+st.subheader("Models")
+choices = checkpoint_choices()
+if not choices:
+    st.warning("No checkpoints found. Build the demo models with `cxr demo build`.")
+own = [n for n in choices if not n.endswith(LIBRARY_TAG)]
+rows = _rows(own)
 if rows:
     st.dataframe(rows, hide_index=True, width="stretch")
 
@@ -67,3 +75,13 @@ build = workspace.shipped_checkpoints() / "BUILD.json"
 if build.exists():
     with st.expander("How the demo models were built"):
         st.json(json.loads(build.read_text()))
+
+# Last: a library model's card is made from the library's metadata (importing torchxrayvision takes seconds on
+# a fresh server), so everything above is on screen first.
+library = [n for n in choices if n.endswith(LIBRARY_TAG)]
+if library:
+    st.subheader("Library models (pretrained, used as they are)")
+    with st.spinner("Reading the libraries' model metadata…"):
+        lib_rows = _rows(library)
+    if lib_rows:
+        st.dataframe(lib_rows, hide_index=True, width="stretch")
