@@ -873,4 +873,4 @@ def serve_workers(config: ServeConfig, sock: socket.socket, workers: int) -> Non
     os.environ[ENV_CONFIG] = config.to_env()
     ucfg = uvicorn.Config("cxrcore.api:app_from_env", factory=True, workers=workers, lifespan="off",
                           log_config=LOG_CONFIG, server_header=False, timeout_graceful_shutdown=10)
-    Multiprocess(ucfg, target=uvicorn.Server(ucfg).run, sockets=[sock]).run()
+    Multiprocess(ucfg, sockets=[sock]).run()

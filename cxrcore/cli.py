@@ -441,7 +441,6 @@ def cmd_serve(a) -> int:
                        "the models. Set --token or CXR_API_TOKEN (or pass --insecure-no-token on a network you "
                        "trust completely).")
     check_device(a.device)
-    logging.config.dictConfig(LOG_CONFIG)
     config = ServeConfig(list(a.checkpoint), max_bytes=a.max_bytes, device=a.device,
                          max_batch=a.max_batch if a.max_batch is not None else MAX_BATCH)
     # every model is loaded here first, so a bad --checkpoint is one clear error before any port is bound
@@ -460,6 +459,7 @@ def cmd_serve(a) -> int:
     except OSError as exc:
         raise CXRError(f"Cannot listen on {a.host}:{a.port}: {exc.strerror or exc}. Choose another --port.") from None
     host, port = sock.getsockname()[:2]
+    logging.config.dictConfig(LOG_CONFIG)  # request lines and errors on stderr, never bodies or headers
     print(f"serving {', '.join(models)} on http://{host}:{port} (POST /predict, /predict/batch, /predict/study; "
           f"GET /health; docs at /docs) on {a.device}, {a.workers} worker(s); bearer token "
           f"{'required' if token else 'not set'}; Ctrl-C stops", flush=True)
