@@ -3,7 +3,7 @@
 Both servers run at once, each in its own process with the shipped baseline checkpoint, and are driven in
 turn with the same requests: POST /predict of a real 512 x 512 NIH PNG with every label's heatmap
 (``"heatmaps": true``) and 5 Monte-Carlo dropout passes (``"mc_samples": 5``), by 1, 8 and 32 client
-threads (one keep-alive connection each). Per server and concurrency: requests per second, p50 / p95
+threads (one keep-alive connection each), each level in rounds that alternate between the servers. Per server and concurrency: requests per second, p50 / p95
 latency, failures; per server: resident memory (VmRSS from /proc) after a warm-up and after all its
 requests (1,000 by default), and the ratio new / old.
 
@@ -11,7 +11,7 @@ The former server is not shipped: its source is taken from this repository's his
 newest committed ``cxrcore/api.py`` that is still the ThreadingHTTPServer one) and loaded as a module of
 the package, so it runs against today's predictor, exactly as it was served.
 
-    python bench/api_load.py [--requests 100,450,450] [--warmup 10]
+    python bench/api_load.py [--requests 100,450,450] [--warmup 10] [--rounds 4]
 """
 from __future__ import annotations
 
@@ -74,7 +74,8 @@ def rss_mib(pid: int) -> float:
 
 
 def drive(port: int, body: bytes, n: int, concurrency: int) -> dict:
-    """``n`` POST /predict over ``concurrency`` threads, one keep-alive connection each."""
+    """``n`` POST /predict over ``concurrency`` threads, one keep-alive connection each: their latencies, the
+    failures and the wall time."""
     latencies, failures, lock = [], [], threading.Lock()
     todo = iter(range(n))
 
@@ -105,10 +106,18 @@ def drive(port: int, body: bytes, n: int, concurrency: int) -> dict:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
+    return {"n": n, "latencies": latencies, "failures": failures, "wall": time.perf_counter() - t0}
+
+
+def summary(parts: list[dict]) -> dict:
+    """One concurrency level's rounds together: req/s over their summed wall time, p50 / p95 of every latency."""
+    latencies = [x for p in parts for x in p["latencies"]]
+    failures = [x for p in parts for x in p["failures"]]
+    wall = sum(p["wall"] for p in parts)
     q = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [float("nan")] * 99
-    return {"n": n, "ok": len(latencies), "failed": len(failures), "rps": len(latencies) / wall,
-            "p50": q[49], "p95": q[94], "wall": wall, "first_failure": failures[0] if failures else None}
+    return {"n": sum(p["n"] for p in parts), "ok": len(latencies), "failed": len(failures),
+            "rps": len(latencies) / wall, "p50": q[49], "p95": q[94], "wall": wall,
+            "first_failure": failures[0] if failures else None}
 
 
 def main() -> None:
@@ -116,6 +125,9 @@ def main() -> None:
     ap.add_argument("--requests", default="100,450,450",
                     help="requests at concurrency 1, 8, 32 per server (default 100,450,450: 1,000 in all)")
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=4,
+                    help="each level's requests in this many rounds, the servers alternating (so a change in the "
+                         "machine's load falls on both)")
     ap.add_argument("--serve", choices=["old", "new"], help=argparse.SUPPRESS)
     ap.add_argument("--port-file", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -146,10 +158,16 @@ def main() -> None:
             drive(ports[kind], body, a.warmup, 1)
         before = {k: rss_mib(p.pid) for k, p in procs.items()}
         results = {k: {} for k in procs}
+        trajectory = {k: [] for k in procs}  # resident memory after each level
         for c, n in zip(CONCURRENCY, counts):
-            for kind in ("old", "new"):  # in turn, at each level: the same machine load for both
-                results[kind][c] = drive(ports[kind], body, n, c)
-                r = results[kind][c]
+            parts = {k: [] for k in procs}
+            sizes = [n // a.rounds + (i < n % a.rounds) for i in range(a.rounds)]
+            for i, m in enumerate(sizes):
+                for kind in (("old", "new") if i % 2 == 0 else ("new", "old")):
+                    parts[kind].append(drive(ports[kind], body, m, c))
+            for kind in procs:
+                results[kind][c] = r = summary(parts[kind])
+                trajectory[kind].append(rss_mib(procs[kind].pid))
                 print(f"  {kind} c={c}: {r['ok']}/{r['n']} in {r['wall']:.1f} s", file=sys.stderr, flush=True)
         after = {k: rss_mib(p.pid) for k, p in procs.items()}
     finally:
@@ -170,8 +188,9 @@ def main() -> None:
         f"p95 x{results['new'][c]['p95'] / results['old'][c]['p95']:.2f}" for c in CONCURRENCY))
     total = sum(counts)
     for kind in ("old", "new"):
+        steps = ", ".join(f"{m:.0f} after c={c}" for c, m in zip(CONCURRENCY, trajectory[kind]))
         print(f"resident memory, {label[kind]}: {before[kind]:.0f} MiB after warm-up -> {after[kind]:.0f} MiB after "
-              f"{total} requests ({after[kind] - before[kind]:+.0f} MiB)")
+              f"{total} requests ({after[kind] - before[kind]:+.0f} MiB; {steps})")
 
 
 if __name__ == "__main__":

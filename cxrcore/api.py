@@ -395,12 +395,15 @@ class Service:
 
     # ------------------------------------------------------------------ endpoints
     def health(self, details: bool = True) -> dict:
+        from .checkpoint import infer_trained_on
+
         if not details:
             return {"status": "ok", "details": "Send 'Authorization: Bearer <token>' for the models and limits."}
         return {"status": "ok", "models": list(self.models), "default_model": self.default,
                 "labels": {n: list(p.labels) for n, p in self.models.items()},
                 "display_names": {n: p.name for n, p in self.models.items()},
-                "trained_on": {n: (p.card.trained_on or {}).get("summary", "") for n, p in self.models.items()},
+                "trained_on": {n: (p.card.trained_on or infer_trained_on(p.card)).get("summary", "")
+                               for n, p in self.models.items()},
                 "device": self.device, "max_bytes": self.max_bytes, "max_image_bytes": self.max_image_bytes,
                 "max_mc_samples": MAX_MC_SAMPLES, "max_batch": self.max_batch, "pid": os.getpid()}
 
@@ -421,11 +424,7 @@ class Service:
         if seed003:
             return self._seed003(model, pred, ood, heatmaps, time.perf_counter() - t0)
         out = self._response(model, pred, loaded, ood, heatmaps, req.overlays)
-        t_end = time.perf_counter()
-        out["timing"] = {"decode_ms": round(1000 * (t["read"] - t0), 1), "ood_ms": round(1000 * (t["ood"] - t["read"]), 1),
-                         "predict_ms": round(1000 * (t["pred"] - t["ood"]), 1),
-                         "render_ms": round(1000 * (t_end - t["pred"]), 1),
-                         "total_ms": round(1000 * (t_end - t0), 1), "base64_ms": round(1000 * (t_dec - t0), 1)}
+        out["timing"] = _timing(t0, t_dec, t, time.perf_counter())
         return out
 
     def predict_batch(self, req: BatchRequest | dict) -> dict:
@@ -461,16 +460,17 @@ class Service:
         views, preds = [], []
         for i, v in enumerate(req.views):
             where = f"view {i + 1}" + (f" ({v.view})" if v.view else "")
+            t_view = time.perf_counter()
             try:
                 data = self._image_bytes(v, f"views[{i}].")
-                loaded, ood, pred, _ = self._run(model, data, v.name, req.mc_samples, req.mc_seed, False)
+                t_dec = time.perf_counter()
+                loaded, ood, pred, t = self._run(model, data, v.name, req.mc_samples, req.mc_seed, False)
             except ApiError as exc:
                 raise ApiError(exc.status, f"{where}: {exc.message}", exc.headers) from None
             lateral = (v.view or "").strip().lower().startswith("lat")
             out = self._response(model, pred, loaded, ood, req.heatmaps, False, lateral=lateral)
             out["view"] = v.view
-            out["timing"] = {"decode_ms": 0.0, "ood_ms": 0.0, "predict_ms": round(1000 * pred.seconds, 1),
-                             "render_ms": 0.0, "total_ms": 0.0, "base64_ms": 0.0}
+            out["timing"] = _timing(t_view, t_dec, t, time.perf_counter())
             views.append(out)
             preds.append(pred)
         fused = fuse_views([p.probs for p in preds], req.fusion)
@@ -596,6 +596,13 @@ class Service:
                 "ood": ood.to_dict()}
 
 
+def _timing(t0: float, t_dec: float, t: dict, t_end: float) -> dict:
+    """Milliseconds of each step of one image: base64 (and reading), OOD check, prediction, rendering."""
+    return {"decode_ms": round(1000 * (t["read"] - t0), 1), "ood_ms": round(1000 * (t["ood"] - t["read"]), 1),
+            "predict_ms": round(1000 * (t["pred"] - t["ood"]), 1), "render_ms": round(1000 * (t_end - t["pred"]), 1),
+            "total_ms": round(1000 * (t_end - t0), 1), "base64_ms": round(1000 * (t_dec - t0), 1)}
+
+
 def _heatmaps_b64(pred) -> dict[str, str]:
     return {x: _png_b64(np.rint(np.clip(pred.heatmaps[i], 0, 1) * 255).astype(np.uint8))
             for i, x in enumerate(pred.labels)}
@@ -632,9 +639,14 @@ class BodyGate:
         elif "transfer-encoding" in headers:
             refusal = (411, "Chunked bodies are not accepted; send a Content-Length.", {})
         elif "content-length" in headers:
-            n = int(headers["content-length"])  # the HTTP parser has checked it is a non-negative integer
+            try:
+                n = int(headers["content-length"])
+            except ValueError:
+                n = -1
             most = limit if limit is not None else self.service.max_bytes
-            if n > most:
+            if n < 0:
+                refusal = (400, "Content-Length must be a non-negative integer.", {})
+            elif n > most:
                 refusal = (413, f"Body of {n:,} bytes is over the {most:,} byte limit; downscale or compress the "
                                 "image" + (", or send fewer items." if most != self.service.max_bytes else "."), {})
         elif takes_body:
