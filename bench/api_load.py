@@ -12,6 +12,7 @@ newest committed ``cxrcore/api.py`` that is still the ThreadingHTTPServer one) a
 the package, so it runs against today's predictor, exactly as it was served.
 
     python bench/api_load.py [--requests 100,450,450] [--warmup 10] [--rounds 4]
+    python bench/api_load.py --plateau 4x96     # memory only: does it level off at concurrency 32?
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ import http.client
 import importlib.util
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -128,6 +128,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4,
                     help="each level's requests in this many rounds, the servers alternating (so a change in the "
                          "machine's load falls on both)")
+    ap.add_argument("--plateau", metavar="ROUNDSxN",
+                    help="instead: ROUNDS rounds of N requests at concurrency 32 per server, resident memory after "
+                         "each (does it level off or keep growing?), e.g. 4x96")
     ap.add_argument("--serve", choices=["old", "new"], help=argparse.SUPPRESS)
     ap.add_argument("--port-file", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -137,6 +140,7 @@ def main() -> None:
     counts = [int(x) for x in a.requests.split(",")]
     assert len(counts) == len(CONCURRENCY), "--requests takes three counts"
     commit, _ = legacy_source()
+    label = {"old": f"stdlib ThreadingHTTPServer ({commit[:10]})", "new": "FastAPI on uvicorn (this tree)"}
     body = json.dumps({"image": base64.b64encode(IMAGE.read_bytes()).decode(), "name": IMAGE.name,
                        "heatmaps": True, "mc_samples": 5}).encode()
     procs, ports = {}, {}
@@ -156,6 +160,18 @@ def main() -> None:
             pf.unlink()
         for kind in ("old", "new"):
             drive(ports[kind], body, a.warmup, 1)
+        if a.plateau:
+            rounds, n = (int(x) for x in a.plateau.lower().split("x"))
+            rss = {k: [rss_mib(p.pid)] for k, p in procs.items()}
+            failed = {k: 0 for k in procs}
+            for i in range(rounds):
+                for kind in (("old", "new") if i % 2 == 0 else ("new", "old")):
+                    failed[kind] += len(drive(ports[kind], body, n, 32)["failures"])
+                    rss[kind].append(rss_mib(procs[kind].pid))
+            for kind in ("old", "new"):
+                print(f"{label[kind]}: resident MiB after warm-up, then after each {n} requests at concurrency 32: "
+                      + " -> ".join(f"{m:.0f}" for m in rss[kind]) + f"; {failed[kind]} of {rounds * n} failed")
+            return
         before = {k: rss_mib(p.pid) for k, p in procs.items()}
         results = {k: {} for k in procs}
         trajectory = {k: [] for k in procs}  # resident memory after each level
@@ -174,7 +190,6 @@ def main() -> None:
         for p in procs.values():
             p.terminate()
             p.wait(timeout=30)
-    label = {"old": f"stdlib ThreadingHTTPServer ({commit[:10]})", "new": "FastAPI on uvicorn (this tree)"}
     print(f"POST /predict, {IMAGE.name} (512x512 PNG), heatmaps for 14 labels, 5 MC-dropout passes; "
           f"checkpoint {CHECKPOINT.name}; load avg {os.getloadavg()[0]:.2f}")
     print(f"{'server':<42} {'conc':>4} {'n':>5} {'fail':>4} {'req/s':>7} {'p50 s':>7} {'p95 s':>7}")
