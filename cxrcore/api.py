@@ -60,7 +60,6 @@ from .errors import CXRError, ConfigError, ImageError
 
 log = logging.getLogger("cxrcore.api")
 
-MAX_BYTES = 20_000_000  # the former fixed default; the default now follows CXR_MAX_UPLOAD_MB (cxrcore.hosting)
 MAX_MC_SAMPLES = 50
 SEED003_MC_SAMPLES = 20       # seed 003 answers with a Monte-Carlo mean and variance; the Compare page's 20 passes
 MAX_BATCH = 8                 # images in one /predict/batch request (default; --max-batch)
