@@ -75,6 +75,14 @@ class Comparison:
         return out
 
 
+def with_uncertainty(comparison: Comparison, predictors: dict[str, Predictor], mc_samples: int) -> Comparison:
+    """``comparison`` with each model's Monte-Carlo dropout spread added (the probabilities and heatmaps
+    stay the ones already computed): the slow part, done after the first answer is on screen."""
+    preds = {name: predictors[name].with_uncertainty(pred, comparison.image, mc_samples)
+             for name, pred in comparison.predictions.items()}
+    return replace(comparison, predictions=preds)
+
+
 def image_hash(data: bytes | np.ndarray) -> str:
     raw = data if isinstance(data, bytes) else np.ascontiguousarray(data).tobytes()
     return hashlib.sha256(raw).hexdigest()[:16]

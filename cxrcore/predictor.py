@@ -145,17 +145,32 @@ class Predictor:
 
             pred.calibrated = apply_temperature(logits_from_probs(pred.probs[None]), np.array(temps))[0].astype(np.float32)
         if mc_samples and mc_samples > 0:
-            from .explain.uncertainty import mc_dropout as run_mc
-
-            t0 = time.perf_counter()
-            r = run_mc(self.model, x, int(mc_samples), mc_dropout, mc_seed, mc_tta,
-                       post=lambda s: combine(s, self.card.model, self.card.thresholds))
-            pred.prob_mean, pred.prob_std, pred.prob_var = r.mean, r.std, r.var
-            kind, note = uncertainty_note(r.p, int(mc_samples))
-            pred.mc = {"samples": int(mc_samples), "dropout_p": r.p, "tta": r.tta, "seed": int(mc_seed),
-                       "kind": kind, "note": note}
-            pred.seconds += time.perf_counter() - t0
+            self._add_mc(pred, x, mc_samples, mc_dropout, mc_seed, mc_tta)
         return pred
+
+    def _add_mc(self, pred: Prediction, x: torch.Tensor, mc_samples: int, mc_dropout: float, mc_seed: int,
+                mc_tta: bool) -> Prediction:
+        from .explain.uncertainty import mc_dropout as run_mc
+
+        t0 = time.perf_counter()
+        r = run_mc(self.model, x, int(mc_samples), mc_dropout, mc_seed, mc_tta,
+                   post=lambda s: combine(s, self.card.model, self.card.thresholds))
+        pred.prob_mean, pred.prob_std, pred.prob_var = r.mean, r.std, r.var
+        kind, note = uncertainty_note(r.p, int(mc_samples))
+        pred.mc = {"samples": int(mc_samples), "dropout_p": r.p, "tta": r.tta, "seed": int(mc_seed),
+                   "kind": kind, "note": note}
+        pred.seconds += time.perf_counter() - t0
+        return pred
+
+    def with_uncertainty(self, pred: Prediction, image: LoadedImage, mc_samples: int, mc_dropout: float = 0.2,
+                         mc_seed: int = 0, mc_tta: bool = False) -> Prediction:
+        """A copy of ``pred`` (this model's prediction of ``image``) with the Monte-Carlo dropout spread added,
+        as ``predict(..., mc_samples=...)`` gives it: for showing the probabilities and heatmaps first and the
+        spread when it is ready."""
+        import copy
+
+        x = self.prep.normalize(torch.from_numpy(self.prep.square(image.pixels))[None].to(self.device))
+        return self._add_mc(copy.copy(pred), x, mc_samples, mc_dropout, mc_seed, mc_tta)
 
     def _predict(self, image, heatmaps: bool, top_k_boxes: int, box_threshold: float) -> tuple[Prediction, torch.Tensor]:
         t0 = time.perf_counter()

@@ -150,6 +150,27 @@ def run_comparison(raw: bytes, name: str, base_path: str, tuned_path: str, truth
     return result
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def _uncertainty(raw: bytes, name: str, base_path: str, tuned_path: str, stamps: tuple, truth: tuple | None,
+                 mc_samples: int):
+    from cxrcore.compare import with_uncertainty
+
+    first = _comparison(raw, name, base_path, tuned_path, stamps, truth, 0)
+    predictors = {"baseline": load_predictor(base_path), "fine-tuned": load_predictor(tuned_path)}
+    return with_uncertainty(first, predictors, mc_samples)
+
+
+def run_uncertainty(raw: bytes, name: str, base_path: str, tuned_path: str, truth=None, mc_samples: int = 20):
+    """The comparison of :func:`run_comparison` (no Monte-Carlo) with each model's Monte-Carlo dropout spread
+    added; cached per image and models, and kept for the Explain page."""
+    from cxrcore.models.library import card_stamp
+
+    result = _uncertainty(raw, name, base_path, tuned_path, (card_stamp(base_path), card_stamp(tuned_path)),
+                          tuple(truth) if truth is not None else None, mc_samples)
+    st.session_state["comparison"] = result
+    return result
+
+
 def model_card_rows(path: str) -> dict:
     """The model card facts shown next to a model's predictions (name, source, what it saw, licence,
     labels, input, thresholds)."""

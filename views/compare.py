@@ -13,7 +13,7 @@ from cxrcore.explain.cam import CAM_METHODS
 from cxrcore.explain.visual import comparison_panel, overlay, png_bytes
 from cxrcore.models.library import card_stamp
 from ui.common import (chart_config, hosting_settings, image_compare_slider, load_predictor, model_picker,
-                       require_checkpoints, run_comparison, show_error, show_model_cards)
+                       require_checkpoints, run_comparison, run_uncertainty, show_error, show_model_cards)
 
 st.title("Compare a baseline with a fine-tuned model")
 st.caption("Upload a chest radiograph (PNG, JPEG or DICOM). Nothing is stored; DICOM metadata never leaves this process.")
@@ -83,8 +83,9 @@ def with_method(pred, raw: bytes, name: str, path: str, label: str, method: str)
     return replace(pred, heatmaps=maps, boxes={**pred.boxes, label: boxes})
 
 
-try:
-    result = run_comparison(raw, name, choices[base_name], choices[tuned_name], truth, 20 if mc else 0)
+MC_SAMPLES = 20
+try:  # the first answer: both models' probabilities and every label's heatmap (one pass each)
+    result = run_comparison(raw, name, choices[base_name], choices[tuned_name], truth, 0)
 except CXRError as exc:
     show_error(exc)
     st.stop()
@@ -142,25 +143,48 @@ with left:
     st.download_button("Download comparison panel (PNG)", png_bytes(panel), file_name=f"compare-{label}.png",
                        mime="image/png", key="compare_panel_dl")
 with right:
-    fig = go.Figure()
-    for mname in result.predictions:
-        err = table.get(f"{mname} ± sd")
-        fig.add_bar(y=table["label"], x=table[f"{mname} p"], name=mname, orientation="h",
-                    error_x=dict(type="data", array=err.fillna(0).tolist(), visible=True) if err is not None else None)
-    fig.update_layout(barmode="group", height=36 * len(table) + 80, margin=dict(l=10, r=10, t=30, b=10),
-                      xaxis=dict(range=[0, 1], title="probability"), yaxis=dict(autorange="reversed"),
-                      legend=dict(orientation="h", y=1.02))
-    st.plotly_chart(fig, key="compare_bars", config=chart_config())
-    for m, p in result.predictions.items():
-        if p.mc:
-            st.caption(f"{m}: {p.mc['note']}")
-shown = table.copy()
-for col in shown.columns:
-    if col.endswith(" p") or col.endswith("± sd"):
-        shown[col] = shown[col].round(3)
-st.dataframe(shown, hide_index=True, width="stretch")
+    bars_slot, mc_slot = st.empty(), st.empty()
+table_slot = st.empty()
 st.caption("Heatmaps: " + ", ".join(f"{m}: {p.cam_method}, {p.cam_grid[0]}×{p.cam_grid[1]} feature cells "
                                     f"upsampled over the image, {p.seconds * 1000:.0f} ms" for m, p in result.predictions.items()))
+
+
+def show_numbers(res, stage: str) -> None:
+    """The probability bars and the table of ``res``; ``stage``: "first" (the Monte-Carlo spread is still being
+    computed, said so) or "final"."""
+    tab = res.table()
+    fig = go.Figure()
+    for mname in res.predictions:
+        err = tab.get(f"{mname} ± sd")
+        fig.add_bar(y=tab["label"], x=tab[f"{mname} p"], name=mname, orientation="h",
+                    error_x=dict(type="data", array=err.fillna(0).tolist(), visible=True) if err is not None else None)
+    fig.update_layout(barmode="group", height=36 * len(tab) + 80, margin=dict(l=10, r=10, t=30, b=10),
+                      xaxis=dict(range=[0, 1], title="probability"), yaxis=dict(autorange="reversed"),
+                      legend=dict(orientation="h", y=1.02))
+    bars_slot.plotly_chart(fig, key=f"compare_bars_{stage}", config=chart_config())
+    with mc_slot.container():
+        if stage == "first" and mc:
+            st.info(f"Monte-Carlo dropout spread: coming ({MC_SAMPLES} passes per model). The probabilities and "
+                    "heatmaps shown are final; the ± one standard deviation bars and column are added when ready.",
+                    icon=":material/hourglass_top:")
+        for m, p in res.predictions.items():
+            if p.mc:
+                st.caption(f"{m}: {p.mc['note']}")
+    shown = tab.copy()
+    for col in shown.columns:
+        if col.endswith(" p") or col.endswith("± sd"):
+            shown[col] = shown[col].round(3)
+    table_slot.dataframe(shown, hide_index=True, width="stretch", key=f"compare_table_{stage}")
+
+
+show_numbers(result, "first")
+if mc:  # the slow part, after the first answer is on screen
+    try:
+        result = run_uncertainty(raw, name, choices[base_name], choices[tuned_name], truth, MC_SAMPLES)
+    except CXRError as exc:
+        show_error(exc)
+    else:
+        show_numbers(result, "final")
 
 
 @st.cache_data(show_spinner="Predicting the second view…", max_entries=16)
