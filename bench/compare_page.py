@@ -88,7 +88,7 @@ def main() -> None:
     env.setdefault("CXR_HOME", str(Path.home() / ".cxr"))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        images = variants(2 * a.runs + a.uploads, tmp)
+        images = variants(2 + 2 * a.runs + a.uploads, tmp)
         old = tmp / "old"
         old.mkdir()
         archive = subprocess.run(["git", "archive", a.old], cwd=REPO, capture_output=True, check=True).stdout

@@ -5,8 +5,22 @@ caches and the job database all live below it; nothing is written next to the co
 """
 from __future__ import annotations
 
+import fcntl
 import os
+from contextlib import contextmanager
 from pathlib import Path
+
+
+@contextmanager
+def file_lock(path: Path):
+    """An exclusive lock on ``path`` (created), across threads and processes of this machine."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def root() -> Path:

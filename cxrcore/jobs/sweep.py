@@ -22,14 +22,12 @@ and ``tpe`` (TPESampler). Metric: the run's best validation mean AUROC (maximise
 """
 from __future__ import annotations
 
-import fcntl
 import itertools
 import json
 import math
 import re
 import secrets
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -207,15 +205,11 @@ def _quiet() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-@contextmanager
 def _lock(path: Path, sweep_id: str):
-    lock = path.parent / f".{DB_NAME}.{sweep_id}.lock"
-    with open(lock, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    """One caller at a time advances a sweep (across the app's threads, CLIs and job runners)."""
+    from ..workspace import file_lock
+
+    return file_lock(path.parent / f".{DB_NAME}.{sweep_id}.lock")
 
 
 def _sampler(spec: SweepSpec, n_made: int):

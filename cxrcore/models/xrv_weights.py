@@ -17,16 +17,15 @@ race between app sessions). It only affects class paths torch refuses by default
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import pickle
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError
+from ..workspace import file_lock  # noqa: F401 - used here and by models/library.py
 
 # The classes a torchxrayvision DenseNet file holds (torch.save of xrv.models.DenseNet).
 ALLOWED_CLASSES = (
@@ -133,18 +132,6 @@ def exc_summary(exc: Exception) -> str:
         hit = hit.split(cut)[0]
     hit = hit.replace("WeightsUnpickler error:", "").strip().rstrip(".")
     return hit or "not a plain weights file"
-
-
-@contextmanager
-def file_lock(path: Path):
-    """An exclusive lock on ``path`` (created), across threads and processes of this machine."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def tqdm_progress(desc: str):
