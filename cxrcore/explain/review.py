@@ -105,11 +105,15 @@ def classify_case(predictions: dict, label: str, truth_present: bool | None) -> 
     if not calls:
         raise ConfigError(f"No model has an output for {label!r}; choose another label.")
     said = ", ".join(f"{n} calls it {'present' if c else 'absent'}" for n, c in calls.items())
+    lacking = [n for n in predictions if n not in calls]
+    if lacking:  # judged on the models that have the label; say so
+        said += "; " + ", ".join(lacking) + f" {'has' if len(lacking) == 1 else 'have'} no output for {label}"
     if truth_present is not None:
         right = {n: c == truth_present for n, c in calls.items()}
         name = bucket(sum(right.values()), len(right))
         marks = ", ".join(f"{n} calls it {'present' if c else 'absent'} ({'right' if right[n] else 'wrong'})"
                           for n, c in calls.items())
+        marks += "".join(f"; {n} has no output for {label}" for n in lacking)
         return CaseType(name, "ground truth",
                         f"Ground truth: {label} {'present' if truth_present else 'absent'}; {marks}.",
                         truth_present, right)
