@@ -222,3 +222,43 @@ def test_server_errors_are_clear_and_never_show_the_key(comparison, mode, match)
     assert KEY not in str(err.value) and "sk-" not in str(err.value)
     with pytest.raises(LLMError, match="OPENAI_API_KEY"):
         run(panel, facts, prompt, LLMConfig(api_key=None))
+
+
+def _cxr_explain(stub, tmp_path, *args):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = dict(os.environ, CXR_HOME=str(tmp_path / "home"), OPENAI_API_KEY=KEY, OPENAI_BASE_URL=stub.base_url)
+    return subprocess.run([sys.executable, "-m", "cxrcore.cli", "explain", str(FORMATS / "00000001_000.png"),
+                           "--baseline", str(REPO / "checkpoints" / "baseline"), "--finetuned",
+                           str(REPO / "checkpoints" / "finetuned"), "--label", LABEL, *args],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+
+
+def test_cli_explain_valid_invalid_and_slow(comparison, tmp_path):
+    c = next(iter(calls(comparison).values()))
+    truth = "absent" if c else "present"  # both models wrong: a hard case
+    with StubLLM(KEY, mode="review") as stub:
+        r = _cxr_explain(stub, tmp_path, "--truth", truth)
+    assert r.returncode == 0, r.stderr
+    assert "hard case (decided by the ground truth)" in r.stderr and "verdict (fine-tuned vs baseline): " in r.stdout
+    assert "Hard case" in r.stdout and " B1 " in r.stdout
+    saved = list((tmp_path / "home" / "explanations").glob("*.json"))
+    assert len(saved) == 1 and json.loads(saved[0].read_text())["result"]["valid"] is True
+    assert stub.requests[0]["body"]["messages"][0]["content"].count("Both models are wrong") == 1
+    with StubLLM(KEY, mode="invalid") as stub:
+        r = _cxr_explain(stub, tmp_path, "--json")
+    assert r.returncode == 3 and "did not follow the schema" in r.stderr and "No verdict" in r.stderr
+    assert "(unvalidated)" in r.stderr and "verdict (" not in r.stdout
+    assert json.loads(r.stdout)["result"]["valid"] is False
+    with StubLLM(KEY, mode="slow", delay=5) as stub:
+        r = _cxr_explain(stub, tmp_path, "--timeout", "3")
+    assert r.returncode == 2 and "did not answer within 3 s" in r.stderr and "Traceback" not in r.stderr
+    assert "waiting for" in r.stderr  # progress while it waited
+    for out in (r.stdout, r.stderr):
+        assert KEY not in out
+    r = _cxr_explain(stub, tmp_path, "--template", str(tmp_path / "missing.txt"))
+    assert r.returncode == 2 and "Cannot read the prompt template" in r.stderr
