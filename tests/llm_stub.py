@@ -8,6 +8,7 @@ header, and answers in one of several modes:
   facts it received, explanation), built from the facts and case type in the request, streamed;
 - ``invalid``: JSON that breaks the review schema (an unknown verdict, a box judgement with a string for a
   boolean and fields missing);
+- ``refuse``: a refusal (the ``refusal`` field of structured output) and no content;
 - ``401``, ``garbage`` (not SSE), ``slow`` (waits ``delay`` seconds before answering at all), ``stall``
   (sends the start of a review, then waits ``delay`` seconds before the rest).
 
@@ -106,6 +107,11 @@ class StubLLM:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()
+                if stub.mode == "refuse":  # structured output's refusal field instead of content
+                    self._chunk(body, {"refusal": "I can't help with that."}, None)
+                    self._chunk(body, {}, "stop")
+                    self._write(b"data: [DONE]\n\n")
+                    return
                 words = text.split(" ")
                 for i, w in enumerate(words):
                     if stub.mode == "stall" and i == len(words) // 2:

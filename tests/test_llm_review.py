@@ -165,6 +165,13 @@ def test_an_invalid_answer_is_reported_and_never_a_verdict(comparison, tmp_path)
         assert KEY not in json.dumps(saved)
 
 
+def test_a_refusal_is_reported_and_never_a_verdict(comparison):
+    panel, facts, prompt, _ = request_for(comparison, None)
+    with StubLLM(KEY, mode="refuse") as stub:
+        outcome = run(panel, facts, prompt, LLMConfig(api_key=KEY, base_url=stub.base_url))[-1].outcome
+    assert not outcome.valid and outcome.error == "the model declined to answer: I can't help with that."
+
+
 def test_validation_checks_the_answer_against_the_facts(comparison):
     _, facts, _, case = request_for(comparison, None)
     good = json.loads(review_answer({"messages": [{"role": "user", "content": [

@@ -147,6 +147,8 @@ def test_compare_then_explain_a_hard_case_gives_verdict_and_box_table(app_env, s
         assert at.radio(key=f"explain_truth_{comp.image_hash}_{label}").value == (
             "present" if label in comp.truth else "absent")
         prompt = next(c.value for c in at.code if "Both models are wrong" in c.value)  # the prompt as sent
+        assert 'baseline model "baseline (shipped demo)"' in prompt  # the models as picked on Compare
+        assert any("Sent from the Compare page" in c.value for c in at.caption)
         before = set((app_env / "explanations").glob("*.json")) if (app_env / "explanations").exists() else set()
         at.button(key="explain_go").click().run()
         no_exception(at)

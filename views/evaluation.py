@@ -403,6 +403,7 @@ else:
                         "from": f"the Evaluation case browser ({params.get('data_name') or params['data']}, "
                                 f"{params['split']} split)",
                         "image_id": cases.image_ids[i], "image_hash": comp.image_hash, "model_paths": paths,
+                        "truth_from": "the dataset's labels",
                         "names": roles, "known": [x for q, x in enumerate(cases.labels)
                                                   if not np.isnan(cases.targets[i, q])]}
                     st.session_state["explain_wanted_label"] = label

@@ -71,7 +71,7 @@ preds = comparison.for_label(label)
 
 # ----------------------------------------------------------------- ground truth and case type
 given = truth_for(comparison.truth, label, known)
-where_from = ("the Evaluation dataset's labels" if source else "the phantom image's labels") if given is not None \
+where_from = (source or {}).get("truth_from", "the phantom image's labels") if given is not None \
     else "not known for this image"
 truth_key = f"explain_truth_{comparison.image_hash}_{label}"
 if truth_key not in st.session_state:
@@ -262,7 +262,7 @@ elif go:
         text_box.empty()
         record = review_record(comparison=comparison, label=label, facts=facts, case=case, prompt=prompt,
                                template=template, config=config, outcome=outcome, names=names,
-                               source=(source or {}).get("from", "Compare"), owner=current_user(settings).id)
+                               source=(source or {}).get("from", "Compare"), owner=current_user(settings).display)
         entry = {"outcome": outcome, "record": record, "path": None}
         try:
             entry["path"] = str(save_review(record))

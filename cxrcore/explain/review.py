@@ -148,7 +148,7 @@ PLACEHOLDERS = {
 
 DEFAULT_TEMPLATE = """\
 You are assisting a radiologist who reviews two chest X-ray classifiers on one image: the baseline \
-(${baseline}) and the fine-tuned model (${finetuned}). The attached panel shows the input radiograph, then \
+model "${baseline}" and the fine-tuned model "${finetuned}". The attached panel shows the input radiograph, then \
 each model's Grad-CAM heatmap for "${label}" with its boxes numbered B1, B2, ... and its top predictions. \
 The structured facts give each model's probability, threshold and call for ${label}, each box (box_id, \
 position in anatomical terms, xywh as fractions of the image, peak heat) and any warnings.
@@ -412,6 +412,7 @@ def _stream_once(client, config: LLMConfig, messages: list, structured: bool, t0
         kwargs["response_format"] = Review
     where = config.base_url or "the OpenAI API"
     chunks: list[str] = []
+    refusal: list[str] = []
     shown = ""
     with client.chat.completions.stream(**kwargs) as stream:
         try:
@@ -421,8 +422,8 @@ def _stream_once(client, config: LLMConfig, messages: list, structured: bool, t0
                 if time.monotonic() - t0 > config.timeout:
                     raise LLMError(f"{where} did not finish its answer within {config.timeout:.0f} s; it was "
                                    "stopped. Try again, raise the timeout, or use a faster model.")
-                if event.type == "refusal.delta":
-                    chunks.append(event.delta)
+                if event.type == "refusal.delta":  # structured output's refusal: no JSON will come
+                    refusal.append(event.delta)
                     continue
                 if event.type != "content.delta":
                     continue
@@ -443,6 +444,10 @@ def _stream_once(client, config: LLMConfig, messages: list, structured: bool, t0
                 yield Event("done", outcome=Outcome("".join(chunks), "", error="the server's content filter "
                             "stopped the answer."))
                 return
+    if refusal:
+        yield Event("done", outcome=Outcome("".join(refusal), "", error="the model declined to answer: "
+                                            + "".join(refusal)[:300]))
+        return
     yield Event("done", outcome=Outcome("".join(chunks), ""))
 
 
