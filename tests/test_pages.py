@@ -189,10 +189,10 @@ def test_explain_reports_an_invalid_answer_and_shows_no_verdict(app_env, shipped
 def test_explain_prompt_template_is_editable_and_resets(app_env, shipped, monkeypatch):
     with StubLLM("sk-test-secret-123456", mode="review", reject_response_format=True) as stub:
         at, label, _ = compare_then_explain(stub, monkeypatch)
-        at.text_area(key="explain_template").set_value("Review ${label}: ${case_instructions}").run()
+        area(at, "Template").set_value("Review ${label}: ${case_instructions}").run()
         no_exception(at)
         assert any(c.value.startswith(f"Review {label}: Both models are wrong") for c in at.code)
-        at.text_area(key="explain_case_hard").set_value("Say why both are wrong.").run()
+        area(at, "Steps for a hard case").set_value("Say why both are wrong.").run()
         assert any(c.value == f"Review {label}: Say why both are wrong." for c in at.code)
         assert any("edited prompt template" in c.value for c in at.caption)
         at.button(key="explain_go").click().run()  # a server without structured output: the fallback
@@ -201,13 +201,18 @@ def test_explain_prompt_template_is_editable_and_resets(app_env, shipped, monkey
         assert stub.requests[1]["body"]["messages"][0]["content"].startswith(f"Review {label}: Say why both are wrong.")
         assert any("-badge[" in m.value for m in at.markdown)
         assert any("did not accept structured output" in c.value for c in list(at.caption) + list(at.info))
-        at.text_area(key="explain_template").set_value("Review ${patient_name}").run()
+        area(at, "Template").set_value("Review ${patient_name}").run()
         no_exception(at)
         assert any("${patient_name}" in e.value and "not a placeholder" in e.value for e in at.error)
         assert not [b for b in at.button if b.key == "explain_go"]
         at.button(key="explain_reset").click().run()
         no_exception(at)
         assert not at.error and any("Both models are wrong" in c.value and "Judge every box" in c.value for c in at.code)
+        assert area(at, "Steps for a hard case").value.startswith("Both models are wrong")
+
+
+def area(at: AppTest, label: str):
+    return next(t for t in at.text_area if t.label == label)
 
 
 def test_thresholds_gate_of_a_two_stage_model_recombines_the_findings(app_home, shipped, tmp_path, monkeypatch):

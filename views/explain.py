@@ -139,28 +139,24 @@ config.timeout = float(timeout)
 
 
 # ----------------------------------------------------------------- the prompt template (this session's own)
+# The text areas carry the default text as their own default value (not only through the session state):
+# in Chromium, a rerun triggered right after the page loads can report a text area in a collapsed expander
+# with its widget default, which was "" and emptied the template. "Reset to default" makes new widgets.
 def _reset_template() -> None:
-    st.session_state["explain_template"] = DEFAULT_TEMPLATE
-    for c in CASE_TYPES:
-        st.session_state[f"explain_case_{c}"] = DEFAULT_CASE_INSTRUCTIONS[c]
+    st.session_state["explain_template_version"] = st.session_state.get("explain_template_version", 0) + 1
 
 
-for key, default in [("explain_template", DEFAULT_TEMPLATE)] + [
-        (f"explain_case_{c}", DEFAULT_CASE_INSTRUCTIONS[c]) for c in CASE_TYPES]:
-    st.session_state.setdefault(key, default)
-
+version = st.session_state.get("explain_template_version", 0)
 with st.expander("Prompt template (editable for this session)"):
     st.caption("Placeholders: " + " · ".join(f"`${{{k}}}` {v}" for k, v in PLACEHOLDERS.items())
                + ". The structured facts and the panel are always attached; the answer's JSON schema is sent "
                  "with the request (or added to the prompt when the server does not take structured output).")
-    st.text_area("Template", key="explain_template", height=320)
-    tabs = st.tabs([f"{c} case steps" for c in CASE_TYPES])
-    for tab, c in zip(tabs, CASE_TYPES):
-        tab.text_area(f"Steps for an {c} case" if c != "hard" else "Steps for a hard case",
-                      key=f"explain_case_{c}", height=120)
+    template_text = st.text_area("Template", value=DEFAULT_TEMPLATE, key=f"explain_template_{version}", height=320)
+    case_texts = {c: st.text_area(f"Steps for an {c} case" if c != "hard" else "Steps for a hard case",
+                                  value=DEFAULT_CASE_INSTRUCTIONS[c], key=f"explain_case_{c}_{version}", height=110)
+                  for c in CASE_TYPES}
     st.button("Reset to default", key="explain_reset", on_click=_reset_template)
-template = PromptTemplate(st.session_state["explain_template"],
-                          {c: st.session_state[f"explain_case_{c}"] for c in CASE_TYPES})
+template = PromptTemplate(template_text, case_texts)
 try:
     prompt = template.render(prompt_values(facts, case, names))
 except CXRError as exc:
@@ -206,9 +202,12 @@ def show_result(entry: dict, text_col, side_col) -> None:
         rows = outcome.box_rows(facts)
         if rows:
             side_col.dataframe(rows, hide_index=True, width="stretch", key="explain_boxes",
-                               column_config={"relevant": st.column_config.CheckboxColumn("relevant"),
-                                              "consistent with finding location":
-                                                  st.column_config.CheckboxColumn("consistent with finding location")})
+                               column_config={
+                                   "relevant": st.column_config.CheckboxColumn(
+                                       "relevant", help="The box covers anatomy where this label shows"),
+                                   "consistent with finding location": st.column_config.CheckboxColumn(
+                                       "location", help="Consistent with where the finding lies in this image"),
+                                   "why": st.column_config.TextColumn("why", width="large")})
         else:
             side_col.caption("No model drew a box for this label: no box to judge.")
         for note in outcome.notes:
@@ -227,13 +226,13 @@ cache_key = (comparison.image_hash, tuple(sorted(comparison.model_paths.values()
 b1, b2 = st.columns([1, 4])
 go = b1.button("Explain with the LLM", type="primary", key="explain_go")
 if cache_key in cache and not go:
-    text_col, side_col = st.columns([3, 2])
+    text_col, side_col = st.columns([1, 1])
     show_result(cache[cache_key], text_col, side_col)
     if b2.button("Explain again", key="explain_again"):
         cache.pop(cache_key, None)
         st.rerun()
 elif go:
-    text_col, side_col = st.columns([3, 2])
+    text_col, side_col = st.columns([1, 1])
     progress = side_col.empty()
     text_box = text_col.empty()
     where = config.base_url or "the OpenAI API"

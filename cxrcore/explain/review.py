@@ -274,10 +274,11 @@ class Outcome:
         for model, entry in facts["models"].items():
             for b in entry.get("focus", {}).get("boxes", []):
                 j = judged.get((model, b["box_id"]))
-                rows.append({"model": model, "box": b["box_id"], "where": b["where"], "peak": b["score"],
+                rows.append({"model": model, "box": b["box_id"],
                              "relevant": None if j is None else j.relevant,
                              "consistent with finding location": None if j is None else j.consistent_with_finding_location,
-                             "why": "(not judged by the model)" if j is None else j.why})
+                             "why": "(not judged by the model)" if j is None else j.why,
+                             "where": b["where"], "peak": b["score"]})
         return rows
 
     def to_dict(self) -> dict:
