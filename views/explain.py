@@ -223,14 +223,11 @@ def show_result(entry: dict, text_col, side_col) -> None:
 cache = st.session_state.setdefault("reviews", {})
 cache_key = (comparison.image_hash, tuple(sorted(comparison.model_paths.values())), label, truth_present,
              hashlib.sha256(prompt.encode()).hexdigest()[:16], config.model, config.base_url, config.isolated)
-b1, b2 = st.columns([1, 4])
-go = b1.button("Explain with the LLM", type="primary", key="explain_go")
+go = st.button("Explain with the LLM", type="primary", key="explain_go",
+                help="Asks again when an explanation of this label, ground truth and prompt is shown already.")
 if cache_key in cache and not go:
     text_col, side_col = st.columns([1, 1])
     show_result(cache[cache_key], text_col, side_col)
-    if b2.button("Explain again", key="explain_again"):
-        cache.pop(cache_key, None)
-        st.rerun()
 elif go:
     text_col, side_col = st.columns([1, 1])
     progress = side_col.empty()
