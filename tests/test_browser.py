@@ -26,13 +26,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_app(env: dict):
-    """`streamlit run app.py` on a free port of 127.0.0.1 with ``env``; yields its URL, stops it after."""
+def serve_app(env: dict, log=None):
+    """`streamlit run app.py` on a free port of 127.0.0.1 with ``env``; yields its URL, stops it after.
+    ``log``: a file the server's output goes to (default: a pipe)."""
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.address",
          "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        cwd=REPO, env=env, stdout=log or subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -43,7 +44,7 @@ def serve_app(env: dict):
             time.sleep(0.5)
     else:
         proc.kill()
-        pytest.fail("streamlit did not start: " + proc.stdout.read().decode()[-2000:])
+        pytest.fail("streamlit did not start: " + (proc.stdout.read().decode()[-2000:] if proc.stdout else ""))
     yield url
     os.killpg(proc.pid, 15)
     try:
@@ -264,3 +265,59 @@ def test_compare_with_a_library_model_on_one_side(xrv_app_url, browser, tmp_path
     page.get_by_text("CXR_XRV_CACHE_DIR moves that folder").wait_for(timeout=120_000)
     assert "nih-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt" in page.inner_text("body")
     page.screenshot(path=str(tmp_path / "compare-xrv.png"), full_page=True)
+
+
+# ------------------------------------------------------------------ Compare -> Explain with a local LLM
+def test_compare_then_explain_a_hard_case_with_a_local_llm(app_home, shipped, browser, tmp_path):
+    """An upload on Compare, then Explain with the ground truth set so that both models are wrong (a hard
+    case): the LLM (the local stub, structured output) gives a verdict badge, a box table and the text;
+    the server's log (the openai client logging at debug level) never holds the key."""
+    from llm_stub import StubLLM
+
+    key = "sk-test-secret-123456"
+    with StubLLM(key, mode="review") as stub, open(tmp_path / "server.log", "wb") as log:
+        env = dict(os.environ, CXR_HOME=str(app_home), OPENAI_API_KEY=key, OPENAI_BASE_URL=stub.base_url,
+                   OPENAI_LOG="debug")
+        server = serve_app(env, log)
+        url = next(server)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 2400})
+            page.goto(f"{url}/compare", timeout=120_000)
+            page.get_by_text("Compare a baseline with a fine-tuned model").wait_for(timeout=120_000)
+            page.locator("input[type=file]").first.set_input_files(str(FORMATS / "00000001_000.png"))
+            page.get_by_text("feature cells").wait_for(timeout=240_000)
+            page.get_by_text("Explain this comparison").click()
+            page.get_by_text("Explain a comparison", exact=True).wait_for(timeout=120_000)
+            _choose(page, "Label to explain", "Cardiomegaly")
+            page.get_by_text("Case type:").first.wait_for(timeout=60_000)
+            # both shipped models call Cardiomegaly absent on this film: "present" makes it a hard case
+            page.get_by_test_id("stRadio").filter(has_text="Ground truth of Cardiomegaly").get_by_text(
+                "present", exact=True).click()
+            page.get_by_text("Case type: hard", exact=True).wait_for(timeout=60_000)
+            page.get_by_role("button", name="Explain with the LLM").click()
+            page.get_by_text("Verdict", exact=True).wait_for(timeout=120_000)
+            page.get_by_text("Download this explanation (JSON)").wait_for(timeout=60_000)  # the last element drawn
+            body = page.inner_text("body")
+            assert "Hard case for Cardiomegaly" in body and "Validated against the schema" in body
+            assert any(v in body for v in ("IMPROVED", "WORSE", "NO CHANGE"))
+            assert page.locator("[data-testid=stMarkdown] span", has_text="NO CHANGE").count() + \
+                page.locator("[data-testid=stMarkdown] span", has_text="IMPROVED").count() + \
+                page.locator("[data-testid=stMarkdown] span", has_text="WORSE").count() >= 1  # the badge
+            table = page.locator("[data-testid=stDataFrame]").last
+            table.wait_for(timeout=60_000)
+            # the box table sits beside the text (to its right), not below it
+            text = page.get_by_text("Hard case for Cardiomegaly").first.bounding_box()
+            assert table.bounding_box()["x"] > text["x"] + text["width"] / 2
+            assert "Traceback" not in body and key not in body
+            page.screenshot(path=str(tmp_path / "explain.png"), full_page=True)
+            assert len(stub.requests) == 1 and sent_case(stub.requests[0]["body"]) == "hard"
+        finally:
+            next(server, None)
+    assert key not in (tmp_path / "server.log").read_text(errors="replace")
+    assert "HTTP Response: POST 200" in (tmp_path / "server.log").read_text(errors="replace")  # the client did log
+
+
+def sent_case(body: dict) -> str:
+    from llm_stub import sent_facts
+
+    return sent_facts(body)["case"]["type"]

@@ -73,6 +73,20 @@ def test_evaluation_with_comparison_and_case_browser(app_env, shipped):
     keys = {b.key for b in at.get("download_button")}
     assert {"eval_dl_csv", "eval_dl_json", "eval_dl_html"} <= keys
 
+    # the case goes to Explain with its image, both models (Model as the baseline) and its ground truth
+    at.button(key="eval_send_explain").click().run()
+    no_exception(at)
+    assert any(t.value == "Explain a comparison" for t in at.title)
+    assert any("Sent from the Evaluation case browser" in c.value and "baseline: baseline (shipped demo)" in c.value
+               and "fine-tuned: finetuned (shipped demo)" in c.value for c in at.caption)
+    assert at.selectbox(key="explain_label").value == label
+    comp = at.session_state["comparison"]
+    assert list(comp.predictions) == ["baseline", "fine-tuned"]
+    assert str(shipped["baseline"]) == comp.model_paths["baseline"]
+    truth = next(r for r in at.radio if r.label == f"Ground truth of {label}")
+    assert truth.value == ("present" if label in comp.truth else "absent")
+    assert any(f"Case type: {bucket}" in m.value and "decided by the ground truth" in m.value for m in at.markdown)
+
 
 def test_missing_folder_is_an_error_not_a_crash(app_env, shipped):
     at = page().run()

@@ -91,6 +91,10 @@ except CXRError as exc:
     st.stop()
 
 image = result.image
+st.session_state["explain_source"] = {  # what Explain names the two models (the roles stay baseline / fine-tuned)
+    "from": "the Compare page", "image_id": name, "image_hash": result.image_hash,
+    "model_paths": dict(result.model_paths), "names": {"baseline": base_name, "fine-tuned": tuned_name},
+    "known": None}
 h, w = image.original_shape
 st.caption(f"{name}: {image.source_format}, {w}×{h}, {image.bit_depth}-bit"
            + (f" · {'; '.join(image.notes)}" if image.notes else ""))

@@ -385,6 +385,29 @@ else:
                                           f" — {'right' if ok else 'wrong'}")
                     else:
                         col.image(comp.image.pixels, clamp=True, width="stretch", caption=f"{mname}: no '{label}' output")
+                send_help = ("Open this case on the Explain page: its image, both models (Model as the baseline, "
+                             "Compare with as the fine-tuned model) and its ground truth.")
+                if not cmp:
+                    st.button("Send to Explain", key="eval_send_explain", disabled=True,
+                              help="Explain reviews two models (its verdict is the fine-tuned model against the "
+                                   "baseline): choose a model in \"Compare with\" and evaluate to send a case.")
+                elif st.button("Send to Explain", key="eval_send_explain", help=send_help):
+                    from cxrcore.compare import Comparison
+
+                    roles = dict(zip(("baseline", "fine-tuned"), model_names))
+                    paths = {role: comp.model_paths[n] for role, n in roles.items()}
+                    st.session_state["comparison"] = Comparison(
+                        comp.image, comp.image_name, comp.image_hash,
+                        {role: comp.predictions[n] for role, n in roles.items()}, paths, list(truth), comp.ood)
+                    st.session_state["explain_source"] = {
+                        "from": f"the Evaluation case browser ({params.get('data_name') or params['data']}, "
+                                f"{params['split']} split)",
+                        "image_id": cases.image_ids[i], "image_hash": comp.image_hash, "model_paths": paths,
+                        "truth_from": "the dataset's labels",
+                        "names": roles, "known": [x for q, x in enumerate(cases.labels)
+                                                  if not np.isnan(cases.targets[i, q])]}
+                    st.session_state["explain_wanted_label"] = label
+                    st.switch_page("views/explain.py")
 
 # --------------------------------------------------------------------------- subgroups
 subgroups = result.get("subgroups")

@@ -123,6 +123,11 @@ def anatomical_position(box: Box) -> str:
     return f"{zone} zone, {side}" if side != "central" else f"{zone} zone, central"
 
 
+def box_id(k: int) -> str:
+    """The id of a model's ``k``-th box (0-based) for one label, as drawn on the panel: B1, B2, …"""
+    return f"B{k + 1}"
+
+
 def build_facts(predictions: dict, label: str, truth: list[str] | None = None, top_k: int = 5) -> dict:
     """Structured facts about a comparison; only model outputs, never patient metadata."""
     models = {}
@@ -136,8 +141,10 @@ def build_facts(predictions: dict, label: str, truth: list[str] | None = None, t
             i = pred.labels.index(label)
             entry["focus"] = {"label": label, "probability": round(float(pred.probs[i]), 3),
                               "threshold": round(float(pred.thresholds[i]), 3),
-                              "boxes": [{"where": anatomical_position(b), "score": round(b.score, 2)}
-                                        for b in pred.boxes.get(label, [])]}
+                              "boxes": [{"box_id": box_id(k), "where": anatomical_position(b),
+                                         "score": round(b.score, 2),
+                                         "xywh": [round(b.x, 3), round(b.y, 3), round(b.w, 3), round(b.h, 3)]}
+                                        for k, b in enumerate(pred.boxes.get(label, []))]}
         entry["trained_on"] = getattr(pred, "trained_on", "")
         warnings = [w.text for w in getattr(pred, "warnings", [])]
         if warnings:

@@ -23,8 +23,9 @@ def _display(pixels: np.ndarray, height: int) -> np.ndarray:
 
 
 def overlay(pixels: np.ndarray, heatmap: np.ndarray, boxes: list[Box] | None = None, label: str = "",
-            height: int = PANEL_HEIGHT, alpha: float = 0.45) -> np.ndarray:
-    """The radiograph with ``heatmap`` (any resolution, same aspect) on top, and boxes drawn."""
+            height: int = PANEL_HEIGHT, alpha: float = 0.45, numbered: bool = False) -> np.ndarray:
+    """The radiograph with ``heatmap`` (any resolution, same aspect) on top, and boxes drawn
+    (``numbered``: each box's id B1, B2, … before its label, as the LLM explanation's facts name them)."""
     base = _display(pixels, height)
     mask = cv2.resize(np.asarray(heatmap, np.float32), (base.shape[1], base.shape[0]), interpolation=cv2.INTER_LINEAR)
     rgb = show_cam_on_image(base.astype(np.float32) / 255.0, np.clip(mask, 0, 1), use_rgb=True, image_weight=1 - alpha)
@@ -32,10 +33,11 @@ def overlay(pixels: np.ndarray, heatmap: np.ndarray, boxes: list[Box] | None = N
         img = Image.fromarray(rgb)
         draw = ImageDraw.Draw(img)
         font = ImageFont.load_default()
-        for b in boxes:
+        for k, b in enumerate(boxes):
             x0, y0, x1, y1 = b.pixels(img.width, img.height)
             draw.rectangle([x0, y0, x1, y1], outline=(0, 255, 0), width=2)
-            draw.text((x0 + 3, max(0, y0 - 12)), f"{label} {b.score:.2f}".strip(), fill=(0, 255, 0), font=font)
+            text = f"{f'B{k + 1} ' if numbered else ''}{label} {b.score:.2f}".strip()
+            draw.text((x0 + 3, max(0, y0 - 12)), text, fill=(0, 255, 0), font=font)
         rgb = np.asarray(img)
     return rgb
 
@@ -68,7 +70,7 @@ def comparison_panel(pixels: np.ndarray, predictions: dict, label: str, truth: l
     for name, pred in predictions.items():
         if label in pred.labels:
             i = pred.labels.index(label)
-            tile = overlay(pixels, pred.heatmaps[i], pred.boxes.get(label), label, height)
+            tile = overlay(pixels, pred.heatmaps[i], pred.boxes.get(label), label, height, numbered=True)
             head = f"{name}: {label} {pred.probs[i]:.2f}"
         else:
             tile = _display(pixels, height)
