@@ -182,3 +182,33 @@ def test_cli_localize_methods_side_by_side_with_gated_hit_rate_and_faithfulness(
     assert r.returncode != 0 and "Unknown CAM method" in r.stderr and "Traceback" not in r.stderr
     r = _cxr("localize", "--checkpoint", str(shipped["baseline"]), "--data", str(NIH_SAMPLE), "--gate", "2")
     assert r.returncode != 0 and "between 0 and 1" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_gated_hit_rate_counts_pairs_and_misses_maps_below_the_cut_off():
+    """cheXlocalize: per (image, label) pair with a box; below the cut-off the map is zeroed, so a miss."""
+    from cxrcore.eval.localize import BoxResult, parse_gate, parse_methods, summarize
+    from cxrcore.explain.boxes import Box
+
+    gt = Box(0.1, 0.1, 0.2, 0.2, 1.0)
+
+    def res(image, pointing, prob, cutoff=0.5):
+        return BoxResult(image, "Mass", "Mass", gt, 0.0, 0.0, pointing, 1, 0.04, prob=prob, cutoff=cutoff)
+
+    results = [res("a", True, 0.9), res("a", True, 0.9),     # one pair, two boxes: a hit, shown
+               res("b", True, 0.3),                           # a hit, but p below the cut-off: no map, a miss
+               res("c", False, 0.9)]                          # shown, missed
+    s = summarize(results)
+    assert s["n"] == 4 and s["pointing"] == pytest.approx(0.75)          # per box
+    assert s["pairs"] == 3 and s["hit_rate"] == pytest.approx(2 / 3)     # per pair
+    assert s["gated_hit_rate"] == pytest.approx(1 / 3) and s["gated"] == 1
+    # at p == cut-off the map is shown (>=, as the decision threshold)
+    assert summarize([res("d", True, 0.5)])["gated_hit_rate"] == 1.0
+
+    assert parse_gate(None) == parse_gate("threshold") == "threshold" and parse_gate("0.50") == "0.5"
+    for bad in ("x", "1.5", -0.1):
+        with pytest.raises(ConfigError):
+            parse_gate(bad)
+    assert parse_methods("hirescam, GradCAM") == ["GradCAM", "HiResCAM"]
+    assert len(parse_methods("all")) == 7
+    with pytest.raises(ConfigError, match="Unknown CAM method"):
+        parse_methods("GradCAM,Nope")

@@ -283,9 +283,10 @@ class LocalizationReport:
         """One row per (label, CAM method), side by side, then 'all boxes' per method: pointing (per box), hit
         rate and gated hit rate (per image-label pair), and the faithfulness means where they were computed."""
         rows = []
+        per = {m: self.per_label(m) for m in self.methods}
         for label in self.labels + ["all boxes"]:
             for m in self.methods:
-                s = self.overall(m) if label == "all boxes" else self.per_label(m).get(label)
+                s = self.overall(m) if label == "all boxes" else per[m].get(label)
                 if not s or not s.get("n"):
                     continue
                 row = {"label": label, "method": m, "boxes": s["n"], "pairs": s.get("pairs"),
