@@ -481,10 +481,11 @@ def localize(predictor, index: DatasetIndex, split: str = "test", top_k: int = 3
     for image_id, _, j in pairs:
         if j not in by_image.setdefault(image_id, []):
             by_image[image_id].append(j)
-    for image_id in images:  # one prediction per image (every label's GradCAM comes with it); images are re-read,
-        image = read_image(paths[image_id])   # not kept: NIH's 880 boxed images are 4 MB each as floats
-        cache[image_id] = predictor.predict(image, heatmaps=True, top_k_boxes=top_k, box_threshold=box_threshold)
+    for image_id in images:  # one prediction per image (every label's GradCAM comes with it)
+        cache[image_id] = predictor.predict(paths[image_id], heatmaps=True, top_k_boxes=top_k,
+                                            box_threshold=box_threshold)
         tick()
+        image = read_image(paths[image_id]) if extra else None   # read again, not kept: NIH's images are 4 MB as floats
         for m in extra:
             js = by_image[image_id]
             for j, got in zip(js, predictor.heatmaps_for(image, [predictor.labels[j] for j in js], m, box_threshold,
@@ -511,9 +512,11 @@ def localize(predictor, index: DatasetIndex, split: str = "test", top_k: int = 3
             s["pointing_box"] = s["pointing"]
             s["pointing"] = any(inside(s["peak"], b) for b in inst)
             s["area"] = union_area(inst)
-            results.append(BoxResult(image_id, label, model_label, clip_box(box), **s, method=m,
-                                     prob=float(pred.probs[j]),
-                                     cutoff=float(pred.thresholds[j]) if cut is None else cut))
+            probs, thresholds = getattr(pred, "probs", None), getattr(pred, "thresholds", None)
+            prob = None if probs is None else float(probs[j])
+            cutoff = cut if cut is not None else None if thresholds is None else float(thresholds[j])
+            results.append(BoxResult(image_id, label, model_label, clip_box(box), **s, method=m, prob=prob,
+                                     cutoff=cutoff))
 
     faith: dict[str, dict[str, list]] = {}
     if faith_pairs:
