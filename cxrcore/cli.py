@@ -524,7 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Monte-Carlo dropout passes for a spread per label (0: off; at most 200)")
     s.set_defaults(func=cmd_predict)
 
-    s = sub.add_parser("localize", help="score heatmap boxes against ground-truth boxes (IoU, IoBB, pointing game)")
+    s = sub.add_parser("localize", help="score heatmap boxes against ground-truth boxes (IoU, IoBB, pointing game, "
+                                                "gated hit rate), CAM methods side by side, optional ROAD / "
+                                                "deletion / insertion faithfulness")
     s.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     s.add_argument("--data", required=True, help="dataset folder with boxes (NIH BBox_List_2017*.csv or phantom_boxes.csv)")
     s.add_argument("--split", choices=["test", "val", "train", "all", "official_test"], default="test",
