@@ -36,7 +36,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from cxrcore.explain.boxes import Box  # noqa: E402
-from cxrcore.explain.cam import CAM_METHODS  # noqa: E402
 from cxrcore.explain.faithfulness import faithfulness, input_and_cam  # noqa: E402
 from cxrcore.eval.localize import clip_box, inside, peak_point  # noqa: E402
 from cxrcore.labels import find_label  # noqa: E402
