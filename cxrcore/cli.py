@@ -221,11 +221,13 @@ def cmd_localize(a) -> int:
     from .eval.localize import localize_checkpoint
 
     report = localize_checkpoint(a.checkpoint, a.data, a.split, a.top_k, a.box_threshold,
-                                 progress=None if a.json else _bar("predict"))
+                                 progress=None if a.json else _bar("localize"), methods=a.cam_methods,
+                                 gate=a.gate, faithfulness_n=a.faithfulness_images,
+                                 max_images=a.max_images)
     if a.json:
         print(json.dumps(report.to_dict(boxes=a.boxes), indent=1))
         return 0
-    print(f"{report.dataset}, split {report.split}: {len(report.results)} ground-truth boxes scored on "
+    print(f"{report.dataset}, split {report.split}: {len(report.results) // len(report.methods)} ground-truth boxes scored on "
           f"{report.n_images} images ({report.n_boxes_split} boxes in the split, {report.n_boxes_dataset} in the "
           f"dataset); top-{report.top_k} boxes per label at {report.box_threshold:g} x peak; {report.seconds:.1f} s")
     if report.skipped:
@@ -238,6 +240,16 @@ def cmd_localize(a) -> int:
     print("accuracy = share of ground-truth boxes with a predicted box at IoU / IoBB >= T (IoBB = intersection over "
           "the predicted box's area, Wang et al. 2017); pointing game = heatmap peak inside one of the label's boxes on the "
           "image (Zhang et al. 2016); chance = mean area fraction of those boxes' union; pointing (box) = peak inside that very box")
+    print()
+    print(f"per label and CAM method ({report.gate_note()}; hit rates per image-label pair, as cheXlocalize):")
+    print(report.methods_table())
+    if report.faithfulness_n:
+        from .explain.faithfulness import HOW_TO_READ, TARGET_NOTE
+
+        print(f"faithfulness: the first {report.faithfulness_n} images of each label (faith_n), scored on {TARGET_NOTE}. "
+              + HOW_TO_READ)
+    else:
+        print("faithfulness (ROAD, deletion / insertion) not computed: add --faithfulness-images N")
     return 0
 
 
@@ -713,7 +725,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Monte-Carlo dropout passes for a spread per label (0: off; at most 200)")
     s.set_defaults(func=cmd_predict)
 
-    s = sub.add_parser("localize", help="score heatmap boxes against ground-truth boxes (IoU, IoBB, pointing game)")
+    s = sub.add_parser("localize", help="score heatmap boxes against ground-truth boxes (IoU, IoBB, pointing game, "
+                                                "gated hit rate), CAM methods side by side, optional ROAD / "
+                                                "deletion / insertion faithfulness")
     s.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     s.add_argument("--data", required=True, help="dataset folder with boxes (NIH BBox_List_2017*.csv or phantom_boxes.csv)")
     s.add_argument("--split", choices=["test", "val", "train", "all", "official_test"], default="test",
@@ -723,6 +737,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--box-threshold", type=float, default=0.5, help="heatmap threshold for boxes, fraction of the peak")
     s.add_argument("--json", action="store_true")
     s.add_argument("--boxes", action="store_true", help="include every ground-truth box's scores in the JSON")
+    s.add_argument("--cam-methods", default="GradCAM",
+                   help="CAM methods scored side by side, comma-separated (GradCAM, GradCAMPlusPlus, HiResCAM, "
+                        "XGradCAM, LayerCAM, EigenCAM, ScoreCAM) or all; default GradCAM, the map the app shows")
+    s.add_argument("--gate", default="threshold",
+                   help="probability cut-off of the gated hit rate (cheXlocalize: no map when p is below it): "
+                        "threshold = each label's decision threshold from the checkpoint card (default), or a number")
+    s.add_argument("--max-images", type=int, default=None, metavar="N",
+                   help="score only the first N images with boxes (sorted by id): other CAM methods cost a "
+                        "pytorch-grad-cam pass per image and label on a CPU")
+    s.add_argument("--faithfulness-images", type=int, default=0, metavar="N",
+                   help="score each method's maps of the first N images of every label with ROAD and deletion / "
+                        "insertion (about 60 forward passes each, a few seconds per image on a CPU; default 0 = off)")
     s.set_defaults(func=cmd_localize)
 
     s = sub.add_parser("explain", help="an LLM's review of a baseline / fine-tuned comparison (seed 002): verdict, "

@@ -206,14 +206,23 @@ class Predictor:
     def heatmap(self, image: LoadedImage, label: str, method: str = "GradCAM",
                 box_threshold: float = 0.5, top_k_boxes: int = 3) -> tuple[np.ndarray, list[Box]]:
         """One label's heatmap with any pytorch-grad-cam method, in the image's frame, and its boxes."""
-        if label not in self.labels:
-            raise CheckpointError(f"{self.name} has no label {label!r}; its labels are {', '.join(self.labels)}.")
+        return self.heatmaps_for(image, [label], method, box_threshold, top_k_boxes)[0]
+
+    def heatmaps_for(self, image: LoadedImage, labels: list[str], method: str = "GradCAM",
+                     box_threshold: float = 0.5, top_k_boxes: int = 3) -> list[tuple[np.ndarray, list[Box]]]:
+        """Several labels' heatmaps with one pytorch-grad-cam method (one CAM object, one input), with boxes."""
+        for label in labels:
+            if label not in self.labels:
+                raise CheckpointError(f"{self.name} has no label {label!r}; its labels are {', '.join(self.labels)}.")
         h, w = image.pixels.shape
         x = self.prep.normalize(torch.from_numpy(self.prep.square(image.pixels))[None].to(self.device))
         with torch.enable_grad():
-            _, cams = gradcam_loop(self.model, x, [self.labels.index(label)], method)
-        heat = self.prep.unsquare(cams[0, 0], h, w).astype(np.float32)
-        return heat, boxes_from_heatmap(heat, threshold=box_threshold, top_k=top_k_boxes)
+            _, cams = gradcam_loop(self.model, x, [self.labels.index(label) for label in labels], method)
+        out = []
+        for k in range(len(labels)):
+            heat = self.prep.unsquare(cams[0, k], h, w).astype(np.float32)
+            out.append((heat, boxes_from_heatmap(heat, threshold=box_threshold, top_k=top_k_boxes)))
+        return out
 
     def combine(self, raw: np.ndarray, gate: float | None = None) -> np.ndarray:
         """Raw sigmoid outputs -> the probabilities shown: a two-stage model's gate applied with its one

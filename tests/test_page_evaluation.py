@@ -166,6 +166,7 @@ def test_subgroup_gaps_from_the_real_evaluation(app_env, shipped, tmp_path):
 def test_localization_on_the_real_nih_boxes(app_env, shipped):
     """The 24 real radiologist boxes of the NIH sample: the page scores them like `cxr localize`."""
     at = evaluate_baseline_on_nih_sample(20)
+    at.number_input(key="eval_loc_faith_n").set_value(0)   # faithfulness: its own test below
     at.button(key="eval_loc_run").click().run()
     no_exception(at)
     table = table_with(at, "pointing")
@@ -173,6 +174,28 @@ def test_localization_on_the_real_nih_boxes(app_env, shipped):
     assert rows.loc["all boxes", "boxes"] == 24  # 23 Pneumonia + 1 Infiltrate (= Infiltration)
     assert rows.loc["Pneumonia", "boxes"] == 23
     assert rows[["IoU ≥ 0.1", "IoBB ≥ 0.25", "pointing", "chance"]].apply(lambda c: c.between(0, 1)).all().all()
+
+
+def test_localization_methods_side_by_side_with_gated_hit_rate_and_faithfulness(app_env, shipped):
+    """Two CAM methods per label, cheXlocalize's gated hit rate at a cut-off of 1 (every pair gated out) and
+    ROAD / deletion / insertion on the first image of each label."""
+    at = evaluate_baseline_on_nih_sample(20)
+    at.multiselect(key="eval_loc_methods").set_value(["GradCAM", "HiResCAM"])
+    at.selectbox(key="eval_loc_gate_kind").set_value("one probability").run()
+    at.number_input(key="eval_loc_gate").set_value(1.0)
+    at.number_input(key="eval_loc_faith_n").set_value(1)
+    at.button(key="eval_loc_run").click().run()
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    side = table_with(at, "ROAD combined ↑")
+    assert set(side["method"]) == {"GradCAM", "HiResCAM"}
+    rows = side.set_index(["label", "method"])
+    assert rows.loc[("all boxes", "HiResCAM"), "boxes"] == 24
+    assert (side["gated hit rate"] == 0).all() and (side["pairs gated out"] == side["pairs"]).all()
+    assert side["hit rate"].between(0, 1).all() and side["faithfulness n"].ge(1).all()
+    assert side["ROAD combined ↑"].between(-1, 1).all() and side["insertion AUC ↑"].between(0, 1).all()
+    captions = " ".join(c.value for c in at.caption)
+    assert "p = 1" in captions and "higher = more faithful" in captions
 
 
 def test_saved_temperatures_give_calibrated_probabilities(app_env, shipped, tmp_path):

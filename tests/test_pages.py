@@ -64,6 +64,27 @@ def test_compare_on_a_held_out_phantom_image(app_env, shipped):
     assert len(at.get("image")) == 3  # input + two overlays
 
 
+def test_compare_scores_the_heatmaps_faithfulness_on_demand(app_env, shipped):
+    at = page("compare").run()
+    at.radio(key="compare_source").set_value("A held-out phantom test image (ground truth known)").run()
+    at.selectbox(key="compare_label").set_value("Cardiomegaly").run()
+    no_exception(at)
+    # nothing is computed before the button: the first answer is not slowed
+    assert not any("ROAD combined ↑" in d.value.columns for d in at.dataframe)
+    assert not at.get("plotly_chart") or len(at.get("plotly_chart")) == 1   # the probability bars only
+    at.button(key="compare_faith_run").click().run()
+    no_exception(at)
+    table = next(d.value for d in at.dataframe if "ROAD combined ↑" in d.value.columns)
+    assert list(table["model"]) == ["baseline", "fine-tuned"]
+    assert table["ROAD combined ↑"].between(-1, 1).all() and table["deletion AUC ↓"].between(0, 1).all()
+    assert len(at.get("plotly_chart")) == 2                               # bars + the faithfulness curves
+    assert "higher = more faithful" in " ".join(c.value for c in at.caption)
+    # another method: the scores are for it, again only on demand
+    at.selectbox(key="compare_method").set_value("HiResCAM").run()
+    no_exception(at)
+    assert not any("ROAD combined ↑" in d.value.columns for d in at.dataframe)
+
+
 def test_thresholds_sliders_update_metrics_and_save(app_env, shipped):
     at = page("thresholds").run()
     no_exception(at)

@@ -3,6 +3,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -83,6 +84,76 @@ def with_method(pred, raw: bytes, name: str, path: str, label: str, method: str)
     return replace(pred, heatmaps=maps, boxes={**pred.boxes, label: boxes})
 
 
+@st.cache_data(show_spinner="Scoring the heatmap's faithfulness (ROAD and deletion / insertion: about 60 forward "
+                            "passes per model)…", max_entries=32)
+def _faithfulness(raw: bytes, name: str, path: str, stamp: tuple, label: str, method: str) -> dict:
+    from cxrcore.explain.faithfulness import predictor_faithfulness
+
+    return predictor_faithfulness(load_predictor(path), read_image(raw, name), label, method).to_dict()
+
+
+def _faithfulness_figure(scores: dict) -> go.Figure:
+    """ROAD (p after removing a share of pixels, most / least relevant first) and deletion / insertion curves."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("ROAD: p after removing a share", "Deletion / insertion"))
+    dashes = ["solid", "dot"]
+    for k, (mname, f) in enumerate(scores.items()):
+        dash = dashes[k % 2]
+        fig.add_scatter(x=[0.0] + f["road_removed"][::-1], y=[f["prob"]] + f["road_morf_p"][::-1], row=1, col=1,
+                        name=f"{mname}: MoRF", line=dict(color="#d62728", dash=dash))
+        fig.add_scatter(x=[0.0] + f["road_removed"][::-1], y=[f["prob"]] + f["road_lerf_p"][::-1], row=1, col=1,
+                        name=f"{mname}: LeRF", line=dict(color="#2ca02c", dash=dash))
+        fig.add_scatter(x=f["fractions"], y=f["deletion_p"], row=1, col=2, name=f"{mname}: deletion",
+                        line=dict(color="#9467bd", dash=dash))
+        fig.add_scatter(x=f["fractions"], y=f["insertion_p"], row=1, col=2, name=f"{mname}: insertion",
+                        line=dict(color="#1f77b4", dash=dash))
+    fig.update_xaxes(title_text="share of pixels removed", range=[0, 1], row=1, col=1)
+    fig.update_xaxes(title_text="share of pixels removed / inserted, most relevant first", range=[0, 1], row=1, col=2)
+    fig.update_yaxes(title_text="probability", range=[0, 1])
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), legend=dict(font=dict(size=10)))
+    return fig
+
+
+def _faithfulness_section(raw: bytes, name: str, models: dict, label: str, method: str) -> None:
+    """``models``: name -> (checkpoint path, the model's spelling of ``label`` or None when it lacks it)."""
+    # On demand (it costs about 60 forward passes per model): is this heatmap what the model uses?
+    from cxrcore.explain.faithfulness import HOW_TO_READ, TARGET_NOTE
+    from cxrcore.models.library import card_stamp
+
+    key = (hash(raw), name, tuple(models.values()), label, method)
+    with st.expander(f"Is the {method} heatmap of {label} faithful to the model? (ROAD, deletion / insertion)",
+                     expanded=st.session_state.get("compare_faith") == key):
+        st.caption("Perturbs the model's input in the order the heatmap ranks the pixels and follows the label's "
+                   "probability: a faithful map's top pixels matter to the model, its bottom ones do not. "
+                   "About 60 forward passes per model, a few seconds each on a CPU.")
+        if st.button("Score faithfulness", key="compare_faith_run"):
+            st.session_state["compare_faith"] = key
+        if st.session_state.get("compare_faith") != key:
+            return
+        scores, rows = {}, []
+        for mname, (path, own) in models.items():
+            if own is None:
+                st.caption(f"{mname} has no {label!r} output: nothing to score.")
+                continue
+            try:
+                f = _faithfulness(raw, name, path, card_stamp(path), own, method)
+            except CXRError as exc:
+                show_error(exc)
+                continue
+            scores[mname] = f
+            rows.append({"model": mname, "p": f["prob"], "ROAD combined ↑": f["road_combined"],
+                         "ROAD MoRF ↓": f["road_morf"], "ROAD LeRF ↑": f["road_lerf"],
+                         "deletion AUC ↓": f["deletion_auc"], "insertion AUC ↑": f["insertion_auc"],
+                         "seconds": f["seconds"]})
+        if not rows:
+            return
+        st.dataframe(pd.DataFrame(rows).round(3), hide_index=True, width="stretch", key="compare_faith_table")
+        st.caption(HOW_TO_READ + f" Scored on {TARGET_NOTE}; ROAD removes pixels by noisy linear imputation "
+                   "(pytorch-grad-cam's), deletion fills them with the mean, insertion starts from a blurred copy.")
+        st.plotly_chart(_faithfulness_figure(scores), key="compare_faith_chart", config=chart_config())
+
+
 MC_SAMPLES = 20
 try:  # the first answer: both models' probabilities and every label's heatmap (one pass each)
     result = run_comparison(raw, name, choices[base_name], choices[tuned_name], truth, 0)
@@ -143,6 +214,8 @@ with left:
         with st.expander("Slide between the two overlays", expanded=False):
             (n1, o1), (n2, o2) = overlays.items()
             image_compare_slider(png_bytes(o1), png_bytes(o2), n1, n2)
+    _faithfulness_section(raw, name, {m: (result.model_paths[m], result.label_in(m, label)) for m in preds},
+                          label, method)
     panel = comparison_panel(image.pixels, preds, label, truth)
     st.download_button("Download comparison panel (PNG)", png_bytes(panel), file_name=f"compare-{label}.png",
                        mime="image/png", key="compare_panel_dl")

@@ -433,21 +433,45 @@ if subgroups:
         st.dataframe(pd.DataFrame(subgroups).round(3), hide_index=True, width="stretch", key="eval_subgroups")
 
 # --------------------------------------------------------------------------- localization
-@st.cache_data(show_spinner="Predicting every image with ground-truth boxes…", max_entries=8)
-def run_localize(ckpt: str, ckpt_key: tuple, data: str, split: str) -> dict:
+@st.cache_data(show_spinner="Predicting every image with ground-truth boxes (and scoring faithfulness when asked)…",
+               max_entries=8)
+def run_localize(ckpt: str, ckpt_key: tuple, data: str, split: str, methods: tuple = ("GradCAM",),
+                 gate: str = "threshold", faith_n: int = 0, max_images: int | None = None) -> dict:
     from cxrcore.eval.localize import localize_checkpoint
 
-    return localize_checkpoint(ckpt, data, split).to_dict(boxes=False)
+    return localize_checkpoint(ckpt, data, split, methods=list(methods), gate=gate, faithfulness_n=faith_n,
+                               max_images=max_images).to_dict(boxes=False)
 
 
 st.subheader("Localization against ground-truth boxes")
 st.caption("Boxes cut from each label's heatmap vs the dataset's boxes (NIH BBox_List format; the phantoms write "
            "theirs): accuracy at IoU and IoBB thresholds as in Wang et al. 2017, and the pointing game (the "
            "heatmap's peak inside one of the label's boxes on the image; chance = mean area of their union). Same as `cxr localize`.")
+from cxrcore.explain.cam import CAM_METHODS  # noqa: E402
+
+lc1, lc2, lc3, lc4 = st.columns(4)
+loc_methods = lc1.multiselect("CAM methods, side by side", CAM_METHODS, default=["GradCAM"], key="eval_loc_methods",
+                              help="GradCAM is the map every prediction carries; each other method runs "
+                                   "pytorch-grad-cam once per image and label (ScoreCAM: many passes).")
+gate_kind = lc2.selectbox("Gated hit rate: cut-off", ["each label's threshold", "one probability"],
+                          key="eval_loc_gate_kind",
+                          help="cheXlocalize: no map (a miss) when the model's probability is below the cut-off")
+gate = "threshold" if gate_kind == "each label's threshold" else str(
+    lc2.number_input("cut-off p", 0.0, 1.0, 0.5, 0.05, key="eval_loc_gate"))
+faith_n = int(lc3.number_input("Faithfulness: images per label (0 = off)", 0, 200, 3, 1, key="eval_loc_faith_n",
+                               help="ROAD and deletion / insertion for each method's maps of the first N images of "
+                                    "every label: about 60 forward passes each, about 4 s per image, label and "
+                                    "method on two CPU cores (13 phantom labels x 3 images: about 3 minutes); "
+                                    "raise it on a GPU"))
+max_images = int(lc4.number_input("Images with boxes (0 = all)", 0, 100000, 0, 10, key="eval_loc_max",
+                                  help="only the first N images with boxes (sorted by id), to keep other methods "
+                                       "affordable on a CPU")) or None
+loc_params = (params["ckpt"], params["ckpt_key"], params["data"], params["split"], tuple(loc_methods or ["GradCAM"]),
+              gate, faith_n, max_images)
 if st.button("Score localization", key="eval_loc_run"):
-    st.session_state["eval_loc"] = (params["ckpt"], params["ckpt_key"], params["data"], params["split"])
+    st.session_state["eval_loc"] = loc_params
 loc_key = st.session_state.get("eval_loc")
-if loc_key and loc_key == (params["ckpt"], params["ckpt_key"], params["data"], params["split"]):
+if loc_key and loc_key == loc_params:
     try:
         loc = run_localize(*loc_key)
     except CXRError as exc:
@@ -463,10 +487,25 @@ if loc_key and loc_key == (params["ckpt"], params["ckpt_key"], params["data"], p
                          **{f"IoU ≥ {t}": m["iou_acc"][t] for t in m["iou_acc"]},
                          **{f"IoBB ≥ {t}": m["iobb_acc"][t] for t in m["iobb_acc"]},
                          "pointing": m["pointing"], "chance": m["chance"], "no box": m["no_prediction"]})
+        st.caption(f"{loc['methods'][0]}: {loc['n_images']} images"
+                   + (f" (the first {loc['max_images']} with boxes)" if loc.get("max_images") else ""))
         st.dataframe(pd.DataFrame(rows).round(3), hide_index=True, width="stretch", key="eval_loc_table")
         if loc["skipped_labels"]:
             st.caption("Boxes of labels the model does not have: "
                        + ", ".join(f"{k} ({v})" for k, v in loc["skipped_labels"].items()))
+        st.markdown("**Per label and CAM method**")
+        side = pd.DataFrame(loc["methods_rows"]).rename(columns={
+            "hit_rate": "hit rate", "gated_hit_rate": "gated hit rate", "gated": "pairs gated out",
+            "iou_acc_0.25": "IoU ≥ 0.25", "faith_n": "faithfulness n", "road_combined": "ROAD combined ↑",
+            "road_morf": "ROAD MoRF ↓", "road_lerf": "ROAD LeRF ↑", "deletion_auc": "deletion AUC ↓",
+            "insertion_auc": "insertion AUC ↑"})
+        st.dataframe(side.round(3), hide_index=True, width="stretch", key="eval_loc_methods_table")
+        st.caption("Pointing: per box; hit rate: per image-label pair (cheXlocalize); " + loc["gate_note"] + ".")
+        if loc.get("faithfulness_note"):
+            st.caption(f"Faithfulness on the first {loc['faithfulness_images_per_label']} images of each label, "
+                       f"scored on {loc['faithfulness_note']['target']}. {loc['faithfulness_note']['how_to_read']}")
+        else:
+            st.caption("Faithfulness (ROAD, deletion / insertion) not computed: set images per label above 0.")
 
 # --------------------------------------------------------------------------- downloads
 from cxrcore.eval.report import html_report, metrics_json, predictions_frame, predictions_parquet  # noqa: E402
