@@ -150,7 +150,8 @@ def test_zero_shot_predictor_equals_open_clip_and_card_records_prompts(clip_env)
     assert sorted(x.name for x in folder.iterdir()) == ["card.json", "weights.safetensors"]
     assert read_card(name).labels == card.labels
     shown = describe_card(card)
-    assert "open_clip" in shown["source"] and "softmax" in shown["scoring"] and "CLIP" not in shown["input"][:3]
+    assert "open_clip" in shown["source"] and "softmax" in shown["scoring"] and "mean [0.481, 0.458, 0.408]" in shown["input"]
+    assert "0.5" in shown["thresholds"] and "Atelectasis" in shown["prompts"]
 
     ref = open_clip.create_model(f"local-dir:{clip_env['dir']}")  # open_clip's own loading, for comparison
     tok = open_clip.get_tokenizer(f"local-dir:{clip_env['dir']}")
@@ -344,7 +345,7 @@ def test_compare_page_with_the_zero_shot_model(clip_env, shipped):
     at.selectbox(key="compare_method").set_value("PatchTextSimilarity").run()
     assert not at.exception, [e.value for e in at.exception]
     text = " ".join(m.value for m in at.markdown) + " ".join(c.value for c in at.caption)
-    assert "open_clip" in text and "PatchTextSimilarity" in text
+    assert "open_clip" in text and "PatchTextSimilarity" in text and "softmax over each label" in text  # scoring shown
 
 
 def test_lora_fine_tune_as_a_job_and_offline_rebuild(clip_env, tmp_path):
@@ -413,3 +414,57 @@ def test_lora_targets_head_mode_and_resume(clip_env, tmp_path):
     final = train(cfg, out, resume=True)
     assert final.training["epochs_run"] == 2
     assert any(json.loads(x)["type"] == "resume" for x in (out / "events.jsonl").read_text().splitlines())
+
+
+def test_train_with_a_clip_arch_and_its_checks(clip_env, tmp_path):
+    """``--arch clip:...``: pretrained weights with the zero-shot head for the labels (mode full); a min-max
+    zero-shot model as --init is fine-tuned as log-odds; sizes and options CLIP cannot take are refused."""
+    from cxrcore.errors import ConfigError
+    from cxrcore.models.clip import make_zero_shot
+    from cxrcore.models.registry import check_architecture
+    from cxrcore.train.config import TrainConfig
+    from cxrcore.train.trainer import train
+
+    name = clip_env["name"]
+    with pytest.raises(ConfigError, match="takes 64 px images only"):
+        check_architecture(name, "auto", {}, size=128)
+    with pytest.raises(ConfigError, match="one option, scoring"):
+        check_architecture(name, "none", {"in_chans": 1})
+    check_architecture(name, "auto", {}, size=64)
+    phantom = next(p for p in (clip_env["app_home"] / "datasets").iterdir() if p.name.startswith("phantom-nih"))
+    cfg = TrainConfig.from_dict(phantom_job_config(phantom, arch=name, pretrained="auto", mode="full", max_images=32))
+    card = train(cfg, tmp_path / "run")
+    assert card.model["library"] == "open_clip" and card.preprocess["mean"] == pytest.approx(CLIP_MEAN)
+    events = [json.loads(x) for x in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    assert set(next(e for e in events if e["type"] == "head_swap")["copied"]) == set(card.labels)
+    zs = make_zero_shot(name, tmp_path / "mm", scoring="minmax")
+    cfg = TrainConfig.from_dict(phantom_job_config(phantom, init=str(zs), mode="head", max_images=32))
+    card = train(cfg, tmp_path / "run2")
+    assert card.model["kwargs"]["scoring"] == "softmax"
+
+
+def test_evaluation_and_thresholds_pages_on_the_zero_shot_model(clip_env):
+    name = clip_env["name"]
+    at = _page("evaluation").run()
+    at.selectbox(key="eval_model").set_value(f"{name} (library)").run()
+    at.selectbox(key="eval_compare").set_value("(no comparison)").run()
+    at.selectbox(key="eval_split").set_value("test").run()
+    at.number_input(key="eval_nboot").set_value(20).run()
+    at.button(key="eval_run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    assert at.session_state["eval_params"]["ckpt"] == name
+    at = _page("thresholds").run()
+    at.selectbox(key="thr_model").set_value(f"{name} (library)").run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe[0].value
+    assert set(table["threshold origin"]) == {"library default"} and set(table["threshold"]) == {0.5}
+    first = list(table["label"])[0]
+    at.slider(key=f"thr::{name}::{first}").set_value(0.3).run()
+    at.button(key="thr_save").click().run()
+    assert not at.exception
+    from cxrcore.checkpoint import read_card
+    from cxrcore.models.library import slug
+
+    assert read_card(clip_env["home"] / "checkpoints" / slug(name)).thresholds[first] == 0.3
+    assert read_card(name).thresholds[first] == 0.5  # the library model keeps its own

@@ -187,6 +187,8 @@ def open_clip_config(name: str) -> dict:
         if tag:
             p = open_clip.get_pretrained_cfg(ident, tag) or {}
             pre.update({k: p[k] for k in pre if k in p})
+            if p.get("quick_gelu"):  # weights trained with QuickGELU (OpenAI's): build the tower with it
+                cfg["quick_gelu"] = True
         pre["size"] = cfg["vision_cfg"].get("image_size", 224)
         return {"model_cfg": copy.deepcopy(cfg), "preprocess_cfg": pre}
     if schema == "local-dir":
@@ -538,6 +540,11 @@ class CLIPClassifier(nn.Module):
 
 def build_vision(arch: str, vspec: dict, num_labels: int, scoring: str = "softmax") -> CLIPClassifier:
     from open_clip.model import _build_vision_tower
+
+    vc = vspec.get("vision_cfg") or {}
+    if isinstance(vc.get("layers"), (list, tuple)):
+        raise ConfigError(f"{arch} has a ResNet image tower (open_clip's ModifiedResNet); cxr takes CLIP models "
+                          "with a vision transformer (ViT-*, or a timm ViT tower such as BiomedCLIP's).")
 
     visual = _build_vision_tower(vspec["embed_dim"], copy.deepcopy(vspec["vision_cfg"]), vspec.get("quick_gelu", False))
     return CLIPClassifier(arch, visual, vspec["embed_dim"], num_labels, scoring)

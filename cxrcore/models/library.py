@@ -233,6 +233,10 @@ def default_thresholds(card) -> dict[str, float]:
     return dict(((card.training or {}).get("library") or {}).get("default_thresholds") or {})
 
 
+def _rounded(values) -> list:
+    return [round(float(v), 3) for v in (values or [])]
+
+
 def describe_card(card) -> dict:
     """What a page or the CLI shows next to a model's predictions: name, source, data, licence, labels, input."""
     lib = (card.training or {}).get("library") or {}
@@ -249,7 +253,7 @@ def describe_card(card) -> dict:
     out["labels"] = ", ".join(card.labels)
     out["input"] = (f"{prep.get('size')} px, {prep.get('fit')}, "
                     + ("one channel scaled to [-1024, 1024] (torchxrayvision)" if prep.get("norm") == "xrv"
-                       else f"{prep.get('channels', 3)} channels, mean {prep.get('mean')} / sd {prep.get('std')}"
+                       else f"{prep.get('channels', 3)} channels, mean {_rounded(prep.get('mean'))} / sd {_rounded(prep.get('std'))}"
                        if prep.get("norm") == "stats" else f"{prep.get('channels', 3)} channels, ImageNet mean/std"))
     if lib:
         saved = {k: v for k, v in card.thresholds.items() if lib.get("default_thresholds", {}).get(k) != v}

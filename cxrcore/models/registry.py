@@ -478,6 +478,10 @@ def check_architecture(arch: str, pretrained: str = "none", kwargs: dict | None 
         with params_on_meta():
             build_model(arch, 2, "none", kwargs)
         return
+    if size is not None and library_of(arch) == "open_clip":  # CLIP's positional embedding: its own size only
+        side = arch_facts(arch)["input_size"]
+        if int(size) != side:
+            raise ConfigError(f"{arch} takes {side} px images only (its patch grid is fixed); set the image size to {side}.")
     if size is not None and library_of(arch) == "timm":
         # Run the model at the configured size (meta tensors: no compute), so a size it cannot take is
         # refused now, not at the first training step.
