@@ -130,7 +130,7 @@ def test_zero_shot_predictor_equals_open_clip_and_card_records_prompts(clip_env)
     import open_clip
 
     from cxrcore.checkpoint import read_card
-    from cxrcore.models.library import describe_card, library_names
+    from cxrcore.models.library import describe_card, library_folder, library_names
     from cxrcore.predictor import Predictor
 
     name = clip_env["name"]
@@ -145,8 +145,8 @@ def test_zero_shot_predictor_equals_open_clip_and_card_records_prompts(clip_env)
     assert card.training["library"]["version"] == open_clip.__version__
     assert card.preprocess["size"] == 64 and card.preprocess["mean"] == pytest.approx(CLIP_MEAN)
     assert card.model["library"] == "open_clip" and card.model["open_clip"]["vision_cfg"]["width"] == 32
-    assert (Path(clip_env["home"]) / "library").exists()  # made once in the workspace, safetensors + card
-    folder = next((Path(clip_env["home"]) / "library").iterdir())
+    folder = library_folder(name)  # made once in the workspace, safetensors + card
+    assert folder.parent == Path(clip_env["home"]) / "library"
     assert sorted(x.name for x in folder.iterdir()) == ["card.json", "weights.safetensors"]
     assert read_card(name).labels == card.labels
     shown = describe_card(card)
