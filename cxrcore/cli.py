@@ -447,6 +447,31 @@ def cmd_combine(a) -> int:
     return 0
 
 
+def cmd_zeroshot(a) -> int:
+    """A zero-shot CLIP checkpoint with your labels, prompts and scoring (models/clip.py)."""
+    from .labels import resolve_label_space
+    from .models.clip import make_zero_shot
+
+    templates = {}
+    if a.prompts:
+        try:
+            templates = json.loads(Path(a.prompts).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CXRError(f"Could not read the prompts file {a.prompts} ({exc}); it is JSON: "
+                           '{"present": [...], "absent": [...], "labels": {"Mass": {"present": [...], "absent": [...]}}}.')
+        if not isinstance(templates, dict):
+            raise CXRError(f"The prompts file {a.prompts} must hold a JSON object.")
+    if a.present:
+        templates["present"] = list(a.present)
+    if a.absent:
+        templates["absent"] = list(a.absent)
+    labels = resolve_label_space(a.labels)
+    out = make_zero_shot(a.model, a.out, labels=labels, scoring=a.scoring, templates=templates)
+    print(f"zero-shot checkpoint of {a.model} in {out}: {len(labels)} labels, scoring {a.scoring} "
+          "(prompts on the card; use it wherever a checkpoint is)")
+    return 0
+
+
 def cmd_demo(a) -> int:
     from .demo import build
 
@@ -793,6 +818,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="below the gate: soft scales a finding by the gate's probability, hard reports 0")
     s.add_argument("--name", help="the combined model's name")
     s.set_defaults(func=cmd_combine)
+
+    s = sub.add_parser("zeroshot", help="a zero-shot CLIP checkpoint (clip:<model>/<tag>) with your labels and prompts")
+    s.add_argument("model", help="clip:<open_clip model>/<tag>, clip:hf-hub:<org>/<repo> or clip:local-dir:<folder>")
+    s.add_argument("--out", required=True, help="folder for the checkpoint")
+    s.add_argument("--labels", default="nih14", help="nih14, chexpert14, chexpert5 or a comma-separated list")
+    s.add_argument("--present", action="append", help="a 'present' template with {label} (repeat for several)")
+    s.add_argument("--absent", action="append", help="an 'absent' template with {label} (repeat for several)")
+    s.add_argument("--prompts", help="JSON file: present / absent templates and per-label prompts")
+    s.add_argument("--scoring", choices=["softmax", "minmax"], default="softmax",
+                   help="softmax over each (present, absent) pair with CLIP's logit scale, or min-max over the "
+                        "image's labels (seed 002)")
+    s.set_defaults(func=cmd_zeroshot)
 
     s = sub.add_parser("demo", help="build the shipped demo checkpoints")
     s.add_argument("action", choices=["build"])

@@ -10,7 +10,7 @@ import streamlit as st
 from cxrcore import hosting
 from cxrcore.data.imageio import read_image
 from cxrcore.errors import CXRError
-from cxrcore.explain.cam import CAM_METHODS
+from cxrcore.explain.cam import CAM_METHODS, model_cam_methods
 from cxrcore.explain.visual import comparison_panel, overlay, png_bytes
 from cxrcore.models.library import card_stamp
 from ui.common import (chart_config, hosting_settings, image_compare_slider, load_predictor, model_picker,
@@ -184,15 +184,24 @@ left, right = st.columns([3, 2])
 with left:
     label = st.selectbox("Heatmap for label", result.labels(), key="compare_label",
                          index=int(np.nanargmax(table["fine-tuned p"].fillna(-1).to_numpy())))
-    method = st.selectbox("Heatmap method", CAM_METHODS, key="compare_method",
+    # a model's own maps (CLIP: patch-token similarity to the label's text embedding) after pytorch-grad-cam's
+    own = {m: model_cam_methods(load_predictor(str(pth)).model) for m, pth in result.model_paths.items()}
+    method = st.selectbox("Heatmap method", CAM_METHODS + tuple(dict.fromkeys(x for v in own.values() for x in v)),
+                          key="compare_method",
                           help="GradCAM comes with the prediction (one pass gives every label's map). The other "
-                               "pytorch-grad-cam methods run for the chosen label when you pick them.")
+                               "pytorch-grad-cam methods run for the chosen label when you pick them. "
+                               "PatchTextSimilarity (CLIP models only): how similar each image patch, projected into "
+                               "CLIP's joint space, is to the label's text embedding (present minus absent prompts).")
     preds = result.for_label(label)
     if method != "GradCAM":
         try:
-            preds = {m: with_method(p, raw, name, result.model_paths[m], label, method) for m, p in preds.items()}
+            preds = {m: (with_method(p, raw, name, result.model_paths[m], label, method)
+                         if method in CAM_METHODS or method in own.get(m, ()) else p) for m, p in preds.items()}
         except CXRError as exc:
             show_error(exc)
+        for m in preds:
+            if method not in CAM_METHODS and method not in own.get(m, ()):
+                st.caption(f"{m} has no {method} map (not a CLIP model): its GradCAM map is shown.")
     cols = st.columns(len(preds) + 1)
     cols[0].image(image.pixels, caption="Input", clamp=True, width="stretch")
     overlays = {}
@@ -209,7 +218,8 @@ with left:
         else:
             col.image(image.pixels, clamp=True, width="stretch", caption=f"{mname}: has no '{label}' output")
     st.caption(f"Heatmap method: {method}" + (" (with the prediction, every label in one pass)" if method == "GradCAM"
-                                              else " (pytorch-grad-cam, this label only)"))
+                                              else " (pytorch-grad-cam, this label only)" if method in CAM_METHODS
+                                              else " (the model's own map, this label only)"))
     if len(overlays) == 2:
         with st.expander("Slide between the two overlays", expanded=False):
             (n1, o1), (n2, o2) = overlays.items()

@@ -154,6 +154,17 @@ def forward_with_cams(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, 
 CAM_METHODS = ("GradCAM", "GradCAMPlusPlus", "HiResCAM", "XGradCAM", "LayerCAM", "EigenCAM", "ScoreCAM")
 
 
+def model_cam_methods(model: nn.Module) -> tuple[str, ...]:
+    """Heatmap methods a model offers besides pytorch-grad-cam's (``extra_cam_methods``; CLIP models: the
+    similarity of each patch token to the label's text embedding, see models/clip.py)."""
+    return tuple(getattr(model, "extra_cam_methods", ()) or ())
+
+
+def cam_methods(model: nn.Module | None = None) -> tuple[str, ...]:
+    """pytorch-grad-cam's methods, then the model's own (:func:`model_cam_methods`)."""
+    return CAM_METHODS + (model_cam_methods(model) if model is not None else ())
+
+
 def vit_reshape_transform(model: nn.Module):
     """pytorch-grad-cam's reshape for ViTs: drop the class (prefix) tokens, tokens -> (B, C, h, w)."""
     prefix = int(getattr(model, "num_prefix_tokens", 1))
@@ -182,6 +193,8 @@ def gradcam_loop(model: nn.Module, x: torch.Tensor, labels: list[int] | None = N
     import pytorch_grad_cam as pgc
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    if method in model_cam_methods(model):  # a model's own map (e.g. CLIP's patch-text similarity)
+        return model.extra_cam(method, x, labels)
     if method not in CAM_METHODS:
         raise ValueError(f"Unknown CAM method {method!r}; use one of {', '.join(CAM_METHODS)}.")
     members = _members(model)

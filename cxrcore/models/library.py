@@ -49,8 +49,10 @@ class LibraryWeightsMissing(ConfigError):
 
 # ------------------------------------------------------------------------------------ names
 def library_names() -> list[str]:
-    """Every library model name, in display order."""
-    return list(NAMES)
+    """Every library model name, in display order (torchxrayvision's, then open_clip's; see models/clip.py)."""
+    from . import clip
+
+    return list(NAMES) + clip.listed_names()
 
 
 def library_ref(ref) -> str | None:
@@ -69,6 +71,10 @@ def library_ref(ref) -> str | None:
     path = Path(text).expanduser()
     if path.exists():
         return None
+    from . import clip
+
+    if clip.is_clip(text):  # open_clip models: clip:<model>/<tag>, clip:hf-hub:..., clip:local-dir:...
+        return clip.clip_ref(text)
     for cand in (text, path.name):
         if cand.lower().startswith(PREFIX):
             key = PREFIX + cand[len(PREFIX):].strip()
@@ -82,7 +88,9 @@ def library_ref(ref) -> str | None:
 
 def slug(name: str) -> str:
     """A folder name for a library model (``xrv:densenet121-res224-all`` -> ``xrv-densenet121-res224-all``)."""
-    return name.replace(":", "-")
+    from . import clip
+
+    return clip.slug(name) if clip.is_clip(name) else name.replace(":", "-")
 
 
 def _weights_name(name: str) -> str:
@@ -95,10 +103,13 @@ def library_status(name: str) -> dict:
 
     {"name", "title", "library", "cached", "file", "folder", "path", "url", "env", "datasets"}
     """
+    from . import clip
     from .registry import XRV_CACHE_ENV, weights_location
     from .xrv_weights import DATASETS
 
     key = library_ref(name) or name
+    if clip.is_clip(key):
+        return clip.status(key)
     if key not in NAMES:
         raise ConfigError(f"Unknown library model {name!r}. Library models: {', '.join(NAMES)}.")
     loc = weights_location(key)
@@ -113,6 +124,10 @@ def library_models() -> list[dict]:
 
 
 def missing_message(status: dict, reason: str = "") -> str:
+    if status.get("library") == "open_clip":
+        from .clip import missing_message as clip_message
+
+        return clip_message(status, reason)
     return (f"The torchxrayvision weights for {status['name']} are not on this machine"
             f"{reason or ''}. Put the file {status['file']} into the folder {status['folder']} "
             f"(download it from {status['url']} on a machine that is online, e.g. "
@@ -129,6 +144,10 @@ def fetch_weights(name: str, progress=None) -> Path:
     from .registry import _online
     from .xrv_weights import download, tqdm_progress
 
+    from . import clip
+
+    if clip.is_clip(name):
+        return clip.fetch_weights(library_ref(name))
     status = library_status(name)
     path = Path(status["path"])
     if status["cached"]:
@@ -179,7 +198,11 @@ def library_card(name: str, source: dict | None = None):
     from .registry import _xrv_info, spec_for
     from .xrv_weights import library_version, trained_on
 
+    from . import clip
+
     name = library_ref(name) or name
+    if clip.is_clip(name):
+        return clip.card_for(name, source=source)
     weights = _weights_name(name)
     info = _xrv_info(weights)
     outs = trained_outputs(name)
@@ -210,21 +233,32 @@ def default_thresholds(card) -> dict[str, float]:
     return dict(((card.training or {}).get("library") or {}).get("default_thresholds") or {})
 
 
+def _rounded(values) -> list:
+    return [round(float(v), 3) for v in (values or [])]
+
+
 def describe_card(card) -> dict:
     """What a page or the CLI shows next to a model's predictions: name, source, data, licence, labels, input."""
     lib = (card.training or {}).get("library") or {}
     prep = card.preprocess or {}
     out = {"name": card.name, "trained on": (card.trained_on or {}).get("summary", "")}
-    if lib:
+    if lib.get("name") == "open_clip":
+        from .clip import describe
+
+        out.update(describe(card))
+        lib = {**lib, "_clip": True}
+    elif lib:
         out["source"] = f"torchxrayvision {lib.get('version', '')}, weights {lib.get('weights', '')} ({lib.get('url', '')})"
         out["licence"] = lib.get("licence", LICENCE_NOTE)
     out["labels"] = ", ".join(card.labels)
     out["input"] = (f"{prep.get('size')} px, {prep.get('fit')}, "
                     + ("one channel scaled to [-1024, 1024] (torchxrayvision)" if prep.get("norm") == "xrv"
-                       else f"{prep.get('channels', 3)} channels, ImageNet mean/std"))
+                       else f"{prep.get('channels', 3)} channels, mean {_rounded(prep.get('mean'))} / sd {_rounded(prep.get('std'))}"
+                       if prep.get("norm") == "stats" else f"{prep.get('channels', 3)} channels, ImageNet mean/std"))
     if lib:
         saved = {k: v for k, v in card.thresholds.items() if lib.get("default_thresholds", {}).get(k) != v}
-        out["thresholds"] = ("library default (torchxrayvision's op_threshs)" if not saved else
+        origin = "0.5 (open_clip has no operating points)" if lib.get("_clip") else "torchxrayvision's op_threshs"
+        out["thresholds"] = (f"library default ({origin})" if not saved else
                              f"yours for {', '.join(sorted(saved))}; library default for the rest")
     return out
 
@@ -288,6 +322,10 @@ def materialize(name: str, progress=None) -> Path:
         if _current(folder, source) is not None:  # made by another session meanwhile
             return folder
         fp = _fingerprint(source)
+        from . import clip
+
+        if clip.is_clip(name):  # the zero-shot model with the default prompts (models/clip.py)
+            return clip.make_zero_shot(name, folder, source={"sha256": file_sha256(source), **fp})
         card = library_card(name, {"sha256": file_sha256(source), **fp})
         model = build_model(name, len(card.labels), "hub", labels=card.labels)
         report = model.head_swap_report

@@ -62,9 +62,9 @@ from . import xrv_weights  # noqa: F401 - registers the allowlist for xrv's weig
 from .wrappers import TorchvisionWrapper, XRVWrapper, torchvision_family
 
 PRETRAINED_CHOICES = ("none", "hub", "timm", "auto")
-LIBRARIES = ("timm", "torchvision", "xrv")
-PREFIXES = {"timm": "timm", "tv": "torchvision", "torchvision": "torchvision", "xrv": "xrv"}
-SHORT = {"timm": "", "torchvision": "tv:", "xrv": "xrv:"}
+LIBRARIES = ("timm", "torchvision", "xrv", "open_clip")
+PREFIXES = {"timm": "timm", "tv": "torchvision", "torchvision": "torchvision", "xrv": "xrv", "clip": "open_clip"}
+SHORT = {"timm": "", "torchvision": "tv:", "xrv": "xrv:", "open_clip": "clip:"}
 XRV_CACHE_ENV = "CXR_XRV_CACHE_DIR"
 XRV_BASE_URL_ENV = "CXR_XRV_BASE_URL"  # optional mirror of torchxrayvision's release downloads
 ONLINE_TIMEOUT_S = 2.0
@@ -79,7 +79,7 @@ def split_arch(arch: str) -> tuple[str, str]:
         if prefix.lower() in PREFIXES:
             return PREFIXES[prefix.lower()], name.strip()
         raise ConfigError(f"Unknown model library prefix {prefix!r} in {arch!r}: use a timm name as is, "
-                          "tv:<name> for torchvision or xrv:<name> for torchxrayvision.")
+                          "tv:<name> for torchvision, xrv:<name> for torchxrayvision or clip:<model>/<tag> for open_clip.")
     return "timm", arch
 
 
@@ -106,6 +106,10 @@ def _close(name: str, names: list[str], n: int = 8) -> list[str]:
 def parse_arch(arch: str) -> tuple[str, str]:
     """(library, name) for a name the library knows; ConfigError with suggestions otherwise."""
     lib, name = split_arch(arch)
+    if lib == "open_clip":  # CLIP image towers through open_clip (models/clip.py)
+        from .clip import PREFIX, clip_ref
+
+        return lib, clip_ref(arch)[len(PREFIX):]
     if lib == "timm":
         if timm.is_model(name):
             return lib, name
@@ -148,6 +152,10 @@ def resolve_pretrained(arch: str, pretrained: str) -> str:
     if p == "timm":
         return "hub"
     if p == "auto":
+        if library_of(arch) == "open_clip":  # a name with a pretrained tag names pretrained weights
+            from .clip import clip_ref, has_weights
+
+            return "hub" if has_weights(clip_ref(arch)) else "none"
         return "hub" if library_of(arch) == "xrv" else "none"
     return p
 
@@ -206,6 +214,10 @@ def _url_file(url: str) -> str:
 def weights_location(arch: str) -> WeightsLocation:
     """Where ``arch``'s pretrained weights are looked for (ConfigError if the library has none)."""
     lib, name = parse_arch(arch)
+    if lib == "open_clip":
+        from . import clip
+
+        return clip.weights_location(clip.PREFIX + name)
     if lib == "timm":
         cfg = timm.models.get_pretrained_cfg(name)
         hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
@@ -310,6 +322,10 @@ def build_model(arch: str, num_labels: int, pretrained: str = "none", kwargs: di
         return _build_timm(arch, name, num_labels, mode, kwargs)
     if lib == "torchvision":
         return _build_tv(arch, name, num_labels, mode, kwargs)
+    if lib == "open_clip":  # image tower + linear head; with pretrained weights and labels: the zero-shot head
+        from . import clip
+
+        return clip.build(clip.PREFIX + name, num_labels, mode, kwargs, labels)
     return _build_xrv(arch, name, num_labels, mode, kwargs, labels)
 
 
@@ -462,6 +478,10 @@ def check_architecture(arch: str, pretrained: str = "none", kwargs: dict | None 
         with params_on_meta():
             build_model(arch, 2, "none", kwargs)
         return
+    if size is not None and library_of(arch) == "open_clip":  # CLIP's positional embedding: its own size only
+        side = arch_facts(arch)["input_size"]
+        if int(size) != side:
+            raise ConfigError(f"{arch} takes {side} px images only (its patch grid is fixed); set the image size to {side}.")
     if size is not None and library_of(arch) == "timm":
         # Run the model at the configured size (meta tensors: no compute), so a size it cannot take is
         # refused now, not at the first training step.
@@ -544,8 +564,14 @@ def params_on_meta():
 
 def spec_for(arch: str, pretrained: str = "none", kwargs: dict | None = None) -> dict:
     """The model spec stored in a checkpoint card for a model built by ``build_model``."""
-    return {"library": library_of(arch), "arch": arch, "kwargs": dict(kwargs or {}),
+    spec = {"library": library_of(arch), "arch": arch, "kwargs": dict(kwargs or {}),
             "pretrained": resolve_pretrained(arch, pretrained)}
+    if spec["library"] == "open_clip":  # open_clip's image-tower config: rebuilt offline, whatever is registered
+        from . import clip
+
+        spec["arch"] = clip.clip_ref(arch)
+        spec["open_clip"] = clip.vision_spec(spec["arch"])
+    return spec
 
 
 def preprocess_for(arch: str, channels: int = 3) -> dict:
@@ -559,6 +585,11 @@ def preprocess_for(arch: str, channels: int = 3) -> dict:
     """
     if library_of(arch) == "xrv":
         return {"norm": "xrv", "channels": 1}
+    if library_of(arch) == "open_clip":  # CLIP's own mean / sd (open_clip's preprocess config), 3 channels
+        from .clip import clip_ref, vision_spec
+
+        vs = vision_spec(clip_ref(arch))
+        return {"norm": "stats", "mean": tuple(vs["mean"]), "std": tuple(vs["std"]), "stats_from": "model"}
     facts = arch_facts(arch) if library_of(arch) == "timm" else {}
     mean, std = facts.get("mean"), facts.get("std")
     out: dict = {} if channels == 3 else {"channels": 1}
@@ -586,6 +617,12 @@ def arch_facts(arch: str) -> dict:
         return out
     if lib == "torchvision":
         out.update(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        return out
+    if lib == "open_clip":  # a ViT's fixed patch grid: its own size only
+        from .clip import PREFIX, vision_spec
+
+        vs = vision_spec(PREFIX + name)
+        out.update(input_size=vs["image_size"], fixed_size=True, mean=tuple(vs["mean"]), std=tuple(vs["std"]))
         return out
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is not None:
@@ -648,6 +685,10 @@ def model_from_spec(spec: dict, num_labels: int) -> nn.Module:
 
         return build(spec, num_labels)
     lib = spec.get("library", "timm")
+    if lib == "open_clip":  # the image tower from the spec's open_clip config (models/clip.py)
+        from .clip import model_from_spec as clip_from_spec
+
+        return clip_from_spec(spec, num_labels)
     if lib not in LIBRARIES:
         raise ConfigError(f"Model library {lib!r} is not supported; use one of {', '.join(LIBRARIES)}.")
     arch = str(spec["arch"])

@@ -452,6 +452,10 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
         swap = getattr(model, "head_swap_report", None)  # library heads (e.g. torchxrayvision's) mapped to ours
         model_spec = spec_for(cfg.arch, cfg.pretrained, kwargs)
         init_trained_on = getattr(model, "trained_on", None)  # library chest X-ray weights say what they saw
+    if model_spec.get("library") == "open_clip" and (model_spec.get("kwargs") or {}).get("scoring", "softmax") != "softmax":
+        # a min-max zero-shot model (a ranking within the image) is fine-tuned as log-odds: softmax-pair scoring
+        model_spec = {**model_spec, "kwargs": {**model_spec["kwargs"], "scoring": "softmax"}}
+        model.scoring = "softmax"
     if two_stage:
         model_spec["two_stage"] = {"gate_threshold": cfg.gate_threshold, "gate_label": GATE_LABEL, "mode": cfg.gate_mode,
                                    "exempt": [j for j, x in enumerate(labels) if canonical(x) == "no finding"]}
