@@ -58,10 +58,14 @@ def plant_resnet(folder: Path, seed: int = 1):
 
 @pytest.fixture
 def lib_env(tmp_path, monkeypatch, app_home):
-    """A fresh workspace (the built-in phantoms linked in), an empty xrv cache, and no network."""
+    """A fresh workspace (the built-in phantoms and the 250 real NIH films of tests/data linked in), an empty
+    xrv cache, and no network. The pages' tests evaluate on the real films: a DenseNet121 at 224 px over the
+    phantom's splits takes minutes on a CPU, and real films are what a library model is for."""
     home = tmp_path / "home"
-    home.mkdir()
-    (home / "datasets").symlink_to(app_home / "datasets", target_is_directory=True)
+    (home / "datasets").mkdir(parents=True)
+    for d in (app_home / "datasets").iterdir():
+        (home / "datasets" / d.name).symlink_to(d, target_is_directory=True)
+    (home / "datasets" / "nih-sample").symlink_to(NIH_SAMPLE, target_is_directory=True)
     cache = tmp_path / "xrv-cache"
     cache.mkdir()
     monkeypatch.setenv("CXR_HOME", str(home))
@@ -348,6 +352,7 @@ def test_thresholds_page_library_default_and_saved_copy(lib_env):
     plant_densenet(lib_env["cache"])
     at = _page("thresholds").run()
     assert not at.exception, [e.value for e in at.exception]
+    at.selectbox(key="thr_data").set_value("nih-sample").run()
     at.selectbox(key="thr_model").set_value(f"{ALL} (library)").run()
     assert not at.exception, [e.value for e in at.exception]
     table = at.dataframe[0].value
@@ -395,6 +400,7 @@ def test_compare_page_library_model_against_a_shipped_one(lib_env, shipped):
 def test_evaluation_page_on_a_library_model(lib_env):
     plant_densenet(lib_env["cache"])
     at = _page("evaluation").run()
+    at.selectbox(key="eval_data").set_value("nih-sample").run()
     at.selectbox(key="eval_model").set_value(f"{ALL} (library)").run()
     at.selectbox(key="eval_compare").set_value("(no comparison)").run()
     at.selectbox(key="eval_split").set_value("test").run()
@@ -403,6 +409,7 @@ def test_evaluation_page_on_a_library_model(lib_env):
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
     assert at.session_state["eval_params"]["ckpt"] == ALL
+    assert any("Cardiomegaly" in str(v) for v in at.dataframe[0].value.to_numpy().ravel())  # real films scored
 
 
 # ------------------------------------------------------------------------------- CLI and REST API
