@@ -17,12 +17,11 @@ LIBRARY_TAG = " (library)"
 MY_THRESHOLDS = " (your thresholds)"
 
 
-def checkpoint_choices() -> dict[str, str]:
+def checkpoint_choices(library: bool = True) -> dict[str, str]:
     """Display name -> checkpoint folder or library model name: the shipped demo models, finished runs
-    in the workspace, then the library's pretrained models (``xrv:…``, used as they are; see
-    :func:`choice_label` for their "needs weights" mark) and your threshold copies of them."""
-    from cxrcore.models.library import library_names, slug
-
+    in the workspace, then the library's pretrained models (``xrv:…``, ``clip:…``, used as they are; see
+    :func:`choice_label` for their "needs weights" mark) and your threshold copies of them.
+    ``library=False``: the shipped models and runs only (no library import: fast on a fresh server)."""
     out: dict[str, str] = {}
     shipped = workspace.shipped_checkpoints()
     saved = workspace.sub("checkpoints")  # shipped / library models with thresholds saved on the Thresholds page
@@ -36,6 +35,10 @@ def checkpoint_choices() -> dict[str, str]:
         out[f"run {card.parent.parent.name}"] = str(card.parent)
     for card in sorted(runs.glob("*/*/checkpoint/card.json"), key=lambda p: p.stat().st_mtime, reverse=True):
         out[f"run {card.parent.parent.parent.name}/{card.parent.parent.name}"] = str(card.parent)
+    if not library:
+        return out
+    from cxrcore.models.library import library_names, slug
+
     for name in library_names():
         copy = saved / slug(name)
         if (copy / "card.json").exists() and (copy / "weights.safetensors").exists():

@@ -56,10 +56,10 @@ def _rows(names: list[str]) -> list[dict]:
 
 
 st.subheader("Models")
-choices = checkpoint_choices()
+choices = checkpoint_choices(library=False)  # the library models (importing their libraries) come last
 if not choices:
     st.warning("No checkpoints found. Build the demo models with `cxr demo build`.")
-own = [n for n in choices if not n.endswith(LIBRARY_TAG)]
+own = list(choices)
 rows = _rows(own)
 if rows:
     st.dataframe(rows, hide_index=True, width="stretch")
@@ -78,6 +78,7 @@ if build.exists():
 
 # Last: a library model's card is made from the library's metadata (importing torchxrayvision takes seconds on
 # a fresh server), so everything above is on screen first.
+choices = checkpoint_choices()
 library = [n for n in choices if n.endswith(LIBRARY_TAG)]
 if library:
     st.subheader("Library models (pretrained, used as they are)")
