@@ -54,6 +54,12 @@ def serve_app(env: dict, log=None):
         proc.wait()
 
 
+def wait_idle(page, timeout: float = 120_000) -> None:
+    """Wait until the page's script run has ended (Streamlit's running indicator is gone)."""
+    page.wait_for_timeout(300)  # a run just asked for shows its indicator within a moment
+    page.locator("[data-testid=stStatusWidgetRunningIcon]").wait_for(state="hidden", timeout=timeout)
+
+
 @pytest.fixture(scope="module")
 def app_url(app_home, shipped):
     env = dict(os.environ, CXR_HOME=str(app_home))
@@ -190,6 +196,7 @@ def test_training_page_launches_and_watches_a_job(app_url, browser, tmp_path):
     page.get_by_text("Launch a training job").wait_for(timeout=120_000)
     page.get_by_text("An architecture (timm, tv:, xrv:)").click()
     page.get_by_text("Output stride 16").wait_for(timeout=120_000)  # the rerun after the click has drawn the form
+    wait_idle(page)  # ...and has ended: what is typed next is not redrawn under the typing
     # Values the user did not touch keep their defaults across that rerun (a form-widget pitfall, fixed).
     assert page.get_by_role("spinbutton", name="Batch size").input_value() == "32"
     page.get_by_role("textbox", name="Job name").fill("browser-job")
@@ -198,7 +205,11 @@ def test_training_page_launches_and_watches_a_job(app_url, browser, tmp_path):
     page.get_by_text("Data: uncertainty policy, filters, split, image size").click()
     page.get_by_role("spinbutton", name="Image size (px)").fill("48")
     page.get_by_text("Start training").click()
-    page.get_by_text("browser-job").first.wait_for(timeout=120_000)
+    try:
+        page.get_by_text("browser-job").first.wait_for(timeout=120_000)
+    except Exception as exc:  # say what the page shows instead
+        raise AssertionError("no job named browser-job started; the page shows:\n"
+                             + page.inner_text("body")[:6000]) from exc
     page.locator("[data-testid=stAlertContentSuccess]").first.wait_for(timeout=60_000)
     assert "Traceback" not in page.inner_text("body")
     # The live view refreshes by itself until the job ends.
