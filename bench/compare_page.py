@@ -57,17 +57,24 @@ def variants(n: int, tmp: Path) -> list[Path]:
     return out
 
 
-def upload(browser, url: str, image: Path) -> tuple[float, float]:
-    """(seconds to the first answer, seconds to the Monte-Carlo spread) after choosing the file."""
+def upload(browser, url: str, image: Path, settle_s: float = 2.0) -> tuple[float, float]:
+    """(seconds to the first answer, seconds to the Monte-Carlo spread) after choosing the file, on a Compare
+    page opened in a new browser session ``settle_s`` seconds before."""
     ctx = browser.new_context(viewport={"width": 1500, "height": 1800})
     page = ctx.new_page()
     page.goto(f"{url}/compare", timeout=180_000)
     page.get_by_text("Compare a baseline with a fine-tuned model").wait_for(timeout=180_000)
+    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(settle_s * 1000)  # a person takes a moment to pick the file; the page has settled
     t0 = time.perf_counter()
     page.locator("input[type=file]").first.set_input_files(str(image))
-    # first answer: input + both overlays drawn, the probability bars and the heatmap caption on screen
+    # first answer: input + both overlays drawn, the probability bars (a chart other than the models-at-a-glance
+    # one shown before the upload), the probability table and the heatmap caption on screen
     page.wait_for_function("document.querySelectorAll('[data-testid=stImage] img').length >= 3", timeout=300_000)
-    page.locator("[data-testid=stPlotlyChart]").first.wait_for(timeout=300_000)
+    page.wait_for_function("[...document.querySelectorAll('[data-testid=stPlotlyChart]')].some(c => "
+                           "c.querySelector('.main-svg') && !c.textContent.includes('Held-out AUROC'))",
+                           timeout=300_000)
+    page.locator("[data-testid=stDataFrame] canvas").first.wait_for(timeout=300_000)
     page.get_by_text("feature cells").wait_for(timeout=300_000)
     first = time.perf_counter() - t0
     page.get_by_text("sensitivity proxy, not a calibrated error bar").first.wait_for(timeout=300_000)

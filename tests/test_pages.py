@@ -64,6 +64,29 @@ def test_compare_on_a_held_out_phantom_image(app_env, shipped):
     assert len(at.get("image")) == 3  # input + two overlays
 
 
+def test_compare_shows_each_models_thresholds_and_held_out_auroc_before_an_upload(app_env, shipped):
+    """Before an image: per label, each model's threshold and the AUROC its card records on its own held-out
+    split, and what that split was (synthetic phantoms here, said so)."""
+    from cxrcore.checkpoint import read_card
+    from ui.common import checkpoint_choices
+
+    at = page("compare").run()
+    no_exception(at)
+    table = next(d.value for d in at.dataframe if "baseline held-out AUROC" in d.value.columns).set_index("label")
+    chosen = {"baseline": at.selectbox(key="compare_base").value, "fine-tuned": at.selectbox(key="compare_tuned").value}
+    for who, name in chosen.items():
+        card = read_card(checkpoint_choices()[name])
+        for label in card.labels:
+            assert table.loc[label, f"{who} threshold"] == pytest.approx(card.thresholds[label], abs=5e-4)
+            assert table.loc[label, f"{who} held-out AUROC"] == pytest.approx(card.metrics["test"]["auroc"][label],
+                                                                             abs=5e-4)
+    # a label only one model has is blank for the other
+    assert table.loc["Hernia", "fine-tuned threshold"] != table.loc["Hernia", "fine-tuned threshold"]  # NaN
+    captions = " ".join(c.value for c in at.caption)
+    assert "AUROC on the test split of" in captions and "never real radiographs" in captions
+    assert "compare_glance_chart" in {c.key for c in at.get("plotly_chart")}
+
+
 def test_compare_scores_the_heatmaps_faithfulness_on_demand(app_env, shipped):
     at = page("compare").run()
     at.radio(key="compare_source").set_value("A held-out phantom test image (ground truth known)").run()
@@ -71,13 +94,13 @@ def test_compare_scores_the_heatmaps_faithfulness_on_demand(app_env, shipped):
     no_exception(at)
     # nothing is computed before the button: the first answer is not slowed
     assert not any("ROAD combined ↑" in d.value.columns for d in at.dataframe)
-    assert not at.get("plotly_chart") or len(at.get("plotly_chart")) == 1   # the probability bars only
+    assert "compare_faith_chart" not in {c.key for c in at.get("plotly_chart")}
     at.button(key="compare_faith_run").click().run()
     no_exception(at)
     table = next(d.value for d in at.dataframe if "ROAD combined ↑" in d.value.columns)
     assert list(table["model"]) == ["baseline", "fine-tuned"]
     assert table["ROAD combined ↑"].between(-1, 1).all() and table["deletion AUC ↓"].between(0, 1).all()
-    assert len(at.get("plotly_chart")) == 2                               # bars + the faithfulness curves
+    assert "compare_faith_chart" in {c.key for c in at.get("plotly_chart")}  # the faithfulness curves
     assert "higher = more faithful" in " ".join(c.value for c in at.caption)
     # another method: the scores are for it, again only on demand
     at.selectbox(key="compare_method").set_value("HiResCAM").run()

@@ -63,8 +63,57 @@ else:
     case = labels_of[pick]
     raw, name, truth = Path(case["path"]).read_bytes(), Path(case["path"]).name, case["truth"]
 
+
+def models_at_a_glance(paths: dict[str, str], key: str) -> None:
+    """Per label, each model's operating threshold and the AUROC its card records on its own held-out split
+    (test, else validation), with what that split was: how far each label's output can be trusted at all."""
+    from cxrcore.checkpoint import read_card
+
+    rows: dict[str, dict] = {}
+    fig = go.Figure()
+    notes = []
+    for who, path in paths.items():
+        try:
+            card = read_card(path)
+        except CXRError as exc:
+            show_error(exc)
+            continue
+        split = next((k for k in ("test", "val") if (card.metrics or {}).get(k, {}).get("auroc")), None)
+        auroc = (card.metrics or {}).get(split, {}).get("auroc", {}) if split else {}
+        for lab in card.labels:
+            row = rows.setdefault(lab, {"label": lab})
+            row[f"{who} threshold"] = round(float(card.thresholds.get(lab, 0.5)), 3)
+            row[f"{who} held-out AUROC"] = None if auroc.get(lab) is None else round(float(auroc[lab]), 3)
+        if split:
+            where = (card.data or {}).get("name") or "its dataset"
+            n = (card.metrics or {}).get(split, {}).get("n")
+            notes.append(f"{who}: AUROC on the {'test' if split == 'test' else 'validation'} split of {where}"
+                         + (f" ({n} images)" if n else "") + f" — {(card.trained_on or {}).get('summary') or 'training data not recorded'}")
+            shown = [lab for lab in card.labels if auroc.get(lab) is not None]
+            fig.add_bar(y=shown, x=[auroc[lab] for lab in shown], name=who, orientation="h")
+        else:
+            notes.append(f"{who}: its card records no held-out AUROC (e.g. a library model as published); "
+                         "measure it on your data on the Evaluation page")
+    if not rows:
+        return
+    table = pd.DataFrame(list(rows.values()))
+    st.dataframe(table, hide_index=True, width="stretch", key=f"{key}_table", placeholder="–",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in table.columns if c != "label"})
+    if fig.data:
+        fig.add_vline(x=0.5, line_dash="dot", annotation_text="chance", annotation_position="top")
+        fig.update_layout(title="Held-out AUROC per label, as recorded in each model's card", barmode="group",
+                          height=22 * len(rows) * max(1, len(fig.data)) // 2 + 120, margin=dict(l=10, r=10, t=50, b=10),
+                          xaxis=dict(range=[0, 1], title="AUROC"), yaxis=dict(autorange="reversed"),
+                          legend=dict(orientation="h", y=-0.15))
+        st.plotly_chart(fig, key=f"{key}_chart", config=chart_config())
+    for note in notes:
+        st.caption(note)
+
+
 if raw is None:
     st.info("Upload an image to start, or pick a held-out phantom test image.")
+    st.subheader("The two models at a glance")
+    models_at_a_glance({"baseline": choices[base_name], "fine-tuned": choices[tuned_name]}, "compare_glance")
     st.stop()
 
 
@@ -245,7 +294,9 @@ def show_numbers(res, stage: str) -> None:
         err = tab.get(f"{mname} ± sd")
         fig.add_bar(y=tab["label"], x=tab[f"{mname} p"], name=mname, orientation="h",
                     error_x=dict(type="data", array=err.fillna(0).tolist(), visible=True) if err is not None else None)
-    fig.update_layout(barmode="group", height=36 * len(tab) + 80, margin=dict(l=10, r=10, t=30, b=10),
+    fig.update_layout(title="Probability per label" + (" ± one standard deviation (Monte-Carlo dropout)"
+                                                       if stage == "final" and mc else ""),
+                      barmode="group", height=36 * len(tab) + 100, margin=dict(l=10, r=10, t=60, b=10),
                       xaxis=dict(range=[0, 1], title="probability"), yaxis=dict(autorange="reversed"),
                       legend=dict(orientation="h", y=1.02))
     bars_slot.plotly_chart(fig, key=f"compare_bars_{stage}", config=chart_config())
@@ -306,4 +357,6 @@ if second is not None:
         st.caption(f"Study probability = the {how} of the two views' (the heatmaps above are the first view's).")
 
 show_model_cards({"baseline": choices[base_name], "fine-tuned": choices[tuned_name]})
+with st.expander("The two models at a glance: thresholds and held-out AUROC per label", expanded=False):
+    models_at_a_glance({"baseline": choices[base_name], "fine-tuned": choices[tuned_name]}, "compare_glance_after")
 st.page_link("views/explain.py", label="Explain this comparison →")
