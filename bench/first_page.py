@@ -74,6 +74,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--old", default="e97c7ab", help="the revision to compare with")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--old-tables", type=int, default=1,
+                    help="tables on the old revision's home page (1 up to e97c7ab; 2 from 7b3e4a3 on)")
     a = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -92,7 +94,7 @@ def main() -> None:
                 for name, tree in trees.items():
                     proc, url = start(tree, env)
                     try:
-                        results[name].append(measure(browser, url, 1 if tree == old else 2))
+                        results[name].append(measure(browser, url, a.old_tables if tree == old else 2))
                     finally:
                         os.killpg(proc.pid, signal.SIGTERM)
                         proc.wait(timeout=60)

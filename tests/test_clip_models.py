@@ -126,6 +126,19 @@ def _image(seed: int = 0) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------- zero-shot
+def test_listed_names_are_canonical_in_open_clips_registry(monkeypatch):
+    """The pickers list LISTED without importing open_clip: each must be the name clip_ref makes of itself;
+    a name added through CXR_CLIP_MODELS is checked, an unknown one left out."""
+    from cxrcore.models import clip
+
+    for name in clip.LISTED:
+        assert clip.clip_ref(name) == name and clip.has_weights(name)
+    monkeypatch.setenv(clip.EXTRA_ENV, "clip:vit-b-32/OPENAI, clip:NoSuchNet/x")
+    assert clip.listed_names() == list(clip.LISTED)  # the extra is ViT-B-32/openai, already listed
+    monkeypatch.setenv(clip.EXTRA_ENV, "clip:ViT-B-16/openai, clip:NoSuchNet/x")
+    assert clip.listed_names() == [*clip.LISTED, "clip:ViT-B-16/openai"]
+
+
 def test_zero_shot_predictor_equals_open_clip_and_card_records_prompts(clip_env):
     import open_clip
 

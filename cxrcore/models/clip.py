@@ -128,10 +128,11 @@ def has_weights(name: str) -> bool:
 
 
 def listed_names() -> list[str]:
-    """The CLIP names for the model pickers: :data:`LISTED` plus ``$CXR_CLIP_MODELS``."""
+    """The CLIP names for the model pickers: :data:`LISTED` (canonical already: a test checks each against
+    open_clip's registry, so listing them imports nothing) plus ``$CXR_CLIP_MODELS`` (checked with open_clip)."""
     extra = [x.strip() for x in os.environ.get(EXTRA_ENV, "").split(",") if x.strip()]
-    out = []
-    for x in [*LISTED, *extra]:
+    out = list(LISTED)
+    for x in extra:
         try:
             key = clip_ref(x)
         except ConfigError:
