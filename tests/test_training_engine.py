@@ -244,6 +244,25 @@ def test_two_stage_run_has_a_gate_label_used_at_inference(chex, tmp_path, monkey
     assert ts["gate_threshold"] == card.thresholds[GATE_LABEL] and ts["tuned_on"].startswith("val")
     assert ts["exempt"] == [[i for i, x in enumerate(card.labels) if x == "No Finding"][0]] and ts["mode"] == "soft"
     p = Predictor(tmp_path / "run" / "checkpoint")
+    # The card's test AUROC is of what the model outputs (the combination) against every test image's findings,
+    # a normal film a negative for each, as `cxr eval` scores it; not of abnormal images only (the disease
+    # outputs' training mask).
+    import pandas as pd
+
+    from cxrcore.data.readers import read_dataset
+    from cxrcore.eval.metrics import per_label_auroc
+    from cxrcore.eval.predictions import predict_split
+
+    splits = pd.read_csv(tmp_path / "run" / "splits.csv", dtype=str)  # the run's own test images
+    index = read_dataset(chex)
+    index = index.subset(index.frame["image_id"].isin(set(splits.loc[splits["split"] == "test", "image_id"])).to_numpy())
+    test = predict_split(p, index, "all", policy="ignore", use_cache=False)
+    expected = per_label_auroc(test.targets, test.probs)
+    got = np.array([np.nan if card.metrics["test"]["auroc"][x] is None else card.metrics["test"]["auroc"][x]
+                    for x in card.labels])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    masked = per_label_auroc(two_stage_targets(test.targets[:, :-1], card.labels[:-1]), test.probs)
+    assert not np.allclose(np.nan_to_num(masked[:-1]), np.nan_to_num(expected[:-1]))
     squares = np.stack([p.prep.square(np.random.default_rng(i).random((80, 80)).astype(np.float32) * 255)
                         for i in range(4)])
     probs = p.predict_squares(squares)

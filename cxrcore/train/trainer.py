@@ -433,6 +433,12 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
         labels, targets = [GATE_LABEL], gate_targets(data.targets, data.labels)[:, None].astype(np.float32)
     elif network == "disease":  # two_network's disease model: findings on abnormal images only
         targets = two_stage_targets(data.targets, data.labels)[:, :-1]
+    # What the metrics and thresholds are scored against. A two-stage model trains its disease outputs on
+    # abnormal images only (``targets`` masks the rest), but what it outputs and the app shows is the
+    # combination P(gate) x P(finding | abnormal) for every image: scored against every image's findings
+    # (a normal film is a negative for each), as `cxr eval` and the two-network combination are.
+    scored = (np.concatenate([data.targets, gate_targets(data.targets, data.labels)[:, None]], axis=1)
+              if two_stage else targets)
     if d.main:
         write_split_files(data, out)
         if data.balance is not None and saved is None:
@@ -535,7 +541,7 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
         t_val = time.time()
         val_probs, val_loss = validation_pass(model, data.images, val_rows, prep, device, targets, criterion,
                                               spec=model_spec, autocast=autocast)
-        m = validation_metrics(targets[val_rows], val_probs, two_stage)
+        m = validation_metrics(scored[val_rows], val_probs, two_stage)
         record = {"epoch": epoch, "step": step, "epochs_done": round((step - (epoch - 1) * steps_per_epoch)
                                                                      / steps_per_epoch + epoch - 1, 4),
                   "train_loss": float(np.mean(losses)) if losses else None,
@@ -650,10 +656,10 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
     plain = base_model(model) if cfg.mode != "lora" else model_from_spec(card.model, len(card.labels)).to(device)
     plain.load_state_dict(state)
     if two_stage and len(val_rows):
-        card = _tune_gate(card, plain, data, val_rows, targets, prep, device)
+        card = _tune_gate(card, plain, data, val_rows, scored, prep, device)
     if len(test_rows):
         test_probs = predict_array(plain, data.images, test_rows, prep, device, spec=card.model)
-        auroc = per_label_auroc(targets[test_rows], test_probs)
+        auroc = per_label_auroc(scored[test_rows], test_probs)
         card.metrics["test"] = {"auroc": dict(zip(labels, _nan_to_none(auroc))),
                                 "mean_auroc": _mean_auroc(auroc, two_stage), "n": int(len(test_rows))}
     card.training["seconds"] = time.time() - t_start
