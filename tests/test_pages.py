@@ -31,10 +31,17 @@ def test_home_lists_models_and_data(app_env, shipped):
     assert {"baseline (shipped demo)", "finetuned (shipped demo)"} <= set(table["model"])
     assert table.set_index("model").loc["finetuned (shipped demo)", "labels"] == 14
     assert any("phantom" in str(j.value) for j in at.json)
-    # the library models (their cards need the library's metadata: slow on a fresh server) come last
+    # the library models come last, by name (nothing imported); their cards (the library's metadata: slow on a
+    # fresh server) when the expander is opened
     assert [h.value for h in at.subheader] == ["Models", "Data", "Library models (pretrained, used as they are)"]
+    assert len(at.dataframe) == 1 and "`xrv:densenet121-res224-all`" in at.markdown[-1].value
+    assert "`clip:ViT-B-32/openai`" in at.markdown[-1].value
+    at.session_state["home_library"] = True  # what opening the expander does (on_change="rerun")
+    at.run()
+    no_exception(at)
     library = at.dataframe[1].value
     assert any(m.startswith("xrv:densenet121-res224-all") for m in library["model"])
+    assert library.set_index("model").loc["xrv:densenet121-res224-all (library)", "labels"] == 18
 
 
 def test_compare_on_a_held_out_phantom_image(app_env, shipped):

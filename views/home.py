@@ -76,13 +76,21 @@ if build.exists():
     with st.expander("How the demo models were built"):
         st.json(json.loads(build.read_text()))
 
-# Last: a library model's card is made from the library's metadata (importing torchxrayvision takes seconds on
-# a fresh server), so everything above is on screen first.
+# Last: the library models by name (no library imported), their cards when asked for — a library model's card is
+# made from the library's metadata (importing torch, timm and torchxrayvision: seconds on a fresh server).
 choices = checkpoint_choices()
 library = [n for n in choices if n.endswith(LIBRARY_TAG)]
 if library:
     st.subheader("Library models (pretrained, used as they are)")
-    with st.spinner("Reading the libraries' model metadata…"):
-        lib_rows = _rows(library)
-    if lib_rows:
-        st.dataframe(lib_rows, hide_index=True, width="stretch")
+    st.markdown(f"{len(library)} models, chosen by name wherever a model can be chosen (Compare, Thresholds, "
+                "Evaluation, Explain, the Training page's start point, `cxr … --checkpoint NAME`): "
+                + ", ".join(f"`{choices[n]}`" for n in library) + ".")
+    with st.expander("Their cards: labels, input size and scaling, what each was trained on", key="home_library",
+                     on_change="rerun"):
+        if st.session_state.get("home_library"):
+            with st.spinner("Reading the libraries' model metadata…"):
+                lib_rows = _rows(library)
+            if lib_rows:
+                st.dataframe(lib_rows, hide_index=True, width="stretch", key="home_library_table")
+        else:
+            st.caption("Reading the libraries' model metadata…")

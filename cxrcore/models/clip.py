@@ -29,7 +29,6 @@ Names (usable wherever a checkpoint is, and as ``--arch`` / ``--init`` of traini
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import re
@@ -41,18 +40,13 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 
-PREFIX = "clip:"
+from .clip_names import EXTRA_ENV, LISTED, PREFIX, is_clip, slug  # noqa: F401 - names without torch, re-exported
+
+__reexported__ = (is_clip, slug)  # clip.is_clip / clip.slug stay where callers look for them
+
 LIBRARY = "open_clip"
 CACHE_ENV = "CXR_CLIP_CACHE_DIR"
-EXTRA_ENV = "CXR_CLIP_MODELS"     # more CLIP names for the model pickers, comma-separated
 HF_ENV = "HF_HUB_CACHE (or HF_HOME)"
-# Listed in the model pickers ("needs weights" until their file is in the cache)
-LISTED = (
-    "clip:ViT-B-32/laion2b_s34b_b79k",
-    "clip:ViT-B-32/openai",
-    "clip:ViT-B-16/laion2b_s34b_b88k",
-    "clip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
-)
 SCORINGS = ("softmax", "minmax")
 PRESENT = ("a chest X-ray showing {label}.", "a chest radiograph with {label}.",
            "{label} is present on this chest X-ray.", "findings consistent with {label}.")
@@ -68,10 +62,6 @@ HF_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
 # ------------------------------------------------------------------------------------ names
-def is_clip(ref) -> bool:
-    return isinstance(ref, (str, os.PathLike)) and str(ref).strip().lower().startswith(PREFIX)
-
-
 def _schema(body: str) -> tuple[str | None, str]:
     for s in ("hf-hub:", "local-dir:"):
         if body.lower().startswith(s):
@@ -140,14 +130,6 @@ def listed_names() -> list[str]:
         if key not in out and has_weights(key):
             out.append(key)
     return out
-
-
-def slug(name: str) -> str:
-    """A folder name: ``clip:ViT-B-32/openai`` -> ``clip-ViT-B-32-openai`` (long local paths: a hash)."""
-    s = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
-    if len(s) > 80:
-        s = s[:60] + "-" + hashlib.sha1(name.encode()).hexdigest()[:12]
-    return s
 
 
 # --------------------------------------------------------------------------- configuration

@@ -49,7 +49,12 @@ class LibraryWeightsMissing(ConfigError):
 
 # ------------------------------------------------------------------------------------ names
 def library_names() -> list[str]:
-    """Every library model name, in display order (torchxrayvision's, then open_clip's; see models/clip.py)."""
+    """Every library model name, in display order (torchxrayvision's, then open_clip's; see models/clip.py).
+    Imports neither library (nor torch) unless ``$CXR_CLIP_MODELS`` adds names to check."""
+    from . import clip_names
+
+    if not clip_names.extra_names_set():
+        return list(NAMES) + list(clip_names.LISTED)
     from . import clip
 
     return list(NAMES) + clip.listed_names()
@@ -88,9 +93,9 @@ def library_ref(ref) -> str | None:
 
 def slug(name: str) -> str:
     """A folder name for a library model (``xrv:densenet121-res224-all`` -> ``xrv-densenet121-res224-all``)."""
-    from . import clip
+    from . import clip_names
 
-    return clip.slug(name) if clip.is_clip(name) else name.replace(":", "-")
+    return clip_names.slug(name) if clip_names.is_clip(name) else name.replace(":", "-")
 
 
 def _weights_name(name: str) -> str:
