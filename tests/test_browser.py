@@ -84,6 +84,11 @@ def test_upload_png_shows_both_models_and_an_overlay(app_url, browser, tmp_path)
     # a first visit straight to a page's URL still goes through app.py's navigation
     nav = page.inner_text("[data-testid=stSidebarNav]")
     assert "Thresholds" in nav and "Explain" in nav and "app" not in nav.split()
+    # before an image: each model's thresholds and held-out AUROC per label, and what that split was
+    page.get_by_text("The two models at a glance").wait_for(timeout=120_000)
+    page.wait_for_function("[...document.querySelectorAll('.gtitle')].some(t => t.textContent.includes("
+                           "'Held-out AUROC per label'))", timeout=60_000)
+    assert page.get_by_text("AUROC on the test split of").count() == 2
     page.locator("input[type=file]").first.set_input_files(str(FORMATS / "00000001_000.png"))
     page.get_by_text("feature cells").wait_for(timeout=240_000)
     body = page.inner_text("body")
@@ -95,7 +100,8 @@ def test_upload_png_shows_both_models_and_an_overlay(app_url, browser, tmp_path)
     warning = page.locator("[data-testid=stAlertContentWarning]", has_text="trained only on synthetic phantoms")
     assert warning.count() == 2  # one per model
     assert "library model" in body or "train on real data" in body
-    bars = page.locator("[data-testid=stPlotlyChart]").first
+    bars = page.locator("[data-testid=stPlotlyChart]", has_text="Probability per label").first
+    bars.wait_for(timeout=60_000)
     assert warning.first.bounding_box()["y"] < bars.bounding_box()["y"]
     # the Monte-Carlo spread comes after the first answer, said so while it is computed, then how to read it
     page.get_by_text("sensitivity proxy, not a calibrated error bar").first.wait_for(timeout=240_000)
