@@ -9,7 +9,8 @@ Where the app listens decides the defaults. On a loopback address (127.0.0.1, ``
 with nothing configured it is one person's own machine and everything stays as it was: any folder,
 any LLM base URL, every job action. On any other address (or with ``CXR_HOSTED=1``, for an app on
 127.0.0.1 behind a reverse proxy) the defaults close: typed folders off, typed LLM base URLs off,
-jobs launched by signed-in users only, two concurrent jobs per person.
+jobs launched by signed-in users only, two concurrent jobs per person, 20 explanation requests per hour
+with the server's key per person.
 
 Operator settings (environment variables):
 
@@ -22,6 +23,9 @@ Operator settings (environment variables):
 ``CXR_JOB_ADMINS``             comma list of users who may cancel and resume anyone's jobs
 ``CXR_MAX_JOBS_PER_USER``      queued + running jobs per person (``0``: no cap)
 ``CXR_MAX_UPLOAD_MB``          largest image a visitor may upload (app and REST service)
+``CXR_LLM_REQUESTS_PER_HOUR``  explanation requests per hour with the server's own key, per signed-in
+                               visitor, the others sharing one count (``0``: no limit; default 20 on
+                               a shared server, no limit on one's own machine; see explain/budget.py)
 ``CXR_HOSTED``                 ``1``: apply the shared-server defaults even on a loopback address
 
 The CLI and Python callers are the operator's own tools (:func:`operator_user`): job rights do not
@@ -43,6 +47,7 @@ LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 OPENAI_BASE_URL = "https://api.openai.com/v1"  # the openai client's default endpoint
 DEFAULT_MAX_UPLOAD_MB = 32.0      # a chest radiograph, even an uncompressed 16-bit DICOM, is far below
 DEFAULT_HOSTED_JOBS_PER_USER = 2
+DEFAULT_HOSTED_LLM_PER_HOUR = 20  # explanation requests with the server's key, per signed-in visitor (see explain/budget.py)
 ACTIONS = ("launch", "cancel", "resume")
 LAUNCHER_MODES = ("everyone", "signed-in", "nobody")
 ANONYMOUS = "anonymous"
@@ -54,6 +59,7 @@ ENV_LLM_ALLOWED = "CXR_LLM_ALLOWED_BASE_URLS"
 ENV_LAUNCHERS = "CXR_JOB_LAUNCHERS"
 ENV_ADMINS = "CXR_JOB_ADMINS"
 ENV_MAX_JOBS = "CXR_MAX_JOBS_PER_USER"
+ENV_LLM_PER_HOUR = "CXR_LLM_REQUESTS_PER_HOUR"
 ENV_MAX_UPLOAD = "CXR_MAX_UPLOAD_MB"
 
 
@@ -89,6 +95,7 @@ class Settings:
     admins: tuple[str, ...] = ()
     max_jobs_per_user: int | None = None    # None: not configured
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
+    llm_per_hour: int | None = None         # None: not configured
     problems: tuple[str, ...] = field(default=())  # settings that could not be read (shown to the operator)
 
     @property
@@ -110,6 +117,14 @@ class Settings:
         if self.launchers is not None:
             return self.launchers
         return "signed-in" if self.hosted else "everyone"
+
+    @property
+    def llm_hour_cap(self) -> int:
+        """Explanation requests per hour with the server's own key, per signed-in visitor (the others share
+        one count); 0 means no limit."""
+        if self.llm_per_hour is not None:
+            return self.llm_per_hour
+        return DEFAULT_HOSTED_LLM_PER_HOUR if self.hosted else 0
 
     @property
     def job_cap(self) -> int:
@@ -167,6 +182,14 @@ def settings(address: str | None = ..., environ: Mapping[str, str] | None = None
             problems.append(f"{ENV_MAX_JOBS}: {env[ENV_MAX_JOBS]!r} is not a whole number "
                             f"(using {DEFAULT_HOSTED_JOBS_PER_USER})")
             cap = DEFAULT_HOSTED_JOBS_PER_USER
+    llm_cap = None
+    if (env.get(ENV_LLM_PER_HOUR) or "").strip():
+        try:
+            llm_cap = max(0, int(env[ENV_LLM_PER_HOUR]))
+        except ValueError:
+            problems.append(f"{ENV_LLM_PER_HOUR}: {env[ENV_LLM_PER_HOUR]!r} is not a whole number "
+                            f"(using {DEFAULT_HOSTED_LLM_PER_HOUR})")
+            llm_cap = DEFAULT_HOSTED_LLM_PER_HOUR
     upload = DEFAULT_MAX_UPLOAD_MB
     if (env.get(ENV_MAX_UPLOAD) or "").strip():
         try:
@@ -181,7 +204,7 @@ def settings(address: str | None = ..., environ: Mapping[str, str] | None = None
                     data_roots=tuple(roots), llm_allowed=tuple(dict.fromkeys(allowed)),
                     llm_allowed_set=bool(_split(env.get(ENV_LLM_ALLOWED), ", \n")), launchers=launchers,
                     admins=tuple(a.lower() for a in _split(env.get(ENV_ADMINS))), max_jobs_per_user=cap,
-                    max_upload_mb=upload, problems=tuple(problems))
+                    max_upload_mb=upload, llm_per_hour=llm_cap, problems=tuple(problems))
 
 
 # --------------------------------------------------------------------------- data roots

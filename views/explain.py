@@ -11,6 +11,7 @@ import streamlit as st
 
 from cxrcore import hosting
 from cxrcore.errors import AccessError, CXRError, LLMError
+from cxrcore.explain import budget
 from cxrcore.explain.llm import DISCLAIMER, build_facts, template_summary
 from cxrcore.explain.review import (CASE_TYPES, DEFAULT_CASE_INSTRUCTIONS, DEFAULT_TEMPLATE, PLACEHOLDERS,
                                     PromptTemplate, classify_case, prompt_values, review_events, review_facts,
@@ -233,9 +234,13 @@ elif go:
     progress = side_col.empty()
     text_box = text_col.empty()
     where = config.base_url or "the OpenAI API"
-    progress.caption(f"Asking {config.model} at {where}…")
     outcome = None
     try:
+        if not (key_input or "").strip():  # the server's own key: counted per visitor (CXR_LLM_REQUESTS_PER_HOUR)
+            left = budget.take(budget.pool_of(current_user(settings)), settings.llm_hour_cap)
+            if left >= 0:
+                side_col.caption(f"{left} more request{'s' if left != 1 else ''} with the server's key this hour.")
+        progress.caption(f"Asking {config.model} at {where}…")
         for event in with_heartbeat(lambda stop: review_events(png_bytes(panel), facts, prompt, config, stop)):
             if event.kind == "waiting":
                 progress.caption(f"Waiting for {config.model} at {where}: {event.elapsed:.0f} s "
@@ -247,7 +252,7 @@ elif go:
                 progress.caption(f"Receiving the answer ({event.elapsed:.0f} s); it is validated when complete…")
             elif event.kind == "done":
                 outcome = event.outcome
-    except LLMError as exc:
+    except (LLMError, AccessError) as exc:  # AccessError: the hour's requests with the server's key are used up
         progress.empty()
         text_box.empty()
         show_error(exc)
