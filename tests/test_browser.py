@@ -95,6 +95,7 @@ def test_upload_png_shows_both_models_and_an_overlay(app_url, browser, tmp_path)
     assert "baseline:" in body and "fine-tuned:" in body and "threshold" in body
     # the overlays are images rendered by the page (input + one per model)
     page.wait_for_function("document.querySelectorAll('[data-testid=stImage] img').length >= 3", timeout=60_000)
+    page.get_by_text("Download comparison panel (PNG)").wait_for(timeout=60_000)
     assert page.get_by_text("Download comparison panel (PNG)").count() == 1
     # a real film with the phantom-trained shipped models: the warning stands above the probabilities
     warning = page.locator("[data-testid=stAlertContentWarning]", has_text="trained only on synthetic phantoms")

@@ -42,6 +42,28 @@ def test_parse_space_ranges_values_and_refusals():
             sweep.parse_space(bad)
 
 
+def test_telling_the_trial_that_uses_up_a_grid_records_it():
+    """Optuna's GridSampler calls study.stop() after the trial that uses up its grid, which raises outside
+    Study.optimize; sweeps ask and tell, so their tell keeps the recorded state and goes on."""
+    import optuna
+    from optuna.trial import TrialState
+
+    def grid_study():
+        study = optuna.create_study(sampler=optuna.samplers.GridSampler({"lr": [0.1, 0.01]}, seed=0))
+        dist = {"lr": optuna.distributions.CategoricalDistribution([0.1, 0.01])}
+        return study, [study.ask(dist) for _ in range(2)]
+
+    study, trials = grid_study()
+    study.tell(trials[0], 1.0)
+    with pytest.raises(RuntimeError, match="Study.stop"):  # what a plain tell does (why sweep.tell exists)
+        study.tell(trials[1], state=TrialState.PRUNED)
+    study, trials = grid_study()
+    sweep.tell(study, trials[0], 1.0)
+    sweep.tell(study, trials[1].number, state=TrialState.PRUNED)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert study.trials[0].value == 1.0
+
+
 def test_grid_needs_listed_values_and_bad_base_is_refused(tmp_path, monkeypatch, app_home):
     job_workspace(tmp_path, monkeypatch)
     from cxrcore.demo import app_data

@@ -327,6 +327,19 @@ def run_result(job: Job, metric: str) -> tuple[float | None, str | None]:
     return (None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)), card.training.get("pruned")
 
 
+def tell(study, trial, values=None, state=None) -> None:
+    """``study.tell`` outside ``Study.optimize`` (this module asks and tells): Optuna's GridSampler calls
+    ``study.stop()`` after the trial that uses up its grid, which raises RuntimeError outside an optimize
+    loop. The trial's state and value are stored before that (Optuna stores them in a ``finally``), and a
+    used-up grid is what this module checks itself (``n_trials`` and repeated grid points), so that error
+    is ignored; any other is not."""
+    try:
+        study.tell(trial, values, state=state)
+    except RuntimeError as exc:
+        if "Study.stop" not in str(exc):
+            raise
+
+
 def advance(sweep_id: str, store: JobStore | None = None, user=None, settings=None) -> list[str]:
     """Record ended trials in the study and start new ones (see the module's doc); returns new job ids."""
     import optuna
@@ -344,19 +357,19 @@ def advance(sweep_id: str, store: JobStore | None = None, user=None, settings=No
             job = _job_of(t, store)
             if job is None:
                 if time.time() - float(t.user_attrs.get("asked", 0)) > 120:  # asked, but its job never came
-                    study.tell(t.number, state=TrialState.FAIL)
+                    tell(study, t.number, state=TrialState.FAIL)
                 continue
             if job.status == "succeeded":
                 value, pruned = run_result(job, spec.metric)
                 if pruned:
                     optuna.trial.Trial(study, t._trial_id).set_user_attr("pruned", pruned)
-                    study.tell(t.number, state=TrialState.PRUNED)
+                    tell(study, t.number, state=TrialState.PRUNED)
                 elif value is None:
-                    study.tell(t.number, state=TrialState.FAIL)
+                    tell(study, t.number, state=TrialState.FAIL)
                 else:
-                    study.tell(t.number, value)
+                    tell(study, t.number, value)
             elif job.status == "failed":
-                study.tell(t.number, state=TrialState.FAIL)
+                tell(study, t.number, state=TrialState.FAIL)
             elif job.active:
                 active += 1
             # cancelled: left running in the study (it can be resumed) but no longer counted as at work
@@ -368,7 +381,7 @@ def advance(sweep_id: str, store: JobStore | None = None, user=None, settings=No
             dists = {k: p.distribution() for k, p in spec.space.items()}
             trial = study.ask(dists)
             if spec.sampler == "grid" and trial.params in [t.params for t in study.trials[:-1]]:
-                study.tell(trial, state=TrialState.FAIL)  # the grid is exhausted
+                tell(study, trial, state=TrialState.FAIL)  # the grid is exhausted
                 study.set_user_attr("stopped", True)
                 break
             trial.set_user_attr("asked", time.time())
@@ -381,7 +394,7 @@ def advance(sweep_id: str, store: JobStore | None = None, user=None, settings=No
                                       settings=settings)
             except CXRError as exc:  # this combination cannot run: the trial fails, saying why
                 trial.set_user_attr("error", str(exc)[:500])
-                study.tell(trial, state=TrialState.FAIL)
+                tell(study, trial, state=TrialState.FAIL)
             else:
                 trial.set_user_attr("job_id", job.id)
                 started.append(job.id)
