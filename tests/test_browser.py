@@ -88,6 +88,7 @@ def test_upload_png_shows_both_models_and_an_overlay(app_url, browser, tmp_path)
     page.get_by_text("The two models at a glance").wait_for(timeout=120_000)
     page.wait_for_function("[...document.querySelectorAll('.gtitle')].some(t => t.textContent.includes("
                            "'Held-out AUROC per label'))", timeout=60_000)
+    page.get_by_text("AUROC on the test split of").nth(1).wait_for(timeout=60_000)
     assert page.get_by_text("AUROC on the test split of").count() == 2
     page.locator("input[type=file]").first.set_input_files(str(FORMATS / "00000001_000.png"))
     page.get_by_text("feature cells").wait_for(timeout=240_000)
