@@ -150,6 +150,18 @@ def _split(text: str | None, seps: str = ",") -> list[str]:
     return [p.strip() for p in out if p.strip()]
 
 
+def _whole_number(env: Mapping[str, str], name: str, fallback: int, problems: list[str]) -> int | None:
+    """A count setting: None when unset, negatives as 0, ``fallback`` (and a problem noted) when unreadable."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        return max(0, int(raw))
+    except ValueError:
+        problems.append(f"{name}: {env[name]!r} is not a whole number (using {fallback})")
+        return fallback
+
+
 def settings(address: str | None = ..., environ: Mapping[str, str] | None = None) -> Settings:
     """The operator's settings, read now. ``address``: where the app listens (inside Streamlit the
     caller passes ``server.address``); omitted: ``CXR_ADDRESS`` when set, else None (this machine)."""
@@ -174,22 +186,8 @@ def settings(address: str | None = ..., environ: Mapping[str, str] | None = None
     launchers = launchers.strip() if launchers and launchers.strip() else None
     if launchers is not None and launchers.lower() in LAUNCHER_MODES:
         launchers = launchers.lower()
-    cap = None
-    if (env.get(ENV_MAX_JOBS) or "").strip():
-        try:
-            cap = max(0, int(env[ENV_MAX_JOBS]))
-        except ValueError:
-            problems.append(f"{ENV_MAX_JOBS}: {env[ENV_MAX_JOBS]!r} is not a whole number "
-                            f"(using {DEFAULT_HOSTED_JOBS_PER_USER})")
-            cap = DEFAULT_HOSTED_JOBS_PER_USER
-    llm_cap = None
-    if (env.get(ENV_LLM_PER_HOUR) or "").strip():
-        try:
-            llm_cap = max(0, int(env[ENV_LLM_PER_HOUR]))
-        except ValueError:
-            problems.append(f"{ENV_LLM_PER_HOUR}: {env[ENV_LLM_PER_HOUR]!r} is not a whole number "
-                            f"(using {DEFAULT_HOSTED_LLM_PER_HOUR})")
-            llm_cap = DEFAULT_HOSTED_LLM_PER_HOUR
+    cap = _whole_number(env, ENV_MAX_JOBS, DEFAULT_HOSTED_JOBS_PER_USER, problems)
+    llm_cap = _whole_number(env, ENV_LLM_PER_HOUR, DEFAULT_HOSTED_LLM_PER_HOUR, problems)
     upload = DEFAULT_MAX_UPLOAD_MB
     if (env.get(ENV_MAX_UPLOAD) or "").strip():
         try:

@@ -9,7 +9,7 @@ from cxrcore import hosting
 from cxrcore.errors import AccessError
 from cxrcore.explain import budget
 from llm_stub import StubLLM
-from test_pages import no_exception, page
+from test_pages import explain_a_sample, no_exception
 
 
 def test_count_refuses_over_the_limit_and_frees_after_an_hour(tmp_path):
@@ -69,13 +69,9 @@ def test_explain_page_refuses_the_request_over_the_hour_and_sends_nothing(app_en
     key = "sk-test-secret-123456"
     budget.budget_path().unlink(missing_ok=True)  # a fresh count (other tests of the session ask the LLM too)
     with StubLLM(key, mode="review") as stub:
-        monkeypatch.setenv("OPENAI_API_KEY", key)
-        monkeypatch.setenv("OPENAI_BASE_URL", stub.base_url)
         monkeypatch.setenv("CXR_HOSTED", "1")
         monkeypatch.setenv(hosting.ENV_LLM_PER_HOUR, "1")
-        at = page("explain").run()
-        at.button(key="explain_sample").click().run()
-        no_exception(at)
+        at = explain_a_sample(stub, monkeypatch)
         at.button(key="explain_go").click().run()
         no_exception(at)
         assert len(stub.requests) == 1

@@ -150,14 +150,20 @@ def test_explain_without_a_key_gives_a_written_summary(app_env, shipped, monkeyp
     assert any("Summary for" in m.value for m in at.markdown)
 
 
+def explain_a_sample(stub, monkeypatch) -> AppTest:
+    """The Explain page on a held-out phantom sample, the LLM settings pointing at ``stub`` with its key."""
+    monkeypatch.setenv("OPENAI_API_KEY", stub.key)
+    monkeypatch.setenv("OPENAI_BASE_URL", stub.base_url)
+    at = page("explain").run()
+    at.button(key="explain_sample").click().run()
+    no_exception(at)
+    return at
+
+
 def test_explain_streams_from_a_local_server(app_env, shipped, monkeypatch):
     key = "sk-test-secret-123456"
     with StubLLM(key, mode="review") as stub:
-        monkeypatch.setenv("OPENAI_API_KEY", key)
-        monkeypatch.setenv("OPENAI_BASE_URL", stub.base_url)
-        at = page("explain").run()
-        at.button(key="explain_sample").click().run()
-        no_exception(at)
+        at = explain_a_sample(stub, monkeypatch)
         at.button(key="explain_go").click().run()
         no_exception(at)
         assert len(stub.requests) == 1
