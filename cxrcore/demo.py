@@ -49,6 +49,9 @@ IMAGE_SIZE = 192          # 12 x 12 feature map (and heatmap) at output stride 1
 OUTPUT_STRIDE = 16
 BASELINE_EPOCHS = 12
 FINETUNE_EPOCHS = 12
+# Box supervision weight (train/boxes.py) of both demo models: the phantoms give a box for every sign, and the
+# term teaches each label's class activation map, the heatmap the app shows, to peak on its finding.
+BOX_LOSS = 1.0
 # U-Ones for the fine-tune: the CheXpert phantom draws a finding labelled -1 (uncertain) as a fainter
 # sign with its box, so "uncertain" means "there, but faint" (as Irvin et al. found U-Ones best for
 # Atelectasis and Edema); U-Zeros would teach the model not to see (and not to point at) a drawn sign.
@@ -105,14 +108,14 @@ def baseline_config(data: Path, epochs: int = BASELINE_EPOCHS) -> TrainConfig:
 
     return TrainConfig(data=str(data), labels="nih14", arch="regnetx_002", arch_kwargs={"output_stride": OUTPUT_STRIDE},
                        pretrained="none", epochs=epochs, batch_size=32, lr=3e-3, image_size=IMAGE_SIZE,
-                       pos_weight=True, channels_last=True, name="baseline (NIH phantom, NIH-14)")
+                       pos_weight=True, channels_last=True, box_loss=BOX_LOSS, name="baseline (NIH phantom, NIH-14)")
 
 
 def finetune_config(data: Path, init: Path, epochs: int = FINETUNE_EPOCHS) -> TrainConfig:
     from .train.trainer import TrainConfig
 
     return TrainConfig(data=str(data), labels="chexpert14", init=str(init), epochs=epochs, batch_size=32, lr=2e-3,
-                       policy=FINETUNE_POLICY, pos_weight=True, channels_last=True,
+                       policy=FINETUNE_POLICY, pos_weight=True, channels_last=True, box_loss=BOX_LOSS,
                        name="fine-tuned (CheXpert phantom, CheXpert-14)")
 
 
@@ -376,7 +379,8 @@ def build(out: Path | None = None, baseline_epochs: int | None = None, finetune_
     report["data"] = {"nih": nih.name, "chexpert": chex.name}
     report["config"] = {"image_size": IMAGE_SIZE, "output_stride": OUTPUT_STRIDE, "baseline_epochs": baseline_epochs,
                         "finetune_epochs": finetune_epochs, "demo_data": DEMO_DATA, "app_data_n": APP_DATA_N,
-                        "finetune_policy": FINETUNE_POLICY, "fresh_policies": list(FRESH_POLICIES)}
+                        "finetune_policy": FINETUNE_POLICY, "fresh_policies": list(FRESH_POLICIES),
+                        "box_loss": BOX_LOSS}
     report["machine"] = host
     if evaluate:
         report["targets"] = target_checks(report)

@@ -61,6 +61,10 @@ def check_config(config: dict, settings=None) -> dict:
         raise DataError(f"The dataset at {data} has none of the labels {', '.join(wanted)}; its labels are "
                         f"{', '.join(table.labels)}. Choose a label space it has (e.g. nih14 for NIH, chexpert14 "
                         "for CheXpert) or list its labels.")
+    if cfg.box_loss > 0 and (table.boxes is None or not len(table.boxes)):
+        raise DataError(f"Box supervision (box_loss {cfg.box_loss:g}) needs ground-truth boxes, and the dataset at "
+                        f"{data} has none (NIH: BBox_List_2017*.csv beside the label table; the CheXpert phantom: "
+                        "phantom_boxes.csv). Set box_loss to 0.")
     if cfg.init:
         from ..checkpoint import read_card
 

@@ -49,13 +49,16 @@ class Augment:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """x: float (B, C, H, W) in [0, 1]; returns the augmented batch (same shape, clamped to [0, 1])."""
+    def __call__(self, x: torch.Tensor, gen: torch.Generator, extra: torch.Tensor | None = None):
+        """x: float (B, C, H, W) in [0, 1]; returns the augmented batch (same shape, clamped to [0, 1]).
+
+        ``extra`` (B, K, h, w), e.g. box masks over the same square: warped with each image's own sampling grid
+        (no intensity jitter); then ``(x, extra)`` is returned. The random draws are the same either way."""
         b = x.shape[0]
         u = torch.rand(b, 8, generator=gen)
         on = (u[:, 0] < self.p).to(x.device)
         if not bool(on.any()):
-            return x
+            return x if extra is None else (x, extra)
         sym = lambda col: (u[:, col] * 2 - 1)  # noqa: E731 - uniform in [-1, 1]
         ang = sym(1) * math.radians(self.degrees)
         shear = sym(2) * math.radians(self.shear)
@@ -72,7 +75,12 @@ class Augment:
         contrast = (1 + sym(7) * self.contrast).to(x.device, x.dtype)[:, None, None, None]
         mean = warped.mean(dim=(1, 2, 3), keepdim=True)
         jittered = ((warped - mean) * contrast + mean + bright).clamp(0, 1)
-        return torch.where(on[:, None, None, None], jittered, x)
+        out = torch.where(on[:, None, None, None], jittered, x)
+        if extra is None:
+            return out
+        grid_e = F.affine_grid(theta.to(extra.device), list(extra.shape), align_corners=False)
+        moved = F.grid_sample(extra.float(), grid_e, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return out, torch.where(on.to(extra.device)[:, None, None, None], moved, extra.float())
 
 
 def random_affine(x: torch.Tensor, gen: torch.Generator, degrees=7.0, translate=0.06, scale=(0.92, 1.08)) -> torch.Tensor:

@@ -210,6 +210,11 @@ class TrainConfig:
                                                              ("two_network", "two-stage gate, two networks")))
     hierarchy_weight: float = opt(1.0, "Penalty weight", "Weight of the hierarchy penalty.", "loss", min=0.0,
                                   step=0.5)
+    box_loss: float = opt(0.0, "Box supervision weight", "Where the dataset has ground-truth boxes (NIH's "
+                          "BBox_List_2017.csv, the phantoms'), teach each label's heatmap to peak on its boxes (Li et al. "
+                          "2018): -log of the share of the label's softmax map on the boxes, times this weight, added to "
+                          "the loss. 0: off. Needs a CNN whose head is average pooling + one linear layer (timm CNNs); "
+                          "not with LoRA.", "loss", min=0.0, max=10.0, step=0.1)
     gate_threshold: float = opt(0.5, "Gate threshold (while training)", "Two-stage: the gate threshold used for "
                                 "validation during training; the saved model's is tuned on validation (max F1 of "
                                 "'Any finding') and can be edited on the Thresholds page.", "loss", min=0.0, max=1.0,
@@ -288,6 +293,9 @@ class TrainConfig:
                               "would feed it inputs it was not trained on. Use normalize=model.")
         if self.drop_rate and str(self.arch).startswith(("tv:", "xrv:")) and not self.init:
             raise ConfigError(f"Classifier dropout (drop_rate) is a timm option; {self.arch} has none. Set it to 0.")
+        if self.box_loss and self.mode == "lora":
+            raise ConfigError("Box supervision shapes the classifier's class activation maps through the whole network; "
+                              "LoRA adapters wrap it. Use mode full or head, or set box_loss to 0.")
         if self.loss == "focal" and self.pos_weight:
             raise ConfigError("pos_weight is for the bce loss; focal loss weights hard examples itself. Choose one.")
         if self.age_min is not None and self.age_max is not None and self.age_min > self.age_max:

@@ -502,9 +502,19 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
                           cfg.focal_gamma, "none" if network else cfg.hierarchy, cfg.hierarchy_weight,
                           cfg.loss_reduction)
     augment = Augment.from_dict(cfg.augment_options) if cfg.augment else None
-    fwd = model
+    boxes = None
+    if cfg.box_loss > 0 and network != "gate":   # the gate's "Any finding" has no boxes of its own
+        from .boxes import WithMaps, box_targets, check_model
+
+        check_model(model)
+        boxes = box_targets(data.index, labels, targets[:, :len(labels)], prep)
+        boxed = np.intersect1d(boxes.rows_with_boxes(), train_rows)
+        if saved is None:
+            log("box_supervision", weight=cfg.box_loss, train_images_with_boxes=int(len(boxed)),
+                pairs=int(boxes.n_pairs), skipped=boxes.skipped)
+    fwd = model if boxes is None else WithMaps(model)   # with boxes, forward gives (logits, maps); DDP / compile wrap it
     if cfg.compile:
-        fwd = torch.compile(model)
+        fwd = torch.compile(fwd)
     if d.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -591,8 +601,13 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
             rows = mine[k:k + cfg.batch_size]
             x = to_unit(torch.from_numpy(np.asarray(data.images[rows])))
             x = x.to(device, non_blocking=True)
+            masks = boxes.masks(rows, len(labels)) if boxes is not None else None
             if augment is not None:
-                x = augment(x, gen)
+                if masks is not None:
+                    x, warped = augment(x, gen, masks[0])
+                    masks = (warped, masks[1])
+                else:
+                    x = augment(x, gen)
             x = prep.standardize(x)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -601,8 +616,15 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
             sync = (fwd.no_sync() if d.enabled and not boundary else nullcontext())
             with sync:
                 with autocast() if autocast else nullcontext():
-                    logits = fwd(x)
+                    out_ = fwd(x)
+                logits, maps = out_ if boxes is not None else (out_, None)
                 loss = criterion(logits.float(), y)
+                if boxes is not None:
+                    from .boxes import box_loss
+
+                    part = box_loss(maps, *masks) if masks is not None else maps.sum() * 0.0
+                    criterion.parts["box"] = float(part.detach())
+                    loss = loss + cfg.box_loss * part
                 scaler.scale(loss / cfg.accum_steps).backward()
             if boundary:
                 scaler.step(opt)
