@@ -118,6 +118,10 @@ def test_training_with_box_supervision_points_at_the_boxes(tmp_path, monkeypatch
     assert all("box" in e["loss_parts"] for e in steps)
     first, last = np.mean([e["loss_parts"]["box"] for e in steps[:5]]), np.mean([e["loss_parts"]["box"] for e in steps[-5:]])
     assert last < first
+    from cxrcore.jobs.progress import progress_summary
+
+    shown = progress_summary(events)["box_supervision"]   # what the Training page's caption says
+    assert shown["images"] == sup[0]["train_images_with_boxes"] and shown["last"] == steps[-1]["loss_parts"]["box"]
     card = json.loads((runs["boxes"] / "checkpoint" / "card.json").read_text())
     assert card["training"]["config"]["box_loss"] == 1.0
     plain, boxed = _pointing(runs["plain"], phantom, "train"), _pointing(runs["boxes"], phantom, "train")
@@ -145,3 +149,29 @@ def test_box_supervision_needs_boxes_and_not_lora(tmp_path, monkeypatch, phantom
     from cxrcore.jobs import JobStore
 
     assert JobStore().list() == []
+
+
+def test_box_supervision_in_a_two_process_ddp_job(tmp_path, monkeypatch, app_home):
+    """Under DDP (torchrun, 2 gloo processes) the model with its maps is what DDP wraps: the job trains with the box
+    term on both ranks and succeeds."""
+    import time
+
+    from cxrcore.demo import APP_DATA_N
+    from cxrcore.jobs import JobStore, refresh, submit, tail_log
+    from cxrcore.train.trainer import read_events
+
+    job_workspace(tmp_path, monkeypatch)
+    data = app_home / "datasets" / f"phantom-chexpert-seed0-n{APP_DATA_N}"
+    cfg = dict(data=str(data), labels="chexpert14", arch="regnetx_002", pretrained="none", epochs=1, batch_size=16,
+               image_size=64, max_images=160, policy="ones", workers=1, threads=1, box_loss=1.0, nproc=2)
+    store = JobStore()
+    job = submit(cfg, name="ddp-boxes", store=store)
+    t_end = time.monotonic() + 600
+    while not (job := refresh(job.id, store)).ended:
+        assert time.monotonic() < t_end, tail_log(job, 40)
+        time.sleep(1)
+    assert job.status == "succeeded", (job.error, tail_log(job, 40))
+    events = read_events(Path(job.run_dir) / "events.jsonl")
+    assert [e["world_size"] for e in events if e["type"] == "data"] == [2]
+    assert [e for e in events if e["type"] == "box_supervision"]
+    assert any(e["loss_parts"]["box"] > 0 for e in events if e["type"] == "step")

@@ -763,6 +763,11 @@ def render_job(job_id: str, live: bool) -> None:
                 f"mode {s['mode']}")
     if s["gpu_mem_mib"] is not None:
         st.caption(f"Peak GPU memory this epoch: {s['gpu_mem_mib']:.0f} MiB")
+    box = s.get("box_supervision")
+    if box:
+        last = "" if box["last"] is None else f"; last step's box term {box['last']:.3f} (0 = every map's mass on its boxes)"
+        st.caption(f"Box supervision, weight {box['weight']:g}: {box['images']} training images with boxes, "
+                   f"{box['pairs']} image-label pairs{last}.")
     if s["early_stopped"]:
         watched = "validation loss" if s["monitor"] == "loss" else "validation mean AUROC"
         st.caption(f"Early stopping: no better {watched} after epoch {s['best_epoch']}.")

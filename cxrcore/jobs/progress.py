@@ -56,7 +56,8 @@ def progress_summary(events: list[dict]) -> dict:
     metric_curves {"mean AP" | "F1" | "accuracy": [(epoch, value)]}, history [one flat dict per validation:
     epoch, step, epochs_done, train_loss, val_loss, val_mean_auroc, val_mean_ap, val_f1, val_accuracy, lr,
     seconds], monitor (auroc | loss), best_x (the best checkpoint's position in epochs), best_val_loss,
-    overfitting (a sentence, or None; see :func:`overfitting_note`).
+    overfitting (a sentence, or None; see :func:`overfitting_note`), box_supervision (None, or weight, images,
+    pairs and the last step's box term: see cxrcore/train/boxes.py).
     Epoch-valued curves use fractional epochs for validations inside an epoch.
 
     A two-network run (hierarchy two_network) tags its networks' events with ``network``: then each key
@@ -75,7 +76,7 @@ def progress_summary(events: list[dict]) -> dict:
                "resumes": 0, "gpu_mem_mib": None, "mode": None, "trainable_params": None, "total_params": None,
                "world_size": 1, "val_loss_curve": [], "metric_curves": {"mean AP": [], "F1": [], "accuracy": []},
                "history": [], "monitor": "auroc", "best_x": None, "best_val_loss": None, "overfitting": None,
-               "_checkpoint_events": False}
+               "box_supervision": None, "_checkpoint_events": False}
     t_start = t_train = t_last = None
     step_at_train = 0
     for e in events or []:
@@ -113,8 +114,14 @@ def progress_summary(events: list[dict]) -> dict:
             s["world_size"] = e.get("world_size") or 1
             if e.get("steps_per_epoch") is not None and s["epochs"]:
                 s["total_steps"] = int(e["steps_per_epoch"]) * int(s["epochs"])
+        elif kind == "box_supervision":
+            s["box_supervision"] = {"weight": _num(e.get("weight")), "images": e.get("train_images_with_boxes"),
+                                    "pairs": e.get("pairs"), "last": None}
         elif kind == "step":
             s["phase"] = "training"
+            box = (e.get("loss_parts") or {}).get("box")
+            if s["box_supervision"] is not None and _num(box) is not None:
+                s["box_supervision"]["last"] = _num(box)
             s["epoch"] = e.get("epoch", s["epoch"])
             s["step"] = int(e.get("step") or 0)
             s["total_steps"] = e.get("total_steps", s["total_steps"])
