@@ -236,3 +236,22 @@ def _resolve(folder: Path) -> Path:
     if not folder.exists():
         raise CheckpointError(f"No checkpoint at {folder}: the folder does not exist.")
     raise CheckpointError(f"{folder} is not a checkpoint: it needs {WEIGHTS} and {CARD}.")
+
+
+def shipped_copy_state(name: str) -> str | None:
+    """Whether the workspace holds your copy of the shipped model ``name`` (thresholds or temperatures saved):
+    None (no copy), "current" (same weights as the shipped model) or "older" (made from an earlier build of the
+    shipped models: its thresholds and temperatures were tuned for other weights, so it is not offered)."""
+    from . import workspace
+
+    copy = workspace.sub("checkpoints") / name
+    source = workspace.shipped_checkpoints() / name
+    if not (copy / "card.json").exists():
+        return None
+    if not (source / "card.json").exists():
+        return "current"
+    try:
+        same = read_card(copy).weights_sha256 == read_card(source).weights_sha256
+    except CheckpointError:
+        return "older"
+    return "current" if same else "older"

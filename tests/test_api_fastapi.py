@@ -458,12 +458,15 @@ def test_cxr_serve_subprocess_two_workers(shipped, tmp_path):
 
         wait_for(ready, 300, 0.5, "cxr serve --workers 2")
         workers = wait_for(lambda: len(_children(proc.pid)) == 2 and _children(proc.pid), 120, what="two workers")
-        # both workers answer (the kernel hands each new connection to one of them)
+        # both workers answer (the kernel hands each new connection to one of them). A worker process exists
+        # before it has loaded its model and listens, so keep asking, for up to two minutes, until both have.
         seen = set()
-        for _ in range(400):
+
+        def both_answered():
             seen.add(call(port, "GET", "/health", headers=auth, timeout=30)[1]["pid"])
-            if len(seen) == 2:
-                break
+            return len(seen) == 2
+
+        wait_for(both_answered, 120, 0.02, "both workers to answer")
         assert seen == set(workers) and proc.pid not in seen
         # a real prediction, seed 003's shape, through the token
         status, body, _ = call(port, "POST", "/predict", {"cxr_base64": b64(PNG), "mc_samples": 3}, auth)

@@ -188,3 +188,41 @@ def test_page_set_all_by_target_sensitivity(app_env, shipped):
     at.number_input(key="thr_target").set_value(0.8).run()
     at.button(key="thr_suggest").click().run()
     assert (at.dataframe[0].value["specificity"] >= 0.8).all()
+
+
+def test_a_threshold_copy_of_an_earlier_build_is_not_offered(tmp_path, monkeypatch, shipped):
+    """Your thresholds for a shipped model live in a workspace copy of it. When the shipped models are rebuilt, that
+    copy holds the old weights: it is no longer offered in the model lists (the Thresholds page says why), and the
+    next save moves it aside and copies the new build."""
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    from cxrcore.checkpoint import load_checkpoint, read_card, save_checkpoint, shipped_copy_state
+    from cxrcore.eval.thresholds import save_thresholds
+    from ui.common import MY_THRESHOLDS, checkpoint_choices
+
+    ships = tmp_path / "shipped"
+    for name, path in shipped.items():
+        shutil.copytree(path, ships / name)
+    monkeypatch.setenv("CXR_CHECKPOINTS", str(ships))
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    label = read_card(ships / "finetuned").labels[0]
+    copy = save_thresholds(ships / "finetuned", {label: 0.42})
+    assert shipped_copy_state("finetuned") == "current"
+    assert checkpoint_choices(library=False)[f"finetuned{MY_THRESHOLDS}"] == str(copy)
+
+    card, state = load_checkpoint(ships / "finetuned")   # a rebuild: other weights under the same name
+    save_checkpoint(ships / "finetuned", {k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, card)
+    assert shipped_copy_state("finetuned") == "older"
+    assert f"finetuned{MY_THRESHOLDS}" not in checkpoint_choices(library=False)
+    at = AppTest.from_file(str(REPO / "views" / "thresholds.py"), default_timeout=120)
+    at.run()
+    assert any("made for an earlier build" in i.value for i in at.info), [i.value for i in at.info]
+    assert "(your thresholds)" not in at.selectbox(key="thr_model").value
+
+    again = save_thresholds(ships / "finetuned", {label: 0.37})
+    assert again == copy and shipped_copy_state("finetuned") == "current"
+    assert read_card(again).thresholds[label] == 0.37
+    aside = list((tmp_path / "home" / "checkpoints").glob("finetuned.older-*"))
+    assert len(aside) == 1 and read_card(aside[0]).thresholds[label] == 0.42   # the old copy kept, not offered

@@ -25,8 +25,10 @@ def checkpoint_choices(library: bool = True) -> dict[str, str]:
     out: dict[str, str] = {}
     shipped = workspace.shipped_checkpoints()
     saved = workspace.sub("checkpoints")  # shipped / library models with thresholds saved on the Thresholds page
+    from cxrcore.checkpoint import shipped_copy_state
+
     for name in ("baseline", "finetuned"):
-        if (saved / name / "card.json").exists():
+        if shipped_copy_state(name) == "current":   # a copy made from an earlier build is not offered
             out[f"{name}{MY_THRESHOLDS}"] = str(saved / name)
         if (shipped / name / "card.json").exists():
             out[f"{name} (shipped demo)"] = str(shipped / name)

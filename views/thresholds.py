@@ -5,7 +5,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from cxrcore.checkpoint import read_card
+from cxrcore.checkpoint import read_card, shipped_copy_state
 from cxrcore.errors import CXRError
 from cxrcore.eval.metrics import per_label_auroc
 from cxrcore.eval.thresholds import (MANUAL, STRATEGIES, TARGETED, ThresholdSweep, label_curves, operating_table,
@@ -20,6 +20,12 @@ st.caption("Move a slider: sensitivity, specificity, PPV, NPV, F1 and the confus
            "cached predictions of the validation split. No model runs while you tune.")
 
 choices = require_checkpoints()
+
+for _name in ("baseline", "finetuned"):
+    if shipped_copy_state(_name) == "older":
+        st.info(f"Your saved thresholds for the shipped `{_name}` model were made for an earlier build of it (other "
+                "weights), so they are not offered. Saving thresholds for it again makes a new copy; the old one is "
+                f"kept as `checkpoints/{_name}.older-…` in the workspace.")
 c1, c2, c3 = st.columns([2, 2, 1])
 model_name = model_picker(c1, "Model", choices, "thr_model", prefer=("finetuned",))
 ckpt = choices[model_name]

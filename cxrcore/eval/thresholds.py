@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .. import workspace
-from ..checkpoint import read_card, write_card
+from ..checkpoint import read_card, shipped_copy_state, write_card
 from ..errors import CheckpointError
 from .metrics import best_f1_thresholds
 
@@ -178,12 +178,18 @@ def operating_table(labels: list[str], thresholds: np.ndarray, conf: dict, auroc
 
 def _writable(checkpoint: str | Path):
     """(folder, card) to write to. Shipped checkpoints (next to the code) are never modified: they
-    are copied into the workspace first, and the copy is what gets updated."""
+    are copied into the workspace first, and the copy is what gets updated. A copy made from an earlier build of
+    the shipped models is moved aside (``NAME.older-<sha>``, kept for reference) and a new copy made."""
     folder = Path(checkpoint).resolve()
     card = read_card(folder)
     shipped = workspace.shipped_checkpoints().resolve()
     if shipped in folder.parents or folder == shipped:
         target = workspace.sub("checkpoints") / folder.name
+        if shipped_copy_state(folder.name) == "older":
+            old = read_card(target).weights_sha256[:12] or "unknown"
+            aside = target.with_name(f"{folder.name}.older-{old}")
+            shutil.rmtree(aside, ignore_errors=True)
+            target.rename(aside)
         if not (target / "card.json").exists():
             shutil.copytree(folder, target, dirs_exist_ok=True)
         folder = target
