@@ -504,10 +504,10 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
     augment = Augment.from_dict(cfg.augment_options) if cfg.augment else None
     boxes = None
     if cfg.box_loss > 0 and network != "gate":   # the gate's "Any finding" has no boxes of its own
-        from .boxes import WithMaps, box_targets, check_model
+        from .boxes import WithMaps, box_loss, box_targets, check_model
 
         check_model(model)
-        boxes = box_targets(data.index, labels, targets[:, :len(labels)], prep)
+        boxes = box_targets(data.index, labels, targets, prep)
         boxed = np.intersect1d(boxes.rows_with_boxes(), train_rows)
         if saved is None:
             log("box_supervision", weight=cfg.box_loss, train_images_with_boxes=int(len(boxed)),
@@ -620,8 +620,6 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
                 logits, maps = out_ if boxes is not None else (out_, None)
                 loss = criterion(logits.float(), y)
                 if boxes is not None:
-                    from .boxes import box_loss
-
                     part = box_loss(maps, *masks) if masks is not None else maps.sum() * 0.0
                     criterion.parts["box"] = float(part.detach())
                     loss = loss + cfg.box_loss * part
