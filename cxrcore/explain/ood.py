@@ -22,12 +22,11 @@ chest view is only caught when it is clearly asymmetric.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from io import BytesIO
 
 import numpy as np
 from PIL import Image
 
-from ..data.imageio import LoadedImage, to_uint8
+from ..data.imageio import LoadedImage, open_image, to_uint8
 
 GRID = 128  # statistics are computed on a GRID x GRID resize (aspect ratio measured before)
 
@@ -95,9 +94,13 @@ class OODResult:
 
 
 def saturation_from_bytes(data: bytes) -> float | None:
-    """Mean HSV saturation (0..1) of an RGB PNG/JPEG upload; None for grayscale or non-PIL data."""
+    """Mean HSV saturation (0..1) of an RGB PNG/JPEG upload; None for grayscale or non-PIL data, and for an
+    image the reader refuses (:func:`~cxrcore.data.imageio.open_image`: its formats, its size limits checked
+    on the header before any pixel is decoded; a DICOM whose preamble is also a TIFF gets no second decode)."""
+    if data[128:132] == b"DICM":
+        return None
     try:
-        with Image.open(BytesIO(data)) as im:
+        with open_image(data) as im:
             if im.mode not in ("RGB", "RGBA", "RGBX", "P", "CMYK", "YCbCr"):
                 return None
             im.draft("RGB", (256, 256))  # JPEG: decode at reduced size
