@@ -354,6 +354,9 @@ class Service:
             raise ConfigError(f"--max-batch must be from 1 to 256, not {max_batch}.")
         self.device = check_device(device)
         self.models: dict = {}
+        # One inference per model at a time, to bound compute and memory (one call already uses every core;
+        # each Grad-CAM call holds a backward pass's gradients). Not a correctness guard: a Predictor is
+        # safe to share between threads (tests/test_predictor_threads.py).
         self.locks: dict[str, threading.Lock] = {}
         for c in checkpoints:
             p = Predictor(c, device=self.device)

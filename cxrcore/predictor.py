@@ -97,6 +97,12 @@ def fuse_views(probs: list, how: str = "mean") -> np.ndarray:
 
 
 class Predictor:
+    """One checkpoint's model, ready for inference; safe to share between threads (the app caches one per
+    checkpoint for all its sessions) without a lock. No call changes shared state: the model stays in eval
+    mode with no hooks and no gradients (Monte-Carlo dropout and pytorch-grad-cam work on a private view of
+    it, :func:`cxrcore.explain.cam.private_view`), no global random state is used, and each call reads the
+    card once (:meth:`set_card` between calls is seen by the next call whole)."""
+
     def __init__(self, checkpoint: str | os.PathLike, device: str = "cpu"):
         self.path = Path(checkpoint)
         self.card, state = load_checkpoint(checkpoint)
@@ -123,7 +129,7 @@ class Predictor:
         return np.array(self.card.threshold_list(), dtype=np.float32)
 
     def set_card(self, card: Card) -> None:
-        """Use an updated card (e.g. thresholds saved on the Thresholds page)."""
+        """Use an updated card (e.g. thresholds saved on the Thresholds page), from the next call on."""
         self.card = card
 
     def predict(self, image: LoadedImage | np.ndarray | str | os.PathLike | bytes, heatmaps: bool = True,
@@ -131,30 +137,32 @@ class Predictor:
                 mc_dropout: float = 0.2, mc_seed: int = 0, mc_tta: bool = False, tta: str = "none") -> Prediction:
         """Probabilities, heatmaps and boxes; with ``mc_samples > 0`` also Monte-Carlo dropout mean and
         spread (``prob_mean`` / ``prob_std`` / ``prob_var``; ``probs`` stays the deterministic output)."""
-        pred, x = self._predict(image, heatmaps, top_k_boxes, box_threshold)
+        card = self.card  # one card for the whole call, whatever set_card does meanwhile
+        pred, x = self._predict(image, heatmaps, top_k_boxes, box_threshold, card)
         if tta and tta != "none":
             from .eval.tta import VIEWS, check_tta, tta_sigmoid
 
             tta = check_tta(tta)
-            pred.probs = self.combine(tta_sigmoid(self.model, x, tta)[0].cpu().numpy()).astype(np.float32)
+            raw = tta_sigmoid(self.model, x, tta)[0].cpu().numpy()
+            pred.probs = combine(raw, card.model, card.thresholds).astype(np.float32)
             pred.notes.append(f"Probabilities are the mean over {VIEWS[tta]} test-time views ({tta}); heatmaps "
                               "come from the image as it is.")
-        temps = self.card.temperature_list()
+        temps = card.temperature_list()
         if temps is not None:
             from .eval.calibration import apply_temperature, logits_from_probs
 
             pred.calibrated = apply_temperature(logits_from_probs(pred.probs[None]), np.array(temps))[0].astype(np.float32)
         if mc_samples and mc_samples > 0:
-            self._add_mc(pred, x, mc_samples, mc_dropout, mc_seed, mc_tta)
+            self._add_mc(pred, x, mc_samples, mc_dropout, mc_seed, mc_tta, card)
         return pred
 
     def _add_mc(self, pred: Prediction, x: torch.Tensor, mc_samples: int, mc_dropout: float, mc_seed: int,
-                mc_tta: bool) -> Prediction:
+                mc_tta: bool, card: Card) -> Prediction:
         from .explain.uncertainty import mc_dropout as run_mc
 
         t0 = time.perf_counter()
         r = run_mc(self.model, x, int(mc_samples), mc_dropout, mc_seed, mc_tta,
-                   post=lambda s: combine(s, self.card.model, self.card.thresholds))
+                   post=lambda s: combine(s, card.model, card.thresholds))
         pred.prob_mean, pred.prob_std, pred.prob_var = r.mean, r.std, r.var
         kind, note = uncertainty_note(r.p, int(mc_samples))
         pred.mc = {"samples": int(mc_samples), "dropout_p": r.p, "tta": r.tta, "seed": int(mc_seed),
@@ -170,23 +178,25 @@ class Predictor:
         import copy
 
         x = self.prep.normalize(torch.from_numpy(self.prep.square(image.pixels))[None].to(self.device))
-        return self._add_mc(copy.copy(pred), x, mc_samples, mc_dropout, mc_seed, mc_tta)
+        return self._add_mc(copy.copy(pred), x, mc_samples, mc_dropout, mc_seed, mc_tta, self.card)
 
-    def _predict(self, image, heatmaps: bool, top_k_boxes: int, box_threshold: float) -> tuple[Prediction, torch.Tensor]:
+    def _predict(self, image, heatmaps: bool, top_k_boxes: int, box_threshold: float,
+                 card: Card) -> tuple[Prediction, torch.Tensor]:
         t0 = time.perf_counter()
         loaded = image if isinstance(image, LoadedImage) else (
             LoadedImage(np.asarray(image, dtype=np.float32), "array", 8, tuple(np.shape(image))) if isinstance(image, np.ndarray)
             else read_image(image))
         h, w = loaded.pixels.shape
-        notices = domain_notices(self.card, None if isinstance(image, np.ndarray) else loaded, self.name)
-        trained_on = (self.card.trained_on or infer_trained_on(self.card)).get("summary", "")
+        notices = domain_notices(card, None if isinstance(image, np.ndarray) else loaded, card.name or self.path.name)
+        trained_on = (card.trained_on or infer_trained_on(card)).get("summary", "")
+        thresholds = np.array(card.threshold_list(), dtype=np.float32)
         square = self.prep.square(loaded.pixels)
         x = self.prep.normalize(torch.from_numpy(square)[None].to(self.device))
         if not heatmaps:
             with torch.no_grad():
                 logits = self.model(x)
-            probs = combine(torch.sigmoid(logits)[0].float().cpu().numpy(), self.card.model, self.card.thresholds)
-            return Prediction(self.labels, probs, self.thresholds, np.zeros((len(self.labels), 0, 0), np.float32), {},
+            probs = combine(torch.sigmoid(logits)[0].float().cpu().numpy(), card.model, card.thresholds)
+            return Prediction(self.labels, probs, thresholds, np.zeros((len(self.labels), 0, 0), np.float32), {},
                               (h, w), time.perf_counter() - t0, "none", list(loaded.notes), warnings=notices,
                               trained_on=trained_on), x
         if self.fast_cam:
@@ -195,11 +205,11 @@ class Predictor:
         else:
             logits, cams = gradcam_loop(self.model, x)
             method = f"GradCAM (pytorch-grad-cam, per label: {self.fast_cam_reason})"
-        probs = combine(torch.sigmoid(logits)[0].float().cpu().numpy(), self.card.model, self.card.thresholds)
+        probs = combine(torch.sigmoid(logits)[0].float().cpu().numpy(), card.model, card.thresholds)
         maps = np.stack([self.prep.unsquare(c, h, w) for c in cams[0]]).astype(np.float32)
         boxes = {label: boxes_from_heatmap(maps[i], threshold=box_threshold, top_k=top_k_boxes)
                  for i, label in enumerate(self.labels)}
-        return Prediction(self.labels, probs, self.thresholds, maps, boxes, (h, w),
+        return Prediction(self.labels, probs, thresholds, maps, boxes, (h, w),
                           time.perf_counter() - t0, method, list(loaded.notes), tuple(cams.shape[-2:]),
                           warnings=notices, trained_on=trained_on), x
 
@@ -238,13 +248,14 @@ class Predictor:
         from .eval.tta import VIEWS, check_tta, tta_sigmoid
 
         tta = check_tta(tta)
+        card = self.card  # one card for every batch
         out = []
         n = len(squares)
         batch_size = max(1, batch_size // VIEWS[tta])
         for k in range(0, n, batch_size):
             x = self.prep.normalize(torch.from_numpy(np.array(squares[k:k + batch_size])).to(self.device))
             p = tta_sigmoid(self.model, x, tta).cpu().numpy()
-            out.append(p if raw else self.combine(p))
+            out.append(p if raw else combine(p, card.model, card.thresholds))
             if progress:
                 progress(min(n, k + batch_size), n)
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)

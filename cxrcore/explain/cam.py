@@ -6,6 +6,10 @@ the last feature map is the label's weight row divided by the number of cells). 
 pass gives the probabilities and every label's heatmap: ``relu(W @ features)``, scaled to [0, 1]
 per label exactly as pytorch-grad-cam scales its maps. Elsewhere, pytorch-grad-cam's GradCAM
 runs once per label.
+
+A model here is shared: the app caches one per checkpoint for all its sessions (threads). Nothing in
+this module changes it. What a heatmap method has to set -- eval mode, pytorch-grad-cam's hooks, the
+gradients of a backward pass -- it sets on a :func:`private_view` made for that call.
 """
 from __future__ import annotations
 
@@ -44,6 +48,46 @@ def input_channels(model: nn.Module) -> int:
         return int(model.in_chans)
     conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     return int(conv.in_channels) if conv is not None else 3
+
+
+# A module's own tables (parameters, buffers, submodules, every kind of hook): copied for a private view.
+_MODULE_TABLES = frozenset(k for k, v in vars(nn.Module()).items() if isinstance(v, (dict, set)))
+
+
+def private_view(model: nn.Module) -> nn.Module:
+    """``model`` for one call: new module objects around the same weight and buffer tensors (nothing is
+    copied), so what the call sets on it -- training mode, hooks, a swapped submodule, the ``.grad`` of a
+    backward pass -- reaches no other caller of the shared model.
+
+    Each module's tables (parameters, buffers, submodules, hooks) are its own; each parameter is a new leaf
+    over the same storage with the same ``requires_grad``, so a backward pass fills the view's ``.grad``,
+    never the shared ones'. Everything else (buffers, plain attributes) is the shared object itself:
+    read, not written, at inference. Outputs are bitwise those of ``model``.
+    """
+    params: dict[int, nn.Parameter] = {}
+    views: dict[int, nn.Module] = {}
+
+    def view(m: nn.Module) -> nn.Module:
+        if id(m) in views:  # a module used at two places stays one module
+            return views[id(m)]
+        v = object.__new__(type(m))
+        v.__dict__.update(vars(m))
+        for k in _MODULE_TABLES & v.__dict__.keys():
+            v.__dict__[k] = v.__dict__[k].copy()  # dict, OrderedDict or set: a shallow copy of its kind
+        if "_compiled_call_impl" in v.__dict__:  # module.compile() binds the shared module: run the view eagerly
+            v._compiled_call_impl = None
+        views[id(m)] = v
+        for k, p in m._parameters.items():
+            if p is not None:
+                if id(p) not in params:  # tied weights stay tied
+                    params[id(p)] = nn.Parameter(p.detach(), requires_grad=p.requires_grad)
+                v._parameters[k] = params[id(p)]
+        for k, sub in m._modules.items():
+            if sub is not None:
+                v._modules[k] = view(sub)
+        return v
+
+    return view(model)
 
 
 def _members(model: nn.Module) -> list[nn.Module] | None:
@@ -87,8 +131,7 @@ def fast_cam_check(model: nn.Module, size: int = 64) -> tuple[bool, str]:
         return False, f"the classifier is {type(head).__name__ if head is not None else 'missing'}, not one linear layer"
     if not hasattr(model, "forward_features"):
         return False, "the model has no forward_features"
-    was_training = model.training
-    model.eval()
+    model = private_view(model).eval()  # the check's eval mode and hook stay off the caller's model
     try:
         with torch.no_grad():
             fixed = getattr(getattr(model, "patch_embed", None), "img_size", None)  # ViTs take one size
@@ -105,8 +148,6 @@ def fast_cam_check(model: nn.Module, size: int = 64) -> tuple[bool, str]:
             return True, ""
     except Exception as exc:  # noqa: BLE001 - any failure means: use the general per-label method
         return False, f"the single-pass check failed ({type(exc).__name__}: {str(exc)[:160]})"
-    finally:
-        model.train(was_training)
 
 
 def supports_fast_cam(model: nn.Module, size: int = 64) -> bool:
@@ -152,6 +193,9 @@ def forward_with_cams(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 CAM_METHODS = ("GradCAM", "GradCAMPlusPlus", "HiResCAM", "XGradCAM", "LayerCAM", "EigenCAM", "ScoreCAM")
+# Perturbation methods: one forward pass per activation channel of the target layer (hundreds to thousands
+# per image and label), not one backward pass; bounded separately on a shared server (CXR_MAX_SLOW_CAM_IMAGES).
+SLOW_CAM_METHODS = ("ScoreCAM",)
 
 
 def model_cam_methods(model: nn.Module) -> tuple[str, ...]:
@@ -188,15 +232,23 @@ def gradcam_loop(model: nn.Module, x: torch.Tensor, labels: list[int] | None = N
     """pytorch-grad-cam, once per label, with any of its methods (ViTs through a reshape transform).
 
     The general path for heads that are not GAP + linear, and for methods other than Grad-CAM.
-    Returns maps at feature-map resolution (B, L, h, w), scaled to [0, 1].
+    Returns maps at feature-map resolution (B, L, h, w), scaled to [0, 1]. pytorch-grad-cam's hooks,
+    its eval() and its backward passes' gradients land on a :func:`private_view` of ``model``, so calls
+    from several threads on one shared model neither see each other's activations nor leave anything.
     """
-    import pytorch_grad_cam as pgc
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
     if method in model_cam_methods(model):  # a model's own map (e.g. CLIP's patch-text similarity)
         return model.extra_cam(method, x, labels)
     if method not in CAM_METHODS:
         raise ValueError(f"Unknown CAM method {method!r}; use one of {', '.join(CAM_METHODS)}.")
+    return _gradcam(private_view(model), x, labels, method, reshape_transform)
+
+
+def _gradcam(model: nn.Module, x: torch.Tensor, labels: list[int] | None, method: str,
+             reshape_transform=None) -> tuple[torch.Tensor, np.ndarray]:
+    """:func:`gradcam_loop` on a model of this call's own (a private view: hooks may go on it)."""
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     members = _members(model)
     if members is not None:  # each label's map from the network that outputs it
         sizes = _member_outputs(model, x)
@@ -208,7 +260,7 @@ def gradcam_loop(model: nn.Module, x: torch.Tensor, labels: list[int] | None = N
             with torch.no_grad():
                 logits_m = m(x)
             if mine:
-                _, maps = gradcam_loop(m, x, [j - lo for j in mine], method)
+                _, maps = _gradcam(m, x, [j - lo for j in mine], method)
                 parts.append((logits_m, maps))
                 order += mine
             else:

@@ -1,11 +1,19 @@
 """Monte-Carlo dropout (Gal & Ghahramani 2016), optionally with test-time augmentation.
 
 N stochastic forward passes with dropout active and everything else in eval mode (BatchNorm uses
-its running statistics, nothing is updated). Only ``nn.Dropout`` modules are switched to training
-mode; when the model has no dropout with p > 0 (regnetx_002's head dropout rate is 0), dropout
-with rate ``p`` is applied to the pooled features right before the classifier:
+its running statistics, nothing is updated). The model's own dropout layers (``nn.Dropout`` and
+kin, p > 0) are active; when it has none (regnetx_002's head dropout rate is 0), dropout with rate
+``p`` is applied to the pooled features right before the classifier:
 ``forward_features -> pool -> dropout(p) -> classifier``. The spread of the N sigmoid outputs per
-label is the uncertainty; passes are reproducible with a seed (the global RNG is not disturbed).
+label is the uncertainty.
+
+The model is shared (one per checkpoint for every session of the app, each a thread) and is not
+changed: no module is switched to training mode and no global random state is touched. The masks
+come from this call's own generator (seeded, on the CPU: the same masks on any device), drawn in
+the order and with the arithmetic of ``F.dropout``; the model's own dropout layers are replaced by
+such layers in a private view of the model (:func:`cxrcore.explain.cam.private_view`). So a seed
+gives the same passes however many other calls run at the same time, and on the CPU the same
+numbers as ``torch.manual_seed(seed)`` followed by the model's dropout in training mode.
 
 Caveat: a model trained without dropout was never taught to be robust to it, so the variance
 measures sensitivity of the head to feature dropout, a proxy for epistemic uncertainty, not a
@@ -13,13 +21,15 @@ calibrated error bar.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .cam import private_view
 
 DEFAULT_P = 0.2
 MAX_SAMPLES = 200
@@ -46,19 +56,71 @@ def dropout_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, _DROPOUT) and getattr(m, "p", 0) > 0]
 
 
-@contextmanager
-def dropout_active(model: nn.Module):
-    """Eval mode everywhere except dropout layers (training mode); the previous modes are restored."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    for m in model.modules():
-        if isinstance(m, _DROPOUT):
-            m.train()
-    try:
-        yield
-    finally:
-        for m, t in modes.items():
-            m.training = t
+_ALPHA = 1.7580993408473766  # SELU's alpha * lambda: AlphaDropout's saturation value (ATen's)
+
+
+def _batched(x: torch.Tensor, kind: type) -> bool:
+    """Whether F.dropout1d / 3d would treat ``x`` as batched (otherwise they add a batch dimension first)."""
+    if issubclass(kind, nn.Dropout1d):
+        return x.dim() == 3
+    if issubclass(kind, nn.Dropout3d):
+        return x.dim() == 5
+    return True
+
+
+def seeded_dropout(x: torch.Tensor, p: float, generator: torch.Generator, kind: type = nn.Dropout) -> torch.Tensor:
+    """Dropout in training mode with its mask drawn from ``generator`` (a CPU generator): ATen's arithmetic
+    for the layer ``kind`` (``nn.Dropout``; ``Dropout1d/2d/3d``: one draw per channel; ``AlphaDropout``), so
+    on the CPU bitwise what that layer gives in training mode after ``torch.manual_seed`` with the same
+    generator state. Nothing outside ``generator`` changes."""
+    if p == 0:
+        return x
+    if p == 1:
+        return x * torch.zeros((), dtype=x.dtype, device=x.device)
+    unsqueeze = not _batched(x, kind)
+    y = x.unsqueeze(0) if unsqueeze else x
+    if issubclass(kind, (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)):  # ATen's make_feature_noise
+        noise = torch.empty(tuple(y.shape[:2]) + (1,) * (y.dim() - 2), dtype=y.dtype)
+    else:
+        noise = torch.empty_like(y, device="cpu")
+    noise.bernoulli_(1 - p, generator=generator)
+    if issubclass(kind, nn.AlphaDropout):
+        a = 1.0 / math.sqrt((_ALPHA * _ALPHA * p + 1) * (1 - p))
+        b = noise.add(-1).mul_(_ALPHA * a).add_(_ALPHA * a * p)
+        noise.mul_(a)
+        out = (y * noise.to(y.device)).add_(b.to(y.device))
+    else:
+        noise.div_(1 - p)
+        out = y * noise.to(y.device)
+    return out.squeeze(0) if unsqueeze else out
+
+
+class SeededDropout(nn.Module):
+    """A dropout layer of the model, active, drawing its masks from one call's generator."""
+
+    def __init__(self, like: nn.Module, generator: torch.Generator):
+        super().__init__()
+        self.kind, self.p, self.generator = type(like), float(like.p), generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return seeded_dropout(x, self.p, self.generator, self.kind)
+
+    def extra_repr(self) -> str:
+        return f"{self.kind.__name__}(p={self.p}), seeded"
+
+
+def seeded_dropout_view(model: nn.Module, generator: torch.Generator) -> nn.Module:
+    """A private view of ``model`` (nothing copied, nothing of ``model`` changed) in eval mode whose dropout
+    layers with p > 0 are active and draw from ``generator``."""
+    view = private_view(model).eval()
+    swapped: dict[int, nn.Module] = {}
+    for parent in list(view.modules()):
+        for name, child in list(parent._modules.items()):
+            if isinstance(child, _DROPOUT) and getattr(child, "p", 0) > 0:
+                if id(child) not in swapped:
+                    swapped[id(child)] = SeededDropout(child, generator)
+                parent._modules[name] = swapped[id(child)]
+    return view
 
 
 def tta_views(x: torch.Tensor, shift: int = 4, scale: float = 0.06) -> list[torch.Tensor]:
@@ -99,28 +161,21 @@ def mc_dropout(model: nn.Module, x: torch.Tensor, n: int = 20, p: float = DEFAUL
     split = _has_split_head(model)
     extra = 0.0 if own or not split else float(p)
     views = tta_views(x) if tta else [x]
-    head_only = split and not own  # backbone deterministic: features once per view, masks batched
+    generator = torch.Generator().manual_seed(int(seed))  # this call's own: no global state
+    net = seeded_dropout_view(model, generator)           # eval mode; its own dropout layers active
     out = []
-    with dropout_active(model), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        if head_only:
-            pooled_views = [model.forward_head(model.forward_features(v), pre_logits=True).flatten(1) for v in views]
-            counts = [n // len(views) + (i < n % len(views)) for i in range(len(views))]
-            for pooled, k in zip(pooled_views, counts):
-                if k == 0:
-                    continue
-                batch = pooled.expand(k, -1)
-                logits = model.get_classifier()(F.dropout(batch, extra, training=True))
-                out.append(torch.sigmoid(logits).float().cpu().numpy())
-        else:
-            for i in range(n):
-                v = views[i % len(views)]
-                if split and extra > 0:
-                    pooled = model.forward_head(model.forward_features(v), pre_logits=True).flatten(1)
-                    logits = model.get_classifier()(F.dropout(pooled, extra, training=True))
-                else:
-                    logits = model(v)
-                out.append(torch.sigmoid(logits).float().cpu().numpy())
+    if split and not own:  # backbone deterministic: features once per view, masks batched
+        pooled_views = [net.forward_head(net.forward_features(v), pre_logits=True).flatten(1) for v in views]
+        counts = [n // len(views) + (i < n % len(views)) for i in range(len(views))]
+        for pooled, k in zip(pooled_views, counts):
+            if k == 0:
+                continue
+            batch = pooled.expand(k, -1)
+            logits = net.get_classifier()(seeded_dropout(batch, extra, generator))
+            out.append(torch.sigmoid(logits).float().cpu().numpy())
+    else:  # the model's own dropout layers (or, with none and no split head, n equal passes)
+        for i in range(n):
+            out.append(torch.sigmoid(net(views[i % len(views)])).float().cpu().numpy())
     samples = np.concatenate(out).astype(np.float32)
     if post is not None:  # e.g. a two-stage model's gate combination (models.heads.combine)
         samples = np.asarray(post(samples), dtype=np.float32)
