@@ -238,13 +238,15 @@ def _resolve(folder: Path) -> Path:
     raise CheckpointError(f"{folder} is not a checkpoint: it needs {WEIGHTS} and {CARD}.")
 
 
-def shipped_copy_state(name: str) -> str | None:
+def shipped_copy_state(name: str, root: str | os.PathLike | None = None) -> str | None:
     """Whether the workspace holds your copy of the shipped model ``name`` (thresholds or temperatures saved):
     None (no copy), "current" (same weights as the shipped model) or "older" (made from an earlier build of the
-    shipped models: its thresholds and temperatures were tuned for other weights, so it is not offered)."""
+    shipped models: its thresholds and temperatures were tuned for other weights, so it is not offered).
+    ``root``: the folder holding the copy (default the workspace's ``checkpoints/``, the shared copies; a
+    visitor's own copies on a shared server: :func:`cxrcore.eval.thresholds.own_copies_root`)."""
     from . import workspace
 
-    copy = workspace.sub("checkpoints") / name
+    copy = Path(root if root is not None else workspace.sub("checkpoints")) / name
     source = workspace.shipped_checkpoints() / name
     if not (copy / "card.json").exists():
         return None

@@ -541,10 +541,9 @@ def cmd_eval(a) -> int:
                            "Use --split test (temperatures are fitted on the val split).")
         from .eval.thresholds import save_temperatures
 
-        from .models.library import editable_copy
-
-        where = save_temperatures(editable_copy(a.checkpoint),  # a library model: its workspace copy
-                                  {x: v["temperature"] for x, v in cal["per_label"].items()}, "val")
+        # the CLI is the operator's tool (hosting.operator_user): in place, or the workspace copy of a shipped /
+        # library model, as eval.thresholds.save_target says
+        where = save_temperatures(a.checkpoint, {x: v["temperature"] for x, v in cal["per_label"].items()}, "val")
         print(f"saved per-label temperatures to {where / 'card.json'}", file=sys.stderr)
     if a.json:
         print(metrics_json(result))
@@ -668,6 +667,17 @@ LIBRARY_HINT = "a library model by name: xrv:densenet121-res224-all|nih|pc|chex|
 CHECKPOINT_HELP = f"a checkpoint folder, a run folder, or {LIBRARY_HINT} (weights from torchxrayvision's cache)"
 
 
+def _slurm_flags(s, names) -> None:
+    """--partition, --time, ... (conf: --slurm-conf): the slurm options as declared in cxrcore/jobs/config.py,
+    where their forms are checked, for the CLI as for everyone."""
+    from .jobs.config import SLURM_OPTIONS
+
+    for name in names:
+        o = SLURM_OPTIONS[name]
+        s.add_argument("--slurm-conf" if name == "conf" else f"--{name}", type=int if o.types == (int,) else str,
+                       help=f"slurm: {o.help}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cxr", description="Chest X-ray classifiers: data, training, explanation.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -696,12 +706,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="run", help="run folder (foreground runs)")
     s.add_argument("--backend", choices=["local", "slurm"], default="local",
                    help="local: this machine (foreground, or detached with --background); slurm: submit with sbatch")
-    s.add_argument("--partition", help="slurm: partition")
-    s.add_argument("--time", help="slurm: time limit, e.g. 2:00:00")
-    s.add_argument("--mem", help="slurm: memory per node, e.g. 16G")
-    s.add_argument("--cpus", type=int, help="slurm: CPUs per task (also the job's threads)")
-    s.add_argument("--account", help="slurm: account to charge")
-    s.add_argument("--slurm-conf", help="slurm: the cluster's slurm.conf (default: $SLURM_CONF)")
+    _slurm_flags(s, ("partition", "time", "mem", "cpus", "account", "conf"))
     s.add_argument("--background", action="store_true", help="run as a detached job (see `cxr jobs`)")
     s.set_defaults(func=cmd_train)
 
@@ -727,10 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "pruner on each epoch's validation metric)")
     s.add_argument("--prune-after", type=int, default=2, help="completed trials before any trial is pruned")
     s.add_argument("--backend", choices=["local", "slurm"], default="local")
-    s.add_argument("--partition", help="slurm: partition")
-    s.add_argument("--time", help="slurm: time limit")
-    s.add_argument("--mem", help="slurm: memory per node")
-    s.add_argument("--cpus", type=int, help="slurm: CPUs per task")
+    _slurm_flags(s, ("partition", "time", "mem", "cpus"))
     s.add_argument("--csv", help="show: also write the trials table to this CSV file")
     s.add_argument("--cancel-running", action="store_true", help="stop: also cancel the trials at work")
     s.set_defaults(func=cmd_sweep)

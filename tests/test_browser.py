@@ -203,6 +203,29 @@ def test_bad_upload_shows_a_message_and_the_app_keeps_working(app_url, browser, 
     page.get_by_text("Chest X-ray classifier workbench").wait_for(timeout=120_000)
 
 
+def test_a_visit_through_a_proxy_gets_the_shared_server_defaults(app_url, browser):
+    """The app listens on 127.0.0.1 without CXR_HOSTED; a visit carrying a reverse proxy's headers is treated
+    as a shared server's (issue 19): Home says so, and the Dataset page offers no typed folder."""
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1400},
+                              extra_http_headers={"X-Forwarded-For": "10.1.2.3", "X-Forwarded-Proto": "https"})
+    page = ctx.new_page()
+    page.goto(app_url, timeout=120_000)
+    page.get_by_text("This app is reached from another machine").wait_for(timeout=120_000)
+    page.goto(f"{app_url}/dataset", timeout=120_000)
+    page.get_by_test_id("stSelectbox").filter(has_text="Source").wait_for(timeout=120_000)
+    wait_idle(page)
+    _choose(page, "Source", "A folder on this machine…")
+    page.get_by_text("Typed folders are off on this shared server").first.wait_for(timeout=120_000)
+    ctx.close()
+    # the same server, visited from this machine: one person's own tool, no warning
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(app_url, timeout=120_000)
+    page.get_by_text("Chest X-ray classifier workbench").wait_for(timeout=120_000)
+    wait_idle(page)
+    assert "reached from another machine" not in page.inner_text("body")
+    page.close()
+
+
 def test_training_page_launches_and_watches_a_job(app_url, browser, tmp_path):
     """The Training form in a real browser: a small job starts, the live view follows it to the end."""
     page = browser.new_page(viewport={"width": 1500, "height": 2200})

@@ -462,7 +462,7 @@ def test_training_page_job_rights_follow_the_operator(tmp_path, monkeypatch, app
     page_file = str(REPO / "views" / "training.py")
     # bob, signed in on a shared server: sees who launched it, may launch, may not cancel alice's job
     at = AppTest.from_file(page_file, default_timeout=TIMEOUT)
-    at.user = {"is_logged_in": True, "email": "bob@example.org", "name": "Bob"}
+    at.user = {"is_logged_in": True, "email": "bob@example.org", "email_verified": True, "name": "Bob"}
     run(at, SHARED)
     table = at.dataframe[0].value
     assert table.set_index("id").loc[job.id, "launched by"] == "alice@example.org"
@@ -476,7 +476,7 @@ def test_training_page_job_rights_follow_the_operator(tmp_path, monkeypatch, app
     assert anon.button(key="train_submit").disabled and any("Sign in" in i.value for i in anon.info)
     # alice may cancel her own job from the page
     mine = AppTest.from_file(page_file, default_timeout=TIMEOUT)
-    mine.user = {"is_logged_in": True, "email": "alice@example.org"}
+    mine.user = {"is_logged_in": True, "email": "alice@example.org", "email_verified": True}
     run(mine, SHARED)
     assert not mine.button(key=f"train_cancel_{job.id}").disabled
     mine.button(key=f"train_cancel_{job.id}").click()

@@ -17,6 +17,7 @@ from conftest import NIH_SAMPLE
 from cxrcore.data.index import patient_split
 from cxrcore.data.readers import read_dataset
 from cxrcore.data.splits import SPLITS, balance_report, balance_warnings, stratified_patient_split
+from cxrcore.mdtext import md_text
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "views" / "dataset.py"
@@ -153,7 +154,7 @@ def test_folder_nih_sample(app):
     prev = app.dataframe[0].value
     assert prev.loc["Pneumonia", "images_positive"] == 141
     assert prev.loc["Hernia", "images_positive"] == 0
-    assert str(SAMPLE.resolve()) in [s.value for s in app.subheader]
+    assert md_text(SAMPLE.resolve()) in [s.value for s in app.subheader]  # a path: shown escaped
 
 
 def test_missing_folder_shows_error(app, tmp_path):
@@ -247,7 +248,7 @@ def _check_balance(at: AppTest, index, split, report) -> None:
         assert len(at.warning) == 1
         text = at.warning[0].value
         assert f"{len(want)} of {len(report)} labels" in text
-        assert all(w in text for w in want)
+        assert all(md_text(w) in text for w in want)  # shown escaped: a label is the dataset's own text
     else:
         assert not at.warning and len(at.success) == 1
     assert {"Download split balance (CSV)", "Download split sizes (CSV)"} <= set(downloads(at))

@@ -5,6 +5,7 @@ import numpy as np
 from streamlit.testing.v1 import AppTest
 
 from conftest import NIH_SAMPLE, REPO
+from cxrcore.mdtext import md_text
 
 TIMEOUT = 300
 
@@ -83,7 +84,7 @@ def test_evaluation_with_comparison_and_case_browser(app_env, shipped):
     comp = at.session_state["comparison"]
     assert list(comp.predictions) == ["baseline", "fine-tuned"]
     assert str(shipped["baseline"]) == comp.model_paths["baseline"]
-    truth = next(r for r in at.radio if r.label == f"Ground truth of {label}")
+    truth = next(r for r in at.radio if r.label == f"Ground truth of {md_text(label)}")  # a label: escaped
     assert truth.value == ("present" if label in comp.truth else "absent")
     assert any(f"Case type: {bucket}" in m.value and "decided by the ground truth" in m.value for m in at.markdown)
 

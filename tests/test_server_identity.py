@@ -106,6 +106,12 @@ def test_a_job_inherits_no_server_secret(monkeypatch, tmp_path):
     assert "sk-operator-secret" not in "".join(env.values())
     assert env["TOKENIZERS_PARALLELISM"] == "false" and env["PATH"] == os.environ["PATH"]
     assert env["CXR_HOME"] == str(tmp_path)
+    # Slurm: sbatch exports the environment it runs in to the job, and it runs in this one
+    from cxrcore.jobs import slurm
+
+    sbatch_env = slurm._env("/etc/slurm/slurm.conf")
+    assert "OPENAI_API_KEY" not in sbatch_env and "CXR_API_TOKEN" not in sbatch_env
+    assert sbatch_env["SLURM_CONF"] == "/etc/slurm/slurm.conf"
     # the operator keeps what a job does need
     monkeypatch.setenv("CXR_JOB_ENV_KEEP", "HF_TOKEN")
     assert local._runner_env([])["HF_TOKEN"] == "hf-secret" and "OPENAI_API_KEY" not in job_environ()

@@ -72,14 +72,14 @@ def slurm_job_state(cluster, sid: str) -> str:
 def test_sbatch_script_multinode_text(tmp_path):
     cfg = {"data": "/data/x", "gpus": 1, "nproc": 2, "nodes": 2, "threads": 0,
            "slurm": {"partition": "gpu", "cpus": 8, "mem": "32G", "time": "2:00:00", "account": "rad",
-                     "extra": ["--qos=high", "#SBATCH --exclusive"]}}
+                     "extra": ["--constraint=a100", "--exclusive"]}}
     text = slurm.render_script("20260101-000000-abcd", cfg, tmp_path / "run", tmp_path / "jobs.sqlite", name="big run",
                                python="/opt/venv/bin/python", cxr_home=tmp_path)
     assert text.startswith("#!/bin/bash\n")
     for line in ("#SBATCH --job-name=cxr-big-run", f"#SBATCH --output={tmp_path / 'run' / 'log.txt'}",
                  "#SBATCH --open-mode=append", "#SBATCH --partition=gpu", "#SBATCH --cpus-per-task=8",
                  "#SBATCH --gres=gpu:1", "#SBATCH --mem=32G", "#SBATCH --time=2:00:00", "#SBATCH --account=rad",
-                 "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --qos=high", "#SBATCH --exclusive",
+                 "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --constraint=a100", "#SBATCH --exclusive",
                  "export OMP_NUM_THREADS=8", f"export CXR_HOME={tmp_path}", "export PYTHONUNBUFFERED=1"):
         assert line in text.splitlines(), f"missing {line!r} in\n{text}"
     assert f"export PYTHONPATH={REPO}" in text
@@ -115,7 +115,7 @@ BAD_PLACEMENT = {
     "slurm cpus as text": ({"slurm": {"cpus": "4"}}, "cpus"),
     "slurm cpus 0": ({"slurm": {"cpus": 0}}, "cpus"),
     "slurm extra not strings": ({"slurm": {"extra": [3]}}, "extra"),
-    "slurm partition two lines": ({"slurm": {"partition": "a\n#SBATCH --x"}}, "single line"),
+    "slurm partition two lines": ({"slurm": {"partition": "a\n#SBATCH --x"}}, "slurm option partition"),
     "cuda without gpus": ({"device": "cuda", "gpus": 0}, "gpu"),
 }
 

@@ -11,40 +11,75 @@ import streamlit as st
 
 from cxrcore import workspace
 from cxrcore.errors import CXRError
+from cxrcore.mdtext import md_text  # noqa: F401 - the pages' one escape for other people's text in Markdown
 
 
 LIBRARY_TAG = " (library)"
-MY_THRESHOLDS = " (your thresholds)"
+MY_THRESHOLDS = " (your thresholds)"         # cxrcore.eval.thresholds.OWN_COPY_TAG
+SHARED_THRESHOLDS = " (shared thresholds)"  # cxrcore.eval.thresholds.SHARED_COPY_TAG
+
+
+def _viewer():
+    """(user, settings) of this browser session, or (None, None) outside a script run (a test, a script: the
+    operator's view, as before)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    if get_script_run_ctx(suppress_warning=True) is None:
+        return None, None
+    s = hosting_settings()
+    return current_user(s), s
 
 
 def checkpoint_choices(library: bool = True) -> dict[str, str]:
     """Display name -> checkpoint folder or library model name: the shipped demo models, finished runs
     in the workspace, then the library's pretrained models (``xrv:…``, ``clip:…``, used as they are; see
     :func:`choice_label` for their "needs weights" mark) and your threshold copies of them.
-    ``library=False``: the shipped models and runs only (no library import: fast on a fresh server)."""
+    ``library=False``: the shipped models and runs only (no library import: fast on a fresh server).
+
+    "(your thresholds)" is the copy this visitor's saves go to (:func:`cxrcore.eval.thresholds.save_target`):
+    on one person's own machine (and for an admin) the workspace's shared copy; on a shared server every other
+    visitor has their own, offered to them only, and sees the shared copy as "(shared thresholds)"."""
     out: dict[str, str] = {}
     shipped = workspace.shipped_checkpoints()
     saved = workspace.sub("checkpoints")  # shipped / library models with thresholds saved on the Thresholds page
     from cxrcore.checkpoint import shipped_copy_state
+    from cxrcore.eval.thresholds import own_copies_root, run_copy_name
+
+    user, s = _viewer()
+    mine = own_copies_root(user, s) if user is not None else None  # None: this visitor saves to the shared copies
+    single = user is None or user.operator or s.single_user
+    shared_tag = MY_THRESHOLDS if single else SHARED_THRESHOLDS
+
+    def own(folder_name: str) -> Path | None:
+        copy = mine / folder_name if mine is not None else None
+        return copy if copy is not None and (copy / "card.json").is_file() else None
 
     for name in ("baseline", "finetuned"):
+        if mine is not None and shipped_copy_state(name, mine) == "current":
+            out[f"{name}{MY_THRESHOLDS}"] = str(mine / name)
         if shipped_copy_state(name) == "current":   # a copy made from an earlier build is not offered
-            out[f"{name}{MY_THRESHOLDS}"] = str(saved / name)
+            out[f"{name}{shared_tag}"] = str(saved / name)
         if (shipped / name / "card.json").exists():
             out[f"{name} (shipped demo)"] = str(shipped / name)
     runs = workspace.runs()
-    for card in sorted(runs.glob("*/checkpoint/card.json"), key=lambda p: p.stat().st_mtime, reverse=True):
-        out[f"run {card.parent.parent.name}"] = str(card.parent)
-    for card in sorted(runs.glob("*/*/checkpoint/card.json"), key=lambda p: p.stat().st_mtime, reverse=True):
-        out[f"run {card.parent.parent.parent.name}/{card.parent.parent.name}"] = str(card.parent)
+    for pattern in ("*/checkpoint/card.json", "*/*/checkpoint/card.json"):
+        for card in sorted(runs.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True):
+            parts = card.parent.parent.relative_to(runs).parts
+            copy = own(run_copy_name(parts))
+            if copy is not None:
+                out[f"run {'/'.join(parts)}{MY_THRESHOLDS}"] = str(copy)
+            out[f"run {'/'.join(parts)}"] = str(card.parent)
     if not library:
         return out
     from cxrcore.models.library import library_names, slug
 
     for name in library_names():
+        copy = own(slug(name))
+        if copy is not None and (copy / "weights.safetensors").exists():
+            out[f"{name}{MY_THRESHOLDS}"] = str(copy)
         copy = saved / slug(name)
         if (copy / "card.json").exists() and (copy / "weights.safetensors").exists():
-            out[f"{name}{MY_THRESHOLDS}"] = str(copy)
+            out[f"{name}{shared_tag}"] = str(copy)
         out[f"{name}{LIBRARY_TAG}"] = name
     return out
 
@@ -99,9 +134,13 @@ def _predictor(path: str, stamp: tuple):
 def ensure_weights(path: str) -> None:
     """For a library model whose weight file is not cached: download it now into the library's
     folder with a progress bar (when its host answers), or raise the error that names the file,
-    the folder, the URL and the variable that moves the folder. Nothing for other checkpoints."""
+    the folder, the URL and the variable that moves the folder. Nothing for other checkpoints.
+    On a shared server a model name or folder is checked first (:func:`cxrcore.hosting.check_model_ref`:
+    listed names and folders inside the workspace / data roots only); every page loads through here."""
+    from cxrcore import hosting
     from cxrcore.models.library import fetch_weights, library_ref, library_status
 
+    hosting.check_model_ref(path, hosting_settings())  # AccessError before anything is read or downloaded
     name = library_ref(path)
     if not name:
         return
@@ -194,16 +233,24 @@ def show_model_cards(paths: dict[str, str]) -> None:
             except CXRError as exc:
                 show_error(exc)
                 continue
-            st.markdown(f"**{who}: {facts.pop('name') or path}**")
-            st.markdown("\n".join(f"- *{k}*: {v}" for k, v in facts.items()))
+            st.markdown(f"**{md_text(who)}: {md_text(facts.pop('name') or path)}**")  # a card's name: a job's
+            ours = ("source", "licence", "input")  # written by cxrcore; the others carry names and labels of users
+            st.markdown("\n".join(f"- *{k}*: {v if k in ours else md_text(v)}" for k, v in facts.items()))
 
 
 def hosting_settings():
     """The operator's settings (:mod:`cxrcore.hosting`) for this server: read from the environment now,
-    with the address Streamlit listens on (unset means every interface, so not loopback)."""
+    with the address Streamlit listens on (unset means every interface, so not loopback), and the
+    shared-server defaults on for a request that came from another machine (:func:`hosting.for_request`)."""
     from cxrcore import hosting
 
-    return hosting.settings(address=st.get_option("server.address") or "0.0.0.0")
+    s = hosting.settings(address=st.get_option("server.address") or "0.0.0.0")
+    try:  # a request from another machine (a proxy in front of 127.0.0.1) gets the shared-server defaults
+        headers, peer = dict(st.context.headers or {}), st.context.ip_address
+        peer = peer if isinstance(peer, str) else None  # (AppTest's stand-in client is no address)
+    except Exception:  # noqa: BLE001 - outside a script run (no request to look at)
+        return s
+    return hosting.for_request(s, headers, peer)
 
 
 def current_user(settings=None):
@@ -235,7 +282,7 @@ def account_box(user) -> None:
         return  # a single user on their own machine: nothing to show (no empty box)
     box = st.sidebar.container(border=True)
     if user.signed_in:
-        box.caption(f"Signed in as **{user.name or user.id}**")
+        box.caption(f"Signed in as **{md_text(user.name or user.id)}**")
         if login_configured():
             box.button("Sign out", key="account_logout", on_click=st.logout)
         return

@@ -10,11 +10,11 @@ import streamlit as st
 from cxrcore import hosting
 from cxrcore.data.imageio import read_image
 from cxrcore.errors import CXRError
-from cxrcore.explain.cam import CAM_METHODS, model_cam_methods
+from cxrcore.explain.cam import CAM_METHODS, SLOW_CAM_METHODS, model_cam_methods
 from cxrcore.explain.visual import comparison_panel, overlay, png_bytes
 from cxrcore.models.library import card_stamp
-from ui.common import (chart_config, hosting_settings, image_compare_slider, load_predictor, model_picker,
-                       require_checkpoints, run_comparison, run_uncertainty, show_error, show_model_cards)
+from ui.common import (chart_config, current_user, hosting_settings, image_compare_slider, load_predictor, model_picker,
+                       md_text, require_checkpoints, run_comparison, run_uncertainty, show_error, show_model_cards)
 
 st.title("Compare a baseline with a fine-tuned model")
 st.caption("Upload a chest radiograph (PNG, JPEG or DICOM). Nothing is stored; DICOM metadata never leaves this process.")
@@ -85,10 +85,10 @@ def models_at_a_glance(paths: dict[str, str], key: str) -> None:
             row[f"{who} threshold"] = round(float(card.thresholds.get(lab, 0.5)), 3)
             row[f"{who} held-out AUROC"] = None if auroc.get(lab) is None else round(float(auroc[lab]), 3)
         if split:
-            where = (card.data or {}).get("name") or "its dataset"
+            where = md_text((card.data or {}).get("name") or "its dataset")  # a dataset folder's name: anyone's
             n = (card.metrics or {}).get(split, {}).get("n")
             notes.append(f"{who}: AUROC on the {'test' if split == 'test' else 'validation'} split of {where}"
-                         + (f" ({n} images)" if n else "") + f" — {(card.trained_on or {}).get('summary') or 'training data not recorded'}")
+                         + (f" ({n} images)" if n else "") + f" — {md_text((card.trained_on or {}).get('summary') or 'training data not recorded')}")
             shown = [lab for lab in card.labels if auroc.get(lab) is not None]
             fig.add_bar(y=shown, x=[auroc[lab] for lab in shown], name=who, orientation="h")
         else:
@@ -119,6 +119,10 @@ if raw is None:
 
 @st.cache_data(show_spinner="Computing the heatmap with pytorch-grad-cam…", max_entries=64)
 def _method_map(raw: bytes, name: str, path: str, stamp: tuple, label: str, method: str):
+    if method in SLOW_CAM_METHODS:  # ScoreCAM: a forward pass per channel; a shared server: one heavy job per visitor
+        access = hosting_settings()
+        with hosting.heavy_slot(current_user(access), access):
+            return load_predictor(path).heatmap(read_image(raw, name), label, method)
     heat, boxes = load_predictor(path).heatmap(read_image(raw, name), label, method)
     return heat, boxes
 
@@ -138,7 +142,9 @@ def with_method(pred, raw: bytes, name: str, path: str, label: str, method: str)
 def _faithfulness(raw: bytes, name: str, path: str, stamp: tuple, label: str, method: str) -> dict:
     from cxrcore.explain.faithfulness import predictor_faithfulness
 
-    return predictor_faithfulness(load_predictor(path), read_image(raw, name), label, method).to_dict()
+    access = hosting_settings()
+    with hosting.heavy_slot(current_user(access), access):  # a shared server: one heavy computation per visitor
+        return predictor_faithfulness(load_predictor(path), read_image(raw, name), label, method).to_dict()
 
 
 def _faithfulness_figure(scores: dict) -> go.Figure:
@@ -171,7 +177,7 @@ def _faithfulness_section(raw: bytes, name: str, models: dict, label: str, metho
     from cxrcore.models.library import card_stamp
 
     key = (hash(raw), name, tuple(models.values()), label, method)
-    with st.expander(f"Is the {method} heatmap of {label} faithful to the model? (ROAD, deletion / insertion)",
+    with st.expander(f"Is the {method} heatmap of {md_text(label)} faithful to the model? (ROAD, deletion / insertion)",
                      expanded=st.session_state.get("compare_faith") == key):
         st.caption("Perturbs the model's input in the order the heatmap ranks the pixels and follows the label's "
                    "probability: a faithful map's top pixels matter to the model, its bottom ones do not. "
@@ -183,7 +189,7 @@ def _faithfulness_section(raw: bytes, name: str, models: dict, label: str, metho
         scores, rows = {}, []
         for mname, (path, own) in models.items():
             if own is None:
-                st.caption(f"{mname} has no {label!r} output: nothing to score.")
+                st.caption(f"{mname} has no '{md_text(label)}' output: nothing to score.")
                 continue
             try:
                 f = _faithfulness(raw, name, path, card_stamp(path), own, method)
@@ -216,17 +222,17 @@ st.session_state["explain_source"] = {  # what Explain names the two models (the
     "model_paths": dict(result.model_paths), "names": {"baseline": base_name, "fine-tuned": tuned_name},
     "known": None}
 h, w = image.original_shape
-st.caption(f"{name}: {image.source_format}, {w}×{h}, {image.bit_depth}-bit"
-           + (f" · {'; '.join(image.notes)}" if image.notes else ""))
+st.caption(f"{md_text(name)}: {image.source_format}, {w}×{h}, {image.bit_depth}-bit"  # the file's own name and notes
+           + (f" · {md_text('; '.join(image.notes))}" if image.notes else ""))
 if truth is not None:
-    st.caption(f"Ground truth: {', '.join(truth) or 'No Finding'}")
+    st.caption(f"Ground truth: {md_text(', '.join(truth) or 'No Finding')}")
 if result.ood is not None and result.ood.is_suspect:
     st.warning("This image may not be a frontal chest radiograph: " + "; ".join(result.ood.reasons)
                + ". The models were not made for it; treat their outputs with care.")
 
 for text in dict.fromkeys(w.text for p in result.predictions.values() for w in p.warnings):
-    st.warning(text, icon="⚠️")  # above the numbers, never folded away
-st.caption(" · ".join(f"{m} trained on: {p.trained_on or 'not recorded'}" for m, p in result.predictions.items()))
+    st.warning(md_text(text), icon="⚠️")  # above the numbers, never folded away; it names the model (anyone's job)
+st.caption(" · ".join(f"{m} trained on: {md_text(p.trained_on or 'not recorded')}" for m, p in result.predictions.items()))
 
 table = result.table()
 left, right = st.columns([3, 2])
@@ -259,13 +265,13 @@ with left:
             i = pred.labels.index(label)
             overlays[mname] = overlay(image.pixels, pred.heatmaps[i], pred.boxes.get(label), label)
             col.image(overlays[mname], width="stretch",
-                      caption=f"{mname}: {label} p={pred.probs[i]:.2f} (threshold {pred.thresholds[i]:.2f}) · {method}")
+                      caption=f"{mname}: {md_text(label)} p={pred.probs[i]:.2f} (threshold {pred.thresholds[i]:.2f}) · {method}")
             if pred.heatmaps[i].max() <= 0:
                 col.caption("Empty heatmap: no region raises this label's score (Grad-CAM keeps positive evidence only).")
             for b in pred.boxes.get(label, []):
                 col.caption(f"box x={b.x:.2f} y={b.y:.2f} w={b.w:.2f} h={b.h:.2f} · peak {b.score:.2f}")
         else:
-            col.image(image.pixels, clamp=True, width="stretch", caption=f"{mname}: has no '{label}' output")
+            col.image(image.pixels, clamp=True, width="stretch", caption=f"{mname}: has no '{md_text(label)}' output")
     st.caption(f"Heatmap method: {method}" + (" (with the prediction, every label in one pass)" if method == "GradCAM"
                                               else " (pytorch-grad-cam, this label only)" if method in CAM_METHODS
                                               else " (the model's own map, this label only)"))
@@ -342,7 +348,7 @@ if second is not None:
         for mname, path in result.model_paths.items():
             labels2, probs2, warns2 = _view_probs(second[0], second[1], path, card_stamp(path))
             for text in warns2:
-                st.warning(f"{second[1]} ({mname}): {text}", icon="⚠️")
+                st.warning(f"{md_text(second[1])} ({mname}): {md_text(text)}", icon="⚠️")
             first = result.predictions[mname]
             fused = fuse_views([first.probs, probs2], how)
             for i, x in enumerate(labels2):

@@ -28,7 +28,7 @@ from cxrcore import hosting
 from cxrcore.errors import AccessError, CXRError
 from cxrcore.explain.visual import png_bytes, thumbnail
 from cxrcore.labels import LABEL_SPACES, canonical
-from ui.common import chart_config, dataset_choices, hosting_settings, show_error
+from ui.common import chart_config, dataset_choices, hosting_settings, md_text, show_error
 
 NIH_FULL = "NIH ChestX-ray14 — full label table (torchxrayvision)"
 CHEXPERT_FULL = "CheXpert — full train table (torchxrayvision)"
@@ -99,21 +99,21 @@ def _gallery(src: str, s: dict) -> None:
         return
     items = _gallery_items(src, _stamp(src), label)
     if not items:
-        st.info(f"No image on disk is positive for {label}.")
+        st.info(f"No image on disk is positive for {md_text(label)}.")  # labels and file names: the dataset's
         return
     n_boxes = sum(len(it["boxes"]) for it in items)
-    st.caption(f"{len(items)} image(s) positive for **{label}** ({GALLERY_N} at most, those with a box first)"
-               + (f"; green: the dataset's {n_boxes} ground-truth box(es) for {label}." if n_boxes else
-                  f"; the dataset has no ground-truth box for {label} on these images."))
+    st.caption(f"{len(items)} image(s) positive for **{md_text(label)}** ({GALLERY_N} at most, those with a box first)"
+               + (f"; green: the dataset's {n_boxes} ground-truth box(es) for {md_text(label)}." if n_boxes else
+                  f"; the dataset has no ground-truth box for {md_text(label)} on these images."))
     cols = st.columns(4)
     for i, it in enumerate(items):
         try:
             mtime = Path(it["path"]).stat().st_mtime
             png = _thumbnail(it["path"], mtime, tuple(it["boxes"]), label)
         except Exception as exc:  # an unreadable file must not break the gallery
-            cols[i % 4].warning(f"{Path(it['path']).name}: {exc}")
+            cols[i % 4].warning(md_text(f"{Path(it['path']).name}: {exc}"))
             continue
-        cols[i % 4].image(png, caption=it["caption"], width="stretch")
+        cols[i % 4].image(png, caption=md_text(it["caption"]), width="stretch")
 
 
 def _csv(df: pd.DataFrame, index: bool = True) -> bytes:
@@ -286,12 +286,12 @@ def _overview(s: dict) -> None:
         for col, (label, value) in zip(st.columns(3), row):
             col.metric(label, value, border=True)
     layout = {"nih": "NIH ChestX-ray14", "chexpert": "CheXpert"}.get(s["format"], s["format"])
-    views = ", ".join(f"{k} {v:,}" for k, v in s["views"].items()) or "–"
-    sex = ", ".join(f"{k} {v:,}" for k, v in s["sex"].items()) or "–"
+    views = md_text(", ".join(f"{k} {v:,}" for k, v in s["views"].items()) or "–")  # the table's own values
+    sex = md_text(", ".join(f"{k} {v:,}" for k, v in s["sex"].items()) or "–")
     st.caption(f"Layout: **{layout}** · {len(s['labels'])} labels · views: {views} · sex: {sex}"
                + (" · has uncertain (-1) / unmentioned values" if s["uncertainty"] else ""))
     for note in s["notes"]:
-        (st.warning if "not found" in note or "not on disk" in note else st.info)(note)
+        (st.warning if "not found" in note or "not on disk" in note else st.info)(md_text(note))  # names its files
 
 
 def _prevalence(src: str, prev: pd.DataFrame, slug: str) -> None:
@@ -434,7 +434,7 @@ def _split_balance(src: str, s: dict, slug: str) -> None:
     warnings = res["warnings"]
     if warnings:
         st.warning(f"{len(warnings)} of {len(report)} labels have positive rates differing by more than "
-                   f"{100 * WARN_GAP:.0f} points between splits:\n\n" + "\n".join(f"- {w}" for w in warnings))
+                   f"{100 * WARN_GAP:.0f} points between splits:\n\n" + "\n".join(f"- {md_text(w)}" for w in warnings))
     else:
         st.success(f"Every label's positive rate is within {100 * WARN_GAP:.0f} points across the splits.")
     st.markdown("**Positive rate per label and split (%)**")
@@ -451,14 +451,14 @@ def _split_balance(src: str, s: dict, slug: str) -> None:
     _download(report, "split balance", slug, index=False)
     notes = [f"{s['images']:,} images; split computed in {res['seconds']:.2f} s (cached for these settings)."]
     if res["missing"]:
-        notes.append(f"Not in this dataset, left out: {', '.join(res['missing'])}.")
+        notes.append(f"Not in this dataset, left out: {md_text(', '.join(res['missing']))}.")
     st.caption(" ".join(notes))
 
 
 if data is not None:
     s = data["summary"]
     slug = _slug(choice if choice != FOLDER else Path(display).name)
-    st.subheader(display)
+    st.subheader(md_text(display))  # a dataset folder's name or path
     _overview(s)
     if not s["labels"]:
         st.info("This dataset has no label columns.")

@@ -11,10 +11,12 @@ from cxrcore.checkpoint import read_card
 from cxrcore.errors import CXRError
 from cxrcore.eval.cases import bucket_help, bucket_names, evaluation_cases
 from cxrcore.eval.subgroups import gap_table, top_gaps
+from cxrcore import hosting
+from cxrcore.eval.tta import VIEWS as TTA_VIEWS
 from cxrcore.hosting import HOW_TO_ENABLE_FOLDERS, resolve_data_path
 from cxrcore.models.library import card_stamp
-from ui.common import (chart_config, dataset_choices, ensure_weights, hosting_settings, load_predictor, model_picker,
-                       require_checkpoints, show_error)
+from ui.common import (chart_config, current_user, dataset_choices, ensure_weights, hosting_settings, load_predictor,
+                       md_text, model_picker, require_checkpoints, show_error)
 
 st.title("Evaluate a model on a dataset split")
 st.caption("Every interval is a percentile bootstrap that resamples patients (all images of a drawn patient). "
@@ -37,6 +39,8 @@ except CXRError as exc:
 d1, d2, d3, d4 = st.columns([3, 1, 1, 1])
 data_name = d1.selectbox("Dataset", list(datasets) + [OTHER], key="eval_data")
 access = hosting_settings()
+user = current_user(access)
+limits = hosting.limits(access, user)  # the operator's ceilings on this visitor's work (none locally by default)
 if data_name == OTHER and not access.typed_folders_allowed:
     st.info(HOW_TO_ENABLE_FOLDERS)
     data_path = ""
@@ -62,11 +66,13 @@ policy_choice = p1.selectbox("Uncertain labels (CheXpert -1)", list(POLICY_LABEL
                                   "training policy (from its card), so a model trained with U-Ones is not scored as if "
                                   "uncertain meant absent.")
 TTA_LABELS = {"none": "none", "flip": "image + mirror (2 views)", "tencrop": "CheXNet ten-crop (10 views)"}
-tta_choice = p2.selectbox("Test-time augmentation", list(TTA_LABELS), key="eval_tta", format_func=TTA_LABELS.get,
+tta_choice = p2.selectbox("Test-time augmentation", [m for m in TTA_LABELS if limits.allows("tta_views", TTA_VIEWS[m])],
+                          key="eval_tta", format_func=TTA_LABELS.get,
                           help="Probabilities averaged over views of each image (cxrcore.eval.tta); each view is one "
-                               "more model pass.")
-n_boot = int(d3.number_input("Bootstrap replicates", min_value=10, max_value=10000, value=500, step=50,
-                             key="eval_nboot"))
+                               "more model pass. " + limits.note("tta_views"))
+boot_max = limits.widget_max("bootstrap", 10000)
+n_boot = int(d3.number_input("Bootstrap replicates", min_value=10, max_value=boot_max, value=min(500, boot_max), step=50,
+                             key="eval_nboot", help=limits.note("bootstrap") or None))
 clicked = d4.button("Evaluate", type="primary", key="eval_run", width="stretch")
 
 
@@ -78,15 +84,16 @@ def run_eval(ckpt: str, ckpt_key: tuple, other: str | None, other_key: tuple | N
     from cxrcore.eval.evaluate import run_evaluation
     from cxrcore.eval.predictions import predict_split
 
-    index = read_dataset(data)
-    result, ev = run_evaluation(ckpt, index, split, n_boot, other, policy=policy or None, tta=tta)
-    other_ids, other_thr = None, None
-    if ev.compare is not None:
-        other_card = read_card(other)
-        other_thr = dict(zip(other_card.labels, other_card.threshold_list()))
-        if len(ev.image_ids) != len(ev.compare["targets"]):  # the compared model's own split differs
-            other_ids = predict_split(load_predictor(other), index, split).image_ids
-    return result, ev, evaluation_cases(result, ev, index, other_ids, other_thr)
+    with hosting.heavy_slot(user, access):  # a shared server: one heavy computation per visitor at a time
+        index = read_dataset(data)
+        result, ev = run_evaluation(ckpt, index, split, n_boot, other, policy=policy or None, tta=tta, limits=limits)
+        other_ids, other_thr = None, None
+        if ev.compare is not None:
+            other_card = read_card(other)
+            other_thr = dict(zip(other_card.labels, other_card.threshold_list()))
+            if len(ev.image_ids) != len(ev.compare["targets"]):  # the compared model's own split differs
+                other_ids = predict_split(load_predictor(other), index, split, limits=limits).image_ids
+        return result, ev, evaluation_cases(result, ev, index, other_ids, other_thr)
 
 
 if clicked:
@@ -136,9 +143,9 @@ per = result["per_label"]
 summary = result["summary"]
 labels = result["labels"]
 if not summary["labels_evaluated"]:
-    why = "; ".join(f"{k}: {v}" for k, v in summary["labels_not_evaluated"].items())
+    why = md_text("; ".join(f"{k}: {v}" for k, v in summary["labels_not_evaluated"].items()))  # labels: a CSV's
     st.error(f"None of the labels of {name_a} has both positive and negative cases in the {result['split']} split "
-             f"of {result['dataset']} ({why}). Choose a dataset labelled with this model's findings.")
+             f"of {md_text(result['dataset'])} ({why}). Choose a dataset labelled with this model's findings.")
     st.stop()
 
 # --------------------------------------------------------------------------- summary
@@ -156,9 +163,9 @@ def _ci_label(name: str, m: dict | None) -> str:
     return f"{name} · {conf}% CI {m['low']:.3f} to {m['high']:.3f}"
 
 
-st.subheader(f"{name_a} on {result['dataset']} · {result['split']}")
+st.subheader(f"{name_a} on {md_text(result['dataset'])} · {result['split']}")  # a dataset folder's name: anyone's
 _pol = result["policy"] if isinstance(result["policy"], str) else json.dumps(result["policy"])
-st.caption(f"Images: {result['split_description']}. Uncertain labels scored as **{_pol}** "
+st.caption(f"Images: {result['split_description']}. Uncertain labels scored as **{md_text(_pol)}** "
            f"({result['policy_source']})."
            + (f" Probabilities averaged over test-time views: {TTA_LABELS[result['tta']]}."
               if result.get("tta", "none") != "none" else ""))
@@ -176,7 +183,7 @@ m3.metric(_ci_label("Samples F1", summary.get("samples_f1")), _point(summary.get
 m4.metric(_ci_label("Subset accuracy", summary.get("subset_accuracy")), _point(summary.get("subset_accuracy")))
 not_eval = summary["labels_not_evaluated"]
 st.caption(f"Means over the {len(summary['labels_evaluated'])} labels with positives and negatives. "
-           + (f"Not evaluated: {', '.join(f'{k} ({v})' for k, v in not_eval.items())}. " if not_eval else "")
+           + (f"Not evaluated: {md_text(', '.join(f'{k} ({v})' for k, v in not_eval.items()))}. " if not_eval else "")
            + f"{result['bootstrap']['n_boot']} replicates resampling patients; up to "
              f"{result['max_images_per_patient']} images per patient.")
 
@@ -240,17 +247,30 @@ if cal.get("fitted"):
     st.caption(f"Per-label temperature fitted on the val split ({cal['n_val_images']} images) and applied to this "
                "split. A temperature of 1 (not fitted) where val lacks a class.")
     st.dataframe(cal_table.round(3), hide_index=True, width="stretch", key="eval_cal_table")
-    if st.button("Save these temperatures to the checkpoint card", key="eval_cal_save",
-                 help="Predictions (app, CLI, API) then also report temperature-scaled probabilities."):
-        from cxrcore.eval.thresholds import save_temperatures
-        from cxrcore.models.library import editable_copy
+    from cxrcore.eval.thresholds import OWN_COPY, save_target, save_temperatures
+    from ui.common import current_user, md_text
 
-        try:  # a library model (xrv:…) is saved to its workspace copy, as a shipped model is
-            where = save_temperatures(editable_copy(params["ckpt"]),
-                                      {x: v["temperature"] for x, v in cal["per_label"].items()}, "val")
-            st.success(f"Saved {len(cal['per_label'])} temperatures to {where / 'card.json'}"
-                       + ("" if Path(where).resolve() == Path(params["ckpt"]).resolve()
-                          else " (a workspace copy: shipped models are never modified)") + ".")
+    _access = hosting_settings()
+    _user = current_user(_access)
+    try:  # where Save writes, and why, said before saving (the rule: cxrcore.eval.thresholds.save_target)
+        _target = save_target(params["ckpt"], _user, _access)
+    except CXRError as exc:
+        _target = None
+        show_error(exc)
+    if _target is not None and _target.kind == OWN_COPY:  # names people and runs: shown as the literal text
+        st.info(md_text(_target.reason), icon=":material/person:")
+    elif _target is not None and _target.reason:
+        st.caption(md_text(_target.reason))
+    if _target is not None and st.button(
+            "Save these temperatures to the checkpoint card", key="eval_cal_save",
+            help="Predictions (app, CLI, API) then also report temperature-scaled probabilities."):
+        try:  # a shipped / library model: a workspace copy; someone else's run: your own copy (save_target)
+            where = save_temperatures(params["ckpt"], {x: v["temperature"] for x, v in cal["per_label"].items()},
+                                      "val", user=_user, settings=_access)
+            st.success(f"Saved {len(cal['per_label'])} temperatures to {md_text(where / 'card.json')}"
+                       + ("" if _target.in_place else f" (a copy: the card you were looking at stays untouched; "
+                                                          f"the copy is in the model lists as “{md_text(_target.display)}”)")
+                       + ".")
         except CXRError as exc:
             show_error(exc)
 else:
@@ -334,13 +354,13 @@ else:
     cols = st.columns(len(buckets))
     for col, b in zip(cols, buckets):
         col.metric(b, int((bucket_of == b).sum()), help=desc[b])
-    st.caption(f"{len(known)} cases with a known {label} value, each model at its own threshold "
+    st.caption(f"{len(known)} cases with a known {md_text(label)} value, each model at its own threshold "
                + ", ".join(f"({n}: {thr[j]:.2f})" for n, thr in zip(model_names, cases.thresholds)) + ".")
     bucket = b2.radio("Bucket", buckets, horizontal=True, key="eval_bucket",
                       format_func=lambda b: f"{b}: {desc[b]} ({int((bucket_of == b).sum())})")
     rows_in = cases.in_bucket(label, bucket)  # the most wrong first
     if not len(rows_in):
-        st.caption(f"No {bucket} case for {label}.")
+        st.caption(f"No {bucket} case for {md_text(label)}.")
     else:
         def _fmt_case(i: int) -> str:
             ps = " · ".join(f"{n} p={p[i, j]:.2f}" for n, p in zip(model_names, cases.probs))
@@ -374,17 +394,17 @@ else:
                 preds = comp.for_label(label)
                 icols = st.columns(len(preds) + 1)
                 icols[0].image(comp.image.pixels, clamp=True, width="stretch",
-                               caption=f"{cases.image_ids[i]} · truth: {', '.join(truth) or 'none of the shared labels'}")
+                               caption=f"{md_text(cases.image_ids[i])} · truth: {md_text(', '.join(truth) or 'none of the shared labels')}")
                 for col, (mname, pred) in zip(icols[1:], preds.items()):
                     if label in pred.labels:
                         q = pred.labels.index(label)
                         ok = (pred.probs[q] >= pred.thresholds[q]) == (t[i] == 1)
                         col.image(overlay(comp.image.pixels, pred.heatmaps[q], pred.boxes.get(label), label),
                                   width="stretch",
-                                  caption=f"{mname}: {label} p={pred.probs[q]:.2f} (threshold {pred.thresholds[q]:.2f})"
+                                  caption=f"{mname}: {md_text(label)} p={pred.probs[q]:.2f} (threshold {pred.thresholds[q]:.2f})"
                                           f" — {'right' if ok else 'wrong'}")
                     else:
-                        col.image(comp.image.pixels, clamp=True, width="stretch", caption=f"{mname}: no '{label}' output")
+                        col.image(comp.image.pixels, clamp=True, width="stretch", caption=f"{mname}: no '{md_text(label)}' output")
                 send_help = ("Open this case on the Explain page: its image, both models (Model as the baseline, "
                              "Compare with as the fine-tuned model) and its ground truth.")
                 if not cmp:
@@ -439,8 +459,9 @@ def run_localize(ckpt: str, ckpt_key: tuple, data: str, split: str, methods: tup
                  gate: str = "threshold", faith_n: int = 0, max_images: int | None = None) -> dict:
     from cxrcore.eval.localize import localize_checkpoint
 
-    return localize_checkpoint(ckpt, data, split, methods=list(methods), gate=gate, faithfulness_n=faith_n,
-                               max_images=max_images).to_dict(boxes=False)
+    with hosting.heavy_slot(user, access):  # a shared server: one heavy computation per visitor at a time
+        return localize_checkpoint(ckpt, data, split, methods=list(methods), gate=gate, faithfulness_n=faith_n,
+                                   max_images=max_images, limits=limits).to_dict(boxes=False)
 
 
 st.subheader("Localization against ground-truth boxes")
@@ -458,14 +479,19 @@ gate_kind = lc2.selectbox("Gated hit rate: cut-off", ["each label's threshold", 
                           help="cheXlocalize: no map (a miss) when the model's probability is below the cut-off")
 gate = "threshold" if gate_kind == "each label's threshold" else str(
     lc2.number_input("cut-off p", 0.0, 1.0, 0.5, 0.05, key="eval_loc_gate"))
-faith_n = int(lc3.number_input("Faithfulness: images per label (0 = off)", 0, 200, 3, 1, key="eval_loc_faith_n",
+faith_max = limits.widget_max("faithfulness", 200)
+faith_n = int(lc3.number_input("Faithfulness: images per label (0 = off)", 0, faith_max, min(3, faith_max), 1,
+                               key="eval_loc_faith_n",
                                help="ROAD and deletion / insertion for each method's maps of the first N images of "
                                     "every label: about 60 forward passes each, about 4 s per image, label and "
                                     "method on two CPU cores (13 phantom labels x 3 images: about 3 minutes); "
-                                    "raise it on a GPU"))
-max_images = int(lc4.number_input("Images with boxes (0 = all)", 0, 100000, 0, 10, key="eval_loc_max",
+                                    "raise it on a GPU. " + limits.note("faithfulness")))
+max_images = int(lc4.number_input("Images with boxes (0 = all)", 0, limits.widget_max("eval_images", 100000), 0, 10,
+                                  key="eval_loc_max",
                                   help="only the first N images with boxes (sorted by id), to keep other methods "
-                                       "affordable on a CPU")) or None
+                                       "affordable on a CPU. " + limits.note("eval_images")
+                                       + (" ScoreCAM: " + limits.note("slow_cam_images")
+                                          if limits.get("slow_cam_images") else ""))) or None
 loc_params = (params["ckpt"], params["ckpt_key"], params["data"], params["split"], tuple(loc_methods or ["GradCAM"]),
               gate, faith_n, max_images)
 if st.button("Score localization", key="eval_loc_run"):
@@ -492,7 +518,7 @@ if loc_key and loc_key == loc_params:
         st.dataframe(pd.DataFrame(rows).round(3), hide_index=True, width="stretch", key="eval_loc_table")
         if loc["skipped_labels"]:
             st.caption("Boxes of labels the model does not have: "
-                       + ", ".join(f"{k} ({v})" for k, v in loc["skipped_labels"].items()))
+                       + md_text(", ".join(f"{k} ({v})" for k, v in loc["skipped_labels"].items())))
         st.markdown("**Per label and CAM method**")
         side = pd.DataFrame(loc["methods_rows"]).rename(columns={
             "hit_rate": "hit rate", "gated_hit_rate": "gated hit rate", "gated": "pairs gated out",

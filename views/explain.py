@@ -12,12 +12,12 @@ import streamlit as st
 from cxrcore import hosting
 from cxrcore.errors import AccessError, CXRError, LLMError
 from cxrcore.explain import budget
-from cxrcore.explain.llm import DISCLAIMER, build_facts, template_summary
+from cxrcore.explain.llm import DISCLAIMER, template_summary
 from cxrcore.explain.review import (CASE_TYPES, DEFAULT_CASE_INSTRUCTIONS, DEFAULT_TEMPLATE, PLACEHOLDERS,
                                     PromptTemplate, classify_case, prompt_values, review_events, review_facts,
                                     review_record, save_review, truth_for, verdict_check, with_heartbeat)
 from cxrcore.explain.visual import comparison_panel, png_bytes
-from ui.common import checkpoint_choices, current_user, hosting_settings, run_comparison, show_error
+from ui.common import checkpoint_choices, current_user, hosting_settings, md_text, run_comparison, show_error
 
 VERDICT_COLORS = {"IMPROVED": "green", "WORSE": "red", "NO CHANGE": "gray"}
 TRUTH_OPTIONS = ["unknown", "present", "absent"]
@@ -55,7 +55,7 @@ if not source or source.get("image_hash") != comparison.image_hash or \
 names = (source or {}).get("names") or {}
 known = set(source["known"]) if source and source.get("known") is not None else None
 if source:
-    st.caption(f"Sent from {source['from']}: {source.get('image_id') or comparison.image_name} · baseline: "
+    st.caption(f"Sent from {md_text(source['from'])}: {md_text(source.get('image_id') or comparison.image_name)} · baseline: "
                f"{names.get('baseline', 'baseline')} · fine-tuned: {names.get('fine-tuned', 'fine-tuned')}")
     wanted = st.session_state.pop("explain_wanted_label", None)
     if wanted in comparison.labels():
@@ -78,7 +78,7 @@ truth_key = f"explain_truth_{comparison.image_hash}_{label}"
 if truth_key not in st.session_state:
     st.session_state[truth_key] = {None: "unknown", True: "present", False: "absent"}[given]
 t1, t2 = st.columns([2, 3])
-choice = t1.radio(f"Ground truth of {label}", TRUTH_OPTIONS, key=truth_key, horizontal=True,
+choice = t1.radio(f"Ground truth of {md_text(label)}", TRUTH_OPTIONS, key=truth_key, horizontal=True,
                   help=f"From {where_from}. Set it when you know it: the case type then follows from it.")
 truth_present = {"unknown": None, "present": True, "absent": False}[choice]
 if truth_present != given:
@@ -90,14 +90,14 @@ try:
 except CXRError as exc:
     show_error(exc)
     st.stop()
-t2.markdown(f"**Case type: {case.name}** ({case.basis_text})  \n{case.detail}")
+t2.markdown(f"**Case type: {case.name}** ({case.basis_text})  \n{md_text(case.detail)}")  # it names the label
 
 panel = comparison_panel(comparison.image.pixels, preds, label, comparison.truth)
-st.image(panel, caption=f"{comparison.image_name}: the panel sent to the LLM (boxes numbered as in the facts)",
+st.image(panel, caption=f"{md_text(comparison.image_name)}: the panel sent to the LLM (boxes numbered as in the facts)",
          width="stretch")
 facts = review_facts(preds, label, case, names)
 for warning in facts.get("warnings", []):  # also in the panel and in what the LLM is told
-    st.warning(warning)
+    st.warning(md_text(warning))  # it names the models (a card's name: a job's)
 
 # ----------------------------------------------------------------- LLM settings
 settings = hosting_settings()
@@ -134,7 +134,7 @@ try:
 except AccessError as exc:
     show_error(exc)
     st.markdown("Written summary from the same facts instead:  \n"
-                + template_summary(build_facts(preds, label, comparison.truth)).replace("\n", "  \n"))
+                + md_text(template_summary(facts), single_line=False))
     st.stop()
 config.timeout = float(timeout)
 
@@ -174,7 +174,7 @@ if not config.enabled:
     st.warning("No LLM configured. Set OPENAI_API_KEY (and OPENAI_BASE_URL for a local OpenAI-compatible server) "
                "before starting the app, or enter a key in the settings above. Meanwhile, a written summary "
                "from the same facts:")
-    st.markdown(template_summary(build_facts(preds, label, comparison.truth)).replace("\n", "  \n"))
+    st.markdown(md_text(template_summary(facts), single_line=False))
     st.stop()
 
 
@@ -186,20 +186,20 @@ def show_result(entry: dict, text_col, side_col) -> None:
     how = ("structured output (JSON schema)" if outcome.mode == "structured"
            else "the JSON schema in the prompt (the server does not take structured output)")
     if outcome.fallback_reason:
-        side_col.caption(outcome.fallback_reason)
+        side_col.caption(md_text(outcome.fallback_reason))  # the server's words
     if not outcome.valid:
-        text_col.error(outcome.error[0].upper() + outcome.error[1:] + " No verdict is shown.")
+        text_col.error(md_text(outcome.error[0].upper() + outcome.error[1:]) + " No verdict is shown.")  # quotes the model
         with text_col.expander("The model's raw answer (unvalidated)", expanded=True):
             st.code(outcome.raw_text or "(empty)", language=None, wrap_lines=True)
         side_col.caption(f"Asked with {how} · {config.model} · {outcome.seconds:.1f} s")
     else:
         review = outcome.review
-        text_col.markdown(review.explanation)
+        text_col.markdown(md_text(review.explanation, single_line=False))  # the model's words as text, not Markdown
         side_col.markdown(f"**Verdict** (fine-tuned vs baseline): "
                           f":{VERDICT_COLORS[review.verdict]}-badge[{review.verdict}]")
         check = verdict_check(review, case)
         if check:
-            side_col.warning(check)
+            side_col.warning(md_text(check))
         rows = outcome.box_rows(facts)
         if rows:
             side_col.dataframe(rows, hide_index=True, width="stretch", key="explain_boxes",
@@ -212,7 +212,7 @@ def show_result(entry: dict, text_col, side_col) -> None:
         else:
             side_col.caption("No model drew a box for this label: no box to judge.")
         for note in outcome.notes:
-            side_col.caption(note)
+            side_col.caption(md_text(note))  # box ids the model wrote
         side_col.caption(f"Validated against the schema · asked with {how} · {config.model} · {outcome.seconds:.1f} s")
     if entry.get("path"):
         side_col.caption(f"Saved with the comparison: `{entry['path']}`")
@@ -246,9 +246,9 @@ elif go:
                 progress.caption(f"Waiting for {config.model} at {where}: {event.elapsed:.0f} s "
                                  f"(gives up after {config.timeout:.0f} s)…")
             elif event.kind == "fallback":
-                side_col.info(event.text)
+                side_col.info(md_text(event.text))
             elif event.kind == "text":
-                text_box.markdown(event.text + " ▌")
+                text_box.markdown(md_text(event.text, single_line=False) + " ▌")  # as text, not Markdown
                 progress.caption(f"Receiving the answer ({event.elapsed:.0f} s); it is validated when complete…")
             elif event.kind == "done":
                 outcome = event.outcome
@@ -257,7 +257,7 @@ elif go:
         text_box.empty()
         show_error(exc)
         st.markdown("Written summary from the same facts instead:  \n"
-                    + template_summary(build_facts(preds, label, comparison.truth)).replace("\n", "  \n"))
+                    + md_text(template_summary(facts), single_line=False))
     if outcome is not None:
         progress.empty()
         text_box.empty()

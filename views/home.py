@@ -5,10 +5,21 @@ import streamlit as st
 
 from cxrcore import __version__, workspace
 from cxrcore.checkpoint import infer_trained_on, read_card
-from ui.common import LIBRARY_TAG, checkpoint_choices, ensure_app_data, show_error
+from ui.common import LIBRARY_TAG, checkpoint_choices, ensure_app_data, hosting_settings, show_error
 
 st.title("Chest X-ray classifier workbench")
 st.caption(f"cxrcore {__version__} · research tool, not a medical device")
+
+_access = hosting_settings()
+if _access.reached_remotely:
+    st.error("**This app is reached from another machine** (through a proxy, or on an address others can reach) "
+             "but was started as one person's own tool (listening on 127.0.0.1 without `CXR_HOSTED=1`). The "
+             "shared-server protections are on for this visit: typed folders outside `CXR_DATA_ROOTS` are off, jobs "
+             "need a signed-in user, uploads and computations are capped. Operator: set `CXR_HOSTED=1` (see the "
+             "README's \"Deploying for a team\") so every request, the REST service's included, is treated alike.",
+             icon=":material/shield:")
+elif not _access.hosted and _access.problems:  # the operator's own machine: say which setting is wrong
+    st.warning("Some server settings could not be read: " + "; ".join(_access.problems))
 
 st.markdown(
     """

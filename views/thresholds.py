@@ -8,21 +8,24 @@ import streamlit as st
 from cxrcore.checkpoint import read_card, shipped_copy_state
 from cxrcore.errors import CXRError
 from cxrcore.eval.metrics import per_label_auroc
-from cxrcore.eval.thresholds import (MANUAL, STRATEGIES, TARGETED, ThresholdSweep, label_curves, operating_table,
-                                     save_thresholds, snap, suggest_thresholds, tunable_labels)
+from cxrcore.eval.thresholds import (MANUAL, OWN_COPY, STRATEGIES, TARGETED, ThresholdSweep, label_curves,
+                                     operating_table, own_copies_root, save_target, save_thresholds, snap,
+                                     suggest_thresholds, tunable_labels)
 from cxrcore.models.heads import combine, gate_threshold, two_stage
-from cxrcore.models.library import default_thresholds, editable_copy, library_ref
-from ui.common import (chart_config, dataset_choices, ensure_weights, load_predictor, model_picker, require_checkpoints,
-                       show_error)
+from cxrcore.models.library import default_thresholds
+from ui.common import (chart_config, current_user, dataset_choices, ensure_weights, hosting_settings, load_predictor,
+                       md_text, model_picker, require_checkpoints, show_error)
 
 st.title("Per-label decision thresholds")
 st.caption("Move a slider: sensitivity, specificity, PPV, NPV, F1 and the confusion counts are recomputed from "
            "cached predictions of the validation split. No model runs while you tune.")
 
 choices = require_checkpoints()
+access = hosting_settings()
+user = current_user(access)
 
 for _name in ("baseline", "finetuned"):
-    if shipped_copy_state(_name) == "older":
+    if shipped_copy_state(_name, own_copies_root(user, access)) == "older":
         st.info(f"Your saved thresholds for the shipped `{_name}` model were made for an earlier build of it (other "
                 "weights), so they are not offered. Saving thresholds for it again makes a new copy; the old one is "
                 f"kept as `checkpoints/{_name}.older-…` in the workspace.")
@@ -54,9 +57,12 @@ split = c3.selectbox("Split", ["val", "test"], key="thr_split")
 
 @st.cache_data(show_spinner="Predicting the split once (cached afterwards)…", max_entries=8)
 def split_predictions(ckpt: str, weights: str, data: str, split: str):
+    from cxrcore import hosting
     from cxrcore.eval.predictions import predict_split
 
-    p = predict_split(load_predictor(ckpt), data, split, raw=True)  # a two-stage gate is applied below
+    with hosting.heavy_slot(user, access):  # a shared server: one heavy computation per visitor at a time
+        p = predict_split(load_predictor(ckpt), data, split, raw=True,  # a two-stage gate is applied below
+                          limits=hosting.limits(access, user))  # CXR_MAX_EVAL_IMAGES for a visitor
     return p.labels, p.targets, p.probs, len(p.image_ids)
 
 
@@ -68,9 +74,9 @@ except CXRError as exc:
 
 usable = tunable_labels(targets)
 if not usable:
-    st.warning(f"No label of this model has both positive and negative cases in the {split} split of {data_name}.")
+    st.warning(f"No label of this model has both positive and negative cases in the {split} split of {md_text(data_name)}.")
     st.stop()
-st.caption(f"{n} images in the {split} split of {data_name}; {len(usable)} of {len(labels)} labels have positives "
+st.caption(f"{n} images in the {split} split of {md_text(data_name)}; {len(usable)} of {len(labels)} labels have positives "
            "and negatives there (the others cannot be tuned on it).")
 
 # Slider state lives in session state, keyed by model + label, so it survives reruns and page switches.
@@ -89,7 +95,7 @@ gate_t = (float(st.session_state.get(key(gate_label), gate_threshold(card.model,
           if gate_label in labels else None)
 probs = combine(raw_probs, card.model, t=gate_t) if gate_t is not None else raw_probs
 if gate_t is not None:
-    st.caption(f"Two-stage model: below the gate **{gate_label}** at {gate_t:.2f} a finding's probability is "
+    st.caption(f"Two-stage model: below the gate **{md_text(gate_label)}** at {gate_t:.2f} a finding's probability is "
                + ("reported as 0 (not assessed)" if ts.get("mode") == "hard" else "scaled by the gate's")
                + "; moving the gate's slider recomputes every finding's figures.")
 
@@ -137,7 +143,8 @@ if strategy in TARGETED:
 
 slider_cols = st.columns(3)
 for k, j in enumerate(usable):
-    slider_cols[k % 3].slider(labels[j], 0.0, 1.0, step=STEP, key=key(labels[j]), format=f"%.{DIGITS}f")
+    slider_cols[k % 3].slider(md_text(labels[j]), 0.0, 1.0,  # a label from someone's CSV: a Markdown label
+                              step=STEP, key=key(labels[j]), format=f"%.{DIGITS}f")
 
 thr = np.array([st.session_state[key(labels[j])] for j in usable])
 sweep, auroc, curves = threshold_independent(ckpt, card.weights_sha256, datasets[data_name], split, tuple(usable),
@@ -161,16 +168,27 @@ if library_defaults:
                "probabilities. Saving writes your thresholds to a copy in the workspace; the library model keeps its own.")
 st.dataframe(table.round(DIGITS + 1), hide_index=True, width="stretch", key="thr_table")
 
-if b4.button("Save thresholds to the checkpoint card", type="primary", key="thr_save"):
+# Where Save writes, and why, said before saving (the rule: cxrcore.eval.thresholds.save_target).
+try:
+    target = save_target(ckpt, user, access)
+except CXRError as exc:
+    show_error(exc)
+    st.stop()
+if target.kind == OWN_COPY:  # the reason names people and runs: escaped, shown as the literal text
+    st.info(md_text(target.reason), icon=":material/person:")
+elif target.reason:
+    st.caption(md_text(target.reason))
+if b4.button("Save thresholds to the checkpoint card", type="primary", key="thr_save",
+             help=md_text(target.reason) or None):
     try:
         # a library default left as it is keeps its exact value (the slider shows it rounded)
         chosen = {labels[j]: (library_defaults[labels[j]] if origin(labels[j], t) == "library default" else float(t))
                   for j, t in zip(usable, thr)}
-        target = editable_copy(ckpt) if library_ref(ckpt) else ckpt  # a library model: its workspace copy
-        where = save_thresholds(target, chosen)
-        note = "" if Path(where).resolve() == Path(ckpt).resolve() else (
-            " (the shipped / library model stays untouched; the copy with your thresholds is now in the model lists)")
-        st.success(f"Saved {len(usable)} thresholds to {where / 'card.json'}{note}.")
+        where = save_thresholds(ckpt, chosen, user=user, settings=access)
+        note = "" if target.in_place else (
+            f" (the {'card you were looking at' if target.kind == OWN_COPY else 'shipped / library model'} stays "
+            f"untouched; the copy with your thresholds is now in the model lists as “{md_text(target.display)}”)")
+        st.success(f"Saved {len(usable)} thresholds to {md_text(where / 'card.json')}{note}.")
     except CXRError as exc:
         show_error(exc)
 

@@ -23,13 +23,14 @@ from cxrcore.checkpoint import read_card
 from cxrcore.errors import CXRError
 from cxrcore.jobs import JobStore
 from cxrcore.jobs import dispatch, logfiles, sweep
+from cxrcore.jobs.config import SLURM_OPTIONS
 from cxrcore.jobs.sweep import sweepable
 from cxrcore.jobs.progress import progress_summary
 from cxrcore.labels import LABEL_SPACES
 from cxrcore.train.config import AUGMENT_OPTIONS, GROUPS, SUGGESTED_ARCHS, Option, TrainConfig, option, options
 from cxrcore import hosting
 from ui.common import (LIBRARY_TAG, chart_config, checkpoint_choices, choice_label, current_user,
-                       dataset_choices, hosting_settings, show_error)
+                       dataset_choices, hosting_settings, md_text, show_error)
 
 ARCHS = list(SUGGESTED_ARCHS)  # suggestions: any timm / tv: / xrv: name can be typed
 POLICIES = ["zeros", "ones", "ignore"]
@@ -121,8 +122,8 @@ def summary_of(job) -> dict:
 
 
 def _md_escape(text: str) -> str:
-    """Plain text inside st.error / st.warning: no markdown emphasis or LaTeX from `__init__` or `$`."""
-    return "".join("\\" + c if c in "\\`*_[]<>#~$|" else c for c in text)
+    """Plain text inside st.error / st.warning: no markdown, link or LaTeX from `__init__` or `$` (ui.common.md_text)."""
+    return md_text(text, single_line=False)
 
 
 def _flash(kind: str, text: str) -> None:
@@ -158,7 +159,10 @@ def _v(option: str):
 # st.form whose value came only from Session State is sent back by the browser with its own default
 # (min value, first option) on the next rerun caused by a widget outside the form.
 def _num(col, label: str, option: str, **kw):
-    return col.number_input(label, value=_vals()[option], key=_k(option), **kw)
+    value, hi = _vals()[option], kw.get("max_value")
+    if hi is not None and value is not None and value > hi:  # a clone's value over this server's ceiling
+        value = type(value)(hi)
+    return col.number_input(label, value=value, key=_k(option), **kw)
 
 
 def _sel(col, label: str, options: list, option: str, **kw):
@@ -186,11 +190,16 @@ def option_widget(col, o: Option, **kw):
     if o.kind in ("int", "float"):
         num = int if o.kind == "int" else float
         lo = 0 if o.optional else o.min
-        bounds = {"min_value": None if lo is None else num(lo), "max_value": None if o.max is None else num(o.max),
+        hi, note, lim = o.max, "", hosting.limits(access, user)
+        for c in hosting.CEILINGS:  # the operator's ceilings on a visitor's job (CXR_MAX_JOB_*): the form's maxima
+            if o.name in c.options:
+                hi, note = lim.widget_max(c.name, hi), lim.note(c.name)
+        bounds = {"min_value": None if lo is None else num(lo), "max_value": None if hi is None else num(hi),
                   "step": num(o.step or 1)}
         if o.fmt:
             bounds["format"] = o.fmt
-        return _num(col, o.label + (f" (0 = {o.zero})" if o.optional else ""), o.name, help=o.help, **bounds, **kw)
+        return _num(col, o.label + (f" (0 = {o.zero})" if o.optional else ""), o.name,
+                    help=o.help + (f" {note}" if note else ""), **bounds, **kw)
     kw.setdefault("placeholder", "auto" if o.optional else None)
     return _txt(col, o.label, o.name, help=o.help, **kw)
 
@@ -281,7 +290,7 @@ def form_from_config(config: dict, backend: str = "local", name: str = "", datas
     else:
         vals["start"] = FROM_SCRATCH
     if kept:
-        _flash("info", "The form cannot show " + ", ".join(kept) + "; the defaults are shown instead.")
+        _flash("info", "The form cannot show " + md_text(", ".join(kept)) + "; the defaults are shown instead.")
     return vals
 
 
@@ -402,10 +411,14 @@ with st.form("train_form"):
                 y0, y1, y2, y3, y4 = st.columns(5)
                 _sel(y0, "Backend", ["local", "slurm"], "backend",
                      help="local: a process on this machine; slurm: sbatch on the cluster this machine submits to.")
-                _txt(y1, "Slurm partition", "slurm_partition", placeholder="default")
-                _txt(y2, "Slurm time", "slurm_time", placeholder="e.g. 04:00:00")
-                _txt(y3, "Slurm memory", "slurm_mem", placeholder="e.g. 32G")
-                _num(y4, "Slurm CPUs per task (0 = default)", "slurm_cpus", min_value=0, step=1)
+                _txt(y1, "Slurm partition", "slurm_partition", placeholder="default",
+                     help=SLURM_OPTIONS["partition"].help)
+                _txt(y2, "Slurm time", "slurm_time", placeholder=f"e.g. {SLURM_OPTIONS['time'].example}",
+                     help=SLURM_OPTIONS["time"].help)
+                _txt(y3, "Slurm memory", "slurm_mem", placeholder=f"e.g. {SLURM_OPTIONS['mem'].example}",
+                     help=SLURM_OPTIONS["mem"].help)
+                _num(y4, "Slurm CPUs per task (0 = default)", "slurm_cpus", min_value=0, step=1,
+                     help=SLURM_OPTIONS["cpus"].help)
     with st.expander("Sweep: many jobs over ranges of these options (Optuna)"):
         st.caption("Every trial is an ordinary job with the options above, except those listed here. One per line: "
                    "`option = low .. high` (add `log` for a log scale; random / TPE) or `option = v1, v2, …` "
@@ -442,6 +455,8 @@ if submitted or sweep_submitted:
             raise CXRError("Choose a dataset or type the path of a dataset folder.")
         if from_ckpt and not init:
             raise CXRError("Choose a checkpoint to start from, or start from an architecture.")
+        hosting.check_model_ref(init, access)  # a shared server: listed names and folders inside the roots only,
+        hosting.check_model_ref(None if from_ckpt else _v("arch"), access, arch=True)  # before anything reads it
         config, backend = config_from_form(data, init)
         if sweep_submitted:
             spec = sweep.SweepSpec(name=_v("name").strip() or "sweep", base=config, space=sweep.parse_space(sweep_space),
@@ -463,7 +478,7 @@ if submitted or sweep_submitted:
             st.session_state["train_sweep"] = sweep_id
         else:
             waiting = job.status == "queued" and not job.pid
-            st.success(f"{'Queued' if waiting else 'Started'} job **{job.id}** ({job.name}) on {job.backend}. "
+            st.success(f"{'Queued' if waiting else 'Started'} job **{job.id}** ({md_text(job.name)}) on {job.backend}. "
                        "It runs in the background; watch it below.")
             st.session_state["train_watch"] = job.id
         for note in st.session_state.pop("train_arch_notes", []):
@@ -715,7 +730,7 @@ def render_job(job_id: str, live: bool) -> None:
         s = progress_summary([])
 
     h1, h2 = st.columns([3, 1])
-    h1.markdown(f"#### {job.name or 'unnamed'} · `{job.id}`")
+    h1.markdown(f"#### {md_text(job.name or 'unnamed')} · `{job.id}`")  # a name any visitor typed: escaped
     with h2:
         st.badge(job.status, icon=STATUS_ICON.get(job.status), color=STATUS_COLOR.get(job.status, "gray"))
     where = job.backend + (f" job {job.backend_id}" if getattr(job, "backend_id", None) else "")
@@ -890,7 +905,8 @@ else:
 def render_sweep(sweep_id: str) -> bool:
     """A sweep's trials table, Optuna's plots and the best trial; True while trials are at work."""
     try:
-        sweep.advance(sweep_id, store, user=user, settings=access)  # records ended trials, starts due ones
+        # Records ended trials and starts due ones, as the sweep's owner (not this visitor), within their cap.
+        sweep.advance(sweep_id, store, settings=access)
         table = sweep.results(sweep_id, store)
         study, spec = sweep.load(sweep_id, store)
     except Exception as exc:  # noqa: BLE001 - a damaged sweep database must not break the page
@@ -899,11 +915,14 @@ def render_sweep(sweep_id: str) -> bool:
     states = table["state"].tolist() if len(table) else []
     at_work = sum(x in ("queued", "running", "finishing") for x in states)
     n = {x: states.count(x) for x in set(states)}
-    st.caption(f"{spec.sampler} sampler over " + "; ".join(f"`{k} = {p.describe()}`" for k, p in spec.space.items())
+    st.caption(f"{spec.sampler} sampler over " + "; ".join(md_text(f"{k} = {p.describe()}") for k, p in spec.space.items())
                + f" · {len(table)}/{spec.n_trials} trials made, {spec.parallel} at a time · "
                + ", ".join(f"{v} {k}" for k, v in sorted(n.items()))
                + (f" · judged on {'validation mean AUROC' if spec.metric == 'auroc' else 'validation loss'}")
                + (" · pruning on" if spec.prune else "") + (" · stopped" if study.user_attrs.get("stopped") else ""))
+    waiting = study.user_attrs.get("waiting")
+    if waiting and not study.user_attrs.get("stopped"):
+        st.info(waiting[:1].upper() + waiting[1:])  # its trials are launched as its owner: their cap, their right
     metric_col = [c for c in table.columns if c.startswith("best val")]
     st.dataframe(table, hide_index=True, placeholder="–", key=f"train_sweep_table_{sweep_id}",
                  column_config={c: st.column_config.NumberColumn(format="%.4f") for c in metric_col})
@@ -923,18 +942,25 @@ def render_sweep(sweep_id: str) -> bool:
     best = sweep.best_job(sweep_id, store)
     if best is not None:
         value = study.best_value
-        st.success(f"Best trial: job **{best.id}** ({best.name}), "
+        st.success(f"Best trial: job **{best.id}** ({md_text(best.name)}), "
                    f"{'val mean AUROC' if spec.metric == 'auroc' else 'val loss'} {value:.4f}. Its checkpoint is in "
                    f"the model pickers as **run {best.id}**.")
-        c1, c2 = st.columns(2)
-        if c1.button("Clone the best trial into the form", key=f"train_sweep_clone_{sweep_id}", type="primary"):
+        if st.button("Clone the best trial into the form", key=f"train_sweep_clone_{sweep_id}", type="primary"):
             st.session_state["train_clone"] = (best.config, best.backend, best.name)
             st.rerun()
-        if c2.button("Stop the sweep (no new trials)", key=f"train_sweep_stop_{sweep_id}",
-                     disabled=bool(study.user_attrs.get("stopped"))):
-            sweep.stop(sweep_id, store)
+    # Stopping is cancelling the owner's work: the owner or an admin (sweep.stop checks it again).
+    no_stop = sweep.why_not_stop(sweep_id, user, store, access)
+    if st.button("Stop the sweep (no new trials)", key=f"train_sweep_stop_{sweep_id}", help=no_stop,
+                 disabled=bool(study.user_attrs.get("stopped")) or no_stop is not None):
+        try:
+            sweep.stop(sweep_id, store, user=user, settings=access)
+        except CXRError as exc:
+            show_error(exc)
+        else:
             st.rerun()
-    return at_work > 0
+    if no_stop and not study.user_attrs.get("stopped"):
+        st.caption(no_stop)
+    return at_work > 0 or bool(waiting and not study.user_attrs.get("stopped"))
 
 
 @st.fragment(run_every=REFRESH_S * 2)
@@ -961,7 +987,8 @@ if sweeps:
         st.session_state["train_sweep"] = sweep_ids[0]
     chosen = st.selectbox("Sweep", sweep_ids, key="train_sweep", format_func=names.get)
     trials = sweep.results(chosen, store)
-    busy = len(trials) and trials["state"].isin(["queued", "running", "finishing"]).any()
+    waits = any(r["id"] == chosen and r["waiting"] and not r["stopped"] for r in sweeps)  # for a job slot
+    busy = waits or (len(trials) and trials["state"].isin(["queued", "running", "finishing", "waiting"]).any())
     if busy:
         live_sweep(chosen)
     else:

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..data.index import DatasetIndex
 from ..data.readers import read_dataset
-from ..errors import ConfigError, DataError
+from ..errors import AccessError, ConfigError, DataError
 from ..labels import match_labels
 from ..predictor import Predictor
 from .bootstrap import _f, bootstrap_mean, paired_bootstrap_delta, patient_bootstrap, percentile_ci
@@ -104,15 +104,17 @@ def _multilabel(targets, probs, thresholds, cols, pids, n_boot, seed, alpha) -> 
 
 
 def _temperature(predictor: Predictor, index: DatasetIndex, split: str, targets, probs,
-                 progress, policy: str = "zeros", tta: str = "none") -> tuple[dict, np.ndarray | None]:
+                 progress, policy: str = "zeros", tta: str = "none", limits=None) -> tuple[dict, np.ndarray | None]:
     """Per-label temperatures fitted on the val split, applied to this split (only for ``test``)."""
     if split != "test":
         return {"fitted": False, "note": f"temperature scaling is fitted on the val split and reported on the test "
                                           f"split; not done for split={split!r}"}, None
     try:
-        val = predict_split(predictor, index, "val", policy=policy, progress=progress, tta=tta)
+        val = predict_split(predictor, index, "val", policy=policy, progress=progress, tta=tta, limits=limits)
     except DataError as exc:
         return {"fitted": False, "note": f"no val split to fit temperatures on: {exc}"}, None
+    except AccessError as exc:  # a visitor's ceiling on images: the evaluation stands, uncalibrated
+        return {"fitted": False, "note": f"temperatures not fitted: {exc}"}, None
     temps = fit_temperatures(val.targets, logits_from_probs(val.probs))
     fitted = [j for j in range(len(temps)) if j in set(val.evaluable())]
     cal = calibrate_probs(probs, temps)
@@ -132,8 +134,8 @@ def _temperature(predictor: Predictor, index: DatasetIndex, split: str, targets,
 
 def _comparison(preds: SplitPredictions, pids: np.ndarray, other: Predictor, index: DatasetIndex, split: str,
                 n_boot: int, seed: int, alpha: float, progress, tta: str = "none", fuse: str = "none",
-                laterals: bool | None = None) -> tuple[dict, dict]:
-    other_preds = predict_split(other, index, split, progress=progress, tta=tta, laterals=laterals)
+                laterals: bool | None = None, limits=None) -> tuple[dict, dict]:
+    other_preds = predict_split(other, index, split, progress=progress, tta=tta, laterals=laterals, limits=limits)
     if fuse and fuse != "none":
         other_preds, _ = fuse_studies(other_preds, index, fuse)
     pos_b = {x: i for i, x in enumerate(other_preds.image_ids)}
@@ -230,18 +232,30 @@ def reference_columns(labels: list[str]) -> dict:
 def run_evaluation(checkpoint: str | Path, data: str | Path | DatasetIndex, split: str = "test", n_boot: int = 1000,
                    compare_to: str | Path | None = None, *, seed: int = 0, alpha: float = 0.05, n_bins: int = 10,
                    calibrate: bool = True, progress=None, policy: str | dict | None = None,
-                   tta: str = "none", fuse: str = "none", laterals: bool | None = None) -> tuple[dict, EvalData]:
+                   tta: str = "none", fuse: str = "none", laterals: bool | None = None,
+                   limits=None) -> tuple[dict, EvalData]:
     """``policy``: how uncertain (-1) labels become targets; None: the model's own training policy (its
-    card), so a model trained with U-Ones is scored with U-Ones; any of zeros / ones / ignore or a mix."""
+    card), so a model trained with U-Ones is scored with U-Ones; any of zeros / ones / ignore or a mix.
+    ``limits``: a visitor's ceilings (:func:`cxrcore.hosting.limits`; None for the operator's own tools):
+    AccessError before any model runs for more bootstrap replicates than ``CXR_MAX_BOOTSTRAP``, more
+    test-time views than ``CXR_MAX_TTA_VIEWS`` or a split of more images than ``CXR_MAX_EVAL_IMAGES``."""
     if n_boot < 1:
         raise ConfigError(f"n_boot must be at least 1 (got {n_boot}); 1000 or more for reported intervals.")
+    if limits:
+        from .tta import VIEWS, check_tta
+
+        limits.check("bootstrap", n_boot, "Bootstrap replicates", "Choose fewer replicates.")
+        mode = check_tta(tta)
+        limits.check("tta_views", VIEWS[mode], f"Test-time augmentation {mode} ({VIEWS[mode]} views per image)",
+                     "Choose fewer views (flip: 2, none: 1).")
     if not 0 < alpha < 1:
         raise ConfigError(f"alpha must lie in (0, 1) (got {alpha}).")
     t0 = time.perf_counter()
     index = _index(data)
     predictor = Predictor(checkpoint)
     policy, policy_source = eval_policy(predictor, policy)
-    preds = predict_split(predictor, index, split, policy=policy, progress=progress, tta=tta, laterals=laterals)
+    preds = predict_split(predictor, index, split, policy=policy, progress=progress, tta=tta, laterals=laterals,
+                          limits=limits)
     t_pred = time.perf_counter() - t0
     n_views = len(preds.image_ids)
     if fuse and fuse != "none":  # study level: a study's frontal and lateral predictions combined
@@ -301,12 +315,12 @@ def run_evaluation(checkpoint: str | Path, data: str | Path | DatasetIndex, spli
 
     calibration, calibrated = ({"fitted": False, "note": "not requested"}, None)
     if calibrate:
-        calibration, calibrated = _temperature(predictor, index, split, targets, probs, progress, policy, tta)
+        calibration, calibrated = _temperature(predictor, index, split, targets, probs, progress, policy, tta, limits)
 
     comparison, compare_arrays = None, None
     if compare_to is not None:
         comparison, compare_arrays = _comparison(preds, pids, Predictor(compare_to), index, split, n_boot, seed,
-                                                 alpha, progress, tta, fuse, laterals)
+                                                 alpha, progress, tta, fuse, laterals, limits)
         compare_arrays["name_a"] = predictor.name
 
     key = "study_id" if fuse and fuse != "none" else "image_id"   # a study's sex / age / view: its first image's

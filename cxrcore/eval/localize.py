@@ -408,7 +408,7 @@ def parse_methods(methods) -> list[str]:
 def localize(predictor, index: DatasetIndex, split: str = "test", top_k: int = 3, box_threshold: float = 0.5,
              progress: Callable[[int, int], None] | None = None, seed: int | None = None,
              methods=None, gate="threshold", faithfulness_n: int = 0,
-             max_images: int | None = None) -> LocalizationReport:
+             max_images: int | None = None, limits=None) -> LocalizationReport:
     """Score ``predictor``'s heatmap boxes against ``index.boxes`` on ``split`` (train/val/test/all).
 
     The split is the patient-level split the checkpoint was trained with (seed from its card);
@@ -417,7 +417,10 @@ def localize(predictor, index: DatasetIndex, split: str = "test", top_k: int = 3
     gated hit rate ("threshold" = each label's from the card, or a number); ``faithfulness_n``: images per label
     and method scored with ROAD and deletion / insertion (0: none); ``max_images``: score only the first that many
     images with boxes (sorted by id; None: all). ``progress(done, total)`` counts predictions,
-    extra-method heatmaps and faithfulness scores together.
+    extra-method heatmaps and faithfulness scores together. ``limits``: a visitor's ceilings
+    (:func:`cxrcore.hosting.limits`; None for the operator's own tools): AccessError before any image is
+    read for more images than ``CXR_MAX_EVAL_IMAGES``, a slow CAM method (ScoreCAM) over more than
+    ``CXR_MAX_SLOW_CAM_IMAGES`` or more than ``CXR_MAX_FAITHFULNESS_PER_LABEL`` images per label.
     """
     import time
 
@@ -435,6 +438,7 @@ def localize(predictor, index: DatasetIndex, split: str = "test", top_k: int = 3
         raise ConfigError(f"Images per label for faithfulness must be 0 (none) or more, not {faithfulness_n}.")
     methods = parse_methods(methods)
     gate = parse_gate(gate)
+    _check_faithfulness_ceiling(limits, faithfulness_n)
     if index.boxes is None or not len(index.boxes):
         raise DataError(f"{index.name} has no ground-truth boxes (NIH: BBox_List_2017*.csv beside the label table; "
                         "CheXpert phantom: phantom_boxes.csv).")
@@ -458,6 +462,15 @@ def localize(predictor, index: DatasetIndex, split: str = "test", top_k: int = 3
         images = images[:max_images]
         keep = set(images)
         todo = [t for t in todo if t[0] in keep]
+    if limits:
+        from ..explain.cam import SLOW_CAM_METHODS
+
+        limits.check("eval_images", len(images), f"Images with boxes to localize on the {split} split of {index.name}",
+                     "Set the number of images with boxes (max_images) lower.")
+        slow = [m for m in methods if m in SLOW_CAM_METHODS]
+        if slow:
+            limits.check("slow_cam_images", len(images), f"Images to map with {', '.join(slow)}",
+                         f"Leave {', '.join(slow)} out, or set the number of images with boxes (max_images) lower.")
     pairs = sorted({(t[0], t[1], t[2]) for t in todo})          # (image, dataset label, model label index)
     extra = [m for m in methods if m != "GradCAM"]
     faith_pairs = {}
@@ -535,12 +548,20 @@ def localize(predictor, index: DatasetIndex, split: str = "test", top_k: int = 3
         methods=methods, gate=gate, faithfulness=faith, faithfulness_n=int(faithfulness_n), max_images=max_images)
 
 
+def _check_faithfulness_ceiling(limits, faithfulness_n: int) -> None:
+    if limits:
+        limits.check("faithfulness", faithfulness_n, "Faithfulness: images per label",
+                     "Score fewer images per label for faithfulness.")
+
+
 def localize_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, split: str = "test", top_k: int = 3,
                         box_threshold: float = 0.5, progress=None, methods=None, gate="threshold",
-                        faithfulness_n: int = 0, max_images: int | None = None) -> LocalizationReport:
+                        faithfulness_n: int = 0, max_images: int | None = None, limits=None) -> LocalizationReport:
+    """:func:`localize` of a checkpoint folder on a dataset folder (``limits``: a visitor's ceilings, as there)."""
     from ..data.readers import read_dataset
     from ..predictor import Predictor
 
     methods, gate = parse_methods(methods), parse_gate(gate)   # bad options fail before the model loads
+    _check_faithfulness_ceiling(limits, faithfulness_n)
     return localize(Predictor(checkpoint), read_dataset(Path(data)), split, top_k, box_threshold, progress,
-                    methods=methods, gate=gate, faithfulness_n=faithfulness_n, max_images=max_images)
+                    methods=methods, gate=gate, faithfulness_n=faithfulness_n, max_images=max_images, limits=limits)

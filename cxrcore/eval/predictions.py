@@ -97,10 +97,12 @@ def trained_on_laterals(predictor: Predictor) -> bool:
 
 def predict_split(predictor: Predictor, data: str | Path | DatasetIndex, split: str = "val", policy: str = "zeros",
                   progress=None, use_cache: bool = True, raw: bool = False, tta: str = "none",
-                  laterals: bool | None = None) -> SplitPredictions:
+                  laterals: bool | None = None, limits=None) -> SplitPredictions:
     """The model's probabilities and the targets (``policy``) on ``split`` of ``data``; model outputs are
     cached in the workspace. ``raw``: a two-stage model's outputs before its gate combination.
-    ``laterals``: keep lateral views (None: when the model trained with them, as its card says)."""
+    ``laterals``: keep lateral views (None: when the model trained with them, as its card says).
+    ``limits``: a visitor's ceilings (:func:`cxrcore.hosting.limits`): AccessError before any model runs
+    for more images than ``CXR_MAX_EVAL_IMAGES`` or more test-time views than ``CXR_MAX_TTA_VIEWS``."""
     index = data if isinstance(data, DatasetIndex) else read_dataset(data)
     if laterals is None:
         laterals = trained_on_laterals(predictor)
@@ -120,6 +122,13 @@ def predict_split(predictor: Predictor, data: str | Path | DatasetIndex, split: 
     from .tta import check_tta
 
     tta = check_tta(tta)
+    if limits:
+        from .tta import VIEWS
+
+        limits.check("tta_views", VIEWS[tta], f"Test-time augmentation {tta} ({VIEWS[tta]} views per image)",
+                     "Choose fewer views (flip: 2, none: 1).")
+        limits.check("eval_images", len(sub), f"Images to predict (the {split} split of {index.name})",
+                     "Choose a smaller dataset or split.")
     extra = "" if tta == "none" else f"|tta={tta}"
     key = hashlib.sha256(f"{predictor.card.weights_sha256}|{sub.fingerprint()}|{split}|{predictor.prep.to_dict()}{extra}"
                          .encode()).hexdigest()[:20]

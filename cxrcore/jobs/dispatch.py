@@ -22,10 +22,11 @@ from pathlib import Path
 from .. import hosting
 from ..errors import JobError
 from .backend import Backend
+from .config import check_job_resources, check_slurm_rights
 from .local import BACKEND as LOCAL
 from .local import start_queued
 from .slurm import BACKEND as SLURM
-from .store import ACTIVE, Job, JobStore
+from .store import ACTIVE, CapReached, Job, JobStore
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (LOCAL, SLURM)}
 
@@ -47,13 +48,20 @@ def submit(config: dict, name: str = "", store: JobStore | None = None, run_dir:
     Bad input raises (ConfigError / DataError / CheckpointError / JobError) before any row or
     folder is created. ``backend_options``: the backend's own (slurm: ``cluster``, its slurm.conf).
     ``user``: who launches (default: the operator); AccessError when the operator's settings do not
-    let them, or when ``data`` / ``init`` lie outside the folders they may open; JobError at their cap.
+    let them, when ``data`` / ``init`` lie outside the folders they may open, or when a visitor of a
+    shared server sets a slurm option (or ``cluster``) the operator keeps (``CXR_SLURM_VISITOR_OPTIONS``);
+    JobError at their cap.
     """
     backend_impl = backend_for(backend)
     s = settings or hosting.settings()
     user = user or hosting.operator_user()
     hosting.check_may(user, "launch", None, s)
     hosting.check_job_paths(config, s)
+    check_slurm_rights(config, user, s, cluster=backend_options.get("cluster"))
+    if not user.operator and isinstance(config, dict):  # a visitor's init / arch: listed names, folders inside
+        hosting.check_model_ref(config.get("init"), s)
+        hosting.check_model_ref(config.get("arch"), s, arch=True)
+    check_job_resources(config, user, s)  # a visitor's processes, workers, batch and image size: the ceilings
     if run_dir is not None and not user.operator:
         raise hosting.AccessError("Only the operator chooses a job's run folder; the app's jobs go under the workspace.")
     store = (store or JobStore()).launching_as(user.id, hosting.cap_for(user, s),
@@ -106,11 +114,16 @@ def resume(job_id: str, store: JobStore | None = None, user: hosting.User | None
     model, optimizer, scheduler, sampler and RNG state and trains the remaining epochs (the events
     and log continue). Raises JobError for a job that is still active, succeeded, or never finished
     an epoch (clone it instead). ``user`` without the right to resume it: AccessError, nothing started.
+
+    A resumed job is queued or running again, so it counts against the per-person cap like a launch
+    (:class:`~cxrcore.jobs.store.CapReached`, nothing started): the cap of the one resuming (none for the
+    operator, as for their launches), counted over the jobs of the job's owner, whose row it stays.
     """
     from ..train.state import state_path  # imports torch
 
     store = store or JobStore()
-    _check_right(user, "resume", job_id, store, settings)
+    s = settings or hosting.settings()
+    _check_right(user, "resume", job_id, store, s)
     job = refresh(job_id, store)
     if job.active:
         raise JobError(f"Job {job.id} is still {job.status}; only a cancelled or failed job can be resumed.")
@@ -119,7 +132,16 @@ def resume(job_id: str, store: JobStore | None = None, user: hosting.User | None
     if state_path(job.run_dir) is None:
         raise JobError(f"Job {job.id} never finished an epoch, so there is nothing to resume from; "
                        "clone it to start again.")
-    return backend_for(job).resume(job, store)
+    who = user or hosting.operator_user()
+    owner = hosting.User(id=job.owner) if job.owner else who  # a row from before owners: the one resuming
+    launching = store.launching_as(owner.id, hosting.cap_for(who, s), lambda o: hosting.same_person(o, owner))
+    try:
+        return backend_for(job).resume(job, launching)
+    except CapReached as exc:
+        whose = "You have" if hosting.same_person(owner.id, who) else f"{owner.display} has"
+        raise CapReached(f"Job {job.id} was not resumed: {whose} {exc.count} job(s) queued or running and this "
+                         f"server allows {exc.cap} per person at once; a resumed job counts as one. Wait for one "
+                         "to end or cancel one, then resume it.", exc.count, exc.cap) from None
 
 
 def logs(job: Job | str, n: int = 50, store: JobStore | None = None) -> str:

@@ -26,6 +26,7 @@ from ..errors import ConfigError, JobError
 from ..train.progress import clock
 from . import gpus
 from .config import check_config
+from .environment import job_environ
 from .logfiles import LOG_NAME, append_log, tail_log, write_config
 from .store import ACTIVE, Job, JobStore
 
@@ -40,8 +41,9 @@ _exit_codes: dict[int, int] = {}  # pid -> return code of runners reaped here, u
 # --------------------------------------------------------------------------- starting runners
 
 def _runner_env(gpu_ids: list[int]) -> dict:
-    """The environment of a local runner: this cxrcore importable, its GPUs (none: CPU only)."""
-    env = dict(os.environ)
+    """The environment of a local runner: the server's without its secrets (:mod:`.environment`), this
+    cxrcore importable, its GPUs (none: CPU only)."""
+    env = job_environ()  # not the server's secrets (LLM key, API token): a job needs none of them
     env["PYTHONUNBUFFERED"] = "1"
     env["CXR_HOME"] = str(workspace.root())
     # The runner's cwd is the run folder: make sure it imports this very cxrcore.

@@ -187,18 +187,32 @@ def _start_waiting_jobs(store: JobStore, job_id: str) -> None:
 
 
 def _advance_sweep(store: JobStore, job_id: str) -> None:
-    """After a sweep trial's job ended: record its result in the study and start the sweep's next trials."""
+    """After a job ended: if it was a sweep trial, record its result in the study and start the sweep's next
+    trials; then start trials of its owner's sweeps that waited for one of the owner's job slots. Trials are
+    launched as their sweep's owner (:func:`cxrcore.jobs.sweep.advance`), never as this process's user."""
     try:
-        sweep = (store.get(job_id).config or {}).get("sweep")
-        if not sweep:
-            return
-        from .sweep import advance
+        job = store.get(job_id)
+    except CXRError as exc:
+        print(f"[{_clock()}] could not read job {job_id} to advance sweeps: {exc}", flush=True)
+        return
+    sweep = (job.config or {}).get("sweep")
+    if sweep:
+        try:
+            from .sweep import advance
 
-        started = advance(sweep["id"], store)
+            started = advance(sweep["id"], store)
+            if started:
+                print(f"[{_clock()}] sweep {sweep['id']}: started trial job(s) {', '.join(started)}", flush=True)
+        except Exception as exc:  # noqa: BLE001 - our own end is already recorded; the page advances it too
+            print(f"[{_clock()}] could not advance the sweep: {exc}", flush=True)
+    try:
+        from .sweep import advance_waiting
+
+        started = advance_waiting(job.owner, store)  # a slot of this job's owner is free now
         if started:
-            print(f"[{_clock()}] sweep {sweep['id']}: started trial job(s) {', '.join(started)}", flush=True)
-    except Exception as exc:  # noqa: BLE001 - our own end is already recorded; the page advances it too
-        print(f"[{_clock()}] could not advance the sweep: {exc}", flush=True)
+            print(f"[{_clock()}] started waiting sweep trial job(s) {', '.join(started)}", flush=True)
+    except Exception as exc:  # noqa: BLE001
+        print(f"[{_clock()}] could not advance waiting sweeps: {exc}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

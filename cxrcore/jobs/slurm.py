@@ -29,8 +29,9 @@ import time
 from pathlib import Path
 
 from .. import workspace
-from ..errors import JobError
-from .config import check_config
+from ..errors import ConfigError, JobError
+from .environment import job_environ
+from .config import SLURM_OPTIONS, check_config, check_slurm_options, slurm_tokens
 from .logfiles import LOG_NAME, tail_log, write_config
 from .store import ACTIVE, Job, JobStore
 
@@ -51,7 +52,9 @@ _NOT_REACHABLE_HELP = ("Start the cluster's slurmctld (and munged), point SLURM_
 # --------------------------------------------------------------------------- talking to Slurm
 
 def _env(conf: str | None) -> dict:
-    env = dict(os.environ)
+    """The Slurm commands' environment: the server's without its secrets (:mod:`.environment`); ``sbatch``
+    exports its own environment to the job (``--export=ALL``), so the job never sees them either."""
+    env = job_environ()
     if conf:
         env["SLURM_CONF"] = str(conf)
     return env
@@ -113,49 +116,77 @@ def _sbatch_value(value) -> str:
     return shlex.quote(str(value))
 
 
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9_./+,:@=-]+")
+JOB_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _path_directive(option: str, path: str | Path, pattern: bool = False) -> str:
+    """``#SBATCH --option=PATH`` as one sbatch argument: a path with a space, ``#`` or quote is written in
+    double quotes (sbatch's own quoting for ``#SBATCH`` lines); ``pattern``: the option expands ``%``
+    (``--output``), so a ``%`` of the path is written ``%%``. A path with a newline, a control character
+    or a backslash cannot be written: ConfigError."""
+    text = str(path)
+    if re.search(r"[\x00-\x1f\x7f\\]", text):
+        raise ConfigError(f"The path {text!r} cannot be written into an sbatch script (a control character or a "
+                          "backslash in it). Choose a run folder and a workspace (CXR_HOME) without them.")
+    if pattern:
+        text = text.replace("%", "%%")
+    if not _PLAIN_PATH.fullmatch(text):
+        text = '"' + text.replace('"', '\\"') + '"'
+    return f"#SBATCH --{option}={text}"
+
+
+def _whole(config: dict, key: str, default: int, least: int) -> int:
+    """A whole-number training option as the script writes it (check_config has checked it; render_script
+    may be called directly)."""
+    value = config.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigError(f"Training option {key} must be a whole number of at least {least}, not {value!r}.")
+    return value
+
+
 def render_script(job_id: str, config: dict, run_dir: str | Path, db: str | Path, name: str = "",
                   python: str | None = None, cxr_home: str | Path | None = None) -> str:
-    """The ``sbatch`` script of a job (text only: nothing is submitted)."""
-    opts = dict(config.get("slurm") or {})
+    """The ``sbatch`` script of a job (text only: nothing is submitted).
+
+    Every ``#SBATCH`` line holds one argument: the slurm options are checked against their declared
+    forms here too (:func:`cxrcore.jobs.config.slurm_tokens`; ConfigError naming the option), so a
+    script is never written with a value that would add options, lines or commands, whoever calls.
+    The job's name appears only as the ``--job-name`` token (letters, digits, ``. _ -``).
+    """
+    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+        raise ConfigError(f"A job id is letters, digits, '.', '_' and '-' (at most 64), not {job_id!r}.")
+    opts = config.get("slurm") or {}
+    if not isinstance(opts, dict):
+        raise ConfigError(f"Training option slurm must be a dict of slurm options, not {opts!r}.")
+    unknown = sorted(map(str, set(opts) - set(SLURM_OPTIONS)))
+    if unknown:
+        raise ConfigError(f"Unknown slurm option(s): {', '.join(unknown)}. Known: {', '.join(SLURM_OPTIONS)}.")
+    tokens = {key: slurm_tokens(key, opts.get(key)) for key in SLURM_OPTIONS}  # ConfigError for a bad value
     run_dir = Path(run_dir)
-    gpus = int(config.get("gpus") or 0)
-    nodes = int(config.get("nodes") or 1)
+    gpus = _whole(config, "gpus", 0, 0)
+    nodes = _whole(config, "nodes", 1, 1)
     cpus = opts.get("cpus")
-    threads = int(config.get("threads") or 0) or int(cpus or 1)
+    threads = _whole(config, "threads", 0, 0) or int(cpus or 1)
     python = python or sys.executable
     pkg_parent = str(Path(__file__).resolve().parents[2])
     cxr_home = str(cxr_home or workspace.root())
     job_name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"cxr-{name or job_id}")[:60]
 
     lines = ["#!/bin/bash",
-             f"# cxr training job {job_id} ({name or 'unnamed'}), written by cxrcore.jobs.slurm",
+             f"# cxr training job {job_id}, written by cxrcore.jobs.slurm",  # never the name: it is free text
              f"#SBATCH --job-name={job_name}",
-             f"#SBATCH --output={run_dir / LOG_NAME}",
-             f"#SBATCH --error={run_dir / LOG_NAME}",
+             _path_directive("output", run_dir / LOG_NAME, pattern=True),
+             _path_directive("error", run_dir / LOG_NAME, pattern=True),
              "#SBATCH --open-mode=append",
-             f"#SBATCH --chdir={run_dir}",
+             _path_directive("chdir", run_dir),
              f"#SBATCH --nodes={nodes}",
              "#SBATCH --ntasks-per-node=1"]
-    if opts.get("partition"):
-        lines.append(f"#SBATCH --partition={opts['partition']}")
-    if cpus:
-        lines.append(f"#SBATCH --cpus-per-task={int(cpus)}")
     if gpus > 0:
         lines.append(f"#SBATCH --gres=gpu:{gpus}")  # per node
-    if opts.get("mem") is not None:
-        lines.append(f"#SBATCH --mem={opts['mem']}")
-    if opts.get("time") is not None:
-        lines.append(f"#SBATCH --time={opts['time']}")
-    if opts.get("account"):
-        lines.append(f"#SBATCH --account={opts['account']}")
-    extra = opts.get("extra") or []
-    for item in [extra] if isinstance(extra, str) else extra:
-        item = item.strip()
-        if not item:
-            continue
-        if item.startswith("#SBATCH"):
-            item = item[len("#SBATCH"):].strip()
-        lines.append(f"#SBATCH {item}")
+    lines += [f"#SBATCH {token}" for key in SLURM_OPTIONS for token in tokens[key]]
     lines += ["",
               "set -u",
               f"export PYTHONPATH={_sbatch_value(pkg_parent)}${{PYTHONPATH:+:$PYTHONPATH}}",
@@ -231,6 +262,7 @@ class SlurmBackend:
         slurm_opts = dict(config.get("slurm") or {})
         if cluster:
             slurm_opts["conf"] = str(Path(cluster).expanduser().resolve())
+            check_slurm_options(slurm_opts)  # ConfigError for a path SLURM_CONF cannot hold
         conf = slurm_opts.get("conf") or None
         config["slurm"] = slurm_opts
         if name and not config.get("name"):
@@ -270,7 +302,8 @@ class SlurmBackend:
         return store.update(job.id, backend_id=slurm_id, note="submitted to Slurm")
 
     def resume(self, job: Job, store: JobStore) -> Job:
-        """Submit a cancelled or failed Slurm job's script again; its runner resumes from the last complete epoch.
+        """Submit a cancelled or failed Slurm job's script again (written anew from the job's config, so an
+        option this version no longer accepts raises ConfigError); its runner resumes from the last complete epoch.
 
         The dispatcher (:func:`cxrcore.jobs.resume`) has checked that the job ended and saved an epoch.
         """
@@ -279,6 +312,9 @@ class SlurmBackend:
         script = Path(job.run_dir) / SBATCH_NAME
         if not script.is_file():
             raise JobError(f"Job {job.id}'s batch script {script} is missing; clone the job to submit it again.")
+        # Written again from the row's config: a script from an earlier version is not trusted as it is,
+        # and options no longer accepted raise ConfigError here, before anything is submitted.
+        script.write_text(render_script(job.id, job.config, Path(job.run_dir), store.path.resolve(), name=job.name))
         if not store.transition(job.id, ("cancelled", "failed"), "queued", pid=None, error=None, exit_code=None,
                                 finished=None, started=None, note="resubmitted to Slurm"):
             raise JobError(f"Job {job.id} changed state meanwhile ({store.get(job.id).status}); try again.")

@@ -103,6 +103,15 @@ _COLUMNS = tuple(f.name for f in fields(Job))
 _WRITABLE = frozenset(_COLUMNS) - {"id"}
 
 
+class CapReached(JobError):
+    """A launch (or resume) refused because the person already has ``count`` queued or running jobs and the
+    server allows ``cap`` at once; nothing was created or changed."""
+
+    def __init__(self, message: str, count: int = 0, cap: int = 0):
+        super().__init__(message)
+        self.count, self.cap = int(count), int(cap)
+
+
 def new_job_id(now: float | None = None) -> str:
     """Short, sortable and unique enough: ``20261122-023512-ab12`` (local time + 4 hex digits)."""
     return time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + "-" + secrets.token_hex(2)
@@ -127,9 +136,11 @@ class JobStore:
 
     def launching_as(self, owner: str, cap: int = 0, same_person=None) -> "JobStore":
         """This table, for one launcher: rows it creates record ``owner``, and creating one is refused
-        (JobError) when ``cap`` > 0 and ``same_person(row_owner)`` holds for ``cap`` queued or running
-        rows already; the count and the insert happen under one write lock, so two launches at once
-        cannot both pass. A new object: the store it came from is unchanged (threads share stores)."""
+        (:class:`CapReached`) when ``cap`` > 0 and ``same_person(row_owner)`` holds for ``cap`` queued or
+        running rows already; the count and the insert happen under one write lock, so two launches at once
+        cannot both pass. A resume is a launch too: :meth:`transition` from an ended status back to queued
+        or running is refused the same way (the row keeps its owner). A new object: the store it came from
+        is unchanged (threads share stores)."""
         clone = copy.copy(self)
         clone._launch = (str(owner), int(cap or 0), same_person or (lambda o: o == owner))
         return clone
@@ -213,14 +224,8 @@ class JobStore:
                 with self._write() as con:
                     owner = None
                     if self._launch is not None:
-                        owner, cap, same = self._launch
-                        if cap > 0:
-                            active = [r[0] for r in con.execute(
-                                f"SELECT owner FROM jobs WHERE status IN ({','.join('?' * len(ACTIVE))})", ACTIVE)]
-                            mine = sum(1 for o in active if same(o))
-                            if mine >= cap:
-                                raise JobError(f"You have {mine} job(s) queued or running; this server allows {cap} "
-                                               "per person at once. Wait for one to end or cancel one.")
+                        owner = self._launch[0]
+                        self._check_cap(con)
                     con.execute(
                         "INSERT INTO jobs (id, name, status, backend, config, run_dir, created, owner) "
                         "VALUES (?,?,?,?,?,?,?,?)",
@@ -229,6 +234,28 @@ class JobStore:
                 continue  # id collision: same second, same 4 hex digits
             return self.get(job_id)
         raise JobError("Could not draw a unique job id; try again.")
+
+    def _check_cap(self, con: sqlite3.Connection, besides: str | None = None) -> None:
+        """CapReached when this launcher (:meth:`launching_as`) has its cap of queued + running rows
+        (``besides``: a row not counted, the one being resumed). Called inside the write that adds one."""
+        if self._launch is None:
+            return
+        _, cap, same = self._launch
+        if cap <= 0:
+            return
+        rows = con.execute(f"SELECT id, owner FROM jobs WHERE status IN ({','.join('?' * len(ACTIVE))})", ACTIVE)
+        mine = sum(1 for job_id, o in rows if job_id != besides and same(o))
+        if mine >= cap:
+            raise CapReached(f"You have {mine} job(s) queued or running; this server allows {cap} per person at "
+                             "once. Wait for one to end or cancel one.", mine, cap)
+
+    def count_active(self, same_person) -> int:
+        """Queued + running rows whose owner ``same_person(owner)`` holds (a look, not a reservation: the
+        launch itself counts again under its write lock)."""
+        with closing(self._connect()) as con:
+            rows = con.execute(f"SELECT owner FROM jobs WHERE status IN ({','.join('?' * len(ACTIVE))})",
+                               ACTIVE).fetchall()
+        return sum(1 for (o,) in rows if same_person(o))
 
     def get(self, job_id: str) -> Job:
         with closing(self._connect()) as con:
@@ -290,10 +317,14 @@ class JobStore:
 
         Returns whether the row changed. Used where a runner and a watcher may race (the runner
         reports its own end; the watcher only marks a job whose row still says it is running).
+        From ended statuses back to queued / running (a resume) on a store of :meth:`launching_as`, the
+        launcher's cap is checked in the same write: CapReached, the row unchanged.
         """
         enc = self._encode(_status_fields(status, fields_))
         wanted = (from_status,) if isinstance(from_status, str) else tuple(from_status)
         with self._write() as con:
+            if status in ACTIVE and not set(wanted) & set(ACTIVE):
+                self._check_cap(con, besides=str(job_id))
             cur = con.execute(
                 f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in enc)} WHERE id = ? "
                 f"AND status IN ({','.join('?' * len(wanted))})",

@@ -13,6 +13,15 @@ It is called when a trial's job ends (by the job runner) and whenever the Traini
 ``cxr sweep`` looks at the sweep, so a sweep survives an app restart: everything is in the two
 databases. A file lock keeps two callers from starting the same trial twice.
 
+A sweep has an owner: whoever created it (:func:`create`'s ``user``; the operator for the CLI), kept in
+the study with whether it was created on a shared server. Every trial is launched *as the owner*, whoever
+or whatever advances the sweep (the page's visitor, the runner of a trial that ended, ``cxr sweep show``):
+its job row records the owner (who may cancel and resume it), the owner's launch right is checked and the
+trial counts against the owner's cap of queued + running jobs. While the owner may not launch or is at the
+cap no trial starts and the sweep's ``waiting`` says why; the next advance after a slot frees starts it
+(the runner of any job of the owner that ends advances their waiting sweeps). Stopping a sweep is
+cancelling its owner's work: the owner or an admin (:func:`stop`, :func:`why_not_stop`).
+
 Every trial monitors the sweep's metric (``monitor`` = ``auroc`` or ``loss``): its checkpoint is chosen on,
 and each epoch reports, the number the sweep judges it by.
 
@@ -28,11 +37,12 @@ import math
 import re
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ..errors import ConfigError, CXRError, JobError
-from .store import Job, JobStore
+from .. import hosting
+from ..errors import AccessError, ConfigError, CXRError, JobError
+from .store import CapReached, Job, JobStore
 
 SAMPLERS = ("grid", "random", "tpe")
 METRICS = {"auroc": "maximize", "loss": "minimize"}
@@ -262,21 +272,87 @@ def list_sweeps(store: JobStore | None = None) -> list[dict]:
         spec = s.user_attrs.get("spec") or {}
         out.append({"id": s.study_name, "name": spec.get("name", ""), "created": s.user_attrs.get("created", 0),
                     "trials": s.n_trials, "planned": spec.get("n_trials"), "metric": spec.get("metric"),
-                    "stopped": bool(s.user_attrs.get("stopped"))})
+                    "stopped": bool(s.user_attrs.get("stopped")),
+                    "owner": (s.user_attrs.get("owner") or {}).get("id"), "waiting": s.user_attrs.get("waiting")})
     return sorted(out, key=lambda r: -float(r["created"] or 0))
+
+
+# ------------------------------------------------------------------------------------------ owner and rights
+
+@dataclass(frozen=True)
+class _Rights:
+    """What :func:`cxrcore.hosting.why_not` reads of the thing acted on: its id and its owner."""
+    id: str
+    owner: str | None
+
+
+def owner(study, store: JobStore | None = None) -> hosting.User:
+    """Who a sweep's trials are launched as: the user recorded by :func:`create`. A sweep created before
+    sweeps recorded their owner: the owner of its first trial's job (the operator when that is the OS
+    user, or when no trial's job records one)."""
+    rec = study.user_attrs.get("owner")
+    if isinstance(rec, dict) and rec.get("id"):
+        return hosting.User(id=str(rec["id"]), name=str(rec.get("name") or ""), signed_in=bool(rec.get("signed_in")),
+                            operator=bool(rec.get("operator")))
+    op = hosting.operator_user()
+    store = store or JobStore()
+    for t in sorted(study.trials, key=lambda t: t.number):
+        job = _job_of(t, store)
+        if job is not None and job.owner:
+            if job.owner == op.id:
+                return op
+            return hosting.User(id=job.owner, name=hosting.owner_display(job.owner),
+                                signed_in=not hosting.is_anonymous(job.owner))
+    return op
+
+
+def _settings_for(study, settings: hosting.Settings | None) -> hosting.Settings:
+    """The operator's settings for launching this sweep's trials: read now (or the caller's), with the
+    shared-server defaults kept on for a sweep created on a shared server, so the job runner and the CLI
+    (which see no request) cap and check its trials as the page that started it did."""
+    s = settings or hosting.settings()
+    if study.user_attrs.get("hosted") and not s.hosted:
+        s = replace(s, hosted_flag=True)
+    return s
+
+
+def _why_not_stop(study, sweep_id: str, user: hosting.User | None, store: JobStore,
+                  settings: hosting.Settings | None) -> str | None:
+    if user is None:  # the CLI, Python on this machine: the operator
+        return None
+    who = owner(study, store)
+    if hosting.why_not(user, "cancel", _Rights(sweep_id, who.id), settings or hosting.settings()) is None:
+        return None
+    return (f"Sweep {sweep_id} was started by {who.display}; only they or an admin (CXR_JOB_ADMINS) may stop it "
+            "or cancel its trials.")
+
+
+def why_not_stop(sweep_id: str, user: hosting.User | None, store: JobStore | None = None,
+                 settings: hosting.Settings | None = None) -> str | None:
+    """None when ``user`` may stop the sweep, else the reason: the same right as cancelling one of its jobs
+    (its owner or an admin; the operator and one person's own machine: anyone). ``user=None``: the operator."""
+    store = store or JobStore()
+    study, _ = load(sweep_id, store)
+    return _why_not_stop(study, sweep_id, user, store, settings)
 
 
 # ------------------------------------------------------------------------------------------ running
 
-def create(spec: SweepSpec, store: JobStore | None = None, user=None, settings=None) -> str:
+def create(spec: SweepSpec, store: JobStore | None = None, user: hosting.User | None = None,
+           settings: hosting.Settings | None = None) -> str:
     """Check the spec, create its study and start the first trials; returns the sweep id.
 
-    The base config is checked as a job would be (every trial's config is checked again when it starts)."""
+    ``user`` (default: the operator) becomes the sweep's owner: every trial is launched as them (see the
+    module's doc); AccessError when they may not launch jobs. The base config is checked as a job would
+    be (every trial's config is checked again when it starts)."""
     import optuna
 
     from .config import check_config
 
     _quiet()
+    who = user or hosting.operator_user()
+    s = settings or hosting.settings()
+    hosting.check_may(who, "launch", None, s)
     if spec.sampler not in SAMPLERS:
         raise ConfigError(f"Sweep sampler is one of {', '.join(SAMPLERS)}, not {spec.sampler!r}.")
     if spec.metric not in METRICS:
@@ -292,7 +368,7 @@ def create(spec: SweepSpec, store: JobStore | None = None, user=None, settings=N
     # A trial's checkpoint is chosen on, and its epochs reported by, the metric the sweep judges it on.
     spec.base = {**spec.base, "monitor": spec.metric}
     first = {k: (p.values[0] if p.values else (p.low if p.kind == "float" else int(p.low))) for k, p in spec.space.items()}
-    check_config({**spec.base, **first}, settings)
+    check_config({**spec.base, **first}, s, user=who)  # a visitor's restricted slurm options too
     store = store or JobStore()
     path = db_path(store)
     sweep_id = "sweep-" + time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
@@ -300,7 +376,10 @@ def create(spec: SweepSpec, store: JobStore | None = None, user=None, settings=N
                                 sampler=_sampler(spec, 0), pruner=_pruner(spec))
     study.set_user_attr("spec", spec.to_dict())
     study.set_user_attr("created", time.time())
-    advance(sweep_id, store, user=user, settings=settings)
+    study.set_user_attr("owner", {"id": who.id, "name": who.name, "signed_in": who.signed_in,
+                                  "operator": who.operator})
+    study.set_user_attr("hosted", s.hosted)
+    advance(sweep_id, store, settings=settings)
     return sweep_id
 
 
@@ -340,23 +419,39 @@ def tell(study, trial, values=None, state=None) -> None:
             raise
 
 
-def advance(sweep_id: str, store: JobStore | None = None, user=None, settings=None) -> list[str]:
-    """Record ended trials in the study and start new ones (see the module's doc); returns new job ids."""
+def _at_cap(who: hosting.User, count: int, cap: int) -> str:
+    return (f"waiting for a free job slot: {who.display} has {count} job(s) queued or running and this server "
+            f"allows {cap} per person at once ({hosting.ENV_MAX_JOBS}); the next trial starts when one of them ends.")
+
+
+def advance(sweep_id: str, store: JobStore | None = None, user: hosting.User | None = None,
+            settings: hosting.Settings | None = None) -> list[str]:
+    """Record ended trials in the study and start new ones (see the module's doc); returns new job ids.
+
+    New trials are launched as the sweep's :func:`owner`, within the owner's launch right and cap, with
+    ``settings`` (default: read now; a sweep created on a shared server keeps its defaults). ``user``, who
+    is looking (the page's visitor), grants and costs nothing: anyone may look at a sweep. When the owner
+    may not launch now, or has their cap of queued + running jobs, no trial starts and no error is
+    raised: the sweep's ``waiting`` (``list_sweeps``, the page) says why, and a later advance starts it."""
     import optuna
     from optuna.trial import TrialState
 
     from . import dispatch
 
+    del user  # looking at a sweep launches nothing in the viewer's name
     store = store or JobStore()
     path = db_path(store)
     started = []
     with _lock(path, sweep_id):
         study, spec = load(sweep_id, store)
         active = 0
+        pending = []  # asked trials whose job the cap kept out (the owner launched elsewhere meanwhile)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             job = _job_of(t, store)
             if job is None:
-                if time.time() - float(t.user_attrs.get("asked", 0)) > 120:  # asked, but its job never came
+                if t.user_attrs.get("pending"):
+                    pending.append(t)
+                elif time.time() - float(t.user_attrs.get("asked", 0)) > 120:  # asked, but its job never came
                     tell(study, t.number, state=TrialState.FAIL)
                 continue
             if job.status == "succeeded":
@@ -375,43 +470,91 @@ def advance(sweep_id: str, store: JobStore | None = None, user=None, settings=No
             # cancelled: left running in the study (it can be resumed) but no longer counted as at work
         n_made = len(study.trials)
         if study.user_attrs.get("stopped"):
+            for t in pending:
+                optuna.trial.Trial(study, t._trial_id).set_user_attr(
+                    "error", "The sweep was stopped before this trial's job could start.")
+                tell(study, t.number, state=TrialState.FAIL)
+            if study.user_attrs.get("waiting"):
+                study.set_user_attr("waiting", None)
             return started
-        while active < spec.parallel and n_made < spec.n_trials:
-            study, spec = load(sweep_id, store, n_made)
-            dists = {k: p.distribution() for k, p in spec.space.items()}
-            trial = study.ask(dists)
-            if spec.sampler == "grid" and trial.params in [t.params for t in study.trials[:-1]]:
-                tell(study, trial, state=TrialState.FAIL)  # the grid is exhausted
-                study.set_user_attr("stopped", True)
+        who = owner(study, store)
+        s = _settings_for(study, settings)
+        refused = hosting.why_not(who, "launch", None, s)
+        waiting = (f"no new trials while the sweep's owner ({who.display}) may not launch jobs: {refused}"
+                   if refused else None)
+        cap = hosting.cap_for(who, s)
+        while waiting is None and active < spec.parallel and (pending or n_made < spec.n_trials):
+            count = store.count_active(lambda o: hosting.same_person(o, who)) if cap else 0
+            if cap and count >= cap:
+                waiting = _at_cap(who, count, cap)
                 break
-            trial.set_user_attr("asked", time.time())
-            config = {**spec.base, **trial.params,
-                      "sweep": {"id": sweep_id, "db": str(path), "trial": trial.number, "trial_id": trial._trial_id,
+            if pending:
+                t = pending.pop(0)
+                trial, number, params = optuna.trial.Trial(study, t._trial_id), t.number, t.params
+            else:
+                study, spec = load(sweep_id, store, n_made)
+                dists = {k: p.distribution() for k, p in spec.space.items()}
+                trial = study.ask(dists)
+                if spec.sampler == "grid" and trial.params in [t.params for t in study.trials[:-1]]:
+                    tell(study, trial, state=TrialState.FAIL)  # the grid is exhausted
+                    study.set_user_attr("stopped", True)
+                    break
+                trial.set_user_attr("asked", time.time())
+                number, params = trial.number, trial.params
+                n_made += 1
+            config = {**spec.base, **params,
+                      "sweep": {"id": sweep_id, "db": str(path), "trial": number, "trial_id": trial._trial_id,
                                 "metric": spec.metric}}
-            name = f"{spec.name or sweep_id} · trial {trial.number}"
+            name = f"{spec.name or sweep_id} · trial {number}"
             try:
-                job = dispatch.submit(config, name=name, store=store, backend=spec.backend, user=user,
-                                      settings=settings)
+                job = dispatch.submit(config, name=name, store=store, backend=spec.backend, user=who, settings=s)
+            except CapReached as exc:  # the owner launched elsewhere since the count: the trial waits its turn
+                trial.set_user_attr("pending", True)
+                waiting = _at_cap(who, exc.count, exc.cap)
             except CXRError as exc:  # this combination cannot run: the trial fails, saying why
                 trial.set_user_attr("error", str(exc)[:500])
-                tell(study, trial, state=TrialState.FAIL)
+                tell(study, number, state=TrialState.FAIL)
             else:
                 trial.set_user_attr("job_id", job.id)
+                trial.set_user_attr("pending", False)
                 started.append(job.id)
                 active += 1
-            n_made += 1
+        if waiting != study.user_attrs.get("waiting"):
+            study.set_user_attr("waiting", waiting)
     return started
 
 
-def stop(sweep_id: str, store: JobStore | None = None, cancel_running: bool = False, user=None, settings=None) -> None:
-    """No new trials; with ``cancel_running`` also cancel the trials at work."""
+def advance_waiting(job_owner: str | None, store: JobStore | None = None) -> list[str]:
+    """Advance the sweeps of ``job_owner`` that wait (for a free slot); called when one of their jobs ended.
+    Returns the new trials' job ids."""
+    store = store or JobStore()
+    if not job_owner or not db_path(store).exists():
+        return []
+    person = hosting.User(id=job_owner)
+    started: list[str] = []
+    for row in list_sweeps(store):
+        if row["waiting"] and not row["stopped"] and row["owner"] and hosting.same_person(row["owner"], person):
+            started += advance(row["id"], store)
+    return started
+
+
+def stop(sweep_id: str, store: JobStore | None = None, cancel_running: bool = False, user: hosting.User | None = None,
+         settings: hosting.Settings | None = None) -> None:
+    """No new trials; with ``cancel_running`` also cancel the trials at work.
+
+    ``user`` (default: the operator) needs the right to cancel the sweep's jobs (:func:`why_not_stop`: its
+    owner or an admin): AccessError otherwise, and nothing changes."""
     from . import dispatch
 
+    store = store or JobStore()
     study, _ = load(sweep_id, store)
+    reason = _why_not_stop(study, sweep_id, user, store, settings)
+    if reason is not None:
+        raise AccessError(reason)
     study.set_user_attr("stopped", True)
     if cancel_running:
         for t in study.trials:
-            job = _job_of(t, store or JobStore())
+            job = _job_of(t, store)
             if job is not None and job.active:
                 dispatch.cancel(job.id, store, user=user, settings=settings)
 
@@ -460,7 +603,11 @@ def results(sweep_id: str, store: JobStore | None = None):
         state = t.state.name.lower()
         if job is not None and t.state.name == "RUNNING":
             state = job.status if job.status != "succeeded" else "finishing"
+        elif t.state.name == "RUNNING" and t.user_attrs.get("pending"):
+            state = "waiting"  # asked, its job kept out by the owner's cap; the next advance starts it
         note = t.user_attrs.get("pruned") or t.user_attrs.get("error") or (job.error if job is not None else "") or ""
+        if state == "waiting":
+            note = study.user_attrs.get("waiting") or "waiting for a free job slot"
         epochs = None
         if job is not None:
             try:
@@ -523,5 +670,6 @@ def to_json(spec: SweepSpec) -> str:
     return json.dumps(spec.to_dict(), indent=2)
 
 
-__all__ = ["METRICS", "SAMPLERS", "Param", "SweepSpec", "advance", "best_job", "create", "figures", "grid_size",
-           "list_sweeps", "load", "parse_space", "report", "results", "stop", "sweepable"]
+__all__ = ["METRICS", "SAMPLERS", "Param", "SweepSpec", "advance", "advance_waiting", "best_job", "create", "figures",
+           "grid_size", "list_sweeps", "load", "owner", "parse_space", "report", "results", "stop", "sweepable",
+           "why_not_stop"]

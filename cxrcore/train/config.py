@@ -270,7 +270,8 @@ class TrainConfig:
     compile: bool = opt(False, "torch.compile", "Compile the model with torch.compile.", "placement")
     threads: int = opt(0, "CPU threads", "torch CPU threads; 0: all cores but one.", "placement", min=0, max=1024)
     workers: int = opt(2, "Cache workers", "Processes that build the image cache.", "placement", min=1, max=256)
-    slurm: dict = opt({}, "Slurm options", "partition, cpus, mem, time, account, extra sbatch lines.", "placement",
+    slurm: dict = opt({}, "Slurm options", "partition, cpus, mem, time, account, extra sbatch options, conf (their "
+                      "forms: cxrcore/jobs/config.py SLURM_OPTIONS).", "placement",
                       custom=True)
     # Set by a sweep (cxrcore/jobs/sweep.py) on its trials' jobs: where the trial lives, so each epoch's
     # validation metric is reported to the study and the run stops when Optuna prunes it. Not an option
