@@ -1,12 +1,15 @@
-"""Easy / average / hard cases: one bucketing for the Evaluation page's case browser and the LLM facts."""
+"""Easy / average / hard cases: one bucketing for the Evaluation page's case browser and one image's case type
+(classify_case, which the Explain page, its written summary and the LLM facts use)."""
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import numpy as np
 
-from cxrcore.eval.cases import Cases, bucket, bucket_help, bucket_names
-from cxrcore.explain.llm import case_type
+import pytest
+
+from cxrcore.errors import ConfigError
+from cxrcore.eval.cases import Cases, bucket, bucket_help, bucket_names, classify_case
 
 
 def test_buckets_with_known_answers():
@@ -24,13 +27,16 @@ def test_buckets_with_known_answers():
     assert bucket_help(2)["average"] == "one model right" and bucket_help(1)["hard"] == "model wrong"
 
 
-def test_llm_case_type_is_the_same_bucketing():
+def test_one_images_case_type_is_the_same_bucketing():
     def pred(p, thr):
         return SimpleNamespace(labels=["Edema"], positive=np.array([p >= thr]))
 
     both_right = {"a": pred(0.9, 0.5), "b": pred(0.7, 0.5)}
     one_right = {"a": pred(0.9, 0.5), "b": pred(0.2, 0.5)}
-    assert case_type(both_right, "Edema", ["Edema"]) == "easy" == bucket(2, 2)
-    assert case_type(one_right, "Edema", ["Edema"]) == "average" == bucket(1, 2)
-    assert case_type(both_right, "Edema", []) == "hard" == bucket(0, 2)
-    assert case_type(both_right, "Hernia", []) == "unknown"
+    assert classify_case(both_right, "Edema", True).name == "easy" == bucket(2, 2)
+    assert classify_case(one_right, "Edema", True).name == "average" == bucket(1, 2)
+    assert classify_case(both_right, "Edema", False).name == "hard" == bucket(0, 2)
+    assert classify_case(one_right, "Edema", True).right == {"a": True, "b": False}
+    assert classify_case(both_right, "Edema", None).basis == "agreement"
+    with pytest.raises(ConfigError, match="No model has an output for 'Hernia'"):
+        classify_case(both_right, "Hernia", True)

@@ -14,6 +14,7 @@ from PIL import Image
 from cxrcore.compare import compare
 from cxrcore.data.imageio import LoadedImage, read_image
 from cxrcore.errors import LLMError
+from cxrcore.eval.cases import classify_case, truth_for
 from cxrcore.explain.llm import LLMConfig, anatomical_position, build_facts, explain_stream, template_summary
 from cxrcore.explain.boxes import Box
 from cxrcore.explain.visual import comparison_panel, png_bytes
@@ -35,7 +36,7 @@ def comparison(shipped):
 def _panel_and_facts(comparison, label="Cardiomegaly"):
     preds = comparison.for_label(label)
     panel = png_bytes(comparison_panel(comparison.image.pixels, preds, label, comparison.truth))
-    return panel, build_facts(preds, label, comparison.truth)
+    return panel, build_facts(preds, label, classify_case(preds, label, truth_for(comparison.truth, label)))
 
 
 def test_comparison_checks_the_image_is_a_chest_radiograph(comparison, shipped):
@@ -50,7 +51,7 @@ def test_facts_and_template(comparison):
     panel, facts = _panel_and_facts(comparison)
     assert Image.open(io.BytesIO(panel)).size[0] > 3 * 200  # three tiles side by side
     assert set(facts["models"]) == {"baseline", "fine-tuned"}
-    assert facts["case_type"] in {"easy", "average", "hard"}
+    assert facts["case"]["type"] in {"easy", "average", "hard"} and facts["case"]["basis"] == "ground truth"
     assert facts["models"]["fine-tuned"]["focus"]["label"] == "Cardiomegaly"
     text = template_summary(facts)
     assert "Cardiomegaly" in text and "not a diagnosis" in text

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -148,6 +149,19 @@ def test_explain_without_a_key_gives_a_written_summary(app_env, shipped, monkeyp
     no_exception(at)
     assert any("OPENAI_API_KEY" in w.value for w in at.warning)
     assert any("Summary for" in m.value for m in at.markdown)
+    # the written summary follows the ground truth set on the page, not only the data's (issue 20)
+    radio = next(r for r in at.radio if r.label.startswith("Ground truth of"))
+    for chosen in ("absent", "present") if radio.value == "present" else ("present", "absent"):
+        radio.set_value(chosen).run()
+        no_exception(at)
+        radio = next(r for r in at.radio if r.label.startswith("Ground truth of"))
+        shown = next(m.value for m in at.markdown if "Case type:" in m.value)
+        case = re.search(r"\*\*Case type: (\w+)\*\*", shown).group(1)
+        summary = next(m.value for m in at.markdown if "Summary for" in m.value).replace("\\", "")
+        assert f" {chosen}; case type: {case} (by ground truth)" in summary, (chosen, summary)
+    radio.set_value("unknown").run()
+    summary = next(m.value for m in at.markdown if "Summary for" in m.value).replace("\\", "")
+    assert " not known; case type: " in summary and "(by agreement)" in summary
 
 
 def explain_a_sample(stub, monkeypatch) -> AppTest:

@@ -1,17 +1,79 @@
 """Cases for a case browser: every image of an evaluation with each model's probabilities, and the
 easy / average / hard bucketing (all models right / some right / all wrong at their thresholds) that
-the Evaluation page and the LLM explainer share."""
+the Evaluation page and the LLM explainer share: :func:`bucket` for many images at once,
+:func:`classify_case` for one image's label (by the ground truth when known, else by the models'
+agreement) — the one case-type rule of the code base."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from ..errors import ConfigError
 
 def bucket(n_right, n_models: int):
     """"easy" when every model is right, "hard" when none is, "average" otherwise (element-wise)."""
     n_right = np.asarray(n_right)
     out = np.where(n_right == n_models, "easy", np.where(n_right == 0, "hard", "average"))
     return str(out) if out.ndim == 0 else out
+
+
+@dataclass(frozen=True)
+class CaseType:
+    """``name``: easy / average / hard; ``basis``: "ground truth" or "agreement"; ``detail``: one sentence
+    saying each model's call (and whether it is right, when the truth is known)."""
+
+    name: str
+    basis: str
+    detail: str
+    truth_present: bool | None = None
+    right: dict = field(default_factory=dict)   # model -> right? (ground truth basis only)
+
+    @property
+    def basis_text(self) -> str:
+        if self.basis == "ground truth":
+            return "decided by the ground truth"
+        return ("decided by the models' agreement: the ground truth is not known, so whether the models are "
+                "right is not known either")
+
+    def to_dict(self) -> dict:
+        return {"case_type": self.name, "basis": self.basis, "detail": self.detail,
+                "ground_truth_present": self.truth_present, "right": self.right}
+
+
+def classify_case(predictions: dict, label: str, truth_present: bool | None) -> CaseType:
+    """The case type of ``label`` for these models' calls (``predictions`` as from
+    :meth:`cxrcore.compare.Comparison.for_label`). ``truth_present``: whether the finding is present
+    (None: unknown, then the models' agreement decides)."""
+    calls = {name: bool(p.positive[p.labels.index(label)]) for name, p in predictions.items() if label in p.labels}
+    if not calls:
+        raise ConfigError(f"No model has an output for {label!r}; choose another label.")
+    said = ", ".join(f"{n} calls it {'present' if c else 'absent'}" for n, c in calls.items())
+    lacking = [n for n in predictions if n not in calls]
+    if lacking:  # judged on the models that have the label; say so
+        said += "; " + ", ".join(lacking) + f" {'has' if len(lacking) == 1 else 'have'} no output for {label}"
+    if truth_present is not None:
+        right = {n: c == truth_present for n, c in calls.items()}
+        name = bucket(sum(right.values()), len(right))
+        marks = ", ".join(f"{n} calls it {'present' if c else 'absent'} ({'right' if right[n] else 'wrong'})"
+                          for n, c in calls.items())
+        marks += "".join(f"; {n} has no output for {label}" for n in lacking)
+        return CaseType(name, "ground truth",
+                        f"Ground truth: {label} {'present' if truth_present else 'absent'}; {marks}.",
+                        truth_present, right)
+    if len(set(calls.values())) == 1:
+        return CaseType("easy", "agreement", f"No ground truth; the models agree: {said}.")
+    return CaseType("average", "agreement", f"No ground truth; the models disagree: {said}, so one of them is wrong.")
+
+
+def truth_for(truth: list[str] | None, label: str, known: set | None = None) -> bool | None:
+    """Whether ``label`` is present according to a list of positive labels (None: unknown). ``known``:
+    the labels whose value is known (a case browser's row may leave some unknown); None: all of them."""
+    from ..labels import canonical
+
+    if truth is None or (known is not None and canonical(label) not in {canonical(x) for x in known}):
+        return None
+    return canonical(label) in {canonical(t) for t in truth}
 
 
 def bucket_names(n_models: int) -> list[str]:

@@ -128,8 +128,10 @@ def box_id(k: int) -> str:
     return f"B{k + 1}"
 
 
-def build_facts(predictions: dict, label: str, truth: list[str] | None = None, top_k: int = 5) -> dict:
-    """Structured facts about a comparison; only model outputs, never patient metadata."""
+def build_facts(predictions: dict, label: str, case=None, top_k: int = 5) -> dict:
+    """Structured facts about a comparison; only model outputs, never patient metadata. ``case``: the
+    label's :class:`cxrcore.eval.cases.CaseType` (from the ground truth the user set, or the models'
+    agreement), added as ``ground_truth`` and ``case``."""
     models = {}
     for name, pred in predictions.items():
         entry = {
@@ -156,24 +158,10 @@ def build_facts(predictions: dict, label: str, truth: list[str] | None = None, t
     all_warnings = list(dict.fromkeys(w for m in models.values() for w in m.get("warnings", [])))
     if all_warnings:
         facts["warnings"] = all_warnings
-    if truth is not None:
-        facts["ground_truth"] = truth or ["No Finding"]
-        facts["case_type"] = case_type(predictions, label, truth)
+    if case is not None:
+        facts["ground_truth"] = {"label": label, "present": case.truth_present}
+        facts["case"] = {"type": case.name, "basis": case.basis, "detail": case.detail}
     return facts
-
-
-def case_type(predictions: dict, label: str, truth: list[str]) -> str:
-    """easy: every model right about ``label``; average: some right; hard: all wrong."""
-    from ..labels import canonical
-
-    present = canonical(label) in {canonical(t) for t in truth}
-    right = [bool(pred.positive[pred.labels.index(label)]) == present
-             for pred in predictions.values() if label in pred.labels]
-    if not right:
-        return "unknown"
-    from ..eval.cases import bucket  # the Evaluation page's case browser buckets the same way
-
-    return bucket(sum(right), len(right))
 
 
 def template_summary(facts: dict) -> str:
@@ -192,8 +180,11 @@ def template_summary(facts: dict) -> str:
         others = [t["label"] for t in m["top"] if t["positive"] and t["label"] != label]
         if others:
             lines.append(f"  Also above threshold: {', '.join(others)}.")
-    if "ground_truth" in facts:
-        lines.append(f"Ground truth: {', '.join(facts['ground_truth'])}; case type: {facts['case_type']}.")
+    if "case" in facts:
+        present = (facts.get("ground_truth") or {}).get("present")
+        truth = {True: "present", False: "absent", None: "not known"}[present]
+        lines.append(f"Ground truth: {label} {truth}; case type: {facts['case']['type']} "
+                     f"(by {facts['case']['basis']}). {facts['case']['detail']}")
     return f"Summary for {label}:\n" + "\n".join(lines) + f"\n\n{DISCLAIMER}"
 
 

@@ -31,6 +31,7 @@ from typing import Iterator, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import ConfigError, LLMError
+from ..eval.cases import CaseType, classify_case, truth_for
 from .llm import LLMConfig, _client, _scrub, build_facts
 
 VERDICTS = ("IMPROVED", "WORSE", "NO CHANGE")
@@ -72,64 +73,8 @@ def review_schema() -> dict:
 
 # --------------------------------------------------------------------------- case type
 
-@dataclass(frozen=True)
-class CaseType:
-    """``name``: easy / average / hard; ``basis``: "ground truth" or "agreement"; ``detail``: one sentence
-    saying each model's call (and whether it is right, when the truth is known)."""
-
-    name: str
-    basis: str
-    detail: str
-    truth_present: bool | None = None
-    right: dict = field(default_factory=dict)   # model -> right? (ground truth basis only)
-
-    @property
-    def basis_text(self) -> str:
-        if self.basis == "ground truth":
-            return "decided by the ground truth"
-        return ("decided by the models' agreement: the ground truth is not known, so whether the models are "
-                "right is not known either")
-
-    def to_dict(self) -> dict:
-        return {"case_type": self.name, "basis": self.basis, "detail": self.detail,
-                "ground_truth_present": self.truth_present, "right": self.right}
-
-
-def classify_case(predictions: dict, label: str, truth_present: bool | None) -> CaseType:
-    """The case type of ``label`` for these models' calls (``predictions`` as from
-    :meth:`cxrcore.compare.Comparison.for_label`). ``truth_present``: whether the finding is present
-    (None: unknown, then the models' agreement decides)."""
-    from ..eval.cases import bucket
-
-    calls = {name: bool(p.positive[p.labels.index(label)]) for name, p in predictions.items() if label in p.labels}
-    if not calls:
-        raise ConfigError(f"No model has an output for {label!r}; choose another label.")
-    said = ", ".join(f"{n} calls it {'present' if c else 'absent'}" for n, c in calls.items())
-    lacking = [n for n in predictions if n not in calls]
-    if lacking:  # judged on the models that have the label; say so
-        said += "; " + ", ".join(lacking) + f" {'has' if len(lacking) == 1 else 'have'} no output for {label}"
-    if truth_present is not None:
-        right = {n: c == truth_present for n, c in calls.items()}
-        name = bucket(sum(right.values()), len(right))
-        marks = ", ".join(f"{n} calls it {'present' if c else 'absent'} ({'right' if right[n] else 'wrong'})"
-                          for n, c in calls.items())
-        marks += "".join(f"; {n} has no output for {label}" for n in lacking)
-        return CaseType(name, "ground truth",
-                        f"Ground truth: {label} {'present' if truth_present else 'absent'}; {marks}.",
-                        truth_present, right)
-    if len(set(calls.values())) == 1:
-        return CaseType("easy", "agreement", f"No ground truth; the models agree: {said}.")
-    return CaseType("average", "agreement", f"No ground truth; the models disagree: {said}, so one of them is wrong.")
-
-
-def truth_for(truth: list[str] | None, label: str, known: set | None = None) -> bool | None:
-    """Whether ``label`` is present according to a list of positive labels (None: unknown). ``known``:
-    the labels whose value is known (a case browser's row may leave some unknown); None: all of them."""
-    from ..labels import canonical
-
-    if truth is None or (known is not None and canonical(label) not in {canonical(x) for x in known}):
-        return None
-    return canonical(label) in {canonical(t) for t in truth}
+# CaseType, classify_case and truth_for live in cxrcore.eval.cases (one implementation, shared with the
+# Evaluation page's case browser); imported above and re-exported here.
 
 
 # --------------------------------------------------------------------------- prompt template
@@ -238,9 +183,7 @@ def prompt_values(facts: dict, case: CaseType, names: dict | None = None) -> dic
 
 def review_facts(predictions: dict, label: str, case: CaseType, names: dict | None = None) -> dict:
     """:func:`cxrcore.explain.llm.build_facts` with the case type, its basis and each model's role."""
-    facts = build_facts(predictions, label)
-    facts["ground_truth"] = {"label": label, "present": case.truth_present}
-    facts["case"] = {"type": case.name, "basis": case.basis, "detail": case.detail}
+    facts = build_facts(predictions, label, case)
     for role, entry in facts["models"].items():
         entry["role"] = role
         if names and names.get(role) and names[role] != role:
