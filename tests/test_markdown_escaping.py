@@ -94,3 +94,15 @@ def test_training_page_shows_a_job_named_like_a_link_as_text(ws):
         assert not re.search(r"(?<!\\)\]\(http", value), value  # no link anywhere on the page
         assert "![x]" not in value and "**URGENT**" not in value
     assert EVIL in set(at.dataframe[0].value["name"])  # a dataframe shows text as it is: not escaped
+
+
+def test_the_overlay_slider_shows_model_names_as_text():
+    """The Compare page's slider is HTML in a component frame that runs scripts: a run named like markup
+    must stay text there."""
+    from ui.common import compare_slider_html
+
+    evil = '<img src=x onerror="alert(document.cookie)">'
+    page = compare_slider_html(b"\x89PNG", b"\x89PNG", evil, "fine-tuned <b>v2</b>")
+    assert "<img src=x" not in page and "onerror=\"alert" not in page and "<b>v2</b>" not in page
+    assert "&lt;img src=x onerror=&quot;alert(document.cookie)&quot;&gt;" in page
+    assert "fine-tuned &lt;b&gt;v2&lt;/b&gt;" in page

@@ -328,25 +328,33 @@ def dataset_choices() -> dict[str, str]:
     return out
 
 
-def image_compare_slider(left_png: bytes, right_png: bytes, left: str, right: str, height: int = 520) -> None:
-    """Two same-size images on top of each other; a slider reveals one over the other (plain HTML/CSS)."""
+def compare_slider_html(left_png: bytes, right_png: bytes, left: str, right: str, height: int = 520) -> str:
+    """The slider's HTML. ``left`` / ``right`` are model names (a run's name is another user's text): escaped,
+    since a component's frame runs scripts with the app's origin."""
     import base64
-
-    import streamlit.components.v1 as components
+    import html
 
     a, b = (base64.b64encode(x).decode() for x in (left_png, right_png))
-    components.html(f"""
+    left, right = html.escape(str(left)), html.escape(str(right))
+    return f"""
 <div style="font-family:sans-serif;font-size:13px;color:#444">
   <div style="position:relative;display:inline-block;max-width:100%">
-    <img src="data:image/png;base64,{b}" style="display:block;max-height:{height - 60}px;max-width:100%">
+    <img src="data:image/png;base64,{b}" style="display:block;max-height:{int(height) - 60}px;max-width:100%">
     <div id="clip" style="position:absolute;top:0;left:0;height:100%;width:50%;overflow:hidden">
-      <img src="data:image/png;base64,{a}" style="display:block;max-height:{height - 60}px;max-width:none;height:100%">
+      <img src="data:image/png;base64,{a}" style="display:block;max-height:{int(height) - 60}px;max-width:none;height:100%">
     </div>
   </div>
   <div><input type="range" min="0" max="100" value="50" style="width:100%"
        oninput="document.getElementById('clip').style.width=this.value+'%'"></div>
   <div style="display:flex;justify-content:space-between"><span>&larr; {left}</span><span>{right} &rarr;</span></div>
-</div>""", height=height)
+</div>"""
+
+
+def image_compare_slider(left_png: bytes, right_png: bytes, left: str, right: str, height: int = 520) -> None:
+    """Two same-size images on top of each other; a slider reveals one over the other (plain HTML/CSS)."""
+    import streamlit.components.v1 as components
+
+    components.html(compare_slider_html(left_png, right_png, left, right, height), height=height)
 
 
 def chart_config() -> dict:
