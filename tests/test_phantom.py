@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -378,21 +379,29 @@ def test_interrupted_run_leaves_nothing(tmp_path):
 
 
 def test_pool_from_a_threaded_process_matches_in_process(tmp_path):
-    # With other threads alive (as in the Streamlit server) the pool avoids fork.
+    # With other threads alive (as in the Streamlit server) no fork here: a clean child process renders.
     import threading
 
     stop = threading.Event()
     t = threading.Thread(target=stop.wait, daemon=True)
     t.start()
     try:
-        assert _pool_context().get_start_method() != "fork"
+        assert _pool_context() is None
         a = generate(tmp_path / "pool", 4, "nih", 64, seed=3, workers=2)
+        with pytest.raises(KeyboardInterrupt):  # stopped from here: the child removes its partial folder
+            generate(tmp_path / "stopped", 40, "nih", 64, seed=3, workers=2, progress=_interrupt_at_3)
     finally:
         stop.set()
         t.join()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pool"]
     b = generate(tmp_path / "inproc", 4, "nih", 64, seed=3, workers=1)
     assert _images(a) == _images(b)
     assert (a / "Data_Entry_2017.csv").read_bytes() == (b / "Data_Entry_2017.csv").read_bytes()
+
+
+def _interrupt_at_3(done, total):
+    if done >= 3:
+        raise KeyboardInterrupt
 
 
 def test_official_lists_are_added_to_an_older_nih_phantom(nih_ds, tmp_path):
@@ -408,3 +417,34 @@ def test_official_lists_are_added_to_an_older_nih_phantom(nih_ds, tmp_path):
     assert add_missing_nih_lists(old)
     assert {n: (old / n).read_text() for n in want} == want      # the same lists the generator writes
     assert not add_missing_nih_lists(old)
+
+
+def test_workers_in_a_threaded_process_do_not_run_the_callers_main(tmp_path, monkeypatch):
+    """Inside Streamlit the page being run is ``__main__`` and the server has many threads; the phantom's
+    workers must not run that page again (forkserver / spawn re-run ``__main__`` in every worker), and the
+    result and the progress are those of the one-thread path."""
+    import threading
+    import types
+
+    from cxrcore.data.phantom.writing import generate
+
+    marker = tmp_path / "page-ran"
+    page = tmp_path / "page.py"
+    page.write_text(f"open({str(marker)!r}, 'a').write('x')\n")
+    fake_main = types.ModuleType("__main__")
+    fake_main.__file__ = str(page)
+    monkeypatch.setitem(sys.modules, "__main__", fake_main)  # what Streamlit's script runner does
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    seen = []
+    try:
+        generate(tmp_path / "threaded", 12, "nih", 64, 3, workers=2, progress=lambda d, n: seen.append((d, n)))
+    finally:
+        release.set()
+        other.join()
+    assert not marker.exists()
+    assert seen[-1] == (12, 12) and len(seen) == 12
+    generate(tmp_path / "plain", 12, "nih", 64, 3, workers=1)
+    for f in sorted(p.relative_to(tmp_path / "plain") for p in (tmp_path / "plain").rglob("*") if p.is_file()):
+        assert (tmp_path / "threaded" / f).read_bytes() == (tmp_path / "plain" / f).read_bytes(), f

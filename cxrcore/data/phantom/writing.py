@@ -56,14 +56,55 @@ def _init_worker():
 
 
 def _pool_context():
-    methods = multiprocessing.get_all_start_methods()
-    # fork is fastest and needs no importable __main__, but is unsafe in threaded processes
-    # (e.g. the Streamlit server); there the forkserver starts workers from a clean process.
-    if "fork" in methods and threading.active_count() == 1:
+    """fork where this process has one thread; None where it has more (see :func:`_in_clean_process`)."""
+    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
         return multiprocessing.get_context("fork")
-    if "forkserver" in methods:
-        return multiprocessing.get_context("forkserver")
-    return multiprocessing.get_context("spawn")
+    return None
+
+
+_CHILD = ("import sys\n"
+          "from cxrcore.data.phantom.writing import generate\n"
+          "out, n, domain, size, seed, workers = sys.argv[1:7]\n"
+          "generate(out, int(n), domain, int(size), int(seed), int(workers),\n"
+          "         progress=lambda done, total: print(done, total, flush=True))\n")
+
+
+def _in_clean_process(out: Path, n: int, domain: str, size: int, seed: int, workers: int,
+                      progress: Callable[[int, int], None] | None) -> None:
+    """Render in a new single-threaded Python process (which forks its own workers), relaying its progress.
+
+    fork is unsafe in a threaded process (the Streamlit server, a test run with threads), and the
+    forkserver / spawn methods run the caller's ``__main__`` again in every worker: inside Streamlit
+    that is the page script being run (Streamlit makes it ``__main__``), so each worker would run the
+    whole page. A child started with ``python -c`` has no such ``__main__``."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    pkg_parent = str(Path(__file__).resolve().parents[3])
+    env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    args = [sys.executable, "-c", _CHILD, str(out), str(n), domain, str(size), str(seed), str(workers)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True, env=env)
+    try:
+        for line in proc.stdout:
+            parts = line.split()
+            if progress and len(parts) == 2 and all(p.isdigit() for p in parts):
+                progress(int(parts[0]), int(parts[1]))
+        err = proc.stderr.read()
+        if proc.wait() != 0:
+            last = " ".join(err.strip().splitlines()[-1:]) or f"exit status {proc.returncode}"
+            raise ConfigError(f"Writing the phantom dataset {out} failed: {last}")
+    finally:
+        if proc.poll() is None:  # stopped here (Ctrl-C, a progress callback raised): the child cleans up on SIGINT
+            import signal
+
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def generate(out: str | Path, n: int, domain: str = "nih", size: int = 256, seed: int = 0,
@@ -88,6 +129,9 @@ def generate(out: str | Path, n: int, domain: str = "nih", size: int = 256, seed
                 "Choose a new folder or delete this one first."
             )
     out.parent.mkdir(parents=True, exist_ok=True)
+    if workers > 1 and n > 1 and _pool_context() is None:
+        _in_clean_process(out, n, domain, size, seed, workers, progress)  # it builds and renames the same way
+        return out
     frame = sample_table(n, domain, seed)
     code = DOMAINS[domain]
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
