@@ -84,6 +84,10 @@ ENV_LLM_PER_HOUR = "CXR_LLM_REQUESTS_PER_HOUR"
 ENV_MAX_UPLOAD = "CXR_MAX_UPLOAD_MB"
 ENV_TRUST_EMAIL = "CXR_AUTH_TRUST_EMAIL"
 ENV_SLURM_VISITOR = "CXR_SLURM_VISITOR_OPTIONS"
+# The slurm options that are the operator's (their account, their slurm.conf, extra sbatch options): a
+# visitor of a shared server sets them only where CXR_SLURM_VISITOR_OPTIONS allows. Their forms are
+# declared in cxrcore.jobs.config (SLURM_OPTIONS), which reads this list.
+RESTRICTED_SLURM_OPTIONS = ("account", "extra", "conf")
 
 
 # --------------------------------------------------------------------------- settings
@@ -199,8 +203,6 @@ def _slurm_visitor_options(env: Mapping[str, str], problems: list[str]) -> tuple
     names = [n.lower() for n in _split(env.get(ENV_SLURM_VISITOR), ", ")]
     if not names:
         return ()
-    from .jobs.config import RESTRICTED_SLURM_OPTIONS
-
     for n in names:
         if n not in RESTRICTED_SLURM_OPTIONS:
             problems.append(f"{ENV_SLURM_VISITOR}: {n!r} is not one of {', '.join(RESTRICTED_SLURM_OPTIONS)} (ignored)")

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..hosting import RESTRICTED_SLURM_OPTIONS  # who may set which: the operator's policy
 
 
 def check_config(config: dict, settings=None, user=None) -> dict:
@@ -155,8 +156,12 @@ class SlurmOption:
     pattern: str = ""       # a text value must match it whole (re.fullmatch); "" : no text value
     sbatch: str = ""        # the sbatch option it is written as (one `#SBATCH --x=value` line); "" : not written
     example: str = ""       # a placeholder for a form field
-    restricted: bool = False  # a visitor of a shared server sets it only where the operator allows (see below)
     minimum: int = 1        # a whole-number value's least
+
+    @property
+    def restricted(self) -> bool:
+        """A visitor of a shared server sets it only where the operator allows (hosting.RESTRICTED_SLURM_OPTIONS)."""
+        return self.name in RESTRICTED_SLURM_OPTIONS
 
     @property
     def help(self) -> str:
@@ -213,18 +218,18 @@ SLURM_OPTIONS = {o.name: o for o in (
                 "or a whole number of minutes (at least 1)",
                 pattern=_TIME, sbatch="--time", example="4:00:00"),
     SlurmOption("account", (str,), "account to charge", "an account name (letters, digits, _ . -)",
-                pattern=_NAME, sbatch="--account", example="rad", restricted=True),
+                pattern=_NAME, sbatch="--account", example="rad"),
     SlurmOption("extra", (list, str), "more sbatch options",
                 "a list of items of one word each: --option=value with the option one of "
                 + ", ".join(f"--{o.name}" for o in EXTRA_OPTIONS.values() if o.pattern)
                 + ", or the flag " + " or ".join(f"--{o.name}" for o in EXTRA_OPTIONS.values() if o.flag_too
                                                  or not o.pattern),
-                restricted=True, example="--constraint=a100"),
+                example="--constraint=a100"),
     SlurmOption("conf", (str,), "the cluster's slurm.conf",
-                "an absolute path (default: $SLURM_CONF or Slurm's own default)", pattern=r"/[^\x00-\x1f\x7f]*",
-                restricted=True),
+                "an absolute path (default: $SLURM_CONF or Slurm's own default)", pattern=r"/[^\x00-\x1f\x7f]*"),
 )}
-RESTRICTED_SLURM_OPTIONS = tuple(n for n, o in SLURM_OPTIONS.items() if o.restricted)
+if not set(RESTRICTED_SLURM_OPTIONS) <= set(SLURM_OPTIONS):
+    raise RuntimeError(f"cxrcore.hosting restricts slurm options not declared here: {RESTRICTED_SLURM_OPTIONS}")
 
 
 def _refuse(key: str, value, why: str = "") -> ConfigError:
