@@ -12,10 +12,10 @@ from __future__ import annotations
 import threading
 
 import pytest
-from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
 from conftest import NIH_SAMPLE, REPO
+from test_hosting import run  # one AppTest run with the app listening on an address
 from cxrcore import hosting
 from cxrcore.errors import AccessError
 from cxrcore.jobs import JobStore, dispatch
@@ -192,18 +192,6 @@ def test_heavy_slot_anonymous_visitors_share_one_and_own_machine_has_none():
 
 
 # --------------------------------------------------------------------------- the Evaluation page
-
-def run(at: AppTest, address: str) -> AppTest:
-    """One AppTest run with the app listening on ``address`` (as test_hosting.run)."""
-    old = st_config.get_option("server.address")
-    st_config.set_option("server.address", address)
-    try:
-        at.run()
-    finally:
-        st_config.set_option("server.address", old)
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
 
 def evaluation_page() -> AppTest:
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)

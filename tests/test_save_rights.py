@@ -18,10 +18,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
 from conftest import REPO  # also puts the repository root on sys.path
+from test_hosting import run as run_page  # one AppTest run with the app listening on an address
 from cxrcore import hosting
 from cxrcore.checkpoint import read_card
 from cxrcore.eval.thresholds import (IN_PLACE, OWN_COPY, SHARED_COPY, own_copies_root, save_target,
@@ -201,17 +201,6 @@ def test_one_persons_own_machine_keeps_the_behaviour_from_before(ws):
 
 
 # --------------------------------------------------------------------------- the Thresholds page
-
-def run_page(at: AppTest, address: str) -> AppTest:
-    old = st_config.get_option("server.address")
-    st_config.set_option("server.address", address)
-    try:
-        at.run()
-    finally:
-        st_config.set_option("server.address", old)
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
 
 def thresholds_page(who: dict | None) -> AppTest:
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
