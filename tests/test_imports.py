@@ -1,9 +1,10 @@
 """No import cycles in ``cxrcore``.
 
-The graph: every module of the package (found with pkgutil) and the ``cxrcore`` modules it imports at
-module level (``import x`` / ``from x import y`` / relative ``from . import y``, also inside module-level
-``if`` / ``try`` blocks). Imports inside functions and methods are deliberate lazy imports (torch kept out
-of ``cxr jobs list``, optional libraries) and are not edges. ``from pkg import name`` is an edge to
+The graph: every module of the package (found with pkgutil) and the ``cxrcore`` modules it imports
+anywhere in its text (``import x`` / ``from x import y`` / relative ``from . import y``), at module level,
+inside ``if`` / ``try`` blocks, **and inside functions and methods**: a lazy import (torch kept out of
+``cxr jobs list``, an optional library) still makes the importing module depend on the imported one, so a
+cycle closed through a function is a cycle. ``from pkg import name`` is an edge to
 ``pkg.name`` when that is a module, else to ``pkg`` (so ``from .. import name`` defined in a package's
 ``__init__`` is an edge to that package). Importing a package runs its ``__init__``, so an edge to ``a.b.c``
 also stands for edges to ``a`` and ``a.b``, except to packages that hold the importing module (those run
@@ -19,7 +20,14 @@ import cxrcore
 
 # Cycles known to be in files this change does not own, each named by its modules; the test fails on any
 # other cycle, and on an entry here that no longer is a cycle (so the list only shrinks).
-KNOWN_CYCLES: dict[str, tuple[str, ...]] = {}
+KNOWN_CYCLES: dict[str, tuple[str, ...]] = {
+    "models": ("cxrcore.checkpoint", "cxrcore.models.clip", "cxrcore.models.library", "cxrcore.models.registry",
+               "cxrcore.models.two_network"),
+    "llm": ("cxrcore.explain.llm", "cxrcore.hosting"),
+    "jobs": ("cxrcore.jobs", "cxrcore.jobs.config", "cxrcore.jobs.dispatch", "cxrcore.jobs.local",
+             "cxrcore.jobs.logfiles", "cxrcore.jobs.slurm", "cxrcore.jobs.sweep", "cxrcore.train.trainer"),
+    "augment": ("cxrcore.train.augment", "cxrcore.train.config"),
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -31,17 +39,11 @@ def _modules() -> dict[str, Path]:
     return out
 
 
-def _module_level(body: list[ast.stmt]):
-    """Statements that run at import: the body, and the bodies of module-level if / try / with blocks."""
-    for node in body:
-        yield node
-        if isinstance(node, ast.If):
-            yield from _module_level(node.body + node.orelse)
-        elif isinstance(node, ast.Try):
-            yield from _module_level(node.body + node.orelse + node.finalbody
-                                     + [s for h in node.handlers for s in h.body])
-        elif isinstance(node, ast.With):
-            yield from _module_level(node.body)
+def _imports(tree: ast.Module):
+    """Every import statement of a module, wherever it stands (module level, blocks, function bodies)."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -51,7 +53,7 @@ def import_graph() -> dict[str, set[str]]:
         is_pkg = path.name == "__init__.py"
         package = name if is_pkg else name.rpartition(".")[0]
         tree = ast.parse(path.read_text(), str(path))
-        for node in _module_level(tree.body):
+        for node in _imports(tree):
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
