@@ -47,10 +47,10 @@ def plant_densenet(folder: Path, file: str = XRV_ALL, seed: int = 0):
 
 def plant_resnet(folder: Path, seed: int = 1):
     """xrv's ResNet file: the state dict of its torchvision ResNet-50 (1 input channel, 18 outputs)."""
-    from cxrcore.models.registry import _xrv_random
+    from cxrcore.models.xrv_family import random_module
 
     torch.manual_seed(seed)
-    net = _xrv_random("resnet50-res512-all")
+    net = random_module("resnet50-res512-all")
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(net.model.state_dict(), folder / XRV_RESNET)
     return net.model.eval()
@@ -183,7 +183,7 @@ def test_a_malicious_pickle_at_the_cache_path_is_refused_without_running(lib_env
 
 
 def test_safe_reader_gives_the_library_state_dict(lib_env):
-    from cxrcore.models.xrv_weights import read_state_dict
+    from cxrcore.models.xrv_family import read_state_dict
 
     ref = plant_densenet(lib_env["cache"])
     state = read_state_dict(lib_env["cache"] / XRV_ALL)

@@ -17,7 +17,7 @@ from torch import nn
 from cxrcore.checkpoint import Card, load_checkpoint, save_checkpoint
 from cxrcore.errors import ConfigError
 from cxrcore.explain.cam import forward_with_cams, gradcam_loop, scale_maps, supports_fast_cam, target_layer
-from cxrcore.models import registry
+from cxrcore.models import registry, weights, xrv_family
 from cxrcore.models.registry import (build_model, check_architecture, model_from_spec, preprocess_for,
                                      resolve_pretrained, spec_for)
 
@@ -31,11 +31,11 @@ def no_network(monkeypatch):
     """Every test runs offline: the reachability probe says no, and records that it was asked."""
     asked = []
 
-    def offline(url, timeout=registry.ONLINE_TIMEOUT_S):
+    def offline(url, timeout=weights.ONLINE_TIMEOUT_S):
         asked.append(url)
         return False
 
-    monkeypatch.setattr(registry, "_online", offline)
+    monkeypatch.setattr(weights, "online", offline)
     monkeypatch.setattr(torch.hub, "download_url_to_file",
                         lambda *a, **k: pytest.fail("torch.hub tried to download"))
     return asked
@@ -108,7 +108,7 @@ def test_timm_hub_missing_offline_names_file_and_folder(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------- xrv
 @pytest.fixture
 def xrv_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(registry.XRV_CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(xrv_family.XRV_CACHE_ENV, str(tmp_path))
     return tmp_path
 
 
@@ -148,7 +148,7 @@ def test_xrv_densenet_hub_loads_xrv_file_and_copies_shared_rows(xrv_cache, no_ne
 
 def test_xrv_resnet_hub_loads_and_rebuilds_with_the_same_keys(xrv_cache, no_network):
     torch.manual_seed(3)
-    shell = registry._xrv_random("resnet50-res512-all")
+    shell = xrv_family.random_module("resnet50-res512-all")
     torch.save(shell.model.state_dict(), xrv_cache / XRV_RESNET)  # xrv's ResNet file: a state dict
     model = build_model("xrv:resnet50-res512-all", 2, "hub", labels=["Mass", "Nodule"])
     assert no_network == []
@@ -165,7 +165,7 @@ def test_xrv_missing_offline_names_file_and_folder(xrv_cache):
         build_model("xrv:densenet121-res224-nih", 3, "auto")  # auto = hub for xrv names
     msg = str(err.value)
     assert "nih-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt" in msg
-    assert str(xrv_cache) in msg and registry.XRV_CACHE_ENV in msg
+    assert str(xrv_cache) in msg and xrv_family.XRV_CACHE_ENV in msg
 
 
 def test_xrv_random_init_only_when_asked():
@@ -306,7 +306,7 @@ def _plant_hub_files(tmp_path, monkeypatch) -> dict:
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv(registry.XRV_CACHE_ENV, str(tmp_path / "xrv"))
+    monkeypatch.setenv(xrv_family.XRV_CACHE_ENV, str(tmp_path / "xrv"))
     torch.manual_seed(11)
     ref_timm = timm.create_model("resnet18", pretrained=False)
     commit = "0123456789abcdef0123456789abcdef01234567"

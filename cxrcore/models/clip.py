@@ -40,11 +40,16 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 
+from . import names as names_
+from . import weights
+from .card import Card, save_checkpoint
 from .clip_names import EXTRA_ENV, LISTED, PREFIX, is_clip, slug  # noqa: F401 - names without torch, re-exported
+from .family import ModelFamily, register
+from .wrappers import HeadSwapReport, scale_maps
 
 __reexported__ = (is_clip, slug)  # clip.is_clip / clip.slug stay where callers look for them
 
-LIBRARY = "open_clip"
+LIBRARY = names_.OPEN_CLIP
 CACHE_ENV = "CXR_CLIP_CACHE_DIR"
 HF_ENV = "HF_HUB_CACHE (or HF_HOME)"
 SCORINGS = ("softmax", "minmax")
@@ -134,9 +139,7 @@ def listed_names() -> list[str]:
 
 # --------------------------------------------------------------------------- configuration
 def _hf_cache() -> Path:
-    from .registry import _hf_cache_dir
-
-    return _hf_cache_dir()
+    return weights.hf_cache_dir()
 
 
 def url_cache_dir() -> Path:
@@ -207,11 +210,9 @@ def _side(size) -> int:
 
 
 # ------------------------------------------------------------------------- weight location
-def weights_location(name: str):
-    """Where open_clip looks for the weights of ``name`` (a registry.WeightsLocation)."""
+def weights_location(name: str) -> weights.WeightsLocation:
+    """Where open_clip looks for the weights of ``name``."""
     import open_clip
-
-    from .registry import WeightsLocation
 
     schema, ident, tag = parts(name)
     if schema is None and not tag:
@@ -226,7 +227,7 @@ def weights_location(name: str):
 
             found = _find_checkpoint_in_dir(folder)
         file = Path(found).name if found else "open_clip_model.safetensors"
-        return WeightsLocation(LIBRARY, file, folder / file, folder, "", "(none: a local folder)", bool(found),
+        return weights.WeightsLocation(LIBRARY, file, folder / file, folder, "", "(none: a local folder)", bool(found),
                                note=" The folder also needs open_clip_config.json.")
     if schema == "hf-hub":
         repo, files = ident, list(HF_WEIGHTS)
@@ -234,15 +235,13 @@ def weights_location(name: str):
         cfg = open_clip.get_pretrained_cfg(ident, tag)
         if cfg.get("file"):
             p = Path(cfg["file"])
-            return WeightsLocation(LIBRARY, p.name, p, p.parent, "", "(none: a file named in open_clip's config)",
+            return weights.WeightsLocation(LIBRARY, p.name, p, p.parent, "", "(none: a file named in open_clip's config)",
                                    p.is_file())
         hub = cfg.get("hf_hub", "")
         if not hub:
-            from .registry import _url_file
-
             folder = url_cache_dir()
-            f = _url_file(cfg["url"])
-            return WeightsLocation(LIBRARY, f, folder / f, folder, cfg["url"],
+            f = weights.url_file(cfg["url"])
+            return weights.WeightsLocation(LIBRARY, f, folder / f, folder, cfg["url"],
                                    f"{CACHE_ENV} (cxrcore's; passed to open_clip as cache_dir; default ~/.cache/clip)",
                                    (folder / f).is_file())
         repo, filename = os.path.split(hub.rstrip("/") if hub.endswith("/") else hub)
@@ -256,8 +255,8 @@ def weights_location(name: str):
     for f in files:
         hit = _hf_cached(repo, f)
         if hit is not None:
-            return WeightsLocation(LIBRARY, f, hit, _hf_cache(), f"https://huggingface.co/{repo}", HF_ENV, True, repo)
-    return WeightsLocation(LIBRARY, files[-1], _hf_path(repo, files[-1]), _hf_cache(),
+            return weights.WeightsLocation(LIBRARY, f, hit, _hf_cache(), f"https://huggingface.co/{repo}", HF_ENV, True, repo)
+    return weights.WeightsLocation(LIBRARY, files[-1], _hf_path(repo, files[-1]), _hf_cache(),
                            f"https://huggingface.co/{repo}/resolve/main/{files[-1]}", HF_ENV, False, repo,
                            note=(f" ({' or '.join(files)}: open_clip takes the safetensors file first)"
                                  if len(files) > 1 else ""))
@@ -292,18 +291,15 @@ def fetch_weights(name: str) -> Path:
     host answers; LibraryWeightsMissing (a ConfigError) naming file, folder and variable otherwise."""
     import open_clip
 
-    from .library import LibraryWeightsMissing
-    from .registry import _online
-
     st = status(name)
     if st["cached"]:
         return Path(st["path"])
     schema, ident, tag = parts(name)
     if schema == "local-dir" or not st["url"]:
-        raise LibraryWeightsMissing(missing_message(st), st)
-    if not _online(st["url"]):
+        raise weights.LibraryWeightsMissing(missing_message(st), st)
+    if not weights.online(st["url"]):
         host = st["url"].split("/")[2]
-        raise LibraryWeightsMissing(missing_message(st, f" and {host} cannot be reached (offline?)"), st)
+        raise weights.LibraryWeightsMissing(missing_message(st, f" and {host} cannot be reached (offline?)"), st)
     try:
         if schema == "hf-hub":
             from open_clip.pretrained import download_pretrained_from_hf
@@ -315,48 +311,9 @@ def fetch_weights(name: str) -> Path:
             folder = _hf_cache() if cfg.get("hf_hub") else url_cache_dir()
             path = open_clip.download_pretrained(cfg, cache_dir=str(folder))
     except Exception as exc:  # noqa: BLE001 - network / disk errors of any kind
-        raise LibraryWeightsMissing(missing_message(st, f"; downloading it failed ({type(exc).__name__}: "
+        raise weights.LibraryWeightsMissing(missing_message(st, f"; downloading it failed ({type(exc).__name__}: "
                                                         f"{str(exc)[:200]})"), st) from exc
     return Path(path)
-
-
-def read_weights(path: Path, name: str = "") -> dict[str, torch.Tensor]:
-    """The tensors of an open_clip weight file, read safely: safetensors, or torch's weights_only unpickler
-    (open_clip's own ``load_state_dict`` semantics: a ``state_dict`` entry, a ``module.`` prefix)."""
-    import pickle
-
-    from .xrv_weights import exc_summary
-
-    path = Path(path)
-    what = f" for {name}" if name else ""
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            obj = load_file(str(path))
-        except (SafetensorError, OSError) as exc:
-            raise CheckpointError(f"Could not read {path}{what} ({exc}); it may be damaged or partial: delete it "
-                                  "and download it again.") from None
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise CheckpointError(
-                f"Refused to load {path}{what}: it needs code a plain weights file does not ({exc_summary(exc)}). "
-                "Nothing in it was run. The file is not an open_clip weight file (or has been tampered with): "
-                "delete it and download it again.") from None
-        except (OSError, RuntimeError, EOFError, ValueError, TypeError, AttributeError, KeyError) as exc:
-            raise CheckpointError(f"Could not read {path}{what} ({type(exc).__name__}: {str(exc)[:300]}); it may be "
-                                  "damaged or partial: delete it and download it again.") from None
-    if isinstance(obj, dict) and "state_dict" in obj:
-        obj = obj["state_dict"]
-    if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
-        raise CheckpointError(f"{path}{what} holds a {type(obj).__name__}, not an open_clip state dict; delete it and "
-                              "download it again.")
-    if next(iter(obj)).startswith("module."):
-        obj = {k[7:]: v for k, v in obj.items()}
-    return obj
 
 
 # ------------------------------------------------------------------------------- building
@@ -390,7 +347,7 @@ def load_pretrained(name: str) -> tuple[nn.Module, dict]:
     path = fetch_weights(name)
     cfg = open_clip_config(name)
     model = build_clip(name, cfg["model_cfg"])
-    state = read_weights(path, name)
+    state = weights.read_tensors(path, name, LIBRARY)
     try:
         state = convert_state_dict(model, state)
         if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
@@ -505,8 +462,6 @@ class CLIPClassifier(nn.Module):
         """Logits and the similarity map of each patch token (projected into the joint space) to each
         label's head row: for a zero-shot model, the text embedding of "present" minus "absent" (B, L, h, w),
         scaled to [0, 1] after a ReLU (regions that speak for the label)."""
-        from ..explain.cam import scale_maps
-
         if method not in self.extra_cam_methods:
             raise ValueError(f"Unknown CLIP heatmap method {method!r}.")
         with torch.no_grad():
@@ -553,8 +508,6 @@ def build(arch: str, num_labels: int, mode: str, kwargs: dict | None = None,
     m = cfg["model_cfg"]
     model = CLIPClassifier(name, clip_model.visual, int(m["embed_dim"]), num_labels, scoring)
     if labels is not None:
-        from .registry import HeadSwapReport
-
         w, used = zero_shot_weights(name, clip_model, labels, prompts)
         with torch.no_grad():
             model.head.weight.copy_(w)
@@ -645,7 +598,6 @@ def scoring_note(scoring: str) -> str:
 def card_for(name: str, labels: list[str] | None = None, scoring: str = "softmax", prompts: dict | None = None,
              source: dict | None = None, logit_scale: float | None = None):
     """The card of a zero-shot CLIP model (no weight file needed)."""
-    from ..checkpoint import Card
     from ..data.preprocess import Preprocess
 
     labels = list(labels or default_labels())
@@ -684,8 +636,6 @@ def card_for(name: str, labels: list[str] | None = None, scoring: str = "softmax
 def make_zero_shot(name: str, out: str | os.PathLike, labels: list[str] | None = None, scoring: str = "softmax",
                    templates: dict | None = None, source: dict | None = None) -> Path:
     """Write a zero-shot checkpoint (safetensors + card) of ``name`` for ``labels`` with ``templates``."""
-    from ..checkpoint import save_checkpoint
-
     name = clip_ref(name)
     if not has_weights(name):
         raise ConfigError(f"{name} has no pretrained tag: a zero-shot model needs pretrained weights.")
@@ -721,3 +671,54 @@ def describe(card) -> dict:
             out["prompts"] = (f"{len(zs['prompts'])} labels, e.g. {first[0]}: present {first[1]['present'][:2]} … / "
                               f"absent {first[1]['absent'][:2]} … (all on the card)")
     return out
+
+
+class ClipFamily(ModelFamily):
+    """CLIP image towers through open_clip (names: see the module docstring)."""
+
+    name = LIBRARY
+    prefixes = names_.PREFIXES[names_.OPEN_CLIP]
+    hint = "clip:<model>/<tag> for open_clip"
+    order = 3
+
+    def names(self) -> list[str]:
+        return [x[len(PREFIX):] for x in listed_names()]
+
+    def parse(self, arch: str, name: str) -> str:
+        return clip_ref(arch)[len(PREFIX):]
+
+    def auto_pretrained(self, arch: str) -> str:
+        return "hub" if has_weights(clip_ref(arch)) else "none"  # a name with a pretrained tag names pretrained weights
+
+    def weights_location(self, arch: str, name: str) -> weights.WeightsLocation:
+        return weights_location(PREFIX + name)
+
+    def build(self, arch: str, name: str, num_labels: int, mode: str, kwargs: dict,
+              labels: list[str] | None) -> nn.Module:
+        # image tower + linear head; with pretrained weights and labels: the zero-shot head
+        return build(PREFIX + name, num_labels, mode, kwargs, labels)
+
+    def spec(self, arch: str, pretrained: str, kwargs: dict) -> dict:
+        ref = clip_ref(arch)  # open_clip's image-tower config: rebuilt offline, whatever is registered
+        return {"library": self.name, "arch": ref, "kwargs": dict(kwargs), "pretrained": pretrained,
+                "open_clip": vision_spec(ref)}
+
+    def from_spec(self, spec: dict, num_labels: int) -> nn.Module:
+        return model_from_spec(spec, num_labels)
+
+    def facts(self, arch: str, name: str, out: dict) -> dict:
+        vs = vision_spec(PREFIX + name)  # a ViT's fixed patch grid: its own size only
+        out.update(input_size=vs["image_size"], fixed_size=True, mean=tuple(vs["mean"]), std=tuple(vs["std"]))
+        return out
+
+    def preprocess(self, arch: str, channels: int, facts) -> dict:
+        vs = vision_spec(clip_ref(arch))  # CLIP's own mean / sd (open_clip's preprocess config), 3 channels
+        return {"norm": "stats", "mean": tuple(vs["mean"]), "std": tuple(vs["std"]), "stats_from": "model"}
+
+    def check_size(self, arch: str, kwargs: dict, size: int, channels: int, facts) -> None:
+        side = facts()["input_size"]  # CLIP's positional embedding: its own size only
+        if int(size) != side:
+            raise ConfigError(f"{arch} takes {side} px images only (its patch grid is fixed); set the image size to {side}.")
+
+
+FAMILY = register(ClipFamily())

@@ -6,7 +6,8 @@ import hashlib
 import os
 import re
 
-PREFIX = "clip:"
+from .names import CLIP_PREFIX as PREFIX
+
 EXTRA_ENV = "CXR_CLIP_MODELS"     # more CLIP names for the model pickers, comma-separated
 # Listed in the model pickers ("needs weights" until their file is in the cache); canonical names (a test checks
 # each against open_clip's registry)

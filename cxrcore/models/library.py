@@ -9,7 +9,8 @@ short forms ``xrv:all``, ``xrv:nih`` … work too). No training is involved:
   the library's own URL into that folder with a progress bar when the host answers, otherwise a
   ConfigError names the file, the folder, the URL and the variable. Never a random model.
 * **Safe loading**: the file is read through torch's ``weights_only`` unpickler with an explicit
-  allowlist (:mod:`cxrcore.models.xrv_weights`), never with xrv's ``weights_only=False``.
+  allowlist (:mod:`cxrcore.models.weights`, :mod:`cxrcore.models.xrv_family`), never with xrv's
+  ``weights_only=False``.
 * **Labels**: the outputs the weight set was trained on, named as NIH / CheXpert name them
   (through the synonym table); outputs it was not trained on (``''`` in xrv's label list, or no
   operating threshold) are dropped from the head, so they are never shown as predictions.
@@ -28,23 +29,17 @@ import shutil
 from pathlib import Path
 
 from ..errors import CheckpointError, ConfigError
+from . import weights as weights_
+from .card import Card, file_sha256, read_folder_card, save_checkpoint, write_folder_card
+from .names import XRV_ALIASES as ALIASES
+from .names import XRV_NAMES as NAMES
+from .names import XRV_PREFIX as PREFIX
+from .names import XRV_WEIGHT_SETS as WEIGHT_SETS  # noqa: F401 - where callers found it
+from .weights import LibraryWeightsMissing  # noqa: F401 - where callers found it
 
-PREFIX = "xrv:"
-WEIGHT_SETS = ("all", "nih", "pc", "chex", "rsna", "mimic_nb", "mimic_ch")
-NAMES = tuple(f"{PREFIX}densenet121-res224-{w}" for w in WEIGHT_SETS) + (f"{PREFIX}resnet50-res512-all",)
-ALIASES = {**{f"{PREFIX}{w}": f"{PREFIX}densenet121-res224-{w}" for w in WEIGHT_SETS},
-           f"{PREFIX}resnet50": f"{PREFIX}resnet50-res512-all"}
 LICENCE_NOTE = ("torchxrayvision's code is Apache-2.0. The weights were trained on the datasets listed; each has its "
                 "own terms (e.g. CheXpert's and MIMIC-CXR's research-use agreements, PadChest's and VinDr-CXR's "
                 "licences): check them before any use beyond research. Not a medical device.")
-
-
-class LibraryWeightsMissing(ConfigError):
-    """A library model's weight file is not cached and cannot be downloaded now."""
-
-    def __init__(self, message: str, status: dict):
-        super().__init__(message)
-        self.status = status
 
 
 # ------------------------------------------------------------------------------------ names
@@ -109,8 +104,8 @@ def library_status(name: str) -> dict:
     {"name", "title", "library", "cached", "file", "folder", "path", "url", "env", "datasets"}
     """
     from . import clip
-    from .registry import XRV_CACHE_ENV, weights_location
-    from .xrv_weights import DATASETS
+    from .registry import weights_location
+    from .xrv_family import DATASETS, XRV_CACHE_ENV
 
     key = library_ref(name) or name
     if clip.is_clip(key):
@@ -146,9 +141,6 @@ def fetch_weights(name: str, progress=None) -> Path:
     LibraryWeightsMissing (a ConfigError) naming file, folder, URL and variable otherwise."""
     from urllib.parse import urlparse
 
-    from .registry import _online
-    from .xrv_weights import download, tqdm_progress
-
     from . import clip
 
     if clip.is_clip(name):
@@ -158,10 +150,10 @@ def fetch_weights(name: str, progress=None) -> Path:
     if status["cached"]:
         return path
     host = urlparse(status["url"]).hostname
-    if not _online(status["url"]):
+    if not weights_.online(status["url"]):
         raise LibraryWeightsMissing(missing_message(status, f" and {host} cannot be reached (offline?)"), status)
     try:
-        return download(status["url"], path, progress or tqdm_progress(f"downloading {status['file']}"))
+        return weights_.download(status["url"], path, progress or weights_.tqdm_progress(f"downloading {status['file']}"))
     except Exception as exc:  # noqa: BLE001 - network / disk errors of any kind
         raise LibraryWeightsMissing(missing_message(status, f"; downloading it failed ({type(exc).__name__}: "
                                                             f"{str(exc)[:200]})"), status) from exc
@@ -183,9 +175,9 @@ def trained_outputs(name: str) -> list[tuple[int, str, str, float | None]]:
     """(xrv output index, xrv name, our name, operating threshold) of the outputs the weight set was
     trained on: a name in xrv's list ('' = unused output) and, where xrv has operating points, a
     finite one (the ResNet lists all 18 names but has none for the two its datasets never label)."""
-    from .registry import _xrv_info
+    from .xrv_family import xrv_info
 
-    info = _xrv_info(_weights_name(name))
+    info = xrv_info(_weights_name(name))
     op = list(info.get("op_threshs") or [])
     out = []
     for i, x in enumerate(info["labels"]):
@@ -198,18 +190,16 @@ def trained_outputs(name: str) -> list[tuple[int, str, str, float | None]]:
 
 def library_card(name: str, source: dict | None = None):
     """The card of a library model, from the library's metadata (no weight file needed)."""
-    from ..checkpoint import Card
     from ..data.preprocess import Preprocess
-    from .registry import _xrv_info, spec_for
-    from .xrv_weights import library_version, trained_on
-
     from . import clip
+    from .registry import spec_for
+    from .xrv_family import library_version, trained_on, xrv_info
 
     name = library_ref(name) or name
     if clip.is_clip(name):
         return clip.card_for(name, source=source)
     weights = _weights_name(name)
-    info = _xrv_info(weights)
+    info = xrv_info(weights)
     outs = trained_outputs(name)
     size = int(info.get("input_resolution", 512 if weights.startswith("resnet") else 224))
     prep = Preprocess(size=size, fit="crop", norm="xrv", channels=1)
@@ -296,12 +286,10 @@ def card_stamp(ref) -> tuple:
 
 def _current(folder: Path, source: Path):
     """The card in ``folder`` when it was made from ``source`` as it is now, else None."""
-    from ..checkpoint import read_card
-
     if not ((folder / "card.json").is_file() and (folder / "weights.safetensors").is_file()):
         return None
     try:
-        card = read_card(folder)
+        card = read_folder_card(folder)
     except CheckpointError:
         return None
     lib = (card.training or {}).get("library") or {}
@@ -314,16 +302,14 @@ def _current(folder: Path, source: Path):
 def materialize(name: str, progress=None) -> Path:
     """The library model as an ordinary checkpoint folder in the workspace, made (once per version of
     the library's file) from that file, fetched first if needed (see :func:`fetch_weights`)."""
-    from ..checkpoint import file_sha256, save_checkpoint
     from .registry import build_model
-    from .xrv_weights import file_lock
 
     name = library_ref(name) or name
     source = fetch_weights(name, progress)
     folder = library_folder(name)
     if _current(folder, source) is not None:
         return folder
-    with file_lock(folder.with_name("." + folder.name + ".lock")):
+    with weights_.file_lock(folder.with_name("." + folder.name + ".lock")):
         if _current(folder, source) is not None:  # made by another session meanwhile
             return folder
         fp = _fingerprint(source)
@@ -359,7 +345,6 @@ def editable_copy(ref, progress=None) -> Path:
     """A copy of a library model in the workspace's ``checkpoints/`` (as for shipped models), where
     thresholds and temperatures are saved; made on first use, reused afterwards."""
     from .. import workspace
-    from ..checkpoint import read_card, write_card
 
     name = library_ref(ref)
     if name is None:
@@ -367,18 +352,16 @@ def editable_copy(ref, progress=None) -> Path:
     target = workspace.sub("checkpoints") / slug(name)
     if (target / "card.json").is_file() and (target / "weights.safetensors").is_file():
         return target
-    from .xrv_weights import file_lock
-
     folder = materialize(name, progress)
-    with file_lock(target.with_name("." + target.name + ".lock")):  # two sessions saving at once: one copy
+    with weights_.file_lock(target.with_name("." + target.name + ".lock")):  # two sessions saving at once: one copy
         if (target / "card.json").is_file() and (target / "weights.safetensors").is_file():
             return target
         tmp = target.with_name(target.name + ".copy")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(folder, tmp)
-        card = read_card(tmp)
+        card = read_folder_card(tmp)
         card.name = f"{name} (your thresholds)"
-        write_card(tmp, card)
+        write_folder_card(tmp, card)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

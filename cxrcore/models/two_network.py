@@ -11,51 +11,20 @@ weights are the two networks' weights under ``disease.`` and ``gate.``, its spec
 and its outputs are the disease network's followed by the gate's, so everything downstream
 (:func:`cxrcore.models.heads.combine`, thresholds, the Thresholds page's gate slider, evaluation)
 treats it exactly like the one-network two-stage model. Heatmaps come from the network that made the
-label's output (:mod:`cxrcore.explain.cam` asks :meth:`TwoNetwork.cam_members`).
+label's output (:mod:`cxrcore.explain.cam` asks :meth:`TwoNetwork.cam_members`). The model itself is
+the two-network family's (:mod:`cxrcore.models.two_network_family`); combining checkpoints reads
+them, so this module sits above :mod:`cxrcore.checkpoint`.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import torch
-from torch import nn
-
+from ..checkpoint import Card, load_checkpoint, resolve_folder, save_checkpoint
 from ..errors import CheckpointError
-
-ARCH = "two_network"
-
-
-class TwoNetwork(nn.Module):
-    """``forward(x) = concat(disease(x), gate(x))``: two networks reading the same preprocessed image."""
-
-    def __init__(self, disease: nn.Module, gate: nn.Module):
-        super().__init__()
-        self.disease = disease
-        self.gate = gate
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.disease(x), self.gate(x)], dim=1)
-
-    def cam_members(self) -> list[nn.Module]:
-        """The networks in output order; each gives the heatmaps of its own outputs."""
-        return [self.disease, self.gate]
-
-
-def is_two_network(spec: dict | None) -> bool:
-    return str((spec or {}).get("arch", "")) == ARCH
-
-
-def build(spec: dict, num_labels: int) -> TwoNetwork:
-    """The combined model with random weights (they come from the checkpoint)."""
-    from .registry import model_from_spec
-
-    n_disease = int(spec.get("disease_labels", num_labels - 1))
-    if n_disease + 1 != num_labels or "disease" not in spec or "gate" not in spec:
-        raise CheckpointError(f"The two-network card is inconsistent: {num_labels} labels, "
-                              f"{n_disease} disease outputs plus one gate expected.")
-    return TwoNetwork(model_from_spec(spec["disease"], n_disease), model_from_spec(spec["gate"], 1))
-
+from ..labels import canonical
+from .heads import GATE_MODES, two_stage
+from .two_network_family import ARCH, TwoNetwork, build, is_two_network
 
 _PREP_KEYS = ("size", "fit", "channels", "norm", "mean", "std")
 
@@ -73,10 +42,6 @@ def combine_checkpoints(disease: str | os.PathLike, gate: str | os.PathLike, out
     preprocesses once. A disease model that is itself two-stage, or a gate with more than one label,
     is refused with a message. Returns the combined card.
     """
-    from ..checkpoint import Card, load_checkpoint, save_checkpoint
-    from ..labels import canonical
-    from .heads import GATE_MODES, two_stage
-
     if mode not in GATE_MODES:
         raise CheckpointError(f"The gate mode is one of {', '.join(GATE_MODES)}, not {mode!r}.")
     d_card, d_state = load_checkpoint(disease)
@@ -112,9 +77,7 @@ def combine_checkpoints(disease: str | os.PathLike, gate: str | os.PathLike, out
                    f"{g_card.trained_on.get('summary', '?')}"}
     data = dict(d_card.data)
     if data.get("splits_file"):  # relative to the disease checkpoint's folder: made absolute for the new place
-        from ..checkpoint import _resolve
-
-        data["splits_file"] = str((_resolve(Path(disease)) / data["splits_file"]).resolve())
+        data["splits_file"] = str((resolve_folder(Path(disease)) / data["splits_file"]).resolve())
     card = Card(labels=labels, model=spec, preprocess=dict(d_card.preprocess), thresholds=thresholds,
                 metrics={}, training={"config": d_card.training.get("config"),
                                       "two_network": {"disease": member(d_card, disease), "gate": member(g_card, gate)}},

@@ -11,13 +11,21 @@ interface timm models offer::
 
 A wrapper keeps the library's own module as ``self.net``: its state-dict keys are the library's
 keys under ``net.``, and the library's constructors and loaders build and fill it. The wrappers
-add no parameters or buffers of their own.
+add no parameters or buffers of their own. :func:`swap_head` gives any model with this interface a
+head for other labels, keeping the rows of shared labels; :func:`scale_maps` is how heatmaps are scaled
+(Grad-CAM's and the models' own, e.g. CLIP's patch-text similarity).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..errors import ConfigError
+from ..labels import canonical
 
 # torchvision / xrv module families the wrapper knows how to split into features + head
 FAMILIES = ("resnet", "regnet", "densenet", "convnet", "vit")
@@ -194,3 +202,52 @@ class XRVWrapper(TimmLikeWrapper):
         self.xrv_labels = list(xrv_labels)
         self.xrv_op_threshs = dict(op_threshs or {})
         self.head_swap_report = None
+
+
+@dataclass
+class HeadSwapReport:
+    copied: dict[str, str] = field(default_factory=dict)  # new label -> old label whose row was copied
+    new: list[str] = field(default_factory=list)          # new labels with fresh rows
+    dropped: list[str] = field(default_factory=list)      # old labels with no place in the new head
+
+    def to_dict(self) -> dict:
+        return {"copied": self.copied, "new": self.new, "dropped": self.dropped}
+
+    def summary(self) -> str:
+        pairs = ", ".join(f"{o} -> {n}" if o != n else n for n, o in self.copied.items())
+        return (f"head swap: copied {len(self.copied)} rows ({pairs}); "
+                f"new {len(self.new)} ({', '.join(self.new) or '-'}); dropped {len(self.dropped)}")
+
+
+def swap_head(model: nn.Module, old_labels: list[str], new_labels: list[str]) -> HeadSwapReport:
+    """Give ``model`` a head for ``new_labels``, copying rows of labels shared with ``old_labels``."""
+    old = model.get_classifier()
+    if not isinstance(old, nn.Linear):
+        raise ConfigError(f"Head swap needs a linear classifier; {type(model).__name__} has {type(old).__name__}.")
+    w, b = old.weight.detach().clone(), (old.bias.detach().clone() if old.bias is not None else None)
+    model.reset_classifier(len(new_labels))
+    head = model.get_classifier()
+    report = HeadSwapReport()
+    old_by_key = {canonical(x): i for i, x in enumerate(old_labels)}
+    used = set()
+    with torch.no_grad():
+        for j, name in enumerate(new_labels):
+            i = old_by_key.get(canonical(name))
+            if i is None:
+                report.new.append(name)
+                continue
+            head.weight[j] = w[i]
+            if b is not None and head.bias is not None:
+                head.bias[j] = b[i]
+            report.copied[name] = old_labels[i]
+            used.add(i)
+    report.dropped = [x for i, x in enumerate(old_labels) if i not in used]
+    return report
+
+
+def scale_maps(maps: np.ndarray) -> np.ndarray:
+    """ReLU, then min-max per map to [0, 1] (pytorch-grad-cam's scale_cam_image, without resizing)."""
+    maps = np.maximum(maps, 0)
+    lo = maps.min(axis=(-2, -1), keepdims=True)
+    maps = maps - lo
+    return maps / (1e-7 + maps.max(axis=(-2, -1), keepdims=True))
