@@ -307,3 +307,35 @@ def test_cancelled_slurm_job_resumes_to_completion(ws, phantom, cluster):
     kinds = [e["type"] for e in events(done)]
     assert kinds.count("resume") == 1 and kinds[-1] == "done"
     assert [e["epoch"] for e in events(done) if e["type"] == "epoch"][-1] == 3
+
+
+def test_slurm_job_sigterm_from_outside_is_cancelled_saying_so(ws, phantom, cluster, tmp_path, monkeypatch):
+    """`scancel --batch --signal=TERM` from outside cxr while the job holds at its first epoch's end (the
+    CXR_TRAIN_HOLD file, exported to the job by sbatch): the runner stops the training at the next step and
+    records the job cancelled with the signal named and its checkpoint kept, as a local job would."""
+    from cxrcore.train.trainer import HOLD_ENV
+
+    hold = tmp_path / "hold"
+    hold.write_text("hold\n")
+    monkeypatch.setenv(HOLD_ENV, str(hold))
+    store = JobStore()
+    job = slurm.submit(phantom_job_config(phantom, epochs=3), name="signalled", store=store,
+                       cluster=str(cluster.conf))
+
+    def held():
+        j = refresh(job, store)
+        assert not j.ended, f"job ended before the hold ({j.status}: {j.error}); log:\n{tail_log(j, 40)}"
+        return any(e.get("type") == "hold" for e in events(j))
+    wait_for(held, what="the Slurm job to hold at its first epoch's end")
+    cluster.cmd("scancel", "--batch", "--signal=TERM", job.backend_id)
+    wait_for(lambda: "received SIGTERM" in tail_log(job, 20), deadline_s=30, what="the runner to get the signal")
+    hold.unlink()
+
+    def ended():
+        j = refresh(job, store)
+        return j if j.ended else None
+    done = wait_for(ended, what="the Slurm job to end")
+    assert done.status == "cancelled", (done.error, tail_log(done, 40))
+    assert "received SIGTERM" in done.error and "was kept" in done.error
+    assert (Path(done.run_dir) / "checkpoint" / "card.json").exists()
+    assert [e["ended"] for e in events(done) if e["type"] == "done"] == ["stopped"]

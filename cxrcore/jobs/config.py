@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from ..errors import ConfigError
 from ..hosting import RESTRICTED_SLURM_OPTIONS  # who may set which: the operator's policy
@@ -34,7 +33,8 @@ def check_config(config: dict, settings=None, user=None) -> dict:
     """
     from .. import hosting
 
-    from ..train.trainer import TrainConfig  # imports torch
+    from ..train.checks import check_training, check_types
+    from ..train.config import TrainConfig
 
     if not isinstance(config, dict):
         raise ConfigError(f"A training config is a dict of options, not {type(config).__name__}.")
@@ -50,86 +50,16 @@ def check_config(config: dict, settings=None, user=None) -> dict:
         cfg = TrainConfig.from_dict(dict(config))
     except TypeError as exc:
         raise ConfigError(f"Invalid training options: {exc}.") from exc
-    _check_types(cfg)
+    check_types(cfg)
     _check_placement(cfg)
     _check_resources(lambda name: getattr(cfg, name), hosting.limits(settings, user))  # a visitor's job: ceilings
-    try:
-        cfg.validate()
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"Invalid training option value: {exc}.") from exc
-
-    from ..data.readers import detect_format
-
-    data = Path(cfg.data).expanduser().resolve()
-    detect_format(data)  # DataError: missing folder, a file, or no label table
-    cfg.data = str(data)
-    from ..data.readers import read_dataset
-    from ..errors import DataError
-    from ..labels import resolve_label_space
-
-    # The label table (not the images): a label space the data does not have is refused now, not mid-run.
-    table = read_dataset(data, check_files=False)
-    wanted = resolve_label_space(cfg.labels)
-    if not table.shared_labels(wanted):
-        raise DataError(f"The dataset at {data} has none of the labels {', '.join(wanted)}; its labels are "
-                        f"{', '.join(table.labels)}. Choose a label space it has (e.g. nih14 for NIH, chexpert14 "
-                        "for CheXpert) or list its labels.")
-    if cfg.box_loss > 0 and (table.boxes is None or not len(table.boxes)):
-        raise DataError(f"Box supervision (box_loss {cfg.box_loss:g}) needs ground-truth boxes, and the dataset at "
-                        f"{data} has none (NIH: BBox_List_2017*.csv beside the label table; the CheXpert phantom: "
-                        "phantom_boxes.csv). Set box_loss to 0.")
-    if cfg.init:
-        from ..checkpoint import read_card
-
-        from ..models.library import library_ref
-
-        name = library_ref(cfg.init)  # a library model (xrv:...) stays a name, not a path
-        init = name or str(Path(cfg.init).expanduser().resolve())
-        read_card(init)  # CheckpointError when it is not a checkpoint (or a known library model)
-        cfg.init = init
-    else:
-        from ..data.preprocess import Preprocess
-
-        Preprocess(size=cfg.image_size, fit=cfg.fit)  # ConfigError: fit, image size out of range
-        from ..models.registry import check_architecture
-
-        if not isinstance(cfg.arch, str):
-            raise ConfigError(f"arch must be a timm architecture name, not {cfg.arch!r}.")
-        from ..train.trainer import timm_channels
-
-        channels = timm_channels(cfg)
-        # unknown name, options it refuses, and an image size it cannot take (run on the meta device)
-        check_architecture(cfg.arch, cfg.pretrained, {**cfg.arch_kwargs, **({"in_chans": 1} if channels == 1 else {})},
-                           size=cfg.image_size, channels=channels)
+    cfg = check_training(cfg)  # what train() itself checks: options, data, init, model and image size
     out = asdict(cfg)
     try:
         json.dumps(out)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"The training config must be plain JSON values: {exc}.") from exc
     return out
-
-
-_TYPE_NAMES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list,),
-               "dict": (dict,), "None": (type(None),)}
-
-
-def _check_types(cfg) -> None:
-    """Option values of the declared types (validate() would let epochs="3" through to fail mid-run)."""
-    from dataclasses import fields
-
-    for f in fields(cfg):
-        ann = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-        names = [t.strip() for t in ann.split("|")]
-        if not names or any(n not in _TYPE_NAMES for n in names):
-            continue  # a type this check does not know: leave it to validate()
-        value = getattr(cfg, f.name)
-        allowed = tuple(t for n in names for t in _TYPE_NAMES[n])
-        if isinstance(value, bool) and bool not in allowed:
-            ok = False  # True is an int to Python, not to a training option
-        else:
-            ok = isinstance(value, allowed)
-        if not ok:
-            raise ConfigError(f"Training option {f.name} must be {' or '.join(names)}, not {value!r}.")
 
 
 # --------------------------------------------------------------------------- slurm options
@@ -327,7 +257,7 @@ def check_slurm_rights(config, user=None, settings=None, cluster: str | None = N
 
 
 def _check_placement(cfg) -> None:
-    """gpus, share_gpus, nproc, nodes and the slurm options (types were checked by _check_types)."""
+    """gpus, share_gpus, nproc, nodes and the slurm options (types were checked by check_types)."""
     if cfg.gpus < 0:
         raise ConfigError(f"gpus must be 0 (CPU) or more, not {cfg.gpus}.")
     if cfg.nproc < 1:
@@ -369,7 +299,7 @@ def _check_resources(value_of, limits) -> None:
             continue
         values = [value_of(name) for name in c.options]
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            continue  # _check_types refuses it
+            continue  # check_types refuses it
         what = " x ".join(c.options)
         shown = f" ({' x '.join(map(str, values))})" if len(values) > 1 else ""
         cap = limits.get(c.name)

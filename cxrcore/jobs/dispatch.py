@@ -27,8 +27,10 @@ from .local import BACKEND as LOCAL
 from .local import start_queued
 from .slurm import BACKEND as SLURM
 from .store import ACTIVE, CapReached, Job, JobStore
+from .store import BACKENDS as BACKEND_NAMES  # the declaration of the backends' names
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (LOCAL, SLURM)}
+# The implementation of each declared backend, in the declared order (KeyError at import for one without).
+BACKENDS: dict[str, Backend] = {name: {b.name: b for b in (LOCAL, SLURM)}[name] for name in BACKEND_NAMES}
 
 
 def backend_for(job_or_name: Job | str) -> Backend:

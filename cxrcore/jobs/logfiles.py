@@ -51,7 +51,7 @@ def write_config(folder: Path, config: dict) -> None:
 
 def events(job: Job) -> list[dict]:
     """The job's training events (``events.jsonl``), oldest first."""
-    from ..train.trainer import read_events  # imports torch: only when events are read
+    from ..train.events import read_events  # no torch
 
     return read_events(Path(job.run_dir) / EVENTS_NAME)
 

@@ -2,10 +2,13 @@
 
 Started detached by the local backend (:mod:`cxrcore.jobs.local`; its own session, stdout/stderr
 to ``run_dir/log.txt``) or by a Slurm batch script (:mod:`cxrcore.jobs.slurm`). It marks the job
-running, trains, and marks the end itself: ``succeeded``, ``cancelled`` (after SIGTERM: training stops at the next step, the best checkpoint so far is
-kept) or ``failed`` (with the error message; the full traceback goes to the log). If it is
-killed outright (SIGKILL, out of memory) the row still says running; ``cxrcore.jobs.refresh`` notices
-the missing process and marks the job failed.
+running, trains, and marks the end itself from how the run ended (:func:`final_state`), the same on every
+backend: ``succeeded`` (every epoch run; or stopped early by early stopping or the sweep's pruner, which the
+row's ``note`` says), ``cancelled`` (a stop request reached the training: SIGTERM to the runner, to a
+data-parallel rank or to torchrun, the STOP file; training stops at the next step and the best checkpoint so
+far is kept; ``error`` says so) or ``failed`` (with the error message; the full traceback goes to the log).
+If it is killed outright (SIGKILL, out of memory) the row still says running; ``cxrcore.jobs.refresh``
+notices the missing process and marks the job failed.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from ..errors import CXRError, JobError
 from ..train.progress import Cancelled, ProgressPrinter
 from ..train.progress import clock as _clock
 from .local import start_queued
-from .logfiles import LOG_NAME
+from .logfiles import EVENTS_NAME, LOG_NAME
 from .store import JobStore
 
 EXIT_FAILED = 1
@@ -88,22 +91,28 @@ def _last_traceback_line(exc: BaseException) -> str:
 
 
 def _run_training(cfg, run_dir: Path, stop: "_Stop", job_id: str):
-    """Train in this process, or data-parallel through torchrun when the job asks for several processes.
+    """Train in this process, or data-parallel through torchrun when the job asks for several processes;
+    returns the checkpoint card. A sweep trial reports each epoch to its study (:func:`.sweep.trial_reporter`).
 
-    Resumes from ``run_dir/last`` when a complete epoch was saved there (a resumed or requeued job).
+    Resumes from ``run_dir/last`` when a complete epoch was saved there (a resumed or requeued job). Raises
+    Cancelled when a stop request ended the run before it saved a checkpoint.
     """
     from ..checkpoint import read_card
+    from ..train.events import read_events, stopped_since
     from ..train.state import state_path
     from ..train.trainer import train
     from ..train.worker import STOP_FILE, launch_command
+    from .sweep import trial_reporter
 
     resume = state_path(run_dir) is not None
     if resume:
         print(f"[{_clock()}] resuming from the last complete epoch in {run_dir / 'last'}", flush=True)
     if int(cfg.nproc) <= 1 and int(cfg.nodes) <= 1:
-        return train(cfg, run_dir, progress=ProgressPrinter(stop), should_stop=stop, resume=resume)
+        return train(cfg, run_dir, progress=ProgressPrinter(stop), should_stop=stop, resume=resume,
+                     report=trial_reporter(cfg))
     (run_dir / STOP_FILE).unlink(missing_ok=True)
-    argv = launch_command(cfg, run_dir, resume=resume, job_id=job_id)
+    seen = len(read_events(run_dir / EVENTS_NAME))  # this attempt's events come after these
+    argv = launch_command(cfg, run_dir, resume=resume, job_id=job_id, module="cxrcore.jobs.rank")
     print(f"[{_clock()}] data-parallel: {' '.join(argv)}", flush=True)
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, cwd=str(run_dir))
     stop_written = False
@@ -114,11 +123,48 @@ def _run_training(cfg, run_dir: Path, stop: "_Stop", job_id: str):
         time.sleep(0.5)
     (run_dir / STOP_FILE).unlink(missing_ok=True)
     if proc.returncode != 0:
-        if stop():
+        events = read_events(run_dir / EVENTS_NAME)[seen:]
+        if stop() or stopped_since(events):
+            # Stopped from inside (the runner's SIGTERM) or outside (SIGTERM to torchrun or to a rank): a run
+            # that got to write its end kept its best checkpoint; else nothing was kept.
+            if any(e.get("type") == "done" for e in events):
+                print(f"[{_clock()}] the data-parallel processes were stopped (exit code {proc.returncode}) after "
+                      "saving the run's end", flush=True)
+                return read_card(run_dir / "checkpoint")
             raise Cancelled(f"the data-parallel processes stopped (exit code {proc.returncode})")
         raise JobError(f"The data-parallel training failed (torchrun exit code {proc.returncode}); "
                        "the log above has each rank's error.")
     return read_card(run_dir / "checkpoint")
+
+
+def final_state(card, signalled: int | None = None) -> tuple[str, dict]:
+    """(status, row fields) of a job whose training returned ``card``, from how the run ended
+    (:func:`cxrcore.train.events.ending_of`), whatever asked it to stop: ``cancelled`` with an ``error``
+    saying so when a stop request ended it (``signalled``: the signal the runner itself received, if any),
+    else ``succeeded``, with a ``note`` when early stopping or the sweep's pruner ended it before its last
+    epoch."""
+    from ..train.events import ending_of
+
+    training = card.training or {}
+    ended = ending_of(training)
+    best = training.get("best_epoch") or (card.metrics.get("val") or {}).get("epoch")
+    if ended == "stopped":
+        how = (f"the runner received {signal.Signals(signalled).name}" if signalled
+               else "a stop request reached the training processes (SIGTERM to a rank or to torchrun, or the "
+                    "STOP file)")
+        return "cancelled", {"exit_code": EXIT_CANCELLED,
+                             "error": f"Cancelled before its last epoch: {how}. The best checkpoint so far "
+                                      f"(epoch {best}, {training.get('epochs_run')} epoch(s) run) was kept."}
+    note = None
+    if ended == "pruned":
+        note = f"Stopped early: {training.get('pruned') or 'pruned by the sweep'}."
+    elif ended == "early_stopping":
+        monitor = (card.metrics.get("val") or {}).get("monitor")
+        watched = "validation loss" if monitor == "loss" else "validation mean AUROC"
+        patience = (training.get("config") or {}).get("early_stopping")
+        note = (f"Stopped early (early stopping): no better {watched} in {patience} validation(s) after epoch "
+                f"{best}; {training.get('epochs_run')} epoch(s) run.")
+    return "succeeded", {"exit_code": 0, "error": None, "note": note}
 
 
 def run_job(job_id: str, db: str | os.PathLike | None = None) -> int:
@@ -166,13 +212,14 @@ def run_job(job_id: str, db: str | os.PathLike | None = None) -> int:
 
     best = card.metrics.get("val", {})
     summary = f"best epoch {best.get('epoch')}, val mean AUROC {best.get('mean_auroc')}"
-    if stop() and card.training.get("stopped_early", True):
+    status, fields = final_state(card, stop.signal)
+    if status == "cancelled":
         print(f"[{_clock()}] cancelled after {time.time() - t0:.0f}s; kept the checkpoint ({summary})", flush=True)
-        store.mark(job.id, "cancelled", exit_code=EXIT_CANCELLED)
-        return EXIT_CANCELLED
-    print(f"[{_clock()}] succeeded in {time.time() - t0:.0f}s ({summary})", flush=True)
-    store.mark(job.id, "succeeded", exit_code=0, error=None)
-    return 0
+    else:
+        print(f"[{_clock()}] succeeded in {time.time() - t0:.0f}s ({summary})"
+              + (f"; {fields['note']}" if fields.get("note") else ""), flush=True)
+    store.mark(job.id, status, **fields)
+    return fields["exit_code"]
 
 
 def _start_waiting_jobs(store: JobStore, job_id: str) -> None:

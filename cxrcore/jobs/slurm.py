@@ -299,7 +299,9 @@ class SlurmBackend:
             message = _said(out) or f"sbatch exited with {out.returncode}"
             store.mark(job.id, "failed", error=f"sbatch refused the job: {message}")
             raise JobError(f"sbatch refused job {job.id}: {message}")
-        return store.update(job.id, backend_id=slurm_id, note="submitted to Slurm")
+        store.update(job.id, backend_id=slurm_id)
+        store.update_active(job.id, note="submitted to Slurm")  # not onto a row its runner has already ended
+        return store.get(job.id)
 
     def resume(self, job: Job, store: JobStore) -> Job:
         """Submit a cancelled or failed Slurm job's script again (written anew from the job's config, so an
@@ -336,9 +338,7 @@ class SlurmBackend:
         the row is left as it is (its note says so).
         """
         if job.ended:
-            if job.note:  # "Slurm: RUNNING" from before the runner reported; the error says how it ended
-                job = store.update(job.id, note=None)
-            return job
+            return job  # its note, if any, is the runner's word on its end (e.g. stopped early)
         if not job.backend_id:
             # Row created, sbatch not answered yet (or the submitting process died in between).
             if time.time() - job.created > 120:

@@ -26,6 +26,8 @@ from ..errors import JobError
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running")
 ENDED = ("succeeded", "failed", "cancelled")
+# The job backends, declared once: the job table, dispatch (their implementations), the CLI's --backend
+# and the Training page read them.
 BACKENDS = ("local", "slurm")
 
 _SCHEMA = """
@@ -72,7 +74,8 @@ class Job:
     exit_code: int | None = None
     backend_id: str | None = None     # the backend's own id (Slurm job id); None for local jobs
     gpu_ids: list | None = None       # local: GPU indices given to the job (CUDA_VISIBLE_DEVICES); None until placed
-    note: str | None = None           # what a queued job waits for ("waiting for 1 GPU(s)", Slurm's reason)
+    note: str | None = None           # what a queued job waits for ("waiting for 1 GPU(s)", Slurm's reason); an
+    #                                   ended one: how it ended when its status does not say (stopped early)
     owner: str | None = None          # who launched it (cxrcore.hosting.User.id); None: before owners were recorded
 
     @property
@@ -400,7 +403,9 @@ def _status_fields(status: str, fields_: dict) -> dict:
         out.setdefault("started", time.time())
     elif status in ENDED:
         out.setdefault("finished", time.time())
-        out.setdefault("note", None)  # notes describe a live job ("Slurm: RUNNING", "waiting for GPUs")
+        # notes describe a live job ("Slurm: RUNNING", "waiting for GPUs"); an ended job's, only what its
+        # runner says of its end when the status alone does not ("Stopped early: ...", jobs.runner.final_state)
+        out.setdefault("note", None)
     return out
 
 

@@ -5,7 +5,7 @@ database); its specification (base config, search space, sampler, trials, trials
 pruning) is a user attribute of the study. Each trial is an ordinary job (local or Slurm, GPUs honoured,
 cancellable and resumable) whose config carries ``sweep`` = where its trial lives; the trial's job
 reports each epoch's validation metric to the study and stops early when Optuna's median pruner says so
-(:func:`report`, called by the trainer), saying why.
+(:func:`report`, which the job runner hands to the trainer through :func:`trial_reporter`), saying why.
 
 Nothing runs in the background for a sweep: :func:`advance` looks at the trials' jobs, tells the study
 the results of ended ones, and starts new trials until ``parallel`` run at once and ``n_trials`` exist.
@@ -39,10 +39,12 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 from .. import hosting
 from ..errors import AccessError, ConfigError, CXRError, JobError
-from .store import CapReached, Job, JobStore
+from ..train.config import opt  # the declaration helper of options (no torch)
+from .store import BACKENDS, CapReached, Job, JobStore
 
 SAMPLERS = ("grid", "random", "tpe")
 METRICS = {"auroc": "maximize", "loss": "minimize"}
@@ -77,19 +79,49 @@ class Param:
         return f"{self.low:g} .. {self.high:g}" + (" log" if self.log else "")
 
 
+def spec_field(default, label: str, help: str, flag: str, key: str, flag_help: str = "", **kw):
+    """A :class:`SweepSpec` option: its :class:`~cxrcore.train.config.Option` (type, default, bounds, choices,
+    label, help; group ``sweep``), its ``cxr sweep start`` flag (``--no-x`` for a bool whose flag turns it off,
+    with ``flag_help``) and the Training page's widget key (``sweep_<key>``)."""
+    meta = dict(opt(default, label, help, "sweep", **kw).metadata)
+    return field(default=default, metadata={**meta, "flag": flag, "key": key, "flag_help": flag_help or help})
+
+
 @dataclass
 class SweepSpec:
+    """A sweep, declared once: the fields made with :func:`spec_field` are its options, from which the
+    ``cxr sweep start`` flags, the Training page's sweep widgets and :meth:`validate` derive."""
+
     name: str
     base: dict                                  # the training config every trial starts from
     space: dict[str, Param]
-    sampler: str = "tpe"
-    n_trials: int = 8
-    parallel: int = 2
-    metric: str = "auroc"                       # auroc (maximise) | loss (minimise)
-    prune: bool = True                          # Optuna's MedianPruner on the per-epoch validation metric
-    prune_after: int = 2                        # completed trials before any pruning
-    seed: int = 0
-    backend: str = "local"
+    sampler: str = spec_field("tpe", "Sampler", "how trials are chosen: grid (every combination of listed values), "
+                              "random, or tpe (Optuna's TPE sampler, default); --sampler is the training option "
+                              "(shuffle / weighted)", "--search", "sampler", choices=SAMPLERS,
+                              choice_labels=(("tpe", "TPE (Optuna)"),))
+    n_trials: int = spec_field(8, "Trials", "how many trials (a grid stops at its size)", "--trials", "trials",
+                               min=1, max=500)
+    parallel: int = spec_field(2, "At once", "how many trials run at once", "--parallel", "parallel", min=1, max=64)
+    metric: str = spec_field("auroc", "Judged on", "what a trial is judged on: best validation mean AUROC, or "
+                             "validation loss", "--metric", "metric", choices=tuple(METRICS),
+                             choice_labels=(("auroc", "val mean AUROC"), ("loss", "val loss")))
+    prune: bool = spec_field(True, "Prune", "Stop an unpromising trial early: Optuna's median pruner on each "
+                             "epoch's validation metric, after the first completed trials (below).", "--no-prune",
+                             "prune", flag_help="never stop a trial early (default: Optuna's median pruner on each "
+                             "epoch's validation metric)")
+    prune_after: int = spec_field(2, "…after completed trials", "completed trials before any trial is pruned",
+                                  "--prune-after", "prune_after", min=0, max=100)
+    seed: int = 0                               # the training config's seed (`cxr sweep start --seed`)
+    backend: str = "local"                      # one of store.BACKENDS: where the trials run (the job's backend)
+
+    def validate(self) -> None:
+        """ConfigError when an option breaks its declaration (choices, bounds) or the backend is unknown."""
+        from ..train.config import check_option
+
+        for o, _ in spec_options(type(self)):
+            check_option(o, getattr(self, o.name))
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"Sweep backend is one of {', '.join(BACKENDS)}, not {self.backend!r}.")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -105,6 +137,18 @@ class SweepSpec:
     @property
     def direction(self) -> str:
         return METRICS[self.metric]
+
+
+def spec_options(cls: type | None = None) -> list[tuple]:
+    """``(Option, field metadata)`` of every declared option of :class:`SweepSpec` (or ``cls``), in declaration
+    order; the metadata carries ``flag``, ``key`` and ``flag_help``. Reads ``SweepSpec`` when called."""
+    from dataclasses import fields
+
+    from ..train.config import options
+
+    cls = cls or SweepSpec
+    by_name = {f.name: f.metadata for f in fields(cls)}
+    return [(o, by_name[o.name]) for o in options(cls)]
 
 
 # ------------------------------------------------------------------------------------------ the search space
@@ -589,6 +633,15 @@ def report(sweep: dict, epoch: int, value: float) -> str | None:
             "at that epoch (Optuna's MedianPruner)")
 
 
+def trial_reporter(cfg) -> Callable[[int, float], str | None] | None:
+    """The per-epoch ``report`` a trial's training is given (``train(..., report=...)``): :func:`report` to the
+    trial's study, for a config whose ``sweep`` names one; None for a config of no sweep."""
+    sweep = getattr(cfg, "sweep", None) if not isinstance(cfg, dict) else cfg.get("sweep")
+    if not sweep:
+        return None
+    return lambda epoch, value: report(sweep, epoch, value)
+
+
 # ------------------------------------------------------------------------------------------ results
 
 def results(sweep_id: str, store: JobStore | None = None):
@@ -672,4 +725,4 @@ def to_json(spec: SweepSpec) -> str:
 
 __all__ = ["METRICS", "SAMPLERS", "Param", "SweepSpec", "advance", "advance_waiting", "best_job", "create", "figures",
            "grid_size", "list_sweeps", "load", "owner", "parse_space", "report", "results", "stop", "sweepable",
-           "why_not_stop"]
+           "trial_reporter", "why_not_stop"]

@@ -12,8 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from .config import AUGMENT_OPTIONS
+from .config import AUGMENT_OPTIONS, check_augment_options, check_augment_values
 
 
 @dataclass(frozen=True)
@@ -27,24 +26,12 @@ class Augment:
     contrast: float = AUGMENT_OPTIONS["contrast"][0]      # multiplicative around the image mean, 1 +/- contrast
 
     def __post_init__(self):
-        if not 0 <= self.p <= 1:
-            raise ConfigError(f"augmentation probability must be in [0, 1], not {self.p}.")
-        for name, (_, hi, _) in AUGMENT_OPTIONS.items():
-            v = getattr(self, name)
-            if not 0 <= v <= hi:
-                raise ConfigError(f"augmentation {name} must be in [0, {hi:g}], not {v}.")
+        check_augment_values(asdict(self))
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "Augment":
-        d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"Unknown augmentation option(s): {', '.join(sorted(unknown))}; "
-                              f"known: {', '.join(cls.__dataclass_fields__)}.")
-        try:
-            return cls(**{k: float(v) for k, v in d.items()})
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"Augmentation options must be numbers: {exc}.") from exc
+        """ConfigError for an unknown option, a value that is not a number or one out of bounds."""
+        return cls(**check_augment_options(d))
 
     def to_dict(self) -> dict:
         return asdict(self)

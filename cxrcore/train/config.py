@@ -20,10 +20,10 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
+from ..data.splits import MAX_HELD_OUT, SPLIT_METHODS, TEST_FRACTION, VAL_FRACTION  # declared there, once
 from ..errors import ConfigError, DataError
 
 MODES = ("full", "head", "lora")
-SPLIT_METHODS = ("hash", "stratified", "official")
 HIERARCHIES = ("none", "penalty", "two_stage", "two_network")
 SCHEDULES = ("cosine", "plateau", "step", "constant")
 MONITORS = ("auroc", "loss")
@@ -244,13 +244,11 @@ class TrainConfig:
                             "balances each label's positive rate across splits; official: the dataset's own test "
                             "list (NIH test_list.txt, CheXpert valid.csv) is the test split and the rest is split "
                             "into train / val by patient (the test fraction is not used).", "data",
-                            choices=SPLIT_METHODS, choice_labels=(("hash", "hash by patient"),
-                                                                  ("stratified", "stratified by label"),
-                                                                  ("official", "official test split")))
-    val_fraction: float = opt(0.1, "Validation fraction", "Share of patients in the validation split.", "data",
-                              min=0.01, max=0.5, step=0.05)
-    test_fraction: float = opt(0.2, "Test fraction", "Share of patients in the test split.", "data", min=0.0,
-                               max=0.5, step=0.05)
+                            choices=SPLIT_METHODS, choice_labels=SPLIT_METHODS)  # the live mapping: name -> label
+    val_fraction: float = opt(VAL_FRACTION.default, "Validation fraction", "Share of patients in the validation "
+                              "split.", "data", min=VAL_FRACTION.min, max=VAL_FRACTION.max, step=0.05)
+    test_fraction: float = opt(TEST_FRACTION.default, "Test fraction", "Share of patients in the test split.", "data",
+                               min=TEST_FRACTION.min, max=TEST_FRACTION.max, step=0.05)
     augment: bool = opt(True, "Augment training images", "Random affine, brightness and contrast per image.",
                         "augmentation")
     augment_options: dict = opt({}, "Augmentation options", "Any of " + ", ".join(
@@ -303,9 +301,9 @@ class TrainConfig:
             raise ConfigError(f"age_min ({self.age_min}) is above age_max ({self.age_max}).")
         if self.views is not None and (not isinstance(self.views, list) or not self.views):
             raise ConfigError(f"views must be a non-empty list of view positions such as ['PA'], not {self.views!r}.")
-        if self.val_fraction + self.test_fraction >= 0.9:
+        if self.val_fraction + self.test_fraction >= MAX_HELD_OUT:
             raise ConfigError(f"val_fraction + test_fraction ({self.val_fraction + self.test_fraction:g}) leaves "
-                              "too little for training; keep them below 0.9 together.")
+                              f"too little for training; keep them below {MAX_HELD_OUT:g} together.")
         from ..data.index import POLICIES, parse_policy
         from ..labels import canonical, resolve_label_space
 
@@ -322,9 +320,7 @@ class TrainConfig:
         resolve_label_space(self.labels)
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda[:N], not {self.device!r}.")
-        from .augment import Augment  # imports torch: only here, not when the page builds its form
-
-        Augment.from_dict(self.augment_options)
+        check_augment_options(self.augment_options)
         import torch
 
         if self.precision == "fp16" and not (torch.cuda.is_available() and self.device != "cpu"):
@@ -334,15 +330,71 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """The config of the options in ``d``; those left out take their declared default, except
+        ``image_size``, which is the model's own (:func:`default_image_size`)."""
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ConfigError(f"Unknown training option(s): {', '.join(sorted(unknown))}.")
         if not d.get("data"):
             raise ConfigError("A training config needs data (the dataset folder).")
+        d = dict(d)
+        if "image_size" not in d and not d.get("init"):
+            d["image_size"] = default_image_size(d.get("arch", option("arch", cls).default))
         return cls(**d)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def check_augment_options(d: dict | None) -> dict[str, float]:
+    """The augmentation options ``d`` as numbers (:data:`AUGMENT_OPTIONS` names, each in its bounds);
+    ConfigError naming what is wrong. :meth:`cxrcore.train.augment.Augment.from_dict` reads them through this."""
+    d = dict(d or {})
+    unknown = set(d) - set(AUGMENT_OPTIONS)
+    if unknown:
+        raise ConfigError(f"Unknown augmentation option(s): {', '.join(sorted(unknown))}; "
+                          f"known: {', '.join(AUGMENT_OPTIONS)}.")
+    try:
+        values = {k: float(v) for k, v in d.items()}
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"Augmentation options must be numbers: {exc}.") from exc
+    check_augment_values({k: values.get(k, default) for k, (default, _, _) in AUGMENT_OPTIONS.items()})
+    return values
+
+
+def check_augment_values(values: dict[str, float]) -> None:
+    """ConfigError unless every augmentation parameter lies in its bounds ([0, 1] for ``p``)."""
+    if not 0 <= values["p"] <= 1:
+        raise ConfigError(f"augmentation probability must be in [0, 1], not {values['p']}.")
+    for name, (_, hi, _) in AUGMENT_OPTIONS.items():
+        v = values[name]
+        if not 0 <= v <= hi:
+            raise ConfigError(f"augmentation {name} must be in [0, {hi:g}], not {v}.")
+
+
+def default_image_size(arch) -> int:
+    """The image size a training of ``arch`` takes when none is given: the model's own for one that
+    takes a single input size (a ViT's fixed patch grid, a CLIP tower), else the declared default. A name
+    no library knows gets the declared default (the submit check refuses the name with suggestions).
+    Builds the model on the meta device (imports torch)."""
+    from ..models.registry import arch_facts
+
+    fallback = option("image_size").default
+    if not isinstance(arch, str) or not arch:
+        return fallback
+    try:
+        facts = arch_facts(arch)
+    except ConfigError:
+        return fallback
+    return int(facts["input_size"]) if facts["fixed_size"] else fallback
+
+
+def timm_channels(cfg: TrainConfig) -> int:
+    """Input channels the model is built with: 1 for a timm model asked for one channel (``in_chans=1``),
+    else 3 (torchvision models take 3; xrv models set their own 1 through preprocess_for)."""
+    from ..models.registry import library_of
+
+    return 1 if cfg.channels == 1 and library_of(cfg.arch) == "timm" else 3
 
 
 # ------------------------------------------------------------------------------ declarations

@@ -20,10 +20,8 @@ import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
 from ..errors import ConfigError
-from ..labels import CHEXPERT_HIERARCHY, canonical
+from ..labels import CHEXPERT_HIERARCHY, GATE_LABEL, canonical, gate_targets  # noqa: F401 - the gate's target: a label fact
 from .config import LOSS_CHOICES as LOSSES  # declared with the option
-
-GATE_LABEL = "Any finding"
 
 
 REDUCTIONS = ("mean", "sum")
@@ -104,21 +102,6 @@ def two_stage_targets(targets: np.ndarray, labels: list[str] | None = None) -> n
     disease = np.where((gate == 1)[:, None], targets, np.nan).astype(np.float32)
     disease[:, ~finding] = targets[:, ~finding]
     return np.concatenate([disease, gate[:, None]], axis=1)
-
-
-def gate_targets(targets: np.ndarray, labels: list[str] | None = None) -> np.ndarray:
-    """The "Any finding" target per image (see :func:`two_stage_targets`): 1 when a finding is positive,
-    0 for a "No Finding" film or one whose findings are all known and negative, NaN otherwise."""
-    targets = np.asarray(targets, dtype=np.float32)
-    nf = [j for j, x in enumerate(labels or []) if canonical(x) == "no finding"]
-    finding = np.ones(targets.shape[1], dtype=bool)
-    finding[nf] = False
-    t = targets[:, finding]
-    pos = np.nansum(t == 1, axis=1) > 0
-    normal = (~np.isnan(t)).all(axis=1) & ~pos
-    if nf:
-        normal |= (targets[:, nf] == 1).any(axis=1) & ~pos
-    return np.where(pos, 1.0, np.where(normal, 0.0, np.nan)).astype(np.float32)
 
 
 class Criterion:

@@ -12,7 +12,6 @@ through callbacks, so the CLI shows a tqdm bar and a job writes events. The opti
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -36,52 +35,27 @@ from ..errors import ConfigError, DataError
 from ..eval.metrics import best_f1_thresholds, confusion_at, mean_ignoring_nan, per_label_auprc, per_label_auroc
 from ..labels import canonical, resolve_label_space
 from ..models.heads import combine
-from ..models.registry import (build_model, count_parameters, library_of, model_from_spec, preprocess_for, spec_for,
+from ..models.registry import (build_model, count_parameters, model_from_spec, preprocess_for, spec_for,
                                swap_head)
 from . import dist as dist_
 from .augment import Augment, random_affine  # noqa: F401 - random_affine re-exported for bench/cache.py
+from .checks import check_training
+from .events import EventLog, read_events  # noqa: F401 - re-exported: cxrcore.train.trainer.read_events
 from .lora import apply_lora, base_model, merged_state_dict
 from .losses import GATE_LABEL, Criterion, gate_targets, masked_bce, pos_weight_from, two_stage_targets  # noqa: F401
-from .config import TrainConfig  # noqa: F401 - re-exported: cxrcore.train.trainer.TrainConfig
+from .config import TrainConfig, timm_channels  # noqa: F401 - re-exported: cxrcore.train.trainer.TrainConfig
 from .sampling import epoch_order, epoch_size
 from .state import load_state, rng_state, save_state, set_rng_state
 
 # TrainConfig lives in train/config.py (declared once; the CLI flags, the form and the checks derive from it)
 
+# A per-epoch report: ``report(epoch, value)`` of the monitored validation metric; returns a reason to stop the
+# run (a sweep's pruner: cxrcore.jobs.sweep.trial_reporter) or None.
+Report = Callable[[int, float], "str | None"]
 
-class EventLog:
-    """Append-only JSON lines: what the Training page and `cxr jobs` read."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, kind: str, **payload) -> dict:
-        event = {"type": kind, "time": time.time(), **payload}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(event, default=_jsonable) + "\n")
-        return event
-
-
-def _jsonable(o):
-    if isinstance(o, (np.floating, np.integer)):
-        v = o.item()
-        return None if isinstance(v, float) and math.isnan(v) else v
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
-
-
-def read_events(path: Path) -> list[dict]:
-    if not Path(path).exists():
-        return []
-    out = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line being written right now
-    return out
+# Tests only: a file path; while that file exists, the run waits at the end of each epoch (after the epoch's
+# state is saved), so a test can act on a run at a known point (signal it, cancel it) and then let it go on.
+HOLD_ENV = "CXR_TRAIN_HOLD"
 
 
 def _nan_to_none(values) -> list:
@@ -146,12 +120,6 @@ def predict_array(model, images: np.ndarray, rows: np.ndarray, prep: Preprocess,
                   spec: dict | None = None, autocast=None) -> np.ndarray:
     """Probabilities (combined for two-stage models, see models.heads) for ``images[rows]``."""
     return validation_pass(model, images, rows, prep, device, spec=spec, autocast=autocast, batch_size=batch_size)[0]
-
-
-def timm_channels(cfg: TrainConfig) -> int:
-    """Input channels the model is built with: 1 for a timm model asked for one channel (``in_chans=1``),
-    else 3 (torchvision models take 3; xrv models set their own 1 through preprocess_for)."""
-    return 1 if cfg.channels == 1 and library_of(cfg.arch) == "timm" else 3
 
 
 def dataset_normalization(prep: Preprocess, images: np.ndarray, rows: np.ndarray, seed: int = 0,
@@ -274,21 +242,25 @@ def _current_lr(opt) -> float:
 
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: Callable[[str, int, int, dict], None] | None = None,
-          should_stop: Callable[[], bool] = lambda: False, resume: bool = False) -> Card:
+          should_stop: Callable[[], bool] = lambda: False, resume: bool = False, report: Report | None = None) -> Card:
     """Run a training. ``progress(phase, done, total, info)`` reports cache building and steps.
 
     ``resume``: continue from ``out_dir/last`` (the state saved at the end of the last complete epoch):
     model, optimizer, scheduler, grad scaler, RNG and data order are restored, so the run ends where an
     uninterrupted one would. Under ``torchrun`` (WORLD_SIZE > 1) it trains data-parallel (see dist.py).
+    ``report(epoch, value)``: called with the monitored validation metric after each epoch (rank 0); a
+    reason it returns stops the run as pruned (a sweep's trial). The config is checked first, as every way
+    of starting a training checks it (:func:`cxrcore.train.checks.check_training`). How the run ended is
+    the card's ``training.ended`` (:data:`cxrcore.train.events.ENDINGS`).
     """
-    cfg.validate()
+    check_training(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     d = dist_.setup(cfg.device)
     try:
         if cfg.hierarchy == "two_network":
-            return _train_two_networks(cfg, out, progress if d.main else None, should_stop, resume, d)
-        return _train(cfg, out, progress if d.main else None, should_stop, resume, d)
+            return _train_two_networks(cfg, out, progress if d.main else None, should_stop, resume, d, report)
+        return _train(cfg, out, progress if d.main else None, should_stop, resume, d, report=report)
     except torch.cuda.OutOfMemoryError as exc:
         raise ConfigError(f"Batch size {cfg.batch_size} at {cfg.image_size} px does not fit in the GPU's memory. Use a "
                           "smaller batch_size (with accum_steps to keep the effective batch), a smaller image_size, "
@@ -306,7 +278,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: Callable[[str,
 NETWORKS = ("gate", "disease")  # the two networks of hierarchy two_network, in training order
 
 
-def _train_two_networks(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: dist_.Dist) -> Card:
+def _train_two_networks(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: dist_.Dist,
+                        report: Report | None = None) -> Card:
     """hierarchy two_network: the gate network ("Any finding", every image) in ``out/gate``, then the disease
     network (diseases on abnormal images) in ``out/disease``, each an ordinary run with its own optimiser,
     events and checkpoint; then the combined checkpoint in ``out/checkpoint`` with the gate threshold and the
@@ -328,7 +301,7 @@ def _train_two_networks(cfg: TrainConfig, out: Path, progress, should_stop, resu
             lambda phase, done, total, info, role=role, k=k: progress(phase, done, total,
                                                                      {**info, "network": f"{role} ({k + 1}/2)"}))
         card = _train(cfg, sub, sub_progress, should_stop, resume and (sub / "events.jsonl").exists(), d,
-                      network=role, parent_log=log)
+                      network=role, parent_log=log, report=report)
         if not d.main:
             continue
         cards[role] = card
@@ -369,20 +342,89 @@ def _train_two_networks(cfg: TrainConfig, out: Path, progress, should_stop, resu
                                         "epochs_run": c.training.get("epochs_run"),
                                         "val_mean_auroc": c.metrics.get("val", {}).get("mean_auroc")}
                                  for role, c in cards.items()}
+    card.training["ended"] = "completed"
     card.data["splits_file"] = "../splits.csv"
     write_split_files(data, out)
     save_checkpoint(out / "checkpoint", state, card)
     log("checkpoint", network="combined", val_mean_auroc=card.metrics.get("val", {}).get("mean_auroc"))
     log("done", network="combined", val_mean_auroc=card.metrics.get("val", {}).get("mean_auroc"),
         test_mean_auroc=card.metrics.get("test", {}).get("mean_auroc"), seconds=card.training["seconds"],
-        stopped=False, early_stopped=False)
+        stopped=False, early_stopped=False, ended="completed")
     return card
 
 
+@dataclass
+class _Run:
+    """One training run: what :func:`_setup` and :func:`_optimisation` build, and the state the epoch loop
+    (:func:`_epochs`) updates and :func:`_finish` reads."""
+
+    cfg: TrainConfig
+    out: Path
+    d: dist_.Dist
+    log: Callable
+    progress: Callable | None
+    should_stop: Callable[[], bool]
+    report: Report | None
+    network: str | None
+    t_start: float
+    device: torch.device
+    saved: dict | None
+    prep: Preprocess
+    data: Prepared
+    two_stage: bool
+    labels: list
+    targets: np.ndarray
+    scored: np.ndarray        # what metrics and thresholds are scored against (see _setup)
+    model: object
+    model_spec: dict
+    swap: object
+    init_trained_on: dict | None
+    trainable: int
+    total: int
+    # _optimisation
+    train_rows: np.ndarray = None
+    val_rows: np.ndarray = None
+    test_rows: np.ndarray = None
+    gen: torch.Generator = None
+    per_rank: int = 0
+    steps_per_epoch: int = 0
+    total_steps: int = 0
+    opt: object = None
+    sched: object = None
+    autocast: Callable | None = None
+    scaler: object = None
+    criterion: Criterion = None
+    augment: Augment | None = None
+    boxes: object = None
+    fwd: object = None
+    # the loop's state (restored on resume)
+    best: tuple = (-1.0, 0)
+    history: list = field(default_factory=list)
+    step: int = 0
+    first_epoch: int = 1
+    since_best: int = 0
+    stopped: bool = False      # a stop request ended the loop
+    early: bool = False        # early stopping or the sweep's pruner ended it
+    pruned: str | None = None  # a sweep trial's reason to stop (report's answer)
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
 def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: dist_.Dist,
-           network: str | None = None, parent_log=None) -> Card:
+           network: str | None = None, parent_log=None, report: Report | None = None) -> Card:
     """One training run. ``network`` (gate | disease): one of hierarchy two_network's networks, whose events
     also go to ``parent_log`` tagged with it."""
+    run = _setup(cfg, out, progress, should_stop, resume, d, network, parent_log, report)
+    _optimisation(run)
+    _epochs(run)
+    return _finish(run)
+
+
+def _setup(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: dist_.Dist, network: str | None,
+           parent_log, report: Report | None) -> _Run:
+    """Seeds, device, the saved state (resume), preprocessing, data, targets and the model on its device."""
     own = EventLog(out / "events.jsonl") if d.main else (lambda kind, **payload: None)
     if parent_log is not None and d.main:
         def log(kind, **payload):
@@ -480,218 +522,277 @@ def _train(cfg: TrainConfig, out: Path, progress, should_stop, resume: bool, d: 
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     trainable, total = count_parameters(model)
+    return _Run(cfg=cfg, out=out, d=d, log=log, progress=progress, should_stop=should_stop, report=report,
+                network=network, t_start=t_start, device=device, saved=saved, prep=prep, data=data,
+                two_stage=two_stage, labels=labels, targets=targets, scored=scored, model=model,
+                model_spec=model_spec, swap=swap, init_trained_on=init_trained_on, trainable=trainable, total=total)
 
-    train_rows = np.flatnonzero(data.split == "train")
-    val_rows = np.flatnonzero(data.split == "val")
-    test_rows = np.flatnonzero(data.split == "test")
-    gen = torch.Generator().manual_seed(cfg.seed)
-    epoch_rows = epoch_size(train_rows, targets, cfg.oversample_min)
-    per_rank = epoch_rows // d.world
-    steps_per_epoch = math.ceil(per_rank / cfg.batch_size)
-    opt_steps_per_epoch = math.ceil(steps_per_epoch / cfg.accum_steps)
-    total_steps = steps_per_epoch * cfg.epochs
+
+def _optimisation(run: _Run) -> None:
+    """Splits, sampling generator, steps, optimiser and schedule, precision, loss, augmentation, box targets, the
+    wrapped forward (maps, compile, DDP); then the saved state of a resumed run."""
+    cfg, d, data, targets, model, log = run.cfg, run.d, run.data, run.targets, run.model, run.log
+    run.train_rows = np.flatnonzero(data.split == "train")
+    run.val_rows = np.flatnonzero(data.split == "val")
+    run.test_rows = np.flatnonzero(data.split == "test")
+    run.gen = torch.Generator().manual_seed(cfg.seed)
+    epoch_rows = epoch_size(run.train_rows, targets, cfg.oversample_min)
+    run.per_rank = epoch_rows // d.world
+    run.steps_per_epoch = math.ceil(run.per_rank / cfg.batch_size)
+    opt_steps_per_epoch = math.ceil(run.steps_per_epoch / cfg.accum_steps)
+    run.total_steps = run.steps_per_epoch * cfg.epochs
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    opt = optim(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = _schedule(cfg, opt, opt_steps_per_epoch * cfg.epochs, opt_steps_per_epoch)
+    run.opt = optim(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    run.sched = _schedule(cfg, run.opt, opt_steps_per_epoch * cfg.epochs, opt_steps_per_epoch)
     use_amp = cfg.precision != "fp32"
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if use_amp else None
-    scaler = torch.amp.GradScaler(device.type, enabled=(cfg.precision == "fp16"))
-    criterion = Criterion(cfg.loss, labels, pos_weight_from(targets[train_rows]) if cfg.pos_weight else None,
-                          cfg.focal_gamma, "none" if network else cfg.hierarchy, cfg.hierarchy_weight,
-                          cfg.loss_reduction)
-    augment = Augment.from_dict(cfg.augment_options) if cfg.augment else None
-    boxes = None
-    if cfg.box_loss > 0 and network != "gate":   # the gate's "Any finding" has no boxes of its own
-        from .boxes import WithMaps, box_loss, box_targets, check_model
+    device = run.device
+    run.autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if use_amp else None
+    run.scaler = torch.amp.GradScaler(device.type, enabled=(cfg.precision == "fp16"))
+    run.criterion = Criterion(cfg.loss, run.labels,
+                              pos_weight_from(targets[run.train_rows]) if cfg.pos_weight else None,
+                              cfg.focal_gamma, "none" if run.network else cfg.hierarchy, cfg.hierarchy_weight,
+                              cfg.loss_reduction)
+    run.augment = Augment.from_dict(cfg.augment_options) if cfg.augment else None
+    if cfg.box_loss > 0 and run.network != "gate":   # the gate's "Any finding" has no boxes of its own
+        from .boxes import box_targets, check_model
 
         check_model(model)
-        boxes = box_targets(data.index, labels, targets, prep)
-        boxed = np.intersect1d(boxes.rows_with_boxes(), train_rows)
-        if saved is None:
+        run.boxes = box_targets(data.index, run.labels, targets, run.prep)
+        boxed = np.intersect1d(run.boxes.rows_with_boxes(), run.train_rows)
+        if run.saved is None:
             log("box_supervision", weight=cfg.box_loss, train_images_with_boxes=int(len(boxed)),
-                pairs=int(boxes.n_pairs), skipped=boxes.skipped)
-    fwd = model if boxes is None else WithMaps(model)   # with boxes, forward gives (logits, maps); DDP / compile wrap it
+                pairs=int(run.boxes.n_pairs), skipped=run.boxes.skipped)
+    if run.boxes is None:
+        fwd = model
+    else:
+        from .boxes import WithMaps
+
+        fwd = WithMaps(model)  # with boxes, forward gives (logits, maps); DDP / compile wrap it
     if cfg.compile:
         fwd = torch.compile(fwd)
     if d.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         fwd = DDP(fwd, device_ids=[device.index] if device.type == "cuda" else None)
-    log("data", n_images=len(data.index), train=len(train_rows), val=len(val_rows), test=len(test_rows),
-        labels=labels, trainable_params=trainable, total_params=total, steps_per_epoch=steps_per_epoch,
-        epoch_rows=epoch_rows, head_swap=swap.to_dict() if swap else None, mode=cfg.mode, world_size=d.world,
+    run.fwd = fwd
+    criterion = run.criterion
+    log("data", n_images=len(data.index), train=len(run.train_rows), val=len(run.val_rows), test=len(run.test_rows),
+        labels=run.labels, trainable_params=run.trainable, total_params=run.total,
+        steps_per_epoch=run.steps_per_epoch, epoch_rows=epoch_rows, head_swap=run.swap.to_dict() if run.swap else None,
+        mode=cfg.mode, world_size=d.world,
         pos_weight=criterion.pos_weight.tolist() if criterion.pos_weight is not None else None)
 
-    best, history, step, first_epoch = (-1.0, 0), [], 0, 1
-    since_best = 0
+    saved = run.saved
     if saved is not None:
         model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
+        run.opt.load_state_dict(saved["optimizer"])
+        run.sched.load_state_dict(saved["scheduler"])
         if saved.get("scaler"):
-            scaler.load_state_dict(saved["scaler"])
-        set_rng_state(gen, saved["rng"])
-        best = (float(saved["best"][0]), int(saved["best"][1]))
-        history, step, since_best = list(saved["history"]), int(saved["step"]), int(saved["since_best"])
-        first_epoch = int(saved["epoch"]) + 1
-        if d.main and progress:
-            progress("train", step, total_steps, {"epoch": first_epoch - 1, "resumed": True})
+            run.scaler.load_state_dict(saved["scaler"])
+        set_rng_state(run.gen, saved["rng"])
+        run.best = (float(saved["best"][0]), int(saved["best"][1]))
+        run.history, run.step, run.since_best = list(saved["history"]), int(saved["step"]), int(saved["since_best"])
+        run.first_epoch = int(saved["epoch"]) + 1
+        if d.main and run.progress:
+            run.progress("train", run.step, run.total_steps, {"epoch": run.first_epoch - 1, "resumed": True})
 
-    stopped = early = False
-    pruned = None  # a sweep trial's reason to stop (Optuna's pruner; cxrcore/jobs/sweep.py)
-    cuda = device.type == "cuda"
-    def validate(epoch: int, step: int, losses: list, t_epoch: float, seen: int, end_of_epoch: bool) -> float:
-        """Validate on rank 0: record the metrics (an ``epoch`` event at an epoch's end, a ``validation``
-        event in between), checkpoint when the monitored metric improved; returns that metric."""
-        nonlocal best, since_best, pruned
-        if not d.main:
-            return float("nan")
-        t_val = time.time()
-        val_probs, val_loss = validation_pass(model, data.images, val_rows, prep, device, targets, criterion,
-                                              spec=model_spec, autocast=autocast)
-        m = validation_metrics(scored[val_rows], val_probs, two_stage)
-        record = {"epoch": epoch, "step": step, "epochs_done": round((step - (epoch - 1) * steps_per_epoch)
-                                                                     / steps_per_epoch + epoch - 1, 4),
-                  "train_loss": float(np.mean(losses)) if losses else None,
-                  "val_loss": val_loss, "val_auroc": dict(zip(labels, _nan_to_none(m["auroc"]))),
-                  "val_mean_auroc": m["mean_auroc"], "val_mean_ap": m["mean_ap"], "val_f1": m["f1"],
-                  "val_accuracy": m["accuracy"], "lr": _current_lr(opt), "seconds": time.time() - t_epoch,
-                  "val_seconds": time.time() - t_val, "images_per_s": seen / max(1e-6, t_val - t_epoch)}
-        if cuda:
-            record["gpu_mem_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-        history.append(record)
-        log("epoch" if end_of_epoch else "validation", **record)
-        metric = val_loss if cfg.monitor == "loss" else m["mean_auroc"]
-        if _better(metric, best[0], cfg.monitor, first=best[1] == 0):  # no checkpoint yet: any result is best
-            best = (metric, epoch)
-            since_best = 0
-            card = _card(cfg, labels, model_spec, prep, data, record, m["thresholds"], swap, history,
-                         trainable, total, time.time() - t_start, d.world, init_trained_on, network)
-            save_checkpoint(out / "checkpoint", merged_state_dict(model), card)
-            log("checkpoint", epoch=epoch, step=step, val_mean_auroc=m["mean_auroc"], val_loss=val_loss,
-                monitor=cfg.monitor)
+
+def _validate(run: _Run, epoch: int, losses: list, t_epoch: float, seen: int, end_of_epoch: bool) -> float:
+    """Validate on rank 0: record the metrics (an ``epoch`` event at an epoch's end, a ``validation`` event in
+    between), checkpoint when the monitored metric improved, report an epoch's metric; returns that metric."""
+    cfg, d, log, step = run.cfg, run.d, run.log, run.step
+    if not d.main:
+        return float("nan")
+    t_val = time.time()
+    val_probs, val_loss = validation_pass(run.model, run.data.images, run.val_rows, run.prep, run.device, run.targets,
+                                          run.criterion, spec=run.model_spec, autocast=run.autocast)
+    m = validation_metrics(run.scored[run.val_rows], val_probs, run.two_stage)
+    spe = run.steps_per_epoch
+    record = {"epoch": epoch, "step": step, "epochs_done": round((step - (epoch - 1) * spe) / spe + epoch - 1, 4),
+              "train_loss": float(np.mean(losses)) if losses else None,
+              "val_loss": val_loss, "val_auroc": dict(zip(run.labels, _nan_to_none(m["auroc"]))),
+              "val_mean_auroc": m["mean_auroc"], "val_mean_ap": m["mean_ap"], "val_f1": m["f1"],
+              "val_accuracy": m["accuracy"], "lr": _current_lr(run.opt), "seconds": time.time() - t_epoch,
+              "val_seconds": time.time() - t_val, "images_per_s": seen / max(1e-6, t_val - t_epoch)}
+    if run.cuda:
+        record["gpu_mem_mib"] = torch.cuda.max_memory_allocated(run.device) / 2**20
+    run.history.append(record)
+    log("epoch" if end_of_epoch else "validation", **record)
+    metric = val_loss if cfg.monitor == "loss" else m["mean_auroc"]
+    if _better(metric, run.best[0], cfg.monitor, first=run.best[1] == 0):  # no checkpoint yet: any result is best
+        run.best = (metric, epoch)
+        run.since_best = 0
+        card = _card(cfg, run.labels, run.model_spec, run.prep, run.data, record, m["thresholds"], run.swap,
+                     run.history, run.trainable, run.total, time.time() - run.t_start, d.world, run.init_trained_on,
+                     run.network)
+        save_checkpoint(run.out / "checkpoint", merged_state_dict(run.model), card)
+        log("checkpoint", epoch=epoch, step=step, val_mean_auroc=m["mean_auroc"], val_loss=val_loss,
+            monitor=cfg.monitor)
+    else:
+        run.since_best += 1
+    if run.report is not None and end_of_epoch:
+        try:
+            run.pruned = run.report(epoch, metric)
+        except Exception as exc:  # noqa: BLE001 - the sweep's database must not end the training
+            log("sweep_report_failed", epoch=epoch, error=f"{type(exc).__name__}: {str(exc)[:300]}")
+    return metric
+
+
+def _train_step(run: _Run, rows: np.ndarray, boundary: bool) -> float:
+    """Forward and backward of one batch (the box term with boxes); an optimiser step at an accumulation
+    ``boundary``; returns the batch's loss."""
+    cfg, d, boxes = run.cfg, run.d, run.boxes
+    x = to_unit(torch.from_numpy(np.asarray(run.data.images[rows])))
+    x = x.to(run.device, non_blocking=True)
+    masks = boxes.masks(rows, len(run.labels)) if boxes is not None else None
+    if run.augment is not None:
+        if masks is not None:
+            x, warped = run.augment(x, run.gen, masks[0])
+            masks = (warped, masks[1])
         else:
-            since_best += 1
-        if cfg.sweep and end_of_epoch:
-            from ..jobs.sweep import report
+            x = run.augment(x, run.gen)
+    x = run.prep.standardize(x)
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.from_numpy(run.targets[rows]).to(run.device)
+    sync = (run.fwd.no_sync() if d.enabled and not boundary else nullcontext())
+    with sync:
+        with run.autocast() if run.autocast else nullcontext():
+            out_ = run.fwd(x)
+        logits, maps = out_ if boxes is not None else (out_, None)
+        loss = run.criterion(logits.float(), y)
+        if boxes is not None:
+            from .boxes import box_loss
 
-            try:
-                pruned = report(cfg.sweep, epoch, metric)
-            except Exception as exc:  # noqa: BLE001 - the sweep's database must not end the training
-                log("sweep_report_failed", epoch=epoch, error=f"{type(exc).__name__}: {str(exc)[:300]}")
-        return metric
+            part = box_loss(maps, *masks) if masks is not None else maps.sum() * 0.0
+            run.criterion.parts["box"] = float(part.detach())
+            loss = loss + cfg.box_loss * part
+        run.scaler.scale(loss / cfg.accum_steps).backward()
+    if boundary:
+        run.scaler.step(run.opt)
+        run.scaler.update()
+        run.opt.zero_grad(set_to_none=True)
+        if cfg.schedule != "plateau":
+            run.sched.step()
+    return float(loss.detach())
 
-    for epoch in range(first_epoch, cfg.epochs + 1):
-        if early:
+
+def _epochs(run: _Run) -> None:
+    """The epoch loop: train steps (a stop request ends it at the next step, on every rank at the same one),
+    validation, the plateau schedule, early stopping and the sweep's pruner, the resumable state per epoch."""
+    cfg, d, log = run.cfg, run.d, run.log
+    for epoch in range(run.first_epoch, cfg.epochs + 1):
+        if run.early:
             break
-        fwd.train()
-        order = epoch_order(train_rows, targets, cfg.sampler, gen, cfg.oversample_min)
-        mine = order[: per_rank * d.world][d.rank::d.world]
+        run.fwd.train()
+        order = epoch_order(run.train_rows, run.targets, cfg.sampler, run.gen, cfg.oversample_min)
+        mine = order[: run.per_rank * d.world][d.rank::d.world]
         t_epoch, seen, losses = time.time(), 0, []
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-        opt.zero_grad(set_to_none=True)
+        if run.cuda:
+            torch.cuda.reset_peak_memory_stats(run.device)
+        run.opt.zero_grad(set_to_none=True)
         n_batches = math.ceil(len(mine) / cfg.batch_size)
         for bi, k in enumerate(range(0, len(mine), cfg.batch_size)):
-            if d.any(should_stop()):
-                stopped = True
+            if d.any(run.should_stop()):
+                run.stopped = True
                 break
             rows = mine[k:k + cfg.batch_size]
-            x = to_unit(torch.from_numpy(np.asarray(data.images[rows])))
-            x = x.to(device, non_blocking=True)
-            masks = boxes.masks(rows, len(labels)) if boxes is not None else None
-            if augment is not None:
-                if masks is not None:
-                    x, warped = augment(x, gen, masks[0])
-                    masks = (warped, masks[1])
-                else:
-                    x = augment(x, gen)
-            x = prep.standardize(x)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = torch.from_numpy(targets[rows]).to(device)
-            boundary = (bi + 1) % cfg.accum_steps == 0 or bi + 1 == n_batches
-            sync = (fwd.no_sync() if d.enabled and not boundary else nullcontext())
-            with sync:
-                with autocast() if autocast else nullcontext():
-                    out_ = fwd(x)
-                logits, maps = out_ if boxes is not None else (out_, None)
-                loss = criterion(logits.float(), y)
-                if boxes is not None:
-                    part = box_loss(maps, *masks) if masks is not None else maps.sum() * 0.0
-                    criterion.parts["box"] = float(part.detach())
-                    loss = loss + cfg.box_loss * part
-                scaler.scale(loss / cfg.accum_steps).backward()
-            if boundary:
-                scaler.step(opt)
-                scaler.update()
-                opt.zero_grad(set_to_none=True)
-                if cfg.schedule != "plateau":
-                    sched.step()
-            step += 1
+            loss_v = _train_step(run, rows, boundary=(bi + 1) % cfg.accum_steps == 0 or bi + 1 == n_batches)
+            run.step += 1
             seen += len(rows) * d.world
-            loss_v = float(loss.detach())
             losses.append(loss_v)
             ips = seen / max(1e-6, time.time() - t_epoch)
-            extra = {"gpu_mem_mib": torch.cuda.max_memory_allocated(device) / 2**20} if cuda else {}
-            if len(criterion.parts) > 1:
-                extra["loss_parts"] = dict(criterion.parts)
-            log("step", epoch=epoch, step=step, total_steps=total_steps, loss=loss_v, lr=_current_lr(opt),
+            extra = {"gpu_mem_mib": torch.cuda.max_memory_allocated(run.device) / 2**20} if run.cuda else {}
+            if len(run.criterion.parts) > 1:
+                extra["loss_parts"] = dict(run.criterion.parts)
+            log("step", epoch=epoch, step=run.step, total_steps=run.total_steps, loss=loss_v, lr=_current_lr(run.opt),
                 images_per_s=ips, **extra)
-            if progress:
-                progress("train", step, total_steps, {"epoch": epoch, "loss": loss_v, "images_per_s": ips})
-            if cfg.val_every and step % cfg.val_every == 0 and bi + 1 < n_batches:
-                validate(epoch, step, losses, t_epoch, seen, end_of_epoch=False)
-                since_best = int(d.broadcast(since_best))
-                fwd.train()
-        if stopped:
-            log("stopped", epoch=epoch, step=step)
+            if run.progress:
+                run.progress("train", run.step, run.total_steps, {"epoch": epoch, "loss": loss_v, "images_per_s": ips})
+            if cfg.val_every and run.step % cfg.val_every == 0 and bi + 1 < n_batches:
+                _validate(run, epoch, losses, t_epoch, seen, end_of_epoch=False)
+                run.since_best = int(d.broadcast(run.since_best))
+                run.fwd.train()
+        if run.stopped:
+            log("stopped", epoch=epoch, step=run.step)
             break
-        metric = validate(epoch, step, losses, t_epoch, seen, end_of_epoch=True)
+        metric = _validate(run, epoch, losses, t_epoch, seen, end_of_epoch=True)
         metric = d.broadcast(metric)
         if cfg.schedule == "plateau" and not math.isnan(metric):
-            sched.step(metric)
-        since_best = int(d.broadcast(since_best))
-        if cfg.early_stopping and since_best >= cfg.early_stopping and epoch < cfg.epochs:
-            early = True
-            log("early_stop", epoch=epoch, best_epoch=best[1], patience=cfg.early_stopping)
-        if d.broadcast(1.0 if pruned else 0.0) and epoch < cfg.epochs:
-            early = True
-            log("pruned", epoch=epoch, best_epoch=best[1], reason=pruned)
+            run.sched.step(metric)
+        run.since_best = int(d.broadcast(run.since_best))
+        if cfg.early_stopping and run.since_best >= cfg.early_stopping and epoch < cfg.epochs:
+            run.early = True
+            log("early_stop", epoch=epoch, best_epoch=run.best[1], patience=cfg.early_stopping)
+        if d.broadcast(1.0 if run.pruned else 0.0) and epoch < cfg.epochs:
+            run.early = True
+            log("pruned", epoch=epoch, best_epoch=run.best[1], reason=run.pruned)
         if d.main:
-            save_state(out, {"config": _comparable(cfg), "epoch": epoch, "step": step, "model": model.state_dict(),
-                             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                             "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "rng": rng_state(gen),
-                             "best": [best[0], best[1]], "history": history, "since_best": since_best})
+            save_state(run.out, {"config": _comparable(cfg), "epoch": epoch, "step": run.step,
+                                 "model": run.model.state_dict(), "optimizer": run.opt.state_dict(),
+                                 "scheduler": run.sched.state_dict(),
+                                 "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else {},
+                                 "rng": rng_state(run.gen), "best": [run.best[0], run.best[1]],
+                                 "history": run.history, "since_best": run.since_best})
         d.barrier()
+        _hold(run, epoch)
 
+
+def _hold(run: _Run, epoch: int) -> None:
+    """Tests only (:data:`HOLD_ENV`): wait while the hold file exists, at the end of ``epoch``; rank 0 logs
+    a ``hold`` event first. Every rank waits on the file itself (no collective), so a stop asked meanwhile is
+    seen by every rank at the next step."""
+    path = os.environ.get(HOLD_ENV)
+    if not path or not os.path.exists(path):
+        return
+    run.log("hold", epoch=epoch, file=path)
+    while os.path.exists(path):
+        time.sleep(0.02)
+
+
+def _ending(run: _Run) -> str:
+    """How the loop ended: one of :data:`cxrcore.train.events.ENDINGS`."""
+    if run.stopped:
+        return "stopped"
+    if run.early:
+        return "pruned" if run.pruned else "early_stopping"
+    return "completed"
+
+
+def _finish(run: _Run) -> Card | None:
+    """Rank 0: test metrics of the best checkpoint (a two-stage model's gate tuned first), how the run ended on
+    its card and in the ``done`` event; the other ranks return None."""
+    cfg, d, log, best = run.cfg, run.d, run.log, run.best
     if not d.main:
         return None
     if best[1] == 0:
         raise ConfigError("Training stopped before the first epoch finished; no checkpoint was written.")
     # Test metrics of the best checkpoint.
-    card, state = load_checkpoint(out / "checkpoint")
-    plain = base_model(model) if cfg.mode != "lora" else model_from_spec(card.model, len(card.labels)).to(device)
+    card, state = load_checkpoint(run.out / "checkpoint")
+    plain = base_model(run.model) if cfg.mode != "lora" else model_from_spec(card.model, len(card.labels)).to(run.device)
     plain.load_state_dict(state)
-    if two_stage and len(val_rows):
-        card = _tune_gate(card, plain, data, val_rows, scored, prep, device)
-    if len(test_rows):
-        test_probs = predict_array(plain, data.images, test_rows, prep, device, spec=card.model)
-        auroc = per_label_auroc(scored[test_rows], test_probs)
-        card.metrics["test"] = {"auroc": dict(zip(labels, _nan_to_none(auroc))),
-                                "mean_auroc": _mean_auroc(auroc, two_stage), "n": int(len(test_rows))}
-    card.training["seconds"] = time.time() - t_start
-    card.training["stopped_early"] = stopped
-    card.training["early_stopping"] = {"triggered": early, "best_epoch": best[1]} if cfg.early_stopping else None
-    card.training["epochs_run"] = len(history)
-    if pruned and early:
-        card.training["pruned"] = pruned
-    save_checkpoint(out / "checkpoint", state, card)
+    if run.two_stage and len(run.val_rows):
+        card = _tune_gate(card, plain, run.data, run.val_rows, run.scored, run.prep, run.device)
+    if len(run.test_rows):
+        test_probs = predict_array(plain, run.data.images, run.test_rows, run.prep, run.device, spec=card.model)
+        auroc = per_label_auroc(run.scored[run.test_rows], test_probs)
+        card.metrics["test"] = {"auroc": dict(zip(run.labels, _nan_to_none(auroc))),
+                                "mean_auroc": _mean_auroc(auroc, run.two_stage), "n": int(len(run.test_rows))}
+    ended = _ending(run)
+    card.training["seconds"] = time.time() - run.t_start
+    card.training["stopped_early"] = run.stopped
+    card.training["early_stopping"] = {"triggered": run.early, "best_epoch": best[1]} if cfg.early_stopping else None
+    card.training["epochs_run"] = len(run.history)
+    card.training["ended"] = ended
+    if run.pruned and run.early:
+        card.training["pruned"] = run.pruned
+    save_checkpoint(run.out / "checkpoint", state, card)
     log("done", best_epoch=best[1], val_mean_auroc=card.metrics.get("val", {}).get("mean_auroc"),
-        val_loss=card.metrics.get("val", {}).get("loss"), monitor=cfg.monitor, test_mean_auroc=card.metrics.get("test", {}).get("mean_auroc"),
-        seconds=time.time() - t_start, stopped=stopped, early_stopped=early, pruned=pruned if early else None)
+        val_loss=card.metrics.get("val", {}).get("loss"), monitor=cfg.monitor,
+        test_mean_auroc=card.metrics.get("test", {}).get("mean_auroc"), seconds=time.time() - run.t_start,
+        stopped=run.stopped, early_stopped=run.early, pruned=run.pruned if run.early else None, ended=ended)
     return card
 
 

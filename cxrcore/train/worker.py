@@ -4,7 +4,8 @@ The job runner starts it through :func:`launch_command` when a job asks for ``np
 several Slurm nodes); each rank reads ``RUN_DIR/config.json`` and calls ``train()``, which sets up
 DDP from torchrun's environment. A stop request is the file ``RUN_DIR/STOP`` (the runner writes it
 on SIGTERM) or a SIGTERM to a rank; every rank polls its own at each step and the ranks agree
-(``Dist.any``: a stop seen by any rank stops all of them at the same step).
+(``Dist.any``: a stop seen by any rank stops all of them at the same step). A job's ranks run it through
+:mod:`cxrcore.jobs.rank`, which adds the job layer's per-epoch report (a sweep trial's pruning).
 """
 from __future__ import annotations
 
@@ -15,15 +16,18 @@ import shlex
 import signal
 import sys
 from pathlib import Path
+from typing import Callable
 
 from .progress import Cancelled, ProgressPrinter, clock
 
 STOP_FILE = "STOP"
 
 
-def launch_command(cfg, run_dir: str | os.PathLike, resume: bool = False, job_id: str = "cxr") -> list[str]:
-    """The command that runs ``cfg`` data-parallel: torchrun on this node, or srun + torchrun across Slurm nodes."""
-    tail = ["-m", "cxrcore.train.worker", str(run_dir)] + (["--resume"] if resume else [])
+def launch_command(cfg, run_dir: str | os.PathLike, resume: bool = False, job_id: str = "cxr",
+                   module: str = "cxrcore.train.worker") -> list[str]:
+    """The command that runs ``cfg`` data-parallel: torchrun on this node, or srun + torchrun across Slurm nodes;
+    each rank runs ``python -m module RUN_DIR`` (this module, or a front end of it such as cxrcore.jobs.rank)."""
+    tail = ["-m", module, str(run_dir)] + (["--resume"] if resume else [])
     if int(cfg.nodes) > 1:
         port = os.environ.get("CXR_RDZV_PORT", "29500")
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(cfg.nodes),
@@ -61,7 +65,9 @@ class RankStop:
         return self.seen()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, reporter: Callable | None = None) -> int:
+    """One rank: train ``RUN_DIR/config.json``. ``reporter(cfg)``: the per-epoch ``report`` to train with (or
+    None); returns the exit code (143 when stopped before training, 1 for a CXRError)."""
     parser = argparse.ArgumentParser(prog="python -m cxrcore.train.worker", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
     parser.add_argument("--resume", action="store_true")
@@ -74,14 +80,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[{clock()}] rank {rank} pid {os.getpid()}", flush=True)
 
     from ..errors import CXRError
+    from .events import EventLog
     from .trainer import TrainConfig, train
 
     cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
     printer = ProgressPrinter(stop.seen) if rank == 0 else None
     try:
-        train(cfg, run_dir, progress=printer, should_stop=stop, resume=args.resume)
+        train(cfg, run_dir, progress=printer, should_stop=stop, resume=args.resume,
+              report=reporter(cfg) if reporter is not None else None)
     except Cancelled as exc:
         print(f"[{clock()}] rank {rank}: stopped before training ({exc})", flush=True)
+        if rank == 0:  # what the job runner reads to tell a stopped run from a failed one
+            EventLog(run_dir / "events.jsonl")("stopped", before_training=True)
         return 128 + signal.SIGTERM
     except CXRError as exc:
         print(f"error (rank {rank}): {exc}", file=sys.stderr, flush=True)
