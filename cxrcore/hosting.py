@@ -62,9 +62,9 @@ from typing import Iterator, Mapping
 from urllib.parse import urlsplit
 
 from .errors import AccessError
+from .explain.llm import OPENAI_BASE_URL, LLMConfig, normalize_base_url  # the transport's URL form, below the policy
 
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
-OPENAI_BASE_URL = "https://api.openai.com/v1"  # the openai client's default endpoint
 DEFAULT_MAX_UPLOAD_MB = 32.0      # a chest radiograph, even an uncompressed 16-bit DICOM, is far below
 DEFAULT_HOSTED_JOBS_PER_USER = 2
 DEFAULT_HOSTED_LLM_PER_HOUR = 20  # explanation requests with the server's key, per signed-in visitor (see explain/budget.py)
@@ -451,27 +451,6 @@ def check_model_ref(ref, s: Settings, arch: bool = False) -> None:
 
 # --------------------------------------------------------------------------- LLM endpoints
 
-def normalize_base_url(url: str) -> str:
-    """``scheme://host[:port]/path`` in lower case without a trailing slash; AccessError for anything
-    that is not a plain http(s) URL (credentials, query or fragment in it)."""
-    text = (url or "").strip()
-    try:
-        parts = urlsplit(text)
-        port = parts.port
-    except ValueError:
-        raise AccessError(f"{text!r} is not a valid URL.") from None
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise AccessError(f"{text!r} is not an http(s) URL.")
-    if parts.username or parts.password or parts.query or parts.fragment:
-        raise AccessError(f"{text!r}: a base URL carries no user name, password, query or fragment.")
-    host = parts.hostname.lower()
-    if ":" in host:
-        host = f"[{host}]"
-    default = {"http": 80, "https": 443}[parts.scheme.lower()]
-    netloc = host if port in (None, default) else f"{host}:{port}"
-    return f"{parts.scheme.lower()}://{netloc}{parts.path.rstrip('/')}"
-
-
 def llm_base_url_editable(s: Settings) -> bool:
     """Whether a visitor may type a base URL at all: locally with nothing configured, or when the
     operator allows some."""
@@ -487,8 +466,6 @@ def llm_config_for(visitor_base_url: str | None, visitor_key: str | None, s: Set
     base URL must be on the operator's allowlist (on this machine with nothing configured, any URL is
     allowed) and is used only with the key the visitor typed: the environment's key never goes there.
     Raises AccessError."""
-    from .explain.llm import LLMConfig
-
     env = LLMConfig.from_env(environ=environ)
     overrides = {"model": model} if model else {}
     typed = (visitor_base_url or "").strip()

@@ -39,6 +39,9 @@ SYNONYMS = {
     "lung lesion": "lung lesion",
 }
 
+# The gate label of a two-stage model: its target follows from the findings (gate_targets).
+GATE_LABEL = "Any finding"
+
 # CheXpert parent -> children (Irvin et al. 2019, figure 2).
 CHEXPERT_HIERARCHY = {
     "Lung Opacity": ["Edema", "Consolidation", "Pneumonia", "Lung Lesion", "Atelectasis"],
@@ -85,3 +88,21 @@ def find_label(name: str, labels: list[str]) -> int | None:
         if canonical(s) == key:
             return i
     return None
+
+
+def gate_targets(targets, labels: list[str] | None = None):
+    """The "Any finding" target per image (two-stage models, :func:`cxrcore.train.losses.two_stage_targets`):
+    1 when a finding is positive, 0 for a "No Finding" film or one whose findings are all known and negative,
+    NaN otherwise. ``targets``: (N, L) with NaN = unknown; returns (N,) float32."""
+    import numpy as np
+
+    targets = np.asarray(targets, dtype=np.float32)
+    nf = [j for j, x in enumerate(labels or []) if canonical(x) == "no finding"]
+    finding = np.ones(targets.shape[1], dtype=bool)
+    finding[nf] = False
+    t = targets[:, finding]
+    pos = np.nansum(t == 1, axis=1) > 0
+    normal = (~np.isnan(t)).all(axis=1) & ~pos
+    if nf:
+        normal |= (targets[:, nf] == 1).any(axis=1) & ~pos
+    return np.where(pos, 1.0, np.where(normal, 0.0, np.nan)).astype(np.float32)

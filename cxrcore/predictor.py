@@ -57,6 +57,20 @@ class Prediction:
     def heatmap(self, label: str) -> np.ndarray:
         return self.heatmaps[self.labels.index(label)]
 
+    def per_label(self) -> dict[str, dict]:
+        """Per label: probability, threshold, decision, and when computed the calibrated probability and the
+        Monte-Carlo dropout mean / variance / std (the REST answer's ``predictions``, the pages' tables)."""
+        out = {}
+        for i, x in enumerate(self.labels):
+            d = {"probability": float(self.probs[i]), "threshold": float(self.thresholds[i]),
+                 "positive": bool(self.positive[i])}
+            if self.calibrated is not None:
+                d["calibrated"] = float(self.calibrated[i])
+            if self.prob_mean is not None:
+                d.update(mean=float(self.prob_mean[i]), variance=float(self.prob_var[i]), std=float(self.prob_std[i]))
+            out[x] = d
+        return out
+
     def to_dict(self, heatmaps: bool = False) -> dict:
         d = {
             "labels": self.labels,
@@ -140,7 +154,7 @@ class Predictor:
         card = self.card  # one card for the whole call, whatever set_card does meanwhile
         pred, x = self._predict(image, heatmaps, top_k_boxes, box_threshold, card)
         if tta and tta != "none":
-            from .eval.tta import VIEWS, check_tta, tta_sigmoid
+            from .inference import VIEWS, check_tta, tta_sigmoid
 
             tta = check_tta(tta)
             raw = tta_sigmoid(self.model, x, tta)[0].cpu().numpy()
@@ -149,7 +163,7 @@ class Predictor:
                               "come from the image as it is.")
         temps = card.temperature_list()
         if temps is not None:
-            from .eval.calibration import apply_temperature, logits_from_probs
+            from .inference import apply_temperature, logits_from_probs
 
             pred.calibrated = apply_temperature(logits_from_probs(pred.probs[None]), np.array(temps))[0].astype(np.float32)
         if mc_samples and mc_samples > 0:
@@ -244,8 +258,8 @@ class Predictor:
                         tta: str = "none") -> np.ndarray:
         """Probabilities (N, L) for preprocessed uint8 squares (N, S, S), e.g. from the cache. ``raw``: the
         sigmoid outputs before a two-stage model's gate combination (:meth:`combine` applies it). ``tta``:
-        none, flip or tencrop (:mod:`cxrcore.eval.tta`): the mean over the views."""
-        from .eval.tta import VIEWS, check_tta, tta_sigmoid
+        none, flip or tencrop (:mod:`cxrcore.inference`): the mean over the views."""
+        from .inference import VIEWS, check_tta, tta_sigmoid
 
         tta = check_tta(tta)
         card = self.card  # one card for every batch

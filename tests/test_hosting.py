@@ -32,7 +32,8 @@ from streamlit.testing.v1 import AppTest
 from conftest import FORMATS, NIH_SAMPLE, REPO  # also puts the repository root on sys.path
 from cxrcore import hosting
 from cxrcore.errors import AccessError, JobError
-from cxrcore.explain.llm import LLMConfig, explain_stream
+from cxrcore.explain.llm import LLMConfig
+from cxrcore.explain.review import review_events
 from cxrcore.jobs import JobStore, dispatch
 from llm_stub import StubLLM
 
@@ -101,7 +102,7 @@ def test_loopback_and_defaults():
 def two_llms(monkeypatch):
     """The server's own endpoint (accepts the env key) and a visitor's (accepts only the visitor's key), with
     the environment set as an operator would, including the headers the openai client adds from it."""
-    with StubLLM(ENV_KEY) as own, StubLLM(VISITOR_KEY) as theirs:
+    with StubLLM(ENV_KEY, mode="review") as own, StubLLM(VISITOR_KEY, mode="review") as theirs:
         monkeypatch.setenv("OPENAI_API_KEY", ENV_KEY)
         monkeypatch.setenv("OPENAI_BASE_URL", own.base_url)
         monkeypatch.setenv("OPENAI_ORG_ID", "org-server-only")
@@ -131,7 +132,7 @@ def test_env_key_never_goes_to_a_typed_base_url(two_llms):
         with pytest.raises(AccessError, match="needs your own API key"):
             hosting.llm_config_for(theirs.base_url + "/", "  ", s)  # the same URL written differently
         cfg = hosting.llm_config_for(theirs.base_url, VISITOR_KEY, s)
-        assert "".join(explain_stream(b"png", facts, cfg))
+        assert list(review_events(b"png", facts, "prompt", cfg))[-1].outcome.valid
     assert len(theirs.requests) == 2
     assert {r["auth"] for r in theirs.requests} == {f"Bearer {VISITOR_KEY}"}
     assert leaked(theirs) == []  # no env key, no OpenAI-Organization / -Project, no custom header
@@ -139,7 +140,7 @@ def test_env_key_never_goes_to_a_typed_base_url(two_llms):
     for typed in ("", own.base_url, own.base_url + "/"):
         cfg = hosting.llm_config_for(typed, "", hosting.settings(address=SHARED))
         assert cfg.api_key == ENV_KEY and not cfg.isolated
-        assert "".join(explain_stream(b"png", facts, cfg))
+        assert list(review_events(b"png", facts, "prompt", cfg))[-1].outcome.valid
     assert {r["auth"] for r in own.requests} == {f"Bearer {ENV_KEY}"}
     assert own.requests[0]["headers"].get("openai-organization") == "org-server-only"
     # the old way of building a config (the page before this change) cannot pair the env key with another URL
@@ -499,7 +500,7 @@ def test_compare_page_refuses_an_oversized_upload(app_env, shipped, monkeypatch)
     at.file_uploader(key="compare_upload").set_value(("big.png", big, "image/png"))
     run(at, SHARED)
     assert any("this server accepts images up to 0.05 MB" in e.value for e in at.error)
-    assert "comparison" not in at.session_state and not at.dataframe
+    assert "explain_handoff" not in at.session_state and not at.dataframe  # nothing handed to Explain (ui.handoff.KEY)
 
 
 def test_rest_service_default_limit_follows_the_upload_setting(shipped, monkeypatch):

@@ -15,7 +15,8 @@ from cxrcore.compare import compare
 from cxrcore.data.imageio import LoadedImage, read_image
 from cxrcore.errors import LLMError
 from cxrcore.eval.cases import classify_case, truth_for
-from cxrcore.explain.llm import LLMConfig, anatomical_position, build_facts, explain_stream, template_summary
+from cxrcore.explain.llm import LLMConfig, anatomical_position, build_facts, template_summary
+from cxrcore.explain.review import review_events
 from cxrcore.explain.boxes import Box
 from cxrcore.explain.visual import comparison_panel, png_bytes
 from cxrcore.predictor import Predictor
@@ -60,13 +61,23 @@ def test_facts_and_template(comparison):
     assert anatomical_position(Box(0.7, 0.05, 0.2, 0.2, 1)) == "upper zone, left"
 
 
+def _ask(panel: bytes, facts: dict, config: LLMConfig, prompt: str = "Review the comparison.") -> list:
+    """Every event of one review request (the path the Explain page and `cxr explain` take)."""
+    return list(review_events(panel, facts, prompt, config))
+
+
 def test_stream_from_local_stub_carries_image_and_facts(comparison):
     panel, facts = _panel_and_facts(comparison)
-    with StubLLM(KEY) as stub:
-        text = "".join(explain_stream(panel, facts, LLMConfig(api_key=KEY, base_url=stub.base_url, model="stub-vl")))
-    assert text == stub.answer
+    with StubLLM(KEY, mode="review") as stub:
+        events = _ask(panel, facts, LLMConfig(api_key=KEY, base_url=stub.base_url, model="stub-vl"))
+    done = events[-1]
+    assert done.kind == "done" and done.outcome.valid and done.outcome.mode == "structured"
+    texts = [e.text for e in events if e.kind == "text"]
+    assert len(texts) > 1 and texts[-1] == done.outcome.review.explanation  # the explanation, as it streamed
+    assert json.loads(done.outcome.raw_text)["explanation"] == texts[-1]
     req = stub.requests[0]
     assert req["path"].endswith("/chat/completions") and req["body"]["stream"] is True
+    assert req["body"]["model"] == "stub-vl" and req["body"]["messages"][0]["content"] == "Review the comparison."
     content = req["body"]["messages"][1]["content"]
     image_part = next(c for c in content if c["type"] == "image_url")["image_url"]["url"]
     assert base64.b64decode(image_part.split(",", 1)[1]) == panel
@@ -80,19 +91,19 @@ def test_llm_errors_are_clear_and_never_show_the_key(comparison, mode, match):
     panel, facts = _panel_and_facts(comparison)
     with StubLLM(KEY, mode=mode) as stub:
         with pytest.raises(LLMError, match=match) as err:
-            list(explain_stream(panel, facts, LLMConfig(api_key=KEY, base_url=stub.base_url)))
+            _ask(panel, facts, LLMConfig(api_key=KEY, base_url=stub.base_url))
     assert KEY not in str(err.value) and "sk-" not in str(err.value)
 
 
 def test_llm_down_slow_and_unconfigured(comparison):
     panel, facts = _panel_and_facts(comparison)
     with pytest.raises(LLMError, match="Could not connect"):
-        list(explain_stream(panel, facts, LLMConfig(api_key=KEY, base_url="http://127.0.0.1:9/v1")))
+        _ask(panel, facts, LLMConfig(api_key=KEY, base_url="http://127.0.0.1:9/v1"))
     with StubLLM(KEY, mode="slow") as stub:
         with pytest.raises(LLMError, match="did not answer"):
-            list(explain_stream(panel, facts, LLMConfig(api_key=KEY, base_url=stub.base_url, timeout=1)))
+            _ask(panel, facts, LLMConfig(api_key=KEY, base_url=stub.base_url, timeout=1))
     with pytest.raises(LLMError, match="OPENAI_API_KEY"):
-        list(explain_stream(panel, facts, LLMConfig(api_key=None)))
+        _ask(panel, facts, LLMConfig(api_key=None))
     assert KEY not in repr(LLMConfig(api_key=KEY))
 
 

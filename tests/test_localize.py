@@ -97,8 +97,11 @@ def test_union_area_known_values():
 
 
 class _PeakOnFirstBox:
-    """A stand-in predictor: every label's heatmap (in the image frame) peaks on the first ground-truth box of
-    that label on the image, and is empty for labels without a box."""
+    """A stand-in predictor, shaped as :meth:`cxrcore.predictor.Predictor.predict`'s answer: every label's
+    heatmap (in the image frame) peaks at the centre of the first ground-truth box of that label on the image,
+    and its one predicted box is the middle of that box (half its width and height, the same centre: IoU 1/4 and
+    IoBB 1 against it). Labels without a box get an empty map and no predicted box; every probability is 0.9
+    against a threshold of 0.5."""
 
     def __init__(self, index, labels):
         self.labels = list(labels)
@@ -112,13 +115,18 @@ class _PeakOnFirstBox:
         self.calls += 1
         size = 128
         maps = np.zeros((len(self.labels), size, size), np.float32)
+        boxes: dict[str, list[Box]] = {x: [] for x in self.labels}
         gt = self.index.boxes[self.index.boxes["image_id"].astype(str) == self.id_of[path]]
         for row in gt.itertuples(index=False):
             j = find_label(str(row.label), self.labels)
             if j is not None and not maps[j].any():
-                cx, cy = row.x + row.w / 2, row.y + row.h / 2
+                g = clip_box(B(row.x, row.y, row.w, row.h))
+                cx, cy = g.x + g.w / 2, g.y + g.h / 2
                 maps[j, min(int(cy * size), size - 1), min(int(cx * size), size - 1)] = 1.0
-        return SimpleNamespace(labels=self.labels, boxes={}, heatmaps=maps)
+                boxes[self.labels[j]] = [B(g.x + g.w / 4, g.y + g.h / 4, g.w / 2, g.h / 2, 1.0)][:top_k_boxes]
+        n = len(self.labels)
+        return SimpleNamespace(labels=self.labels, boxes=boxes, heatmaps=maps, probs=np.full(n, 0.9, np.float32),
+                               thresholds=np.full(n, 0.5, np.float32))
 
 
 def test_pointing_game_counts_a_hit_on_any_instance_of_the_label(tmp_path):
@@ -146,6 +154,22 @@ def test_pointing_game_counts_a_hit_on_any_instance_of_the_label(tmp_path):
         assert all(r.pointing_box == inside(r.peak, r.gt) for r in g)
     assert d["overall"]["pointing_box"] < 1.0                           # not on every box of a multi-box label
     assert d["overall"]["pointing_box"] == pytest.approx(np.mean([r.pointing_box for r in rep.results]))
+    # IoU and IoBB against the predicted boxes: the middle of each label's first box scores 1/4 and 1 there; the
+    # label's other boxes on the image score against that same predicted box (apart: 0)
+    for g in groups.values():
+        first = g[0].gt
+        inner = B(first.x + first.w / 4, first.y + first.h / 4, first.w / 2, first.h / 2)
+        assert g[0].iou == pytest.approx(0.25) and g[0].iobb == pytest.approx(1.0) and g[0].n_pred == 1
+        for r in g[1:]:
+            assert r.iou == pytest.approx(iou(r.gt, inner)) and r.iobb == pytest.approx(iobb(r.gt, inner))
+    assert any(r.iou == 0.0 for g in multi for r in g[1:]) and any(r.iou > 0.0 for g in multi for r in g[1:])
+    firsts = len(groups) / len(rep.results)
+    overall = d["overall"]
+    assert overall["no_prediction"] == 0 and overall["iou_acc"]["0.1"] >= firsts and overall["iou_acc"]["0.5"] < firsts
+    assert overall["iobb_acc"]["0.5"] >= firsts
+    assert overall["mean_iou"] == pytest.approx(np.mean([r.iou for r in rep.results]))
+    assert overall["mean_iobb"] == pytest.approx(np.mean([r.iobb for r in rep.results]))
+    assert overall["hit_rate"] == overall["gated_hit_rate"] == 1.0 and overall["gated"] == 0  # p 0.9 > threshold 0.5
 
 
 def test_report_table_and_json_shape():

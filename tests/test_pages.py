@@ -201,7 +201,7 @@ def compare_then_explain(stub, monkeypatch):
     for option in at.selectbox(key="compare_sample").options:
         at.selectbox(key="compare_sample").set_value(option).run()
         no_exception(at)
-        comp = at.session_state["comparison"]
+        comp = at.session_state["explain_handoff"].comparison  # ui.handoff.KEY
         hard = [x for x in comp.labels() if all(comp.label_in(n, x) for n in comp.predictions)
                 and classify_case(comp.for_label(x), x, truth_for(comp.truth, x)).name == "hard"]
         if hard:

@@ -13,6 +13,7 @@ from cxrcore.errors import CXRError
 from cxrcore.explain.cam import CAM_METHODS, SLOW_CAM_METHODS, model_cam_methods
 from cxrcore.explain.visual import comparison_panel, overlay, png_bytes
 from cxrcore.models.library import card_stamp
+from ui import handoff
 from ui.common import (chart_config, current_user, hosting_settings, image_compare_slider, load_predictor, model_picker,
                        md_text, require_checkpoints, run_comparison, run_uncertainty, show_error, show_model_cards)
 
@@ -66,37 +67,33 @@ else:
 
 def models_at_a_glance(paths: dict[str, str], key: str) -> None:
     """Per label, each model's operating threshold and the AUROC its card records on its own held-out split
-    (test, else validation), with what that split was: how far each label's output can be trusted at all."""
+    (test, else validation), with what that split was: how far each label's output can be trusted at all
+    (:func:`cxrcore.compare.held_out`)."""
     from cxrcore.checkpoint import read_card
+    from cxrcore.compare import glance_rows, held_out
 
-    rows: dict[str, dict] = {}
-    fig = go.Figure()
-    notes = []
+    models = {}
     for who, path in paths.items():
         try:
-            card = read_card(path)
+            models[who] = held_out(read_card(path))
         except CXRError as exc:
             show_error(exc)
-            continue
-        split = next((k for k in ("test", "val") if (card.metrics or {}).get(k, {}).get("auroc")), None)
-        auroc = (card.metrics or {}).get(split, {}).get("auroc", {}) if split else {}
-        for lab in card.labels:
-            row = rows.setdefault(lab, {"label": lab})
-            row[f"{who} threshold"] = round(float(card.thresholds.get(lab, 0.5)), 3)
-            row[f"{who} held-out AUROC"] = None if auroc.get(lab) is None else round(float(auroc[lab]), 3)
-        if split:
-            where = md_text((card.data or {}).get("name") or "its dataset")  # a dataset folder's name: anyone's
-            n = (card.metrics or {}).get(split, {}).get("n")
-            notes.append(f"{who}: AUROC on the {'test' if split == 'test' else 'validation'} split of {where}"
-                         + (f" ({n} images)" if n else "") + f" — {md_text((card.trained_on or {}).get('summary') or 'training data not recorded')}")
-            shown = [lab for lab in card.labels if auroc.get(lab) is not None]
-            fig.add_bar(y=shown, x=[auroc[lab] for lab in shown], name=who, orientation="h")
+    rows = glance_rows(models)
+    if not rows:
+        return
+    fig = go.Figure()
+    notes = []
+    for who, h in models.items():
+        if h.split:
+            where = md_text(h.dataset or "its dataset")  # a dataset folder's name: anyone's
+            notes.append(f"{who}: AUROC on the {'test' if h.split == 'test' else 'validation'} split of {where}"
+                         + (f" ({h.n} images)" if h.n else "") + f" — {md_text(h.trained_on or 'training data not recorded')}")
+            shown = [lab for lab, v in h.auroc.items() if v is not None]
+            fig.add_bar(y=shown, x=[h.auroc[lab] for lab in shown], name=who, orientation="h")
         else:
             notes.append(f"{who}: its card records no held-out AUROC (e.g. a library model as published); "
                          "measure it on your data on the Evaluation page")
-    if not rows:
-        return
-    table = pd.DataFrame(list(rows.values()))
+    table = pd.DataFrame(rows)
     st.dataframe(table, hide_index=True, width="stretch", key=f"{key}_table", placeholder="–",
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in table.columns if c != "label"})
     if fig.data:
@@ -217,10 +214,15 @@ except CXRError as exc:
     st.stop()
 
 image = result.image
-st.session_state["explain_source"] = {  # what Explain names the two models (the roles stay baseline / fine-tuned)
-    "from": "the Compare page", "image_id": name, "image_hash": result.image_hash,
-    "model_paths": dict(result.model_paths), "names": {"baseline": base_name, "fine-tuned": tuned_name},
-    "known": None}
+
+
+def hand_to_explain(res) -> None:
+    """``res`` for the Explain page, with the names of the two models (the roles stay baseline / fine-tuned)."""
+    handoff.send(st.session_state, handoff.Handoff(res, origin="the Compare page", image_id=name,
+                                                   names={"baseline": base_name, "fine-tuned": tuned_name}))
+
+
+hand_to_explain(result)
 h, w = image.original_shape
 st.caption(f"{md_text(name)}: {image.source_format}, {w}×{h}, {image.bit_depth}-bit"  # the file's own name and notes
            + (f" · {md_text('; '.join(image.notes))}" if image.notes else ""))
@@ -328,38 +330,37 @@ if mc:  # the slow part, after the first answer is on screen
     except CXRError as exc:
         show_error(exc)
     else:
+        hand_to_explain(result)
         show_numbers(result, "final")
 
 
 @st.cache_data(show_spinner="Predicting the second view…", max_entries=16)
-def _view_probs(raw: bytes, name: str, path: str, stamp: tuple):
-    p = load_predictor(path).predict(read_image(raw, name), heatmaps=False)
-    return p.labels, p.probs, [w.text for w in p.warnings]
+def _second_view(raw: bytes, name: str, base_path: str, tuned_path: str, stamps: tuple):
+    """The second view through both models (probabilities only): the same pipeline as the first."""
+    from cxrcore.compare import compare, load_image
+
+    image, data = load_image(raw, name)
+    return compare(image, {"baseline": load_predictor(base_path), "fine-tuned": load_predictor(tuned_path)}, name,
+                   raw=data, heatmaps=False)
 
 
 if second is not None:
-    from cxrcore.predictor import fuse_views
+    from cxrcore.compare import study
 
     st.subheader("The study: both views combined")
     how = st.radio("Combine the two views' probabilities by", ["mean", "max"], horizontal=True, key="compare_fuse",
                    help="seed 003's study-level fusion of frontal and lateral predictions")
-    rows = {}
     try:
-        for mname, path in result.model_paths.items():
-            labels2, probs2, warns2 = _view_probs(second[0], second[1], path, card_stamp(path))
-            for text in warns2:
-                st.warning(f"{md_text(second[1])} ({mname}): {md_text(text)}", icon="⚠️")
-            first = result.predictions[mname]
-            fused = fuse_views([first.probs, probs2], how)
-            for i, x in enumerate(labels2):
-                rows.setdefault(x, {"label": x})
-                rows[x].update({f"{mname} study": round(float(fused[i]), 3),
-                                f"{mname} {name[:18]}": round(float(first.probs[i]), 3),
-                                f"{mname} {second[1][:18]}": round(float(probs2[i]), 3)})
+        other = _second_view(second[0], second[1], choices[base_name], choices[tuned_name],
+                             (card_stamp(choices[base_name]), card_stamp(choices[tuned_name])))
+        fused = study([result, other], how)
     except CXRError as exc:
         show_error(exc)
     else:
-        st.dataframe(list(rows.values()), hide_index=True, width="stretch", key="compare_study")
+        for mname, pred in other.predictions.items():
+            for w in pred.warnings:
+                st.warning(f"{md_text(second[1])} ({mname}): {md_text(w.text)}", icon="⚠️")
+        st.dataframe(fused.table(), hide_index=True, width="stretch", key="compare_study")
         st.caption(f"Study probability = the {how} of the two views' (the heatmaps above are the first view's).")
 
 show_model_cards({"baseline": choices[base_name], "fine-tuned": choices[tuned_name]})

@@ -17,6 +17,7 @@ from cxrcore.explain.review import (CASE_TYPES, DEFAULT_CASE_INSTRUCTIONS, DEFAU
                                     PromptTemplate, classify_case, prompt_values, review_events, review_facts,
                                     review_record, save_review, truth_for, verdict_check, with_heartbeat)
 from cxrcore.explain.visual import comparison_panel, png_bytes
+from ui import handoff
 from ui.common import checkpoint_choices, current_user, hosting_settings, md_text, run_comparison, show_error
 
 VERDICT_COLORS = {"IMPROVED": "green", "WORSE": "red", "NO CHANGE": "gray"}
@@ -25,8 +26,8 @@ TRUTH_OPTIONS = ["unknown", "present", "absent"]
 st.title("Explain a comparison")
 st.caption(DISCLAIMER)
 
-comparison = st.session_state.get("comparison")
-if comparison is None:
+sent = handoff.received(st.session_state)
+if sent is None:
     st.info("No comparison yet: run one on the Compare page, send a case from the Evaluation page's case browser, "
             "or use a held-out phantom test image here.")
     st.page_link("views/compare.py", label="Open the Compare page (upload an image or pick a phantom) →")
@@ -38,7 +39,8 @@ if comparison is None:
             base = next(p for n, p in choices.items() if n.startswith("baseline"))
             tuned = next(p for n, p in choices.items() if n.startswith("finetuned"))
             case = next((c for c in sample_cases() if c["truth"]), sample_cases()[0])
-            run_comparison(Path(case["path"]).read_bytes(), Path(case["path"]).name, base, tuned, case["truth"])
+            handoff.send(st.session_state, handoff.Handoff(
+                run_comparison(Path(case["path"]).read_bytes(), Path(case["path"]).name, base, tuned, case["truth"])))
             st.rerun()
         except StopIteration:
             st.error("The shipped baseline and fine-tuned checkpoints are missing; run `cxr demo build`.")
@@ -46,18 +48,15 @@ if comparison is None:
             show_error(exc)
     st.stop()
 
-# Where the comparison came from: the Evaluation page's case browser sends the models' names, the labels
-# whose ground truth is known for that image, and the label it was browsing.
-source = st.session_state.get("explain_source")
-if not source or source.get("image_hash") != comparison.image_hash or \
-        source.get("model_paths") != dict(comparison.model_paths):
-    source = None
-names = (source or {}).get("names") or {}
-known = set(source["known"]) if source and source.get("known") is not None else None
-if source:
-    st.caption(f"Sent from {md_text(source['from'])}: {md_text(source.get('image_id') or comparison.image_name)} · baseline: "
+# Where the comparison came from: the Compare page sends the models' names; the Evaluation page's case browser
+# also the labels whose ground truth is known for that image, and the label it was browsing.
+comparison = sent.comparison
+names = sent.names
+known = set(sent.known) if sent.known is not None else None
+if sent.origin:
+    st.caption(f"Sent from {md_text(sent.origin)}: {md_text(sent.image_id or comparison.image_name)} · baseline: "
                f"{names.get('baseline', 'baseline')} · fine-tuned: {names.get('fine-tuned', 'fine-tuned')}")
-    wanted = st.session_state.pop("explain_wanted_label", None)
+    wanted = handoff.take_label(st.session_state)
     if wanted in comparison.labels():
         st.session_state["explain_label"] = wanted
 
@@ -72,7 +71,7 @@ preds = comparison.for_label(label)
 
 # ----------------------------------------------------------------- ground truth and case type
 given = truth_for(comparison.truth, label, known)
-where_from = (source or {}).get("truth_from", "the phantom image's labels") if given is not None \
+where_from = (sent.truth_from or "the phantom image's labels") if given is not None \
     else "not known for this image"
 truth_key = f"explain_truth_{comparison.image_hash}_{label}"
 if truth_key not in st.session_state:
@@ -263,7 +262,7 @@ elif go:
         text_box.empty()
         record = review_record(comparison=comparison, label=label, facts=facts, case=case, prompt=prompt,
                                template=template, config=config, outcome=outcome, names=names,
-                               source=(source or {}).get("from", "Compare"), owner=current_user(settings).display)
+                               source=sent.origin or "Compare", owner=current_user(settings).display)
         entry = {"outcome": outcome, "record": record, "path": None}
         try:
             entry["path"] = str(save_review(record))

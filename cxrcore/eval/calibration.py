@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import expit, logit
 
-EPS = 1e-7
+from ..inference import EPS, apply_temperature, logits_from_probs  # noqa: F401 - applied at inference too
 LOG_T_BOUNDS = (np.log(0.05), np.log(20.0))
 
 
@@ -86,11 +85,6 @@ def per_label_reliability(targets: np.ndarray, probs: np.ndarray, n_bins: int = 
 
 # --------------------------------------------------------------------------- temperature scaling
 
-def logits_from_probs(probs: np.ndarray, eps: float = EPS) -> np.ndarray:
-    """Logits of (cached) sigmoid probabilities, clipped away from 0 and 1."""
-    return logit(np.clip(np.asarray(probs, dtype=np.float64), eps, 1 - eps))
-
-
 def _nll_logits(y: np.ndarray, z: np.ndarray) -> float:
     # -[y log s(z) + (1-y) log(1-s(z))] = softplus(z) - y z, computed stably
     return float(np.mean(np.logaddexp(0.0, z) - y * z))
@@ -112,11 +106,6 @@ def fit_temperatures(targets: np.ndarray, logits: np.ndarray, bounds: tuple[floa
     for j, y, z in _columns(targets, logits):
         out[j] = fit_temperature(y, z, bounds)
     return out
-
-
-def apply_temperature(logits: np.ndarray, temperatures) -> np.ndarray:
-    """Calibrated probabilities ``sigmoid(logits / T)``; ``temperatures`` is a scalar or (L,)."""
-    return expit(np.asarray(logits, dtype=np.float64) / np.asarray(temperatures, dtype=np.float64))
 
 
 def calibrate_probs(probs: np.ndarray, temperatures) -> np.ndarray:

@@ -16,7 +16,7 @@ from ..data.cache import build_cache
 from ..data.index import DatasetIndex, patient_split
 from ..data.readers import read_dataset
 from ..errors import DataError
-from ..labels import match_labels
+from ..labels import gate_targets, match_labels
 from ..predictor import Predictor, fuse_views
 
 
@@ -116,8 +116,6 @@ def predict_split(predictor: Predictor, data: str | Path | DatasetIndex, split: 
     ts = (predictor.card.model or {}).get("two_stage")
     if isinstance(ts, dict) and predictor.labels and predictor.labels[-1] == ts.get("gate_label"):
         # a two-stage model's gate has no column in any dataset: its target follows from the findings
-        from ..train.losses import gate_targets
-
         targets[:, -1] = gate_targets(targets[:, :-1], predictor.labels[:-1])
     from .tta import check_tta
 

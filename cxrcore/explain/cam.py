@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.wrappers import scale_maps  # ReLU + min-max per map (models' own heatmaps use it too)
+
 log = logging.getLogger(__name__)
 
 
@@ -169,14 +171,6 @@ def _captures(model, layer, x, feats) -> bool:
         handle.remove()
     out = box.get("out")
     return out is not None and out.shape == feats.shape and torch.allclose(out, feats)
-
-
-def scale_maps(maps: np.ndarray) -> np.ndarray:
-    """ReLU, then min-max per map to [0, 1] (pytorch-grad-cam's scale_cam_image, without resizing)."""
-    maps = np.maximum(maps, 0)
-    lo = maps.min(axis=(-2, -1), keepdims=True)
-    maps = maps - lo
-    return maps / (1e-7 + maps.max(axis=(-2, -1), keepdims=True))
 
 
 @torch.no_grad()

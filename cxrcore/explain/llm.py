@@ -1,34 +1,36 @@
-"""LLM explanations of a comparison, through the ``openai`` client (OpenAI or any compatible server).
+"""LLM explanations of a comparison: the facts sent, and the transport to the ``openai`` client (OpenAI or
+any compatible server).
 
 The message carries the comparison panel PNG and structured facts (top predictions, thresholds,
 boxes in anatomical terms). Nothing from DICOM headers is ever included: the facts are built
 from predictions only. The API key is never printed, logged or put in an error message. With no
 LLM configured, :func:`template_summary` writes a deterministic summary from the same facts.
+
+The transport (:func:`chat_stream`) is every call to the client: one streamed chat completion, its
+chunks, and each failure of the server turned into an :class:`LLMError` with a safe message.
+:mod:`cxrcore.explain.review` builds the request and reads the answer. Which base URLs a visitor may
+use is the operator's policy (:mod:`cxrcore.hosting`, above this module).
 """
 from __future__ import annotations
 
-import base64
 import os
 import re
+import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
+from urllib.parse import urlsplit
 
-from ..errors import LLMError
-from .boxes import Box
+from ..errors import AccessError, LLMError
+
+if TYPE_CHECKING:
+    import threading
+
+    from .boxes import Box
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"  # the openai client's default endpoint
 
 DISCLAIMER = ("Research tool output, not a diagnosis. Heatmaps show where a model looked, not where disease is; "
               "a qualified clinician must interpret the image.")
-
-SYSTEM_PROMPT = (
-    "You are assisting a radiologist who is reviewing two chest X-ray classifiers (a baseline and a fine-tuned "
-    "model). You see a panel: the input radiograph, then each model's Grad-CAM overlay for one label, with their "
-    "top predictions. Explain, in plain clinical language and in at most 180 words: what each model predicts, "
-    "where each model's attention lies (anatomical zones), whether the attention is plausible for the finding, "
-    "and how the two models differ. Do not make a diagnosis; say where the evidence is weak. If the facts carry "
-    "\"warnings\" (for example a model trained only on synthetic phantoms applied to a real film), state each one "
-    "first, plainly, and do not present that model's outputs as findings."
-)
-
 
 @dataclass
 class LLMConfig:
@@ -71,11 +73,29 @@ class LLMConfig:
         return f"LLMConfig(model={self.model!r}, base_url={self.base_url!r}, api_key={'set' if self.api_key else 'unset'})"
 
 
+def normalize_base_url(url: str) -> str:
+    """``scheme://host[:port]/path`` in lower case without a trailing slash; AccessError for anything
+    that is not a plain http(s) URL (credentials, query or fragment in it)."""
+    text = (url or "").strip()
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise AccessError(f"{text!r} is not a valid URL.") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise AccessError(f"{text!r} is not an http(s) URL.")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise AccessError(f"{text!r}: a base URL carries no user name, password, query or fragment.")
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443}[parts.scheme.lower()]
+    netloc = host if port in (None, default) else f"{host}:{port}"
+    return f"{parts.scheme.lower()}://{netloc}{parts.path.rstrip('/')}"
+
+
 def _same_endpoint(a: str | None, b: str | None) -> bool:
     """Whether two base URLs name one endpoint (None: OpenAI's)."""
-    from ..errors import AccessError
-    from ..hosting import OPENAI_BASE_URL, normalize_base_url
-
     try:
         return normalize_base_url(a or OPENAI_BASE_URL) == normalize_base_url(b or OPENAI_BASE_URL)
     except AccessError:
@@ -89,27 +109,6 @@ def _env_header_names() -> set[str]:
         if ":" in line:
             names.add(line.split(":", 1)[0].strip().lower())
     return names
-
-
-def _client(config: LLMConfig):
-    """The ``openai`` client for one request. For an isolated config, a request hook leaves only the
-    config's own key on the request: headers the client took from the environment are removed."""
-    import openai
-
-    kwargs = dict(api_key=config.api_key, base_url=config.base_url, timeout=config.timeout, max_retries=0)
-    if config.isolated:
-        key = config.api_key
-        strip = _env_header_names() | {"authorization"}
-
-        def only_own_credentials(request) -> None:
-            for name in list(request.headers.keys()):
-                low = name.lower()
-                if low in strip or low.startswith("openai-"):
-                    del request.headers[name]
-            request.headers["Authorization"] = f"Bearer {key}"
-
-        kwargs["http_client"] = openai.DefaultHttpxClient(event_hooks={"request": [only_own_credentials]})
-    return openai.OpenAI(**kwargs)
 
 
 def anatomical_position(box: Box) -> str:
@@ -188,59 +187,131 @@ def template_summary(facts: dict) -> str:
     return f"Summary for {label}:\n" + "\n".join(lines) + f"\n\n{DISCLAIMER}"
 
 
-def _facts_text(facts: dict) -> str:
-    import json
-
-    return "Structured facts (JSON):\n" + json.dumps(facts, indent=1)
-
-
 def _scrub(text: str, secret: str | None) -> str:
     if secret:
         text = text.replace(secret, "[key]")
     return re.sub(r"(sk|key)-[A-Za-z0-9_\-*]{6,}", "[key]", text)
 
 
-def explain_stream(panel_png: bytes, facts: dict, config: LLMConfig) -> Iterator[str]:
-    """Stream the explanation text chunk by chunk. Raises LLMError with a safe message."""
-    if not config.enabled:
-        raise LLMError("No LLM is configured: set OPENAI_API_KEY (and OPENAI_BASE_URL for a local "
-                       "OpenAI-compatible server), or enter them on the Explain page.")
+# --------------------------------------------------------------------------- transport
+
+NOT_CONFIGURED = ("No LLM is configured: set OPENAI_API_KEY (and OPENAI_BASE_URL for a local OpenAI-compatible "
+                  "server), or enter them on the Explain page.")
+
+
+class StructuredOutputRefused(LLMError):
+    """The server does not accept ``response_format`` (HTTP 400 / 422); ``status`` and the server's scrubbed
+    message say so. The caller may ask again without it."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Chunk:
+    """A piece of a streamed answer: ``content`` (``text`` the new piece, ``snapshot`` the answer so far),
+    ``refusal`` (structured output's refusal text), or the last, ``end`` (``snapshot`` the whole answer;
+    ``finish`` None, ``"length"`` when cut at the token limit, ``"content_filter"`` when the server's filter
+    stopped it)."""
+
+    kind: str
+    text: str = ""
+    snapshot: str = ""
+    finish: str | None = None
+
+
+def _client(config: LLMConfig):
+    """The ``openai`` client for one request. For an isolated config, a request hook leaves only the
+    config's own key on the request: headers the client took from the environment are removed."""
     import openai
 
-    client = _client(config)
-    image_url = "data:image/png;base64," + base64.b64encode(panel_png).decode()
-    messages = [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": [
-            {"type": "text", "text": _facts_text(facts)},
-            {"type": "image_url", "image_url": {"url": image_url}},
-        ]},
-    ]
+    kwargs = dict(api_key=config.api_key, base_url=config.base_url, timeout=config.timeout, max_retries=0)
+    if config.isolated:
+        key = config.api_key
+        strip = _env_header_names() | {"authorization"}
+
+        def only_own_credentials(request) -> None:
+            for name in list(request.headers.keys()):
+                low = name.lower()
+                if low in strip or low.startswith("openai-"):
+                    del request.headers[name]
+            request.headers["Authorization"] = f"Bearer {key}"
+
+        kwargs["http_client"] = openai.DefaultHttpxClient(event_hooks={"request": [only_own_credentials]})
+    return openai.OpenAI(**kwargs)
+
+
+def chat_stream(config: LLMConfig, messages: list, response_format=None, stop: "threading.Event | None" = None,
+                started: float | None = None) -> Iterator[Chunk]:
+    """One streamed chat completion (temperature 0.2), as :class:`Chunk` s ending with ``end``; nothing more
+    once ``stop`` is set. ``response_format``: a pydantic model for structured output (the client's own parse
+    of the answer is not relied on: a caller validates the text). ``started``: ``time.monotonic()`` when the
+    caller's request began (default now); the answer must be complete ``config.timeout`` seconds after it.
+    Raises :class:`StructuredOutputRefused` when the server rejects ``response_format``, and LLMError (no key,
+    unreachable, key rejected, too slow, not OpenAI-compatible) with a safe message, never the key."""
+    if not config.enabled:
+        raise LLMError(NOT_CONFIGURED)
+    import openai
+    from pydantic import ValidationError
+
+    started = time.monotonic() if started is None else started
     where = config.base_url or "the OpenAI API"
+    kwargs = dict(model=config.model, messages=messages, temperature=0.2)
+    if response_format is not None:
+        kwargs["response_format"] = response_format
+    received = False  # part of an answer came (a timeout after it is a stall, not a slow start)
     try:
-        stream = client.chat.completions.create(model=config.model, messages=messages, stream=True, temperature=0.2)
-        got = False
-        for chunk in stream:
-            choices = getattr(chunk, "choices", None) or []
-            if not choices:
-                continue
-            delta = getattr(choices[0], "delta", None)
-            text = getattr(delta, "content", None) if delta is not None else None
-            if text:
-                got = True
-                yield text
-        if not got:
-            raise LLMError(f"{where} answered with no text. Check that model {config.model!r} exists there and accepts images.")
+        chunks: list[str] = []
+        refusal: list[str] = []
+        finish = None
+        with _client(config).chat.completions.stream(**kwargs) as stream:
+            try:
+                for event in stream:
+                    if stop is not None and stop.is_set():
+                        return
+                    if time.monotonic() - started > config.timeout:
+                        raise LLMError(f"{where} did not finish its answer within {config.timeout:.0f} s; it was "
+                                       "stopped. Try again, raise the timeout, or use a faster model.")
+                    if event.type == "refusal.delta":  # structured output's refusal: no JSON will come
+                        received = True
+                        refusal.append(event.delta)
+                        yield Chunk("refusal", event.delta, "".join(refusal))
+                    elif event.type == "content.delta":
+                        received = True
+                        chunks.append(event.delta)
+                        yield Chunk("content", event.delta, event.snapshot)
+            except ValidationError:
+                pass  # the client's own parse of the finished answer: the caller validates the text
+            except openai.LengthFinishReasonError:
+                finish = "length"
+            except openai.ContentFilterFinishReasonError:
+                finish = "content_filter"
+        yield Chunk("end", snapshot="".join(chunks), finish=finish)
     except LLMError:
         raise
+    except openai.BadRequestError as exc:
+        message = _scrub(str(getattr(exc, "message", "")), config.api_key)
+        if response_format is not None and exc.status_code in (400, 422):
+            raise StructuredOutputRefused(f"{where} did not accept structured output (HTTP {exc.status_code}: "
+                                          f"{message[:160]})", exc.status_code) from None
+        raise LLMError(f"{where} answered HTTP {exc.status_code}: {message[:200]}") from None
     except openai.AuthenticationError:
         raise LLMError(f"{where} rejected the API key (HTTP 401). Check OPENAI_API_KEY.") from None
     except openai.APITimeoutError:
-        raise LLMError(f"{where} did not answer within {config.timeout:.0f} s. Try again or use a faster model.") from None
+        if received:
+            raise LLMError(f"{where} stopped sending its answer for {config.timeout:.0f} s; it was abandoned and "
+                           "nothing of it is used. Try again, raise the timeout, or use a faster model.") from None
+        raise LLMError(f"{where} did not answer within {config.timeout:.0f} s. Try again, raise the timeout, or use "
+                       "a faster model.") from None
     except openai.APIConnectionError:
         raise LLMError(f"Could not connect to {where}. Check OPENAI_BASE_URL and that the server is running.") from None
     except openai.APIStatusError as exc:
-        raise LLMError(f"{where} answered HTTP {exc.status_code}: {_scrub(str(getattr(exc, 'message', '')), config.api_key)[:200]}") from None
-    except Exception as exc:  # garbage from a server: bad JSON, bad SSE framing
+        raise LLMError(f"{where} answered HTTP {exc.status_code}: "
+                       f"{_scrub(str(getattr(exc, 'message', '')), config.api_key)[:200]}") from None
+    except Exception as exc:  # noqa: BLE001 - garbage from a server: bad JSON, bad SSE framing, a stalled read
+        if isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__:  # a read the client did not wrap
+            raise LLMError(f"{where} stopped sending its answer for {config.timeout:.0f} s; it was abandoned. Try "
+                           "again, raise the timeout, or use a faster model.") from None
         raise LLMError(f"{where} answered something that is not a chat completion ({type(exc).__name__}). "
                        "Check that the server is OpenAI-compatible.") from None

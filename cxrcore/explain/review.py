@@ -17,6 +17,7 @@ Nothing here holds state between requests; the template a page edits is passed i
 """
 from __future__ import annotations
 
+import base64
 import json
 import queue
 import re
@@ -32,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import ConfigError, LLMError
 from ..eval.cases import CaseType, classify_case, truth_for
-from .llm import LLMConfig, _client, _scrub, build_facts
+from .llm import LLMConfig, StructuredOutputRefused, _scrub, build_facts, chat_stream
 
 VERDICTS = ("IMPROVED", "WORSE", "NO CHANGE")
 CASE_TYPES = ("easy", "average", "hard")
@@ -334,8 +335,6 @@ def partial_explanation(snapshot: str) -> str | None:
 
 
 def _messages(prompt: str, facts: dict, panel_png: bytes, mode: str) -> list[dict]:
-    import base64
-
     system = prompt if mode == "structured" else (
         prompt + "\n\n" + JSON_INSTRUCTION + json.dumps(review_schema(), indent=1))
     return [{"role": "system", "content": system},
@@ -345,125 +344,68 @@ def _messages(prompt: str, facts: dict, panel_png: bytes, mode: str) -> list[dic
             ]}]
 
 
-def _stream_once(client, config: LLMConfig, messages: list, structured: bool, t0: float,
-                 stop: threading.Event) -> Iterator[Event]:
-    """One streamed request; yields ``text`` events and finally the whole answer as a ``done`` event with a
-    bare Outcome (not validated yet)."""
-    import openai
-
-    kwargs = dict(model=config.model, messages=messages, temperature=0.2)
-    if structured:
-        kwargs["response_format"] = Review
-    where = config.base_url or "the OpenAI API"
-    chunks: list[str] = []
-    refusal: list[str] = []
+def _answer(config: LLMConfig, messages: list, structured: bool, started: float,
+            stop: threading.Event) -> Iterator[Event]:
+    """One request through :func:`cxrcore.explain.llm.chat_stream`; yields ``text`` events (the explanation so
+    far) and finally the whole answer as a ``done`` event with a bare Outcome (not validated yet)."""
     shown = ""
-    with client.chat.completions.stream(**kwargs) as stream:
-        try:
-            for event in stream:
-                if stop.is_set():
-                    return
-                if time.monotonic() - t0 > config.timeout:
-                    raise LLMError(f"{where} did not finish its answer within {config.timeout:.0f} s; it was "
-                                   "stopped. Try again, raise the timeout, or use a faster model.")
-                if event.type == "refusal.delta":  # structured output's refusal: no JSON will come
-                    refusal.append(event.delta)
-                    continue
-                if event.type != "content.delta":
-                    continue
-                chunks.append(event.delta)
-                text = partial_explanation(event.snapshot)
-                if text is None and not event.snapshot.lstrip().startswith(("{", "`")):
-                    text = event.snapshot  # not JSON: show it as it comes (validated at the end)
-                if text and text != shown:
-                    shown = text
-                    yield Event("text", text, time.monotonic() - t0)
-        except (ValidationError, openai.LengthFinishReasonError, openai.ContentFilterFinishReasonError) as exc:
-            # the client's own parse of the finished answer failed, or the answer was cut: validated below
-            if isinstance(exc, openai.LengthFinishReasonError):
-                yield Event("done", outcome=Outcome("".join(chunks), "", error="the model's answer did not "
-                            "follow the schema: it was cut off at the token limit before the JSON was complete."))
-                return
-            if isinstance(exc, openai.ContentFilterFinishReasonError):
-                yield Event("done", outcome=Outcome("".join(chunks), "", error="the server's content filter "
-                            "stopped the answer."))
-                return
-    if refusal:
-        yield Event("done", outcome=Outcome("".join(refusal), "", error="the model declined to answer: "
-                                            + "".join(refusal)[:300]))
-        return
-    yield Event("done", outcome=Outcome("".join(chunks), ""))
+    refusal = ""
+    for chunk in chat_stream(config, messages, Review if structured else None, stop, started):
+        if chunk.kind == "refusal":
+            refusal = chunk.snapshot
+        elif chunk.kind == "content":
+            text = partial_explanation(chunk.snapshot)
+            if text is None and not chunk.snapshot.lstrip().startswith(("{", "`")):
+                text = chunk.snapshot  # not JSON: show it as it comes (validated at the end)
+            if text and text != shown:
+                shown = text
+                yield Event("text", text, time.monotonic() - started)
+        elif chunk.finish == "length":
+            yield Event("done", outcome=Outcome(chunk.snapshot, "", error="the model's answer did not follow the "
+                        "schema: it was cut off at the token limit before the JSON was complete."))
+        elif chunk.finish == "content_filter":
+            yield Event("done", outcome=Outcome(chunk.snapshot, "", error="the server's content filter stopped the "
+                                                                          "answer."))
+        elif refusal:
+            yield Event("done", outcome=Outcome(refusal, "", error="the model declined to answer: " + refusal[:300]))
+        else:
+            yield Event("done", outcome=Outcome(chunk.snapshot, ""))
 
 
 def review_events(panel_png: bytes, facts: dict, prompt: str, config: LLMConfig,
                   stop: threading.Event | None = None) -> Iterator[Event]:
     """Ask for the structured review and yield :class:`Event` s; the last is ``done`` with the validated
     :class:`Outcome`. Raises LLMError (no key, unreachable, key rejected, too slow) with a safe message."""
-    if not config.enabled:
-        raise LLMError("No LLM is configured: set OPENAI_API_KEY (and OPENAI_BASE_URL for a local "
-                       "OpenAI-compatible server), or enter them on the Explain page.")
-    import openai
-
     stop = stop or threading.Event()
-    client = _client(config)
     where = config.base_url or "the OpenAI API"
     t0 = time.monotonic()
     mode, fallback = "structured", None
-    received = False  # part of an answer came (a timeout after it is a stall, not a slow start)
-    try:
-        while True:
-            try:
-                outcome = None
-                for event in _stream_once(client, config, _messages(prompt, facts, panel_png, mode),
-                                          mode == "structured", t0, stop):
-                    if event.kind == "done":
-                        outcome = event.outcome
-                    else:
-                        received = True
-                        yield event
-                break
-            except openai.BadRequestError as exc:
-                if mode != "structured":
-                    raise
-                if exc.status_code not in (400, 422):
-                    raise
-                mode = "prompt"
-                fallback = (f"{where} did not accept structured output (HTTP {exc.status_code}: "
-                            f"{_scrub(str(getattr(exc, 'message', '')), config.api_key)[:160]}); the schema was "
-                            "put in the prompt instead and the answer validated the same way.")
-                yield Event("fallback", fallback, time.monotonic() - t0)
-        if outcome is None:  # stopped by the caller
-            return
-        if outcome.error is None:
-            if not outcome.raw_text.strip():
-                raise LLMError(f"{where} answered with no text. Check that model {config.model!r} exists there and "
-                               "accepts images.")
-            outcome = validate_answer(outcome.raw_text, facts, mode)
-        outcome.mode, outcome.fallback_reason = mode, fallback
-        outcome.raw_text = _scrub(outcome.raw_text, config.api_key)
-        outcome.seconds = time.monotonic() - t0
-        yield Event("done", elapsed=outcome.seconds, outcome=outcome)
-    except LLMError:
-        raise
-    except openai.AuthenticationError:
-        raise LLMError(f"{where} rejected the API key (HTTP 401). Check OPENAI_API_KEY.") from None
-    except openai.APITimeoutError:
-        if received:
-            raise LLMError(f"{where} stopped sending its answer for {config.timeout:.0f} s; it was abandoned and "
-                           "nothing of it is used. Try again, raise the timeout, or use a faster model.") from None
-        raise LLMError(f"{where} did not answer within {config.timeout:.0f} s. Try again, raise the timeout, or use "
-                       "a faster model.") from None
-    except openai.APIConnectionError:
-        raise LLMError(f"Could not connect to {where}. Check OPENAI_BASE_URL and that the server is running.") from None
-    except openai.APIStatusError as exc:
-        raise LLMError(f"{where} answered HTTP {exc.status_code}: "
-                       f"{_scrub(str(getattr(exc, 'message', '')), config.api_key)[:200]}") from None
-    except Exception as exc:  # noqa: BLE001 - garbage from a server: bad JSON, bad SSE framing, a stalled read
-        if isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__:  # a read the client did not wrap
-            raise LLMError(f"{where} stopped sending its answer for {config.timeout:.0f} s; it was abandoned. Try "
-                           "again, raise the timeout, or use a faster model.") from None
-        raise LLMError(f"{where} answered something that is not a chat completion ({type(exc).__name__}). "
-                       "Check that the server is OpenAI-compatible.") from None
+    outcome = None
+    while True:
+        try:
+            for event in _answer(config, _messages(prompt, facts, panel_png, mode), mode == "structured", t0, stop):
+                if event.kind == "done":
+                    outcome = event.outcome
+                else:
+                    yield event
+            break
+        except StructuredOutputRefused as exc:
+            if mode != "structured":
+                raise
+            mode = "prompt"
+            fallback = (f"{exc}; the schema was put in the prompt instead and the answer validated the same way.")
+            yield Event("fallback", fallback, time.monotonic() - t0)
+    if outcome is None:  # stopped by the caller
+        return
+    if outcome.error is None:
+        if not outcome.raw_text.strip():
+            raise LLMError(f"{where} answered with no text. Check that model {config.model!r} exists there and "
+                           "accepts images.")
+        outcome = validate_answer(outcome.raw_text, facts, mode)
+    outcome.mode, outcome.fallback_reason = mode, fallback
+    outcome.raw_text = _scrub(outcome.raw_text, config.api_key)
+    outcome.seconds = time.monotonic() - t0
+    yield Event("done", elapsed=outcome.seconds, outcome=outcome)
 
 
 def with_heartbeat(make_events, interval: float = 0.5) -> Iterator[Event]:
