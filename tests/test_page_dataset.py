@@ -288,10 +288,12 @@ def test_split_balance_nih_sample(app):
     split, report = _expected(index, "hash", seed=3, test=0.3, labels=labels)
     _check_balance(app, index, split, report)
 
-    # impossible fractions: a message, no exception, no stale table
-    app.number_input(key="bal_val").set_value(0.75).run()
+    # fractions that leave too little for training (the bounds TrainConfig has: cxrcore.data.splits):
+    # a message, no exception, no stale table
+    app.number_input(key="bal_test").set_value(0.45).run()
+    app.number_input(key="bal_val").set_value(0.5).run()
     assert not app.exception
-    assert any("must sum below 1" in e.value for e in app.error)
+    assert any("leaves too little for training" in e.value for e in app.error)
     assert not [d for d in app.dataframe if "max_gap" in d.value.columns]
 
 

@@ -23,7 +23,8 @@ from cxrcore.data.gallery import folder_stamp, gallery_items
 from cxrcore.data.imageio import read_image
 from cxrcore.data.index import POLICIES, DatasetIndex
 from cxrcore.data.readers import LABELS_ONLY, builtin_table, read_dataset
-from cxrcore.data.splits import SPLIT_METHODS, SPLITS, WARN_GAP, split_balance
+from cxrcore.data.splits import (SPLIT_METHODS, SPLITS, TEST_FRACTION, VAL_FRACTION, WARN_GAP, check_fractions,
+                                 split_balance)
 from cxrcore import hosting
 from cxrcore.errors import AccessError, CXRError
 from cxrcore.explain.visual import png_bytes, thumbnail
@@ -396,14 +397,18 @@ def _split_balance(src: str, s: dict, slug: str) -> None:
                "filters such as frontal-only) and how evenly each label's positives are spread over it. "
                "**hash**: each patient by a hash of its id and the seed (stable when patients are added or "
                "removed); **stratified**: iterative stratification over patients, so every label's positive "
-               f"rate is about equal in all splits. Gaps above {100 * WARN_GAP:.0f} percentage points are flagged.")
+               f"rate is about equal in all splits; **official**: the dataset's own test list, the rest split by hash. "
+               f"Gaps above {100 * WARN_GAP:.0f} percentage points are flagged.")
     c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
-    method = c1.segmented_control("Split method (patient-level)", list(SPLIT_METHODS), default="hash",
-                                  required=True, key="bal_method")
+    first = next(iter(SPLIT_METHODS))  # the methods and the fractions' bounds: cxrcore/data/splits.py
+    method = c1.segmented_control("Split method (patient-level)", list(SPLIT_METHODS), default=first,
+                                  required=True, key="bal_method",
+                                  help="; ".join(f"{k}: {v}" for k, v in SPLIT_METHODS.items()))
     seed = int(c2.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="bal_seed"))
-    val = float(c3.number_input("Val fraction", min_value=0.0, max_value=0.9, value=0.1, step=0.05, key="bal_val"))
-    test = float(c4.number_input("Test fraction", min_value=0.0, max_value=0.9, value=0.2, step=0.05,
-                                 key="bal_test"))
+    val = float(c3.number_input("Val fraction", min_value=VAL_FRACTION.min, max_value=VAL_FRACTION.max,
+                                value=VAL_FRACTION.default, step=0.05, key="bal_val"))
+    test = float(c4.number_input("Test fraction", min_value=TEST_FRACTION.min, max_value=TEST_FRACTION.max,
+                                 value=TEST_FRACTION.default, step=0.05, key="bal_test"))
     c1, c2 = st.columns(2)
     space = c1.selectbox("Label space", _space_choices(s["labels"]), key="bal_space",
                          help="The labels a model would be trained on; labels the dataset lacks are left out.")
@@ -412,11 +417,9 @@ def _split_balance(src: str, s: dict, slug: str) -> None:
         policy = c2.selectbox("Uncertain (-1) / blank values", list(POLICIES), key="bal_policy",
                               help="zeros: both negative; ones: -1 positive; ignore: -1 left out of the rate "
                                    "(blank is negative in all three). Same as training's uncertainty policy.")
-    if val + test >= 1:
-        st.error(f"Val {val:g} + test {test:g} must sum below 1.")
-        return
     try:
-        res = _balance(src, _stamp(src), method or "hash", seed, round(val, 6), round(test, 6), space, policy)
+        check_fractions(val, test)
+        res = _balance(src, _stamp(src), method or first, seed, round(val, 6), round(test, 6), space, policy)
     except CXRError as exc:
         show_error(exc)
         return

@@ -10,6 +10,8 @@ the assignment depends on the whole cohort: recompute it from the same filtered 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -18,6 +20,41 @@ from ..errors import DataError
 SPLITS = ("train", "val", "test")
 OFFICIAL_TRAIN = ("train_val", "train")   # NIH train_val_list.txt, CheXpert train.csv
 WARN_GAP = 0.02  # 2 percentage points
+
+# The split methods, declared once (name -> label on the forms): TrainConfig's ``split_method`` choices,
+# ``cxr train --split-method``, the Training form and the Dataset page read this mapping (a new entry shows
+# up on all of them); :func:`assign_split` computes each.
+SPLIT_METHODS: dict[str, str] = {
+    "hash": "hash by patient",
+    "stratified": "stratified by label",
+    "official": "official test split",
+}
+
+
+@dataclass(frozen=True)
+class Fraction:
+    """The bounds of a split fraction (a share of the patients) and its default."""
+
+    default: float
+    min: float
+    max: float
+
+
+# The split fractions' bounds, declared once: TrainConfig (its options and validate), the CLI flags derived
+# from it, the Dataset page and :func:`assign_split` read them.
+VAL_FRACTION = Fraction(0.1, 0.01, 0.5)
+TEST_FRACTION = Fraction(0.2, 0.0, 0.5)
+MAX_HELD_OUT = 0.9  # val + test stay below this: the rest trains
+
+
+def check_fractions(val: float, test: float) -> None:
+    """DataError unless ``val`` and ``test`` lie in their bounds and leave enough patients for training."""
+    for name, value, b in (("Validation", val, VAL_FRACTION), ("Test", test, TEST_FRACTION)):
+        if not b.min <= value <= b.max:
+            raise DataError(f"{name} fraction {value:g} must be from {b.min:g} to {b.max:g}.")
+    if val + test >= MAX_HELD_OUT:
+        raise DataError(f"Validation + test fraction ({val + test:g}) leaves too little for training; keep them "
+                        f"below {MAX_HELD_OUT:g} together.")
 
 
 def stratified_patient_split(frame: pd.DataFrame, targets: np.ndarray, seed: int = 0, val: float = 0.1,
@@ -115,21 +152,25 @@ def balance_warnings(report: pd.DataFrame) -> list[str]:
     return out
 
 
-SPLIT_METHODS = ("hash", "stratified")
-
-
 def assign_split(frame: pd.DataFrame, targets: np.ndarray, method: str = "hash", seed: int = 0, val: float = 0.1,
                  test: float = 0.2) -> np.ndarray:
-    """The training code's split (``split_method``): ``hash`` (:func:`~cxrcore.data.index.patient_split`)
-    or ``stratified`` (:func:`stratified_patient_split`); ``train`` / ``val`` / ``test`` per image.
+    """The training code's split (``split_method``, one of :data:`SPLIT_METHODS`): ``hash``
+    (:func:`~cxrcore.data.index.patient_split`), ``stratified`` (:func:`stratified_patient_split`) or
+    ``official`` (:func:`official_patient_split`; ``test`` unused); ``train`` / ``val`` / ``test`` per image
+    (``unlisted`` too for ``official``). DataError for fractions out of their bounds (:func:`check_fractions`).
 
     ``hash`` gives exactly ``patient_split(frame["patient_id"], ...)``, hashing each distinct patient
     once instead of once per image (a third of the work on CheXpert's 223,414 images of 64,540 patients).
     """
+    if method not in SPLIT_METHODS:
+        raise DataError(f"Unknown split method {method!r}; use one of {', '.join(SPLIT_METHODS)}.")
+    check_fractions(val, test)
     if method == "stratified":
         return stratified_patient_split(frame, targets, seed, val, test)
+    if method == "official":
+        return official_patient_split(frame, seed, val)
     if method != "hash":
-        raise DataError(f"Unknown split method {method!r}; use one of {', '.join(SPLIT_METHODS)}.")
+        raise DataError(f"The split method {method!r} is declared but not computed here yet.")
     from .index import patient_split
 
     pid = frame["patient_id"]

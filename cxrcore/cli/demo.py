@@ -1,0 +1,26 @@
+"""``cxr demo build``: the shipped demo checkpoints."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import Command, train_progress
+
+
+def cmd_demo(a) -> int:
+    from ..demo import build
+
+    if a.action == "build":
+        report = build(Path(a.out) if a.out else None, a.baseline_epochs, a.finetune_epochs, progress=train_progress())
+        return 0 if report else 1
+    return 2
+
+
+def _demo_flags(s) -> None:
+    s.add_argument("action", choices=["build"])
+    s.add_argument("--out", help="default: the repository's checkpoints/")
+    s.add_argument("--baseline-epochs", type=int, default=None, help="default: cxrcore.demo.BASELINE_EPOCHS")
+    s.add_argument("--finetune-epochs", type=int, default=None, help="default: cxrcore.demo.FINETUNE_EPOCHS")
+    s.set_defaults(func=cmd_demo)
+
+
+DEMO = Command("demo", "build the shipped demo checkpoints", _demo_flags)
