@@ -81,7 +81,7 @@ def test_evaluation_with_comparison_and_case_browser(app_env, shipped):
     assert any("Sent from the Evaluation case browser" in c.value and "baseline: baseline (shipped demo)" in c.value
                and "fine-tuned: finetuned (shipped demo)" in c.value for c in at.caption)
     assert at.selectbox(key="explain_label").value == label
-    comp = at.session_state["comparison"]
+    comp = at.session_state["explain_handoff"].comparison  # ui.handoff.KEY
     assert list(comp.predictions) == ["baseline", "fine-tuned"]
     assert str(shipped["baseline"]) == comp.model_paths["baseline"]
     truth = next(r for r in at.radio if r.label == f"Ground truth of {md_text(label)}")  # a label: escaped

@@ -158,19 +158,16 @@ def test_no_official_split(tmp_path):
         official_test_mask(ix)
 
 
-def test_gallery_tab_nih_sample(tmp_path, monkeypatch):
+def test_gallery_tab_nih_sample(app_env, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
     monkeypatch.chdir(ROOT)
     monkeypatch.syspath_prepend(str(ROOT))
-    import ui.common
-
-    # the phantoms are not needed here: the folder input reads any path
-    monkeypatch.setattr(ui.common, "ensure_app_data", lambda: {})
+    # the workspace of the whole run (app_env), whose built-in phantoms the real ensure_app_data finds generated
     at = AppTest.from_file(str(PAGE), default_timeout=120)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
+    assert {"phantom nih (built-in)", "phantom chexpert (built-in)"} <= set(at.selectbox(key="dataset_source").options)
     assert "Gallery" not in [t.label for t in at.tabs]  # the builtin table has no images ...
     assert any("label table only" in c.value for c in at.caption)  # ... and the page says so
     at.selectbox(key="dataset_source").set_value(FOLDER).run()

@@ -190,7 +190,7 @@ def test_page_set_all_by_target_sensitivity(app_env, shipped):
     assert (at.dataframe[0].value["specificity"] >= 0.8).all()
 
 
-def test_a_threshold_copy_of_an_earlier_build_is_not_offered(tmp_path, monkeypatch, shipped):
+def test_a_threshold_copy_of_an_earlier_build_is_not_offered(tmp_path, monkeypatch, shipped, app_home):
     """Your thresholds for a shipped model live in a workspace copy of it. When the shipped models are rebuilt, that
     copy holds the old weights: it is no longer offered in the model lists (the Thresholds page says why), and the
     next save moves it aside and copies the new build."""
@@ -207,6 +207,9 @@ def test_a_threshold_copy_of_an_earlier_build_is_not_offered(tmp_path, monkeypat
         shutil.copytree(path, ships / name)
     monkeypatch.setenv("CXR_CHECKPOINTS", str(ships))
     monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "datasets").mkdir(parents=True)
+    for d in (app_home / "datasets").iterdir():  # the page's built-in phantoms, generated once for the run
+        (tmp_path / "home" / "datasets" / d.name).symlink_to(d)
     label = read_card(ships / "finetuned").labels[0]
     copy = save_thresholds(ships / "finetuned", {label: 0.42})
     assert shipped_copy_state("finetuned") == "current"

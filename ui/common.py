@@ -9,14 +9,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from cxrcore import workspace
+from cxrcore import catalog, workspace
+from cxrcore.catalog import LIBRARY_TAG, MY_THRESHOLDS, SHARED_THRESHOLDS  # noqa: F401 - the pages' names for them
 from cxrcore.errors import CXRError
 from cxrcore.mdtext import md_text  # noqa: F401 - the pages' one escape for other people's text in Markdown
-
-
-LIBRARY_TAG = " (library)"
-MY_THRESHOLDS = " (your thresholds)"         # cxrcore.eval.thresholds.OWN_COPY_TAG
-SHARED_THRESHOLDS = " (shared thresholds)"  # cxrcore.eval.thresholds.SHARED_COPY_TAG
 
 
 def _viewer():
@@ -31,57 +27,12 @@ def _viewer():
 
 
 def checkpoint_choices(library: bool = True) -> dict[str, str]:
-    """Display name -> checkpoint folder or library model name: the shipped demo models, finished runs
-    in the workspace, then the library's pretrained models (``xrv:…``, ``clip:…``, used as they are; see
-    :func:`choice_label` for their "needs weights" mark) and your threshold copies of them.
-    ``library=False``: the shipped models and runs only (no library import: fast on a fresh server).
-
-    "(your thresholds)" is the copy this visitor's saves go to (:func:`cxrcore.eval.thresholds.save_target`):
-    on one person's own machine (and for an admin) the workspace's shared copy; on a shared server every other
-    visitor has their own, offered to them only, and sees the shared copy as "(shared thresholds)"."""
-    out: dict[str, str] = {}
-    shipped = workspace.shipped_checkpoints()
-    saved = workspace.sub("checkpoints")  # shipped / library models with thresholds saved on the Thresholds page
-    from cxrcore.checkpoint import shipped_copy_state
-    from cxrcore.eval.thresholds import own_copies_root, run_copy_name
-
+    """Display name -> checkpoint folder or library model name, for this browser session's visitor
+    (:func:`cxrcore.catalog.checkpoint_choices`: shipped models, runs with a two-network run's networks under it,
+    threshold copies, library models; see :func:`choice_label` for a library model's "needs weights" mark).
+    ``library=False``: the shipped models and runs only (no library import: fast on a fresh server)."""
     user, s = _viewer()
-    mine = own_copies_root(user, s) if user is not None else None  # None: this visitor saves to the shared copies
-    single = user is None or user.operator or s.single_user
-    shared_tag = MY_THRESHOLDS if single else SHARED_THRESHOLDS
-
-    def own(folder_name: str) -> Path | None:
-        copy = mine / folder_name if mine is not None else None
-        return copy if copy is not None and (copy / "card.json").is_file() else None
-
-    for name in ("baseline", "finetuned"):
-        if mine is not None and shipped_copy_state(name, mine) == "current":
-            out[f"{name}{MY_THRESHOLDS}"] = str(mine / name)
-        if shipped_copy_state(name) == "current":   # a copy made from an earlier build is not offered
-            out[f"{name}{shared_tag}"] = str(saved / name)
-        if (shipped / name / "card.json").exists():
-            out[f"{name} (shipped demo)"] = str(shipped / name)
-    runs = workspace.runs()
-    for pattern in ("*/checkpoint/card.json", "*/*/checkpoint/card.json"):
-        for card in sorted(runs.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True):
-            parts = card.parent.parent.relative_to(runs).parts
-            copy = own(run_copy_name(parts))
-            if copy is not None:
-                out[f"run {'/'.join(parts)}{MY_THRESHOLDS}"] = str(copy)
-            out[f"run {'/'.join(parts)}"] = str(card.parent)
-    if not library:
-        return out
-    from cxrcore.models.library import library_names, slug
-
-    for name in library_names():
-        copy = own(slug(name))
-        if copy is not None and (copy / "weights.safetensors").exists():
-            out[f"{name}{MY_THRESHOLDS}"] = str(copy)
-        copy = saved / slug(name)
-        if (copy / "card.json").exists() and (copy / "weights.safetensors").exists():
-            out[f"{name}{shared_tag}"] = str(copy)
-        out[f"{name}{LIBRARY_TAG}"] = name
-    return out
+    return catalog.checkpoint_choices(user, s, library=library)
 
 
 def choice_label(display: str) -> str:
@@ -183,14 +134,13 @@ def _comparison(raw: bytes, name: str, base_path: str, tuned_path: str, stamps: 
 
 def run_comparison(raw: bytes, name: str, base_path: str, tuned_path: str, truth=None, mc_samples: int = 0):
     """The Compare page's workflow (also the Explain page's): library weights fetched if needed, both
-    models run (cached per image, models and their cards), the result kept for the Explain page."""
+    models run (cached per image, models and their cards); the caller hands it on (:mod:`ui.handoff`)."""
     from cxrcore.models.library import card_stamp
 
     for chosen in (base_path, tuned_path):
         ensure_weights(chosen)  # a library model's file: downloaded with a progress bar, or a clear error
     result = _comparison(raw, name, base_path, tuned_path, (card_stamp(base_path), card_stamp(tuned_path)),
                          tuple(truth) if truth is not None else None, mc_samples)
-    st.session_state["comparison"] = result
     return result
 
 
@@ -206,12 +156,11 @@ def _uncertainty(raw: bytes, name: str, base_path: str, tuned_path: str, stamps:
 
 def run_uncertainty(raw: bytes, name: str, base_path: str, tuned_path: str, truth=None, mc_samples: int = 20):
     """The comparison of :func:`run_comparison` (no Monte-Carlo) with each model's Monte-Carlo dropout spread
-    added; cached per image and models, and kept for the Explain page."""
+    added; cached per image and models."""
     from cxrcore.models.library import card_stamp
 
     result = _uncertainty(raw, name, base_path, tuned_path, (card_stamp(base_path), card_stamp(tuned_path)),
                           tuple(truth) if truth is not None else None, mc_samples)
-    st.session_state["comparison"] = result
     return result
 
 

@@ -7,9 +7,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from cxrcore.checkpoint import read_card
 from cxrcore.errors import CXRError
-from cxrcore.eval.cases import bucket_help, bucket_names, evaluation_cases
+from cxrcore.eval.cases import bucket_help, bucket_names
+from cxrcore.eval.session import call_is_right, evaluate_with_cases
 from cxrcore.eval.subgroups import gap_table, top_gaps
 from cxrcore import hosting
 from cxrcore.eval.tta import VIEWS as TTA_VIEWS
@@ -79,21 +79,10 @@ clicked = d4.button("Evaluate", type="primary", key="eval_run", width="stretch")
 @st.cache_data(show_spinner=False, max_entries=8)
 def run_eval(ckpt: str, ckpt_key: tuple, other: str | None, other_key: tuple | None, data: str, split: str,
              n_boot: int, policy: str | None = None, tta: str = "none"):
-    """(result dict, EvalData, Cases for the browser) of one evaluation."""
-    from cxrcore.data.readers import read_dataset
-    from cxrcore.eval.evaluate import run_evaluation
-    from cxrcore.eval.predictions import predict_split
-
+    """(result dict, EvalData, Cases for the browser) of one evaluation (cxrcore.eval.session)."""
     with hosting.heavy_slot(user, access):  # a shared server: one heavy computation per visitor at a time
-        index = read_dataset(data)
-        result, ev = run_evaluation(ckpt, index, split, n_boot, other, policy=policy or None, tta=tta, limits=limits)
-        other_ids, other_thr = None, None
-        if ev.compare is not None:
-            other_card = read_card(other)
-            other_thr = dict(zip(other_card.labels, other_card.threshold_list()))
-            if len(ev.image_ids) != len(ev.compare["targets"]):  # the compared model's own split differs
-                other_ids = predict_split(load_predictor(other), index, split, limits=limits).image_ids
-        return result, ev, evaluation_cases(result, ev, index, other_ids, other_thr)
+        return evaluate_with_cases(ckpt, data, split, n_boot, other, policy=policy, tta=tta, limits=limits,
+                                   load=load_predictor)
 
 
 if clicked:
@@ -398,7 +387,7 @@ else:
                 for col, (mname, pred) in zip(icols[1:], preds.items()):
                     if label in pred.labels:
                         q = pred.labels.index(label)
-                        ok = (pred.probs[q] >= pred.thresholds[q]) == (t[i] == 1)
+                        ok = call_is_right(pred.probs[q], pred.thresholds[q], t[i] == 1)
                         col.image(overlay(comp.image.pixels, pred.heatmaps[q], pred.boxes.get(label), label),
                                   width="stretch",
                                   caption=f"{mname}: {md_text(label)} p={pred.probs[q]:.2f} (threshold {pred.thresholds[q]:.2f})"
@@ -413,20 +402,19 @@ else:
                                    "baseline): choose a model in \"Compare with\" and evaluate to send a case.")
                 elif st.button("Send to Explain", key="eval_send_explain", help=send_help):
                     from cxrcore.compare import Comparison
+                    from ui import handoff
 
                     roles = dict(zip(("baseline", "fine-tuned"), model_names))
                     paths = {role: comp.model_paths[n] for role, n in roles.items()}
-                    st.session_state["comparison"] = Comparison(
-                        comp.image, comp.image_name, comp.image_hash,
-                        {role: comp.predictions[n] for role, n in roles.items()}, paths, list(truth), comp.ood)
-                    st.session_state["explain_source"] = {
-                        "from": f"the Evaluation case browser ({params.get('data_name') or params['data']}, "
-                                f"{params['split']} split)",
-                        "image_id": cases.image_ids[i], "image_hash": comp.image_hash, "model_paths": paths,
-                        "truth_from": "the dataset's labels",
-                        "names": roles, "known": [x for q, x in enumerate(cases.labels)
-                                                  if not np.isnan(cases.targets[i, q])]}
-                    st.session_state["explain_wanted_label"] = label
+                    handoff.send(st.session_state, handoff.Handoff(
+                        Comparison(comp.image, comp.image_name, comp.image_hash,
+                                   {role: comp.predictions[n] for role, n in roles.items()}, paths, list(truth),
+                                   comp.ood),
+                        origin=f"the Evaluation case browser ({params.get('data_name') or params['data']}, "
+                               f"{params['split']} split)",
+                        image_id=cases.image_ids[i], names=roles, truth_from="the dataset's labels",
+                        known=[x for q, x in enumerate(cases.labels) if not np.isnan(cases.targets[i, q])],
+                        label=label))
                     st.switch_page("views/explain.py")
 
 # --------------------------------------------------------------------------- subgroups

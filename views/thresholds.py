@@ -11,7 +11,8 @@ from cxrcore.eval.metrics import per_label_auroc
 from cxrcore.eval.thresholds import (MANUAL, OWN_COPY, STRATEGIES, TARGETED, ThresholdSweep, label_curves,
                                      operating_table, own_copies_root, save_target, save_thresholds, snap,
                                      suggest_thresholds, tunable_labels)
-from cxrcore.models.heads import combine, gate_threshold, two_stage
+from cxrcore.eval.tuning import (gate_of, recombine, saved_threshold, slider_grid, threshold_origin,
+                                 thresholds_to_save)
 from cxrcore.models.library import default_thresholds
 from ui.common import (chart_config, current_user, dataset_choices, ensure_weights, hosting_settings, load_predictor,
                        md_text, model_picker, require_checkpoints, show_error)
@@ -38,11 +39,9 @@ try:
 except CXRError as exc:
     show_error(exc)
     st.stop()
-# A library model's own operating points (torchxrayvision's op_threshs) are its defaults; they are small
-# raw-sigmoid values (0.0004 … 0.5), so its sliders move in steps of 0.0001 instead of 0.01.
+# A library model's own operating points (torchxrayvision's op_threshs) are its defaults (a finer slider grid).
 library_defaults = default_thresholds(card)
-STEP = 0.0001 if library_defaults else 0.01
-DIGITS = 4 if library_defaults else 2
+STEP, DIGITS = slider_grid(library_defaults)
 try:
     datasets = dataset_choices()
 except CXRError as exc:
@@ -85,18 +84,17 @@ def key(label: str) -> str:
 
 
 for j in usable:
-    st.session_state.setdefault(key(labels[j]), float(round(card.thresholds.get(labels[j], 0.5), DIGITS)))
+    st.session_state.setdefault(key(labels[j]), saved_threshold(card.thresholds, labels[j], DIGITS))
 
 # A two-stage model's disease probabilities depend on its one gate threshold (the gate label's slider):
 # they are recombined from the raw outputs whenever it moves.
-ts = two_stage(card.model)
-gate_label = ts.get("gate_label") if ts else None
-gate_t = (float(st.session_state.get(key(gate_label), gate_threshold(card.model, card.thresholds)))
-          if gate_label in labels else None)
-probs = combine(raw_probs, card.model, t=gate_t) if gate_t is not None else raw_probs
-if gate_t is not None:
-    st.caption(f"Two-stage model: below the gate **{md_text(gate_label)}** at {gate_t:.2f} a finding's probability is "
-               + ("reported as 0 (not assessed)" if ts.get("mode") == "hard" else "scaled by the gate's")
+gate = gate_of(card.model, card.thresholds, labels,
+               {x: st.session_state[key(x)] for x in labels if key(x) in st.session_state})
+gate_t = gate.threshold if gate is not None else None
+probs = recombine(raw_probs, card.model, gate)
+if gate is not None:
+    st.caption(f"Two-stage model: below the gate **{md_text(gate.label)}** at {gate_t:.2f} a finding's probability "
+               "is " + ("reported as 0 (not assessed)" if gate.mode == "hard" else "scaled by the gate's")
                + "; moving the gate's slider recomputes every finding's figures.")
 
 
@@ -106,8 +104,7 @@ def threshold_independent(ckpt: str, weights: str, data: str, split: str, usable
     """Everything a slider move does not change (but a two-stage gate move does): per-label sorted scores
     (for O(log N) confusion counts), AUROC, ROC and PR curves. Keyed by strings: no array hashing on reruns."""
     _, t_all, p_all, _ = split_predictions(ckpt, weights, data, split)
-    if gate is not None:
-        p_all = combine(p_all, read_card(ckpt).model, t=gate)
+    p_all = recombine(p_all, read_card(ckpt).model, gate)
     t, p = t_all[:, list(usable)], p_all[:, list(usable)]
     return ThresholdSweep(t, p), per_label_auroc(t, p), label_curves(t, p)
 
@@ -126,7 +123,7 @@ if b2.button(label_all, key="thr_suggest", disabled=strategy == MANUAL,
     st.rerun()
 if b3.button("Reset to saved", key="thr_reset"):
     for j in usable:
-        st.session_state[key(labels[j])] = float(round(card.thresholds.get(labels[j], 0.5), DIGITS))
+        st.session_state[key(labels[j])] = saved_threshold(card.thresholds, labels[j], DIGITS)
     st.rerun()
 if library_defaults and st.button("Reset to library default", key="thr_library_reset",
                                   help="torchxrayvision's operating points (op_threshs) for this weight set"):
@@ -153,16 +150,8 @@ m = sweep.at(thr)
 table = operating_table([labels[j] for j in usable], thr, m, auroc)
 
 
-def origin(label: str, t: float) -> str:
-    """Where a threshold comes from, said next to it."""
-    if label in library_defaults and round(library_defaults[label], DIGITS) == round(float(t), DIGITS):
-        return "library default"
-    if label in card.thresholds and round(card.thresholds[label], DIGITS) == round(float(t), DIGITS):
-        return "saved in the card"
-    return "default 0.5" if label not in card.thresholds and round(float(t), DIGITS) == 0.5 else "edited"
-
-
-table.insert(2, "threshold origin", [origin(labels[j], t) for j, t in zip(usable, thr)])
+table.insert(2, "threshold origin", [threshold_origin(labels[j], t, card.thresholds, library_defaults, DIGITS)
+                                     for j, t in zip(usable, thr)])
 if library_defaults:
     st.caption("Library default: torchxrayvision's operating point (op_threshs) for this weight set, on its raw "
                "probabilities. Saving writes your thresholds to a copy in the workspace; the library model keeps its own.")
@@ -182,8 +171,8 @@ if b4.button("Save thresholds to the checkpoint card", type="primary", key="thr_
              help=md_text(target.reason) or None):
     try:
         # a library default left as it is keeps its exact value (the slider shows it rounded)
-        chosen = {labels[j]: (library_defaults[labels[j]] if origin(labels[j], t) == "library default" else float(t))
-                  for j, t in zip(usable, thr)}
+        chosen = thresholds_to_save({labels[j]: float(t) for j, t in zip(usable, thr)}, card.thresholds,
+                                    library_defaults, DIGITS)
         where = save_thresholds(ckpt, chosen, user=user, settings=access)
         note = "" if target.in_place else (
             f" (the {'card you were looking at' if target.kind == OWN_COPY else 'shipped / library model'} stays "

@@ -317,7 +317,7 @@ def save_target(checkpoint: str | Path, user=None, settings=None) -> SaveTarget:
                 parts = list(origin.relative_to(runs).parts)
                 if parts and parts[-1] in ("checkpoint", "checkpoint.old"):
                     parts = parts[:-1]
-                name, label, run = run_copy_name(parts), "run " + "/".join(parts), True
+                name, label, run = run_copy_name(parts), workspace.run_label(parts), True
             elif run_dir is not None:
                 name, label, run = run_copy_name([run_dir.name]), f"run {run_dir.name}", True
             else:
