@@ -9,10 +9,12 @@ run is what a user's fresh clone gets."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_DATA = REPO / "tests" / "data"
@@ -50,25 +52,59 @@ def pytest_configure(config):
         sys.addaudithook(_refuse_dev_shared)
 
 
-@pytest.fixture(scope="session")
-def app_home(tmp_path_factory) -> Path:
-    """A workspace with the app's built-in phantom datasets, generated once for the whole run.
-
-    ``CXR_TEST_APP_HOME`` (a developer's convenience; ``.ci/run`` leaves it unset) names a folder kept
-    between runs, so the phantom images are generated once, not at every pytest start."""
-    keep = os.environ.get("CXR_TEST_APP_HOME")
-    home = Path(keep) if keep else tmp_path_factory.mktemp("cxr_home")
+def _generate_app_data(home: Path) -> None:
+    """Run the app's own first-start generation (``cxrcore.demo.app_data``) with ``home`` as workspace."""
     home.mkdir(parents=True, exist_ok=True)
     old = os.environ.get("CXR_HOME")
     os.environ["CXR_HOME"] = str(home)
-    from cxrcore.demo import app_data
+    try:
+        from cxrcore.demo import app_data
 
-    app_data()
-    if old is None:
-        os.environ.pop("CXR_HOME", None)
-    else:
-        os.environ["CXR_HOME"] = old
+        app_data()
+    finally:
+        if old is None:
+            os.environ.pop("CXR_HOME", None)
+        else:
+            os.environ["CXR_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def app_home(tmp_path_factory, worker_id) -> Path:
+    """A workspace with the app's built-in phantom datasets, generated once for the whole run.
+
+    Under pytest-xdist (``./test.sh`` runs two workers) the first worker to arrive generates the phantom
+    datasets into a folder shared by the run, under a file lock, and every worker gets a workspace of its
+    own whose ``datasets/`` are hard links to those files: generated once, and no worker sees what
+    another one's tests wrote (thresholds, predictions, runs).
+
+    ``CXR_TEST_APP_HOME`` (a developer's convenience; ``.ci/run`` leaves it unset) names a folder kept
+    between runs, so the phantom images are generated once, not at every pytest start; it is shared as
+    it is, by every worker."""
+    keep = os.environ.get("CXR_TEST_APP_HOME")
+    if keep:
+        home = Path(keep)
+        with FileLock(str(home) + ".lock"):
+            _generate_app_data(home)
+        return home
+    if worker_id == "master":
+        home = tmp_path_factory.mktemp("cxr_home")
+        _generate_app_data(home)
+        return home
+    shared = tmp_path_factory.getbasetemp().parent / "cxr_home_shared"
+    with FileLock(str(shared) + ".lock"):
+        _generate_app_data(shared)
+    home = tmp_path_factory.mktemp("cxr_home")
+    shutil.copytree(shared / "datasets", home / "datasets", copy_function=os.link, dirs_exist_ok=True)
+    _generate_app_data(home)  # finds the datasets in place; makes whatever else a workspace starts with
     return home
+
+
+def fresh_workspace(app_home: Path, dest: Path) -> Path:
+    """A new workspace at ``dest`` holding the session's phantom datasets (hard links, no copy) and nothing
+    else: for a test whose result must not depend on what earlier tests saved in ``app_home``."""
+    shutil.copytree(app_home / "datasets", dest / "datasets", copy_function=os.link, dirs_exist_ok=True)
+    _generate_app_data(dest)
+    return dest
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from conftest import FORMATS, REPO
+from conftest import FORMATS, REPO, fresh_workspace
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [pytest.mark.browser,
@@ -62,8 +62,14 @@ def wait_idle(page, timeout: float = 120_000) -> None:
 
 
 @pytest.fixture(scope="module")
-def app_url(app_home, shipped):
-    env = dict(os.environ, CXR_HOME=str(app_home))
+def browser_home(app_home, tmp_path_factory):
+    """This module's own workspace: what its pages show depends on nothing earlier tests saved."""
+    return fresh_workspace(app_home, tmp_path_factory.mktemp("browser_home"))
+
+
+@pytest.fixture(scope="module")
+def app_url(browser_home, shipped):
+    env = dict(os.environ, CXR_HOME=str(browser_home))
     env.pop("OPENAI_API_KEY", None)
     yield from serve_app(env)
 
@@ -112,19 +118,18 @@ def test_upload_png_shows_both_models_and_an_overlay(app_url, browser, tmp_path)
     page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
 
 
-def test_four_sessions_uploading_at_once_each_get_their_own_results(app_url, browser, app_home, monkeypatch):
+def test_four_sessions_uploading_at_once_each_get_their_own_results(app_url, browser, browser_home, monkeypatch):
     """Four browser sessions upload four different images at the same moment; each page shows its own image's
     answer: the fine-tuned model's probability of the label its heatmap shows is that image's, as the predictor of
-    the model the page picks by default gives it (the shipped model, or your copy of it where earlier tests saved
-    thresholds or temperatures in this workspace)."""
+    the model the page picks by default gives it (in this module's own workspace: the shipped model)."""
     from cxrcore.data.imageio import read_image
     from cxrcore.predictor import Predictor
     from ui.common import checkpoint_choices
 
-    monkeypatch.setenv("CXR_HOME", str(app_home))   # the app server's workspace
+    monkeypatch.setenv("CXR_HOME", str(browser_home))   # the app server's workspace
     choices = checkpoint_choices(library=False)
     tuned = Predictor(next(path for name, path in choices.items() if name.startswith("finetuned")))
-    images = sorted((app_home / "datasets").glob("phantom-nih-*/images/*.png"))[:40:10]
+    images = sorted((browser_home / "datasets").glob("phantom-nih-*/images/*.png"))[:40:10]
     assert len(images) == 4
     preds = [tuned.predict(read_image(path), heatmaps=False) for path in images]
     contexts = [browser.new_context(viewport={"width": 1500, "height": 1800}) for _ in images]
@@ -147,11 +152,11 @@ def test_four_sessions_uploading_at_once_each_get_their_own_results(app_url, bro
         c.close()
 
 
-def test_upload_of_a_phantom_has_no_phantom_warning(app_url, browser, app_home):
+def test_upload_of_a_phantom_has_no_phantom_warning(app_url, browser, browser_home):
     page = browser.new_page(viewport={"width": 1500, "height": 1800})
     page.goto(f"{app_url}/compare", timeout=120_000)
     page.get_by_text("Compare a baseline with a fine-tuned model").wait_for(timeout=120_000)
-    image = next(iter(sorted((app_home / "datasets").glob("phantom-nih-*/images/*.png"))))
+    image = next(iter(sorted((browser_home / "datasets").glob("phantom-nih-*/images/*.png"))))
     page.locator("input[type=file]").first.set_input_files(str(image))
     page.get_by_text("feature cells").wait_for(timeout=240_000)
     body = page.inner_text("body")
@@ -316,7 +321,7 @@ def test_compare_with_a_library_model_on_one_side(xrv_app_url, browser, tmp_path
 
 
 # ------------------------------------------------------------------ Compare -> Explain with a local LLM
-def test_compare_then_explain_a_hard_case_with_a_local_llm(app_home, shipped, browser, tmp_path):
+def test_compare_then_explain_a_hard_case_with_a_local_llm(browser_home, shipped, browser, tmp_path):
     """An upload on Compare, then Explain with the ground truth set so that both models are wrong (a hard
     case): the LLM (the local stub, structured output) gives a verdict badge, a box table and the text;
     the server's log (the openai client logging at debug level) never holds the key."""
@@ -324,7 +329,7 @@ def test_compare_then_explain_a_hard_case_with_a_local_llm(app_home, shipped, br
 
     key = "sk-test-secret-123456"
     with StubLLM(key, mode="review") as stub, open(tmp_path / "server.log", "wb") as log:
-        env = dict(os.environ, CXR_HOME=str(app_home), OPENAI_API_KEY=key, OPENAI_BASE_URL=stub.base_url,
+        env = dict(os.environ, CXR_HOME=str(browser_home), OPENAI_API_KEY=key, OPENAI_BASE_URL=stub.base_url,
                    OPENAI_LOG="debug")
         server = serve_app(env, log)
         url = next(server)
