@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cxrcore.errors import ConfigError
-from cxrcore.eval.cases import Cases, bucket, bucket_help, bucket_names, classify_case
+from cxrcore.explain.cases import Cases, bucket, bucket_help, bucket_names, classify_case
 
 
 def test_buckets_with_known_answers():

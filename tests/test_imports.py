@@ -132,3 +132,50 @@ def test_no_import_cycles_in_cxrcore():
     gone = [name for name, c in KNOWN_CYCLES.items() if c not in cycles]
     assert not new, "import cycles in cxrcore:\n" + "\n".join(_describe(c, graph) for c in new)
     assert not gone, f"KNOWN_CYCLES entries that are no longer cycles (remove them): {gone}"
+
+
+# The floors of ARCHITECTURE.md, ground first: a module may import its own floor and those below, never one
+# above. Each entry is a module or a package (a package's modules share its floor).
+FLOORS: tuple[tuple[str, ...], ...] = (
+    ("cxrcore", "cxrcore.errors", "cxrcore.workspace", "cxrcore.labels", "cxrcore.inference", "cxrcore.mdtext"),
+    ("cxrcore.data",),
+    ("cxrcore.models", "cxrcore.checkpoint"),
+    ("cxrcore.explain",),
+    ("cxrcore.predictor", "cxrcore.hosting"),
+    ("cxrcore.compare", "cxrcore.results"),
+    ("cxrcore.eval",),
+    ("cxrcore.train",),
+    ("cxrcore.jobs",),
+    ("cxrcore.cli", "cxrcore.api", "cxrcore.demo", "cxrcore.launch", "cxrcore.catalog", "cxrcore.runs"),
+)
+# Arrows that run up a floor on purpose, each with its reason (none may close a cycle: the test above).
+UPWARD_ALLOWED: dict[tuple[str, str], str] = {
+    ("cxrcore.eval.thresholds", "cxrcore.jobs.store"):
+        "save rights: who owns a run is recorded in the job table (read inside save_target only)",
+    ("cxrcore.eval.thresholds", "cxrcore.jobs"):
+        "importing cxrcore.jobs.store runs the package's __init__ (the same lookup as above)",
+}
+
+
+def floor_of(module: str) -> int:
+    best = None
+    for i, names in enumerate(FLOORS):
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and (best is None or len(name) > len(best[1])):
+                best = (i, name)
+    assert best is not None, f"{module} stands on no floor of tests/test_imports.py FLOORS (and ARCHITECTURE.md)"
+    return best[0]
+
+
+def test_every_module_stands_on_a_floor():
+    for module in import_graph():
+        floor_of(module)
+
+
+def test_imports_only_look_down():
+    graph = import_graph()
+    up = [f"{a} (floor {floor_of(a)}) -> {b} (floor {floor_of(b)})" for a in sorted(graph) for b in sorted(graph[a])
+          if floor_of(b) > floor_of(a) and (a, b) not in UPWARD_ALLOWED]
+    assert not up, "imports that run up a floor (ARCHITECTURE.md):\n" + "\n".join(up)
+    used = {(a, b) for a in graph for b in graph[a]}
+    assert set(UPWARD_ALLOWED) <= used, f"UPWARD_ALLOWED entries no longer imported: {set(UPWARD_ALLOWED) - used}"

@@ -14,7 +14,7 @@ from PIL import Image
 from cxrcore.compare import compare
 from cxrcore.data.imageio import LoadedImage, read_image
 from cxrcore.errors import LLMError
-from cxrcore.eval.cases import classify_case, truth_for
+from cxrcore.explain.cases import classify_case, truth_for
 from cxrcore.explain.llm import LLMConfig, anatomical_position, build_facts, template_summary
 from cxrcore.explain.review import review_events
 from cxrcore.explain.boxes import Box

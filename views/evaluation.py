@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cxrcore.errors import CXRError
-from cxrcore.eval.cases import bucket_help, bucket_names
+from cxrcore.explain.cases import bucket_help, bucket_names
 from cxrcore.eval.session import call_is_right, evaluate_with_cases
 from cxrcore.eval.subgroups import gap_table, top_gaps
 from cxrcore import hosting

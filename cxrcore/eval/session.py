@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cases import Cases, evaluation_cases
+from ..explain.cases import Cases, evaluation_cases
 
 if TYPE_CHECKING:
     from ..data.index import DatasetIndex

@@ -129,7 +129,7 @@ def box_id(k: int) -> str:
 
 def build_facts(predictions: dict, label: str, case=None, top_k: int = 5) -> dict:
     """Structured facts about a comparison; only model outputs, never patient metadata. ``case``: the
-    label's :class:`cxrcore.eval.cases.CaseType` (from the ground truth the user set, or the models'
+    label's :class:`cxrcore.explain.cases.CaseType` (from the ground truth the user set, or the models'
     agreement), added as ``ground_truth`` and ``case``."""
     models = {}
     for name, pred in predictions.items():

@@ -32,7 +32,7 @@ from typing import Iterator, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import ConfigError, LLMError
-from ..eval.cases import CaseType, classify_case, truth_for
+from .cases import CaseType, classify_case, truth_for
 from .llm import LLMConfig, StructuredOutputRefused, _scrub, build_facts, chat_stream
 
 VERDICTS = ("IMPROVED", "WORSE", "NO CHANGE")
@@ -74,7 +74,7 @@ def review_schema() -> dict:
 
 # --------------------------------------------------------------------------- case type
 
-# CaseType, classify_case and truth_for live in cxrcore.eval.cases (one implementation, shared with the
+# CaseType, classify_case and truth_for live in cxrcore.explain.cases (one implementation, shared with the
 # Evaluation page's case browser); imported above and re-exported here.
 
 
