@@ -132,6 +132,28 @@ def job_workspace(tmp_path: Path, monkeypatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+def hold(tmp_path, monkeypatch) -> Path:
+    """The training hold file (``CXR_TRAIN_HOLD``, cxrcore.train.trainer.HOLD_ENV), present: every run started
+    now waits at its first epoch's end (after the epoch is saved) until the file is removed or a stop is asked
+    of it. A test acts on a job at that known point instead of hoping it is still running."""
+    from cxrcore.train.trainer import HOLD_ENV
+
+    path = tmp_path / "hold"
+    path.write_text("hold\n")
+    monkeypatch.setenv(HOLD_ENV, str(path))
+    yield path
+    path.unlink(missing_ok=True)
+
+
+def is_held(run_dir) -> bool:
+    """Whether the run in ``run_dir`` has logged that it waits on the hold file."""
+    from cxrcore.train.events import read_events
+
+    path = Path(run_dir) / "events.jsonl"
+    return path.exists() and any(e.get("type") == "hold" for e in read_events(path))
+
+
 def wait_for(predicate, deadline_s: float = 180.0, interval: float = 0.25, what: str = "condition"):
     """Poll ``predicate`` until it returns something truthy (returned), or fail after ``deadline_s``."""
     import time

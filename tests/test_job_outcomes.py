@@ -22,7 +22,7 @@ from cxrcore.errors import ConfigError
 from cxrcore.jobs import JobStore, events, refresh, submit, tail_log
 from cxrcore.jobs.runner import EXIT_CANCELLED, final_state
 from cxrcore.train.config import TrainConfig, default_image_size
-from cxrcore.train.trainer import HOLD_ENV, train
+from cxrcore.train.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,16 +32,6 @@ def ws(tmp_path, monkeypatch):
     job_workspace(tmp_path, monkeypatch)
     yield tmp_path
     kill_jobs(tmp_path)
-
-
-@pytest.fixture
-def hold(tmp_path, monkeypatch) -> Path:
-    """The hold file, present: every run started now waits at its first epoch's end until it is removed."""
-    path = tmp_path / "hold"
-    path.write_text("hold\n")
-    monkeypatch.setenv(HOLD_ENV, str(path))
-    yield path
-    path.unlink(missing_ok=True)
 
 
 def held(job, store) -> bool:

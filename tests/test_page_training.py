@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import NIH_SAMPLE, REPO, kill_jobs  # also puts the repository root on sys.path (`ui`, `cxrcore`)
-from cxrcore.jobs import JobStore, events, process_alive, progress_summary, refresh
+from conftest import NIH_SAMPLE, REPO, is_held, kill_jobs  # also puts the repository root on sys.path (`ui`, `cxrcore`)
+from cxrcore.jobs import JobStore, events, process_alive, refresh
 from cxrcore.labels import CHEXPERT5, NIH14
 
 PAGE = str(REPO / "views" / "training.py")
@@ -213,17 +213,12 @@ def test_submit_runs_job_to_success_and_shows_curves(ws):
     assert job.id in list(again.dataframe[0].value["id"])
 
 
-def test_cancel_running_job(ws):
+def test_cancel_running_job(ws, hold):
     at = new_app()
-    # Many epochs so it is still running when Cancel is clicked.
-    submit(at, str(NIH_SAMPLE), name="to-cancel", epochs=200, max_images=60)
+    submit(at, str(NIH_SAMPLE), name="to-cancel", epochs=2, max_images=60)
     assert not at.error, [e.value for e in at.error]
     job = JobStore().list()[0]
-    wait_for(job.id, ("running", "succeeded", "failed", "cancelled"))
-    t_end = time.monotonic() + DEADLINE_S  # let it reach the training loop (a step logged)
-    while progress_summary(events(job))["step"] < 1 and refresh(job.id).status == "running":
-        assert time.monotonic() < t_end, "no training step logged"
-        time.sleep(0.5)
+    _wait_held(job)   # it waits after its first epoch until cancelled: no race with its end
     assert refresh(job.id).status == "running"
     at.run()
     assert not at.exception
@@ -274,18 +269,16 @@ def test_fine_tune_a_shipped_checkpoint(ws, shipped, monkeypatch):
     assert at.dataframe[1].value["label"].tolist() == CHEXPERT5
 
 
-def _wait_epoch_saved(job, deadline_s: float = DEADLINE_S) -> None:
-    """Until the job has saved a complete epoch (its resumable state)."""
-    from cxrcore.train.state import state_path
-
+def _wait_held(job, deadline_s: float = DEADLINE_S) -> None:
+    """Until the job waits on the hold file after its first epoch (saved, so resumable)."""
     t_end = time.monotonic() + deadline_s
-    while state_path(job.run_dir) is None:
+    while not is_held(job.run_dir):
         assert refresh(job.id).status in ("queued", "running"), refresh(job.id).error
-        assert time.monotonic() < t_end, "no epoch saved"
+        assert time.monotonic() < t_end, "the job did not reach the end of its first epoch"
         time.sleep(0.5)
 
 
-def test_lora_and_full_fine_tunes_cancel_resume_clone_and_compare(ws, shipped, monkeypatch):
+def test_lora_and_full_fine_tunes_cancel_resume_clone_and_compare(ws, shipped, monkeypatch, hold):
     """The issue's scenario from the page: a LoRA and a full fine-tune of the demo model on phantom data run in
     the background; the full one is cancelled after an epoch and resumed to completion; clone fills the form;
     the two runs are compared."""
@@ -314,12 +307,13 @@ def test_lora_and_full_fine_tunes_cancel_resume_clone_and_compare(ws, shipped, m
     full_id = launch("full-ft", "full", 3)
     job = JobStore().get(full_id)
     assert job.config["mode"] == "full" and job.config["sampler"] == "weighted" and job.config["epochs"] == 3
-    _wait_epoch_saved(job)
+    _wait_held(job)   # held after its first epoch: still running when Cancel is clicked, whatever the load
     at.selectbox(key="train_watch").set_value(full_id).run()
     at.button(key=f"train_cancel_{full_id}").click().run()
     assert not at.exception, [e.value for e in at.exception]
     done = wait_for(full_id, ("succeeded", "failed", "cancelled"), deadline_s=60)
     assert done.status == "cancelled", (done.status, done.error)
+    hold.unlink()   # the resumed job and the next one run through
     at.run()
     # Resume from the page: the same job continues from its last complete epoch to the end.
     at.button(key=f"train_resume_{full_id}").click().run()

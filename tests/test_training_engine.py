@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
+from conftest import is_held
 from cxrcore.checkpoint import load_checkpoint, read_card
 from cxrcore.errors import CheckpointError, ConfigError
 from cxrcore.models.heads import combine
@@ -485,12 +486,12 @@ def test_a_stop_asked_of_one_rank_stops_every_rank_at_the_same_step(chex, tmp_pa
     assert read_card(run / "checkpoint").training["stopped_early"]
 
 
-def test_cli_lora_job_cancel_and_resume(chex, tmp_path):
-    """`cxr train --mode lora --background`, `cxr jobs cancel` after an epoch, `cxr jobs resume` to completion."""
+def test_cli_lora_job_cancel_and_resume(chex, tmp_path, hold):
+    """`cxr train --mode lora --background`, `cxr jobs cancel` while the job waits after its first epoch (the
+    hold file: no race with the job's end), `cxr jobs resume` to completion."""
     import time
 
     from cxrcore.jobs import JobStore
-    from cxrcore.train.state import state_path
 
     env = dict(os.environ, CXR_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1")
 
@@ -503,15 +504,17 @@ def test_cli_lora_job_cancel_and_resume(chex, tmp_path):
         return out.stdout
 
     said = cxr("train", "--data", str(chex), "--labels", "chexpert14", "--mode", "lora", "--lora-r", "4",
-               "--epochs", "3", "--batch-size", "16", "--image-size", "48", "--max-images", "160",
+               "--epochs", "2", "--batch-size", "16", "--image-size", "48", "--max-images", "160",
                "--policy", "ignore", "--sampler", "weighted", "--name", "cli-lora", "--background")
     job_id = said.split()[2]
     store = JobStore(tmp_path / "home" / "jobs.sqlite")
     t_end = time.monotonic() + 300
-    while state_path(store.get(job_id).run_dir) is None:
-        assert time.monotonic() < t_end and store.get(job_id).status in ("queued", "running")
+    while not is_held(store.get(job_id).run_dir):
+        assert time.monotonic() < t_end and store.get(job_id).status in ("queued", "running"), cxr("jobs", "logs", job_id)
         time.sleep(0.5)
     assert "cancelled" in cxr("jobs", "cancel", job_id)
+    assert store.get(job_id).status == "cancelled"
+    hold.unlink()
     assert "resumed" in cxr("jobs", "resume", job_id)
     while store.get(job_id).status in ("queued", "running"):
         assert time.monotonic() < t_end + 300
@@ -523,7 +526,7 @@ def test_cli_lora_job_cancel_and_resume(chex, tmp_path):
     assert shown["progress"]["resumes"] == 1 and shown["progress"]["phase"] == "done"
     assert shown["progress"]["mode"] == "lora"
     card = read_card(Path(job.run_dir) / "checkpoint")
-    assert card.training["epochs_run"] == 3 and card.training["config"]["mode"] == "lora"
+    assert card.training["epochs_run"] == 2 and card.training["config"]["mode"] == "lora"
 
 
 # --------------------------------------------------------------------------- what a run shows (issue 13 §1)

@@ -742,13 +742,14 @@ def _epochs(run: _Run) -> None:
 
 def _hold(run: _Run, epoch: int) -> None:
     """Tests only (:data:`HOLD_ENV`): wait while the hold file exists, at the end of ``epoch``; rank 0 logs
-    a ``hold`` event first. Every rank waits on the file itself (no collective), so a stop asked meanwhile is
-    seen by every rank at the next step."""
+    a ``hold`` event first. Every rank waits on the file itself (no collective) and leaves as soon as a stop
+    is asked of it (a cancel while held stops the run at the next step, as it would have unheld); the ranks
+    then agree on the stop at that step."""
     path = os.environ.get(HOLD_ENV)
     if not path or not os.path.exists(path):
         return
     run.log("hold", epoch=epoch, file=path)
-    while os.path.exists(path):
+    while os.path.exists(path) and not run.should_stop():
         time.sleep(0.02)
 
 
