@@ -118,6 +118,23 @@ def test_final_state_follows_how_the_run_ended():
     assert final_state(_card(stopped_early=False))[0] == "succeeded"
 
 
+def test_a_report_that_prunes_stops_the_training_after_that_epoch(ws, phantom):
+    """The sweep's pruner reaches the training as the ``report`` callback (cxrcore.jobs.sweep.trial_reporter in a
+    job): a reason returned after epoch 1 ends the run there, recorded as pruned, a succeeded job with a note."""
+    calls = []
+
+    def report(epoch: int, value: float) -> str:
+        calls.append((epoch, value))
+        return "pruned by the sweep after epoch 1: (this test's pruner)"
+
+    cfg = TrainConfig.from_dict(phantom_job_config(phantom, epochs=3, monitor="loss"))
+    card = train(cfg, ws / "run", report=report)
+    assert [e for e, _ in calls] == [1] and calls[0][1] > 0                     # the epoch's validation loss
+    assert card.training["ended"] == "pruned" and card.training["epochs_run"] == 1
+    status, fields = final_state(card)
+    assert status == "succeeded" and fields["note"].startswith("Stopped early: pruned by the sweep after epoch 1")
+
+
 def test_local_job_sigterm_from_outside_is_cancelled_keeping_its_checkpoint(ws, phantom, hold):
     store = JobStore()
     job = submit(phantom_job_config(phantom, epochs=3), name="signalled", store=store)

@@ -397,12 +397,7 @@ def create(spec: SweepSpec, store: JobStore | None = None, user: hosting.User | 
     who = user or hosting.operator_user()
     s = settings or hosting.settings()
     hosting.check_may(who, "launch", None, s)
-    if spec.sampler not in SAMPLERS:
-        raise ConfigError(f"Sweep sampler is one of {', '.join(SAMPLERS)}, not {spec.sampler!r}.")
-    if spec.metric not in METRICS:
-        raise ConfigError(f"Sweep metric is one of {', '.join(METRICS)}, not {spec.metric!r}.")
-    if spec.n_trials < 1 or spec.parallel < 1:
-        raise ConfigError("A sweep needs at least one trial and one trial at a time.")
+    spec.validate()   # its declaration's choices and bounds, as the CLI and the page check them
     if spec.sampler == "grid":
         ranged = [k for k, p in spec.space.items() if not p.values]
         if ranged:
