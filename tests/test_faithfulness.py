@@ -152,9 +152,20 @@ def _cxr(*args, env=None):
                           timeout=900, env=env)
 
 
-def test_cli_localize_methods_side_by_side_with_gated_hit_rate_and_faithfulness(shipped):
+def _cxr_here(capsys, *args) -> tuple[int, str, str]:
+    """``cxr`` run in this process (the entry point itself is run as a process above): exit code, stdout, stderr."""
+    from cxrcore.cli import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_localize_methods_side_by_side_with_gated_hit_rate_and_faithfulness(shipped, capsys):
+    # the first 17 images with boxes: the 17th has two (Pneumonia and Infiltrate), so pairs and boxes differ
     r = _cxr("localize", "--checkpoint", str(shipped["baseline"]), "--data", str(NIH_SAMPLE), "--split", "all",
-             "--cam-methods", "GradCAM,HiResCAM", "--gate", "0.0", "--faithfulness-images", "1", "--json")
+             "--cam-methods", "GradCAM,HiResCAM", "--gate", "0.0", "--faithfulness-images", "1", "--json",
+             "--max-images", "17")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["methods"] == ["GradCAM", "HiResCAM"] and d["gate"] == "0"
@@ -164,24 +175,26 @@ def test_cli_localize_methods_side_by_side_with_gated_hit_rate_and_faithfulness(
         # cut-off 0: no pair is gated out, so the gated hit rate is the hit rate
         assert row["gated"] == 0 and row["gated_hit_rate"] == row["hit_rate"]
         assert row["faith_n"] >= 1 and -1 <= row["road_combined"] <= 1 and 0 <= row["insertion_auc"] <= 1
-    assert rows[("Pneumonia", "GradCAM")]["pairs"] == 23 and rows[("all boxes", "GradCAM")]["boxes"] == 24
+    assert rows[("Pneumonia", "GradCAM")]["pairs"] == 17 and rows[("all boxes", "GradCAM")]["boxes"] == 18
     # GradCAM's rows are the classic table's
     assert d["labels"]["Pneumonia"]["pointing"] == rows[("Pneumonia", "GradCAM")]["pointing"]
     assert "how_to_read" in d["faithfulness_note"]
 
     # the default gate is each label's threshold from the card; a cut-off of 1 gates every pair out
-    r = _cxr("localize", "--checkpoint", str(shipped["baseline"]), "--data", str(NIH_SAMPLE), "--split", "all",
-             "--gate", "1")
-    assert r.returncode == 0, r.stderr
-    assert "gated hit rate" in r.stdout and "p = 1" in r.stdout
-    line = next(x for x in r.stdout.splitlines() if x.startswith("all boxes") and "GradCAM" in x)
-    assert line.split()[6] == "0.000" and line.split()[7] == "24"     # gated hit rate 0, 24 pairs gated out
-    assert "--faithfulness-images" in r.stdout
+    code, out, err = _cxr_here(capsys, "localize", "--checkpoint", str(shipped["baseline"]), "--data", str(NIH_SAMPLE),
+                               "--split", "all", "--gate", "1", "--max-images", "17")
+    assert code == 0, err
+    assert "gated hit rate" in out and "p = 1" in out
+    line = next(x for x in out.splitlines() if x.startswith("all boxes") and "GradCAM" in x)
+    assert line.split()[6] == "0.000" and line.split()[7] == "18"     # gated hit rate 0, every pair gated out
+    assert "--faithfulness-images" in out
 
-    r = _cxr("localize", "--checkpoint", str(shipped["baseline"]), "--data", str(NIH_SAMPLE), "--cam-methods", "Foo")
-    assert r.returncode != 0 and "Unknown CAM method" in r.stderr and "Traceback" not in r.stderr
-    r = _cxr("localize", "--checkpoint", str(shipped["baseline"]), "--data", str(NIH_SAMPLE), "--gate", "2")
-    assert r.returncode != 0 and "between 0 and 1" in r.stderr and "Traceback" not in r.stderr
+    code, out, err = _cxr_here(capsys, "localize", "--checkpoint", str(shipped["baseline"]), "--data", str(NIH_SAMPLE),
+                               "--cam-methods", "Foo")
+    assert code == 2 and "Unknown CAM method" in err and "Traceback" not in err
+    code, out, err = _cxr_here(capsys, "localize", "--checkpoint", str(shipped["baseline"]), "--data", str(NIH_SAMPLE),
+                               "--gate", "2")
+    assert code == 2 and "between 0 and 1" in err and "Traceback" not in err
 
 
 def test_gated_hit_rate_counts_pairs_and_misses_maps_below_the_cut_off():
