@@ -413,36 +413,47 @@ def test_evaluation_page_on_a_library_model(lib_env):
 
 
 # ------------------------------------------------------------------------------- CLI and REST API
-def test_cli_predict_eval_localize_with_a_library_model(lib_env, shipped, tmp_path):
+def _cxr_here(capsys, *args) -> tuple[int, str, str]:
+    """``cxr`` in this process, in the workspace lib_env set up: exit code, stdout, stderr."""
+    from cxrcore.cli import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_predict_eval_localize_with_a_library_model(lib_env, shipped, tmp_path, capsys):
     plant_densenet(lib_env["cache"])
     env = lib_env["env"]
-    r = _cxr("predict", str(FORMATS / "00000001_000.png"), "--checkpoint", ALL, "--json", env=env)
+    r = _cxr("predict", str(FORMATS / "00000001_000.png"), "--checkpoint", ALL, "--json", env=env)  # the entry point
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert len(out["probabilities"]) == 18 and out["thresholds"]["Mass"] == pytest.approx(0.01939503, abs=1e-6)
     assert "torchxrayvision" in out.get("trained_on", "torchxrayvision")
-    r = _cxr("predict", str(FORMATS / "00000001_000.png"), "--checkpoint", "xrv:all", env=env)
-    assert r.returncode == 0 and "Cardiomegaly" in r.stdout, r.stderr
+    code, out, err = _cxr_here(capsys, "predict", str(FORMATS / "00000001_000.png"), "--checkpoint", "xrv:all")
+    assert code == 0 and "Cardiomegaly" in out, err
     # evaluation on real NIH images, library model vs a shipped checkpoint on their shared labels
-    r = _cxr("eval", "--checkpoint", ALL, "--data", str(NIH_SAMPLE), "--split", "all", "--n-boot", "20",
-             "--compare", str(shipped["finetuned"]), "--json", "--out", str(tmp_path / "eval"), env=env)
-    assert r.returncode == 0, r.stderr
-    metrics = json.loads(r.stdout)
+    code, out, err = _cxr_here(capsys, "eval", "--checkpoint", ALL, "--data", str(NIH_SAMPLE), "--split", "test",
+                               "--n-boot", "20", "--compare", str(shipped["finetuned"]), "--json",
+                               "--out", str(tmp_path / "eval"))
+    assert code == 0, err
+    metrics = json.loads(out)
     assert "Cardiomegaly" in metrics["per_label"] and metrics["comparison"]["per_label"]
-    r = _cxr("localize", "--checkpoint", ALL, "--data", str(NIH_SAMPLE), "--split", "all", "--json", env=env)
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["n_images"] > 0
+    code, out, err = _cxr_here(capsys, "localize", "--checkpoint", ALL, "--data", str(NIH_SAMPLE), "--split", "all",
+                               "--max-images", "3", "--json")
+    assert code == 0, err
+    assert json.loads(out)["n_images"] == 3
 
 
-def test_cli_eval_save_calibration_goes_to_the_copy(lib_env, tmp_path):
+def test_cli_eval_save_calibration_goes_to_the_copy(lib_env, tmp_path, capsys):
     from cxrcore.checkpoint import read_card
 
     plant_densenet(lib_env["cache"])
-    r = _cxr("eval", "--checkpoint", ALL, "--data", str(NIH_SAMPLE), "--split", "test", "--n-boot", "10",
-             "--save-calibration", "--out", str(tmp_path / "e"), env=lib_env["env"])
-    assert r.returncode == 0, r.stderr[-3000:]
+    code, out, err = _cxr_here(capsys, "eval", "--checkpoint", ALL, "--data", str(NIH_SAMPLE), "--split", "test",
+                               "--n-boot", "10", "--save-calibration", "--out", str(tmp_path / "e"))
+    assert code == 0, err[-3000:]
     copy = lib_env["home"] / "checkpoints" / "xrv-densenet121-res224-all"
-    assert str(copy / "card.json") in r.stderr
+    assert str(copy / "card.json") in err
     assert read_card(copy).temperature_list() is not None   # in the workspace copy
     assert read_card(ALL).temperature_list() is None         # never in the library model itself
 
@@ -476,7 +487,7 @@ def test_rest_service_serves_a_library_model(lib_env, shipped):
         server.server_close()
 
 
-def test_cli_train_init_from_a_library_model(lib_env, tmp_path):
+def test_cli_train_init_from_a_library_model(lib_env, tmp_path, capsys):
     """Fine-tune the library model as is: head swapped to the phantom's labels (shared rows copied)."""
     plant_densenet(lib_env["cache"])
     run = tmp_path / "run"
@@ -494,7 +505,8 @@ def test_cli_train_init_from_a_library_model(lib_env, tmp_path):
     assert card.training["config"]["init"] == ALL
     assert "torchxrayvision" in card.trained_on["summary"] and "phantom" in card.trained_on["summary"]
     # the library model as is vs its fine-tuned copy, on their shared labels
-    r = _cxr("eval", "--checkpoint", ALL, "--data", str(data), "--split", "test", "--n-boot", "10",
-             "--compare", str(run / "checkpoint"), "--json", "--out", str(tmp_path / "ev"), env=lib_env["env"])
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads(r.stdout)["comparison"]["per_label"]
+    code, out, err = _cxr_here(capsys, "eval", "--checkpoint", ALL, "--data", str(data), "--split", "test",
+                               "--n-boot", "10", "--compare", str(run / "checkpoint"), "--json",
+                               "--out", str(tmp_path / "ev"))
+    assert code == 0, err[-3000:]
+    assert json.loads(out)["comparison"]["per_label"]
