@@ -307,35 +307,46 @@ def test_a_malicious_pickle_in_the_cache_is_refused_without_running(clip_env, ta
 
 
 # ---------------------------------------------------------------------------------- surfaces
-def test_cli_predict_and_eval_zero_shot(clip_env, tmp_path):
+def _cxr_here(capsys, *args) -> tuple[int, str, str]:
+    """``cxr`` in this process, in the workspace clip_env set up: exit code, stdout, stderr."""
+    from cxrcore.cli import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_predict_and_eval_zero_shot(clip_env, tmp_path, capsys):
     env = clip_env["env"]
     name = clip_env["name"]
-    r = _cxr("predict", str(FORMATS / "00000001_000.png"), "--checkpoint", name, "--json", env=env)
+    r = _cxr("predict", str(FORMATS / "00000001_000.png"), "--checkpoint", name, "--json", env=env)  # the entry point
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
     assert len(out["probabilities"]) == 14 and "open_clip" in out["trained_on"]
     data = clip_env["app_home"] / "datasets"
     phantom = next(p for p in data.iterdir() if p.name.startswith("phantom-nih"))
-    r = _cxr("eval", "--checkpoint", name, "--data", str(phantom), "--split", "test", "--n-boot", "10", "--json",
-             "--out", str(tmp_path / "ev"), env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    metrics = json.loads(r.stdout)
+    code, out, err = _cxr_here(capsys, "eval", "--checkpoint", name, "--data", str(phantom), "--split", "test",
+                               "--n-boot", "10", "--json", "--out", str(tmp_path / "ev"))
+    assert code == 0, err[-3000:]
+    metrics = json.loads(out)
     assert "Effusion" in metrics["per_label"]
     # your own labels, prompts and scoring: a zero-shot checkpoint usable like any other
     (tmp_path / "prompts.json").write_text(json.dumps({"labels": {"Mass": {"present": ["a lung mass"],
                                                                            "absent": ["clear lungs"]}}}))
-    r = _cxr("zeroshot", name, "--out", str(tmp_path / "zs"), "--labels", "Effusion,Mass,Pneumothorax",
-             "--present", "an x-ray with {label}", "--absent", "an x-ray without {label}", "--prompts",
-             str(tmp_path / "prompts.json"), "--scoring", "minmax", env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
+    code, out, err = _cxr_here(capsys, "zeroshot", name, "--out", str(tmp_path / "zs"), "--labels",
+                               "Effusion,Mass,Pneumothorax", "--present", "an x-ray with {label}", "--absent",
+                               "an x-ray without {label}", "--prompts", str(tmp_path / "prompts.json"),
+                               "--scoring", "minmax")
+    assert code == 0, err[-3000:]
     card = json.loads((tmp_path / "zs" / "card.json").read_text())
     zs = card["training"]["library"]["zero_shot"]
     assert zs["scoring"] == "minmax" and zs["prompts"]["Mass"]["present"] == ["a lung mass"]
     assert zs["prompts"]["Effusion"]["absent"] == ["an x-ray without effusion"]
-    r = _cxr("predict", str(FORMATS / "00000001_000.png"), "--checkpoint", str(tmp_path / "zs"), "--json", env=env)
-    assert r.returncode == 0 and len(json.loads(r.stdout)["probabilities"]) == 3, r.stderr[-2000:]
-    r = _cxr("zeroshot", name, "--out", str(tmp_path / "bad"), "--present", "no placeholder", env=env)
-    assert r.returncode == 2 and "{label}" in r.stderr and not (tmp_path / "bad").exists()
+    code, out, err = _cxr_here(capsys, "predict", str(FORMATS / "00000001_000.png"), "--checkpoint",
+                               str(tmp_path / "zs"), "--json")
+    assert code == 0 and len(json.loads(out)["probabilities"]) == 3, err[-2000:]
+    code, out, err = _cxr_here(capsys, "zeroshot", name, "--out", str(tmp_path / "bad"), "--present", "no placeholder")
+    assert code == 2 and "{label}" in err and not (tmp_path / "bad").exists()
 
 
 def _page(name: str):
