@@ -246,7 +246,27 @@ def _cxr_explain(stub, tmp_path, *args):
                           capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
 
 
-def test_cli_explain_valid_invalid_and_slow(comparison, tmp_path):
+class _Ran:
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def _cxr_explain_here(stub, tmp_path, monkeypatch, capsys, *args) -> _Ran:
+    """``cxr explain`` through cxr's main in this process, with the same settings as :func:`_cxr_explain`."""
+    from conftest import REPO
+    from cxrcore.cli import main
+
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", stub.base_url)
+    code = main(["explain", str(FORMATS / "00000001_000.png"), "--baseline", str(REPO / "checkpoints" / "baseline"),
+                 "--finetuned", str(REPO / "checkpoints" / "finetuned"), "--label", LABEL, *args])
+    out = capsys.readouterr()
+    return _Ran(code, out.out, out.err)
+
+
+def test_cli_explain_valid_invalid_and_slow(comparison, tmp_path, monkeypatch, capsys):
+    """The first run through the entry point as a process, the others through cxr's main in this process."""
     c = next(iter(calls(comparison).values()))
     truth = "absent" if c else "present"  # both models wrong: a hard case
     with StubLLM(KEY, mode="review") as stub:
@@ -258,15 +278,15 @@ def test_cli_explain_valid_invalid_and_slow(comparison, tmp_path):
     assert len(saved) == 1 and json.loads(saved[0].read_text())["result"]["valid"] is True
     assert stub.requests[0]["body"]["messages"][0]["content"].count("Both models are wrong") == 1
     with StubLLM(KEY, mode="invalid") as stub:
-        r = _cxr_explain(stub, tmp_path, "--json")
+        r = _cxr_explain_here(stub, tmp_path, monkeypatch, capsys, "--json")
     assert r.returncode == 3 and "did not follow the schema" in r.stderr and "No verdict" in r.stderr
     assert "(unvalidated)" in r.stderr and "verdict (" not in r.stdout
     assert json.loads(r.stdout)["result"]["valid"] is False
     with StubLLM(KEY, mode="slow", delay=5) as stub:
-        r = _cxr_explain(stub, tmp_path, "--timeout", "3")
+        r = _cxr_explain_here(stub, tmp_path, monkeypatch, capsys, "--timeout", "3")
     assert r.returncode == 2 and "did not answer within 3 s" in r.stderr and "Traceback" not in r.stderr
     assert "waiting for" in r.stderr  # progress while it waited
     for out in (r.stdout, r.stderr):
         assert KEY not in out
-    r = _cxr_explain(stub, tmp_path, "--template", str(tmp_path / "missing.txt"))
+    r = _cxr_explain_here(stub, tmp_path, monkeypatch, capsys, "--template", str(tmp_path / "missing.txt"))
     assert r.returncode == 2 and "Cannot read the prompt template" in r.stderr
