@@ -123,6 +123,22 @@ def load_failed(arch: str, loc: WeightsLocation, exc: Exception) -> ConfigError:
 
 
 # ---------------------------------------------------------------------------- reading
+def _torch_load(path: Path, what: str, refused: str, library: str):
+    """``torch.load`` with its ``weights_only`` unpickler (nothing in the file runs); CheckpointError naming the
+    file: ``refused`` says why when the unpickler refuses a global, else the file is damaged or partial."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"Refused to load {path}{what}: {refused} ({exc_summary(exc)}). Nothing in it was run. The file is not a "
+            f"{library} weight file (or has been tampered with): delete it and download it again.") from None
+    except (OSError, RuntimeError, EOFError, ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise CheckpointError(f"Could not read {path}{what} ({type(exc).__name__}: {str(exc)[:300]}); it may be "
+                              "damaged or partial: delete it and download it again.") from None
+
+
 def read_tensors(path: Path, name: str = "", library: str = "open_clip") -> dict[str, torch.Tensor]:
     """The tensors of a state-dict weight file, read safely: safetensors, or torch's weights_only unpickler
     (open_clip's own ``load_state_dict`` semantics: a ``state_dict`` entry, a ``module.`` prefix).
@@ -141,16 +157,7 @@ def read_tensors(path: Path, name: str = "", library: str = "open_clip") -> dict
             raise CheckpointError(f"Could not read {path}{what} ({exc}); it may be damaged or partial: delete it "
                                   "and download it again.") from None
     else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise CheckpointError(
-                f"Refused to load {path}{what}: it needs code a plain weights file does not ({exc_summary(exc)}). "
-                f"Nothing in it was run. The file is not a {library} weight file (or has been tampered with): "
-                "delete it and download it again.") from None
-        except (OSError, RuntimeError, EOFError, ValueError, TypeError, AttributeError, KeyError) as exc:
-            raise CheckpointError(f"Could not read {path}{what} ({type(exc).__name__}: {str(exc)[:300]}); it may be "
-                                  "damaged or partial: delete it and download it again.") from None
+        obj = _torch_load(path, what, "it needs code a plain weights file does not", library)
     if isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
@@ -235,16 +242,8 @@ def read_module_file(path: str | os.PathLike, expect: str = "",
 
     path = Path(path)
     what = f" for {expect}" if expect else ""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"Refused to load {path}{what}: it needs code outside the allowlist of classes {library}'s weight files "
-            f"contain ({exc_summary(exc)}). Nothing in it was run. The file is not a {library} weight file (or has "
-            "been tampered with): delete it and download it again.") from None
-    except (OSError, RuntimeError, EOFError, ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise CheckpointError(f"Could not read {path}{what} ({type(exc).__name__}: {str(exc)[:300]}); it may be "
-                              "damaged or partial: delete it and download it again.") from None
+    obj = _torch_load(path, what, f"it needs code outside the allowlist of classes {library}'s weight files contain",
+                      library)
     if isinstance(obj, (ModuleRecord, torch.nn.Module)):
         state: dict[str, torch.Tensor] = {}
         _tensors_of(obj, "", state, set(), 0)
