@@ -84,6 +84,7 @@ def _in_clean_process(out: Path, n: int, domain: str, size: int, seed: int, work
     pkg_parent = str(Path(__file__).resolve().parents[3])
     env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     args = [sys.executable, "-c", _CHILD, str(out), str(n), domain, str(size), str(seed), str(workers)]
+    existed = out.exists()   # an empty folder (generate checked), or nothing
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             text=True, env=env)
     try:
@@ -95,8 +96,11 @@ def _in_clean_process(out: Path, n: int, domain: str, size: int, seed: int, work
         if proc.wait() != 0:
             last = " ".join(err.strip().splitlines()[-1:]) or f"exit status {proc.returncode}"
             raise ConfigError(f"Writing the phantom dataset {out} failed: {last}")
-    finally:
-        if proc.poll() is None:  # stopped here (Ctrl-C, a progress callback raised): the child cleans up on SIGINT
+    except BaseException:
+        # Stopped here (Ctrl-C, a progress callback raised): the child cleans up its partial folder on SIGINT.
+        # The child reports progress ahead of this process reading it, so it may already have finished and
+        # renamed its folder into place: an interrupted call leaves nothing at ``out`` either way, as in-process.
+        if proc.poll() is None:
             import signal
 
             proc.send_signal(signal.SIGINT)
@@ -105,6 +109,11 @@ def _in_clean_process(out: Path, n: int, domain: str, size: int, seed: int, work
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if proc.returncode == 0 and out.is_dir():
+            shutil.rmtree(out, ignore_errors=True)
+            if existed:
+                out.mkdir(exist_ok=True)
+        raise
 
 
 def generate(out: str | Path, n: int, domain: str = "nih", size: int = 256, seed: int = 0,
