@@ -98,10 +98,11 @@ def _pointing(run: Path, data: Path, split: str) -> float:
 
 def test_training_with_box_supervision_points_at_the_boxes(tmp_path, monkeypatch, phantom):
     """Same data, seed and steps with and without the box term: with it, the maps point at the boxes of the
-    images it trained on far more often; the run's events record the term."""
+    images it trained on far more often (3 epochs of 200 images at 96 px: 0.05 without, 0.34 with, on the
+    development machine); the run's events record the term."""
     job_workspace(tmp_path, monkeypatch)
     base = ["--data", str(phantom), "--labels", "nih14", "--arch", "regnetx_002", "--pretrained", "none",
-            "--epochs", "4", "--batch-size", "16", "--image-size", "128", "--output-stride", "16", "--max-images", "300",
+            "--epochs", "3", "--batch-size", "16", "--image-size", "96", "--output-stride", "16", "--max-images", "200",
             "--lr", "0.003",
             "--pos-weight", "--no-augment", "--workers", "1", "--threads", "1"]
     runs = {}
