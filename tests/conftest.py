@@ -154,6 +154,17 @@ def is_held(run_dir) -> bool:
     return path.exists() and any(e.get("type") == "hold" for e in read_events(path))
 
 
+def cxr_here(capsys, *args) -> tuple[int, str, str]:
+    """``cxr ARGS`` through its ``main`` in this process (the environment as the test set it): exit code, stdout,
+    stderr. A test that checks the entry point itself runs ``python -m cxrcore.cli`` as a process once; the
+    rest of its CLI checks save a Python start and a torch import each this way."""
+    from cxrcore.cli import main
+
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 def wait_for(predicate, deadline_s: float = 180.0, interval: float = 0.25, what: str = "condition"):
     """Poll ``predicate`` until it returns something truthy (returned), or fail after ``deadline_s``."""
     import time

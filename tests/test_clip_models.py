@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FORMATS, REPO, kill_jobs, phantom_job_config, wait_for
+from conftest import FORMATS, REPO, cxr_here, kill_jobs, phantom_job_config, wait_for
 
 TINY_CFG = {"embed_dim": 32,
             "vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "patch_size": 16, "head_width": 16},
@@ -307,15 +307,6 @@ def test_a_malicious_pickle_in_the_cache_is_refused_without_running(clip_env, ta
 
 
 # ---------------------------------------------------------------------------------- surfaces
-def _cxr_here(capsys, *args) -> tuple[int, str, str]:
-    """``cxr`` in this process, in the workspace clip_env set up: exit code, stdout, stderr."""
-    from cxrcore.cli import main
-
-    code = main(list(args))
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_cli_predict_and_eval_zero_shot(clip_env, tmp_path, capsys):
     env = clip_env["env"]
     name = clip_env["name"]
@@ -325,7 +316,7 @@ def test_cli_predict_and_eval_zero_shot(clip_env, tmp_path, capsys):
     assert len(out["probabilities"]) == 14 and "open_clip" in out["trained_on"]
     data = clip_env["app_home"] / "datasets"
     phantom = next(p for p in data.iterdir() if p.name.startswith("phantom-nih"))
-    code, out, err = _cxr_here(capsys, "eval", "--checkpoint", name, "--data", str(phantom), "--split", "test",
+    code, out, err = cxr_here(capsys, "eval", "--checkpoint", name, "--data", str(phantom), "--split", "test",
                                "--n-boot", "10", "--json", "--out", str(tmp_path / "ev"))
     assert code == 0, err[-3000:]
     metrics = json.loads(out)
@@ -333,7 +324,7 @@ def test_cli_predict_and_eval_zero_shot(clip_env, tmp_path, capsys):
     # your own labels, prompts and scoring: a zero-shot checkpoint usable like any other
     (tmp_path / "prompts.json").write_text(json.dumps({"labels": {"Mass": {"present": ["a lung mass"],
                                                                            "absent": ["clear lungs"]}}}))
-    code, out, err = _cxr_here(capsys, "zeroshot", name, "--out", str(tmp_path / "zs"), "--labels",
+    code, out, err = cxr_here(capsys, "zeroshot", name, "--out", str(tmp_path / "zs"), "--labels",
                                "Effusion,Mass,Pneumothorax", "--present", "an x-ray with {label}", "--absent",
                                "an x-ray without {label}", "--prompts", str(tmp_path / "prompts.json"),
                                "--scoring", "minmax")
@@ -342,10 +333,10 @@ def test_cli_predict_and_eval_zero_shot(clip_env, tmp_path, capsys):
     zs = card["training"]["library"]["zero_shot"]
     assert zs["scoring"] == "minmax" and zs["prompts"]["Mass"]["present"] == ["a lung mass"]
     assert zs["prompts"]["Effusion"]["absent"] == ["an x-ray without effusion"]
-    code, out, err = _cxr_here(capsys, "predict", str(FORMATS / "00000001_000.png"), "--checkpoint",
+    code, out, err = cxr_here(capsys, "predict", str(FORMATS / "00000001_000.png"), "--checkpoint",
                                str(tmp_path / "zs"), "--json")
     assert code == 0 and len(json.loads(out)["probabilities"]) == 3, err[-2000:]
-    code, out, err = _cxr_here(capsys, "zeroshot", name, "--out", str(tmp_path / "bad"), "--present", "no placeholder")
+    code, out, err = cxr_here(capsys, "zeroshot", name, "--out", str(tmp_path / "bad"), "--present", "no placeholder")
     assert code == 2 and "{label}" in err and not (tmp_path / "bad").exists()
 
 

@@ -15,7 +15,7 @@ from cxrcore.errors import ConfigError
 from cxrcore.explain.faithfulness import (SigmoidOutputTarget, faithfulness, predictor_faithfulness, rank_map,
                                           to_input_size)
 
-from conftest import NIH_SAMPLE, REPO
+from conftest import NIH_SAMPLE, REPO, cxr_here
 
 S = 32
 
@@ -152,15 +152,6 @@ def _cxr(*args, env=None):
                           timeout=900, env=env)
 
 
-def _cxr_here(capsys, *args) -> tuple[int, str, str]:
-    """``cxr`` run in this process (the entry point itself is run as a process above): exit code, stdout, stderr."""
-    from cxrcore.cli import main
-
-    code = main(list(args))
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_cli_localize_methods_side_by_side_with_gated_hit_rate_and_faithfulness(shipped, capsys):
     # the first 17 images with boxes: the 17th has two (Pneumonia and Infiltrate), so pairs and boxes differ
     r = _cxr("localize", "--checkpoint", str(shipped["baseline"]), "--data", str(NIH_SAMPLE), "--split", "all",
@@ -181,7 +172,7 @@ def test_cli_localize_methods_side_by_side_with_gated_hit_rate_and_faithfulness(
     assert "how_to_read" in d["faithfulness_note"]
 
     # the default gate is each label's threshold from the card; a cut-off of 1 gates every pair out
-    code, out, err = _cxr_here(capsys, "localize", "--checkpoint", str(shipped["baseline"]), "--data", str(NIH_SAMPLE),
+    code, out, err = cxr_here(capsys, "localize", "--checkpoint", str(shipped["baseline"]), "--data", str(NIH_SAMPLE),
                                "--split", "all", "--gate", "1", "--max-images", "17")
     assert code == 0, err
     assert "gated hit rate" in out and "p = 1" in out
@@ -189,10 +180,10 @@ def test_cli_localize_methods_side_by_side_with_gated_hit_rate_and_faithfulness(
     assert line.split()[6] == "0.000" and line.split()[7] == "18"     # gated hit rate 0, every pair gated out
     assert "--faithfulness-images" in out
 
-    code, out, err = _cxr_here(capsys, "localize", "--checkpoint", str(shipped["baseline"]), "--data", str(NIH_SAMPLE),
+    code, out, err = cxr_here(capsys, "localize", "--checkpoint", str(shipped["baseline"]), "--data", str(NIH_SAMPLE),
                                "--cam-methods", "Foo")
     assert code == 2 and "Unknown CAM method" in err and "Traceback" not in err
-    code, out, err = _cxr_here(capsys, "localize", "--checkpoint", str(shipped["baseline"]), "--data", str(NIH_SAMPLE),
+    code, out, err = cxr_here(capsys, "localize", "--checkpoint", str(shipped["baseline"]), "--data", str(NIH_SAMPLE),
                                "--gate", "2")
     assert code == 2 and "between 0 and 1" in err and "Traceback" not in err
 

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FORMATS, NIH_SAMPLE, REPO
+from conftest import FORMATS, NIH_SAMPLE, REPO, cxr_here
 from test_models import XRV_ALL, XRV_RESNET
 
 XRV_CHEX = "chex-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt"
@@ -413,15 +413,6 @@ def test_evaluation_page_on_a_library_model(lib_env):
 
 
 # ------------------------------------------------------------------------------- CLI and REST API
-def _cxr_here(capsys, *args) -> tuple[int, str, str]:
-    """``cxr`` in this process, in the workspace lib_env set up: exit code, stdout, stderr."""
-    from cxrcore.cli import main
-
-    code = main(list(args))
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_cli_predict_eval_localize_with_a_library_model(lib_env, shipped, tmp_path, capsys):
     plant_densenet(lib_env["cache"])
     env = lib_env["env"]
@@ -430,16 +421,16 @@ def test_cli_predict_eval_localize_with_a_library_model(lib_env, shipped, tmp_pa
     out = json.loads(r.stdout)
     assert len(out["probabilities"]) == 18 and out["thresholds"]["Mass"] == pytest.approx(0.01939503, abs=1e-6)
     assert "torchxrayvision" in out.get("trained_on", "torchxrayvision")
-    code, out, err = _cxr_here(capsys, "predict", str(FORMATS / "00000001_000.png"), "--checkpoint", "xrv:all")
+    code, out, err = cxr_here(capsys, "predict", str(FORMATS / "00000001_000.png"), "--checkpoint", "xrv:all")
     assert code == 0 and "Cardiomegaly" in out, err
     # evaluation on real NIH images, library model vs a shipped checkpoint on their shared labels
-    code, out, err = _cxr_here(capsys, "eval", "--checkpoint", ALL, "--data", str(NIH_SAMPLE), "--split", "test",
+    code, out, err = cxr_here(capsys, "eval", "--checkpoint", ALL, "--data", str(NIH_SAMPLE), "--split", "test",
                                "--n-boot", "20", "--compare", str(shipped["finetuned"]), "--json",
                                "--out", str(tmp_path / "eval"))
     assert code == 0, err
     metrics = json.loads(out)
     assert "Cardiomegaly" in metrics["per_label"] and metrics["comparison"]["per_label"]
-    code, out, err = _cxr_here(capsys, "localize", "--checkpoint", ALL, "--data", str(NIH_SAMPLE), "--split", "all",
+    code, out, err = cxr_here(capsys, "localize", "--checkpoint", ALL, "--data", str(NIH_SAMPLE), "--split", "all",
                                "--max-images", "3", "--json")
     assert code == 0, err
     assert json.loads(out)["n_images"] == 3
@@ -449,7 +440,7 @@ def test_cli_eval_save_calibration_goes_to_the_copy(lib_env, tmp_path, capsys):
     from cxrcore.checkpoint import read_card
 
     plant_densenet(lib_env["cache"])
-    code, out, err = _cxr_here(capsys, "eval", "--checkpoint", ALL, "--data", str(NIH_SAMPLE), "--split", "test",
+    code, out, err = cxr_here(capsys, "eval", "--checkpoint", ALL, "--data", str(NIH_SAMPLE), "--split", "test",
                                "--n-boot", "10", "--save-calibration", "--out", str(tmp_path / "e"))
     assert code == 0, err[-3000:]
     copy = lib_env["home"] / "checkpoints" / "xrv-densenet121-res224-all"
@@ -505,7 +496,7 @@ def test_cli_train_init_from_a_library_model(lib_env, tmp_path, capsys):
     assert card.training["config"]["init"] == ALL
     assert "torchxrayvision" in card.trained_on["summary"] and "phantom" in card.trained_on["summary"]
     # the library model as is vs its fine-tuned copy, on their shared labels
-    code, out, err = _cxr_here(capsys, "eval", "--checkpoint", ALL, "--data", str(data), "--split", "test",
+    code, out, err = cxr_here(capsys, "eval", "--checkpoint", ALL, "--data", str(data), "--split", "test",
                                "--n-boot", "10", "--compare", str(run / "checkpoint"), "--json",
                                "--out", str(tmp_path / "ev"))
     assert code == 0, err[-3000:]

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import cxr_here
 from cxrcore.data import phantom
 from cxrcore.data.readers import official_test_mask, read_dataset
 from cxrcore.data.splits import official_patient_split
@@ -221,13 +222,12 @@ def test_study_level_fusion_of_frontal_and_lateral_views(data, runs, tmp_path):
         fuse_studies(None, None, "median")
 
 
-def test_cli_predict_fuses_the_views_of_one_study(data, runs):
+def test_cli_predict_fuses_the_views_of_one_study(data, runs, capsys):
     imgs = [str(p) for p in sorted((data["chexpert"]).rglob("*.jpg"))[:2]]
     out = subprocess.run([sys.executable, "-m", "cxrcore.cli", "predict", *imgs, "--checkpoint",
                           str(runs["chexpert"] / "checkpoint"), "--fuse", "max"], capture_output=True, text=True,
                          cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "study of 2 views, fused by max" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "cxrcore.cli", "predict", *imgs, "--checkpoint",
-                          str(runs["chexpert"] / "checkpoint")], capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert bad.returncode == 2 and "--fuse mean or max" in bad.stderr
+    code, _, err = cxr_here(capsys, "predict", *imgs, "--checkpoint", runs["chexpert"] / "checkpoint")
+    assert code == 2 and "--fuse mean or max" in err

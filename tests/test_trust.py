@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FORMATS, REPO
+from conftest import FORMATS, REPO, cxr_here
 from cxrcore.checkpoint import Card, read_card, save_checkpoint
 from cxrcore.compare import compare
 from cxrcore.data.imageio import read_image
@@ -122,18 +122,18 @@ def _cxr(*args):
                           timeout=600)
 
 
-def test_cli_predict_json_and_text_warnings(shipped, phantom_png):
+def test_cli_predict_json_and_text_warnings(shipped, phantom_png, capsys):
     r = _cxr("predict", str(REAL), "--checkpoint", str(shipped["finetuned"]), "--json", "--mc-samples", "3")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, r.stderr   # the entry point as a process; the other runs through cxr's main here
     out = json.loads(r.stdout)
     assert out["warning_codes"] == ["phantom_model_real_image"] and "synthetic phantoms" in out["warnings"][0]
     assert "phantom" in out["trained_on"] and out["mc"]["kind"] == "injected"
-    r = _cxr("predict", str(REAL), "--checkpoint", str(shipped["baseline"]), "--mc-samples", "3")
-    assert r.returncode == 0 and r.stdout.startswith("WARNING: ") and "sensitivity proxy" in r.stdout
-    r = _cxr("predict", str(phantom_png), "--checkpoint", str(shipped["baseline"]), "--json")
-    assert json.loads(r.stdout)["warnings"] == []
-    r = _cxr("predict", str(REAL), "--checkpoint", str(shipped["baseline"]), "--mc-samples", "1000")
-    assert r.returncode == 2 and r.stderr.startswith("error: --mc-samples")
+    code, text, err = cxr_here(capsys, "predict", REAL, "--checkpoint", shipped["baseline"], "--mc-samples", "3")
+    assert code == 0 and text.startswith("WARNING: ") and "sensitivity proxy" in text, err
+    code, text, err = cxr_here(capsys, "predict", phantom_png, "--checkpoint", shipped["baseline"], "--json")
+    assert json.loads(text)["warnings"] == []
+    code, text, err = cxr_here(capsys, "predict", REAL, "--checkpoint", shipped["baseline"], "--mc-samples", "1000")
+    assert code == 2 and err.startswith("error: --mc-samples")
 
 
 def test_api_response_warnings(shipped, phantom_png):
