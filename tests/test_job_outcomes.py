@@ -148,16 +148,6 @@ def test_local_job_sigterm_from_outside_is_cancelled_keeping_its_checkpoint(ws, 
     assert [e["ended"] for e in events(done) if e["type"] == "done"] == ["stopped"]
 
 
-def test_local_job_that_completes_succeeds_with_no_note(ws, phantom, hold):
-    store = JobStore()
-    job = submit(phantom_job_config(phantom, epochs=2), name="plain", store=store)
-    wait_for(lambda: held(job, store), what="the job to hold at its first epoch's end")
-    hold.unlink()
-    done = wait_for(lambda: ended(job, store), what="the job to end")
-    assert done.status == "succeeded" and done.note is None and done.error is None, tail_log(done, 40)
-    assert [e["ended"] for e in events(done) if e["type"] == "done"] == ["completed"]
-
-
 def test_ddp_job_stopped_by_sigterm_to_a_rank_is_cancelled_not_succeeded(ws, phantom, hold):
     """SIGTERM to rank 1 from outside (not to the runner, no STOP file): both ranks stop at the same step and
     torchrun ends cleanly; the job used to be recorded as succeeded. It is cancelled, saying why."""

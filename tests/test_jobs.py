@@ -271,7 +271,7 @@ def test_job_survives_its_submitting_process_and_succeeds(ws):
 
     job = wait_ended(job, store)
     assert job.status == "succeeded", f"{job.error}\n{tail_log(job, 40)}"
-    assert job.exit_code == 0 and job.error is None and job.finished >= job.started
+    assert job.exit_code == 0 and job.error is None and job.note is None and job.finished >= job.started
     assert (run_dir / "checkpoint" / "card.json").exists()
     assert (run_dir / "events.jsonl").exists()
     # The row is written just before the runner exits; its interpreter shutdown follows.
@@ -281,6 +281,7 @@ def test_job_survives_its_submitting_process_and_succeeds(ws):
     assert "train" in log and "succeeded" in log
     assert tail_log(job, 2).count("\n") == 1
 
+    assert [e["ended"] for e in events(job) if e["type"] == "done"] == ["completed"]   # a run to its last epoch
     summary = progress_summary(events(job))
     assert summary["phase"] == "done" and summary["fraction"] == 1.0
     assert summary["epochs"] == 1 and summary["epoch"] == 1
