@@ -109,12 +109,13 @@ def test_upload_png_shows_both_models_and_an_overlay(app_url, browser, tmp_path)
     warning = page.locator("[data-testid=stAlertContentWarning]", has_text="trained only on synthetic phantoms")
     assert warning.count() == 2  # one per model
     assert "library model" in body or "train on real data" in body
-    bars = page.locator("[data-testid=stPlotlyChart]", has_text="Probability per label").first
-    bars.wait_for(timeout=60_000)
-    assert warning.first.bounding_box()["y"] < bars.bounding_box()["y"]
     # the Monte-Carlo spread comes after the first answer, said so while it is computed, then how to read it
     page.get_by_text("sensitivity proxy, not a calibrated error bar").first.wait_for(timeout=240_000)
     assert page.get_by_text("Monte-Carlo dropout spread: coming").count() == 0
+    wait_idle(page)   # the spread re-draws the chart: its place is read once the page has settled
+    bars = page.locator("[data-testid=stPlotlyChart]", has_text="Probability per label").first
+    bars.wait_for(timeout=60_000)
+    assert warning.first.bounding_box()["y"] < bars.bounding_box()["y"]
     page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
 
 

@@ -27,8 +27,8 @@ from ..checkpoint import (Card, combine_trained_on, dataset_trained_on, infer_tr
                           read_card, save_checkpoint)
 from ..data.cache import build_cache
 from ..data.filters import apply_filters
-from ..data.index import DatasetIndex, patient_split
-from ..data.splits import balance_report, balance_warnings, official_patient_split, stratified_patient_split
+from ..data.index import DatasetIndex
+from ..data.splits import assign_split, balance_report, balance_warnings
 from ..data.preprocess import Preprocess, to_unit
 from ..data.readers import read_dataset
 from ..errors import ConfigError, DataError
@@ -92,12 +92,7 @@ def prepare_data(cfg: TrainConfig, prep: Preprocess, progress=None) -> Prepared:
     ok = np.ones(len(index), dtype=bool)
     ok[list(cache.failed)] = False
     targets = index.targets(labels, cfg.policy)
-    if cfg.split_method == "stratified":
-        split = stratified_patient_split(index.frame, targets, cfg.seed, cfg.val_fraction, cfg.test_fraction)
-    elif cfg.split_method == "official":
-        split = official_patient_split(index.frame, cfg.seed, cfg.val_fraction)
-    else:
-        split = patient_split(index.frame["patient_id"], cfg.seed, cfg.val_fraction, cfg.test_fraction)
+    split = assign_split(index.frame, targets, cfg.split_method, cfg.seed, cfg.val_fraction, cfg.test_fraction)
     for name in ("train", "val"):
         if not ((split == name) & ok).any():
             raise DataError(f"The {name} split is empty: the dataset has too few patients ({index.frame['patient_id'].nunique()}).")
