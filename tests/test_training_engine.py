@@ -491,7 +491,7 @@ def test_cli_lora_job_cancel_and_resume(chex, tmp_path, hold):
     hold file: no race with the job's end), `cxr jobs resume` to completion."""
     import time
 
-    from cxrcore.jobs import JobStore
+    from cxrcore.jobs import JobStore, refresh
 
     env = dict(os.environ, CXR_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1")
 
@@ -516,10 +516,10 @@ def test_cli_lora_job_cancel_and_resume(chex, tmp_path, hold):
     assert store.get(job_id).status == "cancelled"
     hold.unlink()
     assert "resumed" in cxr("jobs", "resume", job_id)
-    while store.get(job_id).status in ("queued", "running"):
+    while refresh(job_id, store).status in ("queued", "running"):   # what `cxr jobs list` does for each job
         assert time.monotonic() < t_end + 300
         time.sleep(1)
-        cxr("jobs", "list")  # what a user watching does; also reconciles a dead runner
+    assert job_id in cxr("jobs", "list")
     job = store.get(job_id)
     assert job.status == "succeeded", (job.error, cxr("jobs", "logs", job_id))
     shown = json.loads(cxr("jobs", "show", job_id))
