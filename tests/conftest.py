@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from filelock import FileLock
@@ -52,20 +54,28 @@ def pytest_configure(config):
         sys.addaudithook(_refuse_dev_shared)
 
 
-def _generate_app_data(home: Path) -> None:
-    """Run the app's own first-start generation (``cxrcore.demo.app_data``) with ``home`` as workspace."""
-    home.mkdir(parents=True, exist_ok=True)
+@contextmanager
+def workspace_env(home) -> Iterator[None]:
+    """``CXR_HOME`` set to ``home`` for the block, then as it was (for module and session fixtures, which cannot
+    use monkeypatch)."""
     old = os.environ.get("CXR_HOME")
     os.environ["CXR_HOME"] = str(home)
     try:
-        from cxrcore.demo import app_data
-
-        app_data()
+        yield
     finally:
         if old is None:
             os.environ.pop("CXR_HOME", None)
         else:
             os.environ["CXR_HOME"] = old
+
+
+def _generate_app_data(home: Path) -> None:
+    """Run the app's own first-start generation (``cxrcore.demo.app_data``) with ``home`` as workspace."""
+    home.mkdir(parents=True, exist_ok=True)
+    with workspace_env(home):
+        from cxrcore.demo import app_data
+
+        app_data()
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import NIH_SAMPLE
+from conftest import NIH_SAMPLE, workspace_env
 from cxrcore import hosting, workspace
 from cxrcore.catalog import MY_THRESHOLDS, SHARED_THRESHOLDS, checkpoint_choices
 from cxrcore.checkpoint import read_card
@@ -32,17 +32,10 @@ def two_network_home(app_home, tmp_path_factory) -> Path:
 
     home = tmp_path_factory.mktemp("page_logic") / "home"
     chex = next((app_home / "datasets").glob("phantom-chexpert-*"))
-    old = os.environ.get("CXR_HOME")
-    os.environ["CXR_HOME"] = str(home)
-    try:
+    with workspace_env(str(home)):
         train(TrainConfig(data=str(chex), labels="chexpert14", hierarchy="two_network", gate_mode="hard", epochs=1,
                           batch_size=16, image_size=48, max_images=96, policy="ignore", workers=1, threads=1,
                           lr=3e-3, name="twonet"), home / "runs" / "twonet")
-    finally:
-        if old is None:
-            os.environ.pop("CXR_HOME", None)
-        else:
-            os.environ["CXR_HOME"] = old
     return home
 
 

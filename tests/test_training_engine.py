@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
-from conftest import is_held
+from conftest import is_held, workspace_env
 from cxrcore.checkpoint import load_checkpoint, read_card
 from cxrcore.errors import CheckpointError, ConfigError
 from cxrcore.models.heads import combine
@@ -35,15 +35,8 @@ nan = float("nan")
 def chex(app_home) -> Path:
     from cxrcore.demo import app_data
 
-    old = os.environ.get("CXR_HOME")
-    os.environ["CXR_HOME"] = str(app_home)
-    try:
+    with workspace_env(str(app_home)):
         return app_data()["chexpert"]
-    finally:
-        if old is None:
-            os.environ.pop("CXR_HOME", None)
-        else:
-            os.environ["CXR_HOME"] = old
 
 
 def small(data: Path, **kw) -> TrainConfig:

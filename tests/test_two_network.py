@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import workspace_env
 from cxrcore.checkpoint import load_checkpoint, read_card
 from cxrcore.errors import CheckpointError
 from cxrcore.models.heads import combine
@@ -32,17 +33,10 @@ def chex(app_home) -> Path:
 @pytest.fixture(scope="module")
 def run(chex, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("two_network") / "run"
-    old = os.environ.get("CXR_HOME")
-    os.environ["CXR_HOME"] = str(out.parent / "home")
-    try:
+    with workspace_env(str(out.parent / "home")):
         train(TrainConfig(data=str(chex), labels="chexpert14", hierarchy="two_network", gate_mode="hard", epochs=2,
                           batch_size=16, image_size=48, max_images=160, policy="ignore", workers=1, threads=1,
                           lr=3e-3, name="twonet"), out)
-    finally:
-        if old is None:
-            os.environ.pop("CXR_HOME", None)
-        else:
-            os.environ["CXR_HOME"] = old
     return out
 
 
