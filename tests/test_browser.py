@@ -55,6 +55,15 @@ def serve_app(env: dict, log=None):
         proc.wait()
 
 
+def body_with(page, *texts: str, timeout: float = 120_000) -> str:
+    """The page's text once every one of ``texts`` is on it. An answer is drawn element by element (seen: one
+    model's "feature cells" caption on the page before the rest of the answer was): a test waits for all it
+    will assert on, then reads."""
+    page.wait_for_function("texts => texts.every(t => document.body.innerText.includes(t))", arg=list(texts),
+                           timeout=timeout)
+    return page.inner_text("body")
+
+
 def wait_idle(page, timeout: float = 120_000) -> None:
     """Wait until the page's script run has ended (Streamlit's running indicator is gone)."""
     page.wait_for_timeout(300)  # a run just asked for shows its indicator within a moment
@@ -99,8 +108,7 @@ def test_upload_png_shows_both_models_and_an_overlay(app_url, browser, tmp_path)
     assert page.get_by_text("AUROC on the test split of").count() == 2
     page.locator("input[type=file]").first.set_input_files(str(FORMATS / "00000001_000.png"))
     page.get_by_text("feature cells").wait_for(timeout=240_000)
-    body = page.inner_text("body")
-    assert "baseline:" in body and "fine-tuned:" in body and "threshold" in body
+    body = body_with(page, "baseline:", "fine-tuned:", "threshold")
     # the overlays are images rendered by the page (input + one per model)
     page.wait_for_function("document.querySelectorAll('[data-testid=stImage] img').length >= 3", timeout=60_000)
     page.get_by_text("Download comparison panel (PNG)").wait_for(timeout=60_000)
@@ -160,8 +168,8 @@ def test_upload_of_a_phantom_has_no_phantom_warning(app_url, browser, browser_ho
     image = next(iter(sorted((browser_home / "datasets").glob("phantom-nih-*/images/*.png"))))
     page.locator("input[type=file]").first.set_input_files(str(image))
     page.get_by_text("feature cells").wait_for(timeout=240_000)
-    body = page.inner_text("body")
-    assert "synthetic phantom (cxrcore's generator)" in body  # the image's provenance, read from its mark
+    # the image's provenance, read from its mark
+    body = body_with(page, "synthetic phantom (cxrcore's generator)", "baseline:", "fine-tuned:")
     assert "trained only on synthetic phantoms" not in body
 
 
@@ -172,8 +180,7 @@ def test_dicom_upload_with_uncertainty(app_url, browser):
     page.locator("input[type=file]").first.set_input_files(
         str(FORMATS / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"))
     page.get_by_text("feature cells").wait_for(timeout=240_000)
-    body = page.inner_text("body")
-    assert "DICOM, 1024×1024" in body and "MONOCHROME2" in body and "Monte-Carlo dropout" in body
+    body = body_with(page, "DICOM, 1024×1024", "MONOCHROME2", "Monte-Carlo dropout", "baseline:", "fine-tuned:")
     assert "may not be a frontal chest radiograph" not in body  # a real chest X-ray passes the OOD guard
 
 
@@ -304,10 +311,8 @@ def test_compare_with_a_library_model_on_one_side(xrv_app_url, browser, tmp_path
     assert "needs weights" not in _choose(page, "Baseline model", "xrv:densenet121-res224-all (library)")
     page.locator("input[type=file]").first.set_input_files(str(FORMATS / "00000001_000.png"))
     page.get_by_text("feature cells").wait_for(timeout=300_000)
-    body = page.inner_text("body")
-    assert "Traceback" not in body
-    assert "baseline:" in body and "fine-tuned:" in body
-    assert "xrv:densenet121-res224-all" in body and "torchxrayvision" in body  # what the baseline saw
+    body = body_with(page, "baseline:", "fine-tuned:", "xrv:densenet121-res224-all", "torchxrayvision")
+    assert "Traceback" not in body  # and the baseline saw the library model
     page.wait_for_function("document.querySelectorAll('[data-testid=stImage] img').length >= 3", timeout=60_000)
     # the library model's card next to its predictions
     page.get_by_text("Model cards").click()
