@@ -20,6 +20,7 @@ PAGES = [
     st.Page("views/thresholds.py", title="Thresholds", icon=":material/tune:"),
     st.Page("views/evaluation.py", title="Evaluation", icon=":material/analytics:"),
     st.Page("views/explain.py", title="Explain", icon=":material/chat:"),
+    st.Page("views/reader_study.py", title="Reader study", icon=":material/groups:", url_path="reader_study"),
 ]
 page = st.navigation(PAGES)
 st.sidebar.radio("Chart downloads (camera button)", ["png", "svg"], key="chart_format", horizontal=True,

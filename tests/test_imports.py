@@ -144,7 +144,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("cxrcore.predictor", "cxrcore.hosting"),
     ("cxrcore.compare", "cxrcore.results"),
     ("cxrcore.eval",),
-    ("cxrcore.train",),
+    ("cxrcore.train", "cxrcore.readerstudy"),
     ("cxrcore.jobs",),
     ("cxrcore.cli", "cxrcore.api", "cxrcore.demo", "cxrcore.launch", "cxrcore.catalog", "cxrcore.runs"),
 )

@@ -120,3 +120,14 @@ def thumbnail(pixels: np.ndarray, boxes=(), label: str = "", height: int = 320) 
         draw.rectangle([x0, y0, x0 + bw * img.width, y0 + bh * img.height], outline=(0, 255, 0), width=2)
         draw.text((x0 + 3, max(0, y0 - 12)), label, fill=(0, 255, 0))
     return np.asarray(img)
+
+
+def window_level(pixels: np.ndarray, center: float = 0.5, width: float = 1.0, invert: bool = False) -> np.ndarray:
+    """A radiograph (float [0, 1]) shown through a display window: ``center`` and ``width`` as fractions of the full
+    range (width 1, center 0.5: as stored), ``invert`` black for white. uint8, same shape."""
+    width = max(float(width), 1e-3)
+    lo = float(center) - width / 2
+    out = (np.asarray(pixels, np.float32) - lo) / width
+    if invert:
+        out = 1.0 - out
+    return to_uint8(out)

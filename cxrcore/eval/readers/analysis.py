@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ...errors import ConfigError, DataError
+from ...errors import ConfigError
 from .agreement import N_BOOT, SEED, agreement
-from .orh import COVARIANCE_METHODS, fom_covariance, or_analysis, pair_key, standalone
+from .orh import COVARIANCE_METHODS, fom_covariance, or_analysis, standalone
 from .ratings import ReaderStudy, read_ratings
 
 
@@ -34,11 +34,11 @@ def analyze(data: ReaderStudy | str | Path | pd.DataFrame, covariance: str = "ja
     study = data if isinstance(data, ReaderStudy) else read_ratings(data, model_reader=model_reader)
     T, R, K = study.ratings.shape
     modalities, readers = list(study.modalities), list(study.readers)
-    if T < 2 and study.model is None:
-        raise DataError(f"{study.source or 'ratings'}: only one modality ({modalities[0]!r}). Comparing "
-                        "modalities needs at least 2; to compare the readers with a standalone model in one "
-                        "modality, name the reader id that holds the model's scores (--model-reader).")
     notes = list(study.notes)
+    if T < 2 and study.model is None:
+        notes.append(f"only one modality ({modalities[0]!r}) and no model: the per-reader results, the modality's "
+                     "reader-averaged AUROC and agreement apply; a comparison needs at least 2 modalities, or the "
+                     "reader id that holds a standalone model's scores (--model-reader).")
     aucs, cov = fom_covariance(study.truth, study.ratings.reshape(T * R, K), covariance)
     fom = aucs.reshape(T, R)
     orh = or_analysis(fom, cov, modalities, readers, alpha)
@@ -190,7 +190,7 @@ def format_report(r: dict) -> str:
     w("Each reader (AUROC with DeLong interval; sensitivity / specificity at the cut-off with Wilson intervals)")
     for m, rows in r["per_reader"].items():
         for rd, row in rows.items():
-            line = f"  {m}/{rd:<20} AUROC {_n(row['auroc']['estimate'])} {_ci(row['auroc']['ci'])}"
+            line = f"  {m + ' | ' + rd:<22} AUROC {_n(row['auroc']['estimate'])} {_ci(row['auroc']['ci'])}"
             if "sensitivity" in row:
                 se, sp = row["sensitivity"], row["specificity"]
                 line += (f"  cut-off {row['cutoff']:g}: sens {_n(se['estimate'], 3)} {_ci(se['ci'], 3)}, "
@@ -204,9 +204,4 @@ def format_report(r: dict) -> str:
     return "\n".join(out)
 
 
-def pairs(modalities: list[str]) -> list[str]:
-    """The pair keys of a study's modalities, in the order the results list them."""
-    return [pair_key(a, b) for i, a in enumerate(modalities) for b in modalities[i + 1:]]
-
-
-__all__ = ["analyze", "format_report", "pairs"]
+__all__ = ["analyze", "format_report"]

@@ -22,11 +22,13 @@ The three analyses, with their formulas (t modalities, r readers; MS from the mo
 
       X2 = (t - 1) MS(T) / [Var - Cov1 + (r - 1) max(Cov2 - Cov3, 0)]  ~ chi-square(t - 1)
       difference: +- z sqrt{(2/r) [Var - Cov1 + (r - 1) max(Cov2 - Cov3, 0)]}
-      one modality: +- z sqrt{[Var_i + (r - 1) max(Cov2_i, 0)] / r};  one reader's difference: +- z sqrt[2 (Var_j - Cov1_j)]
+      one modality: +- z sqrt{[Var_i + (r - 1) max(Cov2_i, 0)] / r}
+      one reader's difference: +- z sqrt[2 (Var_j - Cov1_j)]
 
 - random readers, fixed cases (RRFC)::
 
-      F = MS(T) / MS(TR) ~ F(t - 1, (t - 1)(r - 1)); difference: +- t sqrt[(2/r) MS(TR)]; one modality: +- t(r - 1) sqrt[MS(R)_i / r]
+      F = MS(T) / MS(TR) ~ F(t - 1, (t - 1)(r - 1)); difference: +- t sqrt[(2/r) MS(TR)]
+      one modality: +- t(r - 1) sqrt[MS(R)_i / r]
 
 These are the formulas OR-DBM MRMC 2.51 prints with its results and that RJafroc implements; the tests check
 the Van Dyke and Franken example data against OR-DBM MRMC's printed output to all printed digits.
@@ -223,6 +225,9 @@ def or_analysis(fom: np.ndarray, cov: np.ndarray, modalities: list[str], readers
             df_i = _ratio_df(den_i, ms_ri, R - 1)
             entry = _interval(means[i], np.sqrt(den_i / R) if den_i > 0 else None, df_i, alpha)
             entry.pop("t"), entry.pop("p")
+            if ms_ri == 0 and den_i > 0:
+                notes.append(f"RRRC, modality {m!r}: every reader has the same AUROC (MS(R) = 0), so the interval's "
+                             "degrees of freedom are infinite (normal quantile used; df shown as none).")
             entry.update({"ms_r": _f(ms_ri), "cov2": _f(vc["each_modality"][i]["cov2"])})
             rrrc["per_modality"][m] = entry
     rrrc["ddf"] = rrrc["ddf"] if rrrc["f"] is not None else None

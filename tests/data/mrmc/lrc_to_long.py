@@ -1,8 +1,9 @@
 """Convert the MRMC ``.lrc`` files here into the long CSV format (reader, modality, case, truth, rating).
 
 Run from the repository root: ``python tests/data/mrmc/lrc_to_long.py``; it rewrites ``vandyke.csv``,
-``franken.csv`` and ``nico_cad.csv`` from ``VD.lrc``, ``Franken.lrc`` and ``NICO.lrc`` (see README.md for where
-each file comes from). The tests read the CSVs; this script documents (and reproduces) how they were made.
+``franken.csv``, ``fed.csv`` and ``nico_cad.csv`` from ``VD.lrc``, ``Franken.lrc``, ``FED.lrc`` and ``NICO.lrc``
+(see README.md for where each file comes from). The tests read the CSVs; this script documents (and reproduces)
+how they were made.
 
 The LRC format (OR-DBM MRMC, University of Iowa; also read by RJafroc's ``DfReadDataFile``): a title line; then,
 for each reader, a line with the reader's id, a block of non-diseased (truth 0) case rows, a line ``*``, a block of
@@ -69,6 +70,7 @@ def write(rows: list[dict], out: Path, rename_readers: dict[str, str] | None = N
 def main() -> None:
     write(parse_lrc(HERE / "VD.lrc")[1], HERE / "vandyke.csv")
     write(parse_lrc(HERE / "Franken.lrc")[1], HERE / "franken.csv")
+    write(parse_lrc(HERE / "FED.lrc")[1], HERE / "fed.csv")
     # NICO: the first reader is the CAD algorithm, readers 2..10 the nine radiologists (RJafroc dataset09)
     write(parse_lrc(HERE / "NICO.lrc")[1], HERE / "nico_cad.csv",
           {"1": "CAD", **{str(j): f"rad{j - 1}" for j in range(2, 11)}})
