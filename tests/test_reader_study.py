@@ -188,11 +188,12 @@ def test_analysis_of_a_finished_study_equals_the_analysis_of_its_export(dataset_
     session.submit(store, study.id, partial.number, session.next_read(store, study.id, partial.number),
                    {f: 10 for f in FINDINGS})
     result = study_analysis(store, study.id, "Effusion")
-    assert result["modalities"] == ["unaided", "aided"] and result["readers"] == ["Dr 0", "Dr 1", "Dr 2"]
+    assert result["modalities"] == ["aided", "unaided"] and result["readers"] == ["Dr 0", "Dr 1", "Dr 2"]
     assert any("Dr late" in n and "left out" in n for n in result["notes"])
     assert 0.5 < result["fom_mean"]["unaided"] < result["fom_mean"]["aided"] < 1
     rrrc = result["rrrc"]
     assert set(rrrc) >= {"f", "ndf", "ddf", "p", "diff", "per_modality"} and rrrc["ndf"] == 1
+    assert list(rrrc["diff"]) == ["aided - unaided"] and rrrc["diff"]["aided - unaided"]["estimate"] > 0
     assert set(result["standalone"]) == {"unaided", "aided"}
     assert set(result["roc"]["readers"]["Dr 0"]) == {"unaided", "aided"} and result["roc"]["model"]["fpr"][0] == 0
     assert result["location"]["Dr 0"]["aided"]["positives_with_boxes"] >= 0

@@ -1,5 +1,5 @@
 """A stored study's answers as an MRMC analysis (:mod:`cxrcore.eval.readers`), one finding at a time: the arms
-are the modalities (``unaided``, ``aided``), the model fixed at set-up is the standalone arm, the readers are those
+are the modalities (``aided`` listed first, so a difference reads aided − unaided), the model fixed at set-up is the standalone arm, the readers are those
 who have read every case in every arm (the analysis needs a fully crossed design: the others are named in a note).
 Adds what only a study has: the model's ROC curve with each reader's operating point per arm, reading times and
 the hit rate of location marks against the ground-truth boxes."""
@@ -26,7 +26,7 @@ def study_ratings(store: StudyStore, study_id: str, finding: str) -> tuple[Reade
         raise DataError(f"{finding!r} is not read in this study; its findings: {', '.join(d.findings)}.")
     cases = store.cases(study_id)
     numbers = [c.number for c in cases]
-    arms = list(d.arms)
+    arms = sorted(d.arms, key=lambda arm: arm != "aided")   # aided first: the difference is aided - unaided
     readers, rows, notes = [], [], []
     for reader in store.readers(study_id):
         got = {(a.case, a.arm): a.rating for a in store.answers(study_id, reader.number) if a.finding == finding}
