@@ -296,3 +296,25 @@ def test_cli_sets_up_a_study_invites_readers_and_reports(rs_env, shipped, capsys
     assert code == 0 and "BEGIN DATA:" in out
     code, out, err = cxr_here(capsys, "reader-study", "report", "rs-nope", "--finding", "Effusion")
     assert code == 2 and "No reader study 'rs-nope'" in err
+
+
+def test_cases_handed_over_by_the_evaluation_case_browser_become_a_study(rs_env, dataset_cases):
+    from ui.handoff import CASES_KEY, StudyCases
+
+    cases, _ = dataset_cases
+    handed = StudyCases(tuple({"image": c["image"], "source_id": c["source_id"], "truth": {"Effusion": c["truth"]["Effusion"]}}
+                              for c in cases[:5]), "Effusion", "the Evaluation case browser: FN cases for Effusion")
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
+    at.switch_page("views/reader_study.py")
+    at.session_state[CASES_KEY] = handed
+    at.run()
+    assert at.radio(key="rs_source").value == "the Evaluation case browser"
+    assert at.multiselect(key="rs_findings").value == ["Effusion"]
+    at.text_input(key="rs_name").input("From the case browser")
+    at.radio(key="rs_design").set_value("unaided")
+    at.run()
+    at.button(key="rs_create").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    study = next(s for s in StudyStore().studies() if s.name == "From the case browser")
+    assert [c.source_id for c in StudyStore().cases(study.id)] == [c["source_id"] for c in cases[:5]]
+    assert study.source["kind"] == "evaluation case browser"

@@ -51,3 +51,25 @@ def take_label(state: MutableMapping) -> str | None:
         return None
     state[KEY] = replace(got, label=None)
     return got.label
+
+
+CASES_KEY = "reader_study_cases"
+
+
+@dataclass(frozen=True)
+class StudyCases:
+    """Cases the Evaluation page's case browser hands to the Reader study page: each a dict with ``image`` (path),
+    ``source_id`` and ``truth`` ({finding: 0/1}); ``finding`` the label browsed; ``origin`` in words."""
+
+    cases: tuple[dict, ...]
+    finding: str
+    origin: str
+
+
+def send_cases(state: MutableMapping, cases: StudyCases) -> None:
+    state[CASES_KEY] = cases
+
+
+def received_cases(state: MutableMapping) -> StudyCases | None:
+    value = state.get(CASES_KEY)
+    return value if isinstance(value, StudyCases) else None

@@ -348,6 +348,17 @@ else:
     bucket = b2.radio("Bucket", buckets, horizontal=True, key="eval_bucket",
                       format_func=lambda b: f"{b}: {desc[b]} ({int((bucket_of == b).sum())})")
     rows_in = cases.in_bucket(label, bucket)  # the most wrong first
+    if len(rows_in) and st.button(f"Read these {len(rows_in)} cases in a reader study", key="eval_to_study",
+                                  help="Open the Reader study page with this bucket's cases and their ground truth "
+                                       f"for {label} (add cases of other buckets there by sampling a dataset)."):
+        from ui import handoff
+
+        handoff.send_cases(st.session_state, handoff.StudyCases(
+            tuple({"image": cases.paths[i], "source_id": cases.image_ids[i], "truth": {label: int(t[i])}}
+                  for i in rows_in),
+            label, f"the Evaluation case browser: {bucket} cases for {label} "
+                   f"({params.get('data_name') or params['data']}, {params['split']} split)"))
+        st.switch_page("views/reader_study.py")
     if not len(rows_in):
         st.caption(f"No {bucket} case for {md_text(label)}.")
     else:

@@ -12,6 +12,7 @@ from cxrcore.readerstudy import session
 from cxrcore.readerstudy.design import DESIGNS, HEATMAPS, SCALES, StudyDesign
 from cxrcore.readerstudy.setup import SAMPLING, cases_from_dataset, cases_from_files, create_study, read_truth_csv
 from cxrcore.readerstudy.store import StudyStore, new_study_id
+from ui import handoff
 from ui.common import (checkpoint_choices, current_user, dataset_choices, hosting_settings, md_text, model_picker,
                        show_error)
 from ui.reading import reader_page
@@ -78,9 +79,14 @@ def new_study_form() -> None:
         return
     c1, c2 = st.columns(2)
     name = c1.text_input("Study name", key="rs_name", placeholder="e.g. Effusion with and without the model")
-    source = c2.radio("Cases from", ["a dataset folder", "uploaded images and a truth CSV"], key="rs_source",
-                      horizontal=True)
-    if source == "a dataset folder":
+    handed = handoff.received_cases(st.session_state)
+    sources = (["the Evaluation case browser"] if handed else []) + ["a dataset folder",
+                                                                       "uploaded images and a truth CSV"]
+    source = c2.radio("Cases from", sources, key="rs_source", horizontal=True)
+    if source == "the Evaluation case browser":
+        st.caption(f"{len(handed.cases)} cases from {md_text(handed.origin)}; ground truth for {md_text(handed.finding)}.")
+        labels = [handed.finding]
+    elif source == "a dataset folder":
         c1, c2, c3, c4 = st.columns(4)
         data_name = c1.selectbox("Dataset", list(datasets), key="rs_data")
         split = c2.selectbox("Split", ["test", "val", "train", "all", "official_test"], key="rs_split")
@@ -96,7 +102,8 @@ def new_study_form() -> None:
         truth_file = st.file_uploader("Truth CSV: a column image (file name), one 0/1 column per finding",
                                       type=["csv"], key="rs_truth")
         labels = sorted({lab for space in ("nih14", "chexpert14") for lab in resolve_label_space(space)})
-    findings = st.multiselect("Findings to read", labels, key="rs_findings", max_selections=14)
+    findings = st.multiselect("Findings to read", labels, key="rs_findings", max_selections=14,
+                              default=labels if source == "the Evaluation case browser" else None)
     c1, c2, c3 = st.columns(3)
     design = c1.radio("Design", list(DESIGNS), index=list(DESIGNS).index("sequential"), key="rs_design",
                       format_func=lambda k: DESIGNS[k])
@@ -118,7 +125,13 @@ def new_study_form() -> None:
                         model=choices[model] if model else None, heatmap=heatmap, washout_days=float(washout),
                         seed=int(seed)).check()
         sid = new_study_id()
-        if source == "a dataset folder":
+        if source == "the Evaluation case browser":
+            if list(findings) != [handed.finding]:
+                st.error(f"These cases have ground truth for {handed.finding} only: read that finding.")
+                return
+            cases = [dict(c) for c in handed.cases]
+            src = {"kind": "evaluation case browser", "origin": handed.origin, "cases": len(cases)}
+        elif source == "a dataset folder":
             cases, src = cases_from_dataset(datasets[data_name], list(findings), split, sampling, int(n), int(seed))
         else:
             if not uploads or truth_file is None:
