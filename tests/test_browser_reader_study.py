@@ -63,6 +63,9 @@ def _answer(page, store, study_id, reader_no, rng, position: int) -> None:
     noise = rng.integers(-1, 2) if arm == "aided" else rng.integers(-2, 3)
     rating = int(np.clip((4 if truth else 2) + noise, 1, 5))
     wait_idle(page)   # the run that drew this read has ended: its form is the one on the page, not the last read's
+    if position % 2:   # odd reads by keyboard: the rating's key saves it and goes on
+        page.locator("body").press(str(rating))
+        return
     form = page.get_by_test_id("stForm")
     form.get_by_test_id("stRadio").get_by_text(f"{rating} · ", exact=False).first.click()
     expect(form.get_by_role("radio", name=f"{rating} · ", exact=False)).to_be_checked()

@@ -140,14 +140,27 @@ def reader_page(store: StudyStore, study_id: str, reader) -> None:
     with st.form(f"{key}_form", border=True):
         st.markdown(f"**Your reading, {arm_words}**")
         ratings = {f: rating_input(f, d.scale, f"{key}_{f}", task.given.get(f), disabled=bool(lock)) for f in d.findings}
-        go_on = st.form_submit_button("Save and go on", type="primary", disabled=bool(lock and not task.given))
+        go_on = st.form_submit_button("Save and go on", type="primary", disabled=bool(lock and not task.given),
+                                      shortcut="Mod+Enter")
+    quick = None
+    if d.scale == "5-point" and len(d.findings) == 1 and not lock:   # one key per rating: press it and go on
+        lo, hi, words = SCALES[d.scale]
+        st.caption(f"Or press a key from {lo} to {hi}: that rating of {d.findings[0]}, saved, and the next read.")
+        cols = st.columns(hi - lo + 1)
+        for col, v in zip(cols, range(lo, hi + 1)):
+            if col.button(words.split(" · ")[v - lo], key=f"{key}_quick_{v}", shortcut=str(v)):
+                quick = v
+    st.caption("Keys: Ctrl+Enter (⌘+Enter) saves and goes on · Page Up: the previous read · Page Down: back to "
+               "the next unread one.")
     nav = st.columns(4)
-    if task.position > 1 and nav[0].button("← Previous read", key=f"{key}_back"):
+    if task.position > 1 and nav[0].button("← Previous read", key=f"{key}_back", shortcut="PageUp"):
         st.session_state["rs_revisit"] = task.position - 1
         st.rerun()
-    if pos and nav[1].button("Back to the next unread case", key=f"{key}_resume"):
+    if pos and nav[1].button("Back to the next unread case", key=f"{key}_resume", shortcut="PageDown"):
         st.session_state.pop("rs_revisit", None)
         st.rerun()
+    if quick is not None:
+        go_on, ratings = True, {d.findings[0]: quick}
     if go_on:
         if lock:
             st.session_state.pop("rs_revisit", None)
