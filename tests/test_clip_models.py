@@ -5,7 +5,8 @@ Every model here is a tiny CLIP configuration (image 64 px, patch 16, width 32, 
 open_clip's own classes and written the way open_clip reads them:
 
 * ``clip:local-dir:<folder>``: ``open_clip_config.json`` + ``open_clip_model.safetensors`` (open_clip's
-  local-dir schema); it works across processes (CLI, job runners) with nothing registered;
+  local-dir schema); it works across processes with nothing registered (a LoRA job's runner process builds
+  its model from the name);
 * ``clip:cxr-tiny-clip/test``: the same config registered as an open_clip model with a pretrained tag whose
   weights open_clip fetches from the Hugging Face hub (``hf_hub="cxr-test/tiny-clip/"``); its file is
   planted in the hub cache (``HF_HUB_CACHE``) as huggingface_hub keeps it, or left absent (offline message),
@@ -17,15 +18,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import FORMATS, REPO, cxr_here, kill_jobs, phantom_job_config, wait_for
+from conftest import FORMATS, NIH_SAMPLE, REPO, cxr_here, kill_jobs, phantom_job_config, wait_for
 
 TINY_CFG = {"embed_dim": 32,
             "vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "patch_size": 16, "head_width": 16},
@@ -71,10 +70,13 @@ def hub_snapshot(cache: Path, repo: str = HUB_REPO) -> Path:
 
 @pytest.fixture
 def clip_env(tmp_path, monkeypatch, app_home):
-    """A fresh workspace (the built-in phantoms linked in), empty open_clip caches, no network."""
+    """A fresh workspace (the built-in phantoms and the 250 real NIH films of tests/data linked in), empty open_clip
+    caches, no network. Evaluations run on the real films: 50 in the test split, not the phantom's ~700."""
     home = tmp_path / "home"
-    home.mkdir()
-    (home / "datasets").symlink_to(app_home / "datasets", target_is_directory=True)
+    (home / "datasets").mkdir(parents=True)
+    for d in (app_home / "datasets").iterdir():
+        (home / "datasets" / d.name).symlink_to(d, target_is_directory=True)
+    (home / "datasets" / "nih-sample").symlink_to(NIH_SAMPLE, target_is_directory=True)
     hub = tmp_path / "hf-hub"
     hub.mkdir()
     monkeypatch.setenv("CXR_HOME", str(home))
@@ -85,7 +87,7 @@ def clip_env(tmp_path, monkeypatch, app_home):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     name = plant_local_dir(tmp_path / "tiny-clip")
     monkeypatch.setenv("CXR_CLIP_MODELS", name)
-    return {"home": home, "hub": hub, "name": name, "dir": tmp_path / "tiny-clip", "env": dict(os.environ),
+    return {"home": home, "hub": hub, "name": name, "dir": tmp_path / "tiny-clip",
             "app_home": app_home}
 
 
@@ -99,11 +101,6 @@ def tagged(monkeypatch):
     monkeypatch.setitem(pretrained._PRETRAINED, TAG_MODEL, {"test": pretrained._pcfg(hf_hub=f"{HUB_REPO}/")})
     assert "test" in open_clip.list_pretrained_tags_by_model(TAG_MODEL)
     return f"clip:{TAG_MODEL}/test"
-
-
-def _cxr(*args, env):
-    return subprocess.run([sys.executable, "-m", "cxrcore.cli", *args], capture_output=True, text=True, cwd=REPO,
-                          env=env, timeout=600)
 
 
 def _reference(model, tok, x, prompts: dict, label: str) -> float:
@@ -231,7 +228,7 @@ def test_minmax_scoring_and_own_prompts(clip_env, tmp_path):
 
 
 # ------------------------------------------------------------------- the real loading path (tags)
-def test_offline_without_the_file_names_file_folder_and_variable(clip_env, tagged):
+def test_offline_without_the_file_names_file_folder_and_variable(clip_env, tagged, capsys):
     from cxrcore.errors import ConfigError
     from cxrcore.models.library import library_status
     from cxrcore.predictor import Predictor
@@ -250,10 +247,10 @@ def test_offline_without_the_file_names_file_folder_and_variable(clip_env, tagge
     msg = str(err.value)
     assert "open_clip_pytorch_model.bin" in msg and "models--laion--CLIP-ViT-B-32-laion2B-s34B-b79K" in msg
     assert str(clip_env["hub"]) in msg and "HF_HUB_CACHE" in msg
-    # the CLI says it in one line, exit 2
-    r = _cxr("predict", str(FORMATS / "00000001_000.png"), "--checkpoint", "clip:ViT-B-32/laion2b_s34b_b79k",
-             env=clip_env["env"])
-    assert r.returncode == 2 and "HF_HUB_CACHE" in r.stderr and "Traceback" not in r.stderr
+    # the CLI says it in one line, exit 2 (its main here: anything but the CLI's own error would propagate)
+    code, _, err = cxr_here(capsys, "predict", FORMATS / "00000001_000.png", "--checkpoint",
+                            "clip:ViT-B-32/laion2b_s34b_b79k")
+    assert code == 2 and err.startswith("error:") and "HF_HUB_CACHE" in err and "Traceback" not in err
     with pytest.raises(ConfigError, match="no pretrained tag"):
         Predictor("clip:ViT-B-32/no-such-tag")
 
@@ -308,15 +305,13 @@ def test_a_malicious_pickle_in_the_cache_is_refused_without_running(clip_env, ta
 
 # ---------------------------------------------------------------------------------- surfaces
 def test_cli_predict_and_eval_zero_shot(clip_env, tmp_path, capsys):
-    env = clip_env["env"]
     name = clip_env["name"]
-    r = _cxr("predict", str(FORMATS / "00000001_000.png"), "--checkpoint", name, "--json", env=env)  # the entry point
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = json.loads(r.stdout)
+    # `cxr` through its main (a local-dir model in another process with nothing registered: the LoRA job's runner)
+    code, out, err = cxr_here(capsys, "predict", FORMATS / "00000001_000.png", "--checkpoint", name, "--json")
+    assert code == 0, err[-3000:]
+    out = json.loads(out)
     assert len(out["probabilities"]) == 14 and "open_clip" in out["trained_on"]
-    data = clip_env["app_home"] / "datasets"
-    phantom = next(p for p in data.iterdir() if p.name.startswith("phantom-nih"))
-    code, out, err = cxr_here(capsys, "eval", "--checkpoint", name, "--data", str(phantom), "--split", "test",
+    code, out, err = cxr_here(capsys, "eval", "--checkpoint", name, "--data", str(NIH_SAMPLE), "--split", "test",
                                "--n-boot", "10", "--json", "--out", str(tmp_path / "ev"))
     assert code == 0, err[-3000:]
     metrics = json.loads(out)
@@ -461,6 +456,7 @@ def test_train_with_a_clip_arch_and_its_checks(clip_env, tmp_path):
 def test_evaluation_and_thresholds_pages_on_the_zero_shot_model(clip_env):
     name = clip_env["name"]
     at = _page("evaluation").run()
+    at.selectbox(key="eval_data").set_value("nih-sample").run()
     at.selectbox(key="eval_model").set_value(f"{name} (library)").run()
     at.selectbox(key="eval_compare").set_value("(no comparison)").run()
     at.selectbox(key="eval_split").set_value("test").run()
@@ -469,9 +465,12 @@ def test_evaluation_and_thresholds_pages_on_the_zero_shot_model(clip_env):
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
     assert at.session_state["eval_params"]["ckpt"] == name
-    at = _page("thresholds").run()
-    at.selectbox(key="thr_model").set_value(f"{name} (library)").run()
+    at = _page("thresholds")
+    # chosen before the first run, which would otherwise tune the default model on the phantom's 350 val images
+    at.session_state["thr_model"], at.session_state["thr_data"] = f"{name} (library)", "nih-sample"
+    at.run()
     assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="thr_model").value == f"{name} (library)"
     table = at.dataframe[0].value
     assert set(table["threshold origin"]) == {"library default"} and set(table["threshold"]) == {0.5}
     first = list(table["label"])[0]

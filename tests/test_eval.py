@@ -2,22 +2,19 @@
 
 Statistics are checked against independent computations written here (sklearn on materialised
 resamples, the O(n^2) definition of DeLong's structural components, an image-level bootstrap);
-the CLI runs on the real NIH sample and on the app's phantom CheXpert data.
+the CLI runs on the real NIH sample and on part of the app's phantom CheXpert data.
 """
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from conftest import NIH_SAMPLE, REPO
+from conftest import NIH_SAMPLE, cxr_here
 from cxrcore.eval import bootstrap as bs
 from cxrcore.eval.calibration import (apply_temperature, binary_nll, brier_score, expected_calibration_error,
                                       fit_temperature, fit_temperatures, reliability_bins)
@@ -250,15 +247,14 @@ def _no_external_scripts(html: str) -> None:
     assert "plotly.js v" in head and len(head) > 1_000_000
 
 
-def test_cxr_eval_nih_sample_end_to_end(tmp_path, shipped):
+def test_cxr_eval_nih_sample_end_to_end(tmp_path, shipped, capsys, monkeypatch):
+    """``cxr eval`` through its ``main`` (conftest.cxr_here; `cxr` as a process: tests/test_llm_cli.py)."""
     out = tmp_path / "out"
-    env = dict(os.environ, CXR_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "cxrcore.cli", "eval", "--checkpoint", str(shipped["baseline"]), "--data",
-         str(NIH_SAMPLE), "--split", "all", "--json", "--n-boot", "200", "--out", str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout)
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    code, stdout, err = cxr_here(capsys, "eval", "--checkpoint", shipped["baseline"], "--data", NIH_SAMPLE,
+                                 "--split", "all", "--json", "--n-boot", "200", "--out", out)
+    assert code == 0, err[-2000:]
+    result = json.loads(stdout)
     assert result["n_images"] == 250 and result["n_patients"] == 172
     assert result["bootstrap"]["n_boot"] == 200 and result["bootstrap"]["unit"] == "patient"
     per = result["per_label"]
@@ -292,10 +288,13 @@ def test_cxr_eval_nih_sample_end_to_end(tmp_path, shipped):
 
 
 def test_cxr_eval_compare_on_phantom_chexpert(app_env, shipped, tmp_path, capsys):
+    from small_data import phantom_subset
+
     from cxrcore.cli import main
     from cxrcore.demo import app_data
 
-    data = app_data()["chexpert"]
+    # 463 of the app's phantom CheXpert images (105 in the test split, 35 in val), not all 3,500
+    data = phantom_subset(app_data()["chexpert"], tmp_path / "chexpert", 300)
     out = tmp_path / "cmp"
     rc = main(["eval", "--checkpoint", str(shipped["baseline"]), "--data", str(data), "--compare",
                str(shipped["finetuned"]), "--json", "--n-boot", "200", "--out", str(out)])

@@ -56,16 +56,27 @@ def plant_resnet(folder: Path, seed: int = 1):
     return net.model.eval()
 
 
+@pytest.fixture(scope="module")
+def predictions_cache(tmp_path_factory) -> Path:
+    """One folder of cached split predictions for the module's workspaces. Its files are named by the model's
+    weights hash, the data's fingerprint and the split (cxrcore.eval.predictions.predict_split), so the DenseNet
+    planted with seed 0 is run over the real films' test and val splits once, by the first test that evaluates
+    it; the pages and commands of the later tests read its outputs as a second evaluation does."""
+    return tmp_path_factory.mktemp("lib-predictions")
+
+
 @pytest.fixture
-def lib_env(tmp_path, monkeypatch, app_home):
-    """A fresh workspace (the built-in phantoms and the 250 real NIH films of tests/data linked in), an empty
-    xrv cache, and no network. The pages' tests evaluate on the real films: a DenseNet121 at 224 px over the
-    phantom's splits takes minutes on a CPU, and real films are what a library model is for."""
+def lib_env(tmp_path, monkeypatch, app_home, predictions_cache):
+    """A fresh workspace (the built-in phantoms and the 250 real NIH films of tests/data linked in; its prediction
+    cache shared by the module: see predictions_cache), an empty xrv cache, and no network. The pages' tests
+    evaluate on the real films: a DenseNet121 at 224 px over the phantom's splits takes minutes on a CPU, and real
+    films are what a library model is for."""
     home = tmp_path / "home"
     (home / "datasets").mkdir(parents=True)
     for d in (app_home / "datasets").iterdir():
         (home / "datasets" / d.name).symlink_to(d, target_is_directory=True)
     (home / "datasets" / "nih-sample").symlink_to(NIH_SAMPLE, target_is_directory=True)
+    (home / "predictions").symlink_to(predictions_cache, target_is_directory=True)
     cache = tmp_path / "xrv-cache"
     cache.mkdir()
     monkeypatch.setenv("CXR_HOME", str(home))
@@ -129,7 +140,7 @@ def test_offline_without_the_file_one_message_names_file_folder_url_and_variable
     msg = str(err.value)
     assert file in msg and str(lib_env["cache"]) in msg and url in msg and "CXR_XRV_CACHE_DIR" in msg
     assert not (lib_env["home"] / "library" / "xrv-densenet121-res224-nih").exists()  # never a random model
-    # the CLI: one line, exit status 2
+    # the CLI, as a process (nothing of the library imported before): one line, exit status 2, no traceback
     r = _cxr("predict", str(FORMATS / "00000001_000.png"), "--checkpoint", "xrv:nih", env=lib_env["env"])
     assert r.returncode == 2 and r.stderr.startswith("error:") and file in r.stderr and url in r.stderr
     assert "Traceback" not in r.stderr
@@ -158,7 +169,7 @@ class _CallsTheConstructor:
         return (xrv.models.DenseNet, (32, (6, 12, 24, 16), 64, 4, 0, 18, 1, "densenet121-res224-all", str(self.folder)))
 
 
-def test_a_malicious_pickle_at_the_cache_path_is_refused_without_running(lib_env, tmp_path):
+def test_a_malicious_pickle_at_the_cache_path_is_refused_without_running(lib_env, tmp_path, capsys):
     from cxrcore.errors import CheckpointError
     from cxrcore.predictor import Predictor
 
@@ -177,9 +188,9 @@ def test_a_malicious_pickle_at_the_cache_path_is_refused_without_running(lib_env
     with pytest.raises(CheckpointError, match="refusing to call torchxrayvision.models.DenseNet"):
         Predictor(ALL)
     assert not marker.exists()
-    # the CLI says so in one line
-    r = _cxr("predict", str(FORMATS / "00000001_000.png"), "--checkpoint", ALL, env=lib_env["env"])
-    assert r.returncode == 2 and "Refused to load" in r.stderr and not marker.exists()
+    # the CLI says so in one line (its main, here: `cxr` as a process is the offline test's)
+    code, _, err = cxr_here(capsys, "predict", FORMATS / "00000001_000.png", "--checkpoint", ALL)
+    assert code == 2 and "Refused to load" in err and not marker.exists()
 
 
 def test_safe_reader_gives_the_library_state_dict(lib_env):
@@ -350,11 +361,12 @@ def _page(name: str):
 
 def test_thresholds_page_library_default_and_saved_copy(lib_env):
     plant_densenet(lib_env["cache"])
-    at = _page("thresholds").run()
+    at = _page("thresholds")
+    # chosen before the first run, which would otherwise tune the default model on the phantom's 350 val images
+    at.session_state["thr_data"], at.session_state["thr_model"] = "nih-sample", f"{ALL} (library)"
+    at.run()
     assert not at.exception, [e.value for e in at.exception]
-    at.selectbox(key="thr_data").set_value("nih-sample").run()
-    at.selectbox(key="thr_model").set_value(f"{ALL} (library)").run()
-    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="thr_model").value == f"{ALL} (library)"
     table = at.dataframe[0].value
     assert set(table["threshold origin"]) == {"library default"}
     assert any("Library default" in c.value for c in at.caption)
@@ -378,9 +390,11 @@ def test_thresholds_page_library_default_and_saved_copy(lib_env):
 
 
 def test_thresholds_page_offline_without_weights_shows_the_message(lib_env):
-    at = _page("thresholds").run()
-    at.selectbox(key="thr_model").set_value("xrv:densenet121-res224-pc (library)").run()
+    at = _page("thresholds")
+    at.session_state["thr_model"] = "xrv:densenet121-res224-pc (library)"  # the first run: no default model tuned
+    at.run()
     assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="thr_model").value == "xrv:densenet121-res224-pc (library)"
     text = " ".join(e.value for e in at.error)
     assert "pc-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt" in text and "CXR_XRV_CACHE_DIR" in text
 
@@ -415,10 +429,9 @@ def test_evaluation_page_on_a_library_model(lib_env):
 # ------------------------------------------------------------------------------- CLI and REST API
 def test_cli_predict_eval_localize_with_a_library_model(lib_env, shipped, tmp_path, capsys):
     plant_densenet(lib_env["cache"])
-    env = lib_env["env"]
-    r = _cxr("predict", str(FORMATS / "00000001_000.png"), "--checkpoint", ALL, "--json", env=env)  # the entry point
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
+    code, out, err = cxr_here(capsys, "predict", FORMATS / "00000001_000.png", "--checkpoint", ALL, "--json")
+    assert code == 0, err
+    out = json.loads(out)
     assert len(out["probabilities"]) == 18 and out["thresholds"]["Mass"] == pytest.approx(0.01939503, abs=1e-6)
     assert "torchxrayvision" in out.get("trained_on", "torchxrayvision")
     code, out, err = cxr_here(capsys, "predict", str(FORMATS / "00000001_000.png"), "--checkpoint", "xrv:all")
@@ -486,17 +499,18 @@ def test_cli_train_init_from_a_library_model(lib_env, tmp_path, capsys):
 
     # a small phantom of its own: the DenseNet121 runs on CPU, and the app's data has ~700 test images
     data = generate(tmp_path / "phantom", 150, domain="nih", size=128, seed=0, workers=1)
-    r = _cxr("train", "--data", str(data), "--labels", "nih14", "--init", "xrv:all", "--epochs", "1",
-             "--batch-size", "8", "--max-images", "24", "--out", str(run), env=lib_env["env"])
-    assert r.returncode == 0, r.stderr[-3000:]
+    code, _, err = cxr_here(capsys, "train", "--data", data, "--labels", "nih14", "--init", "xrv:all", "--epochs", "1",
+                            "--batch-size", "8", "--max-images", "24", "--out", run)
+    assert code == 0, err[-3000:]
     from cxrcore.checkpoint import read_card
 
     card = read_card(run / "checkpoint")
     assert card.model["arch"] == ALL and card.preprocess["norm"] == "xrv" and card.preprocess["size"] == 224
     assert card.training["config"]["init"] == ALL
     assert "torchxrayvision" in card.trained_on["summary"] and "phantom" in card.trained_on["summary"]
-    # the library model as is vs its fine-tuned copy, on their shared labels
-    code, out, err = cxr_here(capsys, "eval", "--checkpoint", ALL, "--data", str(data), "--split", "test",
+    # the library model as is vs its fine-tuned copy, on their shared labels (the val split: 15 images, and no
+    # temperatures fitted, which a library model's evaluation shows in test_cli_eval_save_calibration_goes_to_the_copy)
+    code, out, err = cxr_here(capsys, "eval", "--checkpoint", ALL, "--data", str(data), "--split", "val",
                                "--n-boot", "10", "--compare", str(run / "checkpoint"), "--json",
                                "--out", str(tmp_path / "ev"))
     assert code == 0, err[-3000:]

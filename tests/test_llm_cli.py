@@ -21,7 +21,7 @@ from cxrcore.explain.boxes import Box
 from cxrcore.explain.visual import comparison_panel, png_bytes
 from cxrcore.predictor import Predictor
 
-from conftest import FORMATS, REPO
+from conftest import FORMATS, REPO, cxr_here
 from llm_stub import StubLLM
 
 KEY = "sk-test-secret-123456"
@@ -112,36 +112,42 @@ def _cxr(*args, env=None):
                           env=env, timeout=600)
 
 
-def test_cli_predict_json_on_a_real_image(shipped, tmp_path):
+# `cxr` as a process (``python -m cxrcore.cli``) twice: a success (exit 0, the JSON on stdout) and an error (exit 2,
+# one line, no traceback). The other checks run its ``main`` in this process (conftest.cxr_here): the same code
+# from the parsed arguments on, without a Python start and a torch import each.
+def test_cli_predict_json_on_a_real_image(shipped, tmp_path, capsys):
     r = _cxr("predict", str(FORMATS / "00000001_000.png"), "--checkpoint", str(shipped["finetuned"]), "--json",
              "--panel", str(tmp_path / "panel.png"))
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert len(out["probabilities"]) == 14 and out["cam_grid"][0] >= 8
     assert Image.open(tmp_path / "panel.png").size[0] > 200
-    r = _cxr("predict", str(FORMATS / "00000001_000.png"), "--checkpoint", str(shipped["baseline"]))
-    assert r.returncode == 0 and "Cardiomegaly" in r.stdout
+    code, out, err = cxr_here(capsys, "predict", FORMATS / "00000001_000.png", "--checkpoint", shipped["baseline"])
+    assert code == 0 and "Cardiomegaly" in out, err
 
 
-def test_cli_errors_exit_2_with_a_message(shipped, tmp_path):
+def test_cli_errors_exit_2_with_a_message(shipped, tmp_path, capsys):
     bad = tmp_path / "note.png"
     bad.write_text("not an image")
     r = _cxr("predict", str(bad), "--checkpoint", str(shipped["baseline"]))
     assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr
-    r = _cxr("predict", str(FORMATS / "00000001_000.png"), "--checkpoint", str(tmp_path))
-    assert r.returncode == 2 and "not a checkpoint" in r.stderr
-    r = _cxr("phantom", "--out", str(tmp_path / "p"), "--n", "0")
-    assert r.returncode == 2 and "Traceback" not in r.stderr
+    # in this process an exception other than the CLI's own errors would propagate out of main and fail the test
+    code, _, err = cxr_here(capsys, "predict", FORMATS / "00000001_000.png", "--checkpoint", tmp_path)
+    assert code == 2 and "not a checkpoint" in err
+    code, _, err = cxr_here(capsys, "phantom", "--out", tmp_path / "p", "--n", "0")
+    assert code == 2 and err.startswith("error:") and "Traceback" not in err
 
 
-def test_cli_phantom_then_train_then_predict(tmp_path):
-    env = dict(__import__("os").environ, CXR_HOME=str(tmp_path / "home"))
-    r = _cxr("phantom", "--out", str(tmp_path / "ph"), "--n", "80", "--domain", "nih", "--size", "128", env=env)
-    assert r.returncode == 0, r.stderr
-    r = _cxr("train", "--data", str(tmp_path / "ph"), "--labels", "nih14", "--epochs", "1", "--image-size", "64",
-             "--batch-size", "16", "--out", str(tmp_path / "run"), env=env)
-    assert r.returncode == 0, r.stderr
-    assert "val mean AUROC" in r.stdout
+def test_cli_phantom_then_train_then_predict(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    code, _, err = cxr_here(capsys, "phantom", "--out", tmp_path / "ph", "--n", "80", "--domain", "nih", "--size", "128",
+                            "--workers", "1")  # rendered here (its worker pool: test_phantom.py)
+    assert code == 0, err
+    # the default --workers 2: its 80 images cached by a pool of processes (cxrcore.data.cache)
+    code, out, err = cxr_here(capsys, "train", "--data", tmp_path / "ph", "--labels", "nih14", "--epochs", "1",
+                              "--image-size", "64", "--batch-size", "16", "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "val mean AUROC" in out
     card = json.loads((tmp_path / "run" / "checkpoint" / "card.json").read_text())
     assert card["labels"][:2] == ["Atelectasis", "Cardiomegaly"] and card["data"]["format"] == "nih"
     assert card["preprocess"]["size"] == 64 and len(card["thresholds"]) == 14
@@ -149,25 +155,25 @@ def test_cli_phantom_then_train_then_predict(tmp_path):
     events = [json.loads(x) for x in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     assert {"start", "step", "epoch", "checkpoint", "done"} <= {e["type"] for e in events}
     img = next((tmp_path / "ph" / "images").iterdir())
-    r = _cxr("predict", str(img), "--checkpoint", str(tmp_path / "run"), "--json", env=env)
-    assert r.returncode == 0 and len(json.loads(r.stdout)["probabilities"]) == 14
+    code, out, err = cxr_here(capsys, "predict", img, "--checkpoint", tmp_path / "run", "--json")
+    assert code == 0 and len(json.loads(out)["probabilities"]) == 14, err
     # a run folder that exists is refused before anything starts
-    r = _cxr("train", "--data", str(tmp_path / "ph"), "--out", str(tmp_path / "run"), env=env)
-    assert r.returncode == 2 and "already exists" in r.stderr
+    code, _, err = cxr_here(capsys, "train", "--data", tmp_path / "ph", "--out", tmp_path / "run")
+    assert code == 2 and "already exists" in err
 
 
-def test_cli_stats_and_cache_on_the_real_sample(tmp_path):
-    env = dict(__import__("os").environ, CXR_HOME=str(tmp_path))
+def test_cli_stats_and_cache_on_the_real_sample(tmp_path, capsys, monkeypatch):
     from conftest import NIH_SAMPLE
 
-    r = _cxr("stats", str(NIH_SAMPLE), "--json", env=env)
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
+    monkeypatch.setenv("CXR_HOME", str(tmp_path))
+    code, out, err = cxr_here(capsys, "stats", NIH_SAMPLE, "--json")
+    assert code == 0, err
+    out = json.loads(out)
     assert out["summary"]["images"] == 250 and out["summary"]["patients"] == 172
     prev = {row["label"]: row for row in out["prevalence"]}
     assert prev["Pneumonia"]["images_positive"] == 141 and prev["Hernia"]["images_positive"] == 0
-    r = _cxr("cache", str(NIH_SAMPLE), "--size", "48", "--workers", "1", env=env)
-    assert r.returncode == 0 and "cache of 250 images at 48 px" in r.stdout
+    code, out, err = cxr_here(capsys, "cache", NIH_SAMPLE, "--size", "48", "--workers", "1")
+    assert code == 0 and "cache of 250 images at 48 px" in out, err
     assert len(list((tmp_path / "cache").glob("*/images.u8"))) == 1
-    r = _cxr("stats", str(tmp_path / "missing"), env=env)
-    assert r.returncode == 2 and "does not exist" in r.stderr
+    code, _, err = cxr_here(capsys, "stats", tmp_path / "missing")
+    assert code == 2 and "does not exist" in err

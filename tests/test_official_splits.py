@@ -3,8 +3,6 @@ training uncertainty policy, and published reference AUROCs beside NIH-14 figure
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +19,6 @@ from cxrcore.eval.predictions import predict_split
 from cxrcore.eval.reference import AUROC, mean_published, published_auroc
 from cxrcore.predictor import Predictor
 from cxrcore.train.trainer import TrainConfig, train
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -144,13 +140,12 @@ def test_published_reference_auroc_beside_nih_figures(data, runs):
     assert chex["reference"] is None
 
 
-def test_cli_eval_official_test_with_a_chosen_policy(data, runs, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "cxrcore.cli", "eval", "--checkpoint", str(runs["nih_hash"] / "checkpoint"),
-                          "--data", str(data["nih"]), "--split", "official_test", "--n-boot", "20", "--policy", "zeros",
-                          "--out", str(tmp_path / "ev")], capture_output=True, text=True, cwd=REPO, timeout=600)
-    assert out.returncode == 0, out.stderr
-    assert "official test split (test_list.txt)" in out.stdout and "scored as zeros (chosen)" in out.stdout
-    assert "published (CheXNet (Rajpurkar et al. 2017)" in out.stdout
+def test_cli_eval_official_test_with_a_chosen_policy(data, runs, tmp_path, capsys):
+    code, out, err = cxr_here(capsys, "eval", "--checkpoint", runs["nih_hash"] / "checkpoint", "--data", data["nih"],
+                              "--split", "official_test", "--n-boot", "20", "--policy", "zeros", "--out", tmp_path / "ev")
+    assert code == 0, err
+    assert "official test split (test_list.txt)" in out and "scored as zeros (chosen)" in out
+    assert "published (CheXNet (Rajpurkar et al. 2017)" in out
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["split"] == "official_test" and metrics["policy"] == "zeros"
     html = next((tmp_path / "ev").glob("*.html")).read_text()
@@ -224,10 +219,8 @@ def test_study_level_fusion_of_frontal_and_lateral_views(data, runs, tmp_path):
 
 def test_cli_predict_fuses_the_views_of_one_study(data, runs, capsys):
     imgs = [str(p) for p in sorted((data["chexpert"]).rglob("*.jpg"))[:2]]
-    out = subprocess.run([sys.executable, "-m", "cxrcore.cli", "predict", *imgs, "--checkpoint",
-                          str(runs["chexpert"] / "checkpoint"), "--fuse", "max"], capture_output=True, text=True,
-                         cwd=REPO, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert "study of 2 views, fused by max" in out.stdout
+    code, out, err = cxr_here(capsys, "predict", *imgs, "--checkpoint", runs["chexpert"] / "checkpoint", "--fuse", "max")
+    assert code == 0, err
+    assert "study of 2 views, fused by max" in out
     code, _, err = cxr_here(capsys, "predict", *imgs, "--checkpoint", runs["chexpert"] / "checkpoint")
     assert code == 2 and "--fuse mean or max" in err

@@ -3,6 +3,7 @@ the Thresholds page's "Set all by target sensitivity"."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -149,10 +150,12 @@ def test_subgroup_metrics_hand_made():
 
 
 def test_evaluate_has_subgroups(app_env, shipped):
+    from cxrcore.data.readers import read_dataset
     from cxrcore.demo import app_data
     from cxrcore.eval.evaluate import evaluate
 
-    res = evaluate(shipped["finetuned"], app_data()["chexpert"], "test", n_boot=50, calibrate=False)
+    index = read_dataset(app_data()["chexpert"])  # its first 500 images: 107 in the test split, both sexes, AP and PA
+    res = evaluate(shipped["finetuned"], index.subset(np.arange(len(index)) < 500), "test", n_boot=50, calibrate=False)
     sub = res["subgroups"]
     json.dumps(sub, allow_nan=False)  # JSON-ready, NaN -> None
     kinds = {(r["kind"], r["group"]) for r in sub}
@@ -167,11 +170,26 @@ def test_evaluate_has_subgroups(app_env, shipped):
     assert men == res["n_images"]
 
 
-def test_page_set_all_by_target_sensitivity(app_env, shipped):
+def _small_chexpert(home: Path, app_home: Path) -> str:
+    """The first 300 rows of each table of the built-in CheXpert phantom as a dataset of the workspace ``home`` (35
+    images in the val split the Thresholds page tunes on, not 350); returns its name in the page's Dataset list."""
+    from small_data import phantom_subset
+
+    name = "phantom-chexpert-first300"
+    phantom_subset(next((app_home / "datasets").glob("phantom-chexpert-*")), home / "datasets" / name, 300)
+    return name
+
+
+def test_page_set_all_by_target_sensitivity(tmp_path, monkeypatch, app_home, shipped):
     from streamlit.testing.v1 import AppTest
 
+    from conftest import fresh_workspace
+
+    home = fresh_workspace(app_home, tmp_path / "home")   # a dataset of its own added: not in the shared workspace
+    monkeypatch.setenv("CXR_HOME", str(home))
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
     at.switch_page("views/thresholds.py")
+    at.session_state["thr_data"] = _small_chexpert(home, app_home)  # the page's first run tunes on it
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     at.selectbox(key="thr_strategy").set_value("target sensitivity").run()
@@ -220,6 +238,7 @@ def test_a_threshold_copy_of_an_earlier_build_is_not_offered(tmp_path, monkeypat
     assert shipped_copy_state("finetuned") == "older"
     assert f"finetuned{MY_THRESHOLDS}" not in checkpoint_choices(library=False)
     at = AppTest.from_file(str(REPO / "views" / "thresholds.py"), default_timeout=120)
+    at.session_state["thr_data"] = _small_chexpert(tmp_path / "home", app_home)  # predicted there, not on 350 images
     at.run()
     assert any("made for an earlier build" in i.value for i in at.info), [i.value for i in at.info]
     assert "(your thresholds)" not in at.selectbox(key="thr_model").value
