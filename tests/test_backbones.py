@@ -25,9 +25,10 @@ def tiny(tmp_path_factory) -> Path:
 
 
 def form_config(arch: str, data: Path) -> dict:
-    """What the Training form submits for ``arch`` with every other widget at its initial value (few images)."""
+    """What the Training form submits for ``arch`` with every other widget at its initial value (few images: 10 of
+    the tiny phantom split 8 / 1 / 1, so one training step of a full batch of 8, a validation and a test pass)."""
     cfg = {o.name: o.initial for o in options() if not o.custom}
-    cfg.update(data=str(data), arch=arch, labels="nih14", policy="zeros", epochs=1, max_images=24, batch_size=8,
+    cfg.update(data=str(data), arch=arch, labels="nih14", policy="zeros", epochs=1, max_images=10, batch_size=8,
                workers=1, threads=1)
     over, _ = form_arch_defaults(arch, cfg["image_size"], stride16=True)  # the form's "Output stride 16" is ticked
     cfg.update(over)
@@ -52,12 +53,13 @@ def test_facts_come_from_the_models_own_configuration():
 
 # Suggested architectures whose network another trains already, built by the same code with the same form
 # defaults: torchxrayvision's DenseNet121 weight sets differ only in their weights (not loaded here, see
-# test_library_models) and ViT-B/16 is ViT-S/16 wider (same family, size, normalisation). They pass the submit
-# check, which builds them and runs the configured size, in the test below; training them again would check
-# nothing new at the cost of a ViT-B epoch and six DenseNet121 epochs.
+# test_library_models), ViT-B/16 is ViT-S/16 wider and ResNet-34 is ResNet-18 deeper (same family, blocks, size,
+# output stride, normalisation). They pass the submit check, which builds them and runs the configured size, in
+# the test below; training them again would check nothing new at the cost of a ViT-B epoch, a ResNet-34 epoch and
+# six DenseNet121 epochs.
 SAME_NETWORK_AS = {**{a: "xrv:densenet121-res224-all" for a in SUGGESTED_ARCHS
                       if a.startswith("xrv:densenet121-res224-") and a != "xrv:densenet121-res224-all"},
-                   "vit_base_patch16_224": "vit_small_patch16_224"}
+                   "vit_base_patch16_224": "vit_small_patch16_224", "resnet34": "resnet18"}
 TRAINED = [a for a in SUGGESTED_ARCHS if a not in SAME_NETWORK_AS]
 
 

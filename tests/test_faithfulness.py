@@ -3,8 +3,6 @@ the shipped checkpoint through the Predictor; `cxr localize` with the new column
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ from cxrcore.errors import ConfigError
 from cxrcore.explain.faithfulness import (SigmoidOutputTarget, faithfulness, predictor_faithfulness, rank_map,
                                           to_input_size)
 
-from conftest import NIH_SAMPLE, REPO, cxr_here
+from conftest import NIH_SAMPLE, cxr_here
 
 S = 32
 
@@ -130,15 +128,22 @@ def test_sigmoid_target_and_bad_input():
 
 
 def test_predictor_faithfulness_on_the_shipped_checkpoint(shipped):
-    """The map the app shows (single-pass GradCAM) and a pytorch-grad-cam method, on a real NIH image."""
+    """The map the app shows (single-pass GradCAM) and a pytorch-grad-cam method, on a real NIH image.
+
+    Two ROAD percentiles (4 sparse solves) and 4 curve steps keep it to about 1 s of CPU per map; the default 9
+    percentiles and 20 steps cost about 4 s per map at the checkpoint's 192 px, most of it in ROAD's 18 sparse
+    solves. The defaults on the shipped checkpoint's GradCAM and HiResCAM maps: `cxr localize
+    --faithfulness-images 1` scores them through this function in
+    test_cli_localize_methods_side_by_side_with_gated_hit_rate_and_faithfulness."""
     from cxrcore.errors import CheckpointError
     from cxrcore.predictor import Predictor
 
     p = Predictor(shipped["baseline"])
     path = next((NIH_SAMPLE / "images").glob("*.png"))
     for method in ("GradCAM", "HiResCAM"):
-        f = predictor_faithfulness(p, path, "Cardiomegaly", method)
+        f = predictor_faithfulness(p, path, "Cardiomegaly", method, percentiles=(30, 70), steps=4)
         assert f.method == method and 0 <= f.prob <= 1
+        assert f.road_removed == [0.7, 0.3] and len(f.fractions) == 5 and f.forward_passes == 1 + 4 + 10
         assert -1 <= f.road_morf <= 1 and -1 <= f.road_lerf <= 1 and 0 <= f.deletion_auc <= 1
         assert np.isfinite(list(f.scores().values())).all()
     with pytest.raises(CheckpointError, match="no label"):
@@ -147,18 +152,14 @@ def test_predictor_faithfulness_on_the_shipped_checkpoint(shipped):
         predictor_faithfulness(p, path, "Cardiomegaly", "NoSuchCAM")
 
 
-def _cxr(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "cxrcore.cli", *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=900, env=env)
-
-
 def test_cli_localize_methods_side_by_side_with_gated_hit_rate_and_faithfulness(shipped, capsys):
+    # `cxr localize` through its main in this process (cxr_here), as test_localize runs it.
     # the first 17 images with boxes: the 17th has two (Pneumonia and Infiltrate), so pairs and boxes differ
-    r = _cxr("localize", "--checkpoint", str(shipped["baseline"]), "--data", str(NIH_SAMPLE), "--split", "all",
-             "--cam-methods", "GradCAM,HiResCAM", "--gate", "0.0", "--faithfulness-images", "1", "--json",
-             "--max-images", "17")
-    assert r.returncode == 0, r.stderr
-    d = json.loads(r.stdout)
+    code, out, err = cxr_here(capsys, "localize", "--checkpoint", str(shipped["baseline"]), "--data", str(NIH_SAMPLE),
+                              "--split", "all", "--cam-methods", "GradCAM,HiResCAM", "--gate", "0.0",
+                              "--faithfulness-images", "1", "--json", "--max-images", "17")
+    assert code == 0, err
+    d = json.loads(out)
     assert d["methods"] == ["GradCAM", "HiResCAM"] and d["gate"] == "0"
     rows = {(x["label"], x["method"]): x for x in d["methods_rows"]}
     assert {("Pneumonia", "GradCAM"), ("Pneumonia", "HiResCAM"), ("all boxes", "HiResCAM")} <= set(rows)

@@ -141,12 +141,8 @@ def test_gpu_queue_assigns_waits_shares_and_starts_on_cancel(ws, phantom):
     assert c.pid and c.gpu_ids == a.gpu_ids and c.note is None  # started by cancel: a's GPU is free
     assert visible_devices(c) == str(a.gpu_ids[0])
     assert cancel(b.id, store=store, timeout=30).status == "cancelled"
-
-    def ended():
-        j = refresh(c, store)
-        return j if j.ended else None
-    c = wait_for(ended, what="the waiting job to finish")
-    assert c.status == "succeeded", f"{c.error}\n{tail_log(c, 30)}"
+    # That a job started off the queue trains to the end: test_waiting_job_starts_when_a_runner_ends.
+    assert cancel(c.id, store=store, timeout=30).status == "cancelled"
 
 
 def test_waiting_job_starts_when_a_runner_ends(ws, phantom):

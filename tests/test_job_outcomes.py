@@ -10,21 +10,17 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import job_workspace, kill_jobs, phantom_job_config, wait_for
+from conftest import cxr_here, job_workspace, kill_jobs, phantom_job_config, wait_for
 from cxrcore.checkpoint import Card, read_card
 from cxrcore.errors import ConfigError
 from cxrcore.jobs import JobStore, events, refresh, submit, tail_log
 from cxrcore.jobs.runner import EXIT_CANCELLED, final_state
 from cxrcore.train.config import TrainConfig, default_image_size
 from cxrcore.train.trainer import train
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -57,19 +53,21 @@ def test_default_image_size_is_the_models_own_for_a_fixed_size_model(phantom):
 
 
 @pytest.mark.parametrize("arch", ["vit_tiny_patch16_224", "densenet121"])
-def test_cxr_train_without_an_image_size_trains(arch, phantom, tmp_path):
+def test_cxr_train_without_an_image_size_trains(arch, phantom, tmp_path, monkeypatch, capsys):
     """`cxr train --arch A` in the foreground, no --image-size: a ViT trains at its own 224 px (it used to crash
-    with "Input height (160) doesn't match model (224)"), a CNN at the declared default."""
-    env = dict(os.environ, CXR_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    with "Input height (160) doesn't match model (224)"), a CNN at the declared default. Through the CLI's ``main``
+    in this process (the size is decided in the CLI and the training, not by the process around them), on 12
+    images: 8 train, 1 validation, 3 test."""
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "cxrcore.cli", "train", "--data", str(phantom), "--labels", "nih14",
-                        "--arch", arch, "--epochs", "1", "--batch-size", "8", "--max-images", "30", "--workers", "1",
-                        "--threads", "1", "--no-augment", "--out", str(out)],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    code, said, err = cxr_here(capsys, "train", "--data", phantom, "--labels", "nih14", "--arch", arch, "--epochs", "1",
+                               "--batch-size", "8", "--max-images", "12", "--workers", "1", "--threads", "1",
+                               "--no-augment", "--out", out)
+    assert code == 0, said[-2000:] + err[-3000:]
     card = read_card(out / "checkpoint")
     assert card.training["config"]["image_size"] == (224 if arch.startswith("vit") else 160)
     assert card.preprocess["size"] == card.training["config"]["image_size"]
+    assert sum(card.data["splits"].values()) == 12
 
 
 def test_a_wrong_size_for_a_fixed_size_model_is_refused_before_training(phantom, tmp_path):
@@ -150,7 +148,9 @@ def test_local_job_sigterm_from_outside_is_cancelled_keeping_its_checkpoint(ws, 
 
 def test_ddp_job_stopped_by_sigterm_to_a_rank_is_cancelled_not_succeeded(ws, phantom, hold):
     """SIGTERM to rank 1 from outside (not to the runner, no STOP file): both ranks stop at the same step and
-    torchrun ends cleanly; the job used to be recorded as succeeded. It is cancelled, saying why."""
+    torchrun ends cleanly; the job used to be recorded as succeeded. It is cancelled, saying why. This is also the
+    job layer's data-parallel path (nproc=2: the runner starts torchrun, waits for it and reads the run's card);
+    tests/test_training_engine.py checks the numbers of a data-parallel run without a runner."""
     store = JobStore()
     job = submit(phantom_job_config(phantom, epochs=3, nproc=2, threads=1), name="ddp-signalled", store=store)
     wait_for(lambda: held(job, store), deadline_s=400, what="the ranks to hold at the first epoch's end")
@@ -161,6 +161,12 @@ def test_ddp_job_stopped_by_sigterm_to_a_rank_is_cancelled_not_succeeded(ws, pha
     done = wait_for(lambda: ended(job, store), deadline_s=400, what="the job to end")
     assert done.status == "cancelled", (done.error, tail_log(done, 60))
     assert "reached the training processes" in done.error and "was kept" in done.error
+    log = tail_log(done, 400)
+    assert "torch.distributed.run --standalone --nproc-per-node 2" in log
+    # torchrun ended with exit code 0: the runner says "were stopped (exit code N)" for any other
+    assert "the data-parallel processes were stopped" not in log, log[-3000:]
     ev = events(done)
     assert [e["ended"] for e in ev if e["type"] == "done"] == ["stopped"]
     assert [e["epoch"] for e in ev if e["type"] == "epoch"] == [1]
+    assert [e["epoch"] for e in ev if e["type"] == "stopped"] == [2]
+    assert read_card(Path(done.run_dir) / "checkpoint").training["stopped_early"]

@@ -327,9 +327,18 @@ def test_cancel_right_after_submit(ws):
 
 
 def test_killed_process_is_marked_failed_with_log_lines(ws):
+    """SIGKILL (what the out-of-memory killer sends) to a running job's process group: nothing reports, so
+    ``refresh`` notices the missing process and marks the job failed with the log's last lines. The kill comes as
+    soon as the runner has marked itself running and logged (while it still imports torch); how refresh handles
+    a vanished runner does not depend on how far its training got."""
     store = JobStore()
     job = submit(small_config(epochs=40), name="doomed", store=store)
-    wait_for_step(job, store)
+
+    def running_and_logged():
+        j = refresh(job, store)
+        assert not j.ended, f"job ended early ({j.status}: {j.error}); log:\n{tail_log(j, 40)}"
+        return j.status == "running" and tail_log(j, 5).strip()
+    wait_for(running_and_logged, what=f"job {job.id}'s runner to start")
     os.killpg(job.pid, signal.SIGKILL)
 
     def failed():

@@ -228,14 +228,21 @@ def test_cxr_localize_errors_exit_2(shipped, tmp_path, capsys):
 
 # --------------------------------------------------------------------------- phantom
 
-@pytest.fixture
-def phantom_nih_test(app_env, shipped, capsys) -> dict:
-    """`cxr localize --json` of the shipped baseline on the test split of the app's NIH phantom."""
+@pytest.fixture(scope="module")
+def phantom_nih_test(app_home, shipped) -> dict:
+    """`cxr localize --json` of the shipped baseline on the test split of the app's NIH phantom (run once for the
+    module: both tests below read the same report)."""
+    import contextlib
+    import io
+
+    from conftest import workspace_env
     from cxrcore.demo import app_data
 
-    assert main(["localize", "--checkpoint", str(shipped["baseline"]), "--data", str(app_data()["nih"]),
-                 "--split", "test", "--json"]) == 0
-    return json.loads(capsys.readouterr().out)
+    out = io.StringIO()
+    with workspace_env(app_home), contextlib.redirect_stdout(out):
+        assert main(["localize", "--checkpoint", str(shipped["baseline"]), "--data", str(app_data()["nih"]),
+                     "--split", "test", "--json"]) == 0
+    return json.loads(out.getvalue())
 
 
 def test_pointing_game_on_nih_phantom_beats_chance(phantom_nih_test):

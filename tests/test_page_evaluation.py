@@ -179,19 +179,26 @@ def test_localization_on_the_real_nih_boxes(app_env, shipped):
 
 def test_localization_methods_side_by_side_with_gated_hit_rate_and_faithfulness(app_env, shipped):
     """Two CAM methods per label, cheXlocalize's gated hit rate at a cut-off of 1 (every pair gated out) and
-    ROAD / deletion / insertion on the first image of each label."""
+    ROAD / deletion / insertion on the first image of each label, on the first 16 images with boxes (the page's
+    "Images with boxes" limit). They are all Pneumonia: one label, so two faithfulness scores of about 4 s of CPU
+    each instead of four. Every box on the page: the test above; two labels' faithfulness side by side: `cxr
+    localize` in test_faithfulness (the same localize call)."""
     at = evaluate_baseline_on_nih_sample(20)
     at.multiselect(key="eval_loc_methods").set_value(["GradCAM", "HiResCAM"])
     at.selectbox(key="eval_loc_gate_kind").set_value("one probability").run()
     at.number_input(key="eval_loc_gate").set_value(1.0)
     at.number_input(key="eval_loc_faith_n").set_value(1)
+    at.number_input(key="eval_loc_max").set_value(16)
     at.button(key="eval_loc_run").click().run()
     no_exception(at)
     assert not at.error, [e.value for e in at.error]
+    assert any(c.value == "GradCAM: 16 images (the first 16 with boxes)" for c in at.caption), \
+        [c.value for c in at.caption]
     side = table_with(at, "ROAD combined ↑")
     assert set(side["method"]) == {"GradCAM", "HiResCAM"}
     rows = side.set_index(["label", "method"])
-    assert rows.loc[("all boxes", "HiResCAM"), "boxes"] == 24
+    assert set(rows.index) == {(x, m) for x in ("Pneumonia", "all boxes") for m in ("GradCAM", "HiResCAM")}
+    assert rows.loc[("all boxes", "HiResCAM"), "boxes"] == 16
     assert (side["gated hit rate"] == 0).all() and (side["pairs gated out"] == side["pairs"]).all()
     assert side["hit rate"].between(0, 1).all() and side["faithfulness n"].ge(1).all()
     assert side["ROAD combined ↑"].between(-1, 1).all() and side["insertion AUC ↑"].between(0, 1).all()
@@ -199,21 +206,18 @@ def test_localization_methods_side_by_side_with_gated_hit_rate_and_faithfulness(
     assert "p = 1" in captions and "higher = more faithful" in captions
 
 
-def test_saved_temperatures_give_calibrated_probabilities(app_env, shipped, tmp_path):
-    """`cxr eval --save-calibration` stores val-fitted temperatures; predictions then carry calibrated probs."""
+def test_saved_temperatures_give_calibrated_probabilities(app_env, shipped, tmp_path, capsys):
+    """`cxr eval --save-calibration` (through its main in this process) stores val-fitted temperatures;
+    predictions then carry calibrated probs."""
     import json
-    import subprocess
-    import sys
 
     from cxrcore.demo import app_data
     from cxrcore.predictor import Predictor
-    from conftest import FORMATS
+    from conftest import FORMATS, cxr_here
 
-    r = subprocess.run([sys.executable, "-m", "cxrcore.cli", "eval", "--checkpoint", str(shipped["finetuned"]),
-                        "--data", str(app_data()["chexpert"]), "--split", "test", "--n-boot", "20",
-                        "--out", str(tmp_path / "ev"), "--save-calibration", "--json"],
-                       capture_output=True, text=True, cwd=REPO, timeout=600)
-    assert r.returncode == 0, r.stderr
+    code, _, err = cxr_here(capsys, "eval", "--checkpoint", shipped["finetuned"], "--data", app_data()["chexpert"],
+                            "--split", "test", "--n-boot", "20", "--out", tmp_path / "ev", "--save-calibration", "--json")
+    assert code == 0, err
     saved = app_env / "checkpoints" / "finetuned"
     temps = json.loads((saved / "card.json").read_text())["metrics"]["calibration"]["temperatures"]
     assert len(temps) == 14 and all(t > 0 for t in temps.values())

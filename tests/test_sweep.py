@@ -7,15 +7,12 @@ the best trial's config cloned into the form; then `cxr sweep show` reads the sa
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import job_workspace, kill_jobs
+from conftest import cxr_here, job_workspace, kill_jobs
 from cxrcore.errors import ConfigError
 from cxrcore.jobs import JobStore
 from cxrcore.jobs import sweep
@@ -107,7 +104,7 @@ def test_telling_the_trial_that_uses_up_a_grid_records_it():
     assert study.trials[0].value == 1.0
 
 
-def test_grid_needs_listed_values_and_bad_base_is_refused(tmp_path, monkeypatch, app_home):
+def test_grid_needs_listed_values_and_bad_base_is_refused(tmp_path, monkeypatch, app_home, capsys):
     job_workspace(tmp_path, monkeypatch)
     from cxrcore.demo import app_data
 
@@ -119,13 +116,12 @@ def test_grid_needs_listed_values_and_bad_base_is_refused(tmp_path, monkeypatch,
         sweep.create(sweep.SweepSpec("g", base, sweep.parse_space("lr = 1e-4 .. 1e-2"), sampler="grid"))
     with pytest.raises(ConfigError, match="epochs"):
         sweep.create(sweep.SweepSpec("g", {**base, "epochs": 0}, sweep.parse_space("lr = 1e-4, 1e-3")))
-    r = subprocess.run([sys.executable, "-m", "cxrcore.cli", "sweep", "start", "--data", str(data), "--labels",
-                        "nih14", "--epochs", "1", "--space", "lr = 1e-2 .. 1e-4", "--search", "random"],
-                       capture_output=True, text=True, env=dict(os.environ), cwd=ROOT)
-    assert r.returncode == 2 and "low < high" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "cxrcore.cli", "sweep", "list"], capture_output=True, text=True,
-                       env=dict(os.environ), cwd=ROOT)
-    assert r.returncode == 0 and "no sweeps yet" in r.stdout
+    # `cxr sweep` through its main in this process (cxr_here): no Python start and optuna import each
+    code, _, err = cxr_here(capsys, "sweep", "start", "--data", data, "--labels", "nih14", "--epochs", "1",
+                            "--space", "lr = 1e-2 .. 1e-4", "--search", "random")
+    assert code == 2 and "low < high" in err and "Traceback" not in err
+    code, out, _ = cxr_here(capsys, "sweep", "list")
+    assert code == 0 and "no sweeps yet" in out
     assert sweep.list_sweeps() == [] and JobStore().list() == []   # nothing was created
 
 
@@ -146,7 +142,7 @@ def _wait_sweep_done(sweep_id: str, n: int, deadline_s: float = 900.0):
         time.sleep(2.0)
 
 
-def test_sweep_from_the_page_shows_results_and_clones_the_best(tmp_path, monkeypatch, app_home):
+def test_sweep_from_the_page_shows_results_and_clones_the_best(tmp_path, monkeypatch, app_home, capsys):
     from streamlit.testing.v1 import AppTest
 
     job_workspace(tmp_path, monkeypatch)
@@ -163,6 +159,7 @@ def test_sweep_from_the_page_shows_results_and_clones_the_best(tmp_path, monkeyp
         at.number_input(key="tf_epochs").set_value(2)
         at.number_input(key="tf_max_images").set_value(60)
         at.number_input(key="tf_batch_size").set_value(16)
+        at.number_input(key="tf_image_size").set_value(64)   # not the form's 160: a trial's steps cost 1/6
         # Two trials, two at a time, and 2 completed trials before any pruning: neither can be pruned whatever
         # the timing (the pruner's logic is tested above, and a pruning report stopping a run in test_job_outcomes).
         at.text_area(key="sweep_space").set_value("lr = 0.003, 0.001")
@@ -203,13 +200,11 @@ def test_sweep_from_the_page_shows_results_and_clones_the_best(tmp_path, monkeyp
         gen = at.session_state["tf_gen"]
         assert gen == 1   # a clone starts a new form generation holding the trial's options
         assert at.number_input(key="tf1_lr").value == pytest.approx(good.iloc[0]["lr"])
-        assert at.number_input(key="tf1_image_size").value == best_cfg["image_size"]
+        assert at.number_input(key="tf1_image_size").value == best_cfg["image_size"] == 64
 
-        r = subprocess.run([sys.executable, "-m", "cxrcore.cli", "sweep", "show", sweep_id, "--csv",
-                            str(tmp_path / "trials.csv")], capture_output=True, text=True,
-                           env=dict(os.environ), cwd=ROOT)
-        assert r.returncode == 0, r.stderr
-        assert f"best trial: job {good.iloc[0]['job']}" in r.stdout
+        code, out, err = cxr_here(capsys, "sweep", "show", sweep_id, "--csv", tmp_path / "trials.csv")
+        assert code == 0, err
+        assert f"best trial: job {good.iloc[0]['job']}" in out
         assert (tmp_path / "trials.csv").read_text().count("\n") == 3
     finally:
         kill_jobs(tmp_path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import re
+import sys
 
 import torch
 from torch import nn
@@ -73,18 +74,21 @@ def apply_lora(model: nn.Module, r: int = 8, alpha: float = 16.0, dropout: float
         raise ConfigError(f"peft could not add LoRA to {type(model).__name__}: {exc}") from exc
 
 
+def is_peft(model: nn.Module) -> bool:
+    """Whether ``model`` is a peft wrapper. Only a process that imported peft can hold one, so a plain model is
+    told apart without importing it (peft brings transformers: seconds at every save of every training process)."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
+
+
 def base_model(model: nn.Module) -> nn.Module:
     """The timm-like model inside a peft wrapper (with adapters in place), or ``model`` itself."""
-    from peft import PeftModel
-
-    return model.base_model.model if isinstance(model, PeftModel) else model
+    return model.base_model.model if is_peft(model) else model
 
 
 def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Plain state dict of the architecture: LoRA merged into the weights (on a copy; training goes on)."""
-    from peft import PeftModel
-
-    if not isinstance(model, PeftModel):
+    if not is_peft(model):
         return model.state_dict()
     merged = copy.deepcopy(model).merge_and_unload()
     return {k: v.detach().clone() for k, v in merged.state_dict().items()}
