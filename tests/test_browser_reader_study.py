@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import expect
 
 from conftest import fresh_workspace
-from test_browser import ARGS, CHROMIUM, body_with, serve_app, wait_idle
+from test_browser import CHROMIUM, body_with, browser, serve_app, wait_idle  # noqa: F401 (browser: a fixture)
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")]
@@ -29,16 +29,6 @@ def url(home, shipped):
     env = dict(os.environ, CXR_HOME=str(home))
     env.pop("OPENAI_API_KEY", None)
     yield from serve_app(env)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield b
-        b.close()
 
 
 def _choose(page, label: str, option: str) -> None:
