@@ -1,6 +1,6 @@
 """Peak memory of reading decompression bombs: the old decode path vs the guarded reader, side by side.
 
-Each bomb (built by the test suite's builders, ``tests/test_image_bombs.py``) is read in a fresh Python
+Each bomb (built by the test suite's builders, ``tests/datasets/test_image_bombs.py``) is read in a fresh Python
 process, once by the old path and once by the new one; the number is that process's peak resident set
 growth (the kernel's high-water mark, ``VmHWM``, reset with ``/proc/self/clear_refs`` after imports and a
 warm-up read, then read again after the read; ``ru_maxrss`` where there is no /proc), so zlib's and the
@@ -32,7 +32,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "datasets"))
 
 from test_image_bombs import deflated_dicom, png_bomb, rle_bomb, segmented_lut_bomb, tiff_tile_bomb  # noqa: E402
 

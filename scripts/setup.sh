@@ -26,10 +26,10 @@ if [ "$want" = test ] && ! command -v chromium >/dev/null 2>&1; then
   $SUDO apt-get update -q && $SUDO apt-get install -y -q chromium
 fi
 if [ "$want" = test ] && ! command -v sbatch >/dev/null 2>&1; then
-  # tests/test_slurm.py starts a single-node Slurm cluster (slurmctld, slurmd, munged) on 127.0.0.1.
+  # tests/training/test_slurm.py starts a single-node Slurm cluster (slurmctld, slurmd, munged) on 127.0.0.1.
   echo "installing Debian's slurm-wlm and munge for the Slurm backend tests"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   if ! { $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q slurm-wlm munge; }; then
-    echo "note: could not install slurm-wlm and munge; tests/test_slurm.py will skip its cluster tests"
+    echo "note: could not install slurm-wlm and munge; tests/training/test_slurm.py will skip its cluster tests"
   fi
 fi

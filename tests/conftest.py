@@ -54,6 +54,33 @@ def pytest_configure(config):
         sys.addaudithook(_refuse_dev_shared)
 
 
+def _file_order(items) -> dict[str, tuple]:
+    """A sort key per test file for the two workers (``./test.sh``: one file per worker at a time, handed out in
+    collection order): first the longest file that needs the session's phantom workspace (``app_home``), so one
+    worker starts generating it at once; then every file that does not need it, longest first, which the other
+    worker runs meanwhile instead of waiting on the lock; then the other phantom files, longest first, so the run
+    ends with short files on both workers. Lengths come from ``tests/durations.json`` (refreshed with
+    ``scripts/test_durations.py``; a file not listed counts as a median one): a scheduling hint only."""
+    import json
+    import statistics
+
+    seconds = json.loads((REPO / "tests" / "durations.json").read_text())
+    default = statistics.median(seconds.values()) if seconds else 1.0
+    files: dict[str, bool] = {}
+    for item in items:
+        name = item.nodeid.split("::")[0]
+        files[name] = files.get(name, False) or "app_home" in getattr(item, "fixturenames", ())
+    length = {name: seconds.get(name, default) for name in files}
+    phantom = sorted((n for n, needs in files.items() if needs), key=lambda n: -length[n])
+    order = {n: (0 if phantom and n == phantom[0] else 2 if needs else 1, -length[n]) for n, needs in files.items()}
+    return order
+
+
+def pytest_collection_modifyitems(session, config, items):
+    order = _file_order(items)
+    items.sort(key=lambda item: order[item.nodeid.split("::")[0]])   # stable: a file's tests keep their order
+
+
 @contextmanager
 def workspace_env(home) -> Iterator[None]:
     """``CXR_HOME`` set to ``home`` for the block, then as it was (for module and session fixtures, which cannot
@@ -175,6 +202,37 @@ def cxr_here(capsys, *args) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
+def app_page(name: str = "home", timeout: float = 300):
+    """The real app (``app.py`` with its ``st.navigation``) as a Streamlit ``AppTest``, opened on the page
+    ``views/NAME.py`` (``"home"``: the start page); not run yet."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=timeout)
+    if name != "home":
+        at.switch_page(f"views/{name}.py")
+    return at
+
+
+def no_exception(at) -> None:
+    """Fail with the page's exceptions when its last run raised any."""
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def run_listening_on(at, address: str):
+    """One AppTest run with the app listening on ``address``: Streamlit's own ``server.address`` option is set
+    (as ``--server.address`` from run.sh sets it) for the run and put back afterwards."""
+    from streamlit import config as st_config
+
+    old = st_config.get_option("server.address")
+    st_config.set_option("server.address", address)
+    try:
+        at.run()
+    finally:
+        st_config.set_option("server.address", old)
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
 def wait_for(predicate, deadline_s: float = 180.0, interval: float = 0.25, what: str = "condition"):
     """Poll ``predicate`` until it returns something truthy (returned), or fail after ``deadline_s``."""
     import time
@@ -221,3 +279,17 @@ def kill_jobs(home: Path) -> None:
                 pass
         if job.pid:
             refresh(job, store)  # reaps runners started by this process
+
+
+@pytest.fixture(scope="session")
+def two_network_home(app_home, tmp_path_factory) -> Path:
+    """A workspace whose runs/ holds a real two-network run (``twonet``: gate, disease, combined), trained tiny."""
+    from cxrcore.train.trainer import TrainConfig, train
+
+    home = tmp_path_factory.mktemp("two_network") / "home"
+    chex = next((app_home / "datasets").glob("phantom-chexpert-*"))
+    with workspace_env(str(home)):
+        train(TrainConfig(data=str(chex), labels="chexpert14", hierarchy="two_network", gate_mode="hard", epochs=1,
+                          batch_size=16, image_size=48, max_images=96, policy="ignore", workers=1, threads=1,
+                          lr=3e-3, name="twonet"), home / "runs" / "twonet")
+    return home

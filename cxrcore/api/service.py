@@ -104,7 +104,7 @@ class Service:
         self.models: dict = {}
         # One inference per model at a time, to bound compute and memory (one call already uses every core;
         # each Grad-CAM call holds a backward pass's gradients). Not a correctness guard: a Predictor is
-        # safe to share between threads (tests/test_predictor_threads.py).
+        # safe to share between threads (tests/compare/test_predictor_threads.py).
         self.locks: dict[str, threading.Lock] = {}
         for c in checkpoints:
             p = Predictor(c, device=self.device)

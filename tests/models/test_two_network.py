@@ -20,7 +20,7 @@ from cxrcore.models.two_network import TwoNetwork, combine_checkpoints
 from cxrcore.train.losses import GATE_LABEL
 from cxrcore.train.trainer import TrainConfig, read_events, train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

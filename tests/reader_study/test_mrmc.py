@@ -22,7 +22,7 @@ from cxrcore.eval.readers import (analyze, cases_needed, format_report, pilot_co
 from cxrcore.eval.readers.agreement import (default_cutoff, fleiss_kappa, kappa_binary, kappa_weighted, wilson)
 from cxrcore.eval.readers.orh import fom_covariance, or_analysis, standalone
 
-DATA = Path(__file__).resolve().parent / "data" / "mrmc"
+DATA = Path(__file__).resolve().parents[1] / "data" / "mrmc"
 VD, FRANKEN, NICO, FED = DATA / "vandyke.csv", DATA / "franken.csv", DATA / "nico_cad.csv", DATA / "fed.csv"
 
 
@@ -831,7 +831,7 @@ def test_cli_power(capsys):
 # ---------------------------------------------------------------- package hygiene
 
 def test_readers_package_imports_only_numpy_scipy_pandas_and_lower_cxrcore():
-    root = Path(__file__).resolve().parents[1] / "cxrcore" / "eval" / "readers"
+    root = Path(__file__).resolve().parents[2] / "cxrcore" / "eval" / "readers"
     allowed = {"numpy", "scipy", "pandas", "__future__", "io", "math", "dataclasses", "pathlib", "typing",
                "itertools"}
     for path in root.glob("*.py"):

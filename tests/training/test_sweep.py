@@ -17,7 +17,7 @@ from cxrcore.errors import ConfigError
 from cxrcore.jobs import JobStore
 from cxrcore.jobs import sweep
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PAGE = str(ROOT / "views" / "training.py")
 
 

@@ -9,7 +9,7 @@ to them. One person's own machine with nothing configured, and the CLI, keep the
 
 The runs are copies of the shipped demo model with a job row recording who launched them (as dispatch.submit
 records it); a shared server is Settings for the address 0.0.0.0, and for the page, Streamlit's own
-``server.address`` option (what run.sh passes from CXR_ADDRESS), as tests/test_hosting.py does.
+``server.address`` option (what run.sh passes from CXR_ADDRESS), as tests/hosting/test_hosting.py does.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import REPO  # also puts the repository root on sys.path
-from test_hosting import run as run_page  # one AppTest run with the app listening on an address
+from conftest import run_listening_on as run_page  # one AppTest run with the app listening on an address
 from cxrcore import hosting
 from cxrcore.checkpoint import read_card
 from cxrcore.eval.thresholds import (IN_PLACE, OWN_COPY, SHARED_COPY, own_copies_root, save_target,
@@ -159,7 +159,7 @@ def test_the_shared_copy_of_a_shipped_model_is_not_changed_by_a_visitor(ws):
 
 
 def test_a_visitor_saving_a_library_models_thresholds_gets_their_own_copy(tmp_path, monkeypatch):
-    from test_library_models import XRV_ALL, plant_densenet  # xrv's DenseNet file with random weights
+    from library_files import XRV_ALL, plant_densenet  # xrv's DenseNet file with random weights
 
     from cxrcore.models.library import editable_copy
 

@@ -150,7 +150,7 @@ def test_ddp_job_stopped_by_sigterm_to_a_rank_is_cancelled_not_succeeded(ws, pha
     """SIGTERM to rank 1 from outside (not to the runner, no STOP file): both ranks stop at the same step and
     torchrun ends cleanly; the job used to be recorded as succeeded. It is cancelled, saying why. This is also the
     job layer's data-parallel path (nproc=2: the runner starts torchrun, waits for it and reads the run's card);
-    tests/test_training_engine.py checks the numbers of a data-parallel run without a runner."""
+    tests/training/test_training_engine.py checks the numbers of a data-parallel run without a runner."""
     store = JobStore()
     job = submit(phantom_job_config(phantom, epochs=3, nproc=2, threads=1), name="ddp-signalled", store=store)
     wait_for(lambda: held(job, store), deadline_s=400, what="the ranks to hold at the first epoch's end")

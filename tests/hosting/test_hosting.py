@@ -26,10 +26,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
-from conftest import FORMATS, NIH_SAMPLE, REPO  # also puts the repository root on sys.path
+from conftest import FORMATS, NIH_SAMPLE, REPO, app_page, run_listening_on as run  # also puts the repository root on sys.path
 from cxrcore import hosting
 from cxrcore.errors import AccessError, JobError
 from cxrcore.explain.llm import LLMConfig
@@ -53,23 +52,8 @@ def clean_operator_env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-def run(at: AppTest, address: str) -> AppTest:
-    """One AppTest run with the app listening on ``address``: Streamlit's own ``server.address`` option is set
-    (as ``--server.address`` from run.sh sets it) for the run and put back afterwards."""
-    old = st_config.get_option("server.address")
-    st_config.set_option("server.address", address)
-    try:
-        at.run()
-    finally:
-        st_config.set_option("server.address", old)
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
 def page(name: str) -> AppTest:
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
-    at.switch_page(f"views/{name}.py")
-    return at
+    return app_page(name, TIMEOUT)
 
 
 def texts(at: AppTest) -> str:

@@ -9,7 +9,8 @@ from cxrcore import hosting
 from cxrcore.errors import AccessError
 from cxrcore.explain import budget
 from llm_stub import StubLLM
-from test_pages import explain_a_sample, no_exception
+from conftest import no_exception
+from test_explain_page import explain_a_sample
 
 
 def test_count_refuses_over_the_limit_and_frees_after_an_hour(tmp_path):

@@ -248,7 +248,7 @@ def _no_external_scripts(html: str) -> None:
 
 
 def test_cxr_eval_nih_sample_end_to_end(tmp_path, shipped, capsys, monkeypatch):
-    """``cxr eval`` through its ``main`` (conftest.cxr_here; `cxr` as a process: tests/test_llm_cli.py)."""
+    """``cxr eval`` through its ``main`` (conftest.cxr_here; `cxr` as a process: tests/explain/test_llm_cli.py)."""
     out = tmp_path / "out"
     monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
     code, stdout, err = cxr_here(capsys, "eval", "--checkpoint", shipped["baseline"], "--data", NIH_SAMPLE,

@@ -19,7 +19,7 @@ from cxrcore.data.readers import read_dataset
 from cxrcore.data.splits import SPLITS, balance_report, balance_warnings, stratified_patient_split
 from cxrcore.mdtext import md_text
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "views" / "dataset.py"
 SAMPLE = NIH_SAMPLE
 NIH_FULL = "NIH ChestX-ray14 — full label table (torchxrayvision)"
@@ -30,16 +30,16 @@ TIMEOUT = 120
 
 
 @pytest.fixture(scope="module")
-def cxr_home(tmp_path_factory):
-    """A fresh workspace for the whole module, with the built-in phantom data generated once."""
-    home = tmp_path_factory.mktemp("cxr_home")
+def cxr_home(tmp_path_factory, app_home):
+    """A fresh workspace for the whole module holding the session's built-in phantom data (hard links to the
+    phantom generated once per run, as ensure_app_data() would find it on the first page run)."""
+    from conftest import fresh_workspace
+
+    home = fresh_workspace(app_home, tmp_path_factory.mktemp("cxr_home"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CXR_HOME", str(home))
         mp.chdir(ROOT)
         mp.syspath_prepend(str(ROOT))
-        from cxrcore.demo import app_data
-
-        app_data()  # what ensure_app_data() would do on the first page run, without the progress bar
         yield home
 
 

@@ -4,20 +4,14 @@ from __future__ import annotations
 import numpy as np
 from streamlit.testing.v1 import AppTest
 
-from conftest import NIH_SAMPLE, REPO
+from conftest import NIH_SAMPLE, app_page, no_exception
 from cxrcore.mdtext import md_text
 
 TIMEOUT = 300
 
 
 def page() -> AppTest:
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
-    at.switch_page("views/evaluation.py")
-    return at
-
-
-def no_exception(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
+    return app_page("evaluation", TIMEOUT)
 
 
 def table_with(at: AppTest, column: str):

@@ -28,7 +28,7 @@ from cxrcore.data.imageio import HEADER_ALLOWANCE, MAX_PIXELS, open_image, read_
 from cxrcore.errors import ImageError
 from cxrcore.explain.ood import check_image, saturation_from_bytes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BOUND_MB = 150  # peak RSS growth allowed while one bomb is read (the old reader: 400 MB to 800 MB and more)
 SOP_DX = "1.2.840.10008.5.1.4.1.1.1.1"
 

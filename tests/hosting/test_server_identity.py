@@ -3,7 +3,7 @@
 - Signed-in visitors are known by e-mail only when the identity provider verified it; an address or a
   user name claimed at an open sign-up never matches an admin, a listed launcher or another person's job.
 - A request that reaches an app listening on 127.0.0.1 through a proxy (forwarding headers, a remote Host)
-  gets the shared-server defaults although ``CXR_HOSTED`` is unset (Home's warning: tests/test_browser.py).
+  gets the shared-server defaults although ``CXR_HOSTED`` is unset (Home's warning: tests/browser/test_browser.py).
 - Pages never show tracebacks (``client.showErrorDetails``).
 - A job's runner does not inherit the server's LLM key or API token.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cxrcore import hosting
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = "0.0.0.0"
 LOCAL = "127.0.0.1"
 

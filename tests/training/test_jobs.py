@@ -25,7 +25,7 @@ from cxrcore.errors import CXRError, ConfigError, JobError
 from cxrcore.jobs import (ACTIVE, Job, JobStore, cancel, events, process_alive, progress_summary, refresh, submit,
                           tail_log)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 DEADLINE_S = 180.0
 

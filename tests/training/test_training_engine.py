@@ -28,7 +28,7 @@ from cxrcore.train.sampling import combination_codes, epoch_order, epoch_size, o
 from cxrcore.train.state import load_state, state_path
 from cxrcore.train.trainer import TrainConfig, read_events, train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 nan = float("nan")
 
 
@@ -402,7 +402,7 @@ def test_ddp_matches_a_single_process_run_and_a_stop_to_one_rank_stops_both(chex
     same step, rank 0 logs the stop and keeps its checkpoint, and torchrun ends cleanly instead of hanging in a
     collective. The weights compared are the last complete epoch's (run/last, which a stop mid-epoch leaves as it
     was, not the best checkpoint); the single process is stopped at the same step. The same through a job's runner
-    (the job's final state): tests/test_job_outcomes.py."""
+    (the job's final state): tests/training/test_job_outcomes.py."""
     import re
     import signal
     import subprocess

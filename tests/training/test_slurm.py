@@ -21,7 +21,7 @@ from slurm_cluster import SlurmCluster, missing
 from cxrcore.errors import ConfigError, JobError
 from cxrcore.jobs import JobStore, cancel, check_config, events, refresh, refresh_all, slurm, tail_log
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 needs_slurm = pytest.mark.skipif(bool(missing()), reason=(
     f"Slurm binaries not installed ({', '.join(missing())}); `scripts/setup.sh test` installs slurm-wlm and munge"))
 

@@ -25,35 +25,11 @@ import pytest
 import torch
 
 from conftest import FORMATS, NIH_SAMPLE, REPO, cxr_here
-from test_models import XRV_ALL, XRV_RESNET
+from library_files import XRV_ALL, XRV_RESNET, plant_densenet, plant_resnet
 
 XRV_CHEX = "chex-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt"
 ALL = "xrv:densenet121-res224-all"
 RESNET = "xrv:resnet50-res512-all"
-
-
-def plant_densenet(folder: Path, file: str = XRV_ALL, seed: int = 0):
-    """xrv's DenseNet with random weights, saved whole as the library saves its DenseNet files."""
-    import torchxrayvision as xrv
-
-    torch.manual_seed(seed)
-    model = xrv.models.DenseNet(weights=None)
-    with torch.no_grad():
-        model.classifier.bias.normal_()
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(model, folder / file)
-    return model.eval()
-
-
-def plant_resnet(folder: Path, seed: int = 1):
-    """xrv's ResNet file: the state dict of its torchvision ResNet-50 (1 input channel, 18 outputs)."""
-    from cxrcore.models.xrv_family import random_module
-
-    torch.manual_seed(seed)
-    net = random_module("resnet50-res512-all")
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(net.model.state_dict(), folder / XRV_RESNET)
-    return net.model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
+from library_files import XRV_ALL, XRV_RESNET
 from cxrcore.checkpoint import Card, load_checkpoint, save_checkpoint
 from cxrcore.errors import ConfigError
 from cxrcore.explain.cam import forward_with_cams, gradcam_loop, scale_maps, supports_fast_cam, target_layer
@@ -21,8 +22,6 @@ from cxrcore.models import registry, weights, xrv_family
 from cxrcore.models.registry import (build_model, check_architecture, model_from_spec, preprocess_for,
                                      resolve_pretrained, spec_for)
 
-XRV_ALL = "nih-pc-chex-mimic_ch-google-openi-kaggle-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt"
-XRV_RESNET = "pc-nih-rsna-siim-vin-resnet50-test512-e400-state.pt"
 TV_RESNET18 = "resnet18-f37072fd.pth"
 
 

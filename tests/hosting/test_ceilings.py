@@ -15,7 +15,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import NIH_SAMPLE, REPO
-from test_hosting import run  # one AppTest run with the app listening on an address
+from conftest import run_listening_on as run  # one AppTest run with the app listening on an address
 from cxrcore import hosting
 from cxrcore.errors import AccessError
 from cxrcore.jobs import JobStore, dispatch

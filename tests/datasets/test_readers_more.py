@@ -12,7 +12,7 @@ from PIL import Image
 from cxrcore.data.readers import detect_format, official_test_mask, read_dataset
 from cxrcore.errors import DataError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "views" / "dataset.py"
 from conftest import NIH_SAMPLE as SAMPLE  # noqa: E402
 FOLDER = "A folder on this machine…"
@@ -195,7 +195,7 @@ def test_a_label_table_without_images_gives_statistics_with_a_note(tmp_path):
     from cxrcore.data.readers import LABELS_ONLY
     from cxrcore.errors import DataError
 
-    src = Path(__file__).parent / "data" / "nih-sample"
+    src = Path(__file__).parents[1] / "data" / "nih-sample"
     table = next(src.glob("Data_Entry_2017*.csv"))
     shutil.copy(table, tmp_path / table.name)
     with pytest.raises(DataError, match="None of the"):
@@ -206,6 +206,6 @@ def test_a_label_table_without_images_gives_statistics_with_a_note(tmp_path):
     prev = stats.prevalence(ix)
     assert prev.loc["Effusion"].iloc[0] > 0
     out = subprocess.run([sys.executable, "-m", "cxrcore.cli", "stats", str(tmp_path)], capture_output=True, text=True,
-                         cwd=Path(__file__).parents[1], timeout=300)
+                         cwd=Path(__file__).parents[2], timeout=300)
     assert out.returncode == 0, out.stderr
     assert "No images found" in out.stdout and "Effusion" in out.stdout

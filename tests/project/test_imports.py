@@ -163,7 +163,7 @@ def floor_of(module: str) -> int:
         for name in names:
             if (module == name or module.startswith(name + ".")) and (best is None or len(name) > len(best[1])):
                 best = (i, name)
-    assert best is not None, f"{module} stands on no floor of tests/test_imports.py FLOORS (and ARCHITECTURE.md)"
+    assert best is not None, f"{module} stands on no floor of tests/project/test_imports.py FLOORS (and ARCHITECTURE.md)"
     return best[0]
 
 

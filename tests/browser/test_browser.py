@@ -280,7 +280,7 @@ def test_training_page_launches_and_watches_a_job(app_url, browser, tmp_path):
 def xrv_app_url(app_home, shipped, tmp_path_factory):
     """A second app server whose torchxrayvision cache (CXR_XRV_CACHE_DIR) holds a planted DenseNet file,
     made as the library makes its own; its own workspace (the built-in phantoms linked in); offline."""
-    from test_library_models import plant_densenet
+    from library_files import plant_densenet
 
     root = tmp_path_factory.mktemp("xrv_app")
     home = root / "home"
