@@ -12,6 +12,7 @@ from ui.common import account_box, current_user
 
 st.set_page_config(page_title="CXR workbench", page_icon=":material/pulmonology:", layout="wide")
 
+READER_STUDY = st.Page("views/reader_study.py", title="Reader study", icon=":material/groups:", url_path="reader_study")
 PAGES = [
     st.Page("views/home.py", title="Home", icon=":material/home:", default=True),
     st.Page("views/dataset.py", title="Dataset", icon=":material/bar_chart:"),
@@ -20,8 +21,18 @@ PAGES = [
     st.Page("views/thresholds.py", title="Thresholds", icon=":material/tune:"),
     st.Page("views/evaluation.py", title="Evaluation", icon=":material/analytics:"),
     st.Page("views/explain.py", title="Explain", icon=":material/chat:"),
-    st.Page("views/reader_study.py", title="Reader study", icon=":material/groups:", url_path="reader_study"),
+    READER_STUDY,
 ]
+token = st.query_params.get("token")
+if token:
+    # A reader's link (issue 21): the reading screen alone. No navigation, no account box, and any other page's
+    # address with the token lands there too: a reader sees only their own cases and answers, nothing of the
+    # models, datasets or other studies.
+    page = st.navigation(PAGES, position="hidden")
+    if page.url_path != READER_STUDY.url_path:
+        st.switch_page(READER_STUDY, query_params={"token": token})
+    page.run()
+    st.stop()
 page = st.navigation(PAGES)
 st.sidebar.radio("Chart downloads (camera button)", ["png", "svg"], key="chart_format", horizontal=True,
                  format_func=str.upper)

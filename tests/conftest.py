@@ -218,6 +218,21 @@ def no_exception(at) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
 
+def evaluate_on_page(model: str, data: str = "nih-sample", split: str = "test", n_boot: int = 20, timeout: float = 600):
+    """The Evaluation page run on ``model`` (its picker label) alone over ``data``'s ``split``, as a user would click
+    it; fails on an exception or an error shown. Returns the AppTest."""
+    at = app_page("evaluation", timeout).run()
+    at.selectbox(key="eval_data").set_value(data).run()
+    at.selectbox(key="eval_model").set_value(model).run()
+    at.selectbox(key="eval_compare").set_value("(no comparison)").run()
+    at.selectbox(key="eval_split").set_value(split).run()
+    at.number_input(key="eval_nboot").set_value(n_boot).run()
+    at.button(key="eval_run").click().run()
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
 def run_listening_on(at, address: str):
     """One AppTest run with the app listening on ``address``: Streamlit's own ``server.address`` option is set
     (as ``--server.address`` from run.sh sets it) for the run and put back afterwards."""

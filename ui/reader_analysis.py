@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from cxrcore.readerstudy.analysis import export
+from cxrcore.readerstudy.design import EXPORT_FORMATS
 from cxrcore.readerstudy.report import fom_table, headline, html_report, roc_figure
 from ui.common import chart_config, md_text
 
@@ -57,12 +58,11 @@ def show_analysis(result: dict, study, finding: str, store) -> None:
                                    for arm, v in arms.items()]), hide_index=True)
     for note in result.get("notes", []):
         st.caption(md_text(note))
-    c1, c2, c3, c4 = st.columns(4)
+    c1, c2, *cols = st.columns(2 + len(EXPORT_FORMATS))
     c1.download_button("HTML report", html_report(result, time.time()), f"{study.id}-{finding}.html", "text/html",
                        key=f"rs_dl_html_{study.id}_{finding}")
     c2.download_button("Analysis (JSON)", json.dumps(result, indent=1), f"{study.id}-{finding}.json",
                        "application/json", key=f"rs_dl_json_{study.id}_{finding}")
-    c3.download_button("Ratings (long CSV)", export(store, study.id, finding, "long"), f"{study.id}-{finding}.csv",
-                       "text/csv", key=f"rs_dl_long_{study.id}_{finding}")
-    c4.download_button("Ratings (iMRMC)", export(store, study.id, finding, "imrmc"), f"{study.id}-{finding}.imrmc",
-                       "text/plain", key=f"rs_dl_imrmc_{study.id}_{finding}")
+    for col, (kind, fmt) in zip(cols, EXPORT_FORMATS.items()):
+        col.download_button(fmt.title, export(store, study.id, finding, kind), f"{study.id}-{finding}{fmt.suffix}",
+                            fmt.mime, key=f"rs_dl_{kind}_{study.id}_{finding}", help=fmt.what)

@@ -2,6 +2,7 @@
 a viewer fit for a radiograph, the rating of each finding, the model's output only in an aided read."""
 from __future__ import annotations
 
+import secrets
 import time
 from datetime import datetime
 
@@ -94,9 +95,12 @@ def reader_page(store: StudyStore, study_id: str, reader) -> None:
     st.caption(f"Reading as **{md_text(reader.name)}**. Your answers are saved the moment you give them: you can "
                "close this page and come back with the same link, on any device.")
     pos = st.session_state.get("rs_revisit")
+    # The viewing this read is on screen in: new in each browser session and after each move between reads
+    # (reading time counts from it), kept while the reader adjusts the image.
+    visit = st.session_state.setdefault("rs_visit", secrets.token_hex(8))
     try:
-        task = session.revisit(store, study_id, reader.number, pos) if pos else \
-            session.next_read(store, study_id, reader.number)
+        task = session.revisit(store, study_id, reader.number, pos, time.time(), visit) if pos else \
+            session.next_read(store, study_id, reader.number, time.time(), visit)
     except CXRError as exc:
         show_error(exc)
         return
@@ -155,15 +159,18 @@ def reader_page(store: StudyStore, study_id: str, reader) -> None:
     nav = st.columns(4)
     if task.position > 1 and nav[0].button("← Previous read", key=f"{key}_back", shortcut="PageUp"):
         st.session_state["rs_revisit"] = task.position - 1
+        st.session_state.pop("rs_visit", None)
         st.rerun()
     if pos and nav[1].button("Back to the next unread case", key=f"{key}_resume", shortcut="PageDown"):
         st.session_state.pop("rs_revisit", None)
+        st.session_state.pop("rs_visit", None)
         st.rerun()
     if quick is not None:
         go_on, ratings = True, {d.findings[0]: quick}
     if go_on:
         if lock:
             st.session_state.pop("rs_revisit", None)
+            st.session_state.pop("rs_visit", None)
             st.rerun()
         try:
             session.submit(store, study_id, reader.number, task, ratings, marks, now=time.time())
@@ -172,4 +179,5 @@ def reader_page(store: StudyStore, study_id: str, reader) -> None:
             return
         st.session_state.pop("rs_revisit", None)
         st.session_state.pop(f"{key}_marks", None)
+        st.session_state.pop("rs_visit", None)
         st.rerun()

@@ -70,7 +70,7 @@ def cmd_analyze(a) -> int:
 
 
 def cmd_power(a) -> int:
-    from ..eval.readers import cases_needed, pilot_components, power, power_table, read_ratings
+    from ..eval.readers import pilot_components, power, power_table, read_ratings
     from ..eval.readers.power import ANALYSES
 
     if not 0 < a.alpha < 1 or not 0 < a.power < 1:
@@ -294,7 +294,7 @@ def cmd_report(a) -> int:
 
 
 def _study_flags(sub) -> None:
-    from ..readerstudy.design import DESIGNS, HEATMAPS, SCALES
+    from ..readerstudy.design import DESIGNS, EXPORT_FORMATS, HEATMAPS, SCALES
     from ..readerstudy.setup import SAMPLING
 
     cr = sub.add_parser("create", help="set up a study from a dataset folder (the aided arm's model run once)")
@@ -335,10 +335,12 @@ def _study_flags(sub) -> None:
         c = sub.add_parser(action, help=words)
         c.add_argument("study")
         c.set_defaults(func=cmd_status)
-    ex = sub.add_parser("export", help="a study's ratings of one finding in the long format or iMRMC's")
+    ex = sub.add_parser("export", help="a study's answers for one finding: the long format or iMRMC's (to check the "
+                                       "analysis with other tools), or the audit trail of every answer given")
     ex.add_argument("study")
     ex.add_argument("--finding", required=True)
-    ex.add_argument("--format", choices=["long", "imrmc"], default="long")
+    ex.add_argument("--format", choices=list(EXPORT_FORMATS), default="long",
+                    help="; ".join(f"{k}: {v.what}" for k, v in EXPORT_FORMATS.items()))
     ex.add_argument("--out", metavar="PATH", help="write to PATH (default: print)")
     ex.set_defaults(func=cmd_export)
     rp = sub.add_parser("report", help="a study's analysis for one finding (text, --json, --html PATH)")

@@ -24,16 +24,21 @@ from ..errors import CheckpointError
 from .metrics import best_f1_thresholds
 
 
+def _labelled(targets: np.ndarray, scores: np.ndarray):
+    """Each label's column ``j`` with its labelled rows only: ``(j, truths, scores as float64)``."""
+    for j in range(targets.shape[1]):
+        m = ~np.isnan(targets[:, j])
+        yield j, targets[m, j], scores[m, j].astype(np.float64)
+
+
 def youden_thresholds(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Per label, the threshold maximising sensitivity + specificity - 1 (0.5 where undefined)."""
     from sklearn.metrics import roc_curve
 
     out = np.full(targets.shape[1], 0.5)
-    for j in range(targets.shape[1]):
-        m = ~np.isnan(targets[:, j])
-        y = targets[m, j]
+    for j, y, s in _labelled(targets, scores):
         if y.size and 0 < y.sum() < y.size:
-            fpr, tpr, thr = roc_curve(y, scores[m, j])
+            fpr, tpr, thr = roc_curve(y, s)
             k = int(np.argmax(tpr - fpr))
             out[j] = float(min(1.0, thr[k]))
     return out
@@ -63,9 +68,7 @@ def target_sensitivity_thresholds(targets: np.ndarray, scores: np.ndarray, targe
     """
     target = _check_target(target)
     out = np.full(targets.shape[1], 0.5)
-    for j in range(targets.shape[1]):
-        m = ~np.isnan(targets[:, j])
-        y, s = targets[m, j], scores[m, j].astype(np.float64)
+    for j, y, s in _labelled(targets, scores):
         P = (y == 1).sum()
         if P == 0:
             continue
@@ -85,9 +88,7 @@ def target_specificity_thresholds(targets: np.ndarray, scores: np.ndarray, targe
     """
     target = _check_target(target)
     out = np.full(targets.shape[1], 0.5)
-    for j in range(targets.shape[1]):
-        m = ~np.isnan(targets[:, j])
-        y, s = targets[m, j], scores[m, j].astype(np.float64)
+    for j, y, s in _labelled(targets, scores):
         N = (y == 0).sum()
         if N == 0:
             continue

@@ -15,13 +15,13 @@ import json
 import secrets
 import sqlite3
 import time
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterator
 
 from .. import workspace
 from ..errors import JobError
+from ..sqlitedb import Database
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running")
@@ -126,6 +126,7 @@ class JobStore:
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path).expanduser() if path is not None else workspace.jobs_db()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = Database(self.path)
         try:
             with closing(self._connect()) as con:
                 mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -154,23 +155,10 @@ class JobStore:
     # ------------------------------------------------------------------ plumbing
 
     def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: autocommit; explicit BEGIN IMMEDIATE where a read-then-write must be atomic.
-        con = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
-        con.row_factory = sqlite3.Row
-        con.execute("PRAGMA busy_timeout=30000")
-        con.execute("PRAGMA synchronous=NORMAL")
-        return con
+        return self._db.connect()
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with closing(self._connect()) as con:
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                yield con
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
+    def _write(self):
+        return self._db.write()
 
     @staticmethod
     def _row_to_job(row: sqlite3.Row) -> Job:

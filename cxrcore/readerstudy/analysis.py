@@ -14,7 +14,7 @@ from sklearn.metrics import roc_curve
 from ..errors import DataError
 from ..eval.readers.analysis import analyze
 from ..eval.readers.ratings import ReaderStudy, to_imrmc, to_long_csv
-from .design import CALL_AT
+from .design import CALL_AT, EXPORT_FORMATS
 from .store import StudyStore
 
 
@@ -107,14 +107,44 @@ def study_analysis(store: StudyStore, study_id: str, finding: str, covariance: s
 
 
 def export(store: StudyStore, study_id: str, finding: str, kind: str = "long") -> str:
-    """The study's ratings of ``finding`` in the long format (``reader, modality, case, truth, rating``; the model
-    as reader ``model``) or iMRMC's input format, for checking the analysis with other tools."""
+    """The study's answers for ``finding`` in one of :data:`EXPORT_FORMATS`: the long format and iMRMC's, for
+    checking the analysis with other tools; the audit trail, for the study's records."""
+    if kind not in EXPORT_FORMATS:
+        raise DataError(f"Export format {kind!r}: use one of {', '.join(EXPORT_FORMATS)}.")
+    if kind == "audit":
+        return _audit_csv(store, study_id, finding)
     rs, _ = study_ratings(store, study_id, finding)
     if kind == "long":
         return to_long_csv(rs)
-    if kind == "imrmc":   # iMRMC splits on commas and drops white space: reader names made safe for it
-        safe = [re.sub(r"[\s,]+", "_", r) or f"reader{k + 1}" for k, r in enumerate(rs.readers)]
-        if len(set(safe)) < len(safe):
-            safe = [f"reader{k + 1}" for k in range(len(safe))]
-        return to_imrmc(replace(rs, readers=tuple(safe)))
-    raise DataError(f"Export format {kind!r}: use long or imrmc.")
+    # iMRMC splits on commas and drops white space: reader names made safe for it
+    safe = [re.sub(r"[\s,]+", "_", r) or f"reader{k + 1}" for k, r in enumerate(rs.readers)]
+    if len(set(safe)) < len(safe):
+        safe = [f"reader{k + 1}" for k in range(len(safe))]
+    return to_imrmc(replace(rs, readers=tuple(safe)))
+
+
+def _audit_csv(store: StudyStore, study_id: str, finding: str) -> str:
+    import csv
+    import io
+    from datetime import datetime, timezone
+
+    study = store.study(study_id)
+    if finding not in study.design.findings:
+        raise DataError(f"The study reads {', '.join(study.design.findings)}, not {finding!r}.")
+    names = {r.number: r.name for r in store.readers(study_id)}
+    sources = {c.number: c.source_id for c in store.cases(study_id)}
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["reader", "case", "source_id", "arm", "session", "finding", "rating", "mark_x", "mark_y",
+                "answered_utc", "seconds", "revision"])
+    revision: dict[tuple, int] = {}
+    for a in store.answer_log(study_id):
+        if a.finding != finding:
+            continue
+        k = revision[(a.reader, a.case, a.arm)] = revision.get((a.reader, a.case, a.arm), 0) + 1
+        w.writerow([names.get(a.reader, a.reader), a.case, sources.get(a.case, ""), a.arm, a.session, a.finding,
+                    f"{a.rating:g}", "" if a.mark is None else f"{a.mark[0]:.4f}",
+                    "" if a.mark is None else f"{a.mark[1]:.4f}",
+                    datetime.fromtimestamp(a.answered_at, timezone.utc).isoformat(timespec="seconds"),
+                    "" if a.seconds is None else f"{a.seconds:.1f}", k])
+    return out.getvalue()

@@ -12,6 +12,7 @@ Designs (the standard ones of MRMC observer studies):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 from ..errors import ConfigError
 
@@ -30,6 +31,24 @@ SCALES = {
 # A reader's own call (for sensitivity, specificity and kappa): rating at or above this.
 CALL_AT = {"0-100": 50, "5-point": 3}
 HEATMAPS = ("gradcam", "none")
+class ExportFormat(NamedTuple):
+    title: str        # the download button's
+    suffix: str       # of the file name
+    mime: str
+    what: str
+
+
+# What a study's answers are exported as (cxrcore.readerstudy.analysis.export; the CLI's --format, the page's buttons).
+EXPORT_FORMATS = {
+    "long": ExportFormat("Ratings (long CSV)", ".csv", "text/csv",
+                         "the ratings in the long format: reader, modality, case, truth, rating (the model as reader "
+                         "'model')"),
+    "imrmc": ExportFormat("Ratings (iMRMC)", ".imrmc", "text/plain",
+                          "iMRMC's input file (readers' names made safe for it)"),
+    "audit": ExportFormat("Audit trail (CSV)", "-audit.csv", "text/csv",
+                          "every answer given, in order, changed ones included: reader, case, source image, arm, "
+                          "session, rating, mark, when (UTC), reading seconds, revision"),
+}
 MAX_CASES = 2000
 MAX_FINDINGS = 14
 

@@ -4,7 +4,8 @@ The rules, in one place (the Reader study page, the CLI and the tests call these
 
 - a reader sees only their own cases, in their own recorded order, numbered by position ("case 3 of 20"): no
   file name, no label, no other reader's answer, and the model's output only in an aided read;
-- a case is shown in an arm before it can be answered (the view is recorded: reading time runs from it);
+- a case is shown in an arm before it can be answered (the view is recorded; reading time runs from the start of
+  the viewing the answer is given in: a reload or a return to the read starts a new one);
 - in the sequential design the aided view of a case locks the unaided answers to it;
 - in the crossover design session 2 opens ``washout_days`` after the reader finished session 1.
 """
@@ -62,8 +63,10 @@ def _answered(store: StudyStore, study: Study, reader_no: int) -> dict[tuple[int
     return {k: v for k, v in out.items() if set(study.design.findings) <= set(v)}
 
 
-def next_read(store: StudyStore, study_id: str, reader_no: int, now: float | None = None) -> Task | Waiting | Done:
-    """The reader's next unanswered read (shown and recorded as shown), the wash-out wait, or done."""
+def next_read(store: StudyStore, study_id: str, reader_no: int, now: float | None = None,
+              visit: str | None = None) -> Task | Waiting | Done:
+    """The reader's next unanswered read (shown and recorded as shown, in the viewing ``visit``: see
+    :meth:`StudyStore.mark_shown`), the wash-out wait, or done."""
     now = now or time.time()
     study, reader = store.study(study_id), store.reader(study_id, reader_no)
     halves = {c.number: c.half for c in store.cases(study_id)}
@@ -83,14 +86,16 @@ def next_read(store: StudyStore, study_id: str, reader_no: int, now: float | Non
         if study.status != "open":
             raise StudyError("This study is closed: the organiser has ended reading.")
         store.start_session(study_id, reader_no, session, now)
-        store.mark_shown(study_id, reader_no, case, arm, session, now)
+        store.mark_shown(study_id, reader_no, case, arm, session, now, visit)
         unaided = answered.get((case, "unaided"), {}) if arm == "aided" and study.design.design == "sequential" else {}
         return Task(case, i, len(plan), arm, session, {}, unaided)
     return Done(len(plan))
 
 
-def revisit(store: StudyStore, study_id: str, reader_no: int, position: int) -> Task:
-    """An earlier read of this reader (to look at or change an answer): only a read already shown."""
+def revisit(store: StudyStore, study_id: str, reader_no: int, position: int, now: float | None = None,
+            visit: str | None = None) -> Task:
+    """An earlier read of this reader (to look at or change an answer): only a read already shown. ``visit``: the
+    viewing it is shown in again (a changed answer's reading time counts from there)."""
     study, reader = store.study(study_id), store.reader(study_id, reader_no)
     plan = reads(study, reader, {c.number: c.half for c in store.cases(study_id)})
     if not 1 <= position <= len(plan):
@@ -98,6 +103,8 @@ def revisit(store: StudyStore, study_id: str, reader_no: int, position: int) -> 
     case, arm, session = plan[position - 1]
     if (case, arm) not in store.views(study_id, reader_no):
         raise StudyError("That case has not been shown to you yet.")
+    if visit is not None:
+        store.mark_shown(study_id, reader_no, case, arm, session, now, visit)
     answered = _answered(store, study, reader_no)
     unaided = answered.get((case, "unaided"), {}) if arm == "aided" and study.design.design == "sequential" else {}
     return Task(case, position, len(plan), arm, session, answered.get((case, arm), {}), unaided)

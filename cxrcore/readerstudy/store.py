@@ -4,9 +4,10 @@ reload, a closed tab or a server restart loses nothing that was answered.
 
 Tables: ``studies`` (the set-up, as JSON), ``cases`` (image, truth, boxes, the model's output fixed at set-up),
 ``readers`` (name or signed-in user, a hash of their link's token, their case order), ``views`` (when a reader
-was first shown a case in an arm: reading time runs from there, and an aided view locks the unaided answers of
-that case), ``answers`` (one row per reader, case, arm and finding) and ``sessions`` (crossover: when each of a
-reader's two sessions started and ended).
+was first shown a case in an arm, which locks the unaided answers of that case for an aided view, and when the
+viewing began that the reading time runs from), ``answers`` (one row per reader, case, arm and finding: the
+answer as it stands), ``answer_log`` (every answer given, changed ones included: the audit trail) and
+``sessions`` (crossover: when each of a reader's two sessions started and ended).
 """
 from __future__ import annotations
 
@@ -15,15 +16,15 @@ import json
 import secrets
 import sqlite3
 import time
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from .. import workspace
 from ..errors import ConfigError, CXRError
+from ..sqlitedb import Database
 from .design import StudyDesign
 
 
@@ -48,7 +49,7 @@ CREATE TABLE IF NOT EXISTS readers (
 );
 CREATE TABLE IF NOT EXISTS views (
     study_id TEXT NOT NULL, reader_no INTEGER NOT NULL, case_no INTEGER NOT NULL, arm TEXT NOT NULL,
-    session INTEGER NOT NULL, shown_at REAL NOT NULL,
+    session INTEGER NOT NULL, shown_at REAL NOT NULL, visit TEXT, visit_at REAL,
     PRIMARY KEY (study_id, reader_no, case_no, arm)
 );
 CREATE TABLE IF NOT EXISTS answers (
@@ -57,6 +58,12 @@ CREATE TABLE IF NOT EXISTS answers (
     answered_at REAL NOT NULL, seconds REAL,
     PRIMARY KEY (study_id, reader_no, case_no, arm, finding)
 );
+CREATE TABLE IF NOT EXISTS answer_log (
+    study_id TEXT NOT NULL, reader_no INTEGER NOT NULL, case_no INTEGER NOT NULL, arm TEXT NOT NULL,
+    finding TEXT NOT NULL, rating REAL NOT NULL, mark_x REAL, mark_y REAL, session INTEGER NOT NULL,
+    answered_at REAL NOT NULL, seconds REAL
+);
+CREATE INDEX IF NOT EXISTS answer_log_study ON answer_log (study_id, reader_no);
 CREATE TABLE IF NOT EXISTS sessions (
     study_id TEXT NOT NULL, reader_no INTEGER NOT NULL, session INTEGER NOT NULL, started REAL NOT NULL,
     finished REAL,
@@ -134,35 +141,27 @@ class StudyStore:
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path).expanduser() if path is not None else workspace.root() / "reader_studies.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = Database(self.path, synchronous="FULL")   # an answer given is an answer kept, power cut included
         try:
             with closing(self._connect()) as con:
                 con.execute("PRAGMA journal_mode=WAL")
                 con.executescript(_SCHEMA)
+                columns = {r[1] for r in con.execute("PRAGMA table_info(views)")}
+                for column, kind in (("visit", "TEXT"), ("visit_at", "REAL")):   # tables of the first version
+                    if column not in columns:
+                        con.execute(f"ALTER TABLE views ADD COLUMN {column} {kind}")
         except sqlite3.DatabaseError as exc:
             raise StudyError(f"The reader-study database {self.path} cannot be opened ({exc}). Move it away to "
                              "start a fresh one.") from exc
 
     def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
-        con.row_factory = sqlite3.Row
-        con.execute("PRAGMA busy_timeout=30000")
-        con.execute("PRAGMA synchronous=FULL")   # an answer given is an answer kept, power cut included
-        return con
+        return self._db.connect()
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with closing(self._connect()) as con:
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                yield con
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
+    def _write(self):
+        return self._db.write()
 
     def _read(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
-        with closing(self._connect()) as con:
-            return con.execute(sql, args).fetchall()
+        return self._db.read(sql, args)
 
     # ------------------------------------------------------------------ studies and cases
 
@@ -295,22 +294,39 @@ class StudyStore:
                 self._read("SELECT * FROM views WHERE study_id = ? AND reader_no = ?", (study_id, reader_no))}
 
     def mark_shown(self, study_id: str, reader_no: int, case_no: int, arm: str, session: int,
-                   now: float | None = None) -> float:
-        """Record that the case was shown in this arm (first time only); returns when it was first shown."""
+                   now: float | None = None, visit: str | None = None) -> float:
+        """Record that the case was shown in this arm; returns when it was first shown. ``visit``: the viewing
+        it is shown in (the reading screen makes a new one for each read it puts up, each reload and each return
+        to an earlier read, not for a contrast change): a new visit restarts the read's clock, so the reading
+        time of an answer counts from the viewing it was given in, not from a first look days before."""
+        now = now or time.time()
         with self._write() as con:
-            con.execute("INSERT OR IGNORE INTO views (study_id, reader_no, case_no, arm, session, shown_at) "
-                        "VALUES (?,?,?,?,?,?)", (study_id, reader_no, case_no, arm, session, now or time.time()))
+            con.execute("INSERT OR IGNORE INTO views (study_id, reader_no, case_no, arm, session, shown_at, visit, "
+                        "visit_at) VALUES (?,?,?,?,?,?,?,?)", (study_id, reader_no, case_no, arm, session, now, visit, now))
+            if visit is not None:
+                con.execute("UPDATE views SET visit = ?, visit_at = ? WHERE study_id = ? AND reader_no = ? AND "
+                            "case_no = ? AND arm = ? AND (visit IS NULL OR visit != ?)",
+                            (visit, now, study_id, reader_no, case_no, arm, visit))
             return con.execute("SELECT shown_at FROM views WHERE study_id = ? AND reader_no = ? AND case_no = ? "
                                "AND arm = ?", (study_id, reader_no, case_no, arm)).fetchone()[0]
 
     def answers(self, study_id: str, reader_no: int | None = None) -> list[Answer]:
-        sql, args = "SELECT * FROM answers WHERE study_id = ?", (study_id,)
+        """Each reader's answers as they stand (one per case, arm and finding: the last one given)."""
+        return self._answers("answers", study_id, reader_no)
+
+    def answer_log(self, study_id: str, reader_no: int | None = None) -> list[Answer]:
+        """Every answer ever given, in the order given, changed ones included (the audit trail: the ``answers``
+        table keeps only the last of each)."""
+        return self._answers("answer_log", study_id, reader_no)
+
+    def _answers(self, table: str, study_id: str, reader_no: int | None) -> list[Answer]:
+        sql, args = f"SELECT * FROM {table} WHERE study_id = ?", (study_id,)
         if reader_no is not None:
             sql, args = sql + " AND reader_no = ?", (study_id, reader_no)
         return [Answer(r["reader_no"], r["case_no"], r["arm"], r["finding"], r["rating"],
                        (r["mark_x"], r["mark_y"]) if r["mark_x"] is not None else None, r["session"],
                        r["answered_at"], r["seconds"])
-                for r in self._read(sql + " ORDER BY answered_at", args)]
+                for r in self._read(sql + " ORDER BY answered_at, rowid", args)]
 
     def write_answers(self, study_id: str, reader_no: int, case_no: int, arm: str, session: int,
                       ratings: dict[str, float], marks: dict[str, tuple[float, float] | None],
@@ -325,20 +341,21 @@ class StudyStore:
                     (study_id, reader_no, case_no, locked_if_seen)).fetchone():
                 raise StudyError(f"Your {arm} answer to this case can no longer be changed: the model's output "
                                  "for it has been shown to you, and the study keeps the answer you gave before.")
-            shown = con.execute("SELECT shown_at FROM views WHERE study_id = ? AND reader_no = ? AND case_no = ? "
-                                "AND arm = ?", (study_id, reader_no, case_no, arm)).fetchone()
-            seconds = (now - shown[0]) if shown else None
+            shown = con.execute("SELECT COALESCE(visit_at, shown_at) FROM views WHERE study_id = ? AND "
+                                "reader_no = ? AND case_no = ? AND arm = ?", (study_id, reader_no, case_no, arm)).fetchone()
+            seconds = max(0.0, now - shown[0]) if shown else None   # from the start of this viewing
+            columns = "study_id, reader_no, case_no, arm, finding, rating, mark_x, mark_y, session, answered_at, seconds"
             for finding, rating in ratings.items():
                 mark = marks.get(finding)
+                row = (study_id, reader_no, case_no, arm, finding, float(rating),
+                       None if mark is None else float(mark[0]), None if mark is None else float(mark[1]),
+                       session, now, seconds)
                 con.execute(
-                    "INSERT INTO answers (study_id, reader_no, case_no, arm, finding, rating, mark_x, mark_y, session, "
-                    "answered_at, seconds) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+                    f"INSERT INTO answers ({columns}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
                     "ON CONFLICT (study_id, reader_no, case_no, arm, finding) DO UPDATE SET rating = excluded.rating, "
                     "mark_x = excluded.mark_x, mark_y = excluded.mark_y, answered_at = excluded.answered_at, "
-                    "seconds = excluded.seconds",
-                    (study_id, reader_no, case_no, arm, finding, float(rating),
-                     None if mark is None else float(mark[0]), None if mark is None else float(mark[1]),
-                     session, now, seconds))
+                    "seconds = excluded.seconds", row)
+                con.execute(f"INSERT INTO answer_log ({columns}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)   # audit trail
 
     def sessions(self, study_id: str, reader_no: int) -> dict[int, tuple[float, float | None]]:
         return {r["session"]: (r["started"], r["finished"]) for r in

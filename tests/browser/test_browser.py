@@ -27,41 +27,68 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_app(env: dict, log=None):
-    """`streamlit run app.py` on a free port of 127.0.0.1 with ``env``; yields its URL, stops it after.
-    ``log``: a file the server's output goes to (default: a pipe)."""
+def serve_app(home, log=None, **settings: str):
+    """`streamlit run app.py` on a free port of 127.0.0.1 with the workspace ``home`` and this process's environment
+    plus ``settings`` (no OpenAI key unless ``settings`` gives one); yields its URL, stops it after. ``log``: a
+    file the server's output goes to (default: a temporary file; never a pipe nobody reads, whose full buffer
+    would stop the server mid-answer)."""
+    import tempfile
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"} | {"CXR_HOME": str(home), **settings}
     port = _free_port()
+    out = log or tempfile.TemporaryFile()
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.address",
          "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=log or subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start: " + (proc.stdout.read().decode()[-2000:] if proc.stdout else ""))
-    yield url
-    os.killpg(proc.pid, 15)
     try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:  # a busy machine: stop it hard
-        os.killpg(proc.pid, 9)
-        proc.wait()
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            proc.kill()
+            proc.wait()
+            out.seek(0)
+            pytest.fail("streamlit did not start: " + out.read().decode(errors="replace")[-2000:])
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:  # a busy machine: stop it hard
+                os.killpg(proc.pid, 9)
+                proc.wait()
+        if log is None:
+            out.close()
 
 
-def body_with(page, *texts: str, timeout: float = 120_000) -> str:
-    """The page's text once every one of ``texts`` is on it. An answer is drawn element by element (seen: one
-    model's "feature cells" caption on the page before the rest of the answer was): a test waits for all it
-    will assert on, then reads."""
-    page.wait_for_function("texts => texts.every(t => document.body.innerText.includes(t))", arg=list(texts),
-                           timeout=timeout)
+def body_with(page, *texts, timeout: float = 120_000) -> str:
+    """The page's text once every one of ``texts`` (strings, or compiled regular expressions) is on it. An answer
+    is drawn element by element (seen: one model's "feature cells" caption on the page before the rest of the
+    answer was): a test waits for all it will assert on, then reads. A timeout says what the page shows."""
+    wanted = [{"re": t.pattern} if isinstance(t, re.Pattern) else {"s": t} for t in texts]
+    try:
+        page.wait_for_function("ws => ws.every(w => w.re ? new RegExp(w.re).test(document.body.innerText) "
+                               ": document.body.innerText.includes(w.s))", arg=wanted, timeout=timeout)
+    except Exception as exc:   # say what the page shows instead
+        text = page.inner_text("body")
+        missing = [t for t in texts if not (t.search(text) if isinstance(t, re.Pattern) else t in text)]
+        raise AssertionError(f"{missing} not on the page after {timeout / 1000:.0f} s; it shows:\n{text[-3000:]}") from exc
     return page.inner_text("body")
+
+
+def open_compare(page, url: str) -> None:
+    """The Compare page at ``url``, once its first script run has ended: the file input on the page then is the
+    one that stays (an upload into an input the rest of that run redraws could be lost)."""
+    page.goto(f"{url}/compare", timeout=120_000)
+    page.get_by_text("Compare a baseline with a fine-tuned model").wait_for(timeout=120_000)
+    wait_idle(page)
 
 
 def wait_idle(page, timeout: float = 120_000) -> None:
@@ -78,9 +105,7 @@ def browser_home(app_home, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app_url(browser_home, shipped):
-    env = dict(os.environ, CXR_HOME=str(browser_home))
-    env.pop("OPENAI_API_KEY", None)
-    yield from serve_app(env)
+    yield from serve_app(browser_home)
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +120,7 @@ def browser():
 
 def test_upload_png_shows_both_models_and_an_overlay(app_url, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1500, "height": 1800})
-    page.goto(f"{app_url}/compare", timeout=120_000)
-    page.get_by_text("Compare a baseline with a fine-tuned model").wait_for(timeout=120_000)
+    open_compare(page, app_url)
     # a first visit straight to a page's URL still goes through app.py's navigation
     nav = page.inner_text("[data-testid=stSidebarNav]")
     assert "Thresholds" in nav and "Explain" in nav and "app" not in nav.split()
@@ -144,14 +168,13 @@ def test_four_sessions_uploading_at_once_each_get_their_own_results(app_url, bro
     contexts = [browser.new_context(viewport={"width": 1500, "height": 1800}) for _ in images]
     pages = [c.new_page() for c in contexts]
     for page in pages:
-        page.goto(f"{app_url}/compare", timeout=120_000)
-        page.get_by_text("Compare a baseline with a fine-tuned model").wait_for(timeout=120_000)
+        open_compare(page, app_url)
     for page, path in zip(pages, images):   # four uploads in flight at once on one server
         page.locator("input[type=file]").first.set_input_files(str(path))
     for page, path, pred in zip(pages, images, preds):
         # the heatmap caption of the fine-tuned model: "fine-tuned: LABEL p=0.97 (threshold 0.58) · GradCAM"
-        page.get_by_text(re.compile(r"fine-tuned: .+ p=[0-9.]+ \(threshold")).first.wait_for(timeout=300_000)
-        body = page.inner_text("body")
+        body = body_with(page, re.compile(r"fine-tuned: .+ p=[0-9.]+ \(threshold"), f"{path.name}: PNG",
+                         timeout=300_000)
         shown = re.search(r"fine-tuned: (.+?) p=([0-9.]+) \(threshold", body)
         label, p = shown.group(1), shown.group(2)
         assert p == f"{pred.probs[pred.labels.index(label)]:.2f}", (path.name, label, p)   # this image's answer
@@ -163,8 +186,7 @@ def test_four_sessions_uploading_at_once_each_get_their_own_results(app_url, bro
 
 def test_upload_of_a_phantom_has_no_phantom_warning(app_url, browser, browser_home):
     page = browser.new_page(viewport={"width": 1500, "height": 1800})
-    page.goto(f"{app_url}/compare", timeout=120_000)
-    page.get_by_text("Compare a baseline with a fine-tuned model").wait_for(timeout=120_000)
+    open_compare(page, app_url)
     image = next(iter(sorted((browser_home / "datasets").glob("phantom-nih-*/images/*.png"))))
     page.locator("input[type=file]").first.set_input_files(str(image))
     page.get_by_text("feature cells").wait_for(timeout=240_000)
@@ -175,8 +197,7 @@ def test_upload_of_a_phantom_has_no_phantom_warning(app_url, browser, browser_ho
 
 def test_dicom_upload_with_uncertainty(app_url, browser):
     page = browser.new_page(viewport={"width": 1500, "height": 1800})
-    page.goto(f"{app_url}/compare", timeout=120_000)
-    page.get_by_text("Compare a baseline with a fine-tuned model").wait_for(timeout=120_000)
+    open_compare(page, app_url)
     page.locator("input[type=file]").first.set_input_files(
         str(FORMATS / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"))
     page.get_by_text("feature cells").wait_for(timeout=240_000)
@@ -187,8 +208,7 @@ def test_dicom_upload_with_uncertainty(app_url, browser):
 def test_two_views_of_one_study_are_combined(app_url, browser, tmp_path):
     """A second upload (e.g. the lateral) gives the study's probabilities, mean or max of the two views."""
     page = browser.new_page(viewport={"width": 1500, "height": 2200})
-    page.goto(f"{app_url}/compare", timeout=120_000)
-    page.get_by_text("Compare a baseline with a fine-tuned model").wait_for(timeout=120_000)
+    open_compare(page, app_url)
     files = page.locator("input[type=file]")
     files.nth(0).set_input_files(str(FORMATS / "00000001_000.png"))
     page.get_by_text("feature cells").wait_for(timeout=240_000)
@@ -203,8 +223,7 @@ def test_two_views_of_one_study_are_combined(app_url, browser, tmp_path):
 
 def test_bad_upload_shows_a_message_and_the_app_keeps_working(app_url, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 1200})
-    page.goto(f"{app_url}/compare", timeout=120_000)
-    page.get_by_text("Compare a baseline with a fine-tuned model").wait_for(timeout=120_000)
+    open_compare(page, app_url)
     broken = tmp_path / "broken.png"
     broken.write_bytes((FORMATS / "00000001_000.png").read_bytes()[:3000])
     page.locator("input[type=file]").first.set_input_files(str(broken))
@@ -287,9 +306,7 @@ def xrv_app_url(app_home, shipped, tmp_path_factory):
     home.mkdir()
     (home / "datasets").symlink_to(app_home / "datasets", target_is_directory=True)
     plant_densenet(root / "xrv-cache")
-    env = dict(os.environ, CXR_HOME=str(home), CXR_XRV_CACHE_DIR=str(root / "xrv-cache"), CXR_OFFLINE="1")
-    env.pop("OPENAI_API_KEY", None)
-    yield from serve_app(env)
+    yield from serve_app(home, CXR_XRV_CACHE_DIR=str(root / "xrv-cache"), CXR_OFFLINE="1")
 
 
 def _choose(page, label: str, option: str) -> str:
@@ -306,8 +323,7 @@ def _choose(page, label: str, option: str) -> str:
 
 def test_compare_with_a_library_model_on_one_side(xrv_app_url, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1500, "height": 2000})
-    page.goto(f"{xrv_app_url}/compare", timeout=120_000)
-    page.get_by_text("Compare a baseline with a fine-tuned model").wait_for(timeout=120_000)
+    open_compare(page, xrv_app_url)
     assert "needs weights" not in _choose(page, "Baseline model", "xrv:densenet121-res224-all (library)")
     page.locator("input[type=file]").first.set_input_files(str(FORMATS / "00000001_000.png"))
     page.get_by_text("feature cells").wait_for(timeout=300_000)
@@ -335,14 +351,11 @@ def test_compare_then_explain_a_hard_case_with_a_local_llm(browser_home, shipped
 
     key = "sk-test-secret-123456"
     with StubLLM(key, mode="review") as stub, open(tmp_path / "server.log", "wb") as log:
-        env = dict(os.environ, CXR_HOME=str(browser_home), OPENAI_API_KEY=key, OPENAI_BASE_URL=stub.base_url,
-                   OPENAI_LOG="debug")
-        server = serve_app(env, log)
+        server = serve_app(browser_home, log, OPENAI_API_KEY=key, OPENAI_BASE_URL=stub.base_url, OPENAI_LOG="debug")
         url = next(server)
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 2400})
-            page.goto(f"{url}/compare", timeout=120_000)
-            page.get_by_text("Compare a baseline with a fine-tuned model").wait_for(timeout=120_000)
+            open_compare(page, url)
             page.locator("input[type=file]").first.set_input_files(str(FORMATS / "00000001_000.png"))
             page.get_by_text("feature cells").wait_for(timeout=240_000)
             page.get_by_text("Explain this comparison").click()

@@ -26,9 +26,7 @@ def home(app_home, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def url(home, shipped):
-    env = dict(os.environ, CXR_HOME=str(home))
-    env.pop("OPENAI_API_KEY", None)
-    yield from serve_app(env)
+    yield from serve_app(home)
 
 
 def _choose(page, label: str, option: str) -> None:
@@ -45,8 +43,19 @@ def _shown_case(store, study_id: str, reader_no: int) -> tuple[int, str]:
     return max(views, key=lambda k: views[k][1])
 
 
-def _answer(page, store, study_id, reader_no, rng, position: int) -> None:
+def _mark(page, dx: float) -> None:
+    """Click the image ``dx`` of its width right of its centre; wait until the mark is drawn on it."""
+    wait_idle(page)
+    chart = page.get_by_test_id("stPlotlyChart").first
+    box = chart.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * (0.5 + dx), box["y"] + box["height"] / 2)
+    chart.get_by_text("Effusion").wait_for(timeout=60_000)   # the red cross with the finding's name
+
+
+def _answer(page, store, study_id, reader_no, rng, position: int, mark_at: float | None = None) -> None:
     page.get_by_text(f"Read {position} of {READS}").wait_for(timeout=120_000)
+    if mark_at is not None:
+        _mark(page, mark_at)
     case, arm = _shown_case(store, study_id, reader_no)
     truth = store.case(study_id, case).truth["Effusion"]
     # a reader who sees the model does better: ratings closer to the truth in the aided arm
@@ -81,11 +90,13 @@ def test_two_readers_read_at_once_one_reloads_and_the_analysis_shows_the_result(
     organiser.keyboard.press("Escape")
     organiser.get_by_text("5-point", exact=False).first.click()
     wait_idle(organiser)
+    organiser.get_by_text("Readers click where the finding is").click()
+    wait_idle(organiser)
     organiser.get_by_role("button", name="Set up the study").click()
     organiser.get_by_text(f"set up with {N_CASES} cases").wait_for(timeout=300_000)
     store = StudyStore()
     study = store.studies()[0]
-    assert study.design.design == "sequential" and study.design.scale == "5-point"
+    assert study.design.design == "sequential" and study.design.scale == "5-point" and study.design.mark_location
     links = {}
     for name in ("Dr Ada", "Dr Ben"):
         organiser.get_by_label("Invite a reader").fill(name)
@@ -104,8 +115,9 @@ def test_two_readers_read_at_once_one_reloads_and_the_analysis_shows_the_result(
         assert ".png" not in body and "phantom" not in body    # blind: no file or dataset name
     rngs = {name: np.random.default_rng(k) for k, name in enumerate(pages)}
     for position in range(1, READS + 1):   # the two readers take turns, a read each: both at work at once
-        for name, page in pages.items():
-            _answer(page, store, study.id, readers[name].number, rngs[name], position)
+        for name, page in pages.items():   # Dr Ada marks where on her first two reads, the second further right
+            mark_at = {1: 0.0, 2: 0.15}.get(position) if name == "Dr Ada" else None
+            _answer(page, store, study.id, readers[name].number, rngs[name], position, mark_at)
         if position == 13:                  # Dr Ada's tab reloads mid-study: she goes on where she was
             pages["Dr Ada"].reload()
             pages["Dr Ada"].get_by_text(f"Read {position + 1} of {READS}").wait_for(timeout=120_000)
@@ -115,12 +127,18 @@ def test_two_readers_read_at_once_one_reloads_and_the_analysis_shows_the_result(
     for r in readers.values():
         assert len(store.answers(study.id, r.number)) == READS   # every answer kept, none twice
         assert store.reader(study.id, r.number).order != ()
+    ada = sorted(store.answers(study.id, readers["Dr Ada"].number), key=lambda a: a.answered_at)
+    (x1, y1), (x2, y2) = ada[0].mark, ada[1].mark   # where she clicked, as fractions of the image
+    assert abs(y1 - 0.5) < 0.1 and abs(y2 - 0.5) < 0.1 and x2 > x1 + 0.05
+    assert all(a.mark is None for a in ada[2:])
+    assert all(a.mark is None for a in store.answers(study.id, readers["Dr Ben"].number))
 
     organiser.reload()
     organiser.get_by_text("Analysis", exact=True).wait_for(timeout=120_000)
     body = body_with(organiser, "Reader-averaged AUROC difference aided - unaided", "Obuchowski–Rockette–Hillis",
                      "Dr Ada", "Dr Ben", timeout=180_000)
     assert "ORH random readers and cases: F =" in body
+    assert "Location marks" in body
     chart = organiser.locator("[data-testid=stPlotlyChart]", has_text="ROC curve")
     chart.wait_for(timeout=60_000)
     assert chart.get_by_text("readers, aided").count() >= 1 and chart.get_by_text("readers, unaided").count() >= 1

@@ -82,6 +82,36 @@ def test_evaluation_with_comparison_and_case_browser(app_env, shipped):
     assert truth.value == ("present" if label in comp.truth else "absent")
     assert any(f"Case type: {bucket}" in m.value and "decided by the ground truth" in m.value for m in at.markdown)
 
+    # the bucket goes to a reader study: the Reader study page opens on its cases with their ground truth
+    at.switch_page("views/evaluation.py").run()
+    no_exception(at)
+    at.selectbox(key="eval_case_label").set_value(label).run()   # widgets left with a page start anew
+    at.radio(key="eval_bucket").set_value(bucket).run()
+    n_bucket = counts[bucket]
+    at.button(key="eval_to_study").click().run()
+    no_exception(at)
+    assert any(t.value == "Reader study" for t in at.title)
+    assert at.radio(key="rs_source").value == "the Evaluation case browser"
+    assert at.multiselect(key="rs_findings").value == [label]
+    captions = [c.value.replace("\\", "") for c in at.caption]   # the origin is shown escaped (md_text)
+    assert any(f"{n_bucket} cases from the Evaluation case browser: {bucket} cases for {label}" in c
+               for c in captions), captions
+    at.switch_page("views/reader_study.py").run()   # AppTest's next runs: this page (its st.switch_page went there)
+    assert at.radio(key="rs_source").value == "the Evaluation case browser"
+    at.text_input(key="rs_name").input("from the case browser")
+    at.radio(key="rs_design").set_value("unaided")
+    at.run()
+    at.button(key="rs_create").click().run()
+    no_exception(at)
+    assert any(f"set up with {n_bucket} cases" in m.value for m in at.success)
+    from cxrcore.readerstudy.store import StudyStore
+
+    store = StudyStore()
+    study = next(x for x in store.studies() if x.name == "from the case browser")
+    stored = store.cases(study.id)
+    assert len(stored) == n_bucket and all(set(c.truth) == {label} for c in stored)
+    assert study.source["kind"] == "evaluation case browser"
+
 
 def test_missing_folder_is_an_error_not_a_crash(app_env, shipped):
     at = page().run()

@@ -204,21 +204,20 @@ def test_validation_checks_the_answer_against_the_facts(comparison):
 
 def test_slow_and_stalled_servers_time_out_with_a_clear_message(comparison):
     panel, facts, prompt, _ = request_for(comparison, None)
-    with StubLLM(KEY, mode="slow", delay=3) as stub:
+
+    def events(mode: str, message: str) -> list[str]:
+        """The kinds of event a review from a StubLLM in ``mode`` gave before it failed with ``message``."""
         seen = []
-        with pytest.raises(LLMError, match="did not answer within 1 s") as err:
+        with StubLLM(KEY, mode=mode, delay=3) as stub, pytest.raises(LLMError, match=message) as err:
             for event in with_heartbeat(lambda stop: review_events(panel, facts, prompt, LLMConfig(
                     api_key=KEY, base_url=stub.base_url, timeout=1), stop), interval=0.05):
                 seen.append(event.kind)
-        assert "waiting" in seen  # progress while nothing came
         assert KEY not in str(err.value)
-    with StubLLM(KEY, mode="stall", delay=3) as stub:
-        seen = []
-        with pytest.raises(LLMError, match="stopped sending its answer|did not finish") as err:
-            for event in with_heartbeat(lambda stop: review_events(panel, facts, prompt, LLMConfig(
-                    api_key=KEY, base_url=stub.base_url, timeout=1), stop), interval=0.05):
-                seen.append(event.kind)
-        assert "text" in seen and "done" not in seen  # part of the answer came, then nothing: no verdict
+        return seen
+
+    assert "waiting" in events("slow", "did not answer within 1 s")  # progress while nothing came
+    seen = events("stall", "stopped sending its answer|did not finish")
+    assert "text" in seen and "done" not in seen  # part of the answer came, then nothing: no verdict
 
 
 @pytest.mark.parametrize("mode,match", [("401", "rejected the API key"), ("garbage", "not a chat completion|no text")])

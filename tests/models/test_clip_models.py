@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FORMATS, NIH_SAMPLE, REPO, cxr_here, kill_jobs, phantom_job_config, wait_for
+from conftest import (FORMATS, NIH_SAMPLE, app_page, cxr_here, evaluate_on_page, kill_jobs, phantom_job_config,
+                      wait_for)
 
 TINY_CFG = {"embed_dim": 32,
             "vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "patch_size": 16, "head_width": 16},
@@ -336,11 +337,7 @@ def test_cli_predict_and_eval_zero_shot(clip_env, tmp_path, capsys):
 
 
 def _page(name: str):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=600)
-    at.switch_page(f"views/{name}.py")
-    return at
+    return app_page(name, 600)
 
 
 def test_compare_page_with_the_zero_shot_model(clip_env, shipped):
@@ -455,15 +452,7 @@ def test_train_with_a_clip_arch_and_its_checks(clip_env, tmp_path):
 
 def test_evaluation_and_thresholds_pages_on_the_zero_shot_model(clip_env):
     name = clip_env["name"]
-    at = _page("evaluation").run()
-    at.selectbox(key="eval_data").set_value("nih-sample").run()
-    at.selectbox(key="eval_model").set_value(f"{name} (library)").run()
-    at.selectbox(key="eval_compare").set_value("(no comparison)").run()
-    at.selectbox(key="eval_split").set_value("test").run()
-    at.number_input(key="eval_nboot").set_value(20).run()
-    at.button(key="eval_run").click().run()
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
+    at = evaluate_on_page(f"{name} (library)")
     assert at.session_state["eval_params"]["ckpt"] == name
     at = _page("thresholds")
     # chosen before the first run, which would otherwise tune the default model on the phantom's 350 val images

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FORMATS, NIH_SAMPLE, REPO, cxr_here
+from conftest import FORMATS, NIH_SAMPLE, REPO, app_page, cxr_here, evaluate_on_page
 from library_files import XRV_ALL, XRV_RESNET, plant_densenet, plant_resnet
 
 XRV_CHEX = "chex-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt"
@@ -328,11 +328,7 @@ def test_thresholds_are_saved_to_a_workspace_copy(lib_env):
 
 # ------------------------------------------------------------------------------------------- pages
 def _page(name: str):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=600)
-    at.switch_page(f"views/{name}.py")
-    return at
+    return app_page(name, 600)
 
 
 def test_thresholds_page_library_default_and_saved_copy(lib_env):
@@ -389,15 +385,7 @@ def test_compare_page_library_model_against_a_shipped_one(lib_env, shipped):
 
 def test_evaluation_page_on_a_library_model(lib_env):
     plant_densenet(lib_env["cache"])
-    at = _page("evaluation").run()
-    at.selectbox(key="eval_data").set_value("nih-sample").run()
-    at.selectbox(key="eval_model").set_value(f"{ALL} (library)").run()
-    at.selectbox(key="eval_compare").set_value("(no comparison)").run()
-    at.selectbox(key="eval_split").set_value("test").run()
-    at.number_input(key="eval_nboot").set_value(20).run()
-    at.button(key="eval_run").click().run()
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
+    at = evaluate_on_page(f"{ALL} (library)")
     assert at.session_state["eval_params"]["ckpt"] == ALL
     assert any("Cardiomegaly" in str(v) for v in at.dataframe[0].value.to_numpy().ravel())  # real films scored
 

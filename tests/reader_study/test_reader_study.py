@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 from conftest import REPO, fresh_workspace
 from cxrcore.errors import ConfigError
 from cxrcore.readerstudy import session
+from cxrcore.readerstudy.analysis import export
 from cxrcore.readerstudy.design import StudyDesign
 from cxrcore.readerstudy.store import StudyError, StudyStore
 
@@ -107,6 +108,15 @@ def test_sequential_reading_is_blind_ordered_and_locks_after_the_aided_view(data
     assert session.locked(store, study, a.number, session.revisit(store, study.id, a.number, 1))
     assert {x.rating for x in store.answers(study.id, a.number) if x.finding == "Cardiomegaly"} == {45.0}
     session.submit(store, study.id, a.number, aided, {"Cardiomegaly": 80, "Effusion": 3})
+    # the audit trail keeps the changed answer too, in order; the export numbers each answer's revisions
+    log = [(x.arm, x.finding, x.rating) for x in store.answer_log(study.id, a.number) if x.finding == "Cardiomegaly"]
+    assert log == [("unaided", "Cardiomegaly", 40.0), ("unaided", "Cardiomegaly", 45.0), ("aided", "Cardiomegaly", 80.0)]
+    audit = [row.split(",") for row in export(store, study.id, "Cardiomegaly", "audit").splitlines()]
+    assert audit[0][:4] == ["reader", "case", "source_id", "arm"] and audit[0][-1] == "revision"
+    assert [(r[0], int(r[1]), r[3], r[6], r[-1]) for r in audit[1:]] == [
+        ("Dr A", first.case, "unaided", "40", "1"), ("Dr A", first.case, "unaided", "45", "2"),
+        ("Dr A", first.case, "aided", "80", "1")]
+    assert audit[1][2] == store.case(study.id, first.case).source_id   # the organiser's record names the image
     # reader B has their own first case and sees nothing of A's answers
     b_first = session.next_read(store, study.id, b.number)
     assert b_first.case == b.order[0] and b_first.given == {} and store.answers(study.id, b.number) == []
@@ -117,6 +127,26 @@ def test_sequential_reading_is_blind_ordered_and_locks_after_the_aided_view(data
     store.set_status(study.id, "closed")
     with pytest.raises(StudyError, match="closed"):
         session.submit(store, study.id, b.number, b_first, {"Cardiomegaly": 1, "Effusion": 1})
+
+
+def test_reading_time_counts_from_the_viewing_the_answer_is_given_in(dataset_cases, rs_env):
+    """A read shown, the tab closed, the same read opened again a day later and answered 30 s after: 30 s, not a day.
+    Adjusting the image (the same viewing) does not restart the clock; going back to the read does."""
+    cases, _ = dataset_cases
+    store = StudyStore()
+    study = _study(store, cases)
+    r, _ = store.add_reader(study.id, "Dr T")
+    t0 = 1_000_000.0
+    first = session.next_read(store, study.id, r.number, now=t0, visit="monday")
+    again = session.next_read(store, study.id, r.number, now=t0 + 86_400, visit="tuesday")   # a reload, next day
+    assert (again.case, again.arm) == (first.case, first.arm)
+    session.next_read(store, study.id, r.number, now=t0 + 86_410, visit="tuesday")   # a contrast change: a rerun
+    session.submit(store, study.id, r.number, again, {"Cardiomegaly": 20, "Effusion": 70}, now=t0 + 86_430)
+    assert {a.seconds for a in store.answers(study.id, r.number)} == {30.0}
+    assert store.views(study.id, r.number)[(first.case, "unaided")][1] == t0   # first shown: kept (it locks, it orders)
+    back = session.revisit(store, study.id, r.number, 1, now=t0 + 90_000, visit="back to it")
+    session.submit(store, study.id, r.number, back, {"Cardiomegaly": 25, "Effusion": 70}, now=t0 + 90_012)
+    assert {a.seconds for a in store.answers(study.id, r.number)} == {12.0}
 
 
 def test_crossover_sessions_are_separated_by_the_washout(dataset_cases, rs_env):
@@ -174,7 +204,7 @@ def _finish(store, study, reader, rate):
 
 def test_analysis_of_a_finished_study_equals_the_analysis_of_its_export(dataset_cases, rs_env, tmp_path):
     from cxrcore.eval.readers.analysis import analyze
-    from cxrcore.readerstudy.analysis import export, study_analysis
+    from cxrcore.readerstudy.analysis import study_analysis
 
     cases, _ = dataset_cases
     store = StudyStore()
@@ -240,9 +270,9 @@ def test_page_sets_up_a_study_and_a_reader_reads_through_their_link(rs_env, ship
     assert "?token=" in link
     reader = AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
     reader.query_params["token"] = link.split("token=")[1]
-    reader.switch_page("views/reader_study.py")
-    reader.run()
+    reader.run()   # the app's start address with the token: the reading screen, and nothing else of the app
     assert not reader.exception, [e.value for e in reader.exception]
+    assert not [r for r in reader.sidebar.radio if r.key == "chart_format"]   # not the app's sidebar
     text = " ".join(str(m.value) for m in [*reader.markdown, *reader.caption, *reader.title])
     assert "Dr Page" in text and ".png" not in text and "phantom" not in text   # blind: no file or dataset name
     rating = next(s for s in reader.slider if s.label.startswith("**Effusion**"))

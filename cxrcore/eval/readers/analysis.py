@@ -119,43 +119,31 @@ def format_report(r: dict) -> str:
             df = f"  df {e['df']:.2f}" if e.get("df") is not None else ""
             w(f"    {m:<24} {_n(e['estimate'])}  SE {_n(e['se'])}{df}  {level}% CI {_ci(e['ci'])}")
 
-    s = r["rrrc"]
-    w("")
-    w("Random readers, random cases (RRRC; OR with Hillis ddf): results generalise to readers and cases")
-    if s["f"] is not None:
-        w(f"  F = {s['f']:.3f}, ndf {s['ndf']}, ddf {_n(s['ddf'], 2)}, p = {_p(s['p'])}")
-    if s["diff"]:
-        w("  differences of reader-averaged AUROC:")
-        diffs(s, "t")
-    if s["per_modality"]:
-        w("  each modality:")
-        per_mod(s)
-    s = r["frrc"]
-    w("")
-    w("Fixed readers, random cases (FRRC): results hold for these readers only")
-    if s["chi2"] is not None:
-        w(f"  chi-square = {s['chi2']:.3f}, df {s['df']}, p = {_p(s['p'])}")
-    if s["diff"]:
-        w("  differences of reader-averaged AUROC:")
-        diffs(s, "z")
-    w("  each modality:")
-    per_mod(s)
-    if s["per_reader"]:
-        w("  each reader:")
-        for rd, pairs in s["per_reader"].items():
-            for key, d in pairs.items():
-                w(f"    {rd + ': ' + key:<24} {d['estimate']:+.4f}  SE {_n(d['se'])}  p {_p(d['p'])}  "
-                  f"{level}% CI {_ci(d['ci'])}")
-    s = r["rrfc"]
-    w("")
-    w("Random readers, fixed cases (RRFC): results hold for these cases only")
-    if s["f"] is not None:
-        w(f"  F = {s['f']:.3f}, df ({s['ndf']}, {s['ddf']}), p = {_p(s['p'])}")
-    if s["diff"]:
-        diffs(s, "t")
-    if s["per_modality"]:
-        w("  each modality:")
-        per_mod(s)
+    sections = (
+        ("rrrc", "Random readers, random cases (RRRC; OR with Hillis ddf): results generalise to readers and cases", "t",
+         lambda s: s["f"] is not None and f"F = {s['f']:.3f}, ndf {s['ndf']}, ddf {_n(s['ddf'], 2)}, p = {_p(s['p'])}"),
+        ("frrc", "Fixed readers, random cases (FRRC): results hold for these readers only", "z",
+         lambda s: s["chi2"] is not None and f"chi-square = {s['chi2']:.3f}, df {s['df']}, p = {_p(s['p'])}"),
+        ("rrfc", "Random readers, fixed cases (RRFC): results hold for these cases only", "t",
+         lambda s: s["f"] is not None and f"F = {s['f']:.3f}, df ({s['ndf']}, {s['ddf']}), p = {_p(s['p'])}"))
+    for key, title, stat, test in sections:
+        s = r[key]
+        w("")
+        w(title)
+        if test(s):
+            w("  " + test(s))
+        if s["diff"]:
+            w("  differences of reader-averaged AUROC:")
+            diffs(s, stat)
+        if s["per_modality"]:
+            w("  each modality:")
+            per_mod(s)
+        if s.get("per_reader"):
+            w("  each reader:")
+            for rd, pairs in s["per_reader"].items():
+                for pair, d in pairs.items():
+                    w(f"    {rd + ': ' + pair:<24} {d['estimate']:+.4f}  SE {_n(d['se'])}  p {_p(d['p'])}  "
+                      f"{level}% CI {_ci(d['ci'])}")
     if r.get("standalone"):
         w("")
         w(f"Readers vs the standalone model {r.get('model')!r} (1T-RRRC: reader-minus-model AUROC differences)")

@@ -164,6 +164,16 @@ def _ratio_df(num: float, ms: float, df: float) -> float:
     return np.inf if ms == 0 else num ** 2 / (ms ** 2 / df)
 
 
+def _readers_random(section: dict, name: str, n_readers: int, notes: list[str]) -> bool:
+    """Whether an analysis that treats readers as random can run (2 readers or more); if not, ``section`` gets
+    no numerator df and ``notes`` says why."""
+    if n_readers >= 2:
+        return True
+    section["ndf"] = None
+    notes.append(f"{name} needs at least 2 readers: not computed.")
+    return False
+
+
 def or_analysis(fom: np.ndarray, cov: np.ndarray, modalities: list[str], readers: list[str],
                 alpha: float = 0.05) -> dict:
     """The ANOVA, the variance components and the RRRC, FRRC and RRFC analyses of (T, R) AUROCs ``fom`` whose
@@ -197,10 +207,7 @@ def or_analysis(fom: np.ndarray, cov: np.ndarray, modalities: list[str], readers
     # ---- RRRC
     rrrc = {"f": None, "ndf": T - 1 if T > 1 else None, "ddf": None, "p": None, "error_term": None,
             "diff": {}, "per_modality": {}}
-    if R < 2:
-        rrrc["ndf"] = None
-        notes.append("RRRC (random readers, random cases) needs at least 2 readers: not computed.")
-    else:
+    if _readers_random(rrrc, "RRRC (random readers, random cases)", R, notes):
         if T > 1:
             ms_tr = a["ms_tr"]
             den = ms_tr + R * max(cov2 - cov3, 0.0)
@@ -265,10 +272,7 @@ def or_analysis(fom: np.ndarray, cov: np.ndarray, modalities: list[str], readers
 
     # ---- RRFC
     rrfc = {"f": None, "ndf": T - 1 if T > 1 else None, "ddf": None, "p": None, "diff": {}, "per_modality": {}}
-    if R < 2:
-        rrfc["ndf"] = None
-        notes.append("RRFC (random readers, fixed cases) needs at least 2 readers: not computed.")
-    else:
+    if _readers_random(rrfc, "RRFC (random readers, fixed cases)", R, notes):
         if T > 1:
             ms_tr = a["ms_tr"]
             ddf = (T - 1) * (R - 1)
