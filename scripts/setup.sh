@@ -25,6 +25,15 @@ if [ "$want" = test ] && ! command -v chromium >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -q && $SUDO apt-get install -y -q chromium
 fi
+if [ "$want" = test ] && { ! command -v dciodvfy >/dev/null 2>&1 || ! command -v dsrdump >/dev/null 2>&1 || ! command -v Orthanc >/dev/null 2>&1; }; then
+  # tests/pacs: DICOM objects checked with dicom3tools (dciodvfy) and dcmtk (dsrdump); a PACS (Orthanc with its
+  # DICOMweb plugin) started on 127.0.0.1 by the tests.
+  echo "installing Debian's dicom3tools, dcmtk, orthanc and orthanc-dicomweb for the DICOM and PACS tests"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  if ! { $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q dicom3tools dcmtk orthanc orthanc-dicomweb; }; then
+    echo "note: could not install dicom3tools, dcmtk and orthanc; the tests that need them will skip"
+  fi
+fi
 if [ "$want" = test ] && ! command -v sbatch >/dev/null 2>&1; then
   # tests/training/test_slurm.py starts a single-node Slurm cluster (slurmctld, slurmd, munged) on 127.0.0.1.
   echo "installing Debian's slurm-wlm and munge for the Slurm backend tests"

@@ -16,6 +16,8 @@ def cmd_predict(a) -> int:
     if not 0 <= a.mc_samples <= MAX_SAMPLES:
         raise ConfigError(f"--mc-samples must be from 0 to {MAX_SAMPLES}, not {a.mc_samples}.")
     if len(a.image) > 1:
+        if a.dicom_sr or a.dicom_heatmap:
+            raise ConfigError("--dicom-sr and --dicom-heatmap report on one image: give one.")
         return _predict_study(a)
     a.image = a.image[0]
     from ..compare import compare, load_image, model_name
@@ -26,6 +28,8 @@ def cmd_predict(a) -> int:
     image, raw = load_image(a.image)
     result = compare(image, {model: predictor}, Path(a.image).name, raw=raw, mc_samples=a.mc_samples, tta=a.tta)
     pred = result.predictions[model]
+    if a.dicom_sr or a.dicom_heatmap:
+        _write_dicom(a, pred, image, raw, model, predictor)
     if a.panel:
         from ..explain.visual import comparison_panel, png_bytes
 
@@ -50,6 +54,24 @@ def cmd_predict(a) -> int:
     if pred.mc:
         print(pred.mc["note"])
     return 0
+
+
+def _write_dicom(a, pred, image, raw: bytes, model: str, predictor) -> None:
+    """--dicom-sr / --dicom-heatmap: the results as DICOM objects referencing the image (cxrcore.pacs.sr)."""
+    from ..errors import ConfigError
+    from ..pacs.sr import ModelIdentity, heatmap_capture, source_of, structured_report, write
+
+    header, in_pacs = source_of(raw, Path(a.image).name, pred.image_shape)
+    ident = ModelIdentity.of(model, predictor.card)
+    if a.dicom_sr:
+        write(structured_report(pred, header, ident, has_pacs_source=in_pacs), a.dicom_sr)
+    if a.dicom_heatmap:
+        label = a.label or pred.top(1)[0][0]
+        if label not in pred.labels:
+            raise ConfigError(f"--label {label!r} is not one of the model's labels: {', '.join(pred.labels)}.")
+        write(heatmap_capture(pred, label, image.pixels, header, ident), a.dicom_heatmap)
+    if not in_pacs and not a.json:
+        print("note: the image is not a DICOM: the DICOM results reference a generated study (no source in a PACS)")
 
 
 def _predict_study(a) -> int:
@@ -96,7 +118,13 @@ def _predict_flags(s) -> None:
     s.add_argument("--json", action="store_true")
     s.add_argument("--heatmaps", action="store_true", help="include heatmaps in the JSON")
     s.add_argument("--panel", help="also write a PNG panel with the overlay of --label (default: top label)")
-    s.add_argument("--label")
+    s.add_argument("--label", help="the label of --panel and --dicom-heatmap (default: the most probable)")
+    s.add_argument("--dicom-sr", metavar="OUT.dcm",
+                   help="also write the findings as a DICOM Structured Report (TID 1500) referencing the image "
+                        "(a PNG or JPEG gets a generated study); not for diagnostic use")
+    s.add_argument("--dicom-heatmap", metavar="OUT.dcm",
+                   help="also write the heatmap of --label over the image as a DICOM secondary capture in the "
+                        "image's study; not for diagnostic use")
     s.add_argument("--tta", choices=list(TTA_MODES), default="none",
                    help="test-time augmentation of the probabilities (heatmaps from the image as it is)")
     s.add_argument("--mc-samples", type=int, default=0,

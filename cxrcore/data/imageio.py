@@ -279,6 +279,26 @@ def _pil_to_gray(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, int]:
 
 
 # --------------------------------------------------------------------------- DICOM
+def dicom_header(data: bytes, name: str | None = None):
+    """The DICOM header of an image file's bytes (a pydicom Dataset without its pixel data), or None when the
+    bytes are not a DICOM file (a PNG, a JPEG). Read the same bounded way as :func:`read_image` reads it, for the
+    results that reference the image (a DICOM Structured Report); its values stay in this process."""
+    if data[128:132] != b"DICM" and not (name and name.lower().endswith((".dcm", ".dicom"))):
+        return None
+    try:
+        ds = _parse_dicom(data, _label(name))
+    except ImageError:
+        raise
+    except Exception:
+        return None
+    if "SOPInstanceUID" not in ds or "StudyInstanceUID" not in ds:
+        return None
+    for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if tag in ds:
+            del ds[tag]
+    return ds
+
+
 def _read_dicom(data: bytes, label: str) -> LoadedImage:
     import pydicom
     from pydicom import pixels

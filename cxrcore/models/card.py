@@ -50,6 +50,11 @@ class Card:
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
+    def sha256(self) -> str:
+        """A digest of everything the card says (labels, thresholds, preprocessing, the weights' own digest, ...):
+        what a result records to name the exact model and settings that gave it (DICOM reports, score tables)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+
     @classmethod
     def from_dict(cls, d: dict) -> "Card":
         missing = [k for k in ("labels", "model", "preprocess") if k not in d]
