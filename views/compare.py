@@ -16,9 +16,11 @@ from cxrcore.models.library import card_stamp
 from ui import handoff
 from ui.common import (chart_config, current_user, hosting_settings, image_compare_slider, load_predictor, model_picker,
                        md_text, require_checkpoints, run_comparison, run_uncertainty, show_error, show_model_cards)
+from ui.pacs import pacs_config, pacs_picker, send_results
 
 st.title("Compare a baseline with a fine-tuned model")
-st.caption("Upload a chest radiograph (PNG, JPEG or DICOM). Nothing is stored; DICOM metadata never leaves this process.")
+st.caption("Upload a chest radiograph (PNG, JPEG or DICOM), or open one from the PACS where the operator set one up. "
+           "Nothing is stored; DICOM metadata never leaves this process, except inside results you send to the PACS.")
 
 choices = require_checkpoints()
 c1, c2 = st.columns(2)
@@ -27,11 +29,17 @@ tuned_name = model_picker(c2, "Fine-tuned model", choices, "compare_tuned", pref
 
 mc = st.toggle("Uncertainty: Monte-Carlo dropout, 20 passes per model (shown as ± one standard deviation)",
                value=True, key="compare_mc")
-source = st.radio("Image", ["Upload a file", "A held-out phantom test image (ground truth known)"], horizontal=True,
-                  key="compare_source")
+pacs = pacs_config()   # the operator's PACS (CXR_DICOMWEB_URL), or None
+FROM_PACS = "A study from the PACS"
+source = st.radio("Image", ["Upload a file", "A held-out phantom test image (ground truth known)"]
+                  + ([FROM_PACS] if pacs is not None else []), horizontal=True, key="compare_source")
 raw, name, truth = None, None, None
 second = None  # (bytes, name) of a second view of the same study
-if source == "Upload a file":
+if source == FROM_PACS:
+    picked = pacs_picker(pacs)
+    if picked is not None:
+        (raw, name), second = picked
+elif source == "Upload a file":
     up = st.file_uploader("Chest X-ray", type=["png", "jpg", "jpeg", "dcm", "dicom"], key="compare_upload")
     if up is not None:
         try:  # the operator's limit (CXR_MAX_UPLOAD_MB), also Streamlit's server.maxUploadSize through run.sh
@@ -363,6 +371,8 @@ if second is not None:
         st.dataframe(fused.table(), hide_index=True, width="stretch", key="compare_study")
         st.caption(f"Study probability = the {how} of the two views' (the heatmaps above are the first view's).")
 
+if source == FROM_PACS:
+    send_results(pacs, result, label, raw, name, {"baseline": base_name, "fine-tuned": tuned_name})
 show_model_cards({"baseline": choices[base_name], "fine-tuned": choices[tuned_name]})
 with st.expander("The two models at a glance: thresholds and held-out AUROC per label", expanded=False):
     models_at_a_glance({"baseline": choices[base_name], "fine-tuned": choices[tuned_name]}, "compare_glance_after")

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .codes import PRIVATE_SCHEME, coding_scheme_identification, finding_code
+from .dicomweb import NOT_FOR_DIAGNOSIS   # what marks a result in the PACS, declared once
 
-NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSTIC USE"
 MANUFACTURER = "CXR workbench (research software)"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 MAX_CAPTURE_ROWS = 2048   # a heatmap capture has the source's size, up to this many rows
@@ -196,7 +196,7 @@ def heatmap_capture(pred, label: str, pixels: np.ndarray, source, model: ModelId
     sc.PatientOrientation = list(getattr(source, "PatientOrientation", None) or []) or ""
     sc.Laterality = getattr(source, "Laterality", "") or ""   # type 2C: the source's, or empty
     sc.BurnedInAnnotation = "YES"
-    sc.SeriesDescription = f"AI heatmap {label}, {NOT_FOR_DIAGNOSIS}"[:64]
+    sc.SeriesDescription = f"{NOT_FOR_DIAGNOSIS}: AI heatmap {label}"[:64]
     sc.ImageComments = (f"{pred.cam_method} heatmap of {label} by {model.name} (card sha256 {model.card_sha256[:16]}); "
                         f"{NOT_FOR_DIAGNOSIS}")[:10240]
     sc.DerivationDescription = f"{pred.cam_method} heatmap blended over the source image"

@@ -91,9 +91,12 @@ def open_compare(page, url: str) -> None:
     wait_idle(page)
 
 
-def wait_idle(page, timeout: float = 120_000) -> None:
-    """Wait until the page's script run has ended (Streamlit's running indicator is gone)."""
-    page.wait_for_timeout(300)  # a run just asked for shows its indicator within a moment
+def wait_idle(page, timeout: float = 120_000, settle: int = 300) -> None:
+    """Wait until the page's script run has ended (Streamlit's running indicator is gone). ``settle`` ms first: a
+    run just asked for (a click a moment ago) shows its indicator within that; 0 where the test already waited for
+    what the new run draws, so its indicator is up if it still runs."""
+    if settle:
+        page.wait_for_timeout(settle)
     page.locator("[data-testid=stStatusWidgetRunningIcon]").wait_for(state="hidden", timeout=timeout)
 
 

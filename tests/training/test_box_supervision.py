@@ -179,7 +179,7 @@ def test_box_supervision_in_a_two_process_ddp_job(tmp_path, monkeypatch, app_hom
     t_end = time.monotonic() + 600
     while not (job := refresh(job.id, store)).ended:
         assert time.monotonic() < t_end, tail_log(job, 40)
-        time.sleep(1)
+        time.sleep(0.25)
     assert job.status == "succeeded", (job.error, tail_log(job, 40))
     events = read_events(Path(job.run_dir) / "events.jsonl")
     assert [e["world_size"] for e in events if e["type"] == "data"] == [2]

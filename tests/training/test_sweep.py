@@ -139,7 +139,7 @@ def _wait_sweep_done(sweep_id: str, n: int, deadline_s: float = 900.0):
             logs = "\n".join((Path(j.run_dir) / "log.txt").read_text()[-1500:] for j in store.list(limit=None)
                              if (Path(j.run_dir) / "log.txt").exists())
             pytest.fail(f"sweep not done after {deadline_s:.0f}s:\n{table.to_string()}\n{logs}")
-        time.sleep(2.0)
+        time.sleep(0.5)
 
 
 def test_sweep_from_the_page_shows_results_and_clones_the_best(tmp_path, monkeypatch, app_home, capsys):

@@ -1,0 +1,298 @@
+"""Score a whole archive with one model: a folder of images, a CSV list of files, or a DICOMweb query, into one
+table (Parquet and CSV) with a row per image (issue 22 §4; ``cxr score``).
+
+Each row: ``path``; per label its probability (the column named by the label), its call at the card's threshold
+(``LABEL call``) and, when the card has temperatures, the calibrated probability (``LABEL calibrated``); the
+out-of-distribution reasons (``ood``, empty when the image looks like a frontal chest film) and the model's notices
+for this image (``warnings``: codes, e.g. a phantom-trained model on a real film); the ``model`` and its
+``card_sha256``. A file that cannot be read goes to the errors table (``path``, ``error``) and the run goes on.
+
+**Resumable.** Rows are written in parts (``OUT.parts/part-NNNNN.parquet``, each written whole then renamed into
+place) as they are scored; a run killed at any point and started again with the same command reads the parts,
+skips every image already in them (or in the errors), and scores the rest: each image ends up in the table once.
+At the end the parts are merged into ``OUT`` (input order), ``OUT`` with ``.csv`` and ``OUT`` with
+``.errors.csv``, and the parts folder is removed. Run again over a folder that has grown, it scores only the new
+images. The parts folder records the model's card digest: another model's leftovers are refused, not mixed in.
+
+Images are decoded and squared by a pool of threads while the model scores the previous batch."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+from urllib.parse import parse_qsl, urlsplit
+
+import numpy as np
+
+from .errors import CXRError, DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+PART_ROWS = 256          # images per part file: what a kill can cost at most
+BATCH = 32
+
+
+@dataclass
+class Source:
+    """What to score: the images' ``paths`` (file paths, or DICOMweb instance URLs) in order, and how to read one."""
+
+    paths: list[str]
+    read: Callable[[str], bytes]
+    describe: str
+
+
+@dataclass
+class Summary:
+    rows: int
+    errors: int
+    seconds: float
+    scored_now: int
+    resumed: int
+    out: str
+    csv: str
+    errors_csv: str
+    model: str
+    card_sha256: str
+    labels: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _read_file(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
+def source_of(spec: str, environ=None) -> Source:
+    """A folder (every image below it, sorted), a CSV with a ``path`` column (relative paths from the CSV's folder),
+    or a DICOMweb query URL (``…/studies?ModalitiesInStudy=CR&StudyDate=20240101-20240131``: every radiograph of
+    the matching studies; the PACS credentials of ``CXR_DICOMWEB_*`` are sent only to ``CXR_DICOMWEB_URL``)."""
+    if spec.startswith(("http://", "https://")):
+        return _dicomweb_source(spec, environ)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        files = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise DataError(f"{spec} holds no image ({', '.join(IMAGE_SUFFIXES)}). Point at the folder of the images.")
+        return Source(files, _read_file, f"folder {path}")
+    if path.is_file() and path.suffix.lower() == ".csv":
+        import pandas as pd
+
+        try:
+            table = pd.read_csv(path, dtype=str)
+        except Exception as exc:  # noqa: BLE001 - any parse failure is the same advice
+            raise DataError(f"{spec} is not a readable CSV ({type(exc).__name__}).") from None
+        if "path" not in table.columns:
+            raise DataError(f"{spec} has no 'path' column (it has: {', '.join(map(str, table.columns[:8]))}). "
+                            "Give one row per image with its file in a column named path.")
+        paths = [str((path.parent / p).resolve()) if not Path(p).is_absolute() else p
+                 for p in table["path"].dropna().astype(str) if p.strip()]
+        if not paths:
+            raise DataError(f"{spec} lists no file in its path column.")
+        return Source(list(dict.fromkeys(paths)), _read_file, f"list {path}")
+    raise DataError(f"{spec} is neither a folder, a CSV with a path column, nor a DICOMweb query URL.")
+
+
+def _dicomweb_source(url: str, environ=None) -> Source:
+    from .pacs import dicomweb
+
+    parts = urlsplit(url)
+    root, _, rest = url.split("?")[0].partition("/studies")
+    if rest not in ("", "/"):
+        raise DataError("A DICOMweb query is the service's /studies with search parameters, e.g. "
+                        "http://pacs:8042/dicom-web/studies?ModalitiesInStudy=CR&StudyDate=20240101-20240131.")
+    env = dict(os.environ if environ is None else environ)
+    configured = (env.get(dicomweb.ENV_URL) or "").rstrip("/")
+    if configured != root.rstrip("/"):   # the operator's credentials go to the operator's PACS only
+        env = {dicomweb.ENV_URL: root}
+    config = dicomweb.PacsConfig.from_env(env)
+    filters = dict(parse_qsl(parts.query))
+    modalities = tuple(m for m in filters.pop("ModalitiesInStudy", ",".join(dicomweb.RADIOGRAPHY)).split(",") if m)
+    studies = dicomweb.search_studies(config, patient_id=filters.pop("PatientID", ""),
+                                      accession=filters.pop("AccessionNumber", ""),
+                                      date_from=filters.get("StudyDate", "-").partition("-")[0],
+                                      date_to=filters.pop("StudyDate", "-").partition("-")[2],
+                                      modalities=modalities, limit=100_000)
+    if filters:
+        raise DataError(f"Search parameters not understood here: {', '.join(filters)} (use PatientID, "
+                        "AccessionNumber, StudyDate, ModalitiesInStudy).")
+    hits = {}
+    for study in studies:
+        for h in dicomweb.study_images(config, study.study_uid):
+            hits[f"{root}/studies/{h.study_uid}/series/{h.series_uid}/instances/{h.sop_uid}"] = h
+    if not hits:
+        raise DataError(f"No radiograph matches the query at {config.host}.")
+    return Source(list(hits), lambda p: dicomweb.retrieve_bytes(config, hits[p]), f"DICOMweb query at {config.host}")
+
+
+def _columns(labels: list[str], calibrated: bool) -> list[str]:
+    cols = ["path"] + list(labels) + [f"{x} call" for x in labels]
+    if calibrated:
+        cols += [f"{x} calibrated" for x in labels]
+    return cols + ["ood", "warnings", "model", "card_sha256"]
+
+
+def _done(parts: Path, out: Path) -> tuple[set[str], int]:
+    """Paths already in the parts, the errors parts or an earlier merged table; and how many rows those hold."""
+    import pandas as pd
+
+    seen: set[str] = set()
+    rows = 0
+    for f in sorted(parts.glob("part-*.parquet")) + ([out] if out.exists() else []):
+        got = pd.read_parquet(f, columns=["path"])["path"].tolist()
+        seen.update(got)
+        rows += len(got)
+    for f in sorted(parts.glob("errors-*.csv")) + ([_errors_path(out)] if _errors_path(out).exists() else []):
+        with open(f, newline="") as fh:
+            seen.update(r["path"] for r in csv.DictReader(fh))
+    return seen, rows
+
+
+def _errors_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".errors.csv")
+
+
+def _write_part(parts: Path, k: int, rows: list[dict], errors: list[dict], columns: list[str]) -> None:
+    import pandas as pd
+
+    if rows:
+        tmp = parts / f".part-{k:05d}.parquet.tmp"
+        pd.DataFrame(rows, columns=columns).to_parquet(tmp, index=False)
+        os.replace(tmp, parts / f"part-{k:05d}.parquet")
+    if errors:
+        tmp = parts / f".errors-{k:05d}.csv.tmp"
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=["path", "error"])
+            w.writeheader()
+            w.writerows(errors)
+        os.replace(tmp, parts / f"errors-{k:05d}.csv")
+
+
+def _prepared(read: Callable[[str], bytes], path: str, prep) -> tuple[str, object]:
+    """One image read, checked and squared (a worker thread's job): ``(path, (loaded, square, ood))`` or
+    ``(path, error text)``."""
+    from .data.imageio import read_image
+    from .explain.ood import check_image
+
+    try:
+        raw = read(path)
+        image = read_image(raw, Path(urlsplit(path).path).name or path)
+        return path, (image, prep.square(image.pixels), check_image(image, raw))
+    except CXRError as exc:
+        return path, str(exc)
+    except Exception as exc:  # noqa: BLE001 - one bad file never stops the run; its kind is recorded
+        return path, f"could not be read ({type(exc).__name__})"
+
+
+def score(source: Source, predictor, out: str | Path, model: str, *, workers: int = 2, batch: int = BATCH,
+          progress: Callable[[int, int], None] | None = None, part_rows: int = PART_ROWS) -> Summary:
+    """Score every image of ``source`` with ``predictor`` into ``out`` (a .parquet path); see the module's text."""
+    import pandas as pd
+
+    from .explain.trust import domain_notices
+    from .inference import apply_temperature, logits_from_probs
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    if out.suffix.lower() != ".parquet":
+        raise DataError(f"--out must name a .parquet file (the CSV is written beside it), not {out.name}.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    card = predictor.card
+    digest, labels = card.sha256(), list(predictor.labels)
+    temps = card.temperature_list()
+    columns = _columns(labels, temps is not None)
+    parts = out.with_name(out.name + ".parts")
+    meta = {"card_sha256": digest, "model": model, "columns": columns}
+    if parts.exists():
+        old = json.loads((parts / "meta.json").read_text()) if (parts / "meta.json").exists() else {}
+        if old.get("card_sha256") != digest:
+            raise DataError(f"{parts} holds the rows of another model ({old.get('model', 'unknown')}): remove it, "
+                            "or write this model's table to another --out.")
+    else:
+        parts.mkdir()
+        (parts / "meta.json").write_text(json.dumps(meta))
+    if out.exists():
+        head = pd.read_parquet(out)
+        if list(head.columns) != columns or (len(head) and head["card_sha256"].iloc[0] != digest):
+            raise DataError(f"{out} is another model's table (or another layout): write to another --out.")
+    done, resumed = _done(parts, out)
+    todo = [p for p in source.paths if p not in done]
+    thresholds = np.array(card.threshold_list(), dtype=np.float32)
+    k = 1 + max([int(f.stem.split("-")[1]) for f in parts.glob("part-*.parquet")]
+                + [int(f.stem.split("-")[1]) for f in parts.glob("errors-*.csv")] + [0])
+    scored = 0
+
+    def batches() -> Iterator[list[str]]:
+        for i in range(0, len(todo), part_rows):
+            yield todo[i:i + part_rows]
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending = None
+        chunks = batches()
+        nxt = next(chunks, None)
+        if nxt is not None:
+            pending = pool.map(lambda p: _prepared(source.read, p, predictor.prep), nxt)
+        while nxt is not None:
+            ready = list(pending)
+            nxt = next(chunks, None)   # the next part decodes while this one is scored
+            if nxt is not None:
+                pending = pool.map(lambda p: _prepared(source.read, p, predictor.prep), nxt)
+            good = [(p, v) for p, v in ready if not isinstance(v, str)]
+            errors = [{"path": p, "error": v} for p, v in ready if isinstance(v, str)]
+            rows = []
+            if good:
+                probs = predictor.predict_squares(np.stack([v[1] for _, v in good]), batch_size=batch)
+                cal = apply_temperature(logits_from_probs(probs), np.array(temps)) if temps is not None else None
+                for j, (path, (image, _, ood)) in enumerate(good):
+                    row = {"path": path, **{x: float(probs[j, i]) for i, x in enumerate(labels)},
+                           **{f"{x} call": bool(probs[j, i] >= thresholds[i]) for i, x in enumerate(labels)}}
+                    if cal is not None:
+                        row.update({f"{x} calibrated": float(cal[j, i]) for i, x in enumerate(labels)})
+                    row.update(ood="; ".join(ood.reasons) if ood.is_suspect else "",
+                               warnings=",".join(n.code for n in domain_notices(card, image, model)),
+                               model=model, card_sha256=digest)
+                    rows.append(row)
+            _write_part(parts, k, rows, errors, columns)
+            k += 1
+            scored += len(ready)
+            if progress:
+                progress(scored, len(todo))
+    return _merge(source, parts, out, columns, Summary(0, 0, 0.0, scored, resumed, str(out), "", "", model, digest,
+                                                       labels), t0)
+
+
+def _merge(source: Source, parts: Path, out: Path, columns: list[str], summary: Summary, t0: float) -> Summary:
+    """Parts (and an earlier table) into ``out`` in input order, one row per path; the CSV and the errors beside
+    it; the parts removed."""
+    import shutil
+
+    import pandas as pd
+
+    frames = [pd.read_parquet(f) for f in ([out] if out.exists() else []) + sorted(parts.glob("part-*.parquet"))]
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    table = table.drop_duplicates("path", keep="first")
+    order = {p: i for i, p in enumerate(source.paths)}
+    table = table.assign(_o=table["path"].map(order).fillna(len(order))).sort_values("_o", kind="stable").drop(
+        columns="_o").reset_index(drop=True)
+    error_files = ([_errors_path(out)] if _errors_path(out).exists() else []) + sorted(parts.glob("errors-*.csv"))
+    errors = pd.concat([pd.read_csv(f, dtype=str) for f in error_files], ignore_index=True) if error_files \
+        else pd.DataFrame(columns=["path", "error"])
+    errors = errors.drop_duplicates("path", keep="last")
+    errors = errors[~errors["path"].isin(set(table["path"]))]
+    tmp = out.with_name(out.name + ".tmp")
+    table.to_parquet(tmp, index=False)
+    csv_path, err_path = out.with_suffix(".csv"), _errors_path(out)
+    table.to_csv(csv_path.with_name(csv_path.name + ".tmp"), index=False)
+    errors.to_csv(err_path.with_name(err_path.name + ".tmp"), index=False)
+    os.replace(tmp, out)
+    os.replace(csv_path.with_name(csv_path.name + ".tmp"), csv_path)
+    os.replace(err_path.with_name(err_path.name + ".tmp"), err_path)
+    shutil.rmtree(parts)
+    summary.rows, summary.errors = len(table), len(errors)
+    summary.csv, summary.errors_csv = str(csv_path), str(err_path)
+    summary.seconds = round(time.perf_counter() - t0, 3)
+    return summary

@@ -1,0 +1,143 @@
+"""The Compare page's PACS: search studies over DICOMweb, pick a study's frontal image (and a second view), and
+send the results back as DICOM (cxrcore.pacs). Shown only when the operator set CXR_DICOMWEB_URL.
+
+Patient data stays in this process: the search takes what the person types, and the results list studies by
+date, description, accession, modalities and image count, not by patient name; images fetched are kept in this
+browser session's state only (never in a cache another session could reach)."""
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import streamlit as st
+
+from cxrcore.errors import CXRError
+from cxrcore.pacs import dicomweb
+from ui.common import md_text, show_error
+
+MODALITIES = ("CR", "DX")
+
+
+def pacs_config():
+    """The operator's PACS (``CXR_DICOMWEB_URL`` …), None when none is configured; a configuration error shown."""
+    try:
+        return dicomweb.PacsConfig.from_env()
+    except CXRError as exc:
+        show_error(exc)
+        return None
+
+
+def _fetch(config, hit) -> bytes:
+    """``hit``'s DICOM file, fetched once per browser session."""
+    store = st.session_state.setdefault("pacs_images", {})
+    if hit.sop_uid not in store:
+        with st.spinner("Fetching the image from the PACS…"):
+            store.clear()   # one study's images at a time in a session
+            store[hit.sop_uid] = dicomweb.retrieve_bytes(config, hit)
+    return store[hit.sop_uid]
+
+
+def _view_name(hit) -> str:
+    return f"{hit.view_position or 'view ?'} {hit.modality} …{hit.sop_uid[-6:]}"
+
+
+def pacs_picker(config):
+    """Search, pick a study and its image(s): ``((raw, name), second or None)`` once an image is chosen, else None."""
+    st.caption(f"PACS: {md_text(str(config))}. Search by patient ID, accession number or name (* as a wildcard); "
+               "the list shows studies, not names.")
+    c1, c2, c3 = st.columns(3)
+    patient_id = c1.text_input("Patient ID", key="pacs_patient_id")
+    accession = c2.text_input("Accession number", key="pacs_accession")
+    name = c3.text_input("Patient name (e.g. DOE*)", key="pacs_name")
+    c1, c2 = st.columns(2)
+    dates = c1.date_input("Study date (from, to; optional)", value=(), key="pacs_dates", min_value=dt.date(1900, 1, 1))
+    modalities = c2.multiselect("Modality", MODALITIES, default=list(MODALITIES), key="pacs_modalities",
+                                help="CR: computed radiography; DX: digital radiography (DR)")
+    if st.button("Search the PACS", key="pacs_search", type="primary"):
+        date_from = dates[0].strftime("%Y%m%d") if len(dates) > 0 else ""
+        date_to = dates[1].strftime("%Y%m%d") if len(dates) > 1 else date_from
+        try:
+            st.session_state["pacs_hits"] = dicomweb.search_studies(
+                config, patient_id=patient_id, patient_name=name, accession=accession, date_from=date_from,
+                date_to=date_to, modalities=tuple(modalities) or MODALITIES)
+        except CXRError as exc:
+            show_error(exc)
+            return None
+    hits = st.session_state.get("pacs_hits")
+    if hits is None:
+        return None
+    if not hits:
+        st.info("No study matches. Widen the search (fewer fields, a wildcard, a longer date range).")
+        return None
+    table = pd.DataFrame([{"date": h.date, "description": h.description, "accession": h.accession,
+                           "modalities": ", ".join(h.modalities), "images": h.images} for h in hits])
+    st.dataframe(table, hide_index=True, key="pacs_table")
+    k = st.selectbox("Study", range(len(hits)), key="pacs_study",
+                     format_func=lambda i: f"{hits[i].date or 'no date'} · {hits[i].description or 'no description'}"
+                                           f" · {', '.join(hits[i].modalities)} · {hits[i].images or '?'} images")
+    try:
+        images = dicomweb.study_images(config, hits[k].study_uid)
+    except CXRError as exc:
+        show_error(exc)
+        return None
+    if not images:
+        st.info("That study has no radiograph in the PACS.")
+        return None
+    frontal_first = sorted(range(len(images)), key=lambda i: images[i].view_position not in ("PA", "AP"))
+    c1, c2 = st.columns(2)
+    first = c1.selectbox("Image", frontal_first, key="pacs_image", format_func=lambda i: _view_name(images[i]))
+    others = [i for i in frontal_first if i != first]
+    other = c2.selectbox("Second view of the study (optional, e.g. the lateral)", [None, *others],
+                         key="pacs_image2", format_func=lambda i: "none" if i is None else _view_name(images[i]))
+    try:
+        raw = _fetch(config, images[first])
+        second = (dicomweb.retrieve_bytes(config, images[other]), _view_name(images[other]) + ".dcm") \
+            if other is not None else None
+    except CXRError as exc:
+        show_error(exc)
+        return None
+    st.session_state["pacs_source"] = images[first]
+    return (raw, _view_name(images[first]) + ".dcm"), second
+
+
+def send_results(config, result, label: str, raw: bytes, name: str, model_names: dict[str, str]) -> None:
+    """Send one model's results for this image to the PACS as DICOM: the Structured Report and the heatmap of
+    ``label`` as a secondary capture, after a confirmation; only when the operator allows it."""
+    from cxrcore.pacs.sr import ModelIdentity, heatmap_capture, source_of, structured_report
+    from ui.common import load_predictor
+
+    st.subheader("Send the results to the PACS")
+    if config.store != "on-request":
+        st.caption(f"Sending results to the PACS is off on this server (the operator turns it on with "
+                   f"{dicomweb.ENV_STORE}=on-request).")
+        return
+    role = st.radio("Results of", list(result.predictions), horizontal=True, key="pacs_send_model",
+                    format_func=lambda r: f"{r}: {model_names.get(r, r)}")
+    pred = result.predictions[role]
+    heat = label in pred.labels
+    st.caption("Sends a DICOM Structured Report (every label's probability, threshold and call, the heatmap boxes)"
+               + (f" and the heatmap of {md_text(label)} as a secondary capture" if heat else "")
+               + ", into this study, marked unverified and not for diagnostic use."
+               + ("" if heat else f" (This model has no {md_text(label)} output: no heatmap is sent.)"))
+    sure = st.checkbox("These are a research model's unverified outputs; store them in the PACS beside the image",
+                       key="pacs_send_sure")
+    if not st.button("Send to the PACS", key="pacs_send", disabled=not sure):
+        return
+    try:
+        header, in_pacs = source_of(raw, name, pred.image_shape)
+        if not in_pacs:
+            st.error("This image has no DICOM header: its results have no study to go into in the PACS.")
+            return
+        ident = ModelIdentity.of(model_names.get(role, role), load_predictor(result.model_paths[role]).card)
+        from cxrcore.data.imageio import read_image
+
+        objects = [structured_report(pred, header, ident)]
+        if heat:
+            objects.append(heatmap_capture(pred, label, read_image(raw, name).pixels, header, ident))
+        uids = dicomweb.store(config, objects)
+    except CXRError as exc:
+        show_error(exc)
+        return
+    st.session_state["pacs_sent"] = uids
+    st.success(f"Stored in the PACS: the report{' and the heatmap' if len(uids) > 1 else ''} "
+               f"(SOP Instance UID {uids[0]}{', ' + uids[1] if len(uids) > 1 else ''}).")
