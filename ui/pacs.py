@@ -19,12 +19,19 @@ MODALITIES = ("CR", "DX")
 
 
 def pacs_config():
-    """The operator's PACS (``CXR_DICOMWEB_URL`` …), None when none is configured; a configuration error shown."""
+    """The operator's PACS (``CXR_DICOMWEB_URL`` …), None when none is configured; a configuration error shown.
+    On a shared server only signed-in visitors reach it (the searches and images go through the server's account)."""
+    from ui.common import current_user, hosting_settings
+
     try:
-        return dicomweb.PacsConfig.from_env()
+        config = dicomweb.PacsConfig.from_env()
     except CXRError as exc:
         show_error(exc)
         return None
+    if config is not None and hosting_settings().hosted and not current_user().signed_in:
+        st.caption("This server is connected to a PACS: sign in to open its studies.")
+        return None
+    return config
 
 
 def _fetch(config, hit) -> bytes:

@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -133,6 +133,14 @@ def create_app(service: Service):
               summary="Several images; each item answered with its result or its own error")
     def predict_batch(req: BatchRequest):
         return _call(service.predict_batch, req)
+
+    @app.post("/predict/dicom-sr", responses={**errors, 200: {"content": {"application/dicom": {}},
+                                                              "description": "a DICOM Structured Report (Part 10)"}},
+              response_class=Response, dependencies=[Depends(authorized)], tags=["predict"],
+              summary="One image's findings as a DICOM Structured Report (TID 1500), not for diagnostic use")
+    def predict_dicom_sr(req: PredictRequest):
+        return Response(_call(service.dicom_sr, req), media_type="application/dicom",
+                        headers={"Content-Disposition": 'attachment; filename="findings-sr.dcm"'})
 
     @app.post("/predict/study", response_model=StudyResponse, response_model_exclude_unset=True, responses=errors,
               dependencies=[Depends(authorized)], tags=["predict"],

@@ -135,7 +135,7 @@ class Service:
     def body_limit(self, path: str) -> int | None:
         """The largest body ``path`` accepts (None: an endpoint without a body)."""
         path = path.rstrip("/") or "/"
-        if path == "/predict":
+        if path in ("/predict", "/predict/dicom-sr"):
             return self.max_bytes
         if path == "/predict/batch":
             return self.max_bytes * self.max_batch
@@ -228,6 +228,25 @@ class Service:
             view["timing"] = _timing(*t)
         out["seconds"] = round(time.perf_counter() - t0, 4)
         return out
+
+    def dicom_sr(self, req: PredictRequest | dict) -> bytes:
+        """One image's findings as a DICOM Structured Report (a Part 10 file; :mod:`cxrcore.pacs.sr`): the image's
+        own study and patient when it is a DICOM, a generated study otherwise. Nothing of it is logged."""
+        import io
+
+        from ..pacs.sr import ModelIdentity, source_of, structured_report
+
+        req = self._validated(PredictRequest, req)
+        model = self._model(req.model)
+        data = self._image_bytes(req)
+        result, _ = self._run(model, data, req.name)
+        pred = result.predictions[model]
+        header, in_pacs = source_of(data, req.name or "upload", pred.image_shape)
+        report = structured_report(pred, header, ModelIdentity.of(model, self.models[model].card),
+                                   has_pacs_source=in_pacs)
+        buf = io.BytesIO()
+        report.save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
 
     # ------------------------------------------------------------------ helpers
     @staticmethod

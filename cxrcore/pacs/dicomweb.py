@@ -76,6 +76,10 @@ class PacsConfig:
         return urlsplit(self.url).netloc
 
 
+ATTEMPTS = 2   # a request tried twice, 0.5 s apart, then reported (the library's default, 5 with doubling waits,
+               # stalls a page ~30 s on an unreachable server)
+
+
 def client(config: PacsConfig):
     """A ``dicomweb_client.DICOMwebClient`` for ``config`` (its own ``requests`` session, credentials set on it)."""
     import requests
@@ -86,7 +90,9 @@ def client(config: PacsConfig):
         session.headers["Authorization"] = f"Bearer {config.token}"
     elif config.user:
         session.auth = (config.user, config.password)
-    return DICOMwebClient(url=config.url, session=session)
+    api = DICOMwebClient(url=config.url, session=session)
+    api.set_http_retry_params(retry=True, max_attempts=ATTEMPTS, wait_exponential_multiplier=250)
+    return api
 
 
 def _call(config: PacsConfig, what: str, fn):

@@ -520,3 +520,31 @@ def test_docs_render_in_chromium_from_local_files(api):
     assert title.startswith("cxr") and authorize == 1
     assert requested and all(u.startswith(base) for u in requested), [u for u in requested if not u.startswith(base)]
     assert f"{base}/docs/static/swagger-ui-bundle.js" in requested and f"{base}/openapi.json" in requested
+
+
+def test_a_prediction_as_a_dicom_structured_report(api, service):
+    """POST /predict/dicom-sr: the findings as a DICOM SR (issue 22 §2), the same numbers as /predict's, in the
+    image's own study; a bad request is answered in JSON like every other endpoint's."""
+    import io
+
+    import pydicom
+
+    from cxrcore.pacs.sr import read_report
+
+    conn = http.client.HTTPConnection("127.0.0.1", api, timeout=300)
+    conn.request("POST", "/predict/dicom-sr", body=json.dumps({"image": b64(DICOM), "model": "finetuned"}),
+                 headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    assert resp.status == 200 and resp.getheader("content-type") == "application/dicom"
+    sr = pydicom.dcmread(io.BytesIO(data))
+    assert sr.StudyInstanceUID == pydicom.dcmread(DICOM, stop_before_pixels=True).StudyInstanceUID
+    got = read_report(sr)
+    status, body, _ = call(api, "POST", "/predict", {"image": b64(DICOM), "model": "finetuned", "heatmaps": False})
+    assert status == 200, body
+    for label, d in body["predictions"].items():
+        assert got[label]["probability"] == pytest.approx(d["probability"], abs=1e-9), label
+        assert got[label]["positive"] == d["positive"], label
+    status, body, headers = call(api, "POST", "/predict/dicom-sr", {"image": "not base64!"})
+    assert status == 400 and "base64" in body["error"] and headers["content-type"].startswith("application/json")
