@@ -91,12 +91,11 @@ def open_compare(page, url: str) -> None:
     wait_idle(page)
 
 
-def wait_idle(page, timeout: float = 120_000, settle: int = 300) -> None:
-    """Wait until the page's script run has ended (Streamlit's running indicator is gone). ``settle`` ms first: a
-    run just asked for (a click a moment ago) shows its indicator within that; 0 where the test already waited for
-    what the new run draws, so its indicator is up if it still runs."""
-    if settle:
-        page.wait_for_timeout(settle)
+def wait_idle(page, timeout: float = 120_000) -> None:
+    """Wait until the page's script run has ended (Streamlit's running indicator is gone). 300 ms first: Streamlit
+    shows a run's indicator only after a moment, so without it a run just asked for (or one that has drawn its
+    first elements) may look idle."""
+    page.wait_for_timeout(300)
     page.locator("[data-testid=stStatusWidgetRunningIcon]").wait_for(state="hidden", timeout=timeout)
 
 

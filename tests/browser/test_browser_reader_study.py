@@ -61,8 +61,9 @@ def _answer(page, store, study_id, reader_no, rng, position: int, mark_at: float
     # a reader who sees the model does better: ratings closer to the truth in the aided arm
     noise = rng.integers(-1, 2) if arm == "aided" else rng.integers(-2, 3)
     rating = int(np.clip((4 if truth else 2) + noise, 1, 5))
-    wait_idle(page, settle=0)   # the run that drew this read has ended: its form is the one on the page, not the
-    # last read's ("Read N" is on the page: that run has started, so its indicator is up while it runs)
+    wait_idle(page)   # the run that drew this read has ended: its form and keys are this read's, not the last's
+    # (its 300 ms first are needed: run 14 of issue 20's fourth session, without them, pressed a rating key before
+    # the run that had drawn "Read N" had drawn its buttons, and waited in vain)
     if position % 2:   # odd reads by keyboard: the rating's key saves it and goes on
         page.locator("body").press(str(rating))
         return
