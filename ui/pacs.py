@@ -35,13 +35,23 @@ def pacs_config():
 
 
 def _fetch(config, hit) -> bytes:
-    """``hit``'s DICOM file, fetched once per browser session."""
-    store = st.session_state.setdefault("pacs_images", {})
-    if hit.sop_uid not in store:
+    """``hit``'s DICOM file, fetched once per browser session (the images of one study at a time are kept)."""
+    kept = st.session_state.setdefault("pacs_images", {})
+    if hit.sop_uid not in kept:
+        if any(study != hit.study_uid for study, _ in kept.values()):
+            kept.clear()
         with st.spinner("Fetching the image from the PACS…"):
-            store.clear()   # one study's images at a time in a session
-            store[hit.sop_uid] = dicomweb.retrieve_bytes(config, hit)
-    return store[hit.sop_uid]
+            kept[hit.sop_uid] = (hit.study_uid, dicomweb.retrieve_bytes(config, hit))
+    return kept[hit.sop_uid][1]
+
+
+def _images(config, study_uid: str):
+    """The study's images, listed once per browser session and study (not at every rerun of the page)."""
+    listed = st.session_state.get("pacs_study_images")
+    if listed is None or listed[0] != study_uid:
+        listed = (study_uid, dicomweb.study_images(config, study_uid))
+        st.session_state["pacs_study_images"] = listed
+    return listed[1]
 
 
 def _view_name(hit) -> str:
@@ -83,7 +93,7 @@ def pacs_picker(config):
                      format_func=lambda i: f"{hits[i].date or 'no date'} · {hits[i].description or 'no description'}"
                                            f" · {', '.join(hits[i].modalities)} · {hits[i].images or '?'} images")
     try:
-        images = dicomweb.study_images(config, hits[k].study_uid)
+        images = _images(config, hits[k].study_uid)
     except CXRError as exc:
         show_error(exc)
         return None
@@ -98,8 +108,7 @@ def pacs_picker(config):
                          key="pacs_image2", format_func=lambda i: "none" if i is None else _view_name(images[i]))
     try:
         raw = _fetch(config, images[first])
-        second = (dicomweb.retrieve_bytes(config, images[other]), _view_name(images[other]) + ".dcm") \
-            if other is not None else None
+        second = (_fetch(config, images[other]), _view_name(images[other]) + ".dcm") if other is not None else None
     except CXRError as exc:
         show_error(exc)
         return None
