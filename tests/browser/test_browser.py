@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -68,10 +69,11 @@ def serve_app(home, log=None, **settings: str):
             out.close()
 
 
-def body_with(page, *texts, timeout: float = 120_000) -> str:
+def body_with(page, *texts, timeout: float = 120_000, log: Path | None = None) -> str:
     """The page's text once every one of ``texts`` (strings, or compiled regular expressions) is on it. An answer
     is drawn element by element (seen: one model's "feature cells" caption on the page before the rest of the
-    answer was): a test waits for all it will assert on, then reads. A timeout says what the page shows."""
+    answer was): a test waits for all it will assert on, then reads. A timeout says what the page shows (and the
+    end of the app server's ``log``, where given)."""
     wanted = [{"re": t.pattern} if isinstance(t, re.Pattern) else {"s": t} for t in texts]
     try:
         page.wait_for_function("ws => ws.every(w => w.re ? new RegExp(w.re).test(document.body.innerText) "
@@ -79,7 +81,9 @@ def body_with(page, *texts, timeout: float = 120_000) -> str:
     except Exception as exc:   # say what the page shows instead
         text = page.inner_text("body")
         missing = [t for t in texts if not (t.search(text) if isinstance(t, re.Pattern) else t in text)]
-        raise AssertionError(f"{missing} not on the page after {timeout / 1000:.0f} s; it shows:\n{text[-3000:]}") from exc
+        served = f"\nThe server's log ends:\n{log.read_text(errors='replace')[-3000:]}" if log else ""
+        raise AssertionError(f"{missing} not on the page after {timeout / 1000:.0f} s; it shows:\n{text[-3000:]}"
+                             + served) from exc
     return page.inner_text("body")
 
 
@@ -308,28 +312,37 @@ def xrv_app_url(app_home, shipped, tmp_path_factory):
     home.mkdir()
     (home / "datasets").symlink_to(app_home / "datasets", target_is_directory=True)
     plant_densenet(root / "xrv-cache")
-    yield from serve_app(home, CXR_XRV_CACHE_DIR=str(root / "xrv-cache"), CXR_OFFLINE="1")
+    with open(root / "server.log", "wb") as log:
+        for url in serve_app(home, log, CXR_XRV_CACHE_DIR=str(root / "xrv-cache"), CXR_OFFLINE="1"):
+            yield url, root / "server.log"
 
 
 def _choose(page, label: str, option: str) -> str:
-    """Pick ``option`` in the Streamlit selectbox labelled ``label`` (type to filter, then click it); the
-    option's text as shown."""
+    """Pick ``option`` in the Streamlit selectbox labelled ``label`` (type to filter, then click it) and wait
+    until the script run the choice starts has ended (an upload into the page while that run redraws it could be
+    lost: twice a library-model comparison, uploaded right after the choice, never came); the option's text as
+    shown."""
+    from playwright.sync_api import expect
+
     box = page.get_by_test_id("stSelectbox").filter(has_text=label)
     box.locator("input").click()
     box.locator("input").fill(option.split(" ")[0])
     choice = page.get_by_role("option", name=option).first
     shown = choice.inner_text()
     choice.click()
+    expect(box.locator("input")).to_have_value(shown, timeout=60_000)   # the box shows the choice
+    wait_idle(page)
     return shown
 
 
 def test_compare_with_a_library_model_on_one_side(xrv_app_url, browser, tmp_path):
+    url, log = xrv_app_url
     page = browser.new_page(viewport={"width": 1500, "height": 2000})
-    open_compare(page, xrv_app_url)
+    open_compare(page, url)
     assert "needs weights" not in _choose(page, "Baseline model", "xrv:densenet121-res224-all (library)")
     page.locator("input[type=file]").first.set_input_files(str(FORMATS / "00000001_000.png"))
-    page.get_by_text("feature cells").wait_for(timeout=300_000)
-    body = body_with(page, "baseline:", "fine-tuned:", "xrv:densenet121-res224-all", "torchxrayvision")
+    body = body_with(page, "feature cells", "baseline:", "fine-tuned:", "xrv:densenet121-res224-all", "torchxrayvision",
+                     timeout=300_000, log=log)
     assert "Traceback" not in body  # and the baseline saw the library model
     page.wait_for_function("document.querySelectorAll('[data-testid=stImage] img').length >= 3", timeout=60_000)
     # the library model's card next to its predictions
