@@ -346,16 +346,17 @@ def job_roots(s: Settings) -> tuple[Path, ...] | None:
 
 
 def check_job_paths(config: dict, s: Settings) -> None:
-    """AccessError when a training config's ``data`` or ``init`` folder lies outside :func:`job_roots`
-    (symlinks and ``..`` resolved). Library models (``xrv:…``) are names, not paths."""
+    """AccessError when a job config's ``data`` or ``init`` folder (training), or its ``input`` or ``checkpoint``
+    (scoring), lies outside :func:`job_roots` (symlinks and ``..`` resolved). Library models (``xrv:…``) are
+    names, not paths; a DICOMweb query (``input``) is a URL, checked against the operator's PACS by the job layer."""
     roots = job_roots(s)
     if roots is None or not isinstance(config, dict):
         return
-    for key in ("data", "init"):
+    for key in ("data", "init", "input", "checkpoint"):
         value = config.get(key)
-        if not value or not isinstance(value, str):
+        if not value or not isinstance(value, str) or (key == "input" and value.startswith(("http://", "https://"))):
             continue
-        if key == "init":
+        if key in ("init", "checkpoint"):
             from .models.library import library_ref
 
             if library_ref(value):

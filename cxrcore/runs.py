@@ -36,12 +36,14 @@ def progress_text(s: dict, job) -> str:
         parts.append(f"epoch {s['epoch'] or 0}/{s['epochs']}")
     if s["total_steps"]:
         parts.append(f"step {s['step']}/{s['total_steps']}")
+    if s.get("total"):   # a scoring job (cxrcore.jobs.progress.score_summary)
+        parts.append(f"{s['scored']:,} of {s['total']:,} images")
     if s["images_per_s"] is not None:
         parts.append(f"{s['images_per_s']:.1f} images/s")
-    if s["eta_seconds"] is not None and s["phase"] == "training":
+    if s["eta_seconds"] is not None and s["phase"] in ("training", "scoring"):
         parts.append(f"ETA {fmt_seconds(s['eta_seconds'])}")
-    if s["resumes"]:
-        parts.append(f"resumed {s['resumes']}×")
+    if s["resumes"] or s.get("attempts", 0) > 1:
+        parts.append(f"resumed {s['resumes'] or s['attempts'] - 1}×")
     if s["phase"] == "preparing" and job.active:
         parts.append("reading the data and building the image cache")
     return " · ".join(parts)

@@ -58,6 +58,9 @@ class Summary:
     model: str
     card_sha256: str
     labels: list[str] = field(default_factory=list)
+    complete: bool = True   # False: stopped on request before the end; the parts wait for the same command
+    runtime: str = "torch"  # what ran the network: torch, or onnx (cxrcore.runtime)
+    runtime_note: str | None = None   # why not the runtime asked for, when it could not be used
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -189,14 +192,22 @@ def _prepared(read: Callable[[str], bytes], path: str, prep) -> tuple[str, objec
 
 
 def score(source: Source, predictor, out: str | Path, model: str, *, workers: int = 2, batch: int = BATCH,
-          progress: Callable[[int, int], None] | None = None, part_rows: int = PART_ROWS) -> Summary:
-    """Score every image of ``source`` with ``predictor`` into ``out`` (a .parquet path); see the module's text."""
+          progress: Callable[[int, int, int], None] | None = None, part_rows: int = PART_ROWS,
+          should_stop: Callable[[], bool] | None = None) -> Summary:
+    """Score every image of ``source`` with ``predictor`` into ``out`` (a .parquet path); see the module's text.
+    ``predictor``: a :class:`cxrcore.predictor.Predictor`, or the same network on ONNX Runtime
+    (:class:`cxrcore.runtime.OnnxScorer`).
+
+    ``progress(done, todo, errors)`` after each part written (``done`` of the ``todo`` images this call scores);
+    ``should_stop()`` is asked after each part: True ends the call there, without merging (``complete`` False;
+    the same call later goes on from the parts)."""
     import pandas as pd
 
     from .explain.trust import domain_notices
     from .inference import apply_temperature, logits_from_probs
 
     t0 = time.perf_counter()
+    runtime = getattr(predictor, "runtime", "torch")   # an OnnxScorer (cxrcore.runtime) says so
     out = Path(out)
     if out.suffix.lower() != ".parquet":
         raise DataError(f"--out must name a .parquet file (the CSV is written beside it), not {out.name}.")
@@ -224,7 +235,7 @@ def score(source: Source, predictor, out: str | Path, model: str, *, workers: in
     thresholds = np.array(card.threshold_list(), dtype=np.float32)
     k = 1 + max([int(f.stem.split("-")[1]) for f in parts.glob("part-*.parquet")]
                 + [int(f.stem.split("-")[1]) for f in parts.glob("errors-*.csv")] + [0])
-    scored = 0
+    scored = failed = 0
 
     def batches() -> Iterator[list[str]]:
         for i in range(0, len(todo), part_rows):
@@ -259,10 +270,15 @@ def score(source: Source, predictor, out: str | Path, model: str, *, workers: in
             _write_part(parts, k, rows, errors, columns)
             k += 1
             scored += len(ready)
+            failed += len(errors)
             if progress:
-                progress(scored, len(todo))
+                progress(scored, len(todo), failed)
+            if should_stop is not None and nxt is not None and should_stop():
+                list(pending)   # let the decoding threads finish the next part's reads before they are dropped
+                return Summary(resumed + scored - failed, failed, round(time.perf_counter() - t0, 3), scored, resumed,
+                               str(out), "", "", model, digest, labels, complete=False, runtime=runtime)
     return _merge(source, parts, out, columns, Summary(0, 0, 0.0, scored, resumed, str(out), "", "", model, digest,
-                                                       labels), t0)
+                                                       labels, runtime=runtime), t0)
 
 
 def _merge(source: Source, parts: Path, out: Path, columns: list[str], summary: Summary, t0: float) -> Summary:

@@ -14,7 +14,8 @@ from cxrcore import hosting
 from cxrcore.checkpoint import read_card
 from cxrcore.errors import CXRError
 from cxrcore.jobs import dispatch, logfiles
-from cxrcore.jobs.progress import progress_summary
+from cxrcore.jobs.progress import job_summary, progress_summary
+from cxrcore.jobs.scoring import is_scoring, out_path, read_summary
 from cxrcore.runs import config_diff, fmt_seconds, fmt_time, history_table, progress_text
 from ui.common import chart_config, md_text, show_error
 
@@ -22,6 +23,7 @@ STATUS_COLOR = {"queued": "gray", "running": "blue", "succeeded": "green", "fail
 STATUS_ICON = {"queued": ":material/schedule:", "running": ":material/directions_run:",
                "succeeded": ":material/check_circle:", "failed": ":material/error:", "cancelled": ":material/block:"}
 REFRESH_S = 2
+DOWNLOAD_LIMIT = 200 * 2**20   # a larger table is read from its file, not through the browser
 
 
 def _events_stamp(job) -> tuple:
@@ -34,13 +36,13 @@ def _events_stamp(job) -> tuple:
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def _summary(run_dir: str, stamp: tuple, _job) -> dict:
-    """The progress summary of a job's events; cached until events.jsonl changes."""
-    return progress_summary(logfiles.events(_job))
+def _summary(run_dir: str, stamp: tuple, scoring: bool, _job) -> dict:
+    """The progress summary of a job's events (a training's or a scoring's); cached until events.jsonl changes."""
+    return job_summary(_job.config, logfiles.events(_job))
 
 
 def summary_of(job) -> dict:
-    return _summary(job.run_dir, _events_stamp(job), job)
+    return _summary(job.run_dir, _events_stamp(job), is_scoring(job.config), job)
 
 
 def _md_escape(text: str) -> str:
@@ -154,10 +156,12 @@ def _actions(job, store, user, access) -> None:
                     lambda j: f"Job {j.id} is {j.status}.")
     if job.status in ("cancelled", "failed") and b1.button(
             "Resume job", key=f"train_resume_{job.id}", type="primary", disabled=no_resume is not None,
-            help=no_resume or "Continue from the last complete epoch."):
+            help=no_resume or ("Score the images not in the table yet." if is_scoring(job.config)
+                               else "Continue from the last complete epoch.")):
         _run_action(partial(dispatch.resume, user=user, settings=access), job, store, "Resuming…", "success",
-                    lambda j: f"Job {j.id} resumes from its last complete epoch.")
-    if b2.button("Clone into the form", key=f"train_clone_{job.id}",
+                    lambda j: f"Job {j.id} resumes " + ("with the images not scored yet." if is_scoring(j.config)
+                                                         else "from its last complete epoch."))
+    if not is_scoring(job.config) and b2.button("Clone into the form", key=f"train_clone_{job.id}",
                  help="Fill the launch form with this job's options, to change some and launch a new job."):
         st.session_state["train_clone"] = (job.config, job.backend, job.name)
         st.rerun()
@@ -196,49 +200,8 @@ def _curves(s: dict, key: str) -> None:
 
 
 
-def render_job(job_id: str, live: bool, store, user, access) -> None:
-    """A job's header, progress, actions, metrics, curves, log and configuration."""
-    try:
-        job = dispatch.refresh(job_id, store)
-    except CXRError as exc:
-        show_error(exc)
-        return
-    if live and job.ended:
-        st.rerun()  # the job just ended: redraw the whole page once (table too), without auto refresh
-    if st.session_state.get("train_listed_status", {}).get(job.id, job.status) != job.status:
-        st.rerun()  # it moved on since the table and the watch list were drawn: redraw them with its state
-    show_flash()
-    try:
-        s = summary_of(job)
-    except Exception as exc:  # noqa: BLE001
-        show_error(exc)
-        s = progress_summary([])
-
-    h1, h2 = st.columns([3, 1])
-    h1.markdown(f"#### {md_text(job.name or 'unnamed')} · `{job.id}`")  # a name any visitor typed: escaped
-    with h2:
-        st.badge(job.status, icon=STATUS_ICON.get(job.status), color=STATUS_COLOR.get(job.status, "gray"))
-    where = job.backend + (f" job {job.backend_id}" if getattr(job, "backend_id", None) else "")
-    if job.pid and job.active and job.backend == "local":
-        where += f" · pid {job.pid}"
-    gpu_ids = getattr(job, "gpu_ids", None)
-    if gpu_ids:
-        where += f" · GPUs {gpu_ids}"
-    st.caption(f"Created {fmt_time(job.created)} · started {fmt_time(job.started)} · "
-               f"duration {fmt_seconds(job.duration)} · {where}")
-
-    st.progress(float(s["fraction"]), text=progress_text(s, job))
-    _actions(job, store, user, access)
-
-    if job.status == "failed":
-        first, _, rest = (job.error or "no message").partition("\n")
-        st.error(f"The job failed: {_md_escape(first)}")
-        if rest.strip():
-            st.code(rest, language=None)
-    elif job.status == "cancelled":
-        st.warning(_md_escape(job.error or "The job was cancelled."))
-    elif job.status == "queued" and getattr(job, "note", None):
-        st.info(_md_escape(job.note))
+def _training_body(job, s: dict) -> None:
+    """A training job's checkpoint, metrics and curves."""
     ckpt = Path(job.run_dir) / "checkpoint"
     if job.ended and (ckpt / "card.json").exists():
         msg = (f"Checkpoint: `{ckpt}`  \nIt now appears in the model pickers on the Compare and Thresholds "
@@ -284,6 +247,98 @@ def render_job(job_id: str, live: bool, store, user, access) -> None:
                 _curves(sub, f"{job.id}_{role}")
     else:
         _curves(s, job.id)
+
+
+def _scoring_body(job, s: dict) -> None:
+    """A scoring job's counts, speed and, at its end, its table: where it is, its first rows, the downloads."""
+    m = st.columns(4)
+    m[0].metric("Images in the table", "–" if not s["total"] else f"{s['scored']:,} of {s['total']:,}",
+                help="rows written so far (and unreadable files), every attempt")
+    m[1].metric("Unreadable", f"{s['errors']:,}", help="files that could not be read, listed with the reason")
+    m[2].metric("Images/s", "–" if s["images_per_s"] is None else f"{s['images_per_s']:.1f}")
+    m[3].metric("ETA", fmt_seconds(s["eta_seconds"]) if job.active else "–")
+    if s["input"]:
+        st.caption(f"Scoring {md_text(s['input'])} with {md_text(s['model'] or '')} on {s['runtime'] or 'torch'}."
+                   + (f" {md_text(s['runtime_note'])}" if s["runtime_note"] else ""))
+    done = read_summary(job.run_dir)
+    if job.status != "succeeded" or done is None:
+        if job.status in ("cancelled", "failed") and s["scored"]:
+            st.caption(f"{s['scored']:,} image(s) are in the table's parts; **Resume** scores the rest, each image once.")
+        return
+    out = out_path(job.config, job.run_dir)
+    st.success(f"{done['rows']:,} image(s) scored in {fmt_seconds(done['seconds'])}: `{done['out']}` (and "
+               f"`{done['csv']}`)" + (f"; {done['errors']:,} unreadable, listed in `{done['errors_csv']}`."
+                                      if done["errors"] else "."))
+    try:
+        table = pd.read_parquet(out)
+    except Exception as exc:  # noqa: BLE001 - moved or removed since: say so, keep the page
+        show_error(CXRError(f"The table {out} cannot be read now ({type(exc).__name__}); was it moved?"))
+        return
+    st.dataframe(table.head(200), hide_index=True, key=f"score_rows_{job.id}")
+    st.caption(f"The first {min(200, len(table))} of {len(table):,} rows: each label's probability, its call at "
+               "the model's threshold, calibrated probabilities where the card has temperatures, OOD reasons and "
+               "the model's notices.")
+    c1, c2 = st.columns(2)
+    csv_path = Path(done["csv"])
+    if csv_path.exists() and csv_path.stat().st_size <= DOWNLOAD_LIMIT:
+        c1.download_button("The table as CSV", csv_path.read_bytes(), file_name=csv_path.name, mime="text/csv",
+                           key=f"score_csv_{job.id}")
+    if done["errors"] and Path(done["errors_csv"]).exists():
+        errors = pd.read_csv(done["errors_csv"], dtype=str)
+        with st.expander(f"Unreadable files ({len(errors):,})"):
+            st.dataframe(errors.head(500), hide_index=True, key=f"score_errors_{job.id}")
+        c2.download_button("Unreadable files as CSV", Path(done["errors_csv"]).read_bytes(),
+                           file_name=Path(done["errors_csv"]).name, mime="text/csv", key=f"score_errors_csv_{job.id}")
+
+
+def render_job(job_id: str, live: bool, store, user, access) -> None:
+    """A job's header, progress, actions, metrics, curves, log and configuration."""
+    try:
+        job = dispatch.refresh(job_id, store)
+    except CXRError as exc:
+        show_error(exc)
+        return
+    if live and job.ended:
+        st.rerun()  # the job just ended: redraw the whole page once (table too), without auto refresh
+    if st.session_state.get("train_listed_status", {}).get(job.id, job.status) != job.status:
+        st.rerun()  # it moved on since the table and the watch list were drawn: redraw them with its state
+    show_flash()
+    try:
+        s = summary_of(job)
+    except Exception as exc:  # noqa: BLE001
+        show_error(exc)
+        s = progress_summary([])
+
+    h1, h2 = st.columns([3, 1])
+    h1.markdown(f"#### {md_text(job.name or 'unnamed')} · `{job.id}`")  # a name any visitor typed: escaped
+    with h2:
+        st.badge(job.status, icon=STATUS_ICON.get(job.status), color=STATUS_COLOR.get(job.status, "gray"))
+    where = job.backend + (f" job {job.backend_id}" if getattr(job, "backend_id", None) else "")
+    if job.pid and job.active and job.backend == "local":
+        where += f" · pid {job.pid}"
+    gpu_ids = getattr(job, "gpu_ids", None)
+    if gpu_ids:
+        where += f" · GPUs {gpu_ids}"
+    st.caption(f"Created {fmt_time(job.created)} · started {fmt_time(job.started)} · "
+               f"duration {fmt_seconds(job.duration)} · {where}")
+
+    st.progress(float(s["fraction"]), text=progress_text(s, job))
+    _actions(job, store, user, access)
+
+    if job.status == "failed":
+        first, _, rest = (job.error or "no message").partition("\n")
+        st.error(f"The job failed: {_md_escape(first)}")
+        if rest.strip():
+            st.code(rest, language=None)
+    elif job.status == "cancelled":
+        st.warning(_md_escape(job.error or "The job was cancelled."))
+    elif job.status == "queued" and getattr(job, "note", None):
+        st.info(_md_escape(job.note))
+    if is_scoring(job.config):
+        _scoring_body(job, s)
+    else:
+        _training_body(job, s)
+
 
     st.markdown("**Log** (last 40 lines)")
     st.code(dispatch.logs(job, 40) or "(no output yet)", language=None)

@@ -17,10 +17,12 @@ from cxrcore import hosting, launch
 from cxrcore.errors import CXRError
 from cxrcore.jobs import JobStore, dispatch, sweep
 from cxrcore.jobs.progress import progress_summary
+from cxrcore.jobs.scoring import SCORE, TRAIN, is_scoring
 from cxrcore.runs import fmt_seconds, fmt_time
 from ui import training_form
 from ui.common import checkpoint_choices, current_user, dataset_choices, hosting_settings, md_text, show_error
 from ui.job_view import compare_runs, ended_view, live_view, show_flash, summary_of
+from ui.score_form import score_launcher
 from ui.sweeps import sweeps_section
 
 st.title("Train a classifier in the background")
@@ -60,6 +62,7 @@ elif access.hosted and hosting.cap_for(user, access):
                "per person on this server.")
 
 form = training_form.launch_form(datasets, checkpoints, access, user, launch_blocked)
+score_launcher(datasets, checkpoints, access, user, launch_blocked)
 
 if form.submitted or form.sweep_submitted:
     data = form.folder.strip() or (datasets.get(form.dataset) if form.dataset else None)
@@ -142,9 +145,10 @@ for j in jobs:
     except Exception:  # noqa: BLE001 - an unreadable events file must not break the table
         s = progress_summary([])
     note = (getattr(j, "note", None) or "") if j.active else ""
+    scoring = is_scoring(j.config)
     rows.append({"id": j.id, "name": j.name, "status": j.status, "launched by": hosting.owner_display(j.owner),
-                 "backend": j.backend,
-                 "mode": (j.config or {}).get("mode", "full"), "progress": float(s["fraction"]),
+                 "backend": j.backend, "task": SCORE if scoring else TRAIN,
+                 "mode": None if scoring else (j.config or {}).get("mode", "full"), "progress": float(s["fraction"]),
                  "best val AUROC": s["best_val_mean_auroc"], "created": fmt_time(j.created),
                  "duration": fmt_seconds(j.duration), "note": note})
 st.dataframe(pd.DataFrame(rows), hide_index=True, placeholder="–",
@@ -176,13 +180,14 @@ else:
 
 # ---- comparison ------------------------------------------------------------------------------------------------
 st.subheader("Compare two runs")
-if len(ids) < 2:
-    st.caption("Two or more jobs are needed for a comparison.")
+runs = [i for i in ids if not is_scoring(by_id[i].config)]   # trainings: a scoring job has no curves
+if len(runs) < 2:
+    st.caption("Two or more training jobs are needed for a comparison.")
 else:
     r1, r2 = st.columns(2)
     fmt = lambda i: f"{i} — {by_id[i].name or 'unnamed'} ({by_id[i].status})"  # noqa: E731
-    run_a = r1.selectbox("Run A", ids, index=min(1, len(ids) - 1), key="train_cmp_a", format_func=fmt)
-    run_b = r2.selectbox("Run B", ids, index=0, key="train_cmp_b", format_func=fmt)
+    run_a = r1.selectbox("Run A", runs, index=min(1, len(runs) - 1), key="train_cmp_a", format_func=fmt)
+    run_b = r2.selectbox("Run B", runs, index=0, key="train_cmp_b", format_func=fmt)
     if run_a == run_b:
         st.caption("Pick two different runs.")
     else:

@@ -1,4 +1,4 @@
-"""``cxr jobs``: background training jobs."""
+"""``cxr jobs``: background jobs (trainings and scorings)."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ from .common import Command
 def cmd_jobs(a) -> int:
     from .. import jobs
     from ..hosting import owner_display
+    from ..jobs.scoring import is_scoring
     from ..jobs.store import JobStore
 
     store = JobStore()
@@ -27,7 +28,7 @@ def cmd_jobs(a) -> int:
         raise CXRError(f"`cxr jobs {a.action}` needs a job id; `cxr jobs list` shows them.")
     job = jobs.refresh(store.get(a.job), store)
     if a.action == "show":
-        s = jobs.progress_summary(jobs.events(job))
+        s = jobs.job_summary(job.config, jobs.events(job))
         print(json.dumps({"id": job.id, "name": job.name, "status": job.status, "backend": job.backend,
                           "slurm_id": job.backend_id, "gpu_ids": job.gpu_ids, "note": job.note, "owner": job.owner,
                           "run_dir": str(job.run_dir), "error": job.error, "progress": {k: v for k, v in s.items()
@@ -40,7 +41,8 @@ def cmd_jobs(a) -> int:
         print(f"cancelled {job.id}" + (f" (Slurm job {done.backend_id})" if done.backend_id else ""))
     elif a.action == "resume":
         again = jobs.resume(job.id, store)
-        print(f"resumed {again.id} from its last complete epoch ({again.status}); `cxr jobs show {again.id}`")
+        where = "with the images not scored yet" if is_scoring(again.config) else "from its last complete epoch"
+        print(f"resumed {again.id} {where} ({again.status}); `cxr jobs show {again.id}`")
     return 0
 
 
@@ -51,4 +53,4 @@ def _jobs_flags(s) -> None:
     s.set_defaults(func=cmd_jobs)
 
 
-JOBS = Command("jobs", "list, inspect, cancel and resume background training jobs", _jobs_flags)
+JOBS = Command("jobs", "list, inspect, cancel and resume background jobs (trainings and scorings)", _jobs_flags)

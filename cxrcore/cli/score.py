@@ -2,24 +2,57 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
-from .common import CHECKPOINT_HELP, Command, bar
+from ..runtime import RUNTIMES
+from .common import CHECKPOINT_HELP, Command, add_backend_flag, add_slurm_flags, bar, slurm_values
+
+
+def _submit(a) -> int:
+    """``--background`` / ``--backend slurm``: the same scoring as a job of the queue (cxrcore.jobs.scoring)."""
+    from ..jobs import dispatch
+    from ..jobs.scoring import SCORE, TASK_KEY
+
+    config = {TASK_KEY: SCORE, "input": a.input, "checkpoint": a.checkpoint, "out": a.out, "workers": a.workers,
+              "batch_size": a.batch_size, "runtime": a.runtime, "threads": a.threads}
+    if a.backend == "slurm":
+        config["slurm"] = slurm_values(a)
+        job = dispatch.submit(config, name=a.name or "", backend="slurm", cluster=a.slurm_conf)
+    else:
+        job = dispatch.submit(config, name=a.name or "")   # recorded as launched by the OS user
+    if a.json:
+        print(json.dumps({"job": job.id, "backend": job.backend, "backend_id": job.backend_id,
+                          "run_dir": job.run_dir, "out": a.out}, indent=1))
+    else:
+        print(f"submitted scoring job {job.id} on {job.backend} (run folder {job.run_dir}); watch it with "
+              f"`cxr jobs show {job.id}`; `cxr jobs resume {job.id}` continues it after a cancel or a kill")
+    return 0
 
 
 def cmd_score(a) -> int:
     from ..compare import model_name
     from ..errors import ConfigError
     from ..predictor import Predictor
+    from ..runtime import scorer
     from ..score import score, source_of
 
-    if a.workers < 1 or a.batch_size < 1:
-        raise ConfigError("--workers and --batch-size must be at least 1.")
+    if a.workers < 1 or a.batch_size < 1 or a.threads < 0:
+        raise ConfigError("--workers and --batch-size must be at least 1, --threads at least 0.")
+    if not a.threads:
+        a.threads = 0 if (a.background or a.backend != "local") else (os.cpu_count() or 1)
+    if a.background or a.backend != "local":
+        return _submit(a)
     source = source_of(a.input)
     predictor = Predictor(a.checkpoint)
     model = model_name(a.checkpoint, predictor)
-    summary = score(source, predictor, a.out, model, workers=a.workers, batch=a.batch_size,
-                    progress=None if a.json else bar("score"))
+    network, runtime, why_not = scorer(predictor, a.runtime, a.threads)
+    if why_not and not a.json:
+        print(f"scoring with PyTorch: {why_not}", file=sys.stderr)
+    shown = None if a.json else bar("score")
+    summary = score(source, network, a.out, model, workers=a.workers, batch=a.batch_size,
+                    progress=None if shown is None else lambda done, todo, errors: shown(done, todo))
+    summary.runtime_note = why_not
     if a.json:
         print(json.dumps(summary.to_dict(), indent=1))
     else:
@@ -39,6 +72,18 @@ def _flags(s) -> None:
     s.add_argument("--json", action="store_true", help="print a summary: rows, errors, seconds, ...")
     s.add_argument("--workers", type=int, default=2, help="threads decoding images while the model scores")
     s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--runtime", choices=RUNTIMES, default=RUNTIMES[0],
+                   help="what runs the network: onnx (the model exported once to ONNX Runtime; equal to PyTorch within "
+                        "1e-4, faster on CPUs: bench/RESULTS.md) or torch (PyTorch eager). A model that does not "
+                        "export is scored by PyTorch, and the summary says why")
+    s.add_argument("--threads", type=int, default=0,
+                   help="math threads for the network (default: every core here; a job: all but one)")
+    add_backend_flag(s, help="local: here (in the foreground, or as a detached job with --background); slurm: a job "
+                             "submitted with sbatch")
+    add_slurm_flags(s, visitor_safe=False)
+    s.add_argument("--background", action="store_true",
+                   help="run as a detached job of the queue (see `cxr jobs`; the Training page lists it)")
+    s.add_argument("--name", default="", help="the job's name (with --background or --backend slurm)")
     s.set_defaults(func=cmd_score)
 
 

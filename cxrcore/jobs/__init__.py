@@ -1,4 +1,5 @@
-"""Background training jobs: a SQLite job table and backends that run each job's runner.
+"""Background jobs (trainings, and scorings of whole archives: :mod:`.scoring`): a SQLite job table and backends
+that run each job's runner.
 
 The entry point is :mod:`.dispatch` (re-exported here): ``submit`` validates a training config
 (:mod:`.config`) and starts ``python -m cxrcore.jobs.runner`` on a backend (:mod:`.backend`):
@@ -19,9 +20,9 @@ from .config import check_config
 from .dispatch import BACKENDS, backend_for, cancel, logs, refresh, refresh_all, resume, submit
 from .local import process_alive, start_queued
 from .logfiles import events, tail_log
-from .progress import progress_summary
+from .progress import job_summary, progress_summary
 from .store import ACTIVE, ENDED, STATUSES, Job, JobStore, new_job_id
 
 __all__ = ["ACTIVE", "BACKENDS", "ENDED", "STATUSES", "Backend", "Job", "JobStore", "backend_for", "cancel",
-           "check_config", "events", "gpus", "local", "logs", "new_job_id", "process_alive", "progress_summary",
+           "check_config", "events", "gpus", "local", "logs", "job_summary", "new_job_id", "process_alive", "progress_summary",
            "refresh", "refresh_all", "resume", "slurm", "start_queued", "submit", "tail_log"]

@@ -13,10 +13,12 @@ from dataclasses import asdict, dataclass
 
 from ..errors import ConfigError
 from ..hosting import RESTRICTED_SLURM_OPTIONS  # who may set which: the operator's policy
+from .scoring import SCORE, check_score_config, task_of
 
 
 def check_config(config: dict, settings=None, user=None) -> dict:
-    """Validate a training config without starting anything; returns it normalised.
+    """Validate a training config without starting anything; returns it normalised. A scoring job's config
+    (``task`` = ``score``) is checked by :func:`cxrcore.jobs.scoring.check_score_config` instead.
 
     Normalised: every option present (defaults filled in), ``data`` and ``init`` as absolute
     paths (the runner's working directory is the run folder). Raises ConfigError for bad
@@ -38,6 +40,8 @@ def check_config(config: dict, settings=None, user=None) -> dict:
 
     if not isinstance(config, dict):
         raise ConfigError(f"A training config is a dict of options, not {type(config).__name__}.")
+    if task_of(config) == SCORE:   # a scoring job (cxr score as a job): its own options
+        return check_score_config(config, settings, user)
     if not config.get("data"):
         raise ConfigError("The training config needs `data`: the dataset folder to train on.")
     settings = settings or hosting.settings()

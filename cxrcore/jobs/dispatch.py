@@ -25,6 +25,7 @@ from .backend import Backend
 from .config import check_job_resources, check_slurm_rights
 from .local import BACKEND as LOCAL
 from .local import start_queued
+from .scoring import is_scoring
 from .slurm import BACKEND as SLURM
 from .store import ACTIVE, CapReached, Job, JobStore
 from .store import BACKENDS as BACKEND_NAMES  # the declaration of the backends' names
@@ -110,7 +111,8 @@ def cancel(job_id: str, store: JobStore | None = None, timeout: float = 5.0, use
 
 def resume(job_id: str, store: JobStore | None = None, user: hosting.User | None = None,
            settings: hosting.Settings | None = None) -> Job:
-    """Start a cancelled or failed job again from its last complete epoch (``run_dir/last``).
+    """Start a cancelled or failed job again from its last complete epoch (``run_dir/last``); a scoring job from
+    the rows it has scored (:mod:`cxrcore.jobs.scoring`).
 
     The same row and run folder are reused: the job goes back to ``queued``, a new runner restores
     model, optimizer, scheduler, sampler and RNG state and trains the remaining epochs (the events
@@ -131,7 +133,7 @@ def resume(job_id: str, store: JobStore | None = None, user: hosting.User | None
         raise JobError(f"Job {job.id} is still {job.status}; only a cancelled or failed job can be resumed.")
     if job.status == "succeeded":
         raise JobError(f"Job {job.id} already succeeded; clone it to train again with other options.")
-    if state_path(job.run_dir) is None:
+    if not is_scoring(job.config) and state_path(job.run_dir) is None:   # a scoring job goes on from its parts
         raise JobError(f"Job {job.id} never finished an epoch, so there is nothing to resume from; "
                        "clone it to start again.")
     who = user or hosting.operator_user()

@@ -28,6 +28,7 @@ from . import gpus
 from .config import check_config
 from .environment import job_environ
 from .logfiles import LOG_NAME, append_log, tail_log, write_config
+from .scoring import is_scoring, job_label
 from .store import ACTIVE, Job, JobStore
 
 QUEUED_GRACE_S = 120.0  # a queued row with no process for this long never started
@@ -239,7 +240,7 @@ class LocalBackend:
         if not config.get("threads"):
             # Leave a core to the app: two processes each running all-core OpenMP on a small machine thrash.
             config["threads"] = max(1, (os.cpu_count() or 2) - 1)
-        name = name or config.get("name") or Path(config["data"]).name
+        name = name or config.get("name") or job_label(config)
         store = store or JobStore()
         _reap_children()
 
@@ -325,7 +326,8 @@ class LocalBackend:
         if not store.transition(job.id, ("cancelled", "failed"), "queued", pid=None, error=None, exit_code=None,
                                 finished=None, started=None, gpu_ids=None, note=None):
             raise JobError(f"Job {job.id} changed state meanwhile ({store.get(job.id).status}); try again.")
-        append_log(job, f"[{clock()}] resume requested: continuing from the last complete epoch")
+        append_log(job, f"[{clock()}] resume requested: continuing from "
+                        + ("the rows already scored" if is_scoring(job.config) else "the last complete epoch"))
         _reap_children()
         need = int(job.config.get("gpus") or 0)
         try:

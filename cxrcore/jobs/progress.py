@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from .scoring import is_scoring
+
 
 def _num(v) -> float | None:
     if v is None:
@@ -219,3 +221,48 @@ def _two_network_summary(events: list[dict], roles: list[str]) -> dict:
         elif e.get("type") == "stopped" and e.get("network") in TWO_NETWORKS and "step" not in e:
             s["phase"], s["stopped"] = "stopped", True
     return s
+
+
+def score_summary(events: list[dict]) -> dict:
+    """What a scoring job's view needs (:mod:`cxrcore.jobs.scoring`), with :func:`progress_summary`'s keys (so
+    a table of jobs reads both kinds the same): phase (waiting | scoring | stopped | done), fraction of the input
+    in the table, images_per_s (this attempt's), eta_seconds, elapsed_seconds; and total (images in the input),
+    scored (rows and errors so far, every attempt), errors (this attempt's unreadable files until the end, then
+    the table's), attempts, input, model, out, rows (at the end), runtime (onnx | torch) and runtime_note (why not
+    the runtime asked for)."""
+    s = progress_summary([])
+    s.update(phase="waiting", total=None, scored=0, errors=0, attempts=0, input=None, model=None, out=None, rows=None,
+             runtime=None, runtime_note=None)
+    t_first = None
+    for e in events or []:
+        kind, t = e.get("type"), _num(e.get("time"))
+        if kind == "score_start":
+            s.update(phase="scoring", total=e.get("total"), input=e.get("input"), model=e.get("model"),
+                     out=e.get("out"), runtime=e.get("runtime"), runtime_note=e.get("runtime_note"),
+                     images_per_s=None, eta_seconds=None)
+            s["attempts"] += 1
+            t_first = t_first if t_first is not None else t
+        elif kind == "score_progress" and s["total"]:
+            done, todo = int(e.get("done") or 0), int(e.get("todo") or 0)
+            s["scored"] = s["total"] - todo + done
+            s["errors"] = int(e.get("errors") or 0)
+            seconds = _num(e.get("seconds"))
+            if seconds:
+                s["images_per_s"] = done / seconds
+                s["eta_seconds"] = (todo - done) / s["images_per_s"] if s["images_per_s"] else None
+        elif kind in ("score_stopped", "score_done"):
+            s["phase"] = "stopped" if kind == "score_stopped" else "done"
+            s["eta_seconds"] = None
+            if kind == "score_done":
+                s.update(rows=e.get("rows"), errors=e.get("errors"), scored=s["total"] or s["scored"])
+        if t is not None and t_first is not None:
+            s["elapsed_seconds"] = t - t_first
+    if s["total"]:
+        s["fraction"] = min(1.0, s["scored"] / s["total"])
+    s["stopped"] = s["phase"] == "stopped"
+    return s
+
+
+def job_summary(config: dict, events: list[dict]) -> dict:
+    """The summary of a job's events for its kind: a scoring job's (:func:`score_summary`) or a training's."""
+    return (score_summary if is_scoring(config) else progress_summary)(events)

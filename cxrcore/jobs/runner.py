@@ -1,4 +1,5 @@
-"""The process that runs one training job: ``python -m cxrcore.jobs.runner JOB_ID [--db PATH]``.
+"""The process that runs one job, a training or a scoring (:mod:`.scoring`):
+``python -m cxrcore.jobs.runner JOB_ID [--db PATH]``.
 
 Started detached by the local backend (:mod:`cxrcore.jobs.local`; its own session, stdout/stderr
 to ``run_dir/log.txt``) or by a Slurm batch script (:mod:`cxrcore.jobs.slurm`). It marks the job
@@ -27,6 +28,7 @@ from ..train.progress import Cancelled, ProgressPrinter
 from ..train.progress import clock as _clock
 from .local import start_queued
 from .logfiles import EVENTS_NAME, LOG_NAME
+from .scoring import is_scoring, run_scoring
 from .store import JobStore
 
 EXIT_FAILED = 1
@@ -167,6 +169,23 @@ def final_state(card, signalled: int | None = None) -> tuple[str, dict]:
     return "succeeded", {"exit_code": 0, "error": None, "note": note}
 
 
+def _end_scoring(store: JobStore, job, summary, stop: "_Stop", seconds: float) -> int:
+    """Mark a scoring job's end from its summary: ``cancelled`` when a stop request ended it before the last
+    image (the rows so far are kept; Resume goes on from them), else ``succeeded`` with the table's figures."""
+    if not summary.complete:
+        how = f"the runner received {signal.Signals(stop.signal).name}" if stop.signal else "a stop request"
+        error = (f"Cancelled ({how}) after {summary.rows} row(s); they are kept, and Resume scores the rest "
+                 "(each image once).")
+        print(f"[{_clock()}] {error}", flush=True)
+        store.mark(job.id, "cancelled", exit_code=EXIT_CANCELLED, error=error)
+        return EXIT_CANCELLED
+    note = (f"{summary.rows} image(s) scored into {summary.out}" + (f", {summary.errors} unreadable (listed in "
+            f"{summary.errors_csv})" if summary.errors else "") + ".")
+    print(f"[{_clock()}] succeeded in {seconds:.0f}s: {note}", flush=True)
+    store.mark(job.id, "succeeded", exit_code=0, error=None, note=note)
+    return 0
+
+
 def run_job(job_id: str, db: str | os.PathLike | None = None) -> int:
     """Run one queued job in this process; returns the exit code."""
     stop = _Stop()
@@ -185,14 +204,19 @@ def run_job(job_id: str, db: str | os.PathLike | None = None) -> int:
         return 0 if status == "cancelled" else EXIT_FAILED
 
     t0 = time.time()
+    scoring = is_scoring(job.config)
     try:
         stop.interruptible = True
         if stop():
             raise Cancelled("Stopped before training started.")
+        print(f"[{_clock()}] config {json.dumps(job.config, sort_keys=True)}", flush=True)
+        if scoring:
+            stop.interruptible = False
+            summary = run_scoring(job.config, run_dir, stop, log=lambda m: print(f"[{_clock()}] {m}", flush=True))
+            return _end_scoring(store, job, summary, stop, time.time() - t0)
         from ..train.trainer import TrainConfig  # heavy import (torch) after the signal handler is in
 
         cfg = TrainConfig.from_dict(job.config)
-        print(f"[{_clock()}] config {json.dumps(job.config, sort_keys=True)}", flush=True)
         stop.interruptible = False
         if stop():
             raise Cancelled("Stopped before training started.")
@@ -202,7 +226,8 @@ def run_job(job_id: str, db: str | os.PathLike | None = None) -> int:
         if stop() or isinstance(exc, Cancelled):
             print(f"[{_clock()}] cancelled after {time.time() - t0:.0f}s ({exc})", flush=True)
             store.mark(job.id, "cancelled", exit_code=EXIT_CANCELLED,
-                       error="Cancelled before the first epoch finished; no checkpoint was written.")
+                       error="Cancelled before scoring started." if scoring else
+                       "Cancelled before the first epoch finished; no checkpoint was written.")
             return EXIT_CANCELLED
         traceback.print_exc()
         message = str(exc) if isinstance(exc, CXRError) and str(exc) else _last_traceback_line(exc)

@@ -33,6 +33,7 @@ from ..errors import ConfigError, JobError
 from .environment import job_environ
 from .config import SLURM_OPTIONS, check_config, check_slurm_options, slurm_tokens
 from .logfiles import LOG_NAME, tail_log, write_config
+from .scoring import job_label
 from .store import ACTIVE, Job, JobStore
 
 SBATCH_NAME = "job.sbatch"
@@ -269,7 +270,7 @@ class SlurmBackend:
             config["name"] = name
         if not config.get("threads"):
             config["threads"] = int(slurm_opts.get("cpus") or 1)
-        name = name or config.get("name") or Path(config["data"]).name
+        name = name or config.get("name") or job_label(config)
         check_reachable(conf)
         if run_dir is not None and Path(run_dir).expanduser().exists():
             raise JobError(f"The run folder {Path(run_dir).expanduser()} already exists. Choose another run folder, so "

@@ -70,15 +70,10 @@ def test_a_run_stopped_part_way_continues_and_every_image_is_scored_once(archive
     source = source_of(str(archive))
     out = tmp_path / "scores.parquet"
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_two_parts(done: int, total: int) -> None:
-        if done >= 2 * 8:
-            raise Stop   # as a kill would: after two parts are on disk, before the rest
-
-    with pytest.raises(Stop):
-        score(source, tuned, out, "finetuned", part_rows=8, progress=stop_after_two_parts)
+    written = []   # a stop asked once two parts are on disk (a job's cancel); the rest waits for the same call
+    first = score(source, tuned, out, "finetuned", part_rows=8, progress=lambda done, todo, errors: written.append(done),
+                  should_stop=lambda: len(written) >= 2)
+    assert (first.complete, first.scored_now, written) == (False, 16, [8, 16])
     parts = sorted((tmp_path / "scores.parquet.parts").glob("part-*.parquet"))
     assert len(parts) == 2 and not out.exists()
     kept = sum(len(pd.read_parquet(p)) for p in parts)
