@@ -337,3 +337,23 @@ def test_slurm_job_sigterm_from_outside_is_cancelled_saying_so(ws, phantom, clus
     assert "received SIGTERM" in done.error and "was kept" in done.error
     assert (Path(done.run_dir) / "checkpoint" / "card.json").exists()
     assert [e["ended"] for e in events(done) if e["type"] == "done"] == ["stopped"]
+
+
+def test_a_scoring_job_runs_on_slurm(ws, phantom, shipped, cluster, tmp_path_factory):
+    """`cxr score --backend slurm`'s job (cxrcore/jobs/scoring.py) through sbatch: the same runner scores the
+    archive on the node and writes the table into the run folder."""
+    import pandas as pd
+
+    store = JobStore()
+    images = sorted((phantom / "images").glob("*.png"))[:40]
+    listing = tmp_path_factory.mktemp("list") / "list.csv"
+    pd.DataFrame({"path": [str(p) for p in images]}).to_csv(listing, index=False)
+    config = {"task": "score", "input": str(listing), "checkpoint": str(shipped["finetuned"]), "runtime": "torch"}
+    job = slurm.submit(config, name="scores-on-slurm", store=store, cluster=str(cluster.conf))
+    assert job.backend == "slurm" and job.backend_id.isdigit() and "cxrcore.jobs.runner" in (
+        Path(job.run_dir) / "job.sbatch").read_text()
+    done = wait_for(lambda: (j := refresh(job, store)).ended and j, what="the Slurm scoring job to end", interval=0.2)
+    assert done.status == "succeeded", f"{done.error}\n{tail_log(done, 40)}\n{cluster.logs()}"
+    table = pd.read_parquet(Path(done.run_dir) / "scores.parquet")
+    assert table["path"].tolist() == [str(p) for p in images]
+    assert f"slurm job {job.backend_id} on" in tail_log(done, 200) and "40 image(s) scored" in done.note
