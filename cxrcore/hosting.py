@@ -618,6 +618,14 @@ def why_not(user: User, action: str, job=None, s: Settings | None = None) -> str
     return None
 
 
+def is_admin(user: User, s: Settings | None = None) -> bool:
+    """Whether ``user`` acts for the operator: the operator's own tools (the CLI), one person's own machine with
+    nothing configured, or a signed-in admin (``CXR_JOB_ADMINS``). What touches the whole site (scoring new PACS
+    studies into the hospital's archive) is theirs only."""
+    s = s or settings()
+    return user.operator or s.single_user or (user.signed_in and user.id.lower() in s.admins)
+
+
 def may(user: User, action: str, job=None, s: Settings | None = None) -> bool:
     return why_not(user, action, job, s) is None
 

@@ -15,7 +15,7 @@ from cxrcore.checkpoint import read_card
 from cxrcore.errors import CXRError
 from cxrcore.jobs import dispatch, logfiles
 from cxrcore.jobs.progress import job_summary, progress_summary
-from cxrcore.jobs.scoring import is_scoring, out_path, read_summary
+from cxrcore.jobs.scoring import SCORE, WATCH, is_training, out_path, read_summary, resume_words, task_of
 from cxrcore.runs import config_diff, fmt_seconds, fmt_time, history_table, progress_text
 from ui.common import chart_config, md_text, show_error
 
@@ -36,13 +36,13 @@ def _events_stamp(job) -> tuple:
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def _summary(run_dir: str, stamp: tuple, scoring: bool, _job) -> dict:
+def _summary(run_dir: str, stamp: tuple, task: str, _job) -> dict:
     """The progress summary of a job's events (a training's or a scoring's); cached until events.jsonl changes."""
     return job_summary(_job.config, logfiles.events(_job))
 
 
 def summary_of(job) -> dict:
-    return _summary(job.run_dir, _events_stamp(job), is_scoring(job.config), job)
+    return _summary(job.run_dir, _events_stamp(job), task_of(job.config), job)
 
 
 def _md_escape(text: str) -> str:
@@ -156,12 +156,10 @@ def _actions(job, store, user, access) -> None:
                     lambda j: f"Job {j.id} is {j.status}.")
     if job.status in ("cancelled", "failed") and b1.button(
             "Resume job", key=f"train_resume_{job.id}", type="primary", disabled=no_resume is not None,
-            help=no_resume or ("Score the images not in the table yet." if is_scoring(job.config)
-                               else "Continue from the last complete epoch.")):
+            help=no_resume or f"Continue {resume_words(job.config)}."):
         _run_action(partial(dispatch.resume, user=user, settings=access), job, store, "Resuming…", "success",
-                    lambda j: f"Job {j.id} resumes " + ("with the images not scored yet." if is_scoring(j.config)
-                                                         else "from its last complete epoch."))
-    if not is_scoring(job.config) and b2.button("Clone into the form", key=f"train_clone_{job.id}",
+                    lambda j: f"Job {j.id} resumes {resume_words(j.config)}.")
+    if is_training(job.config) and b2.button("Clone into the form", key=f"train_clone_{job.id}",
                  help="Fill the launch form with this job's options, to change some and launch a new job."):
         st.session_state["train_clone"] = (job.config, job.backend, job.name)
         st.rerun()
@@ -291,6 +289,31 @@ def _scoring_body(job, s: dict) -> None:
                            file_name=Path(done["errors_csv"]).name, mime="text/csv", key=f"score_errors_csv_{job.id}")
 
 
+def _watch_body(job) -> None:
+    """A watch's studies (:mod:`cxrcore.pacs.watch`): each new study it took, scored, skipped or failed."""
+    from cxrcore.pacs.watch import WatchTable
+
+    try:
+        digest = read_card(job.config["checkpoint"]).sha256()
+        rows = WatchTable().rows(digest, limit=200)
+    except Exception as exc:  # noqa: BLE001 - an unreadable table or card must not break the page
+        show_error(exc)
+        return
+    scored = sum(r["state"] == "scored" for r in rows)
+    st.caption(f"Scores new CR/DX studies in the PACS every {job.config.get('interval', 60):g} s with "
+               f"`{md_text(job.config['checkpoint'])}`; the results (a Structured Report per image, the heatmap of the "
+               "most probable finding called) go into each study, unverified and not for diagnostic use.")
+    st.metric("Studies scored by this model", scored)
+    if not rows:
+        st.caption("No new study yet.")
+        return
+    table = pd.DataFrame([{"study": r["study_uid"], "state": r["state"], "images": r["images"],
+                           "called": "; ".join(sorted({x for c in r["calls"].values() for x in c})),
+                           "when": fmt_time(r["scored_at"] or r["claimed_at"]), "tries": r["tries"],
+                           "error": r["error"] or ""} for r in rows])
+    st.dataframe(table, hide_index=True, key=f"watch_rows_{job.id}")
+
+
 def render_job(job_id: str, live: bool, store, user, access) -> None:
     """A job's header, progress, actions, metrics, curves, log and configuration."""
     try:
@@ -334,8 +357,11 @@ def render_job(job_id: str, live: bool, store, user, access) -> None:
         st.warning(_md_escape(job.error or "The job was cancelled."))
     elif job.status == "queued" and getattr(job, "note", None):
         st.info(_md_escape(job.note))
-    if is_scoring(job.config):
+    task = task_of(job.config)
+    if task == SCORE:
         _scoring_body(job, s)
+    elif task == WATCH:
+        _watch_body(job)
     else:
         _training_body(job, s)
 

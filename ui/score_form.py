@@ -8,7 +8,7 @@ import streamlit as st
 from cxrcore import hosting
 from cxrcore.errors import CXRError
 from cxrcore.jobs import dispatch
-from cxrcore.jobs.scoring import NUMBERS, SCORE, TASK_KEY, is_url
+from cxrcore.jobs.scoring import NUMBERS, SCORE, TASK_KEY, WATCH, is_url
 from cxrcore.runtime import RUNTIMES
 from ui.common import md_text, show_error
 
@@ -59,4 +59,45 @@ def score_launcher(datasets: dict[str, str], checkpoints: dict[str, str], access
             return
         st.success(f"Started scoring job **{job.id}** ({md_text(job.name)}). It runs in the background; watch it "
                    "below. Cancelled or killed, **Resume** scores only the images not in its table yet.")
+        st.session_state["train_watch"] = job.id
+
+
+def watch_launcher(checkpoints: dict[str, str], access, user, blocked: str | None) -> None:
+    """Score new PACS studies as they arrive (a watch job, :mod:`cxrcore.pacs.watch`): offered where a PACS is set
+    up, to the operator, one person's own machine, or an admin (CXR_JOB_ADMINS)."""
+    from cxrcore.pacs import dicomweb
+
+    try:
+        pacs = dicomweb.PacsConfig.from_env()
+    except CXRError:
+        return   # a misconfigured PACS is reported where it is used (Compare)
+    if pacs is None or not hosting.is_admin(user, access):
+        return
+    with st.expander(f"Score new studies arriving in the PACS ({md_text(pacs.host)})"):
+        if pacs.store == "off":
+            st.caption(f"This stores results in the PACS, which is off here: the operator allows it with "
+                       f"{dicomweb.ENV_STORE}=on-request.")
+            return
+        st.caption("A job polls the PACS for new CR/DX studies, scores each frontal image once with the chosen model "
+                   "and stores a Structured Report (and the heatmap of the most probable finding called) into the "
+                   "study, unverified and not for diagnostic use. Cancel it to stop watching; Resume watches again "
+                   "without scoring any study twice.")
+        with st.form("watch_form", border=False):
+            w1, w2, w3 = st.columns([3, 1, 1])
+            model = w1.selectbox("Model", list(checkpoints), key="watch_model")
+            interval = w2.number_input("Every (seconds)", min_value=5, value=60, step=5, key="watch_interval")
+            since = w3.text_input("Study dates from (YYYYMMDD)", key="watch_since",
+                                  help="Empty: from yesterday (what arrives from now on, and yesterday's late ones).")
+            go = st.form_submit_button("Start watching", disabled=blocked is not None or not checkpoints, help=blocked)
+        if not go:
+            return
+        try:
+            config = {TASK_KEY: WATCH, "checkpoint": checkpoints[model], "interval": int(interval),
+                      "since": since.strip()}
+            with st.spinner("Checking the PACS settings and the model, and starting the watch…"):
+                job = dispatch.submit(config, user=user, settings=access)
+        except Exception as exc:  # noqa: BLE001 - CXRError as a message; anything else without a traceback
+            show_error(exc)
+            return
+        st.success(f"Started watch **{job.id}**: new studies are scored as they arrive. Its log and studies are below.")
         st.session_state["train_watch"] = job.id

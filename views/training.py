@@ -17,12 +17,12 @@ from cxrcore import hosting, launch
 from cxrcore.errors import CXRError
 from cxrcore.jobs import JobStore, dispatch, sweep
 from cxrcore.jobs.progress import progress_summary
-from cxrcore.jobs.scoring import SCORE, TRAIN, is_scoring
+from cxrcore.jobs.scoring import TRAIN, is_training, task_of
 from cxrcore.runs import fmt_seconds, fmt_time
 from ui import training_form
 from ui.common import checkpoint_choices, current_user, dataset_choices, hosting_settings, md_text, show_error
 from ui.job_view import compare_runs, ended_view, live_view, show_flash, summary_of
-from ui.score_form import score_launcher
+from ui.score_form import score_launcher, watch_launcher
 from ui.sweeps import sweeps_section
 
 st.title("Train a classifier in the background")
@@ -63,6 +63,7 @@ elif access.hosted and hosting.cap_for(user, access):
 
 form = training_form.launch_form(datasets, checkpoints, access, user, launch_blocked)
 score_launcher(datasets, checkpoints, access, user, launch_blocked)
+watch_launcher(checkpoints, access, user, launch_blocked)
 
 if form.submitted or form.sweep_submitted:
     data = form.folder.strip() or (datasets.get(form.dataset) if form.dataset else None)
@@ -145,10 +146,11 @@ for j in jobs:
     except Exception:  # noqa: BLE001 - an unreadable events file must not break the table
         s = progress_summary([])
     note = (getattr(j, "note", None) or "") if j.active else ""
-    scoring = is_scoring(j.config)
+    task = task_of(j.config)
     rows.append({"id": j.id, "name": j.name, "status": j.status, "launched by": hosting.owner_display(j.owner),
-                 "backend": j.backend, "task": SCORE if scoring else TRAIN,
-                 "mode": None if scoring else (j.config or {}).get("mode", "full"), "progress": float(s["fraction"]),
+                 "backend": j.backend, "task": task,
+                 "mode": (j.config or {}).get("mode", "full") if task == TRAIN else None,
+                 "progress": float(s["fraction"]),
                  "best val AUROC": s["best_val_mean_auroc"], "created": fmt_time(j.created),
                  "duration": fmt_seconds(j.duration), "note": note})
 st.dataframe(pd.DataFrame(rows), hide_index=True, placeholder="–",
@@ -180,7 +182,7 @@ else:
 
 # ---- comparison ------------------------------------------------------------------------------------------------
 st.subheader("Compare two runs")
-runs = [i for i in ids if not is_scoring(by_id[i].config)]   # trainings: a scoring job has no curves
+runs = [i for i in ids if is_training(by_id[i].config)]   # trainings: a scoring job or a watch has no curves
 if len(runs) < 2:
     st.caption("Two or more training jobs are needed for a comparison.")
 else:

@@ -10,7 +10,7 @@ from .common import Command
 def cmd_jobs(a) -> int:
     from .. import jobs
     from ..hosting import owner_display
-    from ..jobs.scoring import is_scoring
+    from ..jobs.scoring import resume_words
     from ..jobs.store import JobStore
 
     store = JobStore()
@@ -41,8 +41,7 @@ def cmd_jobs(a) -> int:
         print(f"cancelled {job.id}" + (f" (Slurm job {done.backend_id})" if done.backend_id else ""))
     elif a.action == "resume":
         again = jobs.resume(job.id, store)
-        where = "with the images not scored yet" if is_scoring(again.config) else "from its last complete epoch"
-        print(f"resumed {again.id} {where} ({again.status}); `cxr jobs show {again.id}`")
+        print(f"resumed {again.id} {resume_words(again.config)} ({again.status}); `cxr jobs show {again.id}`")
     return 0
 
 

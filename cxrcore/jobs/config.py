@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 from ..errors import ConfigError
 from ..hosting import RESTRICTED_SLURM_OPTIONS  # who may set which: the operator's policy
-from .scoring import SCORE, check_score_config, task_of
+from .scoring import SCORE, WATCH, check_score_config, check_watch_config, task_of
 
 
 def check_config(config: dict, settings=None, user=None) -> dict:
@@ -40,8 +40,11 @@ def check_config(config: dict, settings=None, user=None) -> dict:
 
     if not isinstance(config, dict):
         raise ConfigError(f"A training config is a dict of options, not {type(config).__name__}.")
-    if task_of(config) == SCORE:   # a scoring job (cxr score as a job): its own options
+    task = task_of(config)
+    if task == SCORE:   # a scoring job (cxr score as a job): its own options
         return check_score_config(config, settings, user)
+    if task == WATCH:   # scoring new PACS studies as they arrive
+        return check_watch_config(config, settings, user)
     if not config.get("data"):
         raise ConfigError("The training config needs `data`: the dataset folder to train on.")
     settings = settings or hosting.settings()

@@ -22,10 +22,10 @@ from pathlib import Path
 from .. import hosting
 from ..errors import JobError
 from .backend import Backend
-from .config import check_job_resources, check_slurm_rights
+from .config import check_config, check_job_resources, check_slurm_rights
 from .local import BACKEND as LOCAL
 from .local import start_queued
-from .scoring import is_scoring
+from .scoring import is_training
 from .slurm import BACKEND as SLURM
 from .store import ACTIVE, CapReached, Job, JobStore
 from .store import BACKENDS as BACKEND_NAMES  # the declaration of the backends' names
@@ -65,6 +65,8 @@ def submit(config: dict, name: str = "", store: JobStore | None = None, run_dir:
         hosting.check_model_ref(config.get("init"), s)
         hosting.check_model_ref(config.get("arch"), s, arch=True)
     check_job_resources(config, user, s)  # a visitor's processes, workers, batch and image size: the ceilings
+    if not is_training(config):
+        check_config(config, s, user)   # a scoring job's or a watch's own checks as this user (AccessError)
     if run_dir is not None and not user.operator:
         raise hosting.AccessError("Only the operator chooses a job's run folder; the app's jobs go under the workspace.")
     store = (store or JobStore()).launching_as(user.id, hosting.cap_for(user, s),
@@ -133,7 +135,7 @@ def resume(job_id: str, store: JobStore | None = None, user: hosting.User | None
         raise JobError(f"Job {job.id} is still {job.status}; only a cancelled or failed job can be resumed.")
     if job.status == "succeeded":
         raise JobError(f"Job {job.id} already succeeded; clone it to train again with other options.")
-    if not is_scoring(job.config) and state_path(job.run_dir) is None:   # a scoring job goes on from its parts
+    if is_training(job.config) and state_path(job.run_dir) is None:   # a scoring job goes on from its parts
         raise JobError(f"Job {job.id} never finished an epoch, so there is nothing to resume from; "
                        "clone it to start again.")
     who = user or hosting.operator_user()

@@ -28,7 +28,7 @@ from . import gpus
 from .config import check_config
 from .environment import job_environ
 from .logfiles import LOG_NAME, append_log, tail_log, write_config
-from .scoring import is_scoring, job_label
+from .scoring import job_label, resume_words, secrets_needed
 from .store import ACTIVE, Job, JobStore
 
 QUEUED_GRACE_S = 120.0  # a queued row with no process for this long never started
@@ -41,10 +41,10 @@ _exit_codes: dict[int, int] = {}  # pid -> return code of runners reaped here, u
 
 # --------------------------------------------------------------------------- starting runners
 
-def _runner_env(gpu_ids: list[int]) -> dict:
-    """The environment of a local runner: the server's without its secrets (:mod:`.environment`), this
-    cxrcore importable, its GPUs (none: CPU only)."""
-    env = job_environ()  # not the server's secrets (LLM key, API token): a job needs none of them
+def _runner_env(gpu_ids: list[int], needs: tuple[str, ...] = ()) -> dict:
+    """The environment of a local runner: the server's without its secrets (:mod:`.environment`) but those its
+    task ``needs``, this cxrcore importable, its GPUs (none: CPU only)."""
+    env = job_environ(needs=needs)  # not the server's secrets (LLM key, API token): a job needs none of them
     env["PYTHONUNBUFFERED"] = "1"
     env["CXR_HOME"] = str(workspace.root())
     # The runner's cwd is the run folder: make sure it imports this very cxrcore.
@@ -69,7 +69,7 @@ def _start_process(job: Job, store: JobStore, gpu_ids: list[int]) -> subprocess.
         proc = subprocess.Popen(
             [sys.executable, "-m", "cxrcore.jobs.runner", job.id, "--db", str(store.path.resolve())],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=str(folder),
-            env=_runner_env(gpu_ids), start_new_session=True, close_fds=True)
+            env=_runner_env(gpu_ids, secrets_needed(job.config)), start_new_session=True, close_fds=True)
     _children[proc.pid] = proc
     return proc
 
@@ -326,8 +326,7 @@ class LocalBackend:
         if not store.transition(job.id, ("cancelled", "failed"), "queued", pid=None, error=None, exit_code=None,
                                 finished=None, started=None, gpu_ids=None, note=None):
             raise JobError(f"Job {job.id} changed state meanwhile ({store.get(job.id).status}); try again.")
-        append_log(job, f"[{clock()}] resume requested: continuing from "
-                        + ("the rows already scored" if is_scoring(job.config) else "the last complete epoch"))
+        append_log(job, f"[{clock()}] resume requested: continuing {resume_words(job.config)}")
         _reap_children()
         need = int(job.config.get("gpus") or 0)
         try:

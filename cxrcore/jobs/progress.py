@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from .scoring import is_scoring
+from .scoring import SCORE, WATCH, task_of
 
 
 def _num(v) -> float | None:
@@ -264,5 +264,9 @@ def score_summary(events: list[dict]) -> dict:
 
 
 def job_summary(config: dict, events: list[dict]) -> dict:
-    """The summary of a job's events for its kind: a scoring job's (:func:`score_summary`) or a training's."""
-    return (score_summary if is_scoring(config) else progress_summary)(events)
+    """The summary of a job's events for its kind: a scoring job's (:func:`score_summary`), a training's, or a
+    watch's (it writes no events: its phase only; its studies are in its table, :mod:`cxrcore.pacs.watch`)."""
+    task = task_of(config)
+    if task == WATCH:
+        return progress_summary([]) | {"phase": "watching"}
+    return (score_summary if task == SCORE else progress_summary)(events)

@@ -28,7 +28,7 @@ from ..train.progress import Cancelled, ProgressPrinter
 from ..train.progress import clock as _clock
 from .local import start_queued
 from .logfiles import EVENTS_NAME, LOG_NAME
-from .scoring import is_scoring, run_scoring
+from .scoring import SCORE, TRAIN, WATCH, run_scoring, run_watch, task_of
 from .store import JobStore
 
 EXIT_FAILED = 1
@@ -204,16 +204,25 @@ def run_job(job_id: str, db: str | os.PathLike | None = None) -> int:
         return 0 if status == "cancelled" else EXIT_FAILED
 
     t0 = time.time()
-    scoring = is_scoring(job.config)
+    task = task_of(job.config)
     try:
         stop.interruptible = True
         if stop():
             raise Cancelled("Stopped before training started.")
         print(f"[{_clock()}] config {json.dumps(job.config, sort_keys=True)}", flush=True)
-        if scoring:
+        log = lambda m: print(f"[{_clock()}] {m}", flush=True)  # noqa: E731
+        if task == SCORE:
             stop.interruptible = False
-            summary = run_scoring(job.config, run_dir, stop, log=lambda m: print(f"[{_clock()}] {m}", flush=True))
+            summary = run_scoring(job.config, run_dir, stop, log=log)
             return _end_scoring(store, job, summary, stop, time.time() - t0)
+        if task == WATCH:
+            stop.interruptible = False
+            scored = run_watch(job.config, stop, log=log)
+            error = (f"Stopped on request after {time.time() - t0:.0f} s; {scored} new study(ies) scored while it "
+                     "watched. Resume watches again; a study already scored is not scored again.")
+            log(error)
+            store.mark(job.id, "cancelled", exit_code=EXIT_CANCELLED, error=error)
+            return EXIT_CANCELLED
         from ..train.trainer import TrainConfig  # heavy import (torch) after the signal handler is in
 
         cfg = TrainConfig.from_dict(job.config)
@@ -226,7 +235,7 @@ def run_job(job_id: str, db: str | os.PathLike | None = None) -> int:
         if stop() or isinstance(exc, Cancelled):
             print(f"[{_clock()}] cancelled after {time.time() - t0:.0f}s ({exc})", flush=True)
             store.mark(job.id, "cancelled", exit_code=EXIT_CANCELLED,
-                       error="Cancelled before scoring started." if scoring else
+                       error="Cancelled before scoring started." if task != TRAIN else
                        "Cancelled before the first epoch finished; no checkpoint was written.")
             return EXIT_CANCELLED
         traceback.print_exc()

@@ -27,8 +27,11 @@ from ..runtime import RUNTIMES
 from .logfiles import EVENTS_NAME
 
 TASK_KEY = "task"
-TRAIN, SCORE = "train", "score"
-TASKS = (TRAIN, SCORE)   # the declaration of the job kinds; a config without TASK_KEY is a training
+TRAIN, SCORE, WATCH = "train", "score", "pacs-watch"
+TASKS = (TRAIN, SCORE, WATCH)   # the declaration of the job kinds; a config without TASK_KEY is a training
+# what Resume does, per task: the words the page, the CLI and the log use
+RESUMES = {TRAIN: "from the last complete epoch", SCORE: "with the images not in its table yet",
+           WATCH: "watching again (a study already scored is not scored again)"}
 OUT_NAME = "scores.parquet"
 SUMMARY_NAME = "score.json"
 # option: (default, least) for the whole-number options; the others are checked by name below
@@ -48,12 +51,35 @@ def is_scoring(config) -> bool:
     return isinstance(config, dict) and config.get(TASK_KEY) == SCORE
 
 
+def is_training(config) -> bool:
+    return task_of(config) == TRAIN
+
+
+def resume_words(config) -> str:
+    return RESUMES[task_of(config)]
+
+
 def is_url(spec: str) -> bool:
     return spec.startswith(("http://", "https://"))
 
 
+def secrets_needed(config) -> tuple[str, ...]:
+    """The server's credentials a job of ``config`` must inherit (:func:`cxrcore.jobs.environment.job_environ`
+    withholds every other): the PACS's, for a watch and for a scoring of a DICOMweb query; none for the rest."""
+    from ..pacs.dicomweb import ENV_PASSWORD, ENV_TOKEN
+
+    task = task_of(config)
+    if task == WATCH or (task == SCORE and is_url(str(config.get("input") or ""))):
+        return (ENV_TOKEN, ENV_PASSWORD)
+    return ()
+
+
 def job_label(config: dict) -> str:
-    """A job's default name: its dataset folder's (training) or its input's (scoring)."""
+    """A job's default name: its dataset folder's (training), its input's (scoring), the PACS's (a watch)."""
+    if task_of(config) == WATCH:
+        from ..pacs.dicomweb import ENV_URL
+
+        return "watch " + (os.environ.get(ENV_URL, "").split("//")[-1].split("/")[0] or "the PACS")
     spec = str(config.get("input") or config.get("data") or "job")
     return "score " + (spec.split("?")[0].rstrip("/").rsplit("/", 1)[-1] or spec) if is_scoring(config) \
         else Path(spec).name
@@ -178,6 +204,68 @@ def run_scoring(config: dict, run_dir: Path, should_stop, log=print):
     events("score_done", **summary.to_dict())
     (Path(run_dir) / SUMMARY_NAME).write_text(json.dumps(summary.to_dict(), indent=1))
     return summary
+
+
+WATCH_OPTIONS = (TASK_KEY, "checkpoint", "since", "interval", "name", "threads", "slurm")
+
+
+def check_watch_config(config: dict, settings=None, user=None) -> dict:
+    """A watch's config (``task`` = ``pacs-watch``: score new studies arriving in the PACS, :mod:`cxrcore.pacs.watch`)
+    checked and normalised: the operator's only (AccessError for a visitor of a shared server); the PACS set up
+    with storing allowed (PacsError); ``since`` a date ``YYYYMMDD`` or empty; ``interval`` at least 5 seconds."""
+    from ..checkpoint import read_card
+    from ..models.library import library_ref
+    from ..pacs.dicomweb import ENV_STORE, ENV_URL, PacsConfig, PacsError
+
+    from .. import hosting
+
+    if user is not None and not hosting.is_admin(user, settings):
+        raise AccessError("Only the operator or an admin (CXR_JOB_ADMINS) turns on the scoring of new PACS studies: "
+                          "it stores results in the hospital's PACS.")
+    unknown = sorted(set(config) - set(WATCH_OPTIONS))
+    if unknown:
+        raise ConfigError(f"Unknown watch option(s): {', '.join(unknown)}. Known: {', '.join(WATCH_OPTIONS)}.")
+    pacs = PacsConfig.from_env()
+    if pacs is None:
+        raise PacsError(f"No PACS is set up: the operator sets {ENV_URL} (see docs/pacs.md).")
+    if pacs.store == "off":
+        raise PacsError(f"Scoring new studies stores results in the PACS, which is off here: the operator allows it "
+                        f"with {ENV_STORE}=on-request.")
+    out = dict(config)
+    if not isinstance(out.get("checkpoint"), str) or not out["checkpoint"].strip():
+        raise ConfigError("A watch needs `checkpoint`: the model that scores the new studies.")
+    if not library_ref(out["checkpoint"]):
+        out["checkpoint"] = str(Path(out["checkpoint"]).expanduser().resolve())
+        read_card(out["checkpoint"])
+    since = str(out.get("since") or "")
+    if since and not (len(since) == 8 and since.isdigit()):
+        raise ConfigError(f"since is a study date written YYYYMMDD (e.g. 20240131), not {since!r}.")
+    out["since"] = since
+    interval = out.get("interval", 60)
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < 5:
+        raise ConfigError(f"interval is the seconds between two polls of the PACS, at least 5, not {interval!r}.")
+    out["interval"] = interval
+    threads = out.get("threads", 0) or 0
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise ConfigError(f"threads must be a whole number of at least 0, not {threads!r}.")
+    out["threads"] = threads
+    return out
+
+
+def run_watch(config: dict, should_stop, log=print) -> int:
+    """Watch the operator's PACS until ``should_stop()`` (a cancel); returns the studies scored."""
+    import torch
+
+    from ..compare import model_name
+    from ..pacs.dicomweb import PacsConfig
+    from ..pacs.watch import WatchTable, watch
+    from ..predictor import Predictor
+
+    if config.get("threads"):
+        torch.set_num_threads(int(config["threads"]))
+    predictor = Predictor(config["checkpoint"])
+    return watch(PacsConfig.from_env(), predictor, model_name(config["checkpoint"], predictor), WatchTable(),
+                 since=config.get("since") or "", interval=float(config["interval"]), log=log, should_stop=should_stop)
 
 
 def read_summary(run_dir: str | Path) -> dict | None:

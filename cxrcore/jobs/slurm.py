@@ -33,7 +33,7 @@ from ..errors import ConfigError, JobError
 from .environment import job_environ
 from .config import SLURM_OPTIONS, check_config, check_slurm_options, slurm_tokens
 from .logfiles import LOG_NAME, tail_log, write_config
-from .scoring import job_label
+from .scoring import job_label, secrets_needed
 from .store import ACTIVE, Job, JobStore
 
 SBATCH_NAME = "job.sbatch"
@@ -52,10 +52,11 @@ _NOT_REACHABLE_HELP = ("Start the cluster's slurmctld (and munged), point SLURM_
 
 # --------------------------------------------------------------------------- talking to Slurm
 
-def _env(conf: str | None) -> dict:
-    """The Slurm commands' environment: the server's without its secrets (:mod:`.environment`); ``sbatch``
-    exports its own environment to the job (``--export=ALL``), so the job never sees them either."""
-    env = job_environ()
+def _env(conf: str | None, needs: tuple[str, ...] = ()) -> dict:
+    """The Slurm commands' environment: the server's without its secrets (:mod:`.environment`) but those the
+    job's task ``needs``; ``sbatch`` exports its own environment to the job (``--export=ALL``), so the job never
+    sees the others either."""
+    env = job_environ(needs=needs)
     if conf:
         env["SLURM_CONF"] = str(conf)
     return env
@@ -67,10 +68,11 @@ def _conf_of(job_or_config) -> str | None:
 
 
 def _run(args: list[str], conf: str | None, timeout: float = COMMAND_TIMEOUT_S,
-         stdin: str | None = None) -> subprocess.CompletedProcess:
+         stdin: str | None = None, needs: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """Run a Slurm command; a missing binary or a hang becomes JobError."""
     try:
-        return subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=timeout, env=_env(conf))
+        return subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=timeout,
+                              env=_env(conf, needs))
     except FileNotFoundError as exc:
         raise JobError(f"Slurm is not reachable: `{args[0]}` is not on PATH. {_NOT_REACHABLE_HELP}") from exc
     except subprocess.TimeoutExpired as exc:
@@ -291,7 +293,7 @@ class SlurmBackend:
             write_config(folder, config)
             script = folder / SBATCH_NAME
             script.write_text(render_script(job.id, config, folder, db, name=name))
-            out = _run(["sbatch", "--parsable", str(script)], conf)
+            out = _run(["sbatch", "--parsable", str(script)], conf, needs=secrets_needed(config))
         except (OSError, JobError) as exc:
             store.mark(job.id, "failed", error=f"The job could not be submitted to Slurm: {exc}")
             raise JobError(f"Could not submit job {job.id} to Slurm: {exc}") from exc
@@ -321,7 +323,7 @@ class SlurmBackend:
         if not store.transition(job.id, ("cancelled", "failed"), "queued", pid=None, error=None, exit_code=None,
                                 finished=None, started=None, note="resubmitted to Slurm"):
             raise JobError(f"Job {job.id} changed state meanwhile ({store.get(job.id).status}); try again.")
-        out = _run(["sbatch", "--parsable", str(script)], conf)
+        out = _run(["sbatch", "--parsable", str(script)], conf, needs=secrets_needed(job.config))
         slurm_id = (out.stdout or "").strip().split(";")[0].strip()
         if out.returncode != 0 or not slurm_id.isdigit():
             message = _said(out) or f"sbatch exited with {out.returncode}"

@@ -1,7 +1,8 @@
 """Scoring on ONNX Runtime (cxrcore/runtime.py, `cxr score --runtime onnx`): the exported network gives PyTorch's
-probabilities within 1e-4, for the shipped models and torchxrayvision's DenseNet-121 (its own file, planted where
-the library looks); the export is kept under the card's digest and reused; the archive's table is the same either
-way; the job and the CLI say which runtime ran."""
+probabilities within 1e-4 for the shipped models, on a real film and phantom films (torchxrayvision's DenseNet-121:
+bench/score.py measures the same on phantom films; its export takes ~20 s, too long for the suite); the export is
+kept under the card's digest and reused; the archive's table is the same either way; the CLI says which runtime
+ran."""
 from __future__ import annotations
 
 import json
@@ -36,19 +37,12 @@ def films(app_home):
     return [read_image(p) for p in paths]
 
 
-@pytest.mark.parametrize("which", ["finetuned", "baseline", "xrv"])
-def test_onnx_runtime_gives_pytorchs_probabilities_within_1e4(which, films, shipped, home, tmp_path, monkeypatch):
+@pytest.mark.parametrize("which", ["finetuned", "baseline"])
+def test_onnx_runtime_gives_pytorchs_probabilities_within_1e4(which, films, shipped, home):
     from cxrcore.predictor import Predictor
     from cxrcore.runtime import OnnxScorer
 
-    if which == "xrv":
-        from library_files import plant_densenet
-
-        plant_densenet(tmp_path / "xrv")
-        monkeypatch.setenv("CXR_XRV_CACHE_DIR", str(tmp_path / "xrv"))
-        predictor = Predictor("xrv:densenet121-res224-all")
-    else:
-        predictor = Predictor(shipped[which])
+    predictor = Predictor(shipped[which])
     squares = np.stack([predictor.prep.square(f.pixels) for f in films])
     onnx = OnnxScorer(predictor, threads=1)
     eager = predictor.predict_squares(squares, batch_size=8)

@@ -89,7 +89,7 @@ def test_a_scoring_job_killed_halfway_resumes_and_scores_every_image_once(phanto
     assert starts[-1]["todo"] == N - before * PART_ROWS           # the second attempt scored only the rest
     assert "scored into" in job.note and f"{N} image(s)" in job.note
     log = (job.path / "log.txt").read_text()
-    assert "resume requested: continuing from the rows already scored" in log
+    assert "resume requested: continuing with the images not in its table yet" in log
     assert f"{before * PART_ROWS} row(s) were already scored by an earlier attempt" in log
 
     code, stdout, err = cxr_here(capsys, "jobs", "show", job_id)
@@ -170,3 +170,22 @@ def test_the_training_page_starts_a_scoring_job_and_shows_its_table(app_home, sh
         assert any(m.label == "Images in the table" and m.value == "40 of 40" for m in at.metric)
     finally:
         kill_jobs(home)
+
+
+def test_only_a_job_that_reads_the_pacs_inherits_its_credentials():
+    """Jobs inherit none of the server's secrets (cxrcore/jobs/environment.py), but a job reading the PACS needs
+    the PACS's: a scoring of a DICOMweb query and a watch get those, and nothing else; a training or a scoring of a
+    folder gets none."""
+    from cxrcore.jobs.environment import job_environ
+    from cxrcore.jobs.scoring import secrets_needed
+
+    server = {"CXR_DICOMWEB_URL": "http://pacs:8042/dicom-web", "CXR_DICOMWEB_USER": "svc",
+              "CXR_DICOMWEB_PASSWORD": "pw-123", "CXR_DICOMWEB_TOKEN": "tok-456", "OPENAI_API_KEY": "sk-1",
+              "CXR_API_TOKEN": "api-789", "PATH": "/usr/bin"}
+    query = {"task": "score", "input": "http://pacs:8042/dicom-web/studies?ModalitiesInStudy=CR"}
+    for config, has in [({"data": "/data/nih"}, False), ({"task": "score", "input": "/archive"}, False),
+                        (query, True), ({"task": "pacs-watch", "checkpoint": "/m"}, True)]:
+        env = job_environ(server, needs=secrets_needed(config))
+        assert ("CXR_DICOMWEB_PASSWORD" in env and "CXR_DICOMWEB_TOKEN" in env) is has, config
+        assert "OPENAI_API_KEY" not in env and "CXR_API_TOKEN" not in env
+        assert env["CXR_DICOMWEB_URL"] == server["CXR_DICOMWEB_URL"] and env["PATH"] == "/usr/bin"
