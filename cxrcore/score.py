@@ -61,6 +61,7 @@ class Summary:
     complete: bool = True   # False: stopped on request before the end; the parts wait for the same command
     runtime: str = "torch"  # what ran the network: torch, or onnx (cxrcore.runtime)
     runtime_note: str | None = None   # why not the runtime asked for, when it could not be used
+    pending_shards: int = 0  # a shard of a sharded job that ended before the others: how many were not done yet
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -286,15 +287,67 @@ def _merge(source: Source, parts: Path, out: Path, columns: list[str], summary: 
     it; the parts removed."""
     import shutil
 
+    tables = ([out] if out.exists() else []) + sorted(parts.glob("part-*.parquet"))
+    error_files = ([_errors_path(out)] if _errors_path(out).exists() else []) + sorted(parts.glob("errors-*.csv"))
+    summary.rows, summary.errors = _write_table(source, tables, error_files, out, columns)
+    shutil.rmtree(parts)
+    summary.csv, summary.errors_csv = str(out.with_suffix(".csv")), str(_errors_path(out))
+    summary.seconds = round(time.perf_counter() - t0, 3)
+    return summary
+
+
+def shard_of(path: str, shards: int) -> int:
+    """Which of ``shards`` shards ``path`` belongs to: by a digest of the path, so the split does not depend on
+    the order a folder is listed or a PACS answers in, and an image keeps its shard when the archive grows."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha1(path.encode()).digest()[:8], "big") % shards
+
+
+def shard_source(source: Source, shard: int, shards: int) -> Source:
+    """The images of ``source`` in shard ``shard`` (0-based) of ``shards``, in the source's order."""
+    return Source([p for p in source.paths if shard_of(p, shards) == shard], source.read,
+                  f"{source.describe}, shard {shard + 1} of {shards}")
+
+
+def shard_table(folder: Path, shard: int) -> Path:
+    """Where shard ``shard`` of a sharded scoring writes its own table (its errors beside it)."""
+    return Path(folder) / f"shard-{shard:05d}.parquet"
+
+
+def merge_shards(source: Source, folder: Path, shards: int, out: str | Path, columns: list[str],
+                 summary: Summary) -> Summary:
+    """Every shard's table (``folder``, :func:`shard_table`) into ``out`` in input order, as one unsharded run
+    would have written it; the shards' folder removed. DataError when a shard's table is missing."""
+    import shutil
+
+    out = Path(out)
+    tables = [shard_table(folder, k) for k in range(shards)]
+    missing = [k + 1 for k, t in enumerate(tables) if not t.exists()]
+    if missing:
+        raise DataError(f"Shard(s) {', '.join(map(str, missing))} of {shards} have no table yet in {folder}.")
+    t0 = time.perf_counter()
+    errors = [_errors_path(t) for t in tables if _errors_path(t).exists()]
+    summary.rows, summary.errors = _write_table(source, tables, errors, out, columns)
+    shutil.rmtree(folder)
+    summary.out, summary.csv, summary.errors_csv = str(out), str(out.with_suffix(".csv")), str(_errors_path(out))
+    summary.seconds = round(summary.seconds + time.perf_counter() - t0, 3)
+    summary.complete = True
+    return summary
+
+
+def _write_table(source: Source, tables: list[Path], error_files: list[Path], out: Path,
+                 columns: list[str]) -> tuple[int, int]:
+    """``tables`` into ``out`` (one row per path, the source's order), its CSV and the errors table beside it,
+    each written whole then renamed into place; (rows, errors)."""
     import pandas as pd
 
-    frames = [pd.read_parquet(f) for f in ([out] if out.exists() else []) + sorted(parts.glob("part-*.parquet"))]
+    frames = [pd.read_parquet(f) for f in tables]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
     table = table.drop_duplicates("path", keep="first")
     order = {p: i for i, p in enumerate(source.paths)}
     table = table.assign(_o=table["path"].map(order).fillna(len(order))).sort_values("_o", kind="stable").drop(
         columns="_o").reset_index(drop=True)
-    error_files = ([_errors_path(out)] if _errors_path(out).exists() else []) + sorted(parts.glob("errors-*.csv"))
     errors = pd.concat([pd.read_csv(f, dtype=str) for f in error_files], ignore_index=True) if error_files \
         else pd.DataFrame(columns=["path", "error"])
     errors = errors.drop_duplicates("path", keep="last")
@@ -307,8 +360,4 @@ def _merge(source: Source, parts: Path, out: Path, columns: list[str], summary: 
     os.replace(tmp, out)
     os.replace(csv_path.with_name(csv_path.name + ".tmp"), csv_path)
     os.replace(err_path.with_name(err_path.name + ".tmp"), err_path)
-    shutil.rmtree(parts)
-    summary.rows, summary.errors = len(table), len(errors)
-    summary.csv, summary.errors_csv = str(csv_path), str(err_path)
-    summary.seconds = round(time.perf_counter() - t0, 3)
-    return summary
+    return len(table), len(errors)

@@ -15,7 +15,7 @@ def _submit(a) -> int:
     from ..jobs.scoring import SCORE, TASK_KEY
 
     config = {TASK_KEY: SCORE, "input": a.input, "checkpoint": a.checkpoint, "out": a.out, "workers": a.workers,
-              "batch_size": a.batch_size, "runtime": a.runtime, "threads": a.threads}
+              "batch_size": a.batch_size, "runtime": a.runtime, "threads": a.threads, "shards": a.shards}
     if a.backend == "slurm":
         config["slurm"] = slurm_values(a)
         job = dispatch.submit(config, name=a.name or "", backend="slurm", cluster=a.slurm_conf)
@@ -37,8 +37,10 @@ def cmd_score(a) -> int:
     from ..runtime import scorer
     from ..score import score, source_of
 
-    if a.workers < 1 or a.batch_size < 1 or a.threads < 0:
-        raise ConfigError("--workers and --batch-size must be at least 1, --threads at least 0.")
+    if a.workers < 1 or a.batch_size < 1 or a.threads < 0 or a.shards < 1:
+        raise ConfigError("--workers, --batch-size and --shards must be at least 1, --threads at least 0.")
+    if a.shards > 1 and a.backend != "slurm":
+        raise ConfigError("--shards splits the archive over a Slurm array job: add --backend slurm.")
     if not a.threads:
         a.threads = 0 if (a.background or a.backend != "local") else (os.cpu_count() or 1)
     if a.background or a.backend != "local":
@@ -84,6 +86,9 @@ def _flags(s) -> None:
     s.add_argument("--background", action="store_true",
                    help="run as a detached job of the queue (see `cxr jobs`; the Training page lists it)")
     s.add_argument("--name", default="", help="the job's name (with --background or --backend slurm)")
+    s.add_argument("--shards", type=int, default=1,
+                   help="with --backend slurm: split the archive into this many shards, one Slurm array task each; "
+                        "the last task to end merges their tables into OUT")
     s.set_defaults(func=cmd_score)
 
 

@@ -223,6 +223,9 @@ class LocalBackend:
         if options:
             raise JobError(f"Option(s) {', '.join(sorted(options))} apply to the slurm backend only.")
         config = check_config(config)
+        if int(config.get("shards") or 1) > 1:
+            raise ConfigError(f"shards={config['shards']} splits the archive over a Slurm array job: submit with the "
+                              "slurm backend, or use shards=1 on this machine.")
         if config.get("nodes", 1) > 1:
             raise ConfigError(f"nodes={config['nodes']} needs a cluster: submit with the slurm backend, or use "
                               "nodes=1 on this machine.")

@@ -226,37 +226,59 @@ def _two_network_summary(events: list[dict], roles: list[str]) -> dict:
 def score_summary(events: list[dict]) -> dict:
     """What a scoring job's view needs (:mod:`cxrcore.jobs.scoring`), with :func:`progress_summary`'s keys (so
     a table of jobs reads both kinds the same): phase (waiting | scoring | stopped | done), fraction of the input
-    in the table, images_per_s (this attempt's), eta_seconds, elapsed_seconds; and total (images in the input),
-    scored (rows and errors so far, every attempt), errors (this attempt's unreadable files until the end, then
-    the table's), attempts, input, model, out, rows (at the end), runtime (onnx | torch) and runtime_note (why not
-    the runtime asked for)."""
+    in the table, images_per_s (this attempt's, every shard's together), eta_seconds, elapsed_seconds; and total
+    (images in the input), scored (rows and errors so far, every attempt), errors (this attempt's unreadable files
+    until the end, then the table's), attempts, input, model, out, rows (at the end), runtime (onnx | torch),
+    runtime_note (why not the runtime asked for), shards and shards_done (a sharded job: a Slurm array)."""
     s = progress_summary([])
     s.update(phase="waiting", total=None, scored=0, errors=0, attempts=0, input=None, model=None, out=None, rows=None,
-             runtime=None, runtime_note=None)
+             runtime=None, runtime_note=None, shards=1, shards_done=0)
+    per: dict = {}   # shard (None: unsharded) -> its total, todo, done, errors, images/s, state
+    starts: dict = {}   # shard -> how many attempts started it
+    done_shards: set = set()
     t_first = None
     for e in events or []:
-        kind, t = e.get("type"), _num(e.get("time"))
+        kind, t, k = e.get("type"), _num(e.get("time")), e.get("shard")
         if kind == "score_start":
-            s.update(phase="scoring", total=e.get("total"), input=e.get("input"), model=e.get("model"),
-                     out=e.get("out"), runtime=e.get("runtime"), runtime_note=e.get("runtime_note"),
-                     images_per_s=None, eta_seconds=None)
-            s["attempts"] += 1
+            starts[k] = starts.get(k, 0) + 1
+            per[k] = {"total": int(e.get("total") or 0), "todo": int(e.get("total") or 0), "done": 0, "errors": 0,
+                      "rate": None, "state": "scoring"}
+            s.update(phase="scoring", input=e.get("input"), model=e.get("model"), out=e.get("out"),
+                     runtime=e.get("runtime"), runtime_note=e.get("runtime_note"), shards=e.get("shards") or 1,
+                     total=e.get("input_total") or s["total"])
+            done_shards.discard(k)
             t_first = t_first if t_first is not None else t
-        elif kind == "score_progress" and s["total"]:
-            done, todo = int(e.get("done") or 0), int(e.get("todo") or 0)
-            s["scored"] = s["total"] - todo + done
-            s["errors"] = int(e.get("errors") or 0)
+        elif kind == "score_progress" and k in per:
+            x = per[k]
+            x.update(done=int(e.get("done") or 0), todo=int(e.get("todo") or 0), errors=int(e.get("errors") or 0))
             seconds = _num(e.get("seconds"))
-            if seconds:
-                s["images_per_s"] = done / seconds
-                s["eta_seconds"] = (todo - done) / s["images_per_s"] if s["images_per_s"] else None
-        elif kind in ("score_stopped", "score_done"):
-            s["phase"] = "stopped" if kind == "score_stopped" else "done"
-            s["eta_seconds"] = None
-            if kind == "score_done":
-                s.update(rows=e.get("rows"), errors=e.get("errors"), scored=s["total"] or s["scored"])
+            x["rate"] = x["done"] / seconds if seconds else None
+        elif kind in ("score_stopped", "score_shard_done") and k in per:
+            per[k]["state"] = "stopped" if kind == "score_stopped" else "done"
+            if kind == "score_shard_done":
+                done_shards.add(k)
+        elif kind == "score_done":
+            s.update(phase="done", rows=e.get("rows"), errors=e.get("errors"))
+            for x in per.values():
+                x["state"] = "done"
         if t is not None and t_first is not None:
             s["elapsed_seconds"] = t - t_first
+    if per:
+        s["attempts"] = max(starts.values())
+        s["total"] = s["total"] or sum(x["total"] for x in per.values())
+        s["scored"] = sum(x["total"] - x["todo"] + x["done"] for x in per.values())
+        if s["phase"] != "done":
+            s["errors"] = sum(x["errors"] for x in per.values())
+            running = [x for x in per.values() if x["state"] == "scoring"]
+            rates = [x["rate"] for x in running if x["rate"]]
+            s["images_per_s"] = sum(rates) if rates else None
+            left = s["total"] - s["scored"]
+            s["eta_seconds"] = left / s["images_per_s"] if s["images_per_s"] else None
+            stopped = any(x["state"] == "stopped" for x in per.values())
+            s["phase"] = "stopped" if stopped and not running else "scoring"
+        else:
+            s["scored"] = s["total"]
+        s["shards_done"] = len(done_shards)
     if s["total"]:
         s["fraction"] = min(1.0, s["scored"] / s["total"])
     s["stopped"] = s["phase"] == "stopped"

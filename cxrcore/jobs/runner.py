@@ -172,6 +172,8 @@ def final_state(card, signalled: int | None = None) -> tuple[str, dict]:
 def _end_scoring(store: JobStore, job, summary, stop: "_Stop", seconds: float) -> int:
     """Mark a scoring job's end from its summary: ``cancelled`` when a stop request ended it before the last
     image (the rows so far are kept; Resume goes on from them), else ``succeeded`` with the table's figures."""
+    if not summary.complete and summary.pending_shards:   # this shard is done; the last one marks the job
+        return 0
     if not summary.complete:
         how = f"the runner received {signal.Signals(stop.signal).name}" if stop.signal else "a stop request"
         error = (f"Cancelled ({how}) after {summary.rows} row(s); they are kept, and Resume scores the rest "
@@ -186,8 +188,9 @@ def _end_scoring(store: JobStore, job, summary, stop: "_Stop", seconds: float) -
     return 0
 
 
-def run_job(job_id: str, db: str | os.PathLike | None = None) -> int:
-    """Run one queued job in this process; returns the exit code."""
+def run_job(job_id: str, db: str | os.PathLike | None = None, shard: int | None = None) -> int:
+    """Run one queued job in this process; returns the exit code. ``shard``: this process is one task of a sharded
+    scoring job's Slurm array (:mod:`.scoring`): the job is running once its first task starts."""
     stop = _Stop()
     signal.signal(signal.SIGTERM, stop.handler)
     signal.signal(signal.SIGINT, stop.handler)
@@ -198,7 +201,8 @@ def run_job(job_id: str, db: str | os.PathLike | None = None) -> int:
     _route_output(run_dir / LOG_NAME)
     print(f"[{_clock()}] job {job.id} ({job.name or 'unnamed'}) pid {os.getpid()} python {sys.executable}", flush=True)
     print(f"[{_clock()}] CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}", flush=True)
-    if not store.transition(job.id, "queued", "running", pid=os.getpid(), error=None, exit_code=None):
+    if not store.transition(job.id, ("queued", "running") if shard is not None else "queued", "running",
+                            pid=os.getpid(), error=None, exit_code=None):
         status = store.get(job.id).status
         print(f"[{_clock()}] job {job.id} is {status}, not queued; not starting it.", flush=True)
         return 0 if status == "cancelled" else EXIT_FAILED
@@ -213,7 +217,7 @@ def run_job(job_id: str, db: str | os.PathLike | None = None) -> int:
         log = lambda m: print(f"[{_clock()}] {m}", flush=True)  # noqa: E731
         if task == SCORE:
             stop.interruptible = False
-            summary = run_scoring(job.config, run_dir, stop, log=log)
+            summary = run_scoring(job.config, run_dir, stop, log=log, shard=shard)
             return _end_scoring(store, job, summary, stop, time.time() - t0)
         if task == WATCH:
             stop.interruptible = False
@@ -300,9 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cxrcore.jobs.runner", description="Run one queued training job.")
     parser.add_argument("job_id")
     parser.add_argument("--db", default=None, help="job database (default: the workspace's jobs.sqlite)")
+    parser.add_argument("--shard", type=int, default=None,
+                        help="this task's shard of a sharded scoring job (a Slurm array's $SLURM_ARRAY_TASK_ID)")
     args = parser.parse_args(argv)
     try:
-        code = run_job(args.job_id, args.db)
+        code = run_job(args.job_id, args.db, args.shard)
         _start_waiting_jobs(JobStore(args.db), args.job_id)
         _advance_sweep(JobStore(args.db), args.job_id)
         return code

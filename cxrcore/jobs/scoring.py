@@ -8,13 +8,22 @@ was before). A scoring config::
      "checkpoint": "/runs/r1/checkpoint" | "xrv:densenet121-res224-all",
      "out": "/results/2024.parquet",          # optional: RUN_DIR/scores.parquet
      "workers": 2, "batch_size": 32, "threads": 1,
-     "runtime": "onnx"}                      # or "torch" (cxrcore.runtime)
+     "runtime": "onnx",                      # or "torch" (cxrcore.runtime)
+     "shards": 1}                            # > 1: a Slurm array job, one task per shard
+
+The runner scores in parts, so a cancel (SIGTERM: stop after the part being scored)
 
 The runner (:mod:`cxrcore.jobs.runner`) scores in parts, so a cancel (SIGTERM: stop after the part being scored)
 or a kill (SIGKILL, a lost node) loses at most one part, and **Resume** runs the same scoring again: it reads the
 parts, skips every image already in them and scores the rest (each image once in the table). Progress goes to the
 run folder's ``events.jsonl`` as ``score_start`` / ``score_progress`` / ``score_done`` events
 (:func:`cxrcore.jobs.progress.score_summary` folds them); the end's summary to ``score.json``.
+
+**Shards** (Slurm only): with ``shards`` = N the job is one Slurm array of N tasks; task K scores the images of
+shard K (:func:`cxrcore.score.shard_of`: by a digest of the path, so the split does not depend on the listing's
+order) into its own resumable table in ``OUT.shards/``, and the task that finishes last merges the N tables into
+``OUT`` in the input's order and marks the job succeeded. A cancel stops every task; Resume submits the array again
+and each task goes on from its own parts (a finished shard ends at once).
 """
 from __future__ import annotations
 
@@ -35,7 +44,7 @@ RESUMES = {TRAIN: "from the last complete epoch", SCORE: "with the images not in
 OUT_NAME = "scores.parquet"
 SUMMARY_NAME = "score.json"
 # option: (default, least) for the whole-number options; the others are checked by name below
-NUMBERS = {"workers": (2, 1), "batch_size": (32, 1), "threads": (0, 0)}
+NUMBERS = {"workers": (2, 1), "batch_size": (32, 1), "threads": (0, 0), "shards": (1, 1)}
 OPTIONS = (TASK_KEY, "input", "checkpoint", "out", "name", "slurm", "runtime", *NUMBERS)
 
 
@@ -159,17 +168,20 @@ def check_score_config(config: dict, settings=None, user=None) -> dict:
     return out
 
 
-def run_scoring(config: dict, run_dir: Path, should_stop, log=print):
+def run_scoring(config: dict, run_dir: Path, should_stop, log=print, shard: int | None = None):
     """Score ``config``'s input into its table (resuming from the parts a cancelled or killed attempt left);
-    returns :class:`cxrcore.score.Summary` (``complete`` False when ``should_stop`` ended it early)."""
+    returns :class:`cxrcore.score.Summary` (``complete`` False when ``should_stop`` ended it early). ``shard``: this
+    task's shard of a sharded job (``shards`` > 1); the summary's ``complete`` is then True only for the task that
+    merged every shard's table (the others' ``pending_shards`` says how many were not done when they ended)."""
     import time
 
     import torch
 
     from ..compare import model_name
+    from .. import workspace
     from ..predictor import Predictor
     from ..runtime import scorer
-    from ..score import score, source_of
+    from ..score import merge_shards, score, shard_source, shard_table, source_of
     from ..train.events import EventLog
 
     if config.get("threads"):
@@ -181,26 +193,50 @@ def run_scoring(config: dict, run_dir: Path, should_stop, log=print):
     network, runtime, why_not = scorer(predictor, config.get("runtime") or RUNTIMES[0], config.get("threads") or 0)
     log(f"the network runs on {runtime}" + (f" ({why_not})" if why_not else ""))
     out = out_path(config, run_dir)
+    shards = int(config.get("shards") or 1)
+    whole, target = source, out
+    if shards > 1:
+        if shard is None or not 0 <= shard < shards:
+            raise ConfigError(f"A job of {shards} shards runs as a Slurm array, one task per shard (0 to {shards - 1}); "
+                              f"this process was given shard {shard}.")
+        source, target = shard_source(source, shard, shards), shard_table(out.with_name(out.name + ".shards"), shard)
     total = len(source.paths)
-    events("score_start", total=total, input=source.describe, model=model, out=str(out), runtime=runtime,
-           runtime_note=why_not)
-    log(f"scoring {total} image(s) of {source.describe} with {model} into {out}")
+    tag = {"shard": shard, "shards": shards} if shards > 1 else {}
+    events("score_start", total=total, input_total=len(whole.paths), input=source.describe, model=model,
+           out=str(out), runtime=runtime, runtime_note=why_not, **tag)
+    log(f"scoring {total} image(s) of {source.describe} with {model} into {target}")
     t0, last = time.monotonic(), [0.0]
 
     def progress(done: int, todo: int, errors: int) -> None:
-        events("score_progress", done=done, todo=todo, errors=errors, seconds=round(time.monotonic() - t0, 3))
+        events("score_progress", done=done, todo=todo, errors=errors, seconds=round(time.monotonic() - t0, 3), **tag)
         if time.monotonic() - last[0] > 10 or done >= todo:
             last[0] = time.monotonic()
             log(f"{done} of {todo} image(s) scored this attempt ({errors} unreadable)")
 
-    summary = score(source, network, out, model, workers=config["workers"], batch=config["batch_size"],
+    summary = score(source, network, target, model, workers=config["workers"], batch=config["batch_size"],
                     progress=progress, should_stop=should_stop)
     summary.runtime_note = why_not
     if summary.resumed:
         log(f"{summary.resumed} row(s) were already scored by an earlier attempt")
     if not summary.complete:
-        events("score_stopped", **summary.to_dict())
+        events("score_stopped", **summary.to_dict(), **tag)
         return summary
+    if shards > 1:   # this shard is done: the last one to end merges them all
+        folder = target.parent
+        (folder / f"done-{shard:05d}").write_text(f"{summary.rows} rows\n")
+        with workspace.file_lock(folder.with_name(folder.name + ".lock")):
+            done = [k for k in range(shards) if (folder / f"done-{k:05d}").exists()]
+            if len(done) < shards or not folder.exists():
+                summary.complete, summary.pending_shards = False, shards - len(done)
+                log(f"shard {shard + 1} of {shards} done ({summary.rows} rows); {shards - len(done)} shard(s) to go")
+                events("score_shard_done", rows=summary.rows, errors=summary.errors, **tag)
+                return summary
+            import pandas as pd
+
+            columns = list(pd.read_parquet(target).columns)
+            summary = merge_shards(whole, folder, shards, out, columns, summary)
+            log(f"shard {shard + 1} of {shards} done, the last: {shards} tables merged into {out}")
+        events("score_shard_done", rows=summary.rows, errors=summary.errors, **tag)
     events("score_done", **summary.to_dict())
     (Path(run_dir) / SUMMARY_NAME).write_text(json.dumps(summary.to_dict(), indent=1))
     return summary

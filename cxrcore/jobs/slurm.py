@@ -33,7 +33,7 @@ from ..errors import ConfigError, JobError
 from .environment import job_environ
 from .config import SLURM_OPTIONS, check_config, check_slurm_options, slurm_tokens
 from .logfiles import LOG_NAME, tail_log, write_config
-from .scoring import job_label, secrets_needed
+from .scoring import SCORE, job_label, secrets_needed, task_of
 from .store import ACTIVE, Job, JobStore
 
 SBATCH_NAME = "job.sbatch"
@@ -189,6 +189,9 @@ def render_script(job_id: str, config: dict, run_dir: str | Path, db: str | Path
              "#SBATCH --ntasks-per-node=1"]
     if gpus > 0:
         lines.append(f"#SBATCH --gres=gpu:{gpus}")  # per node
+    shards = _whole(config, "shards", 1, 1) if task_of(config) == SCORE else 1
+    if shards > 1:   # a sharded scoring: one array task per shard (cxrcore.jobs.scoring)
+        lines.append(f"#SBATCH --array=0-{shards - 1}")
     lines += [f"#SBATCH {token}" for key in SLURM_OPTIONS for token in tokens[key]]
     lines += ["",
               "set -u",
@@ -200,6 +203,8 @@ def render_script(job_id: str, config: dict, run_dir: str | Path, db: str | Path
               'echo "[$(date +%H:%M:%S)] slurm job $SLURM_JOB_ID on $(hostname) (nodes: $SLURM_JOB_NODELIST)"',
               ""]
     runner_args = f"-m cxrcore.jobs.runner {shlex.quote(job_id)} --db {_sbatch_value(db)}"
+    if shards > 1:
+        runner_args += " --shard ${SLURM_ARRAY_TASK_ID}"
     if nodes > 1:
         # The runner runs once, in the batch step on the first node, and owns the job's row; it starts
         # one torchrun per node with `srun --ntasks-per-node=1 ... torchrun --nnodes N` (train.worker).

@@ -339,21 +339,38 @@ def test_slurm_job_sigterm_from_outside_is_cancelled_saying_so(ws, phantom, clus
     assert [e["ended"] for e in events(done) if e["type"] == "done"] == ["stopped"]
 
 
-def test_a_scoring_job_runs_on_slurm(ws, phantom, shipped, cluster, tmp_path_factory):
-    """`cxr score --backend slurm`'s job (cxrcore/jobs/scoring.py) through sbatch: the same runner scores the
-    archive on the node and writes the table into the run folder."""
+def test_a_scoring_job_runs_on_slurm_as_an_array_of_shards(ws, phantom, shipped, cluster, tmp_path_factory, capsys):
+    """`cxr score --backend slurm --shards 3` (cxrcore/jobs/scoring.py): one sbatch array of three tasks, each
+    scoring its shard on a node into its own table; the last to end merges them into the run folder's table in the
+    list's order, every image once, and marks the job succeeded."""
+    import json
+
     import pandas as pd
+
+    from cxrcore.jobs import job_summary
+    from cxrcore.score import shard_of
 
     store = JobStore()
     images = sorted((phantom / "images").glob("*.png"))[:40]
     listing = tmp_path_factory.mktemp("list") / "list.csv"
     pd.DataFrame({"path": [str(p) for p in images]}).to_csv(listing, index=False)
-    config = {"task": "score", "input": str(listing), "checkpoint": str(shipped["finetuned"]), "runtime": "torch"}
-    job = slurm.submit(config, name="scores-on-slurm", store=store, cluster=str(cluster.conf))
-    assert job.backend == "slurm" and job.backend_id.isdigit() and "cxrcore.jobs.runner" in (
-        Path(job.run_dir) / "job.sbatch").read_text()
+    assert len({shard_of(str(p), 3) for p in images}) == 3        # every shard has images
+    code, out, err = cxr_here(capsys, "score", listing, "--checkpoint", shipped["finetuned"], "--out",
+                              ws / "archive.parquet", "--backend", "slurm", "--slurm-conf", cluster.conf,
+                              "--shards", "3", "--runtime", "torch", "--name", "sharded", "--json")
+    assert code == 0, err
+    job = store.get(json.loads(out)["job"])
+    script = (Path(job.run_dir) / "job.sbatch").read_text()
+    assert "#SBATCH --array=0-2" in script and "--shard ${SLURM_ARRAY_TASK_ID}" in script
     done = wait_for(lambda: (j := refresh(job, store)).ended and j, what="the Slurm scoring job to end", interval=0.2)
-    assert done.status == "succeeded", f"{done.error}\n{tail_log(done, 40)}\n{cluster.logs()}"
-    table = pd.read_parquet(Path(done.run_dir) / "scores.parquet")
-    assert table["path"].tolist() == [str(p) for p in images]
-    assert f"slurm job {job.backend_id} on" in tail_log(done, 200) and "40 image(s) scored" in done.note
+    assert done.status == "succeeded", f"{done.error}\n{tail_log(done, 60)}\n{cluster.logs()}"
+    table = pd.read_parquet(ws / "archive.parquet")
+    assert table["path"].tolist() == [str(p) for p in images]   # every image once, in the list's order
+    assert not (ws / "archive.parquet.shards").exists() and "40 image(s) scored" in done.note
+    log = tail_log(done, 200)
+    assert f"slurm job {job.backend_id}" in log and "3 tables merged" in log and log.count("shard ") >= 3
+    s = job_summary(done.config, events(done))
+    assert (s["phase"], s["shards"], s["shards_done"], s["total"], s["rows"]) == ("done", 3, 3, 40, 40)
+    code, _, err = cxr_here(capsys, "score", listing, "--checkpoint", shipped["finetuned"], "--out",
+                            ws / "x.parquet", "--shards", "2")
+    assert code == 2 and "--backend slurm" in err
