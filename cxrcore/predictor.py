@@ -45,6 +45,7 @@ class Prediction:
     mc: dict | None = None                 # {"samples", "dropout_p", "tta", "seed", "kind", "note"} when MC dropout ran
     warnings: list = field(default_factory=list)   # explain.trust.Notice: how (not) to read these outputs
     trained_on: str = ""                   # the card's one-line summary of what the model saw
+    site: dict | None = None               # the site profile the thresholds and temperatures are (Card.with_site)
 
     @property
     def positive(self) -> np.ndarray:
@@ -89,6 +90,7 @@ class Prediction:
             "warnings": [w.text for w in self.warnings],
             "warning_codes": [w.code for w in self.warnings],
             "trained_on": self.trained_on,
+            "site": self.site,
         }
         if self.prob_mean is not None:
             d["prob_mean"] = {x: float(p) for x, p in zip(self.labels, self.prob_mean)}
@@ -212,7 +214,7 @@ class Predictor:
             probs = combine(torch.sigmoid(logits)[0].float().cpu().numpy(), card.model, card.thresholds)
             return Prediction(self.labels, probs, thresholds, np.zeros((len(self.labels), 0, 0), np.float32), {},
                               (h, w), time.perf_counter() - t0, "none", list(loaded.notes), warnings=notices,
-                              trained_on=trained_on), x
+                              trained_on=trained_on, site=card.metrics.get("site")), x
         if self.fast_cam:
             logits, cams = forward_with_cams(self.model, x)
             method = "GradCAM (single pass, = CAM for a GAP + linear head)"
@@ -225,7 +227,7 @@ class Predictor:
                  for i, label in enumerate(self.labels)}
         return Prediction(self.labels, probs, thresholds, maps, boxes, (h, w),
                           time.perf_counter() - t0, method, list(loaded.notes), tuple(cams.shape[-2:]),
-                          warnings=notices, trained_on=trained_on), x
+                          warnings=notices, trained_on=trained_on, site=card.metrics.get("site")), x
 
     def heatmap(self, image: LoadedImage, label: str, method: str = "GradCAM",
                 box_threshold: float = 0.5, top_k_boxes: int = 3) -> tuple[np.ndarray, list[Box]]:

@@ -4,7 +4,8 @@
 :func:`export_onnx` writes the network *with* its input normalisation and sigmoid (uint8 squares in,
 probabilities out), so the runtime gets exactly what :meth:`cxrcore.predictor.Predictor.predict_squares` computes
 and nothing in Python stands between the decoded image and the answer. The file is kept in the workspace's cache
-under the card's digest (a new card, a new file), with the torch and opset versions in its name.
+under the digest of the weights, architecture and preprocessing (new weights, a new file; new thresholds or a site
+profile, the same file), with the torch and opset versions in its name.
 :class:`OnnxScorer` answers the part of the Predictor's interface that :func:`cxrcore.score.score` uses (``card``,
 ``labels``, ``prep``, ``predict_squares``), two-stage models' gate applied the same way.
 
@@ -46,15 +47,25 @@ def _scored_module(predictor):
     return Scored().eval()
 
 
+def network_digest(card) -> str:
+    """What the exported network depends on: the weights, the architecture and the preprocessing (not the
+    thresholds, temperatures or site profiles, which act on its output)."""
+    import hashlib
+    import json
+
+    what = {"weights": card.weights_sha256, "model": card.model, "preprocess": card.preprocess, "labels": card.labels}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def onnx_path(predictor, folder: str | os.PathLike | None = None) -> Path:
-    """Where the export of ``predictor``'s checkpoint lives: the cache, named by its card's digest."""
+    """Where the export of ``predictor``'s network lives: the cache, named by :func:`network_digest`."""
     import torch
 
     from . import workspace
 
     base = Path(folder) if folder is not None else workspace.cache() / "onnx"
     version = torch.__version__.split("+")[0]
-    return base / f"{predictor.card.sha256()[:16]}-torch{version}-opset{OPSET}.onnx"
+    return base / f"{network_digest(predictor.card)[:16]}-torch{version}-opset{OPSET}.onnx"
 
 
 def export_onnx(predictor, path: str | os.PathLike | None = None) -> Path:

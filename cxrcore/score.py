@@ -4,8 +4,8 @@ table (Parquet and CSV) with a row per image (issue 22 §4; ``cxr score``).
 Each row: ``path``; per label its probability (the column named by the label), its call at the card's threshold
 (``LABEL call``) and, when the card has temperatures, the calibrated probability (``LABEL calibrated``); the
 out-of-distribution reasons (``ood``, empty when the image looks like a frontal chest film) and the model's notices
-for this image (``warnings``: codes, e.g. a phantom-trained model on a real film); the ``model`` and its
-``card_sha256``. A file that cannot be read goes to the errors table (``path``, ``error``) and the run goes on.
+for this image (``warnings``: codes, e.g. a phantom-trained model on a real film); the ``model``, its
+``card_sha256`` and the ``site`` profile whose thresholds and temperatures gave the calls (empty: the card's own). A file that cannot be read goes to the errors table (``path``, ``error``) and the run goes on.
 
 **Resumable.** Rows are written in parts (``OUT.parts/part-NNNNN.parquet``, each written whole then renamed into
 place) as they are scored; a run killed at any point and started again with the same command reads the parts,
@@ -137,7 +137,7 @@ def _columns(labels: list[str], calibrated: bool) -> list[str]:
     cols = ["path"] + list(labels) + [f"{x} call" for x in labels]
     if calibrated:
         cols += [f"{x} calibrated" for x in labels]
-    return cols + ["ood", "warnings", "model", "card_sha256"]
+    return cols + ["ood", "warnings", "model", "card_sha256", "site"]
 
 
 def _done(parts: Path, out: Path) -> tuple[set[str], int]:
@@ -215,6 +215,7 @@ def score(source: Source, predictor, out: str | Path, model: str, *, workers: in
     out.parent.mkdir(parents=True, exist_ok=True)
     card = predictor.card
     digest, labels = card.sha256(), list(predictor.labels)
+    site = (card.metrics.get("site") or {}).get("name") or ""   # the site profile in use (Card.with_site), if any
     temps = card.temperature_list()
     columns = _columns(labels, temps is not None)
     parts = out.with_name(out.name + ".parts")
@@ -266,7 +267,7 @@ def score(source: Source, predictor, out: str | Path, model: str, *, workers: in
                         row.update({f"{x} calibrated": float(cal[j, i]) for i, x in enumerate(labels)})
                     row.update(ood="; ".join(ood.reasons) if ood.is_suspect else "",
                                warnings=",".join(n.code for n in domain_notices(card, image, model)),
-                               model=model, card_sha256=digest)
+                               model=model, card_sha256=digest, site=site)
                     rows.append(row)
             _write_part(parts, k, rows, errors, columns)
             k += 1

@@ -3,6 +3,7 @@ flag blocks derived from the declarations (filters, backends, slurm options)."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable
 
@@ -145,3 +146,27 @@ def slurm_values(a, names=None, visitor_safe: bool = False) -> dict:
 
     names = names or [o.name for o in slurm_fields(visitor_safe)]
     return {k: v for k in names if k != "conf" and (v := getattr(a, slurm_dest(k), None)) is not None}
+
+
+def use_site(predictor, checkpoint, site: str | None) -> None:
+    """``--site S``: ``predictor`` as used at site S (its card's profile, :meth:`cxrcore.models.card.Card.with_site`).
+    A shipped model's profiles are saved in the workspace's copy of it (its own files stay untouched): when the
+    copy holds S, the error says to use the copy."""
+    from ..errors import CheckpointError
+
+    try:
+        predictor.set_card(predictor.card.with_site(site))
+    except CheckpointError as exc:
+        from ..eval.thresholds import save_target
+
+        try:
+            folder = save_target(checkpoint).folder
+            from ..checkpoint import read_card
+
+            held = site in (read_card(folder).sites or {}) and Path(folder).resolve() != Path(checkpoint).resolve()
+        except Exception:  # noqa: BLE001 - no hint then: the first error stands
+            held = False
+        if held:
+            raise CheckpointError(f"{exc} The profile was saved in the workspace's copy of this model (its own files "
+                                  f"are never changed): use --checkpoint {folder}.") from None
+        raise

@@ -54,7 +54,7 @@ def cmd_eval(a) -> int:
 
     result, data = run_evaluation(a.checkpoint, a.data, a.split, a.n_boot, a.compare, seed=a.seed,
                                   progress=None if a.json else bar("predict"), policy=a.policy, tta=a.tta,
-                                  fuse=a.fuse, laterals=True if a.laterals else None)
+                                  fuse=a.fuse, laterals=True if a.laterals else None, site=a.site)
     if a.out:
         out = Path(a.out)
     else:
@@ -171,6 +171,8 @@ def _eval_flags(s) -> None:
     from ..eval.tta import TTA_MODES
 
     s.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    s.add_argument("--site", default=None, metavar="S",
+                   help="the model as used at site S: its site profile's thresholds and temperatures (cxr site fit)")
     s.add_argument("--data", required=True, help="dataset folder (NIH or CheXpert layout)")
     s.add_argument("--split", choices=[x for x in SPLIT_CHOICES if x != "train"], default="test",  # no training images
                    help="the checkpoint's own patient-level split (hash, stratified or official, as it trained), "

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from ..errors import CXRError
-from .common import CHECKPOINT_HELP, Command
+from .common import CHECKPOINT_HELP, Command, use_site
 
 
 def cmd_predict(a) -> int:
@@ -24,6 +24,7 @@ def cmd_predict(a) -> int:
     from ..results import prediction_json, warnings
 
     predictor = Predictor(a.checkpoint)
+    use_site(predictor, a.checkpoint, a.site)   # --site: the site profile's thresholds and temperatures
     model = model_name(a.checkpoint, predictor)
     image, raw = load_image(a.image)
     result = compare(image, {model: predictor}, Path(a.image).name, raw=raw, mc_samples=a.mc_samples, tta=a.tta)
@@ -45,6 +46,9 @@ def cmd_predict(a) -> int:
           f"{pred.seconds * 1000:.0f} ms; model trained on {pred.trained_on or 'not recorded'}")
     for note in pred.notes:
         print(f"note: {note}")
+    if pred.site:
+        print(f"site profile {pred.site['name']}: thresholds and temperatures fitted on {pred.site.get('fitted_on')} "
+              f"({pred.site.get('n')} cases) for {len(pred.site.get('labels') or [])} label(s)")
     for i in sorted(range(len(pred.labels)), key=lambda i: -pred.probs[i]):
         x = pred.labels[i]
         mark = "POS" if pred.positive[i] else "   "
@@ -84,6 +88,7 @@ def _predict_study(a) -> int:
     if a.fuse == "none":
         raise CXRError("Several images are the views of one study: say how to combine them with --fuse mean or max.")
     p = Predictor(a.checkpoint)
+    use_site(p, a.checkpoint, a.site)
     model = model_name(a.checkpoint, p)
     views = []
     for x in a.image:
@@ -115,6 +120,8 @@ def _predict_flags(s) -> None:
     s.add_argument("--fuse", choices=list(FUSIONS), default="none",
                    help="several views of one study (frontal and lateral): combine their probabilities")
     s.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    s.add_argument("--site", default=None, metavar="S",
+                   help="the model as used at site S: its site profile's thresholds and temperatures (cxr site fit)")
     s.add_argument("--json", action="store_true")
     s.add_argument("--heatmaps", action="store_true", help="include heatmaps in the JSON")
     s.add_argument("--panel", help="also write a PNG panel with the overlay of --label (default: top label)")

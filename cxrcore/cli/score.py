@@ -6,7 +6,7 @@ import os
 import sys
 
 from ..runtime import RUNTIMES
-from .common import CHECKPOINT_HELP, Command, add_backend_flag, add_slurm_flags, bar, slurm_values
+from .common import CHECKPOINT_HELP, Command, add_backend_flag, add_slurm_flags, bar, slurm_values, use_site
 
 
 def _submit(a) -> int:
@@ -15,7 +15,8 @@ def _submit(a) -> int:
     from ..jobs.scoring import SCORE, TASK_KEY
 
     config = {TASK_KEY: SCORE, "input": a.input, "checkpoint": a.checkpoint, "out": a.out, "workers": a.workers,
-              "batch_size": a.batch_size, "runtime": a.runtime, "threads": a.threads, "shards": a.shards}
+              "batch_size": a.batch_size, "runtime": a.runtime, "threads": a.threads, "shards": a.shards,
+              "site": a.site or ""}
     if a.backend == "slurm":
         config["slurm"] = slurm_values(a)
         job = dispatch.submit(config, name=a.name or "", backend="slurm", cluster=a.slurm_conf)
@@ -47,6 +48,7 @@ def cmd_score(a) -> int:
         return _submit(a)
     source = source_of(a.input)
     predictor = Predictor(a.checkpoint)
+    use_site(predictor, a.checkpoint, a.site)   # --site: the profile's thresholds and temperatures
     model = model_name(a.checkpoint, predictor)
     network, runtime, why_not = scorer(predictor, a.runtime, a.threads)
     if why_not and not a.json:
@@ -68,6 +70,9 @@ def _flags(s) -> None:
     s.add_argument("input", help="a folder of images, a CSV with a path column, or a DICOMweb query URL "
                                  "(.../studies?ModalitiesInStudy=CR&StudyDate=20240101-20240131)")
     s.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    s.add_argument("--site", default=None, metavar="S",
+                   help="the model as used at site S: its site profile's thresholds and temperatures (cxr site fit); "
+                        "the table's site column names it")
     s.add_argument("--out", required=True, metavar="OUT.parquet",
                    help="the table (Parquet; OUT.csv and OUT.errors.csv beside it). The same command after a kill "
                         "continues where it stopped")

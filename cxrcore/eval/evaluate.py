@@ -233,12 +233,14 @@ def run_evaluation(checkpoint: str | Path, data: str | Path | DatasetIndex, spli
                    compare_to: str | Path | None = None, *, seed: int = 0, alpha: float = 0.05, n_bins: int = 10,
                    calibrate: bool = True, progress=None, policy: str | dict | None = None,
                    tta: str = "none", fuse: str = "none", laterals: bool | None = None,
-                   limits=None) -> tuple[dict, EvalData]:
+                   limits=None, site: str | None = None) -> tuple[dict, EvalData]:
     """``policy``: how uncertain (-1) labels become targets; None: the model's own training policy (its
     card), so a model trained with U-Ones is scored with U-Ones; any of zeros / ones / ignore or a mix.
     ``limits``: a visitor's ceilings (:func:`cxrcore.hosting.limits`; None for the operator's own tools):
     AccessError before any model runs for more bootstrap replicates than ``CXR_MAX_BOOTSTRAP``, more
-    test-time views than ``CXR_MAX_TTA_VIEWS`` or a split of more images than ``CXR_MAX_EVAL_IMAGES``."""
+    test-time views than ``CXR_MAX_TTA_VIEWS`` or a split of more images than ``CXR_MAX_EVAL_IMAGES``.
+    ``site``: the model as used at that site (its profile's thresholds, :meth:`cxrcore.models.card.Card.with_site`);
+    the result's ``site`` names it."""
     if n_boot < 1:
         raise ConfigError(f"n_boot must be at least 1 (got {n_boot}); 1000 or more for reported intervals.")
     if limits:
@@ -253,6 +255,7 @@ def run_evaluation(checkpoint: str | Path, data: str | Path | DatasetIndex, spli
     t0 = time.perf_counter()
     index = _index(data)
     predictor = Predictor(checkpoint)
+    predictor.set_card(predictor.card.with_site(site))
     policy, policy_source = eval_policy(predictor, policy)
     preds = predict_split(predictor, index, split, policy=policy, progress=progress, tta=tta, laterals=laterals,
                           limits=limits)
@@ -333,6 +336,7 @@ def run_evaluation(checkpoint: str | Path, data: str | Path | DatasetIndex, spli
     sizes = np.unique(pids.astype(str), return_counts=True)[1]
     result = {
         "checkpoint": str(Path(checkpoint)), "model": predictor.name, "labels": labels,
+        "site": predictor.card.metrics.get("site"),
         "dataset": index.name, "dataset_root": str(index.root), "split": split,
         "split_description": describe_split(predictor, index, split), "dataset_format": index.format,
         "policy": policy, "policy_source": policy_source,

@@ -480,3 +480,23 @@ def save_temperatures(checkpoint: str | Path, temperatures: dict[str, float], fi
                                    "fitted_on": fitted_on}
     write_card(folder, card)
     return folder
+
+
+SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}")
+
+
+def save_site(checkpoint: str | Path, name: str, profile: dict, user=None, settings=None) -> Path:
+    """Store the site profile ``profile`` (:meth:`cxrcore.eval.site.SiteProfile.to_dict`) under ``name`` in the
+    card's ``sites`` (replacing a profile of that name); where: see :func:`save_target`, as for the thresholds (a
+    shipped model's own files are never changed)."""
+    if not isinstance(name, str) or not SITE_NAME.fullmatch(name):
+        raise CheckpointError(f"A site's name is 1 to 64 letters, digits, spaces, '.', '_' or '-', starting with a "
+                              f"letter or digit, not {name!r}.")
+    card = read_card(checkpoint)
+    unknown = set(profile.get("labels") or {}) - set(card.labels)
+    if unknown:
+        raise CheckpointError(f"The profile has labels the model does not have: {sorted(unknown)}.")
+    folder, card = _writable(checkpoint, user, settings)
+    card.sites = {**(card.sites or {}), name: profile}
+    write_card(folder, card)
+    return folder

@@ -45,7 +45,7 @@ OUT_NAME = "scores.parquet"
 SUMMARY_NAME = "score.json"
 # option: (default, least) for the whole-number options; the others are checked by name below
 NUMBERS = {"workers": (2, 1), "batch_size": (32, 1), "threads": (0, 0), "shards": (1, 1)}
-OPTIONS = (TASK_KEY, "input", "checkpoint", "out", "name", "slurm", "runtime", *NUMBERS)
+OPTIONS = (TASK_KEY, "input", "checkpoint", "out", "name", "slurm", "runtime", "site", *NUMBERS)
 
 
 def task_of(config) -> str:
@@ -161,8 +161,9 @@ def check_score_config(config: dict, settings=None, user=None) -> dict:
     hosting.check_job_paths(out, settings)   # input and checkpoint inside the folders jobs may read
     if visitor:
         hosting.check_model_ref(out["checkpoint"], settings)
+    out["site"] = str(out.get("site") or "")
     if not library_ref(out["checkpoint"]):
-        read_card(out["checkpoint"])   # CheckpointError naming what is missing
+        read_card(out["checkpoint"]).with_site(out["site"])   # CheckpointError naming what is missing
     if not is_url(out["input"]):
         source_of(out["input"])   # DataError: no images, no path column
     return out
@@ -189,6 +190,7 @@ def run_scoring(config: dict, run_dir: Path, should_stop, log=print, shard: int 
     events = EventLog(Path(run_dir) / EVENTS_NAME)
     source = source_of(config["input"])
     predictor = Predictor(config["checkpoint"])
+    predictor.set_card(predictor.card.with_site(config.get("site")))
     model = model_name(config["checkpoint"], predictor)
     network, runtime, why_not = scorer(predictor, config.get("runtime") or RUNTIMES[0], config.get("threads") or 0)
     log(f"the network runs on {runtime}" + (f" ({why_not})" if why_not else ""))

@@ -45,6 +45,9 @@ class Card:
     # "datasets": [names], "summary": one line for people}. See :func:`trained_on`.
     trained_on: dict = field(default_factory=dict)
     weights_sha256: str = ""
+    # Site profiles (cxrcore.eval.site): {name: {"fitted_on", "n", "strategy", "target", "labels": {label:
+    # {"temperature", "threshold", their CIs, before / after}}, "curve", "created"}}; see :meth:`with_site`.
+    sites: dict = field(default_factory=dict)
     format: str = CARD_FORMAT
 
     def to_dict(self) -> dict:
@@ -81,6 +84,28 @@ class Card:
 
     def threshold_list(self) -> list[float]:
         return [float(self.thresholds.get(x, 0.5)) for x in self.labels]
+
+    def with_site(self, name: str | None) -> "Card":
+        """This card as used at site ``name``: the profile's thresholds and temperatures in place of the card's
+        (labels the profile did not fit keep the card's threshold and no temperature), and ``metrics["site"]``
+        naming the profile, so a result says which one it used. ``None`` or "": the card itself.
+        CheckpointError naming the profiles there are for a name the card does not hold."""
+        if not name:
+            return self
+        if name not in self.sites:
+            have = ", ".join(sorted(self.sites)) or "none yet (cxr site fit)"
+            raise CheckpointError(f"The model has no site profile {name!r}; its profiles: {have}.")
+        import copy
+
+        profile = self.sites[name]
+        fitted = {x: v for x, v in (profile.get("labels") or {}).items() if v.get("fitted") and x in self.labels}
+        card = copy.deepcopy(self)
+        card.thresholds.update({x: float(v["threshold"]) for x, v in fitted.items()})
+        card.metrics["calibration"] = {"temperatures": {x: float(v["temperature"]) for x, v in fitted.items()},
+                                       "fitted_on": f"site {name}: {profile.get('fitted_on', '')}"}
+        card.metrics["site"] = {"name": name, "fitted_on": profile.get("fitted_on"), "n": profile.get("n"),
+                                "labels": sorted(fitted)}
+        return card
 
 
 TRAINED_ON_KINDS = ("phantom", "real", "library", "unknown")

@@ -55,14 +55,17 @@ def test_onnx_runtime_gives_pytorchs_probabilities_within_1e4(which, films, ship
                   - predictor.predict_squares(squares, batch_size=7, raw=True)).max() < TOLERANCE
 
 
-def test_the_export_is_kept_under_the_cards_digest_and_reused(shipped, home):
+def test_the_export_is_kept_under_the_networks_digest_and_reused(shipped, home):
     from cxrcore.predictor import Predictor
-    from cxrcore.runtime import OnnxScorer, export_onnx, onnx_path, scorer
+    from cxrcore.runtime import OnnxScorer, export_onnx, network_digest, onnx_path, scorer
 
     tuned, base = Predictor(shipped["finetuned"]), Predictor(shipped["baseline"])
     first = OnnxScorer(tuned, threads=1)
     assert first.path == onnx_path(tuned) and first.path.parent == home / "cache" / "onnx"
-    assert tuned.card.sha256()[:16] in first.path.name
+    assert network_digest(tuned.card)[:16] in first.path.name
+    site_view = Predictor(shipped["finetuned"])
+    site_view.card.thresholds = {x: 0.9 for x in site_view.labels}      # other calls, the same network
+    assert onnx_path(site_view) == first.path
     stamp = first.path.stat().st_mtime_ns
     assert export_onnx(tuned) == first.path and first.path.stat().st_mtime_ns == stamp   # reused, not rewritten
     assert onnx_path(base) != first.path                                                 # another card, another file

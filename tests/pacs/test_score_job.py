@@ -111,6 +111,7 @@ def test_a_scoring_config_is_checked_before_anything_is_created(phantom, shipped
         ({"checkpoint": str(tmp_path)}, CheckpointError, ""),
         ({"out": str(tmp_path / "x.csv")}, ConfigError, "names a .parquet file"),
         ({"task": "infer"}, ConfigError, "Unknown job task 'infer'"),
+        ({"site": "nowhere"}, CheckpointError, "no site profile 'nowhere'"),
     ]:
         with pytest.raises(error) as caught:
             submit({**good, **bad}, store=store)

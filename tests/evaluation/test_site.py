@@ -1,0 +1,131 @@
+"""Site profiles (issue 23 §1, cxrcore/eval/site.py, `cxr site fit`, `--site S`): a model recalibrated for a new
+hospital on a small labelled sample. On data with a known miscalibration the fitted temperature's bootstrap interval
+holds the truth and the intervals narrow as the sample grows; a label the sample cannot fit keeps the card's
+threshold; on the phantom of the other domain the profile is saved in the workspace's copy (the shipped model
+untouched) and `predict`, `eval` and `score` with `--site` use its thresholds and say so."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import FORMATS, cxr_here
+
+
+def _miscalibrated(n: int, true_t: float, seed: int, prevalence: float = 0.3):
+    """Targets drawn from calibrated probabilities sigmoid(z); the model says sigmoid(true_t * z): over-confident
+    by the factor ``true_t`` (the temperature that undoes it)."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(np.log(prevalence / (1 - prevalence)), 1.5, n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float)
+    return y, 1 / (1 + np.exp(-true_t * z))
+
+
+def test_the_temperature_interval_holds_the_truth_and_narrows_with_the_sample():
+    from cxrcore.eval.site import fit_site
+
+    y1, p1 = _miscalibrated(1600, 2.0, seed=1)
+    y2, p2 = _miscalibrated(1600, 0.7, seed=2)
+    constant = np.zeros(1600)                 # a label with no positive case at this site
+    targets, probs = np.stack([y1, y2, constant], 1), np.stack([p1, p2, p1], 1)
+    patients = np.repeat(np.arange(800), 2)   # two films per patient: the bootstrap draws patients
+    profile = fit_site("north", ["A", "B", "C"], targets, probs, {"A": 0.5, "B": 0.4, "C": 0.6},
+                       patient_ids=patients, fitted_on="synthetic", n_boot=100, curve_boot=30)
+    a, b, c = profile.labels["A"], profile.labels["B"], profile.labels["C"]
+    assert a["fitted"] and a["temperature_ci"][0] <= 2.0 <= a["temperature_ci"][1]
+    assert b["fitted"] and b["temperature_ci"][0] <= 0.7 <= b["temperature_ci"][1]
+    assert a["threshold_ci"][0] <= a["threshold"] <= a["threshold_ci"][1]
+    assert a["after"]["ece"] < a["before"]["ece"] and b["after"]["ece"] < b["before"]["ece"]
+    assert not c["fitted"] and c["threshold"] is None and c["card_threshold"] == 0.6
+    assert profile.thresholds().keys() == {"A", "B"} and profile.n == 1600
+    widths = [row["temperature_ci_width"] for row in profile.curve]
+    assert [row["n"] for row in profile.curve] == [50, 100, 200, 400, 800, 1600]
+    assert widths[-1] < widths[0] / 2          # 32 times the cases: a much narrower interval
+    json.dumps(profile.to_dict())              # what the card stores is JSON
+
+
+def test_a_sample_too_small_or_a_rule_without_its_target_is_refused():
+    from cxrcore.errors import DataError
+    from cxrcore.eval.site import fit_site
+
+    y, p = _miscalibrated(19, 1.0, seed=3)
+    with pytest.raises(DataError, match="at least 20 labelled cases"):
+        fit_site("s", ["A"], y[:, None], p[:, None], {})
+    y, p = _miscalibrated(100, 1.0, seed=3)
+    with pytest.raises(DataError, match="needs a target"):
+        fit_site("s", ["A"], y[:, None], p[:, None], {}, strategy="target sensitivity")
+
+
+def test_a_card_used_at_a_site_has_the_profiles_thresholds_and_temperatures(shipped):
+    from cxrcore.checkpoint import read_card
+    from cxrcore.errors import CheckpointError
+
+    card = read_card(shipped["finetuned"])
+    label = card.labels[0]
+    card.sites = {"north": {"fitted_on": "north sample", "n": 300, "labels": {
+        label: {"fitted": True, "threshold": 0.123, "temperature": 1.7},
+        card.labels[1]: {"fitted": False, "threshold": None, "temperature": None}}}}
+    at = card.with_site("north")
+    assert at.thresholds[label] == 0.123 and at.thresholds[card.labels[1]] == card.thresholds[card.labels[1]]
+    assert at.temperature_list()[0] == 1.7 and at.temperature_list()[1] == 1.0
+    assert at.metrics["site"] == {"name": "north", "fitted_on": "north sample", "n": 300, "labels": [label]}
+    assert at.sha256() != card.sha256() and card.thresholds[label] != 0.123   # a view: the card itself unchanged
+    assert card.with_site(None) is card and card.with_site("") is card
+    with pytest.raises(CheckpointError, match="no site profile 'south'; its profiles: north"):
+        card.with_site("south")
+
+
+def test_cxr_site_fit_on_the_other_domain_and_site_on_predict_eval_score(shipped, tmp_path, monkeypatch, capsys):
+    from cxrcore.checkpoint import read_card
+    from cxrcore.data.phantom import generate
+
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    sample = tmp_path / "north"
+    generate(sample, n=300, domain="nih", seed=11)   # the other domain: the model saw CheXpert phantoms
+    shipped_card = read_card(shipped["finetuned"]).sha256()
+    code, out, err = cxr_here(capsys, "site", "fit", "--checkpoint", shipped["finetuned"], "--data", sample,
+                              "--name", "north", "--n-boot", "50", "--json")
+    assert code == 0, err
+    fitted = json.loads(out)
+    copy = tmp_path / "home" / "checkpoints" / "finetuned"
+    assert fitted["card"] == str(copy / "card.json") and fitted["n"] == 300
+    assert read_card(shipped["finetuned"]).sha256() == shipped_card      # the shipped model untouched
+    site = read_card(copy).sites["north"]
+    used = {x: v for x, v in site["labels"].items() if v["fitted"]}
+    assert "Pleural Effusion" in used and not site["labels"]["Lung Opacity"]["fitted"]   # NIH has no such label
+    code, out, _ = cxr_here(capsys, "site", "list", "--checkpoint", copy)
+    assert code == 0 and out.startswith("north: fitted on north (all, 300 images), max F1")
+
+    code, out, err = cxr_here(capsys, "predict", FORMATS / "00000001_000.png", "--checkpoint", copy, "--site", "north",
+                              "--json")
+    assert code == 0, err
+    answer = json.loads(out)
+    assert answer["site"]["name"] == "north" and sorted(answer["site"]["labels"]) == sorted(used)
+    for x, v in used.items():
+        assert answer["thresholds"][x] == pytest.approx(v["threshold"], abs=1e-6)
+        assert answer["predictions"][x]["positive"] == (answer["probabilities"][x] >= v["threshold"])
+    code, _, err = cxr_here(capsys, "predict", FORMATS / "00000001_000.png", "--checkpoint", shipped["finetuned"],
+                            "--site", "north")
+    assert code == 2 and f"use --checkpoint {copy}" in err
+
+    code, out, err = cxr_here(capsys, "eval", "--checkpoint", copy, "--data", sample, "--split", "test", "--site",
+                              "north", "--n-boot", "20", "--json", "--out", tmp_path / "eval")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["site"]["name"] == "north"
+    assert result["per_label"]["Pleural Effusion"]["threshold"] == pytest.approx(used["Pleural Effusion"]["threshold"])
+
+    images = tmp_path / "films"
+    images.mkdir()
+    for p in sorted((sample / "images").glob("*.png"))[:20]:
+        shutil.copy(p, images / p.name)
+    code, out, err = cxr_here(capsys, "score", images, "--checkpoint", copy, "--site", "north", "--out",
+                              tmp_path / "s.parquet", "--json", "--runtime", "torch")
+    assert code == 0, err
+    table = pd.read_parquet(tmp_path / "s.parquet")
+    assert (table["site"] == "north").all()
+    t = used["Pleural Effusion"]["threshold"]
+    assert (table["Pleural Effusion call"] == (table["Pleural Effusion"] >= t)).all()
