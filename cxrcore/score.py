@@ -62,6 +62,7 @@ class Summary:
     runtime: str = "torch"  # what ran the network: torch, or onnx (cxrcore.runtime)
     runtime_note: str | None = None   # why not the runtime asked for, when it could not be used
     pending_shards: int = 0  # a shard of a sharded job that ended before the others: how many were not done yet
+    reports: int = 0         # DICOM Structured Reports written this call (dicom_sr)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -176,16 +177,18 @@ def _write_part(parts: Path, k: int, rows: list[dict], errors: list[dict], colum
         os.replace(tmp, parts / f"errors-{k:05d}.csv")
 
 
-def _prepared(read: Callable[[str], bytes], path: str, prep) -> tuple[str, object]:
-    """One image read, checked and squared (a worker thread's job): ``(path, (loaded, square, ood))`` or
-    ``(path, error text)``."""
-    from .data.imageio import read_image
+def _prepared(read: Callable[[str], bytes], path: str, prep, headers: bool = False) -> tuple[str, object]:
+    """One image read, checked and squared (a worker thread's job): ``(path, (loaded, square, ood, header))`` or
+    ``(path, error text)``; ``header``: with ``headers``, a DICOM file's header (no pixels), else None."""
+    from .data.imageio import dicom_header, read_image
     from .explain.ood import check_image
 
     try:
         raw = read(path)
-        image = read_image(raw, Path(urlsplit(path).path).name or path)
-        return path, (image, prep.square(image.pixels), check_image(image, raw))
+        name = Path(urlsplit(path).path).name or path
+        image = read_image(raw, name)
+        header = dicom_header(raw, name) if headers else None
+        return path, (image, prep.square(image.pixels), check_image(image, raw), header)
     except CXRError as exc:
         return path, str(exc)
     except Exception as exc:  # noqa: BLE001 - one bad file never stops the run; its kind is recorded
@@ -194,14 +197,18 @@ def _prepared(read: Callable[[str], bytes], path: str, prep) -> tuple[str, objec
 
 def score(source: Source, predictor, out: str | Path, model: str, *, workers: int = 2, batch: int = BATCH,
           progress: Callable[[int, int, int], None] | None = None, part_rows: int = PART_ROWS,
-          should_stop: Callable[[], bool] | None = None) -> Summary:
+          should_stop: Callable[[], bool] | None = None, dicom_sr: str | Path | None = None) -> Summary:
     """Score every image of ``source`` with ``predictor`` into ``out`` (a .parquet path); see the module's text.
     ``predictor``: a :class:`cxrcore.predictor.Predictor`, or the same network on ONNX Runtime
     (:class:`cxrcore.runtime.OnnxScorer`).
 
     ``progress(done, todo, errors)`` after each part written (``done`` of the ``todo`` images this call scores);
     ``should_stop()`` is asked after each part: True ends the call there, without merging (``complete`` False;
-    the same call later goes on from the parts)."""
+    the same call later goes on from the parts).
+
+    ``dicom_sr``: a folder that gets, for every DICOM image, a DICOM Structured Report of its row (each label's
+    probability, threshold and call; no heatmap boxes: batch scoring computes no heatmaps) referencing the image,
+    named by the image's SOP Instance UID, written before the row's part (so a resumed run has every report)."""
     import pandas as pd
 
     from .explain.trust import domain_notices
@@ -237,30 +244,38 @@ def score(source: Source, predictor, out: str | Path, model: str, *, workers: in
     thresholds = np.array(card.threshold_list(), dtype=np.float32)
     k = 1 + max([int(f.stem.split("-")[1]) for f in parts.glob("part-*.parquet")]
                 + [int(f.stem.split("-")[1]) for f in parts.glob("errors-*.csv")] + [0])
-    scored = failed = 0
+    scored = failed = reports = 0
 
     def batches() -> Iterator[list[str]]:
         for i in range(0, len(todo), part_rows):
             yield todo[i:i + part_rows]
 
+    sr_folder = None if dicom_sr is None else Path(dicom_sr)
+    if sr_folder is not None:
+        sr_folder.mkdir(parents=True, exist_ok=True)
+
+    def prepare(path: str):
+        return _prepared(source.read, path, predictor.prep, headers=sr_folder is not None)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending = None
         chunks = batches()
         nxt = next(chunks, None)
         if nxt is not None:
-            pending = pool.map(lambda p: _prepared(source.read, p, predictor.prep), nxt)
+            pending = pool.map(prepare, nxt)
         while nxt is not None:
             ready = list(pending)
             nxt = next(chunks, None)   # the next part decodes while this one is scored
             if nxt is not None:
-                pending = pool.map(lambda p: _prepared(source.read, p, predictor.prep), nxt)
+                pending = pool.map(prepare, nxt)
             good = [(p, v) for p, v in ready if not isinstance(v, str)]
             errors = [{"path": p, "error": v} for p, v in ready if isinstance(v, str)]
             rows = []
             if good:
                 probs = predictor.predict_squares(np.stack([v[1] for _, v in good]), batch_size=batch)
                 cal = apply_temperature(logits_from_probs(probs), np.array(temps)) if temps is not None else None
-                for j, (path, (image, _, ood)) in enumerate(good):
+                if sr_folder is not None:
+                    reports += _write_reports(sr_folder, good, probs, thresholds, card, model)
+                for j, (path, (image, _, ood, _)) in enumerate(good):
                     row = {"path": path, **{x: float(probs[j, i]) for i, x in enumerate(labels)},
                            **{f"{x} call": bool(probs[j, i] >= thresholds[i]) for i, x in enumerate(labels)}}
                     if cal is not None:
@@ -278,9 +293,31 @@ def score(source: Source, predictor, out: str | Path, model: str, *, workers: in
             if should_stop is not None and nxt is not None and should_stop():
                 list(pending)   # let the decoding threads finish the next part's reads before they are dropped
                 return Summary(resumed + scored - failed, failed, round(time.perf_counter() - t0, 3), scored, resumed,
-                               str(out), "", "", model, digest, labels, complete=False, runtime=runtime)
+                               str(out), "", "", model, digest, labels, complete=False, runtime=runtime,
+                               reports=reports)
     return _merge(source, parts, out, columns, Summary(0, 0, 0.0, scored, resumed, str(out), "", "", model, digest,
-                                                       labels, runtime=runtime), t0)
+                                                       labels, runtime=runtime, reports=reports), t0)
+
+
+def _write_reports(folder: Path, good: list, probs: np.ndarray, thresholds: np.ndarray, card, model: str) -> int:
+    """The Structured Report of each DICOM image of a part (:func:`cxrcore.pacs.sr.structured_report`), each file
+    written whole then renamed into place; how many."""
+    from .pacs.sr import ModelIdentity, structured_report, write
+    from .predictor import Prediction
+
+    ident = ModelIdentity.of(model, card)
+    written = 0
+    for j, (_, (image, _, _, header)) in enumerate(good):
+        if header is None:
+            continue
+        pred = Prediction(list(card.labels), probs[j], thresholds, np.zeros((len(card.labels), 0, 0), np.float32), {},
+                          tuple(image.pixels.shape), cam_method="none (batch scoring computes no heatmaps)")
+        target = folder / f"{header.SOPInstanceUID}.dcm"
+        tmp = folder / f".{header.SOPInstanceUID}.dcm.tmp"
+        write(structured_report(pred, header, ident), tmp)
+        os.replace(tmp, target)
+        written += 1
+    return written
 
 
 def _merge(source: Source, parts: Path, out: Path, columns: list[str], summary: Summary, t0: float) -> Summary:

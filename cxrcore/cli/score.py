@@ -45,6 +45,9 @@ def cmd_score(a) -> int:
     if not a.threads:
         a.threads = 0 if (a.background or a.backend != "local") else (os.cpu_count() or 1)
     if a.background or a.backend != "local":
+        if a.dicom_sr:
+            raise ConfigError("--dicom-sr writes reports in the foreground run; as a job, `cxr pacs watch` stores "
+                              "reports into the PACS.")
         return _submit(a)
     source = source_of(a.input)
     predictor = Predictor(a.checkpoint)
@@ -55,7 +58,8 @@ def cmd_score(a) -> int:
         print(f"scoring with PyTorch: {why_not}", file=sys.stderr)
     shown = None if a.json else bar("score")
     summary = score(source, network, a.out, model, workers=a.workers, batch=a.batch_size,
-                    progress=None if shown is None else lambda done, todo, errors: shown(done, todo))
+                    progress=None if shown is None else lambda done, todo, errors: shown(done, todo),
+                    dicom_sr=a.dicom_sr)
     summary.runtime_note = why_not
     if a.json:
         print(json.dumps(summary.to_dict(), indent=1))
@@ -77,6 +81,9 @@ def _flags(s) -> None:
                    help="the table (Parquet; OUT.csv and OUT.errors.csv beside it). The same command after a kill "
                         "continues where it stopped")
     s.add_argument("--json", action="store_true", help="print a summary: rows, errors, seconds, ...")
+    s.add_argument("--dicom-sr", metavar="DIR", default=None,
+                   help="also write, for every DICOM image, a DICOM Structured Report of its row (probabilities, "
+                        "thresholds, calls; no heatmap boxes) into DIR, named by the image's SOP Instance UID")
     s.add_argument("--workers", type=int, default=2, help="threads decoding images while the model scores")
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--runtime", choices=RUNTIMES, default=RUNTIMES[0],

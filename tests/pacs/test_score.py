@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import FORMATS, cxr_here
+from test_dicom_results import dciodvfy_errors, needs_dciodvfy
 
 N = 40
 
@@ -136,3 +137,31 @@ def test_a_dicomweb_query_is_scored_from_the_pacs(tmp_path, shipped, capsys, mon
     row = pd.read_parquet(tmp_path / "pacs.parquet").iloc[0]
     assert row["path"].endswith("/instances/1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819")
     assert pacs["password"] not in stdout and pacs["password"] not in row["path"]
+
+
+@needs_dciodvfy
+def test_dicom_images_get_a_structured_report_of_their_row(archive, shipped, tmp_path, capsys):
+    """`cxr score --dicom-sr DIR`: for every DICOM image of the archive a DICOM Structured Report of its row, named by
+    the image's SOP Instance UID, with the table's probabilities and the card's thresholds; PNGs get none;
+    dciodvfy finds no error in it."""
+    import pydicom
+
+    from cxrcore.pacs.sr import read_report
+
+    folder = tmp_path / "archive"
+    shutil.copytree(archive / "day2", folder)
+    dicom = FORMATS / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
+    shutil.copy(dicom, folder / "film.dcm")
+    out, reports = tmp_path / "scores.parquet", tmp_path / "reports"
+    code, stdout, err = cxr_here(capsys, "score", folder, "--checkpoint", shipped["finetuned"], "--out", out,
+                                 "--dicom-sr", reports, "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["reports"] == 1
+    files = list(reports.iterdir())
+    assert [f.name for f in files] == [f"{pydicom.dcmread(dicom, stop_before_pixels=True).SOPInstanceUID}.dcm"]
+    row = pd.read_parquet(out).set_index("path").loc[str(folder / "film.dcm")]
+    report = read_report(pydicom.dcmread(files[0]))
+    for label, entry in report.items():
+        assert entry["probability"] == pytest.approx(row[label], abs=1e-6)
+        assert entry["positive"] == bool(row[f"{label} call"]) and entry["boxes"] == []
+    assert dciodvfy_errors(files[0]) == []
