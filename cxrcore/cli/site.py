@@ -44,6 +44,26 @@ def _fit(a) -> int:
     return 0
 
 
+def _estimate(a) -> int:
+    from ..eval.prevalence import estimate_on
+
+    est = estimate_on(a.checkpoint, a.images, reference=a.reference, split=a.split, site=a.site, n_boot=a.n_boot,
+                      seed=a.seed, progress=None if a.json else bar("images"))
+    if a.json:
+        print(json.dumps(est.to_dict(), indent=1))
+        return 0
+    print(f"prevalence among {est.n_images} unlabelled image(s) of {a.images}, against {est.n_reference} reference "
+          f"image(s); 95% intervals from {est.n_boot} bootstrap replicates (site and reference redrawn)")
+    print(f"  {'label':<28} {'reference':>9} {'called':>7}  {'BBSE [95% CI]':<24} {'EM [95% CI]':<24}")
+    for x, v in est.labels.items():
+        if v["bbse"] is None and v["em"] is None:
+            print(f"  {x:<28} {_n(v['reference']):>9} {_n(v['called']):>7}  {v.get('note', '')}")
+            continue
+        cell = lambda k: f"{_n(v[k])} [{_n(v[k + '_ci'][0])}, {_n(v[k + '_ci'][1])}]"  # noqa: E731
+        print(f"  {x:<28} {_n(v['reference']):>9} {_n(v['called']):>7}  {cell('bbse'):<24} {cell('em'):<24}")
+    return 0
+
+
 def _n(v) -> str:
     return "-" if v is None else f"{v:.2f}"
 
@@ -83,6 +103,19 @@ def _flags(s) -> None:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--json", action="store_true")
     f.set_defaults(func=_fit)
+    e = sub.add_parser("estimate-prevalence", help="each label's prevalence among a site's unlabelled images (BBSE "
+                                                   "and EM, with bootstrap intervals) beside the reference's")
+    e.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    e.add_argument("--images", required=True, help="the site's images: a folder (images only, no labels) or a CSV "
+                                                   "with a path column")
+    e.add_argument("--reference", default=None, help="a labelled dataset folder whose --split is the reference "
+                                                     "(default: the model's training folder, when on this machine)")
+    e.add_argument("--split", choices=list(SPLIT_CHOICES), default="val")
+    e.add_argument("--site", default=None, help="the model as used at a site (its profile's thresholds)")
+    e.add_argument("--n-boot", type=int, default=200)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=_estimate)
     ls = sub.add_parser("list", help="a model's site profiles")
     ls.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     ls.add_argument("--json", action="store_true")
