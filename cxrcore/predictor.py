@@ -144,6 +144,18 @@ class Predictor:
     def thresholds(self) -> np.ndarray:
         return np.array(self.card.threshold_list(), dtype=np.float32)
 
+    def at_site(self, site: str | None) -> "Predictor":
+        """This model as used at ``site`` (:meth:`cxrcore.models.card.Card.with_site`): a view sharing the network,
+        with the site profile's card; this predictor unchanged (several requests, several sites, one model).
+        ``None`` or "": this predictor. CheckpointError for a profile the card does not hold."""
+        if not site:
+            return self
+        import copy
+
+        view = copy.copy(self)
+        view.card = self.card.with_site(site)
+        return view
+
     def set_card(self, card: Card) -> None:
         """Use an updated card (e.g. thresholds saved on the Thresholds page), from the next call on."""
         self.card = card

@@ -38,6 +38,9 @@ class PredictRequest(_Image):
         "mean and variance come from these passes (at least 2 there)."))
     mc_seed: int = Field(0, description="Seed of the dropout masks (the same seed gives the same spread).")
     tta: bool = Field(False, description="Test-time augmentation inside the Monte-Carlo passes.")
+    site: str | None = Field(None, max_length=64, description=(
+        "The model as used at this site: its site profile's thresholds and temperatures (`cxr site fit`); the "
+        "answer's `site` names the profile. Default: the model's own card."))
 
     model_config = ConfigDict(strict=True, extra="ignore", json_schema_extra={"examples": [
         {"image": "<base64 PNG>", "model": "baseline", "heatmaps": True, "mc_samples": 20},

@@ -152,6 +152,7 @@ class Service:
         return {"status": "ok", "models": list(self.models), "default_model": self.default,
                 "labels": {n: list(p.labels) for n, p in self.models.items()},
                 "display_names": {n: p.name for n, p in self.models.items()},
+                "sites": {n: sorted(p.card.sites or {}) for n, p in self.models.items()},
                 "trained_on": {n: (p.card.trained_on or infer_trained_on(p.card)).get("summary", "")
                                for n, p in self.models.items()},
                 "device": self.device, "max_bytes": self.max_bytes, "max_image_bytes": self.max_image_bytes,
@@ -172,7 +173,8 @@ class Service:
         t0 = time.perf_counter()
         data = self._image_bytes(req)
         t_dec = time.perf_counter()
-        result, t_read = self._run(model, data, req.name, mc_samples=mc, mc_seed=req.mc_seed, mc_tta=req.tta)
+        result, t_read = self._run(model, data, req.name, site=req.site, mc_samples=mc, mc_seed=req.mc_seed,
+                                   mc_tta=req.tta)
         if seed003:
             return seed003_json(result, model, heatmaps, time.perf_counter() - t0)
         out = prediction_json(result, model, heatmaps="png" if heatmaps else None, overlays=req.overlays)
@@ -239,10 +241,10 @@ class Service:
         req = self._validated(PredictRequest, req)
         model = self._model(req.model)
         data = self._image_bytes(req)
-        result, _ = self._run(model, data, req.name)
+        result, _ = self._run(model, data, req.name, site=req.site)
         pred = result.predictions[model]
         header, in_pacs = source_of(data, req.name or "upload", pred.image_shape)
-        report = structured_report(pred, header, ModelIdentity.of(model, self.models[model].card),
+        report = structured_report(pred, header, ModelIdentity.of(model, self.models[model].at_site(req.site).card),
                                    has_pacs_source=in_pacs)
         buf = io.BytesIO()
         report.save_as(buf, enforce_file_format=True)
@@ -279,20 +281,23 @@ class Service:
             raise ApiError(400, f"\"{prefix}{field}\" decodes to 0 bytes.")
         return data
 
-    def _run(self, model: str, data: bytes, name: str | None, **options):
+    def _run(self, model: str, data: bytes, name: str | None, site: str | None = None, **options):
         """The image read and run through :func:`cxrcore.compare.compare` with ``model`` alone (its lock held
-        around the prediction); (the comparison, the time the image was read)."""
+        around the prediction), as used at ``site`` when given; (the comparison, the time the image was read)."""
         from ..compare import compare
         from ..data.imageio import read_image
 
+        try:
+            predictor = self.models[model].at_site(site)
+        except CXRError as exc:
+            raise ApiError(404, str(exc)) from None
         name = (name or "")[:200] or None
         try:
             loaded = read_image(data, name)
         except ImageError as exc:
             raise ApiError(400, str(exc)) from None
         t_read = time.perf_counter()
-        result = compare(loaded, {model: self.models[model]}, name or "upload", raw=data, locks=self.locks,
-                         **options)
+        result = compare(loaded, {model: predictor}, name or "upload", raw=data, locks=self.locks, **options)
         return result, t_read
 
 

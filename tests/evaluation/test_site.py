@@ -129,3 +129,34 @@ def test_cxr_site_fit_on_the_other_domain_and_site_on_predict_eval_score(shipped
     assert (table["site"] == "north").all()
     t = used["Pleural Effusion"]["threshold"]
     assert (table["Pleural Effusion call"] == (table["Pleural Effusion"] >= t)).all()
+
+
+def test_the_rest_service_answers_as_used_at_a_site_and_the_served_model_stays_as_it_was(shipped, tmp_path):
+    """POST /predict's `site` (cxrcore/api): the answer's thresholds and calls are the profile's and its `site`
+    names it; another request without a site gets the card's own (the served predictor is shared by every request:
+    a site is a view of it, never a change); an unknown site is a 404 naming the profiles there are."""
+    import base64
+
+    from cxrcore.api.service import ApiError, Service
+    from cxrcore.checkpoint import read_card
+    from cxrcore.eval.thresholds import save_site
+
+    model = tmp_path / "model"
+    shutil.copytree(shipped["finetuned"], model)
+    card = read_card(model)
+    label = "Pleural Effusion"
+    save_site(model, "north", {"fitted_on": "north sample", "n": 300, "labels": {
+        label: {"fitted": True, "threshold": 0.0123, "temperature": 2.0}}})
+    service = Service([model])
+    image = base64.b64encode((FORMATS / "00000001_000.png").read_bytes()).decode()
+    at_site = service.predict({"image": image, "site": "north"})
+    plain = service.predict({"image": image})
+    assert at_site["site"]["name"] == "north" and plain["site"] is None
+    assert at_site["thresholds"][label] == pytest.approx(0.0123) and plain["thresholds"][label] == card.thresholds[label]
+    assert at_site["predictions"][label]["positive"] and at_site["probabilities"] == plain["probabilities"]
+    assert at_site["calibrated_probabilities"][label] != pytest.approx(plain.get("calibrated_probabilities", {}).get(
+        label, at_site["probabilities"][label]))
+    assert service.health()["sites"] == {service.default: ["north"]}
+    with pytest.raises(ApiError) as caught:
+        service.predict({"image": image, "site": "south"})
+    assert caught.value.status == 404 and "its profiles: north" in caught.value.message
