@@ -123,45 +123,71 @@ def load_predictor(path: str):
 @st.cache_data(show_spinner="Running both models (probabilities and every label's heatmap in one pass each)…",
                max_entries=16)
 def _comparison(raw: bytes, name: str, base_path: str, tuned_path: str, stamps: tuple, truth: tuple | None,
-                mc_samples: int):
+                mc_samples: int, sites: tuple = (None, None)):
     from cxrcore.compare import compare
     from cxrcore.data.imageio import read_image
 
-    predictors = {"baseline": load_predictor(base_path), "fine-tuned": load_predictor(tuned_path)}
+    predictors = _predictors(base_path, tuned_path, sites)
     return compare(read_image(raw, name), predictors, name, list(truth) if truth is not None else None, raw=raw,
                    mc_samples=mc_samples)
 
 
-def run_comparison(raw: bytes, name: str, base_path: str, tuned_path: str, truth=None, mc_samples: int = 0):
+def _predictors(base_path: str, tuned_path: str, sites: tuple) -> dict:
+    """The two models, each as used at its site (a view of the shared cached model: :meth:`Predictor.at_site`)."""
+    return {"baseline": load_predictor(base_path).at_site(sites[0]),
+            "fine-tuned": load_predictor(tuned_path).at_site(sites[1])}
+
+
+def run_comparison(raw: bytes, name: str, base_path: str, tuned_path: str, truth=None, mc_samples: int = 0,
+                   sites: tuple = (None, None)):
     """The Compare page's workflow (also the Explain page's): library weights fetched if needed, both
-    models run (cached per image, models and their cards); the caller hands it on (:mod:`ui.handoff`)."""
+    models run (cached per image, models and their cards), each as used at its site profile in ``sites`` (None:
+    the card's own); the caller hands it on (:mod:`ui.handoff`)."""
     from cxrcore.models.library import card_stamp
 
     for chosen in (base_path, tuned_path):
         ensure_weights(chosen)  # a library model's file: downloaded with a progress bar, or a clear error
     result = _comparison(raw, name, base_path, tuned_path, (card_stamp(base_path), card_stamp(tuned_path)),
-                         tuple(truth) if truth is not None else None, mc_samples)
+                         tuple(truth) if truth is not None else None, mc_samples, tuple(sites))
     return result
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _uncertainty(raw: bytes, name: str, base_path: str, tuned_path: str, stamps: tuple, truth: tuple | None,
-                 mc_samples: int):
+                 mc_samples: int, sites: tuple = (None, None)):
     from cxrcore.compare import with_uncertainty
 
-    first = _comparison(raw, name, base_path, tuned_path, stamps, truth, 0)
-    predictors = {"baseline": load_predictor(base_path), "fine-tuned": load_predictor(tuned_path)}
-    return with_uncertainty(first, predictors, mc_samples)
+    first = _comparison(raw, name, base_path, tuned_path, stamps, truth, 0, sites)
+    return with_uncertainty(first, _predictors(base_path, tuned_path, sites), mc_samples)
 
 
-def run_uncertainty(raw: bytes, name: str, base_path: str, tuned_path: str, truth=None, mc_samples: int = 20):
+def run_uncertainty(raw: bytes, name: str, base_path: str, tuned_path: str, truth=None, mc_samples: int = 20,
+                    sites: tuple = (None, None)):
     """The comparison of :func:`run_comparison` (no Monte-Carlo) with each model's Monte-Carlo dropout spread
-    added; cached per image and models."""
+    added; cached per image, models and sites."""
     from cxrcore.models.library import card_stamp
 
     result = _uncertainty(raw, name, base_path, tuned_path, (card_stamp(base_path), card_stamp(tuned_path)),
-                          tuple(truth) if truth is not None else None, mc_samples)
+                          tuple(truth) if truth is not None else None, mc_samples, tuple(sites))
     return result
+
+
+def site_picker(col, path: str, key: str) -> str | None:
+    """A selectbox of the model's site profiles (:mod:`cxrcore.eval.site`), shown only when its card has some;
+    the chosen profile's name, or None for the card's own thresholds."""
+    from cxrcore.checkpoint import read_card
+
+    try:
+        sites = sorted(read_card(path).sites or {})
+    except CXRError:
+        return None
+    if not sites:
+        return None
+    own = "(the model's own thresholds)"
+    chosen = col.selectbox("Site profile", [own] + sites, key=key,
+                           help="The model as used at a site: that site's recalibrated thresholds and temperatures "
+                                "(cxr site fit). The model itself is unchanged.")
+    return None if chosen == own else chosen
 
 
 def model_card_rows(path: str) -> dict:

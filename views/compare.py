@@ -15,7 +15,8 @@ from cxrcore.explain.visual import comparison_panel, overlay, png_bytes
 from cxrcore.models.library import card_stamp
 from ui import handoff
 from ui.common import (chart_config, current_user, hosting_settings, image_compare_slider, load_predictor, model_picker,
-                       md_text, require_checkpoints, run_comparison, run_uncertainty, show_error, show_model_cards)
+                       md_text, require_checkpoints, run_comparison, run_uncertainty, show_error, show_model_cards,
+                       site_picker)
 from ui.pacs import pacs_config, pacs_picker, send_results
 
 st.title("Compare a baseline with a fine-tuned model")
@@ -26,6 +27,8 @@ choices = require_checkpoints()
 c1, c2 = st.columns(2)
 base_name = model_picker(c1, "Baseline model", choices, "compare_base", prefer=("baseline",))
 tuned_name = model_picker(c2, "Fine-tuned model", choices, "compare_tuned", prefer=("finetuned",))
+sites = (site_picker(c1, choices[base_name], "compare_base_site"), site_picker(c2, choices[tuned_name],
+                                                                             "compare_tuned_site"))
 
 mc = st.toggle("Uncertainty: Monte-Carlo dropout, 20 passes per model (shown as ± one standard deviation)",
                value=True, key="compare_mc")
@@ -216,7 +219,7 @@ def _faithfulness_section(raw: bytes, name: str, models: dict, label: str, metho
 
 MC_SAMPLES = 20
 try:  # the first answer: both models' probabilities and every label's heatmap (one pass each)
-    result = run_comparison(raw, name, choices[base_name], choices[tuned_name], truth, 0)
+    result = run_comparison(raw, name, choices[base_name], choices[tuned_name], truth, 0, sites=sites)
 except CXRError as exc:
     show_error(exc)
     st.stop()
@@ -243,6 +246,11 @@ if result.ood is not None and result.ood.is_suspect:
 for text in dict.fromkeys(w.text for p in result.predictions.values() for w in p.warnings):
     st.warning(md_text(text), icon="⚠️")  # above the numbers, never folded away; it names the model (anyone's job)
 st.caption(" · ".join(f"{m} trained on: {md_text(p.trained_on or 'not recorded')}" for m, p in result.predictions.items()))
+for m, p in result.predictions.items():   # which site profile gave a model's thresholds and calibrated probabilities
+    if p.site:
+        st.info(f"{m}: used at site **{md_text(p.site['name'])}**: thresholds and temperatures fitted on "
+                f"{md_text(str(p.site.get('fitted_on') or ''))} ({p.site.get('n')} cases) for "
+                f"{len(p.site.get('labels') or [])} label(s); the model itself is unchanged.")
 
 table = result.table()
 left, right = st.columns([3, 2])
@@ -334,7 +342,7 @@ def show_numbers(res, stage: str) -> None:
 show_numbers(result, "first")
 if mc:  # the slow part, after the first answer is on screen
     try:
-        result = run_uncertainty(raw, name, choices[base_name], choices[tuned_name], truth, MC_SAMPLES)
+        result = run_uncertainty(raw, name, choices[base_name], choices[tuned_name], truth, MC_SAMPLES, sites=sites)
     except CXRError as exc:
         show_error(exc)
     else:

@@ -160,3 +160,38 @@ def test_the_rest_service_answers_as_used_at_a_site_and_the_served_model_stays_a
     with pytest.raises(ApiError) as caught:
         service.predict({"image": image, "site": "south"})
     assert caught.value.status == 404 and "its profiles: north" in caught.value.message
+
+
+def test_compare_shows_a_models_calls_at_a_site(app_home, shipped, tmp_path, monkeypatch):
+    """The Compare page (AppTest): a model whose card holds a site profile gets a "Site profile" picker; chosen, its
+    thresholds are the profile's, the page says which profile it uses, and the other model stays as it was."""
+    from conftest import app_page, fresh_workspace, no_exception
+    from cxrcore.checkpoint import read_card
+    from cxrcore.eval.thresholds import save_site
+
+    home = fresh_workspace(app_home, tmp_path / "home")
+    monkeypatch.setenv("CXR_HOME", str(home))
+    label = "Pleural Effusion"
+    where = save_site(shipped["finetuned"], "north", {"fitted_on": "north sample", "n": 300, "labels": {
+        label: {"fitted": True, "threshold": 0.0123, "temperature": 2.0}}})
+    assert where == home / "checkpoints" / "finetuned"   # the workspace's copy: the shipped model untouched
+    at = app_page("compare").run()
+    no_exception(at)
+    at.radio(key="compare_source").set_value("A held-out phantom test image (ground truth known)").run()
+    no_exception(at)
+    before = at.dataframe[0].value.set_index("label")
+    assert "compare_base_site" not in at.session_state                  # the baseline has no profile: no picker
+    at.selectbox(key="compare_tuned_site").set_value("north").run()
+    no_exception(at)
+    table = at.dataframe[0].value.set_index("label")
+    own = read_card(shipped["finetuned"]).thresholds[label]
+    row = "Effusion"   # the table's rows take the baseline's (NIH) spelling of a finding both models have
+    p = table.loc[row, "fine-tuned p"]
+    assert p == pytest.approx(before.loc[row, "fine-tuned p"])                # the same model, the same output
+    assert bool(table.loc[row, "fine-tuned positive"]) == (p >= 0.0123)        # the site's threshold
+    assert bool(before.loc[row, "fine-tuned positive"]) == (p >= own)          # the card's
+    others = [x for x in table.index if x != row]
+    assert (table.loc[others, "fine-tuned positive"].fillna(-1)
+            == before.loc[others, "fine-tuned positive"].fillna(-1)).all()
+    assert (table["baseline positive"].fillna(-1) == before["baseline positive"].fillna(-1)).all()
+    assert any("used at site **north**" in i.value for i in at.info), [i.value for i in at.info]
