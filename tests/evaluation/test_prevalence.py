@@ -1,7 +1,8 @@
 """Prevalence at a site from its unlabelled images (issue 23 §2, cxrcore/eval/prevalence.py,
 `cxr site estimate-prevalence`): on data with a known label shift (the same class-conditional scores, another
-prior), BBSE and EM land near the truth and their bootstrap intervals hold it in most of 20 seeds; Bayes'
-adjustment; what cannot be estimated says so; the command's JSON keys (a contract)."""
+prior), from a calibrated and from an over-confident model, BBSE and EM land near the truth and their bootstrap
+intervals hold it in most of 20 seeds; Bayes' adjustment; what cannot be estimated says so; the command's JSON
+keys (a contract)."""
 from __future__ import annotations
 
 import json
@@ -25,16 +26,23 @@ def _shifted(n_ref: int, n_site: int, prior: float, new_prior: float, seed: int)
     return y[ref], s[ref], s[site], y[site].mean()
 
 
-def test_bbse_and_em_find_a_known_shift_and_their_intervals_hold_it():
+@pytest.mark.parametrize("overconfidence", [1.0, 2.5])
+def test_bbse_and_em_find_a_known_shift_and_their_intervals_hold_it(overconfidence):
+    """``overconfidence`` 2.5: the model's logits are 2.5 times the calibrated ones (its probabilities far too sure);
+    EM recalibrates on the reference first, so it still finds the shift."""
+    from scipy.special import expit
+
     from cxrcore.eval.prevalence import estimate_prevalence
+    from cxrcore.inference import logits_from_probs
 
     covered = {"bbse": 0, "em": 0}
     errors = {"bbse": [], "em": []}
     for seed in range(20):
         factor = 2.0 if seed % 2 else 0.5
         y_ref, p_ref, p_site, truth = _shifted(2000, 1000, 0.3, 0.3 * factor, seed)
-        est = estimate_prevalence(["A"], y_ref[:, None], p_ref[:, None], p_site[:, None], p_site[:, None], [0.5],
-                                  n_boot=100, seed=seed).labels["A"]
+        p_ref, p_site = (expit(overconfidence * logits_from_probs(p)) for p in (p_ref, p_site))
+        est = estimate_prevalence(["A"], y_ref[:, None], p_ref[:, None], p_site[:, None], [0.5],
+                                  n_boot=60, seed=seed).labels["A"]
         assert est["reference"] == pytest.approx(0.3, abs=0.04)
         for k in covered:
             errors[k].append(abs(est[k] - truth))
@@ -55,7 +63,7 @@ def test_bayes_adjustment_and_what_cannot_be_estimated():
     y = np.array([0, 1] * 20, float)
     assert np.isnan(bbse(y, np.full(40, 0.7), np.full(10, 0.7), 0.5))              # calls do not separate
     est = estimate_prevalence(["A", "B"], np.stack([y, np.zeros(40)], 1), np.full((40, 2), 0.4),
-                              np.full((10, 2), 0.4), np.full((10, 2), 0.4), [0.5, 0.5], n_boot=10)
+                              np.full((10, 2), 0.4), [0.5, 0.5], n_boot=10)
     assert est.labels["B"]["bbse"] is None and "no positive" in est.labels["B"]["note"]
 
 
