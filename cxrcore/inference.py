@@ -68,3 +68,17 @@ def logits_from_probs(probs: np.ndarray, eps: float = EPS) -> np.ndarray:
 def apply_temperature(logits: np.ndarray, temperatures) -> np.ndarray:
     """Calibrated probabilities ``sigmoid(logits / T)``; ``temperatures`` is a scalar or (L,)."""
     return expit(np.asarray(logits, dtype=np.float64) / np.asarray(temperatures, dtype=np.float64))
+
+
+EMBED_DIM = 32   # the width of the embedding a scored table keeps per image (cxrcore.score, drift monitoring)
+
+
+def project_embedding(pooled: np.ndarray, dim: int = EMBED_DIM) -> np.ndarray:
+    """The model's penultimate-layer features (N, C) -> (N, ``dim``) by one fixed Gaussian random projection (seeded
+    by C alone: every table of every model with C features uses the same one), scaled by 1/sqrt(dim) so distances are
+    kept on average (Johnson-Lindenstrauss). Small enough to keep per image in a scored table; distances, and so a
+    kernel two-sample test on them (MMD, cxrcore.eval.drift), mean about what they meant on the full features."""
+    pooled = np.asarray(pooled, dtype=np.float32)
+    c = pooled.shape[1]
+    matrix = np.random.default_rng(c).standard_normal((c, dim)).astype(np.float32) / np.float32(np.sqrt(dim))
+    return pooled @ matrix

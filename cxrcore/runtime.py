@@ -31,20 +31,47 @@ class ExportError(CXRError):
     """The model could not be exported (or the exported file not loaded): the caller falls back to PyTorch."""
 
 
+def _split_head(model) -> bool:
+    return all(hasattr(model, a) for a in ("forward_features", "forward_head"))
+
+
 def _scored_module(predictor):
     import torch
 
+    from .inference import EMBED_DIM
+
+    split = _split_head(predictor.model)
+    if split:
+        features = int(predictor.model.forward_head(predictor.model.forward_features(
+            predictor.prep.normalize(torch.zeros((1, predictor.prep.size, predictor.prep.size), dtype=torch.uint8))),
+            pre_logits=True).flatten(1).shape[1])
+        projection = torch.from_numpy(_projection(features, EMBED_DIM))
+
     class Scored(torch.nn.Module):
-        """uint8 (B, S, S) squares -> sigmoid probabilities (B, L): the Predictor's path without TTA."""
+        """uint8 (B, S, S) squares -> sigmoid probabilities (B, L) (the Predictor's path without TTA) and, for a
+        model with a split head, the penultimate-layer embedding as :meth:`Predictor.score_squares` projects it."""
 
         def __init__(self):
             super().__init__()
             self.model = predictor.model
+            if split:
+                self.register_buffer("projection", projection)
 
         def forward(self, squares):
-            return torch.sigmoid(self.model(predictor.prep.normalize(squares)).float())
+            x = predictor.prep.normalize(squares)
+            if not split:
+                return torch.sigmoid(self.model(x).float())
+            feats = self.model.forward_features(x)
+            pooled = self.model.forward_head(feats, pre_logits=True).flatten(1).float()
+            return torch.sigmoid(self.model.forward_head(feats).float()), pooled @ self.projection
 
-    return Scored().eval()
+    return Scored().eval(), split
+
+
+def _projection(features: int, dim: int) -> np.ndarray:
+    from .inference import project_embedding
+
+    return project_embedding(np.eye(features, dtype=np.float32), dim)
 
 
 def network_digest(card) -> str:
@@ -65,7 +92,8 @@ def onnx_path(predictor, folder: str | os.PathLike | None = None) -> Path:
 
     base = Path(folder) if folder is not None else workspace.cache() / "onnx"
     version = torch.__version__.split("+")[0]
-    return base / f"{network_digest(predictor.card)[:16]}-torch{version}-opset{OPSET}.onnx"
+    emb = "-emb" if _split_head(predictor.model) else ""   # the file answers the embedding too
+    return base / f"{network_digest(predictor.card)[:16]}-torch{version}-opset{OPSET}{emb}.onnx"
 
 
 def export_onnx(predictor, path: str | os.PathLike | None = None) -> Path:
@@ -82,9 +110,10 @@ def export_onnx(predictor, path: str | os.PathLike | None = None) -> Path:
     try:
         with warnings.catch_warnings():   # the tracer's notes on constants: the normalisation's, constant indeed
             warnings.simplefilter("ignore")
-            torch.onnx.export(_scored_module(predictor), (example,), str(tmp), input_names=["squares"],
-                              output_names=["probs"], opset_version=OPSET, dynamo=True, verbose=False,
-                              dynamic_shapes=({0: torch.export.Dim("batch")},))
+            module, split = _scored_module(predictor)
+            torch.onnx.export(module, (example,), str(tmp), input_names=["squares"],
+                              output_names=["probs", "embedding"] if split else ["probs"], opset_version=OPSET,
+                              dynamo=True, verbose=False, dynamic_shapes=({0: torch.export.Dim("batch")},))
         os.replace(tmp, path)
     except Exception as exc:  # noqa: BLE001 - any exporter failure means: score with PyTorch instead
         tmp.unlink(missing_ok=True)
@@ -118,6 +147,24 @@ class OnnxScorer:
     @property
     def name(self) -> str:
         return self.predictor.name
+
+    def score_squares(self, squares: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
+        """What :meth:`cxrcore.predictor.Predictor.score_squares` answers: probabilities and the embedding (None
+        when the export has none)."""
+        from .predictor import combine
+
+        outputs = [o.name for o in self.session.get_outputs()]
+        if "embedding" not in outputs:
+            return self.predict_squares(squares, batch_size=batch_size), None
+        probs, embs = [], []
+        for k in range(0, len(squares), max(1, batch_size)):
+            p, e = self.session.run(["probs", "embedding"], {"squares": np.ascontiguousarray(
+                squares[k:k + batch_size], dtype=np.uint8)})
+            probs.append(combine(p, self.card.model, self.card.thresholds))
+            embs.append(e)
+        if not probs:
+            return np.zeros((0, len(self.labels)), np.float32), None
+        return np.concatenate(probs), np.concatenate(embs)
 
     def predict_squares(self, squares: np.ndarray, batch_size: int = 64, progress=None, raw: bool = False,
                         tta: str = "none") -> np.ndarray:

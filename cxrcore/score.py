@@ -5,7 +5,11 @@ Each row: ``path``; per label its probability (the column named by the label), i
 (``LABEL call``) and, when the card has temperatures, the calibrated probability (``LABEL calibrated``); the
 out-of-distribution reasons (``ood``, empty when the image looks like a frontal chest film) and the model's notices
 for this image (``warnings``: codes, e.g. a phantom-trained model on a real film); the ``model``, its
-``card_sha256`` and the ``site`` profile whose thresholds and temperatures gave the calls (empty: the card's own). A file that cannot be read goes to the errors table (``path``, ``error``) and the run goes on.
+``card_sha256`` and the ``site`` profile whose thresholds and temperatures gave the calls (empty: the card's own);
+for drift monitoring (:mod:`cxrcore.eval.drift`): when it was scored (``scored_at``, UTC; DICOM dates are patient
+data and are not copied), the image statistics of :data:`IMAGE_STATS` (``image mean`` ...) and the model's
+penultimate-layer embedding projected to 32 numbers (``embedding``, Parquet only; empty for a model without a split
+head). A file that cannot be read goes to the errors table (``path``, ``error``) and the run goes on.
 
 **Resumable.** Rows are written in parts (``OUT.parts/part-NNNNN.parquet``, each written whole then renamed into
 place) as they are scored; a run killed at any point and started again with the same command reads the parts,
@@ -23,6 +27,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import parse_qsl, urlsplit
@@ -134,11 +139,18 @@ def _dicomweb_source(url: str, environ=None) -> Source:
     return Source(list(hits), lambda p: dicomweb.retrieve_bytes(config, hits[p]), f"DICOMweb query at {config.host}")
 
 
+# The image statistics a row keeps (from the out-of-distribution guard's, cxrcore.explain.ood.image_stats), each in
+# a column "image <name>": what drift monitoring (cxrcore.eval.drift) compares with the reference.
+IMAGE_STATS = ("mean", "std", "entropy", "neighbour_corr", "edge_density", "white_fraction", "symmetry")
+EMBEDDING = "embedding"   # the column of the projected penultimate-layer features (Parquet only, not the CSV)
+
+
 def _columns(labels: list[str], calibrated: bool) -> list[str]:
     cols = ["path"] + list(labels) + [f"{x} call" for x in labels]
     if calibrated:
         cols += [f"{x} calibrated" for x in labels]
-    return cols + ["ood", "warnings", "model", "card_sha256", "site"]
+    return (cols + ["ood", "warnings", "model", "card_sha256", "site", "scored_at"]
+            + [f"image {s}" for s in IMAGE_STATS] + [EMBEDDING])
 
 
 def _done(parts: Path, out: Path) -> tuple[set[str], int]:
@@ -271,7 +283,12 @@ def score(source: Source, predictor, out: str | Path, model: str, *, workers: in
             errors = [{"path": p, "error": v} for p, v in ready if isinstance(v, str)]
             rows = []
             if good:
-                probs = predictor.predict_squares(np.stack([v[1] for _, v in good]), batch_size=batch)
+                squares = np.stack([v[1] for _, v in good])
+                if hasattr(predictor, "score_squares"):
+                    probs, embedding = predictor.score_squares(squares, batch_size=batch)
+                else:
+                    probs, embedding = predictor.predict_squares(squares, batch_size=batch), None
+                scored_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
                 cal = apply_temperature(logits_from_probs(probs), np.array(temps)) if temps is not None else None
                 if sr_folder is not None:
                     reports += _write_reports(sr_folder, good, probs, thresholds, card, model)
@@ -282,7 +299,9 @@ def score(source: Source, predictor, out: str | Path, model: str, *, workers: in
                         row.update({f"{x} calibrated": float(cal[j, i]) for i, x in enumerate(labels)})
                     row.update(ood="; ".join(ood.reasons) if ood.is_suspect else "",
                                warnings=",".join(n.code for n in domain_notices(card, image, model)),
-                               model=model, card_sha256=digest, site=site)
+                               model=model, card_sha256=digest, site=site, scored_at=scored_at,
+                               **{f"image {s}": float(ood.stats.get(s, np.nan)) for s in IMAGE_STATS})
+                    row[EMBEDDING] = None if embedding is None else embedding[j].astype(np.float32).tolist()
                     rows.append(row)
             _write_part(parts, k, rows, errors, columns)
             k += 1
@@ -393,7 +412,7 @@ def _write_table(source: Source, tables: list[Path], error_files: list[Path], ou
     tmp = out.with_name(out.name + ".tmp")
     table.to_parquet(tmp, index=False)
     csv_path, err_path = out.with_suffix(".csv"), _errors_path(out)
-    table.to_csv(csv_path.with_name(csv_path.name + ".tmp"), index=False)
+    table.drop(columns=[EMBEDDING], errors="ignore").to_csv(csv_path.with_name(csv_path.name + ".tmp"), index=False)
     errors.to_csv(err_path.with_name(err_path.name + ".tmp"), index=False)
     os.replace(tmp, out)
     os.replace(csv_path.with_name(csv_path.name + ".tmp"), csv_path)

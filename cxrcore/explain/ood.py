@@ -148,6 +148,7 @@ def image_stats(pixels: np.ndarray, saturation: float | None = None) -> dict:
     centre = small[8:24, 8:24]
     stats = {
         "aspect": w / h,
+        "mean": float(g.mean()),
         "std": float(g.std()),
         "entropy": max(0.0, float(-(p * np.log2(p)).sum())),
         "neighbour_corr": _corr(g[:, :-1], g[:, 1:]),
