@@ -20,6 +20,7 @@ PAGES = [
     st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
     st.Page("views/thresholds.py", title="Thresholds", icon=":material/tune:"),
     st.Page("views/evaluation.py", title="Evaluation", icon=":material/analytics:"),
+    st.Page("views/monitoring.py", title="Monitoring", icon=":material/monitor_heart:"),
     st.Page("views/explain.py", title="Explain", icon=":material/chat:"),
     READER_STUDY,
 ]
