@@ -9,13 +9,13 @@ from cxrcore.checkpoint import read_card, shipped_copy_state
 from cxrcore.errors import CXRError
 from cxrcore.eval.metrics import per_label_auroc
 from cxrcore.eval.thresholds import (MANUAL, OWN_COPY, STRATEGIES, TARGETED, ThresholdSweep, label_curves,
-                                     operating_table, own_copies_root, save_target, save_thresholds, snap,
+                                     operating_table, own_copies_root, save_site, save_target, save_thresholds, snap,
                                      suggest_thresholds, tunable_labels)
 from cxrcore.eval.tuning import (gate_of, recombine, saved_threshold, slider_grid, threshold_origin,
                                  thresholds_to_save)
 from cxrcore.models.library import default_thresholds
 from ui.common import (chart_config, current_user, dataset_choices, ensure_weights, hosting_settings, load_predictor,
-                       md_text, model_picker, require_checkpoints, show_error)
+                       md_text, model_picker, require_checkpoints, show_error, site_picker)
 
 st.title("Per-label decision thresholds")
 st.caption("Move a slider: sensitivity, specificity, PPV, NPV, F1 and the confusion counts are recomputed from "
@@ -30,15 +30,19 @@ for _name in ("baseline", "finetuned"):
         st.info(f"Your saved thresholds for the shipped `{_name}` model were made for an earlier build of it (other "
                 "weights), so they are not offered. Saving thresholds for it again makes a new copy; the old one is "
                 f"kept as `checkpoints/{_name}.older-…` in the workspace.")
-c1, c2, c3 = st.columns([2, 2, 1])
+c1, c2, c3, c4 = st.columns([2, 2, 1, 2])
 model_name = model_picker(c1, "Model", choices, "thr_model", prefer=("finetuned",))
 ckpt = choices[model_name]
 try:
     ensure_weights(ckpt)  # a library model (xrv:…): its file fetched with a progress bar, or a clear error
-    card = read_card(ckpt)
+    stored = read_card(ckpt)
 except CXRError as exc:
     show_error(exc)
     st.stop()
+# At a site (cxr site fit): the sliders start at the site profile's thresholds and Save writes into the profile;
+# the model's own thresholds are left as they are.
+site = site_picker(c4, ckpt, "thr_site")
+card = stored.with_site(site)
 # A library model's own operating points (torchxrayvision's op_threshs) are its defaults (a finer slider grid).
 library_defaults = default_thresholds(card)
 STEP, DIGITS = slider_grid(library_defaults)
@@ -80,7 +84,7 @@ st.caption(f"{n} images in the {split} split of {md_text(data_name)}; {len(usabl
 
 # Slider state lives in session state, keyed by model + label, so it survives reruns and page switches.
 def key(label: str) -> str:
-    return f"thr::{ckpt}::{label}"
+    return f"thr::{ckpt}::{site or ''}::{label}"
 
 
 for j in usable:
@@ -167,17 +171,31 @@ if target.kind == OWN_COPY:  # the reason names people and runs: escaped, shown 
     st.info(md_text(target.reason), icon=":material/person:")
 elif target.reason:
     st.caption(md_text(target.reason))
-if b4.button("Save thresholds to the checkpoint card", type="primary", key="thr_save",
-             help=md_text(target.reason) or None):
+if site:
+    fitted_on = md_text(str(stored.sites[site].get("fitted_on", "")))
+    st.caption(f"At site **{md_text(site)}**: the sliders start at its profile's thresholds (fitted on {fitted_on}; "
+               "labels it did not fit start at the model's own), "
+               "and Save writes them into the profile, each moved one marked as set by hand. The model's own "
+               "thresholds are not changed.")
+save_words = f"Save thresholds to site profile {site}" if site else "Save thresholds to the checkpoint card"
+if b4.button(save_words, type="primary", key="thr_save", help=md_text(target.reason) or None):
     try:
         # a library default left as it is keeps its exact value (the slider shows it rounded)
         chosen = thresholds_to_save({labels[j]: float(t) for j, t in zip(usable, thr)}, card.thresholds,
                                     library_defaults, DIGITS)
-        where = save_thresholds(ckpt, chosen, user=user, settings=access)
+        if site:
+            from cxrcore.eval.site import with_thresholds
+
+            where = save_site(ckpt, site, with_thresholds(stored.sites[site], chosen,
+                                                          f"Thresholds page, {split} split of {data_name}"),
+                              user=user, settings=access)
+        else:
+            where = save_thresholds(ckpt, chosen, user=user, settings=access)
         note = "" if target.in_place else (
             f" (the {'card you were looking at' if target.kind == OWN_COPY else 'shipped / library model'} stays "
             f"untouched; the copy with your thresholds is now in the model lists as “{md_text(target.display)}”)")
-        st.success(f"Saved {len(usable)} thresholds to {md_text(where / 'card.json')}{note}.")
+        st.success(f"Saved {len(usable)} thresholds to {md_text(where / 'card.json')}"
+                   + (f" (site profile {md_text(site)})" if site else "") + f"{note}.")
     except CXRError as exc:
         show_error(exc)
 

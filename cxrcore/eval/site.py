@@ -176,3 +176,25 @@ def fit_site_on(checkpoint, data, name: str, *, split: str = "all", strategy: st
     return fit_site(name, list(preds.labels), preds.targets, preds.probs, predictor.card.thresholds,
                     patient_ids=patients, fitted_on=f"{index.name} ({split}, {len(preds.image_ids)} images)",
                     strategy=strategy, target=target, n_boot=n_boot, seed=seed)
+
+
+def with_thresholds(profile: dict, chosen: dict[str, float], source: str) -> dict:
+    """A copy of a stored profile (:meth:`SiteProfile.to_dict`) with the thresholds ``chosen`` set by hand (the
+    Thresholds page at a site): each such label records ``edited`` (where, when) and keeps its fitted threshold as
+    ``fitted_threshold``; its temperature, a fitted one, is kept. :meth:`cxrcore.models.card.Card.with_site` uses
+    fitted and edited thresholds alike."""
+    import copy
+
+    out = copy.deepcopy(profile)
+    labels = out.setdefault("labels", {})
+    when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    for label, t in chosen.items():
+        entry = labels.setdefault(label, {"fitted": False})
+        if entry.get("threshold") is not None and abs(float(entry["threshold"]) - float(t)) < 1e-9:
+            continue   # unchanged: a fitted threshold stays fitted
+        if entry.get("fitted") and "fitted_threshold" not in entry:
+            entry["fitted_threshold"] = entry.get("threshold")
+        entry["threshold"] = round(float(t), 6)
+        entry["edited"] = {"by": "hand", "on": source, "at": when}
+    return out
+

@@ -98,13 +98,17 @@ class Card:
         import copy
 
         profile = self.sites[name]
-        fitted = {x: v for x, v in (profile.get("labels") or {}).items() if v.get("fitted") and x in self.labels}
+        labels = {x: v for x, v in (profile.get("labels") or {}).items() if x in self.labels}
+        fitted = {x: v for x, v in labels.items() if v.get("fitted")}
+        # a threshold the profile fitted, or one set by hand for the site (the Thresholds page: "edited")
+        set_here = {x: v for x, v in labels.items() if v.get("threshold") is not None and
+                    (v.get("fitted") or v.get("edited"))}
         card = copy.deepcopy(self)
-        card.thresholds.update({x: float(v["threshold"]) for x, v in fitted.items()})
+        card.thresholds.update({x: float(v["threshold"]) for x, v in set_here.items()})
         card.metrics["calibration"] = {"temperatures": {x: float(v["temperature"]) for x, v in fitted.items()},
                                        "fitted_on": f"site {name}: {profile.get('fitted_on', '')}"}
         card.metrics["site"] = {"name": name, "fitted_on": profile.get("fitted_on"), "n": profile.get("n"),
-                                "labels": sorted(fitted)}
+                                "labels": sorted(set_here)}
         return card
 
 

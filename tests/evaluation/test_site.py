@@ -195,3 +195,51 @@ def test_compare_shows_a_models_calls_at_a_site(app_home, shipped, tmp_path, mon
             == before.loc[others, "fine-tuned positive"].fillna(-1)).all()
     assert (table["baseline positive"].fillna(-1) == before["baseline positive"].fillna(-1)).all()
     assert any("used at site **north**" in i.value for i in at.info), [i.value for i in at.info]
+
+
+def test_thresholds_page_at_a_site_starts_at_its_thresholds_and_saves_into_the_profile(app_home, shipped, tmp_path,
+                                                                                        monkeypatch):
+    """The Thresholds page (AppTest) with a site profile chosen: its sliders start at the profile's thresholds (a
+    label the profile did not fit at the card's), the table's calls follow them, and Save writes the moved
+    thresholds into the profile, marked as set by hand, the fitted value kept beside; the card's own thresholds
+    and the shipped model are unchanged, and the model used at the site calls at the saved threshold."""
+    from conftest import app_page, fresh_workspace, no_exception
+    from cxrcore.checkpoint import read_card
+    from cxrcore.eval.thresholds import save_site
+
+    home = fresh_workspace(app_home, tmp_path / "home")
+    monkeypatch.setenv("CXR_HOME", str(home))
+    shipped_card = read_card(shipped["baseline"])
+    save_site(shipped["baseline"], "north", {"fitted_on": "north sample", "n": 300, "labels": {
+        "Effusion": {"fitted": True, "threshold": 0.21, "temperature": 1.5},
+        "Atelectasis": {"fitted": False, "n": 0}}})
+    copy = home / "checkpoints" / "baseline"
+    at = app_page("thresholds")
+    at.session_state["thr_model"] = next(k for k in _choices() if k.startswith("baseline"))
+    at.run()
+    no_exception(at)
+    at.selectbox(key="thr_site").set_value("north").run()
+    no_exception(at)
+    sliders = {s.label: s for s in at.slider}
+    assert sliders["Effusion"].value == pytest.approx(0.21)
+    assert sliders["Atelectasis"].value == pytest.approx(shipped_card.thresholds["Atelectasis"], abs=0.01)
+    assert at.button(key="thr_save").label == "Save thresholds to site profile north"
+    sliders["Effusion"].set_value(0.3).run()
+    table = at.dataframe[0].value.set_index("label")
+    assert table.loc["Effusion", "threshold"] == pytest.approx(0.3)
+    at.button(key="thr_save").click().run()
+    no_exception(at)
+    assert any("site profile north" in s.value for s in at.success), [s.value for s in at.success]
+    card = read_card(copy)
+    saved = card.sites["north"]["labels"]["Effusion"]
+    assert saved["threshold"] == pytest.approx(0.3) and saved["fitted_threshold"] == pytest.approx(0.21)
+    assert saved["edited"]["by"] == "hand" and saved["temperature"] == 1.5
+    assert card.thresholds == shipped_card.thresholds                         # the model's own: unchanged
+    assert read_card(shipped["baseline"]).sha256() == shipped_card.sha256()  # the shipped model: untouched
+    assert card.with_site("north").thresholds["Effusion"] == pytest.approx(0.3)
+
+
+def _choices():
+    from ui.common import checkpoint_choices   # the names the pages' pickers show
+
+    return checkpoint_choices()
