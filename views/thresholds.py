@@ -14,6 +14,7 @@ from cxrcore.eval.thresholds import (MANUAL, OWN_COPY, STRATEGIES, TARGETED, Thr
 from cxrcore.eval.tuning import (gate_of, recombine, saved_threshold, slider_grid, threshold_origin,
                                  thresholds_to_save)
 from cxrcore.models.library import default_thresholds
+from ui.site_fit import site_fit_form, take_next
 from ui.common import (chart_config, current_user, dataset_choices, ensure_weights, hosting_settings, load_predictor,
                        md_text, model_picker, require_checkpoints, show_error, site_picker)
 
@@ -30,6 +31,7 @@ for _name in ("baseline", "finetuned"):
         st.info(f"Your saved thresholds for the shipped `{_name}` model were made for an earlier build of it (other "
                 "weights), so they are not offered. Saving thresholds for it again makes a new copy; the old one is "
                 f"kept as `checkpoints/{_name}.older-…` in the workspace.")
+take_next("thr_model", "thr_site")   # after a site profile was fitted below: its model and site
 c1, c2, c3, c4 = st.columns([2, 2, 1, 2])
 model_name = model_picker(c1, "Model", choices, "thr_model", prefer=("finetuned",))
 ckpt = choices[model_name]
@@ -51,6 +53,7 @@ try:
 except CXRError as exc:
     show_error(exc)
     st.stop()
+site_fit_form(ckpt, datasets, user, access)   # a new site profile from a labelled sample (ui/site_fit.py)
 fmt = card.data.get("format")
 ds_names = list(datasets)
 ds_default = next((i for i, n in enumerate(ds_names) if fmt and fmt in n), 0)

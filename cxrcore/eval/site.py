@@ -158,20 +158,23 @@ def _curve(kept: dict[str, tuple], strategy: str, target: float | None, n_boot: 
 
 def fit_site_on(checkpoint, data, name: str, *, split: str = "all", strategy: str = DEFAULT_STRATEGY,
                 target: float | None = None, policy: str | None = None, n_boot: int = 200, seed: int = 0,
-                progress=None) -> SiteProfile:
+                progress=None, limits=None) -> SiteProfile:
     """:func:`fit_site` on the site's labelled dataset folder ``data`` (its ``split``; default every image): the
     model's probabilities (cached like an evaluation's), its targets under ``policy`` (default: the model's own),
-    the patients for the bootstrap."""
+    the patients for the bootstrap. ``limits``: a visitor's ceilings (:func:`cxrcore.hosting.limits`: the images
+    predicted, the bootstrap replicates), checked before any model runs."""
     from ..data.readers import read_dataset
     from ..predictor import Predictor
     from .evaluate import eval_policy
     from .predictions import predict_split
 
     _check(strategy, target)
+    if limits:
+        limits.check("bootstrap", n_boot, "Bootstrap replicates", "Choose fewer.")
     predictor = Predictor(checkpoint)
     index = read_dataset(data)
     policy, _ = eval_policy(predictor, policy)
-    preds = predict_split(predictor, index, split, policy=policy, progress=progress)
+    preds = predict_split(predictor, index, split, policy=policy, progress=progress, limits=limits)
     patients = index.frame.set_index("image_id")["patient_id"].reindex(preds.image_ids).astype(str).to_numpy()
     return fit_site(name, list(preds.labels), preds.targets, preds.probs, predictor.card.thresholds,
                     patient_ids=patients, fitted_on=f"{index.name} ({split}, {len(preds.image_ids)} images)",
@@ -198,3 +201,33 @@ def with_thresholds(profile: dict, chosen: dict[str, float], source: str) -> dic
         entry["edited"] = {"by": "hand", "on": source, "at": when}
     return out
 
+
+
+def profile_table(profile: dict) -> list[dict]:
+    """One row per label of a stored profile, as a page shows it: cases, positives, the temperature and threshold
+    with their intervals, and before → after on the sample (ECE, sensitivity, specificity, PPV); a label not fitted
+    says why."""
+    def num(x) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    def pair(v: dict, key: str) -> str:
+        b, a = (v.get("before") or {}).get(key), (v.get("after") or {}).get(key)
+        return "" if b is None and a is None else f"{num(b)} → {num(a)}"
+
+    rows = []
+    for label, v in (profile.get("labels") or {}).items():
+        row = {"label": label, "cases": v.get("n", 0), "positives": v.get("positives", 0)}
+        if v.get("fitted"):
+            t_ci, th_ci = v.get("temperature_ci") or [None, None], v.get("threshold_ci") or [None, None]
+            row.update(temperature=f"{v['temperature']:.2f} [{t_ci[0]:.2f}, {t_ci[1]:.2f}]",
+                       threshold=f"{v['threshold']:.3f} [{th_ci[0]:.3f}, {th_ci[1]:.3f}]",
+                       **{f"{k} before → after": pair(v, key) for k, key in (
+                           ("ECE", "ece"), ("sensitivity", "sensitivity"), ("specificity", "specificity"),
+                           ("PPV", "ppv"))})
+        else:
+            why = "no label in the sample" if not v.get("n") else f"needs {MIN_CASES} cases, positive and negative"
+            row.update(temperature="not fitted", threshold=(
+                f"{v['threshold']:.3f} (set by hand)" if v.get("edited") and v.get("threshold") is not None else
+                f"the model's ({why})"))
+        rows.append(row)
+    return rows

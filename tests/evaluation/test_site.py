@@ -6,6 +6,7 @@ untouched) and `predict`, `eval` and `score` with `--site` use its thresholds an
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -243,3 +244,31 @@ def _choices():
     from ui.common import checkpoint_choices   # the names the pages' pickers show
 
     return checkpoint_choices()
+
+
+
+def test_a_profiles_table_and_thresholds_set_by_hand():
+    """What the Thresholds page shows of a fitted profile (profile_table) and what its Save writes
+    (with_thresholds): a moved threshold is marked as set by hand with its fitted value kept, an unmoved one stays
+    fitted, a label the profile did not fit gets a site threshold; the card at the site uses them."""
+    from cxrcore.eval.site import fit_site, profile_table, with_thresholds
+    from cxrcore.models.card import Card
+
+    y, p = _miscalibrated(400, 2.0, seed=3)
+    profile = fit_site("north", ["A", "B"], np.stack([y, np.full(400, np.nan)], 1), np.stack([p, p], 1),
+                       {"A": 0.5, "B": 0.5}, n_boot=20).to_dict()
+    rows = {r["label"]: r for r in profile_table(profile)}
+    assert re.fullmatch(r"\d\.\d\d \[\d\.\d\d, \d\.\d\d\]", rows["A"]["temperature"])
+    assert re.fullmatch(r"0\.\d{3} → 0\.\d{3}", rows["A"]["ECE before → after"])
+    assert rows["B"]["temperature"] == "not fitted" and "no label in the sample" in rows["B"]["threshold"]
+    fitted = profile["labels"]["A"]["threshold"]
+    same = with_thresholds(profile, {"A": fitted}, "page")
+    assert "edited" not in same["labels"]["A"]
+    moved = with_thresholds(profile, {"A": 0.9, "B": 0.7}, "Thresholds page, val split of D")
+    assert moved["labels"]["A"]["fitted_threshold"] == fitted and moved["labels"]["A"]["edited"]["by"] == "hand"
+    assert profile["labels"]["A"]["threshold"] == fitted                       # the stored one is a copy
+    assert "0.700 (set by hand)" == {r["label"]: r for r in profile_table(moved)}["B"]["threshold"]
+    card = Card(labels=["A", "B"], model={}, preprocess={}, thresholds={"A": 0.5, "B": 0.5}, sites={"north": moved})
+    at = card.with_site("north")
+    assert at.thresholds == {"A": 0.9, "B": 0.7} and card.thresholds == {"A": 0.5, "B": 0.5}
+    assert at.metrics["calibration"]["temperatures"] == {"A": profile["labels"]["A"]["temperature"]}
