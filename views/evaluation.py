@@ -16,7 +16,7 @@ from cxrcore.eval.tta import VIEWS as TTA_VIEWS
 from cxrcore.hosting import HOW_TO_ENABLE_FOLDERS, resolve_data_path
 from cxrcore.models.library import card_stamp
 from ui.common import (chart_config, current_user, dataset_choices, ensure_weights, hosting_settings, load_predictor,
-                       md_text, model_picker, require_checkpoints, show_error)
+                       md_text, model_picker, require_checkpoints, show_error, site_picker)
 
 st.title("Evaluate a model on a dataset split")
 st.caption("Every interval is a percentile bootstrap that resamples patients (all images of a drawn patient). "
@@ -30,6 +30,7 @@ c1, c2 = st.columns(2)
 model_name = model_picker(c1, "Model", choices, "eval_model", prefer=("baseline (shipped demo)", "baseline"))
 cmp_name = model_picker(c2, "Compare with (ΔAUROC = this − Model)", {NONE: "", **choices}, "eval_compare",
                         prefer=("finetuned (shipped demo)", "finetuned"))
+site = site_picker(c1, choices[model_name], "eval_site")   # the Model as used at a site (its profile's thresholds)
 
 try:
     datasets = dataset_choices()
@@ -78,11 +79,11 @@ clicked = d4.button("Evaluate", type="primary", key="eval_run", width="stretch")
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def run_eval(ckpt: str, ckpt_key: tuple, other: str | None, other_key: tuple | None, data: str, split: str,
-             n_boot: int, policy: str | None = None, tta: str = "none"):
+             n_boot: int, policy: str | None = None, tta: str = "none", site: str | None = None):
     """(result dict, EvalData, Cases for the browser) of one evaluation (cxrcore.eval.session)."""
     with hosting.heavy_slot(user, access):  # a shared server: one heavy computation per visitor at a time
         return evaluate_with_cases(ckpt, data, split, n_boot, other, policy=policy, tta=tta, limits=limits,
-                                   load=load_predictor)
+                                   load=load_predictor, site=site)
 
 
 if clicked:
@@ -98,7 +99,7 @@ if clicked:
             keys = (card_stamp(choices[model_name]), card_stamp(choices[cmp_name]) if cmp_name != NONE else None)
             st.session_state["eval_params"] = dict(
                 ckpt=choices[model_name], ckpt_key=keys[0], other=choices.get(cmp_name), other_key=keys[1],
-                data=data_path, split=split, n_boot=n_boot, policy=policy_choice, tta=tta_choice,
+                data=data_path, split=split, n_boot=n_boot, policy=policy_choice, tta=tta_choice, site=site,
                 names=(model_name, cmp_name if cmp_name != NONE else None), data_name=data_name)
         except CXRError as exc:
             show_error(exc)
@@ -113,7 +114,7 @@ try:
                     "the first run predicts every image)…"):
         result, ev, cases = run_eval(params["ckpt"], params["ckpt_key"], params["other"], params["other_key"],
                                      params["data"], params["split"], params["n_boot"], params.get("policy", ""),
-                                     params.get("tta", "none"))
+                                     params.get("tta", "none"), params.get("site"))
 except Exception as exc:  # CXRError: the user's input; anything else: reported without a traceback
     st.session_state.pop("eval_params", None)
     show_error(exc)
@@ -123,9 +124,9 @@ name_a = params["names"][0]
 name_b = params["names"][1]
 if name_b == name_a:
     name_b = f"{name_b} (2)"
-current = (choices.get(model_name), choices.get(cmp_name), data_path, split, n_boot, policy_choice, tta_choice)
+current = (choices.get(model_name), choices.get(cmp_name), data_path, split, n_boot, policy_choice, tta_choice, site)
 if current != (params["ckpt"], params["other"], params["data"], params["split"], params["n_boot"],
-               params.get("policy", ""), params.get("tta", "none")):
+               params.get("policy", ""), params.get("tta", "none"), params.get("site")):
     st.caption(":orange[The selection changed since this evaluation; press Evaluate to update.]")
 
 per = result["per_label"]
@@ -158,6 +159,11 @@ st.caption(f"Images: {result['split_description']}. Uncertain labels scored as *
            f"({result['policy_source']})."
            + (f" Probabilities averaged over test-time views: {TTA_LABELS[result['tta']]}."
               if result.get("tta", "none") != "none" else ""))
+if result.get("site"):
+    _site = result["site"]
+    st.info(f"{md_text(name_a)} evaluated as used at site **{md_text(_site['name'])}**: the thresholds (and "
+            f"temperatures) fitted on {md_text(str(_site.get('fitted_on') or ''))} for "
+            f"{len(_site.get('labels') or [])} label(s); operating metrics and the case browser use them.")
 s1, s2, s3, s4 = st.columns(4)
 s1.metric(_ci_label("Mean AUROC", summary["mean_auroc"]), _point(summary["mean_auroc"]))
 s2.metric(_ci_label("Mean AUPRC", summary["mean_auprc"]), _point(summary["mean_auprc"]))

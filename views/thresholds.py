@@ -11,8 +11,8 @@ from cxrcore.eval.metrics import per_label_auroc
 from cxrcore.eval.thresholds import (MANUAL, OWN_COPY, STRATEGIES, TARGETED, ThresholdSweep, label_curves,
                                      operating_table, own_copies_root, save_site, save_target, save_thresholds, snap,
                                      suggest_thresholds, tunable_labels)
-from cxrcore.eval.tuning import (gate_of, recombine, saved_threshold, slider_grid, threshold_origin,
-                                 thresholds_to_save)
+from cxrcore.eval.tuning import (gate_of, moved_thresholds, recombine, saved_threshold, slider_grid,
+                                 threshold_origin, thresholds_to_save)
 from cxrcore.models.library import default_thresholds
 from ui.site_fit import site_fit_form, take_next
 from ui.common import (chart_config, current_user, dataset_choices, ensure_weights, hosting_settings, load_predictor,
@@ -189,7 +189,9 @@ if b4.button(save_words, type="primary", key="thr_save", help=md_text(target.rea
         if site:
             from cxrcore.eval.site import with_thresholds
 
-            where = save_site(ckpt, site, with_thresholds(stored.sites[site], chosen,
+            moved = moved_thresholds({labels[j]: float(t) for j, t in zip(usable, thr)}, card.thresholds,
+                                     library_defaults, DIGITS)   # sliders left alone record nothing
+            where = save_site(ckpt, site, with_thresholds(stored.sites[site], moved,
                                                           f"Thresholds page, {split} split of {data_name}"),
                               user=user, settings=access)
         else:
@@ -197,7 +199,7 @@ if b4.button(save_words, type="primary", key="thr_save", help=md_text(target.rea
         note = "" if target.in_place else (
             f" (the {'card you were looking at' if target.kind == OWN_COPY else 'shipped / library model'} stays "
             f"untouched; the copy with your thresholds is now in the model lists as “{md_text(target.display)}”)")
-        st.success(f"Saved {len(usable)} thresholds to {md_text(where / 'card.json')}"
+        st.success(f"Saved {len(moved) if site else len(usable)} thresholds to {md_text(where / 'card.json')}"
                    + (f" (site profile {md_text(site)})" if site else "") + f"{note}.")
     except CXRError as exc:
         show_error(exc)

@@ -28,13 +28,15 @@ def splits_differ(ev: EvalData) -> bool:
 
 def evaluate_with_cases(checkpoint: str | Path, data: str | Path | DatasetIndex, split: str = "test",
                         n_boot: int = 1000, compare_to: str | Path | None = None, *, policy: str | None = None,
-                        tta: str = "none", limits=None, load=None) -> tuple[dict, EvalData, Cases]:
+                        tta: str = "none", limits=None, load=None, site: str | None = None
+                        ) -> tuple[dict, EvalData, Cases]:
     """(result, EvalData, Cases) of :func:`cxrcore.eval.evaluate.run_evaluation` on ``split`` of ``data``, and
     with ``compare_to`` the paired comparison; ``policy`` "" or None: each model's own training policy.
 
     The cases carry the compared model's thresholds (by its label names) and, when :func:`splits_differ`, the
     images of its own split: predicted again (from the workspace's prediction cache after the evaluation) with
-    ``load(compare_to)`` (default: a new :class:`cxrcore.predictor.Predictor`; the app passes its cached one)."""
+    ``load(compare_to)`` (default: a new :class:`cxrcore.predictor.Predictor`; the app passes its cached one).
+    ``site``: the model (not the compared one) as used at that site (its profile's thresholds and temperatures)."""
     # the model code is imported when an evaluation runs, not with the page that shows its widgets
     from ..checkpoint import read_card
     from ..data.index import DatasetIndex
@@ -44,7 +46,7 @@ def evaluate_with_cases(checkpoint: str | Path, data: str | Path | DatasetIndex,
 
     index = data if isinstance(data, DatasetIndex) else read_dataset(data)
     result, ev = run_evaluation(checkpoint, index, split, n_boot, compare_to, policy=policy or None, tta=tta,
-                                limits=limits)
+                                limits=limits, site=site)
     other_ids, other_thr = None, None
     if ev.compare is not None:
         other_thr = compared_thresholds(read_card(compare_to))

@@ -48,6 +48,14 @@ def thresholds_to_save(chosen: Mapping[str, float], thresholds: Mapping[str, flo
                 else float(t)) for x, t in chosen.items()}
 
 
+def moved_thresholds(chosen: Mapping[str, float], thresholds: Mapping[str, float],
+                     library_defaults: Mapping[str, float], digits: int) -> dict[str, float]:
+    """Of the sliders' values ``chosen``, those moved away from where they started (the ``thresholds`` in use, on
+    the slider's grid): what a site profile records as set by hand (a slider left alone records nothing)."""
+    return {x: float(t) for x, t in chosen.items()
+            if threshold_origin(x, t, thresholds, library_defaults, digits) == EDITED}
+
+
 @dataclass(frozen=True)
 class Gate:
     """A two-stage model's gate: its label, the threshold in use and the mode (``hard``: a finding below the gate

@@ -235,9 +235,27 @@ def test_thresholds_page_at_a_site_starts_at_its_thresholds_and_saves_into_the_p
     saved = card.sites["north"]["labels"]["Effusion"]
     assert saved["threshold"] == pytest.approx(0.3) and saved["fitted_threshold"] == pytest.approx(0.21)
     assert saved["edited"]["by"] == "hand" and saved["temperature"] == 1.5
+    assert "Cardiomegaly" not in card.sites["north"]["labels"]                # a slider left alone records nothing
     assert card.thresholds == shipped_card.thresholds                         # the model's own: unchanged
     assert read_card(shipped["baseline"]).sha256() == shipped_card.sha256()  # the shipped model: untouched
     assert card.with_site("north").thresholds["Effusion"] == pytest.approx(0.3)
+
+    # the Evaluation page at the site: the operating metrics at the site's thresholds, and it says so
+    ev = app_page("evaluation")
+    ev.session_state["eval_model"] = at.selectbox(key="thr_model").value
+    ev.run()
+    ev.selectbox(key="eval_site").set_value("north")
+    ev.selectbox(key="eval_compare").set_value("(no comparison)")
+    ev.selectbox(key="eval_data").set_value(next(o for o in ev.selectbox(key="eval_data").options if "nih" in o))
+    ev.selectbox(key="eval_split").set_value("val")
+    ev.number_input(key="eval_nboot").set_value(20)
+    ev.button(key="eval_run").click().run()
+    no_exception(ev)
+    assert any("evaluated as used at site **north**" in i.value for i in ev.info), [i.value for i in ev.info]
+    per_label = next(d.value for d in ev.dataframe if "threshold" in d.value.columns).set_index("label")
+    assert per_label.loc["Effusion", "threshold"] == pytest.approx(0.3)
+    assert per_label.loc["Cardiomegaly", "threshold"] == pytest.approx(shipped_card.thresholds["Cardiomegaly"],
+                                                                      abs=5e-4)   # the table shows 3 decimals
 
 
 def _choices():
