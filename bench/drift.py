@@ -41,7 +41,7 @@ def main() -> int:
     parser.add_argument("--windows", type=int, default=20)
     parser.add_argument("--reference", type=int, default=2000)
     parser.add_argument("--pool", type=int, default=4000)
-    parser.add_argument("--quiet-runs", type=int, default=3)
+    parser.add_argument("--quiet-runs", type=int, default=10)
     parser.add_argument("--finding", default="Effusion")
     args = parser.parse_args()
 
@@ -118,7 +118,9 @@ def main() -> int:
             "noise", base, lambda px, j, g: px + g.normal(0, 0.004 * j, px.shape))), 1,
             lambda a: f"noise sigma {0.004 * a:.3f}")
         weights = np.where(y == 1, 3.0, 1.0)
-        shifted = list(rng.choice(paths, w * half, replace=False, p=weights / weights.sum()))
+        rest = np.array([p not in set(base[:w * half]) for p in paths])   # films the stream has not shown yet
+        shifted = list(rng.choice(np.array(paths)[rest], w * half, replace=False,
+                                  p=weights[rest] / weights[rest].sum()))
         prev = scored("prevalence", base[:w * half] + shifted)
         run(f"{args.finding} prevalence x3", prev, half, lambda a: (
             f"{args.finding} {float(np.mean(y[[paths.index(p) for p in shifted]])):.3f} vs "
