@@ -17,6 +17,7 @@ from ui.common import (chart_config, current_user, dataset_choices, ensure_weigh
 
 WINDOW_CHOICES = list(WINDOWS) + ["50 images", "100 images", "200 images", "500 images"]
 TYPED = "(type the path of a table instead)"
+LOG = "(what the REST service and the PACS watch scored with this model)"
 
 st.title("Drift monitoring")
 st.caption("The images a model scored in use (a scoring job's table, `cxr score`, a folder scored as it grows) are "
@@ -58,7 +59,8 @@ except CXRError as exc:
 site = site_picker(c2, ckpt, "mon_site")
 
 t1, t2 = st.columns(2)
-picked = t1.selectbox("Scored images (a scoring job's table)", list(tables) + [TYPED], key="mon_table")
+picked = t1.selectbox("Scored images (a scoring job's table, or the monitoring log)", list(tables) + [LOG, TYPED],
+                      key="mon_table")
 typed = t2.text_input("… or the path of a table `cxr score` wrote (.parquet)", key="mon_typed",
                       disabled=picked != TYPED)
 fmt = card.data.get("format")
@@ -77,11 +79,13 @@ alarm_at = r4.number_input("Alarm at", min_value=1.0, max_value=10.0, value=ALAR
 @st.cache_data(show_spinner=False, max_entries=16)
 def analyse(ckpt: str, weights: str, site: str | None, data: str, split: str, table: str, stamp: float,
             window: str, alarm_at: float) -> dict:
-    from cxrcore.eval.drift import monitor, read_stream, reference_table
+    from cxrcore.eval.drift import monitor, read_log, read_stream, reference_table
+    from cxrcore.runtime import network_digest
 
     with hosting.heavy_slot(user, access):
         ref = read_stream(reference_table(ckpt, data, split, site=site))
-        stream = read_stream(table, labels=ref.labels)
+        stream = (read_log(network_digest(read_card(ckpt)), ref.labels) if table == LOG
+                  else read_stream(table, labels=ref.labels))
         return monitor(stream, ref, window, alarm_at=alarm_at).to_dict()
 
 
@@ -95,13 +99,19 @@ if go_:
             table = hosting.resolve_data_path(typed, access)   # the operator's data roots on a shared server
             if not table.is_file():
                 raise DataError(f"{typed} is not a file: give the .parquet table `cxr score` wrote.")
+        elif picked == LOG:
+            from cxrcore.monitorlog import db_path
+
+            table = db_path()
         else:
             table = Path(tables[picked])
         win = window.split()[0]
+        stamp = table.stat().st_mtime if table.exists() else 0.0
         with st.spinner("Scoring the reference once (cached afterwards) and comparing each window…"):
-            result = analyse(ckpt, card.weights_sha256, site, datasets[data_name], split, str(table),
-                             table.stat().st_mtime, win, float(alarm_at))
-        st.session_state["mon_result"] = {"result": result, "table": str(table), "model": model_name, "site": site}
+            result = analyse(ckpt, card.weights_sha256, site, datasets[data_name], split,
+                             LOG if picked == LOG else str(table), stamp, win, float(alarm_at))
+        st.session_state["mon_result"] = {"result": result, "model": model_name, "site": site,
+                                          "table": "the monitoring log" if picked == LOG else Path(table).name}
     except Exception as exc:  # noqa: BLE001 - CXRError as a message; anything else without a traceback
         show_error(exc)
         st.stop()
@@ -113,7 +123,7 @@ if not held:
 result = held["result"]
 wins = result["windows"]
 scored = [w for w in wins if w["score"] is not None]
-st.markdown(f"**{result['stream_rows']}** scored images of `{md_text(Path(held['table']).name)}` in **{len(wins)}** "
+st.markdown(f"**{result['stream_rows']}** scored images of `{md_text(held['table'])}` in **{len(wins)}** "
             f"window(s) of {md_text(result['window'])}, against **{result['reference_rows']}** reference images; "
             f"model {md_text(held['model'])}" + (f" at site **{md_text(held['site'])}**" if held["site"] else "")
             + f"; families: {', '.join(result['families'])}.")

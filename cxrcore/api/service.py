@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from .. import monitorlog
 from ..errors import CXRError, ConfigError, ImageError
 from .schemas import (MAX_BATCH, MAX_MC_SAMPLES, MAX_VIEWS, SEED003_MC_SAMPLES, BatchRequest, PredictRequest,
                       StudyRequest, _Image)
@@ -120,6 +121,8 @@ class Service:
         self.max_bytes = int(max_bytes) if max_bytes is not None else hosting.api_max_body_bytes(limits)
         self.max_image_bytes = int(max_image_bytes) if max_image_bytes is not None else limits.max_upload_bytes
         self.max_batch = int(max_batch)
+        # every image answered, kept for drift monitoring without the image (cxrcore.monitorlog; CXR_MONITOR_LOG)
+        self.score_log = monitorlog.ScoreLog() if monitorlog.enabled() else None
 
     # ------------------------------------------------------------------ access
     def authorized(self, header: str | None) -> bool:
@@ -298,6 +301,8 @@ class Service:
             raise ApiError(400, str(exc)) from None
         t_read = time.perf_counter()
         result = compare(loaded, {model: predictor}, name or "upload", raw=data, locks=self.locks, **options)
+        monitorlog.record(self.score_log, source="rest", name=model, predictor=predictor, image=loaded,
+                          prediction=result.predictions[model], ood=result.ood, ref=monitorlog.ref_of(data))
         return result, t_read
 
 

@@ -1,6 +1,7 @@
-"""``cxr monitor``: drift of what a deployed model scores against its validation split, per time window
-(cxrcore.eval.drift): each window's drift score, the components behind it, the alarms. ``--json`` (or ``--out``)
-gives what an operator's alerting polls; ``--fail-on-alarm`` makes the latest window's alarm the exit status."""
+"""``cxr monitor``: drift of what a deployed model scores (a scored table, or the monitoring log of the REST
+service and the PACS watch) against its validation split, per time window (cxrcore.eval.drift): each window's
+drift score, the components behind it, the alarms. ``--json`` (or ``--out``) gives what an operator's alerting
+polls; ``--fail-on-alarm`` makes the latest window's alarm the exit status."""
 from __future__ import annotations
 
 import json
@@ -14,8 +15,13 @@ def _run(a) -> int:
     from pathlib import Path
 
     from ..errors import DataError
-    from ..eval.drift import monitor, read_stream, reference_table
+    from ..eval.drift import monitor, read_log, read_stream, reference_table
 
+    if (a.table is None) == (not a.log):
+        raise DataError("Give the scored images: --table T.parquet (a table of `cxr score`) or --log (what the REST "
+                        "service and the PACS watch scored with --checkpoint's model), one of the two.")
+    if a.log and a.checkpoint is None:
+        raise DataError("--log reads what --checkpoint's model scored: give --checkpoint.")
     if a.reference_table is None:
         if a.checkpoint is None:
             raise DataError("Give --checkpoint (its validation split is scored as the reference) or a scored "
@@ -31,9 +37,16 @@ def _run(a) -> int:
         a.reference_table = str(reference_table(a.checkpoint, a.reference, a.split, site=a.site,
                                                 progress=None if a.json else bar("reference")))
     reference = read_stream(a.reference_table)
-    stream = read_stream(a.table, labels=reference.labels)
+    if a.log:
+        from ..checkpoint import read_card
+        from ..runtime import network_digest
+
+        stream = read_log(network_digest(read_card(a.checkpoint)), reference.labels, source=a.source)
+    else:
+        stream = read_stream(a.table, labels=reference.labels)
     report = monitor(stream, reference, a.window, alarm_at=a.alarm_at, n_perm=a.n_perm, seed=a.seed)
-    result = {**report.to_dict(), "table": str(a.table), "reference_table": str(a.reference_table)}
+    result = {**report.to_dict(), "table": "monitoring log" if a.log else str(a.table),
+              "reference_table": str(a.reference_table)}
     if a.out:
         out = Path(a.out)
         tmp = out.with_name(f".{out.name}.tmp")
@@ -42,7 +55,7 @@ def _run(a) -> int:
     if a.json:
         print(json.dumps(result, indent=1))
     else:
-        print(f"{report.stream_rows} scored image(s) of {a.table} in {len(report.windows)} window(s) of {a.window}, "
+        print(f"{report.stream_rows} scored image(s) of {result['table']} in {len(report.windows)} window(s) of {a.window}, "
               f"against {report.reference_rows} reference image(s); families: {', '.join(report.families)}; "
               f"alarm at a drift score of {report.alarm_at:g}")
         for note in report.notes:
@@ -65,8 +78,14 @@ def _flags(m) -> None:
     from ..eval.drift import ALARM_AT, N_PERM, WINDOWS
     from ..eval.predictions import SPLIT_CHOICES
 
-    m.add_argument("--table", required=True, help="the scored images: the .parquet table of `cxr score` (a folder "
-                                                  "scored again as it grows keeps one table)")
+    from ..monitorlog import SOURCES
+
+    m.add_argument("--table", default=None, help="the scored images: the .parquet table of `cxr score` (a folder "
+                                                 "scored again as it grows keeps one table)")
+    m.add_argument("--log", action="store_true", help="instead of --table: what the REST service and the PACS watch "
+                                                      "scored with --checkpoint's model (the workspace's monitoring "
+                                                      "log, kept without the images)")
+    m.add_argument("--source", choices=list(SOURCES), default=None, help="with --log: one source only")
     m.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP + " (its --split of --reference is the "
                                                                         "reference, scored once and cached)")
     m.add_argument("--reference", default=None, help="a labelled dataset folder (default: the model's training "

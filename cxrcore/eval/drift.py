@@ -145,8 +145,6 @@ def read_stream(table: str | Path, labels: list[str] | None = None) -> Stream:
     those to read (default: every label column the table has)."""
     import pandas as pd
 
-    from ..score import EMBEDDING, IMAGE_STATS
-
     path = Path(table)
     if not path.is_file() or path.suffix.lower() != ".parquet":
         raise DataError(f"{table} is not a scored table: give the .parquet file `cxr score` wrote.")
@@ -154,16 +152,40 @@ def read_stream(table: str | Path, labels: list[str] | None = None) -> Stream:
         frame = pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - any parse failure is the same advice
         raise DataError(f"{path.name} could not be read as Parquet ({type(exc).__name__}).") from None
+    return _stream_of(frame, path.name, labels)
+
+
+def read_log(network: str, labels: list[str], source: str | None = None, path: str | Path | None = None) -> Stream:
+    """What the REST service and the PACS watch scored with the network ``network`` (its digest:
+    :func:`cxrcore.runtime.network_digest`), from the workspace's monitoring log (:mod:`cxrcore.monitorlog`;
+    ``source``: one of them only), as a :class:`Stream` of ``labels``."""
+    from ..monitorlog import ScoreLog, db_path
+
+    if not Path(path or db_path()).is_file():
+        raise DataError("Nothing has been scored into the monitoring log yet (the REST service and the PACS watch "
+                        "write it; CXR_MONITOR_LOG=off turns it off).")
+    frame = ScoreLog(path).frame(network, source)
+    if frame.empty:
+        raise DataError("The monitoring log holds nothing scored by this model yet"
+                        + (f" from {source}" if source else "") + ".")
+    return _stream_of(frame, "the monitoring log", labels)
+
+
+def _stream_of(frame, name: str, labels: list[str] | None) -> Stream:
+    import pandas as pd
+
+    from ..score import EMBEDDING, IMAGE_STATS
+
     stat_cols = [f"image {s}" for s in IMAGE_STATS]
     missing = [c for c in ["path", "scored_at", *stat_cols] if c not in frame.columns]
     if missing:
-        raise DataError(f"{path.name} lacks {', '.join(missing[:4])}: it was scored before drift monitoring kept "
+        raise DataError(f"{name} lacks {', '.join(missing[:4])}: it was scored before drift monitoring kept "
                         "them. Score the images again with `cxr score` (the new table has them).")
     if labels is None:
         labels = [c[:-len(" call")] for c in frame.columns if c.endswith(" call")]
     absent = [x for x in labels if x not in frame.columns]
     if absent:
-        raise DataError(f"{path.name} has no column for {', '.join(absent[:4])}: it was scored by another model.")
+        raise DataError(f"{name} has no column for {', '.join(absent[:4])}: it was scored by another model.")
     times = pd.to_datetime(frame["scored_at"], utc=True, errors="coerce")
     order = np.argsort(times.to_numpy(), kind="stable") if times.notna().all() else np.arange(len(frame))
     frame = frame.iloc[order].reset_index(drop=True)

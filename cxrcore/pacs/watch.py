@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .. import monitorlog
 from ..errors import CXRError
 from ..sqlitedb import Database
 from . import dicomweb
@@ -146,9 +147,12 @@ def _frontal(hits) -> list:
     return [h for h in hits if h.view_position.strip().upper() not in LATERAL]
 
 
-def score_study(config: dicomweb.PacsConfig, study_uid: str, predictor, model: str) -> tuple[int, list[str], dict]:
+def score_study(config: dicomweb.PacsConfig, study_uid: str, predictor, model: str,
+                score_log=None) -> tuple[int, list[str], dict]:
     """Score one study's frontal images and store their results in the PACS: (images scored, stored SOP Instance
-    UIDs, {image SOP UID: the labels called}). PacsError when the PACS cannot be read or refuses the objects."""
+    UIDs, {image SOP UID: the labels called}). PacsError when the PACS cannot be read or refuses the objects.
+    ``score_log``: where each image's row for drift monitoring goes (:mod:`cxrcore.monitorlog`; its ref a hash of
+    the SOP Instance UID)."""
     from ..compare import compare, load_image
     from .sr import ModelIdentity, heatmap_capture, source_of, structured_report
 
@@ -159,7 +163,10 @@ def score_study(config: dicomweb.PacsConfig, study_uid: str, predictor, model: s
         raw = dicomweb.retrieve_bytes(config, hit)
         name = f"{hit.sop_uid}.dcm"
         image, raw = load_image(raw, name)
-        pred = compare(image, {model: predictor}, name, raw=raw).predictions[model]
+        result = compare(image, {model: predictor}, name, raw=raw)
+        pred = result.predictions[model]
+        monitorlog.record(score_log, source="pacs-watch", name=model, predictor=predictor, image=image, prediction=pred,
+                          ood=result.ood, ref=monitorlog.ref_of(hit.sop_uid))
         header, _ = source_of(raw, name, pred.image_shape)
         called = [lab for lab, yes in zip(pred.labels, pred.positive) if yes]
         objects = [structured_report(pred, header, ident)]
@@ -179,6 +186,7 @@ def poll(config: dicomweb.PacsConfig, predictor, model: str, table: WatchTable, 
     studies = dicomweb.search_studies(config, date_from=since, modalities=dicomweb.RADIOGRAPHY, limit=100_000)
     digest = predictor.card.sha256()
     result = PollResult(found=len(studies))
+    score_log = monitorlog.ScoreLog() if monitorlog.enabled() else None
     for study in sorted(studies, key=lambda s: s.date):   # oldest first: the order they came in, roughly
         if should_stop is not None and should_stop():
             break
@@ -186,7 +194,7 @@ def poll(config: dicomweb.PacsConfig, predictor, model: str, table: WatchTable, 
             result.busy += 1
             continue
         try:
-            n, stored, calls = score_study(config, study.study_uid, predictor, model)
+            n, stored, calls = score_study(config, study.study_uid, predictor, model, score_log)
         except CXRError as exc:
             table.finish(study.study_uid, digest, "failed", error=str(exc), interval=interval)
             result.failed[study.study_uid] = str(exc)

@@ -6,6 +6,7 @@ on the Monitoring page."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -210,3 +211,50 @@ def _choices():
     from ui.common import checkpoint_choices   # the names the page's picker shows
 
     return checkpoint_choices()
+
+
+def test_the_rest_services_answers_are_monitored_without_the_images(switched, app_home, tmp_path, monkeypatch,
+                                                                     capsys):
+    """Every image the REST service answers leaves a row in the workspace's monitoring log (cxrcore/monitorlog.py):
+    probabilities, image statistics, embedding, when; no pixel, no file name (the ref is a hash). `cxr monitor
+    --log` and the Monitoring page find the switch in it as in a scored table; CXR_MONITOR_LOG=off writes nothing."""
+    import base64
+    import sqlite3
+
+    import pandas as pd
+
+    from conftest import fresh_workspace
+    from cxrcore.api.service import Service
+
+    monkeypatch.setenv("CXR_HOME", str(fresh_workspace(app_home, tmp_path / "home")))
+    films = pd.read_parquet(switched["table"])["path"].tolist()
+    films = films[:40] + films[100:140]     # 40 NIH-style, then 40 CheXpert-style
+    service = Service(["checkpoints/baseline"])
+    for k, f in enumerate(films):
+        service.predict({"image": base64.b64encode(open(f, "rb").read()).decode(), "name": f"Doe^Jane-{k}.png"})
+    log = tmp_path / "home" / "monitoring.sqlite"
+    with sqlite3.connect(log) as con:
+        rows = con.execute("SELECT source, ref, embedding FROM scored").fetchall()
+    assert len(rows) == 80 and {r[0] for r in rows} == {"rest"} and all(len(r[2]) == 4 * 32 for r in rows)
+    assert all(re.fullmatch(r"[0-9a-f]{20}", r[1]) for r in rows)
+    assert b"Doe^Jane" not in log.read_bytes() and b".png" not in log.read_bytes()
+    code, text, err = cxr_here(capsys, "monitor", "--log", "--checkpoint", "checkpoints/baseline", "--reference-table",
+                               switched["reference"], "--window", "20", "--json")
+    assert code == 0, err
+    report = json.loads(text)
+    assert report["stream_rows"] == 80 and report["alarms"] == [2, 3] and report["table"] == "monitoring log"
+    at = app_page("monitoring")
+    at.session_state["mon_model"] = next(k for k in _choices() if k.startswith("baseline"))
+    at.run()
+    at.selectbox(key="mon_table").set_value(next(o for o in at.selectbox(key="mon_table").options
+                                                  if o.startswith("(what the REST service"))).run()
+    at.selectbox(key="mon_window").set_value("50 images").run()
+    at.button(key="mon_go").click().run()
+    no_exception(at)
+    assert any("80** scored images of `the monitoring log`" in m.value for m in at.markdown)
+    assert any("latest window alarms" in e.value for e in at.error), [e.value for e in at.error]
+
+    monkeypatch.setenv("CXR_MONITOR_LOG", "off")
+    Service(["checkpoints/baseline"]).predict({"image": base64.b64encode(open(films[0], "rb").read()).decode()})
+    with sqlite3.connect(log) as con:
+        assert con.execute("SELECT COUNT(*) FROM scored").fetchone()[0] == 80

@@ -53,13 +53,14 @@ def new_study(config, date: str = TODAY, view: str = "PA") -> str:
     return str(ds.StudyInstanceUID)
 
 
-def test_new_studies_are_scored_once_with_their_results_stored_in_them(env, shipped, tmp_path):
+def test_new_studies_are_scored_once_with_their_results_stored_in_them(env, shipped, tmp_path, monkeypatch):
     from cxrcore.data.imageio import read_image
     from cxrcore.pacs import dicomweb
     from cxrcore.pacs.sr import read_report
     from cxrcore.pacs.watch import WatchTable, poll
     from cxrcore.predictor import Predictor
 
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))   # its own monitoring log
     config = dicomweb.PacsConfig.from_env()
     predictor = Predictor(shipped["finetuned"])
     a, old, side = new_study(config), new_study(config, date="20000101"), new_study(config, view="LL")
@@ -92,6 +93,15 @@ def test_new_studies_are_scored_once_with_their_results_stored_in_them(env, ship
     restarted = WatchTable(tmp_path / "watch.sqlite")   # a restart: the same table, a new process
     assert poll(config, predictor, "finetuned", restarted).scored == []
     assert poll(config, predictor, "finetuned", table, since="19990101").scored == [old]   # a wider window
+
+    # each image scored is a row of the monitoring log (drift), named by a hash of its SOP Instance UID only
+    from cxrcore.monitorlog import ScoreLog, ref_of
+    from cxrcore.runtime import network_digest
+
+    logged = ScoreLog().frame(network_digest(predictor.card))
+    assert list(logged["source"]) == ["pacs-watch"] * 3 and ref_of(image.sop_uid) in set(logged["path"])
+    assert logged["embedding"].map(len).eq(32).all() and logged["image std"].gt(0).all()
+    assert image.sop_uid.encode() not in (tmp_path / "home" / "monitoring.sqlite").read_bytes()
 
 
 def test_the_table_claims_retries_with_backoff_and_takes_over_a_dead_claim(tmp_path):

@@ -143,7 +143,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("cxrcore.models", "cxrcore.checkpoint"),
     ("cxrcore.explain",),
     ("cxrcore.predictor", "cxrcore.hosting"),
-    ("cxrcore.compare", "cxrcore.results", "cxrcore.pacs", "cxrcore.score", "cxrcore.runtime"),
+    ("cxrcore.compare", "cxrcore.results", "cxrcore.pacs", "cxrcore.score", "cxrcore.runtime", "cxrcore.monitorlog"),
     ("cxrcore.eval",),
     ("cxrcore.train", "cxrcore.readerstudy"),
     ("cxrcore.jobs",),
