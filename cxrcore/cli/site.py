@@ -48,7 +48,8 @@ def _estimate(a) -> int:
     from ..eval.prevalence import estimate_on
 
     est = estimate_on(a.checkpoint, a.images, reference=a.reference, split=a.split, site=a.site, n_boot=a.n_boot,
-                      seed=a.seed, progress=None if a.json else bar("images"))
+                      seed=a.seed, progress=None if a.json else bar("images"), adjusted_out=a.adjusted_out,
+                      adjust_with=a.adjust_with)
     if a.json:
         print(json.dumps(est.to_dict(), indent=1))
         return 0
@@ -61,6 +62,9 @@ def _estimate(a) -> int:
             continue
         cell = lambda k: f"{_n(v[k])} [{_n(v[k + '_ci'][0])}, {_n(v[k + '_ci'][1])}]"  # noqa: E731
         print(f"  {x:<28} {_n(v['reference']):>9} {_n(v['called']):>7}  {cell('bbse'):<24} {cell('em'):<24}")
+    if a.adjusted_out:
+        print(f"each image's probabilities adjusted to the {a.adjust_with.upper()} estimate (labelled as such): "
+              f"{a.adjusted_out}")
     return 0
 
 
@@ -85,6 +89,7 @@ def _list(a) -> int:
 
 def _flags(s) -> None:
     from ..eval.predictions import SPLIT_CHOICES
+    from ..eval.prevalence import ADJUST_WITH
     from ..eval.site import DEFAULT_STRATEGY
     from ..eval.thresholds import STRATEGIES
 
@@ -114,6 +119,9 @@ def _flags(s) -> None:
     e.add_argument("--site", default=None, help="the model as used at a site (its profile's thresholds)")
     e.add_argument("--n-boot", type=int, default=200)
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--adjusted-out", default=None, help="a CSV that gets each image's probabilities restated under "
+                                                        "the estimated prevalence (Bayes' rule), labelled as such")
+    e.add_argument("--adjust-with", choices=list(ADJUST_WITH), default="em", help="whose estimate --adjusted-out uses")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_estimate)
     ls = sub.add_parser("list", help="a model's site profiles")

@@ -159,12 +159,51 @@ def estimate_prevalence(labels: list[str], ref_targets: np.ndarray, ref_probs: n
     return PrevalenceEstimate(out, int(len(site_probs)), int(len(ref_targets)), int(n_boot))
 
 
+ADJUST_WITH = ("em", "bbse")
+
+
+def adjusted_table(paths: list[str], labels: list[str], ref_targets: np.ndarray, ref_probs: np.ndarray,
+                   site_probs: np.ndarray, estimate: PrevalenceEstimate, method: str = "em"):
+    """Each site image's probabilities restated under the estimated prevalence (an option, labelled as such): per
+    label the model's probability (``LABEL``), recalibrated on the reference as EM uses it (``LABEL recalibrated``)
+    and adjusted by Bayes' rule from the reference's prevalence to the ``method``'s estimate (``LABEL adjusted``);
+    ``adjusted_with`` says so on every row. A label without an estimate keeps its recalibrated probability (and
+    its row says so). For EM the adjusted probabilities average to the estimate itself (its fixed point)."""
+    import pandas as pd
+
+    if method not in ADJUST_WITH:
+        raise DataError(f"Adjust with {' or '.join(ADJUST_WITH)}, not {method!r}.")
+    ref_targets = np.asarray(ref_targets, dtype=np.float64)
+    out = {"path": list(paths)}
+    notes = []
+    for j, label in enumerate(labels):
+        known = np.isfinite(ref_targets[:, j]) & (ref_targets[:, j] >= 0)
+        y, rp, sp = ref_targets[known, j], ref_probs[known, j], site_probs[:, j]
+        out[label] = sp
+        est = estimate.labels[label]
+        if est.get(method) is None or len(y) == 0 or y.min() == y.max():
+            out[f"{label} recalibrated"], out[f"{label} adjusted"] = sp, sp
+            notes.append(f"{label}: not adjusted (no estimate)")
+            continue
+        cal = recalibrated(sp, *calibrator(y, rp))
+        out[f"{label} recalibrated"] = cal
+        out[f"{label} adjusted"] = adjust(cal, float(y.mean()), float(est[method]))
+    words = {"em": "EM (Saerens 2002)", "bbse": "BBSE (Lipton 2018)"}[method]
+    table = pd.DataFrame(out)
+    table["adjusted_with"] = (f"Bayes' rule to the site prevalence estimated by {words}, from probabilities "
+                              "recalibrated on the reference; not the model's own output"
+                              + (f"; {', '.join(notes)}" if notes else ""))
+    return table
+
+
 def estimate_on(checkpoint, images, *, reference=None, split: str = "val", site: str | None = None,
-                n_boot: int = 200, seed: int = 0, progress=None) -> PrevalenceEstimate:
+                n_boot: int = 200, seed: int = 0, progress=None, adjusted_out=None,
+                adjust_with: str = "em") -> PrevalenceEstimate:
     """:func:`estimate_prevalence` for the site's unlabelled ``images`` (a folder, or a CSV with a ``path`` column)
     against the model's ``split`` of ``reference`` (a labelled dataset folder; default: the folder the card says the
     model was trained on, when it is on this machine). ``site``: the model as used at that site (its profile's
-    thresholds and temperatures)."""
+    thresholds and temperatures). ``adjusted_out``: a CSV file that gets each image's probabilities adjusted to the
+    estimate of ``adjust_with`` (:func:`adjusted_table`; written whole, then renamed)."""
     from pathlib import Path
 
     from ..data.imageio import read_image
@@ -189,5 +228,13 @@ def estimate_on(checkpoint, images, *, reference=None, split: str = "val", site:
         if progress:
             progress(k + 1, len(source.paths))
     site_probs = predictor.predict_squares(np.stack(squares))
-    return estimate_prevalence(list(predictor.labels), ref.targets, ref.probs, site_probs, card.threshold_list(),
-                               n_boot=n_boot, seed=seed)
+    est = estimate_prevalence(list(predictor.labels), ref.targets, ref.probs, site_probs, card.threshold_list(),
+                              n_boot=n_boot, seed=seed)
+    if adjusted_out is not None:
+        target = Path(adjusted_out)
+        table = adjusted_table(source.paths, list(predictor.labels), ref.targets, ref.probs, site_probs, est,
+                               adjust_with)
+        tmp = target.with_name(f".{target.name}.tmp")
+        table.to_csv(tmp, index=False)
+        tmp.replace(target)
+    return est

@@ -75,13 +75,20 @@ def test_cxr_site_estimate_prevalence_prints_the_contracts_json(shipped, tmp_pat
     generate(tmp_path / "site", n=60, domain="nih", seed=22)
     code, out, err = cxr_here(capsys, "site", "estimate-prevalence", "--checkpoint", shipped["finetuned"], "--images",
                               tmp_path / "site" / "images", "--reference", tmp_path / "reference", "--split", "all",
-                              "--n-boot", "20", "--json")
+                              "--n-boot", "20", "--json", "--adjusted-out", tmp_path / "adjusted.csv")
     assert code == 0, err
     answer = json.loads(out)
     effusion = answer["labels"]["Pleural Effusion"]
     assert {"bbse", "em", "bbse_ci", "em_ci", "reference"} <= set(effusion)
     assert 0 <= effusion["em"] <= 1 and effusion["em_ci"][0] <= effusion["em"] <= effusion["em_ci"][1]
     assert answer["n_images"] == 60 and answer["n_reference"] == 200
+    # each image's probabilities adjusted to the EM estimate, labelled as such; EM's fixed point: they average to it
+    import pandas as pd
+
+    adjusted = pd.read_csv(tmp_path / "adjusted.csv")
+    assert len(adjusted) == 60 and adjusted["adjusted_with"].str.contains("not the model's own output").all()
+    assert adjusted["Pleural Effusion adjusted"].mean() == pytest.approx(effusion["em"], abs=2e-3)
+    assert (adjusted["Pleural Effusion"] != adjusted["Pleural Effusion adjusted"]).any()
     code, _, err = cxr_here(capsys, "site", "estimate-prevalence", "--checkpoint", shipped["finetuned"], "--images",
                             tmp_path / "site" / "images")
     assert code == 2 and "--reference" in err     # the shipped card's training folder is not on this machine
