@@ -87,7 +87,7 @@ st.caption(f"{n} images in the {split} split of {md_text(data_name)}; {len(usabl
 
 # Slider state lives in session state, keyed by model + label, so it survives reruns and page switches.
 def key(label: str) -> str:
-    return f"thr::{ckpt}::{site or ''}::{label}"
+    return f"thr::{ckpt}::{label}" if not site else f"thr::{ckpt}::site:{site}::{label}"
 
 
 for j in usable:

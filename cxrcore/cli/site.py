@@ -10,11 +10,21 @@ from .common import CHECKPOINT_HELP, Command, bar
 def _fit(a) -> int:
     from pathlib import Path
 
+    from ..errors import DataError
     from ..eval.site import MIN_CASES, fit_site_on
+    from ..readerstudy.sitefit import fit_site_on_study
     from ..eval.thresholds import save_site
 
-    profile = fit_site_on(a.checkpoint, a.data, a.name, split=a.split, strategy=a.strategy, target=a.target,
-                          policy=a.policy, n_boot=a.n_boot, seed=a.seed, progress=None if a.json else bar("predict"))
+    if (a.data is None) == (a.reader_study is None):
+        raise DataError("Give the site's labelled sample: --data LABELLED_FOLDER or --reader-study STUDY (its cases "
+                        "and their truth), one of the two.")
+    if a.reader_study is not None:
+        profile = fit_site_on_study(a.checkpoint, a.reader_study, a.name, strategy=a.strategy, target=a.target,
+                                    n_boot=a.n_boot, seed=a.seed, progress=None if a.json else bar("cases"))
+    else:
+        profile = fit_site_on(a.checkpoint, a.data, a.name, split=a.split, strategy=a.strategy, target=a.target,
+                              policy=a.policy, n_boot=a.n_boot, seed=a.seed,
+                              progress=None if a.json else bar("predict"))
     where = save_site(a.checkpoint, a.name, profile.to_dict())   # the operator's tool: as save_thresholds decides
     if a.json:
         print(json.dumps({"site": a.name, "card": str(where / "card.json"), **profile.to_dict()}, indent=1))
@@ -97,8 +107,10 @@ def _flags(s) -> None:
     f = sub.add_parser("fit", help="fit a site profile (per-label temperature and threshold with bootstrap CIs) on "
                                    "a labelled sample of the site's films and save it in the model's card")
     f.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
-    f.add_argument("--data", required=True, help="the site's labelled sample: a dataset folder (NIH- or "
-                                                 "CheXpert-style, or images + a CSV of labels)")
+    f.add_argument("--data", default=None, help="the site's labelled sample: a dataset folder (NIH- or "
+                                                "CheXpert-style, or images + a CSV of labels)")
+    f.add_argument("--reader-study", default=None, help="instead of --data: a reader study's cases and their truth "
+                                                        "(its id, `cxr reader-study list`)")
     f.add_argument("--name", required=True, help="the site's name (what --site takes)")
     f.add_argument("--split", choices=list(SPLIT_CHOICES), default="all", help="which images of --data (default all)")
     f.add_argument("--strategy", choices=list(STRATEGIES), default=DEFAULT_STRATEGY, help="how the threshold is chosen")

@@ -290,3 +290,30 @@ def test_a_profiles_table_and_thresholds_set_by_hand():
     at = card.with_site("north")
     assert at.thresholds == {"A": 0.9, "B": 0.7} and card.thresholds == {"A": 0.5, "B": 0.5}
     assert at.metrics["calibration"]["temperatures"] == {"A": profile["labels"]["A"]["temperature"]}
+
+
+def test_cxr_site_fit_on_a_reader_studys_truth(app_home, shipped, tmp_path, monkeypatch, capsys):
+    """`cxr site fit --reader-study STUDY`: the study's cases predicted, its findings' truth matched to the model's
+    labels; the model's other labels, without truth there, are not fitted; giving both --data and --reader-study
+    (or neither) is refused."""
+    from conftest import fresh_workspace
+    from cxrcore.readerstudy.design import StudyDesign
+    from cxrcore.readerstudy.setup import cases_from_dataset
+    from cxrcore.readerstudy.store import StudyStore
+
+    home = fresh_workspace(app_home, tmp_path / "home")
+    monkeypatch.setenv("CXR_HOME", str(home))
+    data = next((home / "datasets").glob("phantom-nih-*"))
+    cases, source = cases_from_dataset(data, ["Effusion"], split="test", sampling="stratified", n=15, seed=3)
+    study = StudyStore().create(StudyDesign("ward films", ("Effusion",), design="unaided"), cases, owner="organiser",
+                                source=source)
+    code, out, err = cxr_here(capsys, "site", "fit", "--checkpoint", shipped["baseline"], "--reader-study", study.id,
+                              "--name", "ward", "--n-boot", "20", "--json")
+    assert code == 0, err
+    profile = json.loads(out)
+    assert profile["n"] == len(cases) == 30 and profile["fitted_on"].startswith("reader study ward films (30 cases")
+    assert profile["labels"]["Effusion"]["fitted"] and profile["labels"]["Effusion"]["positives"] == 15
+    assert not profile["labels"]["Cardiomegaly"]["fitted"] and profile["labels"]["Cardiomegaly"]["n"] == 0
+    code, _, err = cxr_here(capsys, "site", "fit", "--checkpoint", shipped["baseline"], "--reader-study", study.id,
+                            "--data", data, "--name", "ward")
+    assert code == 2 and "one of the two" in err
