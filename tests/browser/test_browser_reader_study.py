@@ -1,4 +1,4 @@
-"""End to end: an organiser sets up a sequential-aided reader study of 12 phantom cases in the browser; two readers
+"""End to end: an organiser sets up a sequential-aided reader study of 20 phantom cases in the browser; two readers
 read at the same time, each in their own browser from their own link, one reloads mid-study and goes on with
 nothing lost; the organiser's analysis shows each reader's AUROCs, the ORH result and the ROC figure with the
 readers' points."""
@@ -15,7 +15,7 @@ from test_browser import CHROMIUM, body_with, browser, serve_app, wait_idle  # n
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")]
-N_CASES = 12
+N_CASES = 20
 READS = 2 * N_CASES     # sequential: each case unaided, then aided
 
 
