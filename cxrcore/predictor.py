@@ -267,27 +267,37 @@ class Predictor:
         threshold (the card's, or ``gate``); plain models unchanged."""
         return combine(raw, self.card.model, self.card.thresholds, t=gate)
 
-    @torch.no_grad()
     def score_squares(self, squares: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities (N, L) as :meth:`predict_squares` gives them, the penultimate-layer embedding projected to
-        :data:`cxrcore.inference.EMBED_DIM` or None), in one pass: a model with a split head (``forward_features``,
-        ``forward_head``) gives both from one backbone pass; any other gives no embedding."""
+        :data:`cxrcore.inference.EMBED_DIM` or None), in one pass (:meth:`embed_squares`)."""
         from .inference import project_embedding
 
+        probs, pooled = self.embed_squares(squares, batch_size)
+        return probs, None if pooled is None else project_embedding(pooled)
+
+    @torch.no_grad()
+    def embed_squares(self, squares: np.ndarray, batch_size: int = 64,
+                      progress=None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities (N, L) as :meth:`predict_squares` gives them, the penultimate-layer features (N, C): the
+        pooled features the classifier reads, or None), in one pass: a model with a split head
+        (``forward_features``, ``forward_head``) gives both from one backbone pass; any other gives no features."""
         net = self.model
         if not all(hasattr(net, a) for a in ("forward_features", "forward_head")):
-            return self.predict_squares(squares, batch_size=batch_size), None
+            return self.predict_squares(squares, batch_size=batch_size, progress=progress), None
         card = self.card
-        probs, embs = [], []
-        for k in range(0, len(squares), max(1, batch_size)):
+        probs, feats_out = [], []
+        n = len(squares)
+        for k in range(0, n, max(1, batch_size)):
             x = self.prep.normalize(torch.from_numpy(np.array(squares[k:k + batch_size])).to(self.device))
             feats = net.forward_features(x)
-            embs.append(project_embedding(net.forward_head(feats, pre_logits=True).flatten(1).float().cpu().numpy()))
+            feats_out.append(net.forward_head(feats, pre_logits=True).flatten(1).float().cpu().numpy())
             p = torch.sigmoid(net.forward_head(feats)).float().cpu().numpy()
             probs.append(combine(p, card.model, card.thresholds))
+            if progress:
+                progress(min(n, k + batch_size), n)
         if not probs:
             return np.zeros((0, len(self.labels)), np.float32), None
-        return np.concatenate(probs), np.concatenate(embs)
+        return np.concatenate(probs), np.concatenate(feats_out)
 
     @torch.no_grad()
     def predict_squares(self, squares: np.ndarray, batch_size: int = 64, progress=None, raw: bool = False,

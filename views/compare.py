@@ -18,6 +18,7 @@ from ui.common import (chart_config, current_user, hosting_settings, image_compa
                        md_text, require_checkpoints, run_comparison, run_uncertainty, show_error, show_model_cards,
                        site_picker)
 from ui.pacs import pacs_config, pacs_picker, send_results
+from ui.similar import similar_cases
 
 st.title("Compare a baseline with a fine-tuned model")
 st.caption("Upload a chest radiograph (PNG, JPEG or DICOM), or open one from the PACS where the operator set one up. "
@@ -381,6 +382,7 @@ if second is not None:
 
 if source == FROM_PACS:
     send_results(pacs, result, label, raw, name, {"baseline": base_name, "fine-tuned": tuned_name})
+similar_cases(image, {"baseline": choices[base_name], "fine-tuned": choices[tuned_name]})   # ui/similar.py
 show_model_cards({"baseline": choices[base_name], "fine-tuned": choices[tuned_name]})
 with st.expander("The two models at a glance: thresholds and held-out AUROC per label", expanded=False):
     models_at_a_glance({"baseline": choices[base_name], "fine-tuned": choices[tuned_name]}, "compare_glance_after")

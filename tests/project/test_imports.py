@@ -144,7 +144,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("cxrcore.explain",),
     ("cxrcore.predictor", "cxrcore.hosting"),
     ("cxrcore.compare", "cxrcore.results", "cxrcore.pacs", "cxrcore.score", "cxrcore.runtime", "cxrcore.monitorlog"),
-    ("cxrcore.eval",),
+    ("cxrcore.eval", "cxrcore.lens"),
     ("cxrcore.train", "cxrcore.readerstudy"),
     ("cxrcore.jobs",),
     ("cxrcore.cli", "cxrcore.api", "cxrcore.demo", "cxrcore.launch", "cxrcore.catalog", "cxrcore.runs"),

@@ -1,0 +1,64 @@
+"""``cxr index`` and ``cxr similar``: a dataset's images embedded by a model into a nearest-neighbour index, and
+the images of it nearest to a new one (cxrcore.lens.index; issue 24)."""
+from __future__ import annotations
+
+import json
+
+from .common import CHECKPOINT_HELP, Command, bar
+
+
+def _index(a) -> int:
+    from ..lens.index import build_index
+
+    _, summary = build_index(a.checkpoint, a.data, a.out, batch=a.batch_size,
+                             progress=None if a.json else bar("embed"))
+    if a.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    print(f"{summary['images']} image(s) in {summary['index']} ({summary['kind']} index, {summary['dim']} numbers "
+          f"per image): {summary['embedded']} embedded now, {summary['kept']} kept from before, {summary['dropped']} "
+          f"dropped (no longer in the dataset); {summary['seconds']} s")
+    return 0
+
+
+def _similar(a) -> int:
+    from pathlib import Path
+
+    from ..lens.index import load_index, similar
+
+    found = similar(load_index(a.index), Path(a.image), k=a.k)
+    if a.json:
+        print(json.dumps(found, indent=1))
+        return 0
+    called = found["query"]["called"]
+    print(f"the {found['k']} image(s) of {found['index']} nearest to {a.image} in the model's eyes"
+          + (f"; the model calls {', '.join(called)} on it" if called else "; the model calls nothing on it"))
+    for n in found["neighbours"]:
+        print(f"  {n['distance']:.4f}  {n['path']}  {', '.join(n['labels']) or 'No Finding'}")
+    for label, count in found["agreement"].items():
+        print(f"  {count} of {found['k']} carry {label}")
+    return 0
+
+
+def _index_flags(p) -> None:
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    p.add_argument("--data", required=True, help="the dataset folder whose images are embedded")
+    p.add_argument("--out", default=None, help="the index folder (default: the workspace's cache, by dataset and "
+                                               "model); built again, only new images are embedded")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_index)
+
+
+def _similar_flags(p) -> None:
+    p.add_argument("image", help="a PNG, JPEG or DICOM file")
+    p.add_argument("--index", required=True, help="an index folder of `cxr index`")
+    p.add_argument("--k", type=int, default=8, help="how many neighbours")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_similar)
+
+
+INDEX = Command("index", "embed every image of a dataset with a model into a nearest-neighbour index (faiss)",
+                _index_flags)
+SIMILAR = Command("similar", "the images of an index nearest to an image in the model's eyes, with their labels",
+                  _similar_flags)

@@ -1,0 +1,104 @@
+"""A dataset's images embedded by a model, a nearest-neighbour index over them and similar cases (issue 24 §1-§2,
+cxrcore/lens/index.py, `cxr index`, `cxr similar`): an image of the set finds itself first; neighbours share the
+query's findings far more often than random images do; built again, only new images are embedded and gone ones
+dropped; another model's index is refused; the JSON keys of both commands (a contract)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import cxr_here
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    """240 NIH-style phantom films (their labels in Data_Entry_2017.csv)."""
+    from cxrcore.data.phantom import generate
+
+    return generate(tmp_path_factory.mktemp("index") / "films", n=240, domain="nih", seed=31)
+
+
+def test_cxr_index_and_similar_find_the_image_itself_and_neighbours_that_share_its_findings(small_set, shipped,
+                                                                                           tmp_path, monkeypatch,
+                                                                                           capsys):
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    out = tmp_path / "idx"
+    code, text, err = cxr_here(capsys, "index", "--checkpoint", shipped["baseline"], "--data", small_set, "--out",
+                               out, "--json")
+    assert code == 0, err
+    summary = json.loads(text)
+    assert summary["images"] == summary["embedded"] == 240 and summary["kind"] == "exact" and summary["kept"] == 0
+    items = pd.read_parquet(out / "items.parquet")
+    query = items.iloc[7]
+    code, text, err = cxr_here(capsys, "similar", query["path"], "--index", out, "--k", "5", "--json")
+    assert code == 0, err
+    found = json.loads(text)
+    first = found["neighbours"][0]
+    assert first["path"] == query["path"] and first["distance"] < 1e-4            # the image finds itself first
+    assert {"path", "distance", "labels"} <= set(first) and len(found["neighbours"]) == 5
+    assert [n["distance"] for n in found["neighbours"]] == sorted(n["distance"] for n in found["neighbours"])
+    assert set(found["agreement"]) == set(found["query"]["called"])
+
+    # neighbours share a finding with the query far more often than random images do (precision@k by label)
+    from cxrcore.lens.index import load_index
+
+    index = load_index(out)
+    labels = [set(x.split(";")) - {""} for x in index.items["labels"]]
+    _, ids = index.search(index.vectors, 6)
+    hits = [np.mean([bool(labels[i] & labels[j]) for j in row[1:]]) for i, row in enumerate(ids) if labels[i]]
+    base = [np.mean([bool(labels[i] & labels[j]) for j in range(len(labels)) if j != i])
+            for i in range(len(labels)) if labels[i]]
+    assert np.mean(hits) > np.mean(base) + 0.1, (np.mean(hits), np.mean(base))
+
+
+def test_built_again_only_new_images_are_embedded_and_gone_ones_dropped(small_set, shipped, tmp_path,
+                                                                        monkeypatch):
+    from cxrcore.data.phantom import generate
+    from cxrcore.errors import DataError
+    from cxrcore.lens.index import build_index, load_index
+
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    data = tmp_path / "films"
+    shutil.copytree(small_set, data)
+    table = pd.read_csv(data / "Data_Entry_2017.csv")
+    table.iloc[:200].to_csv(data / "Data_Entry_2017.csv", index=False)      # the first 200 films only
+    index, summary = build_index(shipped["baseline"], data, tmp_path / "idx")
+    assert summary["embedded"] == 200 and len(index) == 200
+    before = load_index(tmp_path / "idx").vectors.copy()
+    table.iloc[20:].to_csv(data / "Data_Entry_2017.csv", index=False)       # 40 films come, 20 go
+    index, summary = build_index(shipped["baseline"], data, tmp_path / "idx")
+    assert (summary["embedded"], summary["kept"], summary["dropped"], len(index)) == (40, 180, 20, 220)
+    assert np.allclose(load_index(tmp_path / "idx").vectors[:180], before[20:])   # kept vectors not recomputed
+    assert index.index.ntotal == 220
+    with pytest.raises(DataError, match="another model"):
+        build_index(shipped["finetuned"], data, tmp_path / "idx")
+    with pytest.raises(DataError, match="is not an index"):
+        load_index(tmp_path)
+    other = generate(tmp_path / "empty-labels", n=20, domain="nih", seed=32)
+    assert build_index(shipped["baseline"], other, tmp_path / "idx2")[1]["images"] == 20
+
+
+def test_compare_shows_similar_cases_from_an_index_of_either_model(small_set, app_home, shipped, tmp_path,
+                                                                   monkeypatch):
+    """Compare's "Similar cases" (AppTest): the index the baseline built in the workspace is offered; the nearest
+    films come with their labels and distance, and one opens side by side with the upload."""
+    from conftest import app_page, fresh_workspace, no_exception
+    from cxrcore.lens.index import build_index
+
+    monkeypatch.setenv("CXR_HOME", str(fresh_workspace(app_home, tmp_path / "home")))
+    build_index(shipped["baseline"], small_set)          # the workspace's cache, by dataset and model
+    at = app_page("compare").run()
+    no_exception(at)
+    at.radio(key="compare_source").set_value("A held-out phantom test image (ground truth known)").run()
+    no_exception(at)
+    box = at.selectbox(key="similar_index")
+    assert box.value.startswith("films (240 films) · baseline's eyes")
+    at.number_input(key="similar_k").set_value(4).run()
+    no_exception(at)
+    shown = [c.value for c in at.caption if c.value.startswith("**") and "distance" in c.value]
+    assert len(shown) == 4 and all("labels:" in c for c in shown)
+    assert len(at.selectbox(key="similar_open").options) == 4

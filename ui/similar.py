@@ -1,0 +1,99 @@
+"""Compare's "Similar cases" (issue 24 §2): the films of an indexed dataset nearest to the upload in one model's eyes
+(cxrcore.lens.index), with their labels, the model's probabilities and distance, how many share each finding the
+model calls; one opened side by side with the upload."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from cxrcore.errors import CXRError
+from ui.common import load_predictor, md_text, show_error
+
+
+def indexes_for(paths: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """Display name -> (index folder, role) of every index in the workspace's cache built by one of the models
+    ``paths`` (role -> checkpoint)."""
+    import json
+
+    from cxrcore import workspace
+    from cxrcore.checkpoint import read_card
+    from cxrcore.runtime import network_digest
+
+    nets = {}
+    for role, path in paths.items():
+        try:
+            nets[network_digest(read_card(path))] = role
+        except CXRError:
+            continue
+    out = {}
+    root = workspace.cache() / "index"
+    for meta in sorted(root.glob("*/meta.json")) if root.is_dir() else []:
+        try:
+            m = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        if m.get("network") in nets:
+            role = nets[m["network"]]
+            out[f"{m.get('dataset')} ({m.get('images')} films) · {role}'s eyes"] = (str(meta.parent), role)
+    return out
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _index(folder: str, stamp: float):
+    from cxrcore.lens.index import load_index
+
+    return load_index(folder)
+
+
+def similar_cases(image, paths: dict[str, str], key: str = "similar") -> None:
+    """The expander (nothing when no index of either model is in the workspace: it says how to build one)."""
+    with st.expander("Similar cases from an indexed dataset", expanded=False):
+        found = indexes_for(paths)
+        if not found:
+            st.caption("No dataset is indexed by these models yet: `cxr index --checkpoint C --data DATASET` builds "
+                       "one (docs/lens.md).")
+            return
+        c1, c2 = st.columns([3, 1])
+        chosen = c1.selectbox("Index", list(found), key=f"{key}_index")
+        k = c2.number_input("How many", 1, 50, 8, key=f"{key}_k")
+        folder, role = found[chosen]
+        try:
+            from cxrcore.lens.index import similar
+
+            index = _index(folder, (Path(folder) / "meta.json").stat().st_mtime)
+            result = similar(index, image, k=int(k), predictor=load_predictor(paths[role]))
+        except CXRError as exc:
+            show_error(exc)
+            return
+        called = result["query"]["called"]
+        st.caption(f"The {result['k']} films of {md_text(chosen)} nearest to this one (distance: 1 − cosine of the "
+                   f"model's penultimate features). " + ("; ".join(
+                       f"{count} of {result['k']} carry {md_text(x)}" for x, count in result["agreement"].items())
+                       if called else "The model calls no finding on this film."))
+        cols = st.columns(4)
+        for i, n in enumerate(result["neighbours"]):
+            top = ", ".join(f"{md_text(x)} {n['probabilities'][x]:.2f}" for x in called) or "-"
+            with cols[i % 4]:
+                try:
+                    from cxrcore.data.imageio import read_image, to_uint8
+
+                    st.image(to_uint8(read_image(Path(n["path"]).read_bytes(), Path(n["path"]).name).pixels),
+                             use_container_width=True)
+                except (OSError, CXRError):
+                    st.caption("(the file is not readable here)")
+                st.caption(f"**{i + 1}** · distance {n['distance']:.3f} · labels: "
+                           f"{md_text(', '.join(n['labels']) or 'No Finding')} · model: {top}")
+        names = [f"{i + 1}: {Path(n['path']).name}" for i, n in enumerate(result["neighbours"])]
+        pick = st.selectbox("Open one side by side with this film", names, key=f"{key}_open")
+        n = result["neighbours"][names.index(pick)]
+        left, right = st.columns(2)
+        from cxrcore.data.imageio import read_image, to_uint8
+
+        left.image(to_uint8(image.pixels), caption="this film", use_container_width=True)
+        try:
+            right.image(to_uint8(read_image(Path(n["path"]).read_bytes(), Path(n["path"]).name).pixels),
+                        caption=md_text(f"{Path(n['path']).name}: {', '.join(n['labels']) or 'No Finding'}"),
+                        use_container_width=True)
+        except (OSError, CXRError):
+            right.caption("(the file is not readable here)")
