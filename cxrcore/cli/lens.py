@@ -1,5 +1,6 @@
-"""``cxr index`` and ``cxr similar``: a dataset's images embedded by a model into a nearest-neighbour index, and
-the images of it nearest to a new one (cxrcore.lens.index; issue 24)."""
+"""``cxr index``, ``cxr similar`` and ``cxr label-issues``: a dataset's images embedded by a model into a
+nearest-neighbour index, the images of it nearest to a new one (cxrcore.lens.index), and its likely label errors
+(cxrcore.lens.issues; issue 24)."""
 from __future__ import annotations
 
 import json
@@ -40,6 +41,32 @@ def _similar(a) -> int:
     return 0
 
 
+def _issues(a) -> int:
+    from ..lens.issues import find_issues
+
+    found = find_issues(a.checkpoint, a.data, progress=None if a.json else bar("predict"))
+    if a.json:
+        print(json.dumps(found.to_dict(), indent=1))
+        return 0
+    print(f"{len(found.issues)} likely label error(s) among {found.images} image(s) out of sample for the model "
+          f"({', '.join(found.labels)})" + (f"; {found.note}" if found.note else ""))
+    for r in found.issues[:a.top]:
+        print(f"  {r['score']:.3f}  {r['image']}  {r['label']}: given {r['given']}, the model says "
+              f"{r['probability']:.2f}")
+    if len(found.issues) > a.top:
+        print(f"  … {len(found.issues) - a.top} more (--top N, or --json for all)")
+    return 0
+
+
+def _issues_flags(p) -> None:
+    p.add_argument("--data", required=True, help="the dataset folder whose labels are checked")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP + " (its probabilities on images it did not "
+                                                                          "train on are used)")
+    p.add_argument("--top", type=int, default=20, help="how many to print (text output)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_issues)
+
+
 def _index_flags(p) -> None:
     p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--data", required=True, help="the dataset folder whose images are embedded")
@@ -62,3 +89,5 @@ INDEX = Command("index", "embed every image of a dataset with a model into a nea
                 _index_flags)
 SIMILAR = Command("similar", "the images of an index nearest to an image in the model's eyes, with their labels",
                   _similar_flags)
+LABEL_ISSUES = Command("label-issues", "likely label errors of a dataset from a model's out-of-sample probabilities "
+                                       "(cleanlab), most likely first", _issues_flags)
