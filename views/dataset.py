@@ -30,6 +30,7 @@ from cxrcore.errors import AccessError, CXRError
 from cxrcore.explain.visual import png_bytes, thumbnail
 from cxrcore.labels import LABEL_SPACES, canonical
 from ui.common import chart_config, dataset_choices, hosting_settings, md_text, show_error
+from ui.label_review import label_errors_tab
 
 NIH_FULL = "NIH ChestX-ray14 — full label table (torchxrayvision)"
 CHEXPERT_FULL = "CheXpert — full train table (torchxrayvision)"
@@ -39,6 +40,7 @@ TOP_K = 100  # combinations computed once; the slider shows a prefix
 ALL_IMAGES = "all images"
 SECTIONS = ["Prevalence", "Co-occurrence", "Combinations", "Demographics", "Split balance"]
 GALLERY = "Gallery"
+LABEL_ERRORS = "Label errors"
 OWN_LABELS = "this dataset's labels"
 
 
@@ -467,7 +469,7 @@ if data is not None:
         st.info("This dataset has no label columns.")
     else:
         has_images = source is not None and not source.startswith("builtin:") and s["images_on_disk"] > 0
-        names = SECTIONS + ([GALLERY] if has_images else [])
+        names = SECTIONS + ([GALLERY, LABEL_ERRORS] if has_images else [])
         if st.session_state.get("dataset_section") not in names:  # e.g. Gallery, then a source without images
             st.session_state["dataset_section"] = names[0]
         # Lazy tabs: only the open one runs (and draws); switching reruns the page.
@@ -485,6 +487,8 @@ if data is not None:
                 _demographics(source, data["demographics"], s["labels"], slug)
             elif section == "Split balance":
                 _split_balance(source, s, slug)
+            elif section == LABEL_ERRORS:   # a model's suspected label errors, reviewed here (ui/label_review.py)
+                label_errors_tab(source.partition(":")[2], _stamp(source))
             else:
                 _gallery(source, s)
         if not has_images:

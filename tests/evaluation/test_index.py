@@ -121,15 +121,21 @@ def flip_labels(folder, labels: list[str], share: float, seed: int) -> set[tuple
     return flipped
 
 
-def test_cxr_label_issues_finds_flipped_labels_of_a_noised_phantom(shipped, tmp_path, monkeypatch, capsys):
-    """5 % of three findings' labels of 300 NIH-style phantom films flipped (seeded): `cxr label-issues` (cleanlab on
-    the shipped baseline's probabilities; it never saw these films) ranks flipped pairs first far above chance, in
-    the contract's JSON."""
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory):
+    """300 NIH-style phantom films (seed 33: the shipped models never saw them) with 5 % of three findings' labels
+    flipped (seeded); (the folder, the flipped pairs)."""
     from cxrcore.data.phantom import generate
 
+    data = generate(tmp_path_factory.mktemp("noisy") / "noisy", n=300, domain="nih", seed=33)
+    return data, flip_labels(data, ["Effusion", "Infiltration", "Atelectasis"], 0.05, seed=1)
+
+
+def test_cxr_label_issues_finds_flipped_labels_of_a_noised_phantom(noisy, shipped, tmp_path, monkeypatch, capsys):
+    """`cxr label-issues` (cleanlab on the shipped baseline's out-of-sample probabilities) ranks the flipped pairs
+    first far above chance, in the contract's JSON."""
     monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
-    data = generate(tmp_path / "noisy", n=300, domain="nih", seed=33)
-    flipped = flip_labels(data, ["Effusion", "Infiltration", "Atelectasis"], 0.05, seed=1)
+    data, flipped = noisy
     code, text, err = cxr_here(capsys, "label-issues", "--data", data, "--checkpoint", shipped["baseline"], "--json")
     assert code == 0, err
     found = json.loads(text)
@@ -141,3 +147,46 @@ def test_cxr_label_issues_finds_flipped_labels_of_a_noised_phantom(shipped, tmp_
     hits = sum((r["image"], r["label"]) in flipped for r in top)
     chance = len(flipped) / (300 * 14)   # a random (image, label) pair of the 14 examined
     assert hits / len(flipped) > 10 * chance and hits >= len(flipped) // 3, (hits, len(flipped))
+
+
+def test_the_dataset_page_lists_suspected_label_errors_and_a_reviewer_marks_them(noisy, app_home, shipped, tmp_path,
+                                                                                  monkeypatch):
+    """The Dataset page's "Label errors" tab (AppTest): the noised phantom's suspected errors, most likely first; two
+    verdicts kept at once (label wrong, label right); the relabel table holds them, the corrected value flipped
+    where the label is wrong; the dataset's own label file unchanged."""
+    from conftest import app_page, fresh_workspace, no_exception
+    from cxrcore.lens.review import ReviewStore, relabel_table
+
+    home = fresh_workspace(app_home, tmp_path / "home")
+    monkeypatch.setenv("CXR_HOME", str(home))
+    data, _ = noisy
+    (home / "datasets" / "noisy").symlink_to(data, target_is_directory=True)
+    before = (data / "Data_Entry_2017.csv").read_bytes()
+    at = app_page("dataset")
+    at.session_state["dataset_source"] = "noisy"
+    at.session_state["dataset_section"] = "Label errors"
+    at.session_state["issues_model"] = next(k for k in _choices() if k.startswith("baseline"))
+    at.run()
+    no_exception(at)
+    at.button(key="issues_go").click().run()
+    no_exception(at)
+    assert any("suspected label errors among **300** films" in m.value for m in at.markdown)
+    radios = [r for r in at.radio if r.key and r.key.startswith("issue::")]
+    assert len(radios) == 10 and all(r.value == "not reviewed" for r in radios)
+    first, second = radios[0].key, radios[1].key
+    at.radio(key=first).set_value("label wrong").run()
+    at.radio(key=second).set_value("label right").run()
+    no_exception(at)
+    folder = str((home / "datasets" / "noisy").resolve())
+    table = relabel_table(ReviewStore(), folder).set_index("label", append=False)
+    assert len(table) == 2 and sorted(table["verdict"]) == ["label right", "label wrong"]
+    wrong = table[table["verdict"] == "label wrong"].iloc[0]
+    assert wrong["corrected"] == 1 - wrong["given"]
+    assert any("2 reviewed pairs" in b.label for b in at.download_button)
+    assert (data / "Data_Entry_2017.csv").read_bytes() == before
+
+
+def _choices():
+    from ui.common import checkpoint_choices
+
+    return checkpoint_choices()

@@ -1,0 +1,101 @@
+"""The Dataset page's "Label errors" tab (issue 24 §3): a model's suspected label errors of the dataset
+(cxrcore.lens.issues, cleanlab on out-of-sample probabilities), most likely first, each with its film, the label as
+given and the model's probability; a reviewer marks each "label wrong / label right / unsure", kept at once
+(cxrcore.lens.review); the reviewed pairs export as a relabel table (CSV), the dataset's own files untouched."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from cxrcore import hosting
+from cxrcore.errors import CXRError
+from ui.common import current_user, hosting_settings, md_text, model_picker, require_checkpoints, show_error
+
+PAGE = 10
+NOT_REVIEWED = "not reviewed"
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _issues(ckpt: str, folder: str, stamp: tuple) -> dict:
+    from cxrcore.lens.issues import find_issues
+
+    access = hosting_settings()
+    user = current_user(access)
+    with hosting.heavy_slot(user, access):
+        return find_issues(ckpt, folder, limits=hosting.limits(access, user)).to_dict()
+
+
+def label_errors_tab(folder: str, stamp: tuple) -> None:
+    from cxrcore.lens.review import VERDICTS, ReviewStore, relabel_table
+
+    access = hosting_settings()
+    user = current_user(access)
+    choices = require_checkpoints()
+    c1, c2 = st.columns([3, 1])
+    name = model_picker(c1, "Model whose out-of-sample probabilities judge the labels", choices, "issues_model",
+                        prefer=("baseline",))
+    c2.write("")
+    if c2.button("Look for label errors", key="issues_go", type="primary"):
+        st.session_state["issues_for"] = (choices[name], folder)
+    wanted = st.session_state.get("issues_for")
+    if wanted != (choices[name], folder):
+        st.caption("The model's probabilities on the films it did not train on, then cleanlab (one label at a time): "
+                   "the (film, label) pairs whose given label the model most confidently disagrees with. Press "
+                   "**Look for label errors**.")
+        return
+    try:
+        with st.spinner("Predicting the films the model did not train on (cached afterwards) and ranking…"):
+            found = _issues(choices[name], folder, stamp)
+    except CXRError as exc:
+        show_error(exc)
+        return
+    issues = found["issues"]
+    st.markdown(f"**{len(issues)}** suspected label errors among **{found['images']}** films out of sample for "
+                f"{md_text(name)} ({len(found['labels'])} labels)." + (f" {md_text(found['note'])}" if found["note"]
+                                                                        else ""))
+    store = ReviewStore()
+    verdicts = store.verdicts(folder)
+    reviewed = sum((r["image"], r["label"]) in verdicts for r in issues)
+    pages = max(1, -(-len(issues) // PAGE))
+    p1, p2 = st.columns([1, 3])
+    page = int(p1.number_input("Page", 1, pages, 1, key="issues_page"))
+    p2.caption(f"{reviewed} of {len(issues)} reviewed; {PAGE} per page, most likely error first.")
+    for k, r in enumerate(issues[(page - 1) * PAGE: page * PAGE], start=(page - 1) * PAGE + 1):
+        left, right = st.columns([1, 3])
+        try:
+            from cxrcore.data.imageio import read_image, to_uint8
+
+            left.image(to_uint8(read_image(Path(r["path"]).read_bytes(), Path(r["path"]).name).pixels),
+                       use_container_width=True)
+        except (OSError, CXRError, KeyError):
+            left.caption("(the film is not readable here)")
+        given = "present" if r["given"] else "absent"
+        right.markdown(f"**{k}.** `{md_text(r['image'])}` · **{md_text(r['label'])}** given as **{given}**; the "
+                       f"model says {r['probability']:.2f} · suspicion {r['score']:.3f}")
+        now = verdicts.get((r["image"], r["label"]), {})
+        options = [NOT_REVIEWED, *VERDICTS]
+        key = f"issue::{folder}::{r['image']}::{r['label']}"
+        st.session_state.setdefault(key, now.get("verdict", NOT_REVIEWED))
+        right.radio("Verdict", options, key=key, horizontal=True, label_visibility="collapsed",
+                    on_change=_save, args=(store, folder, r, key, user.id if user else "anonymous"))
+        if now:
+            right.caption(f"reviewed by {md_text(hosting.owner_display(now['reviewer']))}")
+    table = relabel_table(store, folder)
+    st.download_button(f"Download the relabel table ({len(table)} reviewed pairs, CSV)",
+                       table.to_csv(index=False).encode(), file_name=f"relabel_{Path(folder).name}.csv",
+                       mime="text/csv", key="issues_export",
+                       help="image_id, label, given, corrected (the other value where the label is wrong), verdict, "
+                            "reviewer, when; the dataset's own label files are not changed.")
+
+
+def _save(store, folder: str, r: dict, key: str, reviewer: str) -> None:
+    """A verdict kept the moment it is given (another reviewer's later verdict on the same pair replaces it)."""
+    verdict = st.session_state[key]
+    try:
+        if verdict == NOT_REVIEWED:
+            store.unmark(folder, r["image"], r["label"])
+        else:
+            store.mark(folder, r["image"], r["label"], r["given"], verdict, reviewer)
+    except CXRError as exc:
+        show_error(exc)
