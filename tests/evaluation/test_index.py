@@ -190,3 +190,21 @@ def _choices():
     from ui.common import checkpoint_choices
 
     return checkpoint_choices()
+
+
+def test_from_ann_from_images_on_the_index_is_an_hnsw_graph_that_finds_the_same_neighbours(monkeypatch):
+    """Above ``ANN_FROM`` images the index is faiss's HNSW graph (the threshold lowered here to 300 vectors, so the
+    graph is built small): it answers as the exact index does on well-separated vectors."""
+    import faiss
+
+    from cxrcore.lens import index as lens_index
+
+    rng = np.random.default_rng(0)
+    vectors = lens_index.normalised(rng.normal(size=(400, 32)))
+    exact = lens_index._faiss_index(vectors)
+    monkeypatch.setattr(lens_index, "ANN_FROM", 300)
+    graph = lens_index._faiss_index(vectors)
+    assert isinstance(graph, faiss.IndexHNSWFlat) and isinstance(exact, faiss.IndexFlatIP)
+    _, a = exact.search(vectors[:50], 5)
+    _, b = graph.search(vectors[:50], 5)
+    assert (a[:, 0] == np.arange(50)).all() and np.mean(a == b) > 0.95
