@@ -31,6 +31,7 @@ from cxrcore.explain.visual import png_bytes, thumbnail
 from cxrcore.labels import LABEL_SPACES, canonical
 from ui.common import chart_config, dataset_choices, hosting_settings, md_text, show_error
 from ui.label_review import label_errors_tab
+from ui.leaks import leaks_section
 
 NIH_FULL = "NIH ChestX-ray14 — full label table (torchxrayvision)"
 CHEXPERT_FULL = "CheXpert — full train table (torchxrayvision)"
@@ -69,15 +70,17 @@ def _statistics(source: str, stamp: tuple) -> dict:
 @st.cache_data(show_spinner="Splitting the patients and comparing the label rates per split…", max_entries=32)
 def _balance(source: str, stamp: tuple, method: str, seed: int, val: float, test: float, space: str,
              policy: str) -> dict:
-    """The split training would make (``split_balance``) and its per-label balance; small tables only
-    (not the per-image split), so a cache hit costs well under a millisecond."""
+    """The split training would make (``split_balance``) and its per-label balance; the per-image split only for
+    a dataset folder (for the near-duplicate report; the built-in tables are label tables without images)."""
     index = _index(source, stamp)
     wanted = list(index.labels) if space == OWN_LABELS else LABEL_SPACES[space]
     labels = index.shared_labels(wanted)
     t0 = time.perf_counter()
     out = split_balance(index, labels, method, seed, val, test, policy)
     return {"labels": labels, "missing": [x for x in wanted if x not in labels], "report": out["report"],
-            "warnings": out["warnings"], "sizes": out["sizes"], "seconds": time.perf_counter() - t0}
+            "warnings": out["warnings"], "sizes": out["sizes"], "seconds": time.perf_counter() - t0,
+            "split": dict(zip(index.frame["image_id"].astype(str), map(str, out["split"])))
+            if source.startswith("folder:") else {}}
 
 
 GALLERY_N = 12
@@ -458,6 +461,8 @@ def _split_balance(src: str, s: dict, slug: str) -> None:
     if res["missing"]:
         notes.append(f"Not in this dataset, left out: {md_text(', '.join(res['missing']))}.")
     st.caption(" ".join(notes))
+    if src.startswith("folder:"):   # a model's index of these films: near-duplicates, and those split apart
+        leaks_section(src.partition(":")[2], res["split"])
 
 
 if data is not None:

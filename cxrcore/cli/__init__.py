@@ -17,7 +17,7 @@ from .common import CHECKPOINT_HELP, LIBRARY_HINT, CommandParser
 COMMANDS = (data.PHANTOM, train.TRAIN, sweep.SWEEP, predict.PREDICT, eval.LOCALIZE, explain.EXPLAIN, data.STATS,
             data.CACHE, models.COMBINE, models.ZEROSHOT, demo.DEMO, jobs.JOBS, eval.EVAL, reader_study.READER_STUDY,
             score.SCORE, pacs.PACS, site.SITE, monitor.MONITOR, lens.INDEX, lens.SIMILAR, lens.LABEL_ISSUES,
-            serve.SERVE)
+            lens.DUPLICATES, serve.SERVE)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,6 +67,32 @@ def _issues_flags(p) -> None:
     p.set_defaults(func=_issues)
 
 
+def _duplicates(a) -> int:
+    from ..lens.index import load_index, near_duplicates
+
+    found = near_duplicates(load_index(a.index), ratio=a.ratio)
+    if a.json:
+        print(json.dumps(found, indent=1))
+        return 0
+    print(f"{len(found['pairs'])} near-duplicate pair(s) in {a.index} (distance under {found['threshold']}: "
+          f"{found['ratio']} × the median nearest-other distance {found['median_nearest']}); {found['leaks']} across "
+          "the model's splits (leaks)")
+    for p in found["pairs"]:
+        where = f"LEAK {p['split_a']} / {p['split_b']}" if p["leak"] else (p["split_a"] or "-")
+        print(f"  {p['distance']:.6f}  {p['a']}  {p['b']}  {where}" + ("  same patient" if p["same_patient"] else ""))
+    return 0
+
+
+def _duplicates_flags(p) -> None:
+    from ..lens.index import DUPLICATE_RATIO
+
+    p.add_argument("--index", required=True, help="an index folder of `cxr index`")
+    p.add_argument("--ratio", type=float, default=DUPLICATE_RATIO,
+                   help="a pair is a near-duplicate under this share of the median nearest-other distance")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_duplicates)
+
+
 def _index_flags(p) -> None:
     p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--data", required=True, help="the dataset folder whose images are embedded")
@@ -91,3 +117,5 @@ SIMILAR = Command("similar", "the images of an index nearest to an image in the 
                   _similar_flags)
 LABEL_ISSUES = Command("label-issues", "likely label errors of a dataset from a model's out-of-sample probabilities "
                                        "(cleanlab), most likely first", _issues_flags)
+DUPLICATES = Command("duplicates", "films of an index whose embeddings nearly coincide, and those across the splits "
+                                   "(leaks)", _duplicates_flags)

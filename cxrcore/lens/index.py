@@ -233,3 +233,46 @@ def similar(index: EmbeddingIndex, image, k: int = 8, predictor=None) -> dict:
     return {"neighbours": neighbours, "query": {"probabilities": {x: round(float(p), 4) for x, p in
                                                                   zip(labels, probs[0])}, "called": called},
             "agreement": agreement, "k": len(neighbours), "index": str(index.folder)}
+
+
+DUPLICATE_RATIO = 0.15   # a pair nearer than this share of the dataset's median nearest-other distance
+
+
+def near_duplicates(index: EmbeddingIndex, ratio: float = DUPLICATE_RATIO, k: int = 5,
+                    splits: dict[str, str] | None = None) -> dict:
+    """Films whose embeddings nearly coincide: every pair nearer than ``ratio`` × the median distance from a film
+    to its nearest other film in this index (scale-free: each model's embedding has its own scale; on the phantom
+    the shipped baseline puts distinct films at ≥ 0.31 × that median and a JPEG re-encode or a resize of a film at
+    ≤ 0.09 ×). A pair in two different splits is a **leak** (``splits``: image id → split, default the model's own
+    split of the index's films). ``{"threshold", "median_nearest", "ratio", "pairs": [{"a", "b", "path_a", "path_b",
+    "distance", "split_a", "split_b", "same_patient", "leak"}], "leaks"}``, nearest first."""
+    if not 0 < ratio < 1:
+        raise DataError(f"The ratio is between 0 and 1, not {ratio}.")
+    if len(index) < 3:
+        return {"threshold": None, "median_nearest": None, "ratio": ratio, "pairs": [], "leaks": 0}
+    dist, ids = index.search(index.vectors, min(k + 1, len(index)))
+    rows = np.arange(len(index))
+    nearest_other = np.where(ids[:, 0] == rows, dist[:, 1], dist[:, 0])
+    median = float(np.median(np.maximum(nearest_other, 0.0)))
+    threshold = ratio * median
+    items = index.items
+    split_of = (lambda i: splits.get(str(items["image_id"].iloc[i]), "")) if splits is not None else (
+        lambda i: str(items["split"].iloc[i]))
+    seen, pairs = set(), []
+    for i in range(len(index)):
+        for d, j in zip(dist[i], ids[i]):
+            if j < 0 or j == i or d >= threshold:
+                continue
+            a, b = sorted((i, int(j)))
+            if (a, b) in seen:
+                continue
+            seen.add((a, b))
+            sa, sb = split_of(a), split_of(b)
+            pairs.append({"a": str(items["image_id"].iloc[a]), "b": str(items["image_id"].iloc[b]),
+                          "path_a": str(items["path"].iloc[a]), "path_b": str(items["path"].iloc[b]),
+                          "distance": round(float(max(d, 0.0)), 8), "split_a": sa, "split_b": sb,
+                          "same_patient": bool(items["patient_id"].iloc[a] == items["patient_id"].iloc[b]),
+                          "leak": bool(sa and sb and sa != sb)})
+    pairs.sort(key=lambda p: p["distance"])
+    return {"threshold": round(threshold, 8), "median_nearest": round(median, 8), "ratio": ratio, "pairs": pairs,
+            "leaks": sum(p["leak"] for p in pairs)}

@@ -208,3 +208,56 @@ def test_from_ann_from_images_on_the_index_is_an_hnsw_graph_that_finds_the_same_
     _, a = exact.search(vectors[:50], 5)
     _, b = graph.search(vectors[:50], 5)
     assert (a[:, 0] == np.arange(50)).all() and np.mean(a == b) > 0.95
+
+
+def test_cxr_duplicates_finds_planted_copies_and_the_leaks_across_splits(small_set, app_home, shipped, tmp_path,
+                                                                         monkeypatch, capsys):
+    """Three films copied into the dataset under new names and new patients (one as a JPEG re-encode, one resized):
+    `cxr duplicates` finds exactly those three pairs, no distinct films, and calls a pair in two of the model's
+    splits a leak; the Dataset page's split balance report (AppTest) lists the same pairs."""
+    from PIL import Image
+
+    from conftest import app_page, fresh_workspace, no_exception
+
+    home = fresh_workspace(app_home, tmp_path / "home")
+    monkeypatch.setenv("CXR_HOME", str(home))
+    data = home / "datasets" / "films"
+    shutil.copytree(small_set, data)
+    table = pd.read_csv(data / "Data_Entry_2017.csv")
+    copies = []
+    for k, (i, how) in enumerate([(3, "png"), (50, "jpeg"), (120, "resize")]):
+        row = table.iloc[i].copy()
+        src = data / "images" / row["Image Index"]
+        name = f"{90000 + k:08d}_000.png"
+        im = Image.open(src).convert("L")
+        if how == "jpeg":
+            import io
+
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=90)
+            im = Image.open(buf)
+        elif how == "resize":
+            im = im.resize((200, 200))
+        im.save(data / "images" / name)
+        copies.append(tuple(sorted((row["Image Index"], name))))
+        row["Image Index"], row["Patient ID"], row["Follow-up #"] = name, 90000 + k, 0
+        table = pd.concat([table, row.to_frame().T], ignore_index=True)
+    table.to_csv(data / "Data_Entry_2017.csv", index=False)
+    code, text, err = cxr_here(capsys, "index", "--checkpoint", shipped["baseline"], "--data", data, "--json")
+    assert code == 0, err
+    where = json.loads(text)["index"]     # the workspace's cache: where the pages look
+    code, text, err = cxr_here(capsys, "duplicates", "--index", where, "--json")
+    assert code == 0, err
+    found = json.loads(text)
+    assert sorted((p["a"], p["b"]) for p in found["pairs"]) == sorted(copies)
+    assert all(p["leak"] == (p["split_a"] != p["split_b"]) and not p["same_patient"] for p in found["pairs"])
+    assert found["leaks"] == sum(p["leak"] for p in found["pairs"]) and found["threshold"] > 0
+
+    at = app_page("dataset")
+    at.session_state["dataset_source"] = "films"
+    at.session_state["dataset_section"] = "Split balance"
+    at.run()
+    no_exception(at)
+    shown = next(d.value for d in at.dataframe if "near-duplicate" in d.value.columns)
+    assert sorted(tuple(sorted(x)) for x in zip(shown["film"], shown["near-duplicate"])) == sorted(copies)
+    assert any("3 near-duplicate pair(s)" in m.value for m in list(at.error) + list(at.warning))
