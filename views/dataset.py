@@ -30,6 +30,7 @@ from cxrcore.errors import AccessError, CXRError
 from cxrcore.explain.visual import png_bytes, thumbnail
 from cxrcore.labels import LABEL_SPACES, canonical
 from ui.common import chart_config, dataset_choices, hosting_settings, md_text, show_error
+from ui.embedding_map import embedding_map_tab
 from ui.label_review import label_errors_tab
 from ui.leaks import leaks_section
 
@@ -42,6 +43,7 @@ ALL_IMAGES = "all images"
 SECTIONS = ["Prevalence", "Co-occurrence", "Combinations", "Demographics", "Split balance"]
 GALLERY = "Gallery"
 LABEL_ERRORS = "Label errors"
+EMBEDDING_MAP = "Embedding map"
 OWN_LABELS = "this dataset's labels"
 
 
@@ -474,7 +476,7 @@ if data is not None:
         st.info("This dataset has no label columns.")
     else:
         has_images = source is not None and not source.startswith("builtin:") and s["images_on_disk"] > 0
-        names = SECTIONS + ([GALLERY, LABEL_ERRORS] if has_images else [])
+        names = SECTIONS + ([GALLERY, LABEL_ERRORS, EMBEDDING_MAP] if has_images else [])
         if st.session_state.get("dataset_section") not in names:  # e.g. Gallery, then a source without images
             st.session_state["dataset_section"] = names[0]
         # Lazy tabs: only the open one runs (and draws); switching reruns the page.
@@ -494,6 +496,8 @@ if data is not None:
                 _split_balance(source, s, slug)
             elif section == LABEL_ERRORS:   # a model's suspected label errors, reviewed here (ui/label_review.py)
                 label_errors_tab(source.partition(":")[2], _stamp(source))
+            elif section == EMBEDDING_MAP:  # a model's 2-D map of the films (ui/embedding_map.py)
+                embedding_map_tab(source.partition(":")[2], _index(source, _stamp(source)).frame)
             else:
                 _gallery(source, s)
         if not has_images:

@@ -202,11 +202,11 @@ def test_every_section_renders(app):
     """Each section of a phantom (which has images, so also the Gallery) opens without an exception and
     draws its own content only."""
     choose(app, "phantom chexpert (built-in)")
-    assert [t.label for t in app.tabs] == SECTIONS + ["Gallery", "Label errors"]
+    assert [t.label for t in app.tabs] == SECTIONS + ["Gallery", "Label errors", "Embedding map"]
     expect = {"Prevalence": "Download value counts (CSV)", "Co-occurrence": "Download co-occurrence counts (CSV)",
               "Combinations": "Download top combinations (CSV)", "Demographics": "Download view by label (CSV)",
               "Split balance": "Download split balance (CSV)"}
-    for section in SECTIONS + ["Gallery", "Label errors"]:   # Label errors: its model runs only on a click
+    for section in SECTIONS + ["Gallery", "Label errors", "Embedding map"]:   # no model runs before a click
         open_section(app, section)
         assert not app.error
         if section in expect:

@@ -261,3 +261,21 @@ def test_cxr_duplicates_finds_planted_copies_and_the_leaks_across_splits(small_s
     shown = next(d.value for d in at.dataframe if "near-duplicate" in d.value.columns)
     assert sorted(tuple(sorted(x)) for x in zip(shown["film"], shown["near-duplicate"])) == sorted(copies)
     assert any("3 near-duplicate pair(s)" in m.value for m in list(at.error) + list(at.warning))
+
+    # the same index's embedding map (t-SNE), coloured by a subgroup, a label, the model's probability
+    at.session_state["dataset_section"] = "Embedding map"
+    at.run()
+    no_exception(at)
+    assert {"split", "sex", "age band", "view", "label: Effusion", "model's probability: Effusion"} <= set(
+        at.selectbox(key="map_colour").options)
+    at.selectbox(key="map_colour").set_value("model's probability: Effusion").run()
+    no_exception(at)
+    assert len(at.get("plotly_chart")) == 1 and any("243 of 243 films" in c.value for c in at.caption)
+    from cxrcore.lens.index import load_index
+    from cxrcore.lens.map import embedding_map
+
+    index = load_index(where)
+    rows, xy = embedding_map(index)                     # kept beside the index: read back, not recomputed
+    assert len(rows) == 243 and xy.shape == (243, 2) and (index.folder / "map-243-0.npz").is_file()
+    rows, part = embedding_map(index, max_points=100)   # a seeded sample beyond the maximum
+    assert len(rows) == 100 and part.shape == (100, 2)
