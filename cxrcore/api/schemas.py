@@ -210,9 +210,37 @@ class ErrorResponse(BaseModel):
     success: Literal[False] = False
 
 
+MAX_SIMILAR = 50
+
+
+class SimilarRequest(_Image):
+    index: str | None = Field(None, description="An index from GET /health's `indexes` (default: the first served).")
+    k: int = Field(8, ge=1, le=MAX_SIMILAR, description="How many neighbours.")
+
+
+class Neighbour(BaseModel):
+    image_id: str
+    distance: float = Field(description="1 - cosine similarity of the model's penultimate features.")
+    labels: list[str] = Field(description="The dataset's positive labels of the film.")
+    split: str = Field(description="The model's split the film belongs to (train / val / test).")
+    probabilities: dict[str, float]
+
+
+class SimilarResponse(BaseModel):
+    neighbours: list[Neighbour]
+    query: dict = Field(description="The model's `probabilities` for the image and the labels it `called`.")
+    agreement: dict[str, int] = Field(description="Per label the model calls: how many of the k carry it.")
+    k: int
+    index: str
+    model: str
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok"]
     models: list[str] | None = None
+    sites: dict[str, list[str]] | None = None
+    indexes: dict[str, str] | None = Field(None, description="Index name -> the model whose eyes it was built with "
+                                                             "(POST /similar).")
     default_model: str | None = None
     labels: dict[str, list[str]] | None = None
     display_names: dict[str, str] | None = None

@@ -6,7 +6,7 @@ import json
 import os
 import socket
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from ..errors import ConfigError
 from .app import create_app
@@ -27,6 +27,7 @@ class ServeConfig:
     max_image_bytes: int | None = None
     device: str = "cpu"
     max_batch: int = MAX_BATCH
+    indexes: list[str] = field(default_factory=list)
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -40,7 +41,8 @@ class ServeConfig:
 
     def service(self) -> Service:
         return Service(self.checkpoints, token=os.environ.get(ENV_TOKEN) or None, max_bytes=self.max_bytes,
-                       device=self.device, max_image_bytes=self.max_image_bytes, max_batch=self.max_batch)
+                       device=self.device, max_image_bytes=self.max_image_bytes, max_batch=self.max_batch,
+                       indexes=self.indexes)
 
 
 def app_from_env():

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from .. import monitorlog
 from ..errors import CXRError, ConfigError, ImageError
 from .schemas import (MAX_BATCH, MAX_MC_SAMPLES, MAX_VIEWS, SEED003_MC_SAMPLES, BatchRequest, PredictRequest,
-                      StudyRequest, _Image)
+                      SimilarRequest, StudyRequest, _Image)
 
 log = logging.getLogger("cxrcore.api")
 
@@ -87,11 +87,13 @@ class Service:
     """The models and the request logic, independent of HTTP (usable in tests and other servers)."""
 
     def __init__(self, checkpoints: list[str | Path], token: str | None = None, max_bytes: int | None = None,
-                 device: str = "cpu", max_image_bytes: int | None = None, max_batch: int = MAX_BATCH):
+                 device: str = "cpu", max_image_bytes: int | None = None, max_batch: int = MAX_BATCH,
+                 indexes: list[str | Path] = ()):
         """``checkpoints``: what ``cxr predict --checkpoint`` takes (a checkpoint or run folder, or a library
         model such as ``xrv:densenet121-res224-all``). ``max_bytes``: the largest /predict body (default: an
         image of ``CXR_MAX_UPLOAD_MB`` in base64 plus JSON; a batch or study may carry that per image);
-        ``max_image_bytes``: the largest decoded image (default: ``CXR_MAX_UPLOAD_MB``)."""
+        ``max_image_bytes``: the largest decoded image (default: ``CXR_MAX_UPLOAD_MB``). ``indexes``: folders of
+        ``cxr index`` that POST /similar searches, each built by one of the served models."""
         from .. import hosting
         from ..compare import model_name
         from ..predictor import Predictor
@@ -121,6 +123,7 @@ class Service:
         self.max_bytes = int(max_bytes) if max_bytes is not None else hosting.api_max_body_bytes(limits)
         self.max_image_bytes = int(max_image_bytes) if max_image_bytes is not None else limits.max_upload_bytes
         self.max_batch = int(max_batch)
+        self.indexes = self._load_indexes(indexes)
         # every image answered, kept for drift monitoring without the image (cxrcore.monitorlog; CXR_MONITOR_LOG)
         self.score_log = monitorlog.ScoreLog() if monitorlog.enabled() else None
 
@@ -156,6 +159,7 @@ class Service:
                 "labels": {n: list(p.labels) for n, p in self.models.items()},
                 "display_names": {n: p.name for n, p in self.models.items()},
                 "sites": {n: sorted(p.card.sites or {}) for n, p in self.models.items()},
+                "indexes": {n: m for n, (_, m) in self.indexes.items()},
                 "trained_on": {n: (p.card.trained_on or infer_trained_on(p.card)).get("summary", "")
                                for n, p in self.models.items()},
                 "device": self.device, "max_bytes": self.max_bytes, "max_image_bytes": self.max_image_bytes,
@@ -252,6 +256,50 @@ class Service:
         buf = io.BytesIO()
         report.save_as(buf, enforce_file_format=True)
         return buf.getvalue()
+
+    def similar(self, req: SimilarRequest | dict) -> dict:
+        """The films of a served index nearest to the image in its model's eyes (:func:`cxrcore.lens.index.similar`),
+        without the server's file paths."""
+        from ..data.imageio import read_image
+        from ..lens.index import similar
+
+        req = self._validated(SimilarRequest, req)
+        if not self.indexes:
+            raise ApiError(404, "This service serves no index; start it with `cxr serve --index FOLDER` (an index of "
+                                "`cxr index`).")
+        name = req.index or next(iter(self.indexes))
+        if name not in self.indexes:
+            raise ApiError(404, f"Unknown index {str(name)[:100]!r}; available: {', '.join(self.indexes)}.")
+        index, model = self.indexes[name]
+        data = self._image_bytes(req)
+        try:
+            loaded = read_image(data, (req.name or "")[:200] or None)
+        except ImageError as exc:
+            raise ApiError(400, str(exc)) from None
+        found = similar(index, loaded, k=req.k, predictor=self.models[model])
+        for n in found["neighbours"]:
+            n.pop("path", None)
+        return {**found, "index": name, "model": model}
+
+    def _load_indexes(self, folders) -> dict:
+        """name -> (the index, the served model that built it); ConfigError for an index no served model built."""
+        from ..lens.index import load_index
+        from ..runtime import network_digest
+
+        nets = {network_digest(p.card): n for n, p in self.models.items()}
+        out = {}
+        for folder in folders:
+            index = load_index(folder)
+            model = nets.get(index.meta.get("network"))
+            if model is None:
+                raise ConfigError(f"The index {folder} was built by {index.meta.get('model')}, which this service "
+                                  "does not serve: add its --checkpoint.")
+            name, k = str(index.meta.get("dataset") or Path(folder).name), 2
+            base = name
+            while name in out:
+                name, k = f"{base}-{k}", k + 1
+            out[name] = (index, model)
+        return out
 
     # ------------------------------------------------------------------ helpers
     @staticmethod

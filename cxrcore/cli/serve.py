@@ -25,7 +25,7 @@ def cmd_serve(a) -> int:
                        "trust completely).")
     check_device(a.device)
     config = ServeConfig(list(a.checkpoint), max_bytes=a.max_bytes, device=a.device,
-                         max_batch=a.max_batch if a.max_batch is not None else MAX_BATCH)
+                         max_batch=a.max_batch if a.max_batch is not None else MAX_BATCH, indexes=list(a.index or []))
     # every model is loaded here first, so a bad --checkpoint is one clear error before any port is bound
     # (with --workers N each worker then loads its own copy)
     if token:
@@ -43,7 +43,7 @@ def cmd_serve(a) -> int:
         raise CXRError(f"Cannot listen on {a.host}:{a.port}: {exc.strerror or exc}. Choose another --port.") from None
     host, port = sock.getsockname()[:2]
     logging.config.dictConfig(LOG_CONFIG)  # request lines and errors on stderr, never bodies or headers
-    print(f"serving {', '.join(models)} on http://{host}:{port} (POST /predict, /predict/batch, /predict/study; "
+    print(f"serving {', '.join(models)} on http://{host}:{port} (POST /predict, /predict/batch, /predict/study, /similar; "
           f"GET /health; docs at /docs) on {a.device}, {a.workers} worker(s); bearer token "
           f"{'required' if token else 'not set'}; Ctrl-C stops", flush=True)
     if not token and not loopback:
@@ -60,6 +60,8 @@ def cmd_serve(a) -> int:
 
 def _serve_flags(s) -> None:
     s.add_argument("--checkpoint", required=True, action="append", help="a checkpoint (or " + LIBRARY_HINT + ") to serve; repeat for more")
+    s.add_argument("--index", action="append", help="an index folder of `cxr index` (built by a served model) that "
+                                                    "POST /similar searches; repeat for more")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /predict (default: env CXR_API_TOKEN)")

@@ -279,3 +279,40 @@ def test_cxr_duplicates_finds_planted_copies_and_the_leaks_across_splits(small_s
     assert len(rows) == 243 and xy.shape == (243, 2) and (index.folder / "map-243-0.npz").is_file()
     rows, part = embedding_map(index, max_points=100)   # a seeded sample beyond the maximum
     assert len(rows) == 100 and part.shape == (100, 2)
+
+
+def test_post_similar_over_the_rest_service(small_set, shipped, tmp_path, monkeypatch):
+    """`cxr serve --index`: POST /similar answers the nearest films of a served index (no server file path in the
+    answer), GET /health lists the index, an unknown index is a 404 naming those there are, and an index no served
+    model built is refused at start."""
+    import base64
+    import sys
+    from pathlib import Path
+
+    from cxrcore.api import Service
+    from cxrcore.errors import ConfigError
+    from cxrcore.lens.index import build_index
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hosting"))
+    from test_api_fastapi import _start, _stop, call
+
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    build_index(shipped["baseline"], small_set, tmp_path / "idx")
+    with pytest.raises(ConfigError, match="does not serve"):
+        Service([shipped["finetuned"]], indexes=[tmp_path / "idx"])
+    server = _start(Service([shipped["baseline"]], indexes=[tmp_path / "idx"]))
+    try:
+        port = server.server_address[1]
+        status, health, _ = call(port, "GET", "/health")
+        assert status == 200 and health["indexes"] == {"films": "baseline"}
+        film = sorted((small_set / "images").glob("*.png"))[5]
+        status, found, _ = call(port, "POST", "/similar", {"image": base64.b64encode(film.read_bytes()).decode(),
+                                                            "k": 3})
+        assert status == 200, found
+        assert found["neighbours"][0]["image_id"] == film.name and found["neighbours"][0]["distance"] < 1e-4
+        assert len(found["neighbours"]) == 3 and "path" not in found["neighbours"][0] and found["index"] == "films"
+        status, err, _ = call(port, "POST", "/similar", {"image": base64.b64encode(film.read_bytes()).decode(),
+                                                          "index": "elsewhere"})
+        assert status == 404 and "films" in err["error"]
+    finally:
+        _stop(server)
