@@ -66,8 +66,9 @@ typed = t2.text_input("… or the path of a table `cxr score` wrote (.parquet)",
 fmt = card.data.get("format")
 ds_names = list(datasets)
 r1, r2, r3, r4 = st.columns([3, 1, 2, 1])
-data_name = r1.selectbox("Reference: the labelled dataset the model was validated on", ds_names, key="mon_data",
-                         index=next((i for i, n in enumerate(ds_names) if fmt and fmt in n), 0))
+# keyed by the model, so the default follows the model chosen: the dataset of its own format (its validation split)
+data_name = r1.selectbox("Reference: the labelled dataset the model was validated on", ds_names,
+                         key=f"mon_data::{ckpt}", index=next((i for i, n in enumerate(ds_names) if fmt and fmt in n), 0))
 split = r2.selectbox("Split", ["val", "test", "all"], key="mon_split")
 window = r3.selectbox("Window", WINDOW_CHOICES, key="mon_window",
                       help=f"day / week: by the time each image was scored (UTC); N images: every N in the order "
@@ -123,7 +124,7 @@ if not held:
 result = held["result"]
 wins = result["windows"]
 scored = [w for w in wins if w["score"] is not None]
-st.markdown(f"**{result['stream_rows']}** scored images of `{md_text(held['table'])}` in **{len(wins)}** "
+st.markdown(f"**{result['stream_rows']}** scored images of {md_text(held['table'])} in **{len(wins)}** "
             f"window(s) of {md_text(result['window'])}, against **{result['reference_rows']}** reference images; "
             f"model {md_text(held['model'])}" + (f" at site **{md_text(held['site'])}**" if held["site"] else "")
             + f"; families: {', '.join(result['families'])}.")

@@ -251,7 +251,7 @@ def test_the_rest_services_answers_are_monitored_without_the_images(switched, ap
     at.selectbox(key="mon_window").set_value("50 images").run()
     at.button(key="mon_go").click().run()
     no_exception(at)
-    assert any("80** scored images of `the monitoring log`" in m.value for m in at.markdown)
+    assert any("80** scored images of the monitoring log" in m.value for m in at.markdown)
     assert any("latest window alarms" in e.value for e in at.error), [e.value for e in at.error]
 
     monkeypatch.setenv("CXR_MONITOR_LOG", "off")
