@@ -181,7 +181,8 @@ else:
                     "reference: the MMD's witness function)")
         cols = st.columns(len(chosen["top_images"]))
         for col, item in zip(cols, chosen["top_images"]):
-            caption = f"{Path(item['path']).name}" + (f" · OOD: {item['ood']}" if item["ood"] else "")
+            # the last three parts: CheXpert's files are all named view1_frontal.jpg, their folders tell them apart
+            caption = "/".join(Path(item["path"]).parts[-3:]) + (f" · OOD: {item['ood']}" if item["ood"] else "")
             try:
                 from cxrcore.data.imageio import read_image, to_uint8
 
