@@ -82,7 +82,7 @@ def similar_cases(image, paths: dict[str, str], key: str = "similar") -> None:
                              use_container_width=True)
                 except (OSError, CXRError):
                     st.caption("(the file is not readable here)")
-                st.caption(f"**{i + 1}** · distance {n['distance']:.3f} · labels: "
+                st.caption(f"**{i + 1}** · distance {n['distance']:.4f} · labels: "
                            f"{md_text(', '.join(n['labels']) or 'No Finding')} · model: {top}")
         names = [f"{i + 1}: {Path(n['path']).name}" for i, n in enumerate(result["neighbours"])]
         pick = st.selectbox("Open one side by side with this film", names, key=f"{key}_open")
