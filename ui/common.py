@@ -336,3 +336,24 @@ def chart_config() -> dict:
     """plotly config for every chart: the toolbar's camera button saves PNG or SVG (sidebar choice)."""
     fmt = st.session_state.get("chart_format", "png")
     return {"toImageButtonOptions": {"format": fmt, "scale": 2 if fmt == "png" else 1}, "displaylogo": False}
+
+
+FILM_HEIGHT = 320   # the height of a film shown in a grid (similar cases, suspected label errors, drift, the map)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _film_png(path: str, mtime: float, height: int) -> bytes:
+    from cxrcore.data.imageio import read_image
+    from cxrcore.explain.visual import png_bytes, thumbnail
+
+    return png_bytes(thumbnail(read_image(path).pixels, height=height))
+
+
+def show_film(where, path: str, caption: str | None = None, height: int = FILM_HEIGHT) -> None:
+    """The film at ``path`` in ``where`` (a column, or ``st``) at ``height`` px (the Dataset gallery's
+    ``cxrcore.explain.visual.thumbnail``, cached per file and size), or a note that it is not readable here."""
+    try:
+        where.image(_film_png(str(path), Path(path).stat().st_mtime, int(height)), caption=caption,
+                    use_container_width=True)
+    except (OSError, CXRError):
+        where.caption((caption + " " if caption else "") + "(the film is not readable here)")

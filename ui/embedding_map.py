@@ -11,8 +11,8 @@ import plotly.express as px
 import streamlit as st
 
 from cxrcore.errors import CXRError
-from ui.common import chart_config, md_text, show_error
-from ui.leaks import indexes_of
+from ui.common import chart_config, md_text, show_error, show_film
+from ui.leaks import cached_index, indexes_of
 
 SHOW = 24
 
@@ -23,13 +23,6 @@ def _map(folder: str, stamp: float) -> tuple[np.ndarray, np.ndarray]:
     from cxrcore.lens.map import embedding_map
 
     return embedding_map(load_index(folder))
-
-
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _loaded(folder: str, stamp: float):
-    from cxrcore.lens.index import load_index
-
-    return load_index(folder)
 
 
 def embedding_map_tab(dataset_folder: str, frame: pd.DataFrame) -> None:
@@ -46,7 +39,7 @@ def embedding_map_tab(dataset_folder: str, frame: pd.DataFrame) -> None:
     folder = found[name]
     stamp = (Path(folder) / "meta.json").stat().st_mtime
     try:
-        index = _loaded(folder, stamp)
+        index = cached_index(folder, stamp)
         with st.spinner("t-SNE of the films' embeddings (kept beside the index afterwards)…"):
             rows, xy = _map(folder, stamp)
     except CXRError as exc:
@@ -90,11 +83,5 @@ def embedding_map_tab(dataset_folder: str, frame: pd.DataFrame) -> None:
     for k, (_, r) in enumerate(shown.iterrows()):
         path = items["path"].iloc[int(r.name)]
         with cols[k % 6]:
-            try:
-                from cxrcore.data.imageio import read_image, to_uint8
-
-                st.image(to_uint8(read_image(Path(path).read_bytes(), Path(path).name).pixels),
-                         use_container_width=True)
-            except (OSError, CXRError):
-                st.caption("(not readable here)")
+            show_film(st, path)
             st.caption(md_text(f"{r['film']}: {r['labels']}"))

@@ -10,7 +10,8 @@ import streamlit as st
 
 from cxrcore import hosting
 from cxrcore.errors import CXRError
-from ui.common import current_user, hosting_settings, md_text, model_picker, require_checkpoints, show_error
+from ui.common import (current_user, hosting_settings, md_text, model_picker, require_checkpoints, show_error,
+                       show_film)
 
 PAGE = 10
 NOT_REVIEWED = "not reviewed"
@@ -63,13 +64,7 @@ def label_errors_tab(folder: str, stamp: tuple) -> None:
     p2.caption(f"{reviewed} of {len(issues)} reviewed; {PAGE} per page, most likely error first.")
     for k, r in enumerate(issues[(page - 1) * PAGE: page * PAGE], start=(page - 1) * PAGE + 1):
         left, right = st.columns([1, 3])
-        try:
-            from cxrcore.data.imageio import read_image, to_uint8
-
-            left.image(to_uint8(read_image(Path(r["path"]).read_bytes(), Path(r["path"]).name).pixels),
-                       use_container_width=True)
-        except (OSError, CXRError, KeyError):
-            left.caption("(the film is not readable here)")
+        show_film(left, r["path"])
         given = "present" if r["given"] else "absent"
         right.markdown(f"**{k}.** `{md_text(r['image'])}` · **{md_text(r['label'])}** given as **{given}**; the "
                        f"model says {r['probability']:.2f} · suspicion {r['score']:.3f}")

@@ -3,7 +3,6 @@
 shown above puts in two different splits: a leak (the same film, or nearly, trained on and tested on)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -15,25 +14,25 @@ from ui.common import md_text, show_error
 
 def indexes_of(folder: str) -> dict[str, str]:
     """Display name -> index folder of every index in the workspace's cache built over the dataset ``folder``."""
-    from cxrcore import workspace
+    from cxrcore.lens.index import workspace_indexes
 
-    root = workspace.cache() / "index"
-    out = {}
-    for meta in sorted(root.glob("*/meta.json")) if root.is_dir() else []:
-        try:
-            m = json.loads(meta.read_text())
-        except (OSError, ValueError):
-            continue
-        if Path(str(m.get("data", ""))).resolve() == Path(folder).resolve():
-            out[f"{m.get('model')} ({m.get('images')} films, {m.get('updated', '')[:10]})"] = str(meta.parent)
-    return out
+    return {f"{m.get('model')} ({m.get('images')} films, {m.get('updated', '')[:10]})": str(where)
+            for where, m in workspace_indexes() if Path(str(m.get("data", ""))).resolve() == Path(folder).resolve()}
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def cached_index(folder: str, stamp: float):
+    """An index loaded once per version (``stamp``: its meta.json's time), shared read-only by the sessions."""
+    from cxrcore.lens.index import load_index
+
+    return load_index(folder)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _pairs(index_folder: str, stamp: float, splits: tuple) -> dict:
-    from cxrcore.lens.index import load_index, near_duplicates
+    from cxrcore.lens.index import near_duplicates
 
-    return near_duplicates(load_index(index_folder), splits=dict(splits))
+    return near_duplicates(cached_index(index_folder, stamp), splits=dict(splits))
 
 
 def leaks_section(folder: str, split: dict[str, str]) -> None:
@@ -58,9 +57,9 @@ def leaks_section(folder: str, split: dict[str, str]) -> None:
     (st.error if res["leaks"] else st.warning)(
         f"{len(pairs)} near-duplicate pair(s), **{res['leaks']} across the splits above (leaks)**: nearer than "
         f"{res['threshold']:.2g} ({res['ratio']} × the median nearest-other distance).")
-    st.dataframe(pd.DataFrame([{"film": p["a"], "near-duplicate": p["b"], "distance": p["distance"],
-                                "splits": f"{p['split_a']} / {p['split_b']}", "leak": p["leak"],
-                                "same patient": p["same_patient"]} for p in pairs]).sort_values("leak", ascending=False),
-                 hide_index=True, width="stretch")
+    table = pd.DataFrame([{"film": p["a"], "near-duplicate": p["b"], "distance": p["distance"],
+                           "splits": f"{p['split_a']} / {p['split_b']}", "leak": p["leak"],
+                           "same patient": p["same_patient"]} for p in pairs])
+    st.dataframe(table.sort_values("leak", ascending=False), hide_index=True, width="stretch")
     st.caption(md_text("A leak of one patient's films is prevented by the patient-level split; a leak between "
                        "patients (the same film under two ids, a copy) is not, and only the images show it."))

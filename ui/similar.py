@@ -8,16 +8,15 @@ from pathlib import Path
 import streamlit as st
 
 from cxrcore.errors import CXRError
-from ui.common import load_predictor, md_text, show_error
+from ui.common import load_predictor, md_text, show_error, show_film
+from ui.leaks import cached_index
 
 
 def indexes_for(paths: dict[str, str]) -> dict[str, tuple[str, str]]:
     """Display name -> (index folder, role) of every index in the workspace's cache built by one of the models
     ``paths`` (role -> checkpoint)."""
-    import json
-
-    from cxrcore import workspace
     from cxrcore.checkpoint import read_card
+    from cxrcore.lens.index import workspace_indexes
     from cxrcore.runtime import network_digest
 
     nets = {}
@@ -27,23 +26,11 @@ def indexes_for(paths: dict[str, str]) -> dict[str, tuple[str, str]]:
         except CXRError:
             continue
     out = {}
-    root = workspace.cache() / "index"
-    for meta in sorted(root.glob("*/meta.json")) if root.is_dir() else []:
-        try:
-            m = json.loads(meta.read_text())
-        except (OSError, ValueError):
-            continue
-        if m.get("network") in nets:
-            role = nets[m["network"]]
-            out[f"{m.get('dataset')} ({m.get('images')} films) · {role}'s eyes"] = (str(meta.parent), role)
+    for where, m in workspace_indexes():
+        role = nets.get(m.get("network"))
+        if role is not None:
+            out[f"{m.get('dataset')} ({m.get('images')} films) · {role}'s eyes"] = (str(where), role)
     return out
-
-
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _index(folder: str, stamp: float):
-    from cxrcore.lens.index import load_index
-
-    return load_index(folder)
 
 
 def similar_cases(image, paths: dict[str, str], key: str = "similar") -> None:
@@ -61,7 +48,7 @@ def similar_cases(image, paths: dict[str, str], key: str = "similar") -> None:
         try:
             from cxrcore.lens.index import similar
 
-            index = _index(folder, (Path(folder) / "meta.json").stat().st_mtime)
+            index = cached_index(folder, (Path(folder) / "meta.json").stat().st_mtime)
             result = similar(index, image, k=int(k), predictor=load_predictor(paths[role]))
         except CXRError as exc:
             show_error(exc)
@@ -75,25 +62,15 @@ def similar_cases(image, paths: dict[str, str], key: str = "similar") -> None:
         for i, n in enumerate(result["neighbours"]):
             top = ", ".join(f"{md_text(x)} {n['probabilities'][x]:.2f}" for x in called) or "-"
             with cols[i % 4]:
-                try:
-                    from cxrcore.data.imageio import read_image, to_uint8
-
-                    st.image(to_uint8(read_image(Path(n["path"]).read_bytes(), Path(n["path"]).name).pixels),
-                             use_container_width=True)
-                except (OSError, CXRError):
-                    st.caption("(the file is not readable here)")
+                show_film(st, n["path"])
                 st.caption(f"**{i + 1}** · distance {n['distance']:.4f} · labels: "
                            f"{md_text(', '.join(n['labels']) or 'No Finding')} · model: {top}")
         names = [f"{i + 1}: {Path(n['path']).name}" for i, n in enumerate(result["neighbours"])]
         pick = st.selectbox("Open one side by side with this film", names, key=f"{key}_open")
         n = result["neighbours"][names.index(pick)]
         left, right = st.columns(2)
-        from cxrcore.data.imageio import read_image, to_uint8
+        from cxrcore.data.imageio import to_uint8
 
         left.image(to_uint8(image.pixels), caption="this film", use_container_width=True)
-        try:
-            right.image(to_uint8(read_image(Path(n["path"]).read_bytes(), Path(n["path"]).name).pixels),
-                        caption=md_text(f"{Path(n['path']).name}: {', '.join(n['labels']) or 'No Finding'}"),
-                        use_container_width=True)
-        except (OSError, CXRError):
-            right.caption("(the file is not readable here)")
+        show_film(right, n["path"], md_text(f"{Path(n['path']).name}: {', '.join(n['labels']) or 'No Finding'}"),
+                  height=720)

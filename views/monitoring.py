@@ -13,7 +13,7 @@ from cxrcore.checkpoint import read_card
 from cxrcore.errors import CXRError, DataError
 from cxrcore.eval.drift import ALARM_AT, FAMILIES, MIN_WINDOW, WINDOWS
 from ui.common import (chart_config, current_user, dataset_choices, ensure_weights, hosting_settings, md_text,
-                       model_picker, require_checkpoints, show_error, site_picker)
+                       model_picker, require_checkpoints, show_error, show_film, site_picker)
 
 WINDOW_CHOICES = list(WINDOWS) + ["50 images", "100 images", "200 images", "500 images"]
 TYPED = "(type the path of a table instead)"
@@ -180,18 +180,17 @@ else:
         st.markdown("**The images that contribute most** (where the window's embedding is densest compared with the "
                     "reference: the MMD's witness function)")
         cols = st.columns(len(chosen["top_images"]))
+        roots = hosting.job_roots(access)   # a shared server shows only files inside the folders it opens
         for col, item in zip(cols, chosen["top_images"]):
             # the last three parts: CheXpert's files are all named view1_frontal.jpg, their folders tell them apart
-            caption = "/".join(Path(item["path"]).parts[-3:]) + (f" · OOD: {item['ood']}" if item["ood"] else "")
+            caption = md_text("/".join(Path(item["path"]).parts[-3:])
+                              + (f" · OOD: {item['ood']}" if item["ood"] else ""))
             try:
-                from cxrcore.data.imageio import read_image, to_uint8
-
-                roots = hosting.job_roots(access)   # a shared server shows only files inside the folders it opens
                 if roots is not None:
                     hosting.check_inside(Path(item["path"]).resolve(), roots)
-                col.image(to_uint8(read_image(Path(item["path"]).read_bytes(), Path(item["path"]).name).pixels),
-                          caption=md_text(caption), use_container_width=True)
-            except (OSError, CXRError):
-                col.caption(md_text(caption) + " (not readable here)")
+            except CXRError:
+                col.caption(caption + " (outside the folders this server opens)")
+                continue
+            show_film(col, item["path"], caption)
 st.download_button("Download the report (JSON)", data=json.dumps(result, indent=1), file_name="drift.json",
                    mime="application/json", key="mon_download")

@@ -80,6 +80,21 @@ def default_folder(index_name: str, network: str) -> Path:
     return workspace.cache() / "index" / f"{index_name}-{network[:16]}"
 
 
+def workspace_indexes() -> list[tuple[Path, dict]]:
+    """(folder, meta) of every index in the workspace's cache (where :func:`build_index` puts one by default), in
+    folder order; a folder whose meta cannot be read is left out."""
+    from .. import workspace
+
+    root = workspace.cache() / "index"
+    out = []
+    for meta in sorted(root.glob("*/meta.json")) if root.is_dir() else []:
+        try:
+            out.append((meta.parent, json.loads(meta.read_text())))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def build_index(checkpoint, data, out: str | Path | None = None, *, batch: int = 64, progress=None,
                 limits=None) -> tuple[EmbeddingIndex, dict]:
     """Embed every image of the dataset ``data`` with ``checkpoint``'s model into the index folder ``out`` (see the
