@@ -42,9 +42,17 @@ def _similar(a) -> int:
 
 
 def _issues(a) -> int:
-    from ..lens.issues import find_issues
+    if a.folds:
+        import sys
 
-    found = find_issues(a.checkpoint, a.data, progress=None if a.json else bar("predict"))
+        from ..lens.crossfit import crossfit_issues
+
+        found = crossfit_issues(a.checkpoint, a.data, a.folds, folder=a.folder, epochs=a.epochs, mode=a.mode, lr=a.lr,
+                                seed=a.seed, log=lambda text: print(text, file=sys.stderr, flush=True))
+    else:
+        from ..lens.issues import find_issues
+
+        found = find_issues(a.checkpoint, a.data, progress=None if a.json else bar("predict"))
     if a.json:
         print(json.dumps(found.to_dict(), indent=1))
         return 0
@@ -62,6 +70,20 @@ def _issues_flags(p) -> None:
     p.add_argument("--data", required=True, help="the dataset folder whose labels are checked")
     p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP + " (its probabilities on images it did not "
                                                                           "train on are used)")
+    from ..lens.crossfit import FINE_TUNE, FOLD_MODES
+
+    p.add_argument("--folds", type=int, default=0,
+                   help="cross-fit: train K models, each without one patient-level fold, so every image's "
+                        "probabilities are out of sample (0: only the images the model did not train on)")
+    p.add_argument("--epochs", type=int, default=None, help=f"cross-fit: epochs per fold model (default "
+                                                             f"{FINE_TUNE['epochs']} when fine-tuning the checkpoint, "
+                                                             "else its own recipe's)")
+    p.add_argument("--mode", choices=FOLD_MODES, default=None, help="cross-fit: what a fold model trains")
+    p.add_argument("--lr", type=float, default=None, help="cross-fit: a fold model's learning rate")
+    p.add_argument("--seed", type=int, default=0, help="cross-fit: seeds the folds and the trainings")
+    p.add_argument("--folder", default=None, help="cross-fit: where the fold runs are kept (default: the "
+                                                  "workspace's cache, by checkpoint, dataset and options); run again, "
+                                                  "finished folds are reused and a stopped one resumes")
     p.add_argument("--top", type=int, default=20, help="how many to print (text output)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_issues)

@@ -165,10 +165,40 @@ def patient_split(patient_ids: pd.Series, seed: int = 0, val: float = 0.1, test:
     if not 0 <= val < 1 or not 0 <= test < 1 or val + test >= 1:
         raise DataError(f"Split fractions val={val}, test={test} must be in [0, 1) and sum below 1.")
 
+    u = _patient_units(patient_ids, seed)
+    out = np.where(u < test, "test", np.where(u < test + val, "val", "train"))
+    return out.astype(object)
+
+
+def _patient_units(patient_ids, seed: int) -> np.ndarray:
+    """A number in [0, 1) per image from a hash of its patient and the seed (the same for all of a patient's)."""
     def unit(pid: str) -> float:
         d = hashlib.blake2b(f"{seed}:{pid}".encode(), digest_size=8).digest()
         return int.from_bytes(d, "big") / 2**64
 
-    u = np.array([unit(str(p)) for p in patient_ids], dtype=np.float64)
-    out = np.where(u < test, "test", np.where(u < test + val, "val", "train"))
-    return out.astype(object)
+    return np.array([unit(str(p)) for p in patient_ids], dtype=np.float64)
+
+
+MAX_FOLDS = 20
+
+
+def crossfit_folds(patient_ids: pd.Series, folds: int, seed: int = 0) -> np.ndarray:
+    """The fold (0 … ``folds`` - 1) of every image for k-fold cross-fitting, by patient: all of a patient's images in
+    one fold, a patient's fold independent of the others present (the hash :func:`patient_split` uses)."""
+    if not 2 <= int(folds) <= MAX_FOLDS:
+        raise DataError(f"Cross-fitting takes 2 to {MAX_FOLDS} folds, not {folds}.")
+    return np.minimum((_patient_units(patient_ids, seed) * folds).astype(int), folds - 1)
+
+
+def crossfit_split(patient_ids: pd.Series, folds: int, fold: int, seed: int = 0, val: float = 0.1) -> np.ndarray:
+    """The split of one fold's training: its fold's patients are ``test`` (never trained on: their probabilities are
+    out of sample), the other folds' patients ``val`` (a ``val`` share of them, by the hash's remainder) or
+    ``train``."""
+    if not 0 <= fold < folds:
+        raise DataError(f"Fold {fold} is not one of 0 … {folds - 1}.")
+    if not 0 <= val < 1:
+        raise DataError(f"Validation fraction {val} must be in [0, 1).")
+    scaled = _patient_units(patient_ids, seed) * folds
+    which = np.minimum(scaled.astype(int), folds - 1)
+    rest = scaled - which
+    return np.where(which == fold, "test", np.where(rest < val, "val", "train")).astype(object)

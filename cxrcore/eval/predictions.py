@@ -67,6 +67,13 @@ def model_split_rows(predictor: Predictor, index: DatasetIndex, split: str) -> n
     """
     data = predictor.card.data
     cfg = (predictor.card.training or {}).get("config", {})
+    if split in ("train", "val", "test") and data.get("crossfit"):
+        from ..data.index import crossfit_split
+
+        cf = data["crossfit"]
+        assignment = crossfit_split(index.frame["patient_id"], int(cf["folds"]), int(cf["fold"]),
+                                    int(data.get("split_seed", 0)), float(cfg.get("val_fraction", 0.1)))
+        return np.flatnonzero(assignment == split)
     if split in ("train", "val", "test") and data.get("split_method") == "official":
         from ..data.splits import official_patient_split
 

@@ -2,13 +2,15 @@
 label) of a dataset, kept in ``label_reviews.sqlite`` in the workspace the moment they are given (several reviewers
 at once: one transaction each; a later verdict on the same pair by anyone replaces the earlier one, and says who and
 when). :func:`relabel_table` is the export: one row per reviewed pair with the label as given and as corrected
-(flipped where the reviewer said the label is wrong), the dataset's own files untouched.
+(flipped where the reviewer said the label is wrong), the dataset's own files untouched: the relabel table
+training reads (:mod:`cxrcore.data.relabel`, the ``relabel`` training option).
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+from ..data.relabel import COLUMNS
 from ..errors import DataError
 from ..sqlitedb import Database
 
@@ -79,5 +81,4 @@ def relabel_table(store: ReviewStore, root: str | Path):
              "reviewer": v["reviewer"],
              "reviewed_at": dt.datetime.fromtimestamp(v["at"], dt.timezone.utc).isoformat(timespec="seconds")}
             for k, v in sorted(store.verdicts(root).items())]
-    return pd.DataFrame(rows, columns=["image_id", "label", "given", "corrected", "verdict", "reviewer",
-                                       "reviewed_at"])
+    return pd.DataFrame(rows, columns=list(COLUMNS))

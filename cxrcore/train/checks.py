@@ -70,6 +70,11 @@ def check_training(cfg: TrainConfig) -> TrainConfig:
         raise DataError(f"Box supervision (box_loss {cfg.box_loss:g}) needs ground-truth boxes, and the dataset at "
                         f"{data} has none (NIH: BBox_List_2017*.csv beside the label table; the CheXpert phantom: "
                         "phantom_boxes.csv). Set box_loss to 0.")
+    if cfg.relabel:
+        from ..data.relabel import read_relabel
+
+        read_relabel(cfg.relabel)  # DataError: missing, no such columns, a corrected value not 0 / 1
+        out.relabel = str(Path(cfg.relabel).expanduser().resolve())
     if cfg.init:
         from ..checkpoint import read_card
         from ..models.library import library_ref

@@ -20,6 +20,7 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
+from ..data.index import MAX_FOLDS
 from ..data.splits import MAX_HELD_OUT, SPLIT_METHODS, TEST_FRACTION, VAL_FRACTION  # declared there, once
 from ..errors import ConfigError, DataError
 
@@ -32,7 +33,7 @@ REDUCTIONS = ("mean", "sum")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LOSS_CHOICES = ("bce", "focal")          # train.losses.LOSSES must match (a test checks)
 SAMPLER_CHOICES = ("shuffle", "weighted")  # train.sampling.SAMPLERS must match (a test checks)
-INTERNAL_FIELDS = ("sweep",)  # set by the program (a sweep's trial), not options: no flag, no widget
+INTERNAL_FIELDS = ("sweep", "crossfit")  # set by the program (a sweep's trial), not options: no flag, no widget
 
 # Architectures the Training form suggests (any timm / tv: / xrv: name can be typed); each trains with the
 # form's defaults (a test runs one real step of every one).
@@ -225,6 +226,10 @@ class TrainConfig:
     policy: str | dict = opt("zeros", "Uncertain labels (CheXpert -1)", "zeros: negative; ones: positive; ignore: "
                              "left out of loss and metrics; or a per-label mix such as 'ones:Atelectasis,Edema;zeros' "
                              "(the bare policy last is the default).", "data", kind="policy", custom=True)
+    relabel: str | None = opt(None, "Relabel table (CSV)", "Corrections to the dataset's labels: a CSV with image_id, "
+                              "label, corrected, as the Dataset page's label review exports it. The corrected values "
+                              "replace the dataset's for training and validation; the dataset's files are not changed "
+                              "and the card records the table's digest.", "data", kind="str", optional=True)
     fit: str = opt("pad", "Image fit", "Aspect kept: letterbox (pad) or centre crop.", "data", choices=("pad", "crop"))
     image_size: int = opt(160, "Image size (px)", "Training resolution (ignored when starting from a checkpoint: "
                           "its preprocessing is kept).", "data", min=32, max=2048, step=16)
@@ -275,6 +280,9 @@ class TrainConfig:
     # validation metric is reported to the study and the run stops when Optuna prunes it. Not an option
     # (no flag, no widget): a clone of a trial into the form drops it.
     sweep: dict | None = None
+    # Set by cross-fitting (cxrcore/lens/crossfit.py) on each fold's training: {"fold": k, "folds": K}; the
+    # patients of fold k are the test split (cxrcore.data.index.crossfit_split), the model never sees them.
+    crossfit: dict | None = None
 
     def validate(self) -> None:
         """Choices and bounds from the declarations, then the rules that tie options together."""
@@ -318,6 +326,15 @@ class TrainConfig:
                 raise ConfigError(f"policy names label(s) {', '.join(unknown)} that are not in the label space "
                                   f"{self.labels!r}.")
         resolve_label_space(self.labels)
+        if self.crossfit is not None:
+            cf = self.crossfit
+            if not (isinstance(cf, dict) and set(cf) == {"fold", "folds"} and all(
+                    isinstance(cf[k], int) and not isinstance(cf[k], bool) for k in cf)
+                    and 2 <= cf["folds"] <= MAX_FOLDS and 0 <= cf["fold"] < cf["folds"]):
+                raise ConfigError(f"crossfit is {{'fold': k, 'folds': K}} with 2 <= K <= {MAX_FOLDS} and 0 <= k < K, "
+                                  f"not {cf!r}.")
+            if self.split_method != "hash":
+                raise ConfigError("Cross-fitting makes its own patient-level folds; use split_method hash.")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda[:N], not {self.device!r}.")
         check_augment_options(self.augment_options)

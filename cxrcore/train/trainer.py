@@ -77,6 +77,7 @@ class Prepared:
     labels: list[str]
     filters: dict = field(default_factory=dict)   # rows each filter removed
     balance: object = None                        # balance_report DataFrame (per-label rate per split)
+    relabel: dict | None = None                   # the relabel table applied (cxrcore.data.relabel.Relabel)
 
 
 def prepare_data(cfg: TrainConfig, prep: Preprocess, progress=None) -> Prepared:
@@ -92,13 +93,25 @@ def prepare_data(cfg: TrainConfig, prep: Preprocess, progress=None) -> Prepared:
     ok = np.ones(len(index), dtype=bool)
     ok[list(cache.failed)] = False
     targets = index.targets(labels, cfg.policy)
-    split = assign_split(index.frame, targets, cfg.split_method, cfg.seed, cfg.val_fraction, cfg.test_fraction)
+    relabel = None
+    if cfg.relabel:
+        from ..data.relabel import apply_relabel
+
+        targets, relabel = apply_relabel(cfg.relabel, index.frame["image_id"], index.labels, labels, targets)
+    if cfg.crossfit:
+        from ..data.index import crossfit_split
+
+        split = crossfit_split(index.frame["patient_id"], cfg.crossfit["folds"], cfg.crossfit["fold"], cfg.seed,
+                               cfg.val_fraction)
+    else:
+        split = assign_split(index.frame, targets, cfg.split_method, cfg.seed, cfg.val_fraction, cfg.test_fraction)
     for name in ("train", "val"):
         if not ((split == name) & ok).any():
             raise DataError(f"The {name} split is empty: the dataset has too few patients ({index.frame['patient_id'].nunique()}).")
     split = np.where(ok, split, "unreadable").astype(object)
     balance = balance_report(targets, split, labels)
-    return Prepared(index, split, targets, cache.array, labels, filters, balance)
+    return Prepared(index, split, targets, cache.array, labels, filters, balance,
+                    relabel.to_dict() if relabel else None)
 
 
 def write_split_files(data: Prepared, out: Path) -> None:
@@ -843,7 +856,9 @@ def _card(cfg, labels, model_spec, prep, data: Prepared, record, thresholds, swa
               "fingerprint": data.index.fingerprint(), "n_images": len(data.index), "splits": counts,
               "split_seed": cfg.seed, "policy": cfg.policy, "split_method": cfg.split_method,
               "filters": dict(data.filters), "splits_file": "../splits.csv",  # relative to the checkpoint folder
-              "balance_warnings": balance_warnings(data.balance) if data.balance is not None else []},
+              "balance_warnings": balance_warnings(data.balance) if data.balance is not None else [],
+              **({"crossfit": dict(cfg.crossfit)} if cfg.crossfit else {}),
+              **({"relabel": data.relabel} if data.relabel else {})},
         name=(cfg.name or Path(cfg.data).name) + (f" · {network} network" if network else ""),
         notes=[{"gate": "The gate network of a two-network model: 'Any finding' on every image.",
                 "disease": "The disease network of a two-network model: trained on abnormal images only, so its "

@@ -316,3 +316,88 @@ def test_post_similar_over_the_rest_service(small_set, shipped, tmp_path, monkey
         assert status == 404 and "films" in err["error"]
     finally:
         _stop(server)
+
+
+def test_cxr_label_issues_cross_fitted_judges_every_film_with_a_model_that_never_saw_its_patient(
+        noisy, shipped, tmp_path, monkeypatch, capsys):
+    """`cxr label-issues --folds 2`: two models fine-tuned from the baseline, each on the other fold's patients; every
+    film of the noised phantom is judged (out of sample for the model that predicts it: its patient is in that
+    model's test split and no other), the flipped labels rank first far above chance, in the contract's JSON; run
+    again, the finished folds are read back, not trained again."""
+    from cxrcore.checkpoint import read_card
+    from cxrcore.data.index import crossfit_folds
+    from cxrcore.data.readers import read_dataset
+    from cxrcore.eval.predictions import model_split_rows
+    from cxrcore.predictor import Predictor
+
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    data, flipped = noisy
+    folder = tmp_path / "cf"
+    args = ("label-issues", "--data", data, "--checkpoint", shipped["baseline"], "--folds", "2", "--epochs", "1",
+            "--folder", folder, "--json")
+    code, text, err = cxr_here(capsys, *args)
+    assert code == 0, err
+    found = json.loads(text)
+    assert found["images"] == 300 and "Cross-fitted over 2 patient-level folds" in found["note"]
+    issues = found["issues"]
+    assert {"image", "label", "given", "score"} <= set(issues[0])
+    assert [r["score"] for r in issues] == sorted((r["score"] for r in issues), reverse=True)
+    hits = sum((r["image"], r["label"]) in flipped for r in issues[:len(flipped)])
+    assert hits >= len(flipped) // 3, (hits, len(flipped))
+    index = read_dataset(data)
+    fold = crossfit_folds(index.frame["patient_id"], 2)
+    for k in (0, 1):
+        run = folder / f"fold-{k + 1}"
+        card = read_card(run / "checkpoint")
+        assert card.data["crossfit"] == {"fold": k, "folds": 2} and card.training["init_from"] == str(
+            shipped["baseline"].resolve())
+        test = model_split_rows(Predictor(run / "checkpoint"), index, "test")
+        assert set(test) == set(np.flatnonzero(fold == k))            # the fold it predicts: never trained on
+        with np.load(run / "oos.npz") as z:
+            assert set(z["image_ids"]) == set(index.frame["image_id"].iloc[test])
+    mtimes = [(folder / f"fold-{k}" / "oos.npz").stat().st_mtime_ns for k in (1, 2)]
+    code, again, err = cxr_here(capsys, *args)
+    assert code == 0 and json.loads(again)["issues"] == issues
+    assert "training on the other folds" not in err
+    assert [(folder / f"fold-{k}" / "oos.npz").stat().st_mtime_ns for k in (1, 2)] == mtimes
+
+
+def test_a_relabel_table_corrects_the_training_targets_and_bad_tables_are_refused(noisy, tmp_path):
+    """The label review's export is what training reads (`relabel`): the corrected values replace the dataset's in
+    the targets the training uses, the rest untouched, the table's digest on record; a table with a missing column,
+    a corrected value not 0 / 1 or a pair corrected twice is refused before anything runs, saying what to do."""
+    from cxrcore.data.preprocess import Preprocess
+    from cxrcore.data.relabel import COLUMNS
+    from cxrcore.errors import DataError
+    from cxrcore.lens.review import ReviewStore, relabel_table
+    from cxrcore.train.checks import check_training
+    from cxrcore.train.config import TrainConfig
+    from cxrcore.train.trainer import prepare_data
+
+    data, flipped = noisy
+    store = ReviewStore(tmp_path / "reviews.sqlite")
+    (a, la), (b, lb) = sorted(flipped)[:2]
+    cfg = TrainConfig(data=str(data), labels="nih14", policy="ignore", workers=1)
+    plain = prepare_data(cfg, Preprocess(size=32))
+    ia, ib = (list(plain.index.frame["image_id"]).index(x) for x in (a, b))
+    ja, jb = plain.labels.index(la), plain.labels.index(lb)
+    store.mark(data, a, la, int(plain.targets[ia, ja]), "label wrong", "dr-a")
+    store.mark(data, b, lb, int(plain.targets[ib, jb]), "label right", "dr-a")
+    table = relabel_table(store, data)
+    assert list(table.columns) == list(COLUMNS)
+    table.to_csv(tmp_path / "relabel.csv", index=False)
+    fixed = prepare_data(check_training(TrainConfig(**{**cfg.__dict__, "relabel": str(tmp_path / "relabel.csv")})),
+                         Preprocess(size=32))
+    assert fixed.targets[ia, ja] == 1 - plain.targets[ia, ja] and fixed.targets[ib, jb] == plain.targets[ib, jb]
+    changed = np.argwhere(np.nan_to_num(fixed.targets, nan=-9) != np.nan_to_num(plain.targets, nan=-9))
+    assert changed.tolist() == [[ia, ja]]
+    assert fixed.relabel["rows"] == 2 and fixed.relabel["applied"] == 2 and fixed.relabel["changed"] == 1
+    assert len(fixed.relabel["sha256"]) == 64
+    for text, why in (("image_id,label\nx,Effusion\n", "no column corrected"),
+                      (f"image_id,label,corrected\n{a},{la},2\n", "corrected is 0 or 1"),
+                      (f"image_id,label,corrected\n{a},{la},1\n{a},{la},0\n", "more than once")):
+        (tmp_path / "bad.csv").write_text(text)
+        with pytest.raises(DataError, match=why):
+            check_training(TrainConfig(**{**cfg.__dict__, "relabel": str(tmp_path / "bad.csv")}))
+    with pytest.raises(DataError, match="Download the relabel table"):
+        check_training(TrainConfig(**{**cfg.__dict__, "relabel": str(tmp_path / "none.csv")}))

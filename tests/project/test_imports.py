@@ -145,7 +145,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("cxrcore.predictor", "cxrcore.hosting"),
     ("cxrcore.compare", "cxrcore.results", "cxrcore.pacs", "cxrcore.score", "cxrcore.runtime", "cxrcore.monitorlog"),
     ("cxrcore.eval", "cxrcore.lens"),
-    ("cxrcore.train", "cxrcore.readerstudy"),
+    ("cxrcore.train", "cxrcore.readerstudy", "cxrcore.lens.crossfit"),
     ("cxrcore.jobs",),
     ("cxrcore.cli", "cxrcore.api", "cxrcore.demo", "cxrcore.launch", "cxrcore.catalog", "cxrcore.runs"),
 )
