@@ -36,6 +36,8 @@ def progress_text(s: dict, job) -> str:
         parts.append(f"epoch {s['epoch'] or 0}/{s['epochs']}")
     if s["total_steps"]:
         parts.append(f"step {s['step']}/{s['total_steps']}")
+    if s.get("step_text") and phase != "done":   # an index or cross-fitting job (cxrcore.jobs.lensjobs)
+        parts.append(s["step_text"])
     if s.get("total"):   # a scoring job (cxrcore.jobs.progress.score_summary)
         parts.append(f"{s['scored']:,} of {s['total']:,} images")
     if s["images_per_s"] is not None:

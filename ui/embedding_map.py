@@ -11,7 +11,8 @@ import plotly.express as px
 import streamlit as st
 
 from cxrcore.errors import CXRError
-from ui.common import chart_config, md_text, show_error, show_film
+from ui.common import chart_config, checkpoint_choices, md_text, show_error, show_film
+from ui.lens_jobs import index_launcher
 from ui.leaks import cached_index, indexes_of
 
 SHOW = 24
@@ -31,9 +32,13 @@ def embedding_map_tab(dataset_folder: str, frame: pd.DataFrame) -> None:
 
     found = indexes_of(dataset_folder)
     if not found:
-        st.caption("No model has indexed this dataset yet: `cxr index --checkpoint C --data DATASET` (docs/lens.md) "
-                   "gives the films' embeddings this map is drawn from.")
+        st.caption("No model has indexed this dataset yet. Index it here (a job), or from a shell with "
+                   "`cxr index --checkpoint C --data DATASET` (docs/lens.md): the films' embeddings this map, Compare's "
+                   "similar cases and the split report's near-duplicates are drawn from.")
+        index_launcher(dataset_folder, checkpoint_choices(), "map")
         return
+    with st.expander("Index with another model, or add the films new since (a job)"):
+        index_launcher(dataset_folder, checkpoint_choices(), "map")
     c1, c2 = st.columns([2, 2])
     name = c1.selectbox("Embeddings of", list(found), key="map_index")
     folder = found[name]

@@ -15,7 +15,8 @@ from cxrcore.checkpoint import read_card
 from cxrcore.errors import CXRError
 from cxrcore.jobs import dispatch, logfiles
 from cxrcore.jobs.progress import job_summary, progress_summary
-from cxrcore.jobs.scoring import SCORE, WATCH, is_training, out_path, read_summary, resume_words, task_of
+from cxrcore.jobs.scoring import (LENS_TASKS, SCORE, WATCH, is_training, out_path, read_summary, resume_words,
+                                  task_of)
 from cxrcore.runs import config_diff, fmt_seconds, fmt_time, history_table, progress_text
 from ui.common import chart_config, md_text, show_error
 
@@ -314,6 +315,32 @@ def _watch_body(job) -> None:
     st.dataframe(table, hide_index=True, key=f"watch_rows_{job.id}")
 
 
+def _lens_body(job) -> None:
+    """An index or cross-fitting job (:mod:`cxrcore.jobs.lensjobs`): what it made, and where it is used."""
+    from cxrcore.jobs.lensjobs import read_result
+
+    done = read_result(job.run_dir)
+    what = (f"Indexes `{md_text(job.config.get('data', ''))}` with `{md_text(job.config.get('checkpoint', ''))}`"
+            if task_of(job.config) == LENS_TASKS[0] else
+            f"Cross-fits `{md_text(job.config.get('checkpoint', ''))}` over `{md_text(job.config.get('data', ''))}` in "
+            f"{job.config.get('folds')} folds, then ranks the likely label errors")
+    st.caption(what + "; the result is used on the Dataset page.")
+    if not done:
+        return
+    if "issues" in done:
+        c1, c2 = st.columns(2)
+        c1.metric("Films judged", f"{done['images']:,}")
+        c2.metric("Likely label errors", f"{len(done['issues']):,}")
+        folds = pd.DataFrame(done.get("fold_runs") or [])
+        if len(folds):
+            st.dataframe(folds, hide_index=True, key=f"lens_folds_{job.id}")
+    else:
+        c1, c2, c3 = st.columns(3)
+        c1.metric("Films in the index", f"{done['images']:,}")
+        c2.metric("Embedded now", f"{done['embedded']:,}")
+        c3.metric("Kind", done["kind"])
+
+
 def render_job(job_id: str, live: bool, store, user, access) -> None:
     """A job's header, progress, actions, metrics, curves, log and configuration."""
     try:
@@ -362,6 +389,8 @@ def render_job(job_id: str, live: bool, store, user, access) -> None:
         _scoring_body(job, s)
     elif task == WATCH:
         _watch_body(job)
+    elif task in LENS_TASKS:
+        _lens_body(job)
     else:
         _training_body(job, s)
 

@@ -10,11 +10,16 @@ import streamlit as st
 
 from cxrcore import hosting
 from cxrcore.errors import CXRError
+from cxrcore.jobs.lensjobs import read_result
+from cxrcore.jobs.scoring import ISSUES
+from cxrcore.runs import fmt_time
 from ui.common import (current_user, hosting_settings, md_text, model_picker, require_checkpoints, show_error,
                        show_film)
+from ui.lens_jobs import crossfit_launcher, finished
 
 PAGE = 10
 NOT_REVIEWED = "not reviewed"
+OWN = "the model, on the films it did not train on"
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -36,18 +41,35 @@ def label_errors_tab(folder: str, stamp: tuple) -> None:
     c1, c2 = st.columns([3, 1])
     name = model_picker(c1, "Model whose out-of-sample probabilities judge the labels", choices, "issues_model",
                         prefer=("baseline",))
+    ckpt = choices[name]
+    jobs = finished(ISSUES, folder, ckpt)
+    sources = {OWN: None, **{f"cross-fitting job {j.id}: {j.config.get('folds')} folds ({fmt_time(j.created)})": j
+                             for j in jobs}}
+    source = st.radio("Out-of-sample probabilities from", list(sources), key="issues_source",
+                      help="The model itself judges only the films it did not train on; cross-fitting (K models, "
+                           "each trained without one fold of the patients) judges every film.")
+    with st.expander("Cross-fit this model over the dataset (a job), so every film is judged"):
+        st.caption("K models, each the chosen one fine-tuned on all but one fold of the patients (or, when it "
+                   "trained on this dataset, trained as it was, from its own start), each predicting its own fold: "
+                   "every film's probabilities come from a model that never saw its patient.")
+        crossfit_launcher(folder, ckpt, name)
     c2.write("")
     if c2.button("Look for label errors", key="issues_go", type="primary"):
-        st.session_state["issues_for"] = (choices[name], folder)
+        st.session_state["issues_for"] = (ckpt, folder, source)
     wanted = st.session_state.get("issues_for")
-    if wanted != (choices[name], folder):
-        st.caption("The model's probabilities on the films it did not train on, then cleanlab (one label at a time): "
-                   "the (film, label) pairs whose given label the model most confidently disagrees with. Press "
-                   "**Look for label errors**.")
+    if wanted != (ckpt, folder, source):
+        st.caption("The model's out-of-sample probabilities, then cleanlab (one label at a time): the (film, label) "
+                   "pairs whose given label the model most confidently disagrees with. Press **Look for label "
+                   "errors**.")
         return
     try:
-        with st.spinner("Predicting the films the model did not train on (cached afterwards) and ranking…"):
-            found = _issues(choices[name], folder, stamp)
+        if sources[source] is None:
+            with st.spinner("Predicting the films the model did not train on (cached afterwards) and ranking…"):
+                found = _issues(ckpt, folder, stamp)
+        else:
+            found = read_result(sources[source].run_dir)
+            if found is None:
+                raise CXRError(f"The result of job {sources[source].id} is not readable; run the cross-fitting again.")
     except CXRError as exc:
         show_error(exc)
         return

@@ -58,11 +58,21 @@ def similar_cases(image, paths: dict[str, str], key: str = "similar") -> None:
                    f"model's penultimate features). " + ("; ".join(
                        f"{count} of {result['k']} carry {md_text(x)}" for x, count in result["agreement"].items())
                        if called else "The model calls no finding on this film."))
+        labels = list(result["query"].get("probabilities") or {}) or list(index.meta.get("labels", []))
+        strongest = max(called, key=lambda x: result["query"]["probabilities"].get(x, 0.0)) if called else None
+        h1, h2 = st.columns([1, 2])
+        cams = h1.toggle("Heatmaps", key=f"{key}_cams", help="each film's Grad-CAM for one finding, as this model "
+                                                           "sees it (one backward pass per film)")
+        cam_label = h2.selectbox("Heatmap of", labels, index=labels.index(strongest) if strongest in labels else 0,
+                                 key=f"{key}_cam_label", disabled=not cams) if labels else None
         cols = st.columns(4)
         for i, n in enumerate(result["neighbours"]):
             top = ", ".join(f"{md_text(x)} {n['probabilities'][x]:.2f}" for x in called) or "-"
             with cols[i % 4]:
-                show_film(st, n["path"])
+                if cams and cam_label:
+                    _show_cam(n["path"], paths[role], cam_label)
+                else:
+                    show_film(st, n["path"])
                 st.caption(f"**{i + 1}** · distance {n['distance']:.4f} · labels: "
                            f"{md_text(', '.join(n['labels']) or 'No Finding')} · model: {top}")
         names = [f"{i + 1}: {Path(n['path']).name}" for i, n in enumerate(result["neighbours"])]
@@ -74,3 +84,21 @@ def similar_cases(image, paths: dict[str, str], key: str = "similar") -> None:
         left.image(to_uint8(image.pixels), caption="this film", use_container_width=True)
         show_film(right, n["path"], md_text(f"{Path(n['path']).name}: {', '.join(n['labels']) or 'No Finding'}"),
                   height=720)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _cam(path: str, checkpoint: str, label: str, stamp: float):
+    """A neighbour's film with its heatmap for ``label`` (cached per film, model and label)."""
+    from cxrcore.data.imageio import read_image
+    from cxrcore.explain.visual import overlay
+
+    image = read_image(path)
+    heat, boxes = load_predictor(checkpoint).heatmap(image, label)
+    return overlay(image.pixels, heat, boxes, label, height=320)
+
+
+def _show_cam(path: str, checkpoint: str, label: str) -> None:
+    try:
+        st.image(_cam(path, checkpoint, label, Path(path).stat().st_mtime), width="stretch")
+    except (CXRError, OSError) as exc:
+        show_error(exc)

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 
 from ..errors import ConfigError
 from ..hosting import RESTRICTED_SLURM_OPTIONS  # who may set which: the operator's policy
-from .scoring import SCORE, WATCH, check_score_config, check_watch_config, task_of
+from .lensjobs import check_lens_config
+from .scoring import LENS_TASKS, SCORE, WATCH, check_score_config, check_watch_config, task_of
 
 
 def check_config(config: dict, settings=None, user=None) -> dict:
@@ -45,6 +46,8 @@ def check_config(config: dict, settings=None, user=None) -> dict:
         return check_score_config(config, settings, user)
     if task == WATCH:   # scoring new PACS studies as they arrive
         return check_watch_config(config, settings, user)
+    if task in LENS_TASKS:   # an index of the dataset, or its label errors by cross-fitting
+        return check_lens_config(config, settings, user)
     if not config.get("data"):
         raise ConfigError("The training config needs `data`: the dataset folder to train on.")
     settings = settings or hosting.settings()

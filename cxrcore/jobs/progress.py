@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from .scoring import SCORE, WATCH, task_of
+from .scoring import LENS_TASKS, SCORE, WATCH, task_of
 
 
 def _num(v) -> float | None:
@@ -291,4 +291,8 @@ def job_summary(config: dict, events: list[dict]) -> dict:
     task = task_of(config)
     if task == WATCH:
         return progress_summary([]) | {"phase": "watching"}
+    if task in LENS_TASKS:
+        from .lensjobs import lens_summary
+
+        return lens_summary(events, progress_summary([]))
     return (score_summary if task == SCORE else progress_summary)(events)

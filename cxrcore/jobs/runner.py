@@ -28,7 +28,8 @@ from ..train.progress import Cancelled, ProgressPrinter
 from ..train.progress import clock as _clock
 from .local import start_queued
 from .logfiles import EVENTS_NAME, LOG_NAME
-from .scoring import SCORE, TRAIN, WATCH, run_scoring, run_watch, task_of
+from .lensjobs import run_lens
+from .scoring import LENS_TASKS, SCORE, WATCH, run_scoring, run_watch, task_of
 from .store import JobStore
 
 EXIT_FAILED = 1
@@ -219,6 +220,22 @@ def run_job(job_id: str, db: str | os.PathLike | None = None, shard: int | None 
             stop.interruptible = False
             summary = run_scoring(job.config, run_dir, stop, log=log, shard=shard)
             return _end_scoring(store, job, summary, stop, time.time() - t0)
+        if task in LENS_TASKS:
+            stop.interruptible = task == LENS_TASKS[0]   # an index is one pass: a cancel ends it at once
+            complete, result = run_lens(job.config, run_dir, stop, log=log)
+            stop.interruptible = False
+            if not complete:
+                error = (f"Cancelled after {result.get('folds_done', 0)} of {result.get('folds')} folds; they are kept "
+                         "and Resume goes on with the rest.")
+                log(error)
+                store.mark(job.id, "cancelled", exit_code=EXIT_CANCELLED, error=error)
+                return EXIT_CANCELLED
+            note = (f"{result['images']} films in the index {result['index']}" if task == LENS_TASKS[0] else
+                    f"{len(result['issues'])} likely label errors among {result['images']} films, cross-fitted over "
+                    f"{result['folds']} folds")
+            log(f"succeeded in {time.time() - t0:.0f}s: {note}")
+            store.mark(job.id, "succeeded", exit_code=0, error=None, note=note + ".")
+            return 0
         if task == WATCH:
             stop.interruptible = False
             scored = run_watch(job.config, stop, log=log)
@@ -239,7 +256,8 @@ def run_job(job_id: str, db: str | os.PathLike | None = None, shard: int | None 
         if stop() or isinstance(exc, Cancelled):
             print(f"[{_clock()}] cancelled after {time.time() - t0:.0f}s ({exc})", flush=True)
             store.mark(job.id, "cancelled", exit_code=EXIT_CANCELLED,
-                       error="Cancelled before scoring started." if task != TRAIN else
+                       error="Cancelled before scoring started." if task in (SCORE, WATCH) else
+                       "Cancelled before it finished; Resume starts it again." if task in LENS_TASKS else
                        "Cancelled before the first epoch finished; no checkpoint was written.")
             return EXIT_CANCELLED
         traceback.print_exc()

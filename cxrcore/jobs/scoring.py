@@ -37,10 +37,14 @@ from .logfiles import EVENTS_NAME
 
 TASK_KEY = "task"
 TRAIN, SCORE, WATCH = "train", "score", "pacs-watch"
-TASKS = (TRAIN, SCORE, WATCH)   # the declaration of the job kinds; a config without TASK_KEY is a training
+INDEX, ISSUES = "index", "label-issues"   # the dataset through a model's eyes (cxrcore.jobs.lensjobs)
+TASKS = (TRAIN, SCORE, WATCH, INDEX, ISSUES)   # the declaration of the job kinds; a config without TASK_KEY trains
+LENS_TASKS = (INDEX, ISSUES)
 # what Resume does, per task: the words the page, the CLI and the log use
 RESUMES = {TRAIN: "from the last complete epoch", SCORE: "with the images not in its table yet",
-           WATCH: "watching again (a study already scored is not scored again)"}
+           WATCH: "watching again (a study already scored is not scored again)",
+           INDEX: "embedding only the films not in the index yet",
+           ISSUES: "with the folds not finished yet (a stopped fold from its last complete epoch)"}
 OUT_NAME = "scores.parquet"
 SUMMARY_NAME = "score.json"
 # option: (default, least) for the whole-number options; the others are checked by name below
@@ -89,6 +93,8 @@ def job_label(config: dict) -> str:
         from ..pacs.dicomweb import ENV_URL
 
         return "watch " + (os.environ.get(ENV_URL, "").split("//")[-1].split("/")[0] or "the PACS")
+    if task_of(config) in LENS_TASKS:
+        return f"{config[TASK_KEY]} " + Path(str(config.get("data") or "dataset")).name
     spec = str(config.get("input") or config.get("data") or "job")
     return "score " + (spec.split("?")[0].rstrip("/").rsplit("/", 1)[-1] or spec) if is_scoring(config) \
         else Path(spec).name

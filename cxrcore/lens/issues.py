@@ -53,7 +53,10 @@ def rank_issues(targets: np.ndarray, probs: np.ndarray, labels: list[str], image
             continue
         p = np.clip(probs[known, j].astype(np.float64), 1e-6, 1 - 1e-6)
         pred = np.stack([1 - p, p], axis=1)
-        flagged = find_label_issues(y, pred, filter_by="prune_by_noise_rate")
+        # n_jobs=1: cleanlab's default forks a worker pool, which ends its workers with SIGTERM; in a job (whose
+        # workers inherit the runner's stop handler) they would not end, and in the app a fork of a threaded server
+        # is unsafe; one label at a time is fast (rows x 2 classes)
+        flagged = find_label_issues(y, pred, filter_by="prune_by_noise_rate", n_jobs=1)
         quality = get_label_quality_scores(y, pred, method="self_confidence")
         for k in np.flatnonzero(flagged):
             i = int(known[k])

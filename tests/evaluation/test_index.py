@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -102,6 +103,12 @@ def test_compare_shows_similar_cases_from_an_index_of_either_model(small_set, ap
     shown = [c.value for c in at.caption if c.value.startswith("**") and "distance" in c.value]
     assert len(shown) == 4 and all("labels:" in c for c in shown)
     assert len(at.selectbox(key="similar_open").options) == 4
+    films = len(at.get("imgs"))
+    at.toggle(key="similar_cams").set_value(True).run()       # each neighbour's heatmap for one finding
+    no_exception(at)
+    label = at.selectbox(key="similar_cam_label")
+    assert not label.disabled and label.value in label.options
+    assert len(at.get("imgs")) == films                          # the four films drawn as overlays instead
 
 
 def flip_labels(folder, labels: list[str], share: float, seed: int) -> set[tuple[str, str]]:
@@ -318,50 +325,6 @@ def test_post_similar_over_the_rest_service(small_set, shipped, tmp_path, monkey
         _stop(server)
 
 
-def test_cxr_label_issues_cross_fitted_judges_every_film_with_a_model_that_never_saw_its_patient(
-        noisy, shipped, tmp_path, monkeypatch, capsys):
-    """`cxr label-issues --folds 2`: two models fine-tuned from the baseline, each on the other fold's patients; every
-    film of the noised phantom is judged (out of sample for the model that predicts it: its patient is in that
-    model's test split and no other), the flipped labels rank first far above chance, in the contract's JSON; run
-    again, the finished folds are read back, not trained again."""
-    from cxrcore.checkpoint import read_card
-    from cxrcore.data.index import crossfit_folds
-    from cxrcore.data.readers import read_dataset
-    from cxrcore.eval.predictions import model_split_rows
-    from cxrcore.predictor import Predictor
-
-    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
-    data, flipped = noisy
-    folder = tmp_path / "cf"
-    args = ("label-issues", "--data", data, "--checkpoint", shipped["baseline"], "--folds", "2", "--epochs", "1",
-            "--folder", folder, "--json")
-    code, text, err = cxr_here(capsys, *args)
-    assert code == 0, err
-    found = json.loads(text)
-    assert found["images"] == 300 and "Cross-fitted over 2 patient-level folds" in found["note"]
-    issues = found["issues"]
-    assert {"image", "label", "given", "score"} <= set(issues[0])
-    assert [r["score"] for r in issues] == sorted((r["score"] for r in issues), reverse=True)
-    hits = sum((r["image"], r["label"]) in flipped for r in issues[:len(flipped)])
-    assert hits >= len(flipped) // 3, (hits, len(flipped))
-    index = read_dataset(data)
-    fold = crossfit_folds(index.frame["patient_id"], 2)
-    for k in (0, 1):
-        run = folder / f"fold-{k + 1}"
-        card = read_card(run / "checkpoint")
-        assert card.data["crossfit"] == {"fold": k, "folds": 2} and card.training["init_from"] == str(
-            shipped["baseline"].resolve())
-        test = model_split_rows(Predictor(run / "checkpoint"), index, "test")
-        assert set(test) == set(np.flatnonzero(fold == k))            # the fold it predicts: never trained on
-        with np.load(run / "oos.npz") as z:
-            assert set(z["image_ids"]) == set(index.frame["image_id"].iloc[test])
-    mtimes = [(folder / f"fold-{k}" / "oos.npz").stat().st_mtime_ns for k in (1, 2)]
-    code, again, err = cxr_here(capsys, *args)
-    assert code == 0 and json.loads(again)["issues"] == issues
-    assert "training on the other folds" not in err
-    assert [(folder / f"fold-{k}" / "oos.npz").stat().st_mtime_ns for k in (1, 2)] == mtimes
-
-
 def test_a_relabel_table_corrects_the_training_targets_and_bad_tables_are_refused(noisy, tmp_path):
     """The label review's export is what training reads (`relabel`): the corrected values replace the dataset's in
     the targets the training uses, the rest untouched, the table's digest on record; a table with a missing column,
@@ -401,3 +364,93 @@ def test_a_relabel_table_corrects_the_training_targets_and_bad_tables_are_refuse
             check_training(TrainConfig(**{**cfg.__dict__, "relabel": str(tmp_path / "bad.csv")}))
     with pytest.raises(DataError, match="Download the relabel table"):
         check_training(TrainConfig(**{**cfg.__dict__, "relabel": str(tmp_path / "none.csv")}))
+
+
+def test_the_dataset_page_starts_an_index_and_a_cross_fitting_job_and_cxr_label_issues_reads_its_folds(
+        noisy, app_home, shipped, tmp_path, monkeypatch, capsys):
+    """From the Dataset page (AppTest): a dataset no model has indexed offers to index it as a job, and the Label
+    errors tab to cross-fit the chosen model as a job (2 folds, each the baseline fine-tuned on the other fold's
+    patients); both run in the background queue (real job processes) and succeed; the map is then drawn from the new
+    index, and the cross-fitting job is offered as the source of out-of-sample probabilities, judging every film.
+    Every film was predicted by the fold model that never saw its patient (in that model's test split, no other);
+    the flipped labels rank first far above chance; `cxr label-issues --folds 2 --folder` on the job's folds reads
+    them back (trains nothing) and answers the same ranking in the contract's JSON."""
+    from conftest import app_page, fresh_workspace, job_workspace, kill_jobs, no_exception, wait_for
+    from cxrcore.checkpoint import read_card
+    from cxrcore.data.index import crossfit_folds
+    from cxrcore.data.readers import read_dataset
+    from cxrcore.eval.predictions import model_split_rows
+    from cxrcore.jobs import JobStore, refresh
+    from cxrcore.jobs.lensjobs import read_result
+    from cxrcore.predictor import Predictor
+
+    data, flipped = noisy
+    home = job_workspace(fresh_workspace(app_home, tmp_path / "home"), monkeypatch)
+    (home / "datasets" / "noisy").symlink_to(data, target_is_directory=True)
+    try:
+        at = app_page("dataset")
+        at.session_state["dataset_source"] = "noisy"
+        at.session_state["dataset_section"] = "Embedding map"
+        at.run()
+        no_exception(at)
+        assert any("No model has indexed this dataset yet" in c.value for c in at.caption)
+        at.selectbox(key="index_job_model_map").set_value(
+            next(k for k in at.selectbox(key="index_job_model_map").options if k.startswith("baseline")))
+        next(b for b in at.button if b.label == "Index (a job)").click().run()
+        no_exception(at)
+        at.session_state["dataset_section"] = "Label errors"
+        at.session_state["issues_model"] = next(k for k in _choices() if k.startswith("baseline"))
+        at.run()
+        at.number_input(key="crossfit_folds").set_value(2)
+        at.number_input(key="crossfit_epochs").set_value(1)
+        next(b for b in at.button if b.label == "Cross-fit (a job)").click().run()
+        no_exception(at)
+        store = JobStore()
+        jobs = {j.config["task"]: j for j in store.list()}
+        assert sorted(jobs) == ["index", "label-issues"], [e.value for e in [*at.error, *at.success, *at.warning]]
+        for j in jobs.values():
+            done = wait_for(lambda: (x := refresh(j.id, store)).ended and x, 600, what=f"the {j.config['task']} job")
+            assert done.status == "succeeded", done.error
+        at.session_state["dataset_section"] = "Embedding map"
+        at.run()
+        no_exception(at)
+        assert "(300 films" in at.selectbox(key="map_index").value
+        at.session_state["dataset_section"] = "Label errors"
+        at.run()
+        source = at.radio(key="issues_source")
+        assert len(source.options) == 2 and source.options[1].startswith("cross-fitting job")
+        source.set_value(source.options[1]).run()
+        at.button(key="issues_go").click().run()
+        no_exception(at)
+        assert any("suspected label errors among **300** films" in m.value and r"Cross\-fitted over 2" in m.value
+                   for m in at.markdown)
+    finally:
+        kill_jobs(home)
+
+    folder = Path(jobs["label-issues"].run_dir) / "crossfit"
+    issues = read_result(jobs["label-issues"].run_dir)["issues"]
+    hits = sum((r["image"], r["label"]) in flipped for r in issues[:len(flipped)])
+    assert hits >= len(flipped) // 3, (hits, len(flipped))
+    index = read_dataset(data)
+    fold = crossfit_folds(index.frame["patient_id"], 2)
+    for k in (0, 1):
+        run = folder / f"fold-{k + 1}"
+        card = read_card(run / "checkpoint")
+        assert card.data["crossfit"] == {"fold": k, "folds": 2} and card.training["init_from"] == str(
+            shipped["baseline"].resolve())
+        test = model_split_rows(Predictor(run / "checkpoint"), index, "test")
+        assert set(test) == set(np.flatnonzero(fold == k))            # the fold it predicts: never trained on
+        with np.load(run / "oos.npz") as z:
+            assert set(z["image_ids"]) == set(index.frame["image_id"].iloc[test])
+    mtimes = [(folder / f"fold-{k}" / "oos.npz").stat().st_mtime_ns for k in (1, 2)]
+    code, text, err = cxr_here(capsys, "label-issues", "--data", data, "--checkpoint", shipped["baseline"],
+                               "--folds", "2", "--epochs", "1", "--folder", folder, "--json")
+    assert code == 0, err
+    found = json.loads(text)
+    assert found["images"] == 300 and "Cross-fitted over 2 patient-level folds" in found["note"]
+    assert {"image", "label", "given", "score"} <= set(found["issues"][0])
+    assert [r["score"] for r in found["issues"]] == sorted((r["score"] for r in found["issues"]), reverse=True)
+    assert [(r["image"], r["label"], r["score"]) for r in found["issues"]] == [
+        (r["image"], r["label"], r["score"]) for r in issues]
+    assert "training on the other folds" not in err
+    assert [(folder / f"fold-{k}" / "oos.npz").stat().st_mtime_ns for k in (1, 2)] == mtimes
