@@ -70,7 +70,7 @@ def similar_cases(image, paths: dict[str, str], key: str = "similar") -> None:
             top = ", ".join(f"{md_text(x)} {n['probabilities'][x]:.2f}" for x in called) or "-"
             with cols[i % 4]:
                 if cams and cam_label:
-                    _show_cam(n["path"], paths[role], cam_label)
+                    show_cam(n["path"], paths[role], cam_label)
                 else:
                     show_film(st, n["path"])
                 st.caption(f"**{i + 1}** · distance {n['distance']:.4f} · labels: "
@@ -97,7 +97,7 @@ def _cam(path: str, checkpoint: str, label: str, stamp: float):
     return overlay(image.pixels, heat, boxes, label, height=320)
 
 
-def _show_cam(path: str, checkpoint: str, label: str) -> None:
+def show_cam(path: str, checkpoint: str, label: str) -> None:
     try:
         st.image(_cam(path, checkpoint, label, Path(path).stat().st_mtime), width="stretch")
     except (CXRError, OSError) as exc:

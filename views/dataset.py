@@ -497,7 +497,7 @@ if data is not None:
             elif section == LABEL_ERRORS:   # a model's suspected label errors, reviewed here (ui/label_review.py)
                 label_errors_tab(source.partition(":")[2], _stamp(source))
             elif section == EMBEDDING_MAP:  # a model's 2-D map of the films (ui/embedding_map.py)
-                embedding_map_tab(source.partition(":")[2], _index(source, _stamp(source)).frame)
+                embedding_map_tab(source.partition(":")[2], _index(source, _stamp(source)).frame, _stamp(source))
             else:
                 _gallery(source, s)
         if not has_images:

@@ -278,6 +278,20 @@ def test_cxr_duplicates_finds_planted_copies_and_the_leaks_across_splits(small_s
     at.selectbox(key="map_colour").set_value("model's probability: Effusion").run()
     no_exception(at)
     assert len(at.get("plotly_chart")) == 1 and any("243 of 243 films" in c.value for c in at.caption)
+    at.selectbox(key="map_colour").set_value("suspected label error (score)").run()   # cleanlab on the baseline's
+    no_exception(at)
+    assert any("Suspicion: a film's largest label" in c.value and "did not train on" in c.value for c in at.caption)
+    # a lasso around films (the chart's selection state, as the browser sends it; a point is numbered within its
+    # trace, one per colour category): their table, one opened
+    at.selectbox(key="map_colour").set_value("split").run()
+    at.session_state["map_chart"] = {"selection": {"points": [{"curve_number": 0, "point_index": i} for i in (0, 2)]
+                                                   + [{"curve_number": 1, "point_index": 1}],
+                                                   "point_indices": [0, 2, 1], "box": [], "lasso": []}}
+    at.run()
+    no_exception(at)
+    picked = next(d.value for d in at.dataframe if "model calls" in d.value.columns)
+    assert len(picked) == 3 and "p(Effusion)" in picked.columns and picked["split"].nunique() == 2
+    assert at.selectbox(key="map_open").options == list(picked["film"])
     from cxrcore.lens.index import load_index
     from cxrcore.lens.map import embedding_map
 
