@@ -36,23 +36,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def flip(folder: Path, share: float, seed: int) -> set[tuple[str, str]]:
-    from cxrcore.labels import NIH14
-
-    table = pd.read_csv(folder / "Data_Entry_2017.csv")
-    rng = np.random.default_rng(seed)
-    pairs = [(i, x) for i in range(len(table)) for x in NIH14]
-    flipped = set()
-    for k in rng.choice(len(pairs), int(round(share * len(pairs))), replace=False):
-        i, x = pairs[k]
-        found = [f for f in str(table.at[i, "Finding Labels"]).split("|") if f != "No Finding"]
-        found = [f for f in found if f != x] if x in found else found + [x]
-        table.at[i, "Finding Labels"] = "|".join(found) or "No Finding"
-        flipped.add((str(table.at[i, "Image Index"]), x))
-    table.to_csv(folder / "Data_Entry_2017.csv", index=False)
-    return flipped
-
-
 def scores(issues: list[dict], flipped: set) -> dict:
     top = issues[:len(flipped)]
     hit_top = sum((r["image"], r["label"]) in flipped for r in top)
@@ -110,6 +93,7 @@ def main() -> int:
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="cxr-label-errors-"))
     os.environ["CXR_HOME"] = str(work / "home")
     from cxrcore.data.phantom import generate
+    from cxrcore.data.phantom.noise import add_label_noise
     from cxrcore.data.readers import read_dataset
     from cxrcore.eval.metrics import mean_ignoring_nan
     from cxrcore.lens.crossfit import crossfit_issues
@@ -123,7 +107,7 @@ def main() -> int:
     if noisy.exists():
         shutil.rmtree(noisy)
     shutil.copytree(clean, noisy)
-    flipped = flip(noisy, a.share, a.seed)
+    flipped = add_label_noise(noisy, a.share, a.seed)
     print(f"{a.n} films, {len(flipped)} of {a.n * 14} (film, finding) pairs flipped ({time.monotonic() - t0:.0f} s)",
           flush=True)
     baseline = REPO / "checkpoints" / "baseline"

@@ -12,6 +12,11 @@ def cmd_phantom(a) -> int:
 
     out = generate(a.out, a.n, domain=a.domain, size=a.size, seed=a.seed, workers=a.workers, progress=bar("phantom"))
     print(f"wrote {a.n} {a.domain} phantom images to {out}")
+    if a.label_noise:
+        from ..data.phantom.noise import NOISE_FILE, add_label_noise
+
+        flipped = add_label_noise(out, a.label_noise, a.noise_seed)
+        print(f"flipped {len(flipped)} (film, finding) labels; the truth of each is in {out / NOISE_FILE}")
     return 0
 
 
@@ -65,6 +70,9 @@ def _phantom_flags(s) -> None:
     s.add_argument("--size", type=int, default=256)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--label-noise", type=float, default=0.0,
+                   help="flip this share of the (film, finding) labels (NIH layout; the truth in label_noise.csv)")
+    s.add_argument("--noise-seed", type=int, default=0, help="seeds the flips")
     s.set_defaults(func=cmd_phantom)
 
 

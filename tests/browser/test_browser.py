@@ -300,6 +300,102 @@ def test_training_page_launches_and_watches_a_job(app_url, browser, tmp_path):
     page.screenshot(path=str(tmp_path / "training.png"), full_page=True)
 
 
+# ------------------------------------------------------------------ the dataset through the model's eyes (issue 24)
+def _open_dataset(page, url: str, source: str, section: str = "Prevalence") -> None:
+    """The Dataset page opened by its address on ``source`` and ``section`` (what a shared link or a reload opens),
+    once its run has ended."""
+    from urllib.parse import urlencode
+
+    page.goto(f"{url}/dataset?{urlencode({'source': source, 'section': section})}", timeout=120_000)
+    body_with(page, "Layout:", section)
+    wait_idle(page)
+
+
+def _tab(page, name: str) -> None:
+    """Open the tab ``name`` of the page's tabs and wait until the run it starts has ended."""
+    try:
+        page.get_by_role("tab", name=name).click(timeout=60_000)
+    except Exception as exc:   # say what the page shows instead
+        raise AssertionError(f"no tab {name!r}; the page shows:\n{page.inner_text('body')[-3000:]}") from exc
+    wait_idle(page)
+
+
+@pytest.fixture(scope="module")
+def noisy_films(browser_home) -> Path:
+    """200 NIH-style phantom films in the module's workspace, 5 % of three findings' labels flipped."""
+    from cxrcore.data.phantom import generate
+    from cxrcore.data.phantom.noise import add_label_noise
+
+    data = generate(browser_home / "datasets" / "noisyfilms", n=200, domain="nih", seed=35, workers=1)
+    add_label_noise(data, 0.05, seed=2, labels=["Effusion", "Infiltration", "Atelectasis"])
+    return data
+
+
+def test_index_a_phantom_from_the_page_find_similar_cases_and_review_suspected_label_errors(noisy_films, app_url,
+                                                                                             browser, browser_home,
+                                                                                             tmp_path):
+    """Issue 24's "done when", in Chromium: a noised phantom (5 % of three findings' labels flipped) indexed by the
+    baseline as a job started from the Dataset page; similar cases from it on Compare for an upload; the Dataset
+    page's suspected label errors of it; a reviewer marks two (label wrong, label right); the downloaded relabel
+    table holds them, the wrong one corrected; the dataset's own label table untouched."""
+    import pandas as pd
+
+    from cxrcore.jobs import JobStore
+
+    data = noisy_films
+    table_before = (data / "Data_Entry_2017.csv").read_bytes()
+    page = browser.new_page(viewport={"width": 1500, "height": 2400})
+    _open_dataset(page, app_url, "noisyfilms", "Embedding map")
+    body_with(page, "No model has indexed this dataset yet")
+    form = page.get_by_test_id("stForm").filter(has_text="Model whose embeddings index the films")
+    box = form.get_by_test_id("stSelectbox")
+    box.locator("input").click()
+    page.get_by_role("option", name=re.compile("^baseline")).first.click()
+    form.get_by_role("button", name="Index (a job)").click()
+    body_with(page, "Started indexing job")
+    store = JobStore(browser_home / "jobs.sqlite")
+    deadline = time.time() + 300
+    while time.time() < deadline and not (jobs := [j for j in store.list() if j.config.get("task") == "index"
+                                                   and j.status == "succeeded"]):
+        assert not any(j.status == "failed" for j in store.list()), [j.error for j in store.list()]
+        time.sleep(0.5)
+    assert jobs, "the index job did not succeed in 300 s"
+    page.reload()                                                 # the address keeps the source and the section
+    body_with(page, "noisyfilms", "t-SNE of")                     # the map from the new index
+
+    # Compare: the upload's nearest films of the indexed phantom
+    open_compare(page, app_url)
+    page.locator("input[type=file]").first.set_input_files(str(FORMATS / "00000001_000.png"))
+    page.get_by_text("feature cells").first.wait_for(timeout=240_000)
+    wait_idle(page)
+    page.get_by_text("Similar cases from an indexed dataset").click()
+    text = body_with(page, "noisyfilms (200 films)", re.compile(r"\*?\*?8\*?\*? · distance"))
+    assert len(re.findall(r"distance \d\.\d{4} · labels:", text)) == 8
+
+    # the Dataset page: suspected label errors, two verdicts, the export
+    _open_dataset(page, app_url, "noisyfilms")
+    _tab(page, "Label errors")                                    # and the tabs still switch by a click
+    page.get_by_role("button", name="Look for label errors").click()
+    body_with(page, "suspected label errors among", "200", "0 of")
+    wait_idle(page)
+    radios = page.get_by_test_id("stRadio").filter(has_text="label wrong")
+    radios.nth(0).get_by_text("label wrong", exact=True).click()
+    wait_idle(page)
+    radios.nth(1).get_by_text("label right", exact=True).click()
+    wait_idle(page)
+    body_with(page, "2 of", "reviewed")
+    with page.expect_download() as got:
+        page.get_by_role("button", name=re.compile("Download the relabel table \\(2 reviewed pairs")).click()
+    path = tmp_path / "relabel.csv"
+    got.value.save_as(path)
+    table = pd.read_csv(path)
+    assert sorted(table["verdict"]) == ["label right", "label wrong"]
+    wrong = table[table["verdict"] == "label wrong"].iloc[0]
+    assert wrong["corrected"] == 1 - wrong["given"]
+    assert (data / "Data_Entry_2017.csv").read_bytes() == table_before
+    page.screenshot(path=str(tmp_path / "label_errors.png"), full_page=True)
+
+
 # ------------------------------------------------------------------ a library model (torchxrayvision)
 @pytest.fixture(scope="module")
 def xrv_app_url(app_home, shipped, tmp_path_factory):

@@ -111,31 +111,15 @@ def test_compare_shows_similar_cases_from_an_index_of_either_model(small_set, ap
     assert len(at.get("imgs")) == films                          # the four films drawn as overlays instead
 
 
-def flip_labels(folder, labels: list[str], share: float, seed: int) -> set[tuple[str, str]]:
-    """Flip ``share`` of the (image, label) pairs of ``labels`` in an NIH-style folder's Data_Entry_2017.csv (seeded):
-    a finding added where absent, removed where present. The flipped pairs."""
-    table = pd.read_csv(folder / "Data_Entry_2017.csv")
-    rng = np.random.default_rng(seed)
-    pairs = [(i, x) for i in range(len(table)) for x in labels]
-    flipped = set()
-    for k in rng.choice(len(pairs), int(round(share * len(pairs))), replace=False):
-        i, x = pairs[k]
-        found = [f for f in str(table.at[i, "Finding Labels"]).split("|") if f != "No Finding"]
-        found = [f for f in found if f != x] if x in found else found + [x]
-        table.at[i, "Finding Labels"] = "|".join(found) or "No Finding"
-        flipped.add((str(table.at[i, "Image Index"]), x))
-    table.to_csv(folder / "Data_Entry_2017.csv", index=False)
-    return flipped
-
-
 @pytest.fixture(scope="module")
 def noisy(tmp_path_factory):
     """300 NIH-style phantom films (seed 33: the shipped models never saw them) with 5 % of three findings' labels
     flipped (seeded); (the folder, the flipped pairs)."""
     from cxrcore.data.phantom import generate
+    from cxrcore.data.phantom.noise import add_label_noise
 
     data = generate(tmp_path_factory.mktemp("noisy") / "noisy", n=300, domain="nih", seed=33)
-    return data, flip_labels(data, ["Effusion", "Infiltration", "Atelectasis"], 0.05, seed=1)
+    return data, add_label_noise(data, 0.05, seed=1, labels=["Effusion", "Infiltration", "Atelectasis"])
 
 
 def test_cxr_label_issues_finds_flipped_labels_of_a_noised_phantom(noisy, shipped, tmp_path, monkeypatch, capsys):

@@ -31,7 +31,8 @@ The package, by part:
 - ``devices.py``: tubes, lines and ECG leads (Support Devices);
 - ``film.py``: film effects (exposure, film curve, noise, blur, marker, the domain's look);
 - ``renderer.py``: the renderer combining them, :func:`render`;
-- ``writing.py``: :func:`generate`, the worker pool, image, table and box writing.
+- ``writing.py``: :func:`generate`, the worker pool, image, table and box writing;
+- ``noise.py``: known label noise (:func:`~cxrcore.data.phantom.noise.add_label_noise`).
 """
 from __future__ import annotations
 
