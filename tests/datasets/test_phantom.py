@@ -448,3 +448,35 @@ def test_workers_in_a_threaded_process_do_not_run_the_callers_main(tmp_path, mon
     generate(tmp_path / "plain", 12, "nih", 64, 3, workers=1)
     for f in sorted(p.relative_to(tmp_path / "plain") for p in (tmp_path / "plain").rglob("*") if p.is_file()):
         assert (tmp_path / "threaded" / f).read_bytes() == (tmp_path / "plain" / f).read_bytes(), f
+
+
+def test_label_noise_flips_the_share_asked_and_keeps_the_truth_beside(nih_ds, tmp_path):
+    """`cxr phantom --label-noise` (cxrcore.data.phantom.noise): the share of (film, finding) pairs asked is flipped in
+    Data_Entry_2017.csv and nothing else; label_noise.csv names each with the value given now and the true one; the
+    images untouched; a folder already noised, a CheXpert layout or a share outside (0, 1) is refused."""
+    import shutil
+
+    from cxrcore.data.phantom.noise import NOISE_FILE, add_label_noise
+    from cxrcore.data.readers import read_dataset
+    from cxrcore.errors import DataError
+
+    data = tmp_path / "ds"
+    shutil.copytree(nih_ds, data)
+    before = read_dataset(data)
+    flipped = add_label_noise(data, 0.1, seed=3)
+    after = read_dataset(data)
+    truth = pd.read_csv(data / NOISE_FILE)
+    assert len(flipped) == len(truth) == round(0.1 * N * 14)
+    a = before.frame.set_index("image_id")[NIH14].fillna(0).astype(int)
+    b = after.frame.set_index("image_id")[NIH14].fillna(0).astype(int)
+    changed = {(i, x) for x in NIH14 for i in a.index[a[x] != b[x]]}
+    assert changed == flipped
+    for r in truth.itertuples():
+        assert b.at[r.image_id, r.label] == r.given and a.at[r.image_id, r.label] == r.true == 1 - r.given
+    assert sorted(p.name for p in (data / "images").iterdir()) == sorted(p.name for p in (nih_ds / "images").iterdir())
+    with pytest.raises(DataError, match="already has flipped labels"):
+        add_label_noise(data, 0.1)
+    with pytest.raises(DataError, match="between 0 and 1"):
+        add_label_noise(nih_ds, 1.5)
+    with pytest.raises(DataError, match="NIH-layout"):
+        add_label_noise(tmp_path, 0.1)
