@@ -285,19 +285,26 @@ class Predictor:
         if not all(hasattr(net, a) for a in ("forward_features", "forward_head")):
             return self.predict_squares(squares, batch_size=batch_size, progress=progress), None
         card = self.card
-        probs, feats_out = [], []
         n = len(squares)
+        if not n:
+            return np.zeros((0, len(self.labels)), np.float32), None
+        # The outputs are allocated once and each batch written into them: a list of per-batch results, each
+        # left alive between the large freed batch buffers, kept glibc from returning those to the system (about
+        # 1.6 GB retained embedding 10,000 films; bench/RESULTS.md).
+        probs, feats_out = np.empty((n, len(self.labels)), np.float32), None
         for k in range(0, n, max(1, batch_size)):
             x = self.prep.normalize(torch.from_numpy(np.array(squares[k:k + batch_size])).to(self.device))
             feats = net.forward_features(x)
-            feats_out.append(net.forward_head(feats, pre_logits=True).flatten(1).float().cpu().numpy())
+            pooled = net.forward_head(feats, pre_logits=True).flatten(1).float().cpu().numpy()
+            if feats_out is None:
+                feats_out = np.empty((n, pooled.shape[1]), np.float32)
+            feats_out[k:k + len(pooled)] = pooled
             p = torch.sigmoid(net.forward_head(feats)).float().cpu().numpy()
-            probs.append(combine(p, card.model, card.thresholds))
+            probs[k:k + len(p)] = combine(p, card.model, card.thresholds)
+            del x, feats, pooled, p
             if progress:
                 progress(min(n, k + batch_size), n)
-        if not probs:
-            return np.zeros((0, len(self.labels)), np.float32), None
-        return np.concatenate(probs), np.concatenate(feats_out)
+        return probs, feats_out
 
     @torch.no_grad()
     def predict_squares(self, squares: np.ndarray, batch_size: int = 64, progress=None, raw: bool = False,
@@ -309,13 +316,14 @@ class Predictor:
 
         tta = check_tta(tta)
         card = self.card  # one card for every batch
-        out = []
         n = len(squares)
+        out = np.empty((n, len(self.labels)), np.float32)   # written batch by batch (see embed_squares)
         batch_size = max(1, batch_size // VIEWS[tta])
         for k in range(0, n, batch_size):
             x = self.prep.normalize(torch.from_numpy(np.array(squares[k:k + batch_size])).to(self.device))
             p = tta_sigmoid(self.model, x, tta).cpu().numpy()
-            out.append(p if raw else combine(p, card.model, card.thresholds))
+            out[k:k + len(p)] = p if raw else combine(p, card.model, card.thresholds)
+            del x
             if progress:
                 progress(min(n, k + batch_size), n)
-        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
+        return out

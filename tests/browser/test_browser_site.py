@@ -44,7 +44,7 @@ def _choose(page, label: str, option: str, within=None) -> None:
     box.locator("input").click()
     box.locator("input").fill(option.split(" ")[0])
     choice = page.get_by_role("option", name=option).first
-    shown = choice.inner_text()
+    shown = choice.inner_text(timeout=120_000)   # a loaded machine draws the list slowly
     choice.click()
     expect(box.locator("input")).to_have_value(shown, timeout=60_000)
     wait_idle(page)
