@@ -240,16 +240,7 @@ except Exception as exc:  # the real tables and the folder input still work with
     show_error(exc)
 
 options = [NIH_FULL, CHEXPERT_FULL, *folders, FOLDER]
-# The source and the open section live in the address too (?source=…&section=…): a link opens them, a reload keeps
-# them. The address is read when this session has no choice yet.
-linked = st.query_params.get("source")
-if "dataset_source" not in st.session_state and linked in options:
-    st.session_state["dataset_source"] = linked
-    if st.query_params.get("section"):
-        st.session_state["dataset_section"] = st.query_params["section"]
 choice = st.selectbox("Source", options, key="dataset_source")
-if choice != FOLDER and st.query_params.get("source") != choice:
-    st.query_params["source"] = choice
 
 source: str | None = None
 display = choice
@@ -491,8 +482,6 @@ if data is not None:
         # Lazy tabs: only the open one runs (and draws); switching reruns the page.
         tabs = dict(zip(names, st.tabs(names, key="dataset_section", on_change="rerun")))
         section = next((n for n, t in tabs.items() if t.open), names[0])
-        if choice != FOLDER and st.query_params.get("section") != section:
-            st.query_params["section"] = section
         with tabs[section]:
             if section == "Prevalence":
                 _prevalence(source, data["prevalence"], slug)

@@ -301,13 +301,14 @@ def test_training_page_launches_and_watches_a_job(app_url, browser, tmp_path):
 
 
 # ------------------------------------------------------------------ the dataset through the model's eyes (issue 24)
-def _open_dataset(page, url: str, source: str, section: str = "Prevalence") -> None:
-    """The Dataset page opened by its address on ``source`` and ``section`` (what a shared link or a reload opens),
-    once its run has ended."""
-    from urllib.parse import urlencode
-
-    page.goto(f"{url}/dataset?{urlencode({'source': source, 'section': section})}", timeout=120_000)
-    body_with(page, "Layout:", section)
+def _open_dataset(page, url: str, source: str) -> None:
+    """The Dataset page on ``source``, chosen once the first run (the default source's statistics) has ended: a
+    choice made while that run still draws the page would be redrawn away."""
+    page.goto(f"{url}/dataset", timeout=120_000)
+    page.get_by_text("Download prevalence (CSV)").first.wait_for(timeout=120_000)
+    wait_idle(page)
+    _choose(page, "Source", source)
+    body_with(page, "Layout:", "Label errors")
     wait_idle(page)
 
 
@@ -335,7 +336,7 @@ def test_index_a_phantom_from_the_page_find_similar_cases_and_review_suspected_l
                                                                                              browser, browser_home,
                                                                                              tmp_path):
     """Issue 24's "done when", in Chromium: a noised phantom (5 % of three findings' labels flipped) indexed by the
-    baseline as a job started from the Dataset page; similar cases from it on Compare for an upload; the Dataset
+    baseline as a job started from the Dataset page; the map drawn from it; similar cases from it on Compare for an upload; the Dataset
     page's suspected label errors of it; a reviewer marks two (label wrong, label right); the downloaded relabel
     table holds them, the wrong one corrected; the dataset's own label table untouched."""
     import pandas as pd
@@ -345,7 +346,8 @@ def test_index_a_phantom_from_the_page_find_similar_cases_and_review_suspected_l
     data = noisy_films
     table_before = (data / "Data_Entry_2017.csv").read_bytes()
     page = browser.new_page(viewport={"width": 1500, "height": 2400})
-    _open_dataset(page, app_url, "noisyfilms", "Embedding map")
+    _open_dataset(page, app_url, "noisyfilms")
+    _tab(page, "Embedding map")
     body_with(page, "No model has indexed this dataset yet")
     form = page.get_by_test_id("stForm").filter(has_text="Model whose embeddings index the films")
     box = form.get_by_test_id("stSelectbox")
@@ -360,8 +362,9 @@ def test_index_a_phantom_from_the_page_find_similar_cases_and_review_suspected_l
         assert not any(j.status == "failed" for j in store.list()), [j.error for j in store.list()]
         time.sleep(0.5)
     assert jobs, "the index job did not succeed in 300 s"
-    page.reload()                                                 # the address keeps the source and the section
-    body_with(page, "noisyfilms", "t-SNE of")                     # the map from the new index
+    _open_dataset(page, app_url, "noisyfilms")                    # a new visit: the map from the new index
+    _tab(page, "Embedding map")
+    body_with(page, "t-SNE of")
 
     # Compare: the upload's nearest films of the indexed phantom
     open_compare(page, app_url)
@@ -374,7 +377,7 @@ def test_index_a_phantom_from_the_page_find_similar_cases_and_review_suspected_l
 
     # the Dataset page: suspected label errors, two verdicts, the export
     _open_dataset(page, app_url, "noisyfilms")
-    _tab(page, "Label errors")                                    # and the tabs still switch by a click
+    _tab(page, "Label errors")
     page.get_by_role("button", name="Look for label errors").click()
     body_with(page, "suspected label errors among", "200", "0 of")
     wait_idle(page)
