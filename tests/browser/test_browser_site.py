@@ -41,10 +41,20 @@ def _choose(page, label: str, option: str, within=None) -> None:
     from playwright.sync_api import expect
 
     box = (within or page).get_by_test_id("stSelectbox").filter(has_text=label)
-    box.locator("input").click()
-    box.locator("input").fill(option.split(" ")[0])
     choice = page.get_by_role("option", name=option).first
-    shown = choice.inner_text(timeout=120_000)   # a loaded machine draws the list slowly
+    # Seen in full runs (and, for a while, alone): the list opened by the typing closed again at once, the box
+    # keeping the typed text, so no option was ever drawn. The list is opened again until the option shows.
+    for attempt in range(4):
+        box.locator("input").click()
+        box.locator("input").fill(option.split(" ")[0])
+        try:
+            shown = choice.inner_text(timeout=30_000 if attempt < 3 else 120_000)
+            break
+        except Exception:  # noqa: BLE001 - the list closed: press Escape, open it again
+            if attempt == 3:
+                raise
+            box.locator("input").press("Escape")
+            page.wait_for_timeout(500)
     choice.click()
     expect(box.locator("input")).to_have_value(shown, timeout=60_000)
     wait_idle(page)
