@@ -101,7 +101,7 @@ def run_lens(config: dict, run_dir: Path, should_stop, log=print) -> tuple[bool,
             f"{result['dropped']} dropped")
         complete = True
     else:
-        from ..lens.crossfit import crossfit, crossfit_issues
+        from ..lens.crossfit import crossfit, issues_of
         from ..lens.issues import LabelIssues
 
         folds = int(config["folds"])
@@ -121,7 +121,7 @@ def run_lens(config: dict, run_dir: Path, should_stop, log=print) -> tuple[bool,
         complete = fit.complete
         if not complete:
             return False, {"folds_done": len(fit.fold_cards), "folds": folds}
-        found: LabelIssues = crossfit_issues(config["checkpoint"], config["data"], folds, **kw)
+        found: LabelIssues = issues_of(fit, config["data"])   # the folds just gathered, not read again
         result = found.to_dict() | {"folds": folds, "fold_runs": fit.fold_cards, "checkpoint": config["checkpoint"],
                                     "data": config["data"]}
         log(f"{len(found.issues)} likely label error(s) among {found.images} films")

@@ -190,9 +190,14 @@ def crossfit(checkpoint: str, data: str | Path, folds: int = DEFAULT_FOLDS, *, f
 
 def crossfit_issues(checkpoint: str, data: str | Path, folds: int = DEFAULT_FOLDS, **kw) -> LabelIssues:
     """:func:`cxrcore.lens.issues.rank_issues` on the cross-fitted probabilities of every image (:func:`crossfit`)."""
+    return issues_of(crossfit(checkpoint, data, folds, **kw), data)
+
+
+def issues_of(fit: CrossFit, data: str | Path) -> LabelIssues:
+    """The ranked label issues of a finished cross-fitting ``fit`` of the dataset ``data``."""
     from ..data.readers import read_dataset
 
-    fit = crossfit(checkpoint, data, folds, **kw)
+    folds = fit.folds
     if not fit.complete:
         raise DataError(f"Cross-fitting stopped after {len(fit.fold_cards)} of {folds} folds; run it again to go on "
                         "(finished folds are kept).")
