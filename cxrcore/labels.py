@@ -29,6 +29,10 @@ LABEL_SPACES: dict[str, list[str]] = {
     "chexpert5": CHEXPERT5,
 }
 
+# What became of a finding between a prior film and the current one: the truth of a phantom pair
+# (cxrcore.data.phantom.pairs) and the call of a comparison (cxrcore.prior), in this order everywhere.
+CHANGES = ("new", "resolved", "worse", "better", "unchanged")
+
 # Different spellings of the same finding, folded to one canonical key.
 SYNONYMS = {
     "effusion": "pleural effusion",

@@ -10,14 +10,14 @@ import argparse
 import sys
 
 from ..errors import CXRError
-from . import (data, demo, eval, explain, jobs, lens, models, monitor, pacs, predict, reader_study, score, serve, site,
-               sweep, train)
+from . import (data, demo, eval, explain, jobs, lens, models, monitor, pacs, predict, prior, reader_study, score, serve,
+               site, sweep, train)
 from .common import CHECKPOINT_HELP, LIBRARY_HINT, CommandParser
 
 COMMANDS = (data.PHANTOM, train.TRAIN, sweep.SWEEP, predict.PREDICT, eval.LOCALIZE, explain.EXPLAIN, data.STATS,
             data.CACHE, models.COMBINE, models.ZEROSHOT, demo.DEMO, jobs.JOBS, eval.EVAL, reader_study.READER_STUDY,
             score.SCORE, pacs.PACS, site.SITE, monitor.MONITOR, lens.INDEX, lens.SIMILAR, lens.LABEL_ISSUES,
-            lens.DUPLICATES, serve.SERVE)
+            lens.DUPLICATES, prior.PRIOR, prior.EVAL_CHANGE, serve.SERVE)
 
 
 def build_parser() -> argparse.ArgumentParser:

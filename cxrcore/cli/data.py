@@ -10,6 +10,16 @@ from .common import views as parse_views
 def cmd_phantom(a) -> int:
     from ..data.phantom import generate
 
+    if a.pairs:
+        from ..data.phantom.pairs import PAIRS_FILE, generate_pairs
+        from ..errors import ConfigError
+
+        if a.label_noise:
+            raise ConfigError("--label-noise flips labels of a phantom dataset, not of --pairs: use one of them.")
+        out = generate_pairs(a.out, a.n, domain=a.domain, size=a.size, seed=a.seed, workers=a.workers,
+                             progress=bar("pairs"))
+        print(f"wrote {a.n} prior / current pairs ({a.domain} layout) to {out}; the truth of each in {out / PAIRS_FILE}")
+        return 0
     out = generate(a.out, a.n, domain=a.domain, size=a.size, seed=a.seed, workers=a.workers, progress=bar("phantom"))
     print(f"wrote {a.n} {a.domain} phantom images to {out}")
     if a.label_noise:
@@ -73,6 +83,9 @@ def _phantom_flags(s) -> None:
     s.add_argument("--label-noise", type=float, default=0.0,
                    help="flip this share of the (film, finding) labels (NIH layout; the truth in label_noise.csv)")
     s.add_argument("--noise-seed", type=int, default=0, help="seeds the flips")
+    s.add_argument("--pairs", action="store_true",
+                   help="write N prior / current pairs of one patient each with a known change per finding "
+                        "(pairs.csv: prior, current, label, change)")
     s.set_defaults(func=cmd_phantom)
 
 

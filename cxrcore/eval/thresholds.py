@@ -482,6 +482,25 @@ def save_temperatures(checkpoint: str | Path, temperatures: dict[str, float], fi
     return folder
 
 
+def save_change_thresholds(checkpoint: str | Path, thresholds: dict[str, float], tuned_on: str, n_pairs: int,
+                           user=None, settings=None) -> Path:
+    """Store per-label change thresholds τ (:mod:`cxrcore.prior.change`, tuned by ``cxr eval-change --tune``) in the
+    card's ``metrics["change"]``; where: see :func:`save_target`, as for :func:`save_thresholds`."""
+    card = read_card(checkpoint)
+    unknown = set(thresholds) - set(card.labels)
+    if unknown:
+        raise CheckpointError(f"Change thresholds for labels the model does not have: {sorted(unknown)}.")
+    bad = {k: v for k, v in thresholds.items() if not 0.0 < float(v) <= 1.0}
+    if bad:
+        raise CheckpointError(f"Change thresholds must lie in (0, 1]: {bad}.")
+    folder, card = _writable(checkpoint, user, settings)
+    old = (card.metrics.get("change") or {}).get("thresholds") or {}
+    card.metrics["change"] = {"thresholds": {**old, **{k: float(v) for k, v in thresholds.items()}},
+                              "tuned_on": tuned_on, "pairs": int(n_pairs)}
+    write_card(folder, card)
+    return folder
+
+
 SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}")
 
 

@@ -85,6 +85,12 @@ class Card:
     def threshold_list(self) -> list[float]:
         return [float(self.thresholds.get(x, 0.5)) for x in self.labels]
 
+    def change_threshold_list(self, default: float) -> list[float]:
+        """Per-label thresholds on a change of probability between a prior and a current film (``cxr eval-change
+        --tune --save`` stores them in ``metrics["change"]``); ``default`` for labels never tuned."""
+        tuned = (self.metrics.get("change") or {}).get("thresholds") or {}
+        return [float(tuned.get(x, default)) for x in self.labels]
+
     def with_site(self, name: str | None) -> "Card":
         """This card as used at site ``name``: the profile's thresholds and temperatures in place of the card's
         (labels the profile did not fit keep the card's threshold and no temperature), and ``metrics["site"]``

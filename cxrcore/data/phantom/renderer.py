@@ -34,7 +34,7 @@ def _as_key(seed) -> list[int]:
 class _Renderer(AnatomyMixin, FindingsMixin, DevicesMixin, FilmMixin):
     """One image: pose and patient geometry, the drawing order, the boxes."""
 
-    def __init__(self, labels, key, pkey, domain, size, view):
+    def __init__(self, labels, key, pkey, domain, size, view, fkey=None, reseed=(), pose=None):
         self.key = key
         self.domain = domain
         self.S = size
@@ -60,9 +60,39 @@ class _Renderer(AnatomyMixin, FindingsMixin, DevicesMixin, FilmMixin):
             mag *= 1.05
         g["hw"] = g["ctr"] * g["tw"] * mag    # half of the heart's width
         self.exposure = r.uniform(-0.03, 0.03)
+        if pose:  # a follow-up film's differences from the prior: added to what this film drew
+            p = _check_pose(pose)
+            angle += math.radians(p["rotate"])
+            shift = (shift[0] + p["shift_x"], shift[1] + p["shift_y"])
+            zoom *= p["zoom"]
+            g["vd"] += p["inspiration"]
+            self.exposure += p["exposure"]
         self.g = g
         self.cv = _Canvas(size, angle, shift, zoom)
-        self.frng = {k: np.random.default_rng(key + [_FINDING_CODE[k]]) for k in self.strength}
+        fkey = key if fkey is None else fkey
+        reseed = {canonical(x) for x in reseed}
+        self.frng = {k: np.random.default_rng((key if k in reseed else fkey) + [_FINDING_CODE[k]])
+                     for k in self.strength}
+
+    def landmarks(self) -> dict[str, tuple[float, float]]:
+        """Anatomical landmarks in pixels (x, y) of this image, after :meth:`render` (which moves the diaphragm for
+        emphysema and inspiration): medial and lateral ends of both clavicles, both lung apices, the lateral
+        costophrenic angles and the hemidiaphragm domes. Names say the patient's side (image left is the patient's
+        right)."""
+        g = self.g
+        pts = {}
+        for side, name in ((-1, "right"), (1, "left")):
+            pts[f"{name} clavicle head"] = (0.5 + side * 0.035, g["apex"] + 0.07)
+            pts[f"{name} clavicle end"] = (0.5 + side * (g["tw"] + 0.08), g["apex"] - 0.03)
+            pts[f"{name} lung apex"] = (0.5 + side * (g["mw"] + 0.42 * (g["tw"] - g["mw"])), g["apex"])
+            vd = g["vd"] + (g["dl"] if side > 0 else 0.0) - self.raise_.get(side, 0.0)
+            pts[f"{name} costophrenic angle"] = (0.5 + side * g["tw"], vd + g["kd"])  # the dome at the lateral wall
+            pts[f"{name} dome"] = (0.5 + side * (g["mw"] + 0.4 * (g["tw"] - g["mw"])), vd)
+        out = {}
+        for name, (u, v) in pts.items():
+            x, y = self.cv.to_px(u, v)
+            out[name] = (float(x), float(y))
+        return out
 
     def s(self, key: str) -> float:
         return self.strength.get(key, 0.0)
@@ -141,6 +171,47 @@ class _Renderer(AnatomyMixin, FindingsMixin, DevicesMixin, FilmMixin):
         return self.finish()
 
 
+# What may differ between two films of one patient (a follow-up's pose against its prior's): rotation in degrees,
+# shift in image units, zoom factor, inspiration (the diaphragm's shift in body-frame units, + lower) and exposure.
+POSE_KEYS = {"rotate": 0.0, "shift_x": 0.0, "shift_y": 0.0, "zoom": 1.0, "inspiration": 0.0, "exposure": 0.0}
+
+
+def _check_pose(pose: Mapping[str, float]) -> dict[str, float]:
+    unknown = set(pose) - set(POSE_KEYS)
+    if unknown:
+        raise ConfigError(f"Unknown pose change(s) {sorted(unknown)}; use {', '.join(POSE_KEYS)}.")
+    p = {**POSE_KEYS, **{k: float(v) for k, v in pose.items()}}
+    if not (0.5 <= p["zoom"] <= 2.0 and abs(p["rotate"]) <= 45 and abs(p["shift_x"]) <= 0.3
+            and abs(p["shift_y"]) <= 0.3 and abs(p["inspiration"]) <= 0.1 and abs(p["exposure"]) <= 0.3):
+        raise ConfigError(f"The pose change {p} is out of range (zoom 0.5-2, rotate within 45 degrees, shifts within "
+                          "0.3, inspiration within 0.1, exposure within 0.3).")
+    return p
+
+
+def render_film(labels: Mapping[str, float], rng_seed: int | Sequence[int] = 0, domain: str = "nih",
+                size: int = 256, patient_seed: int | Sequence[int] | None = None, view: str | None = None,
+                finding_seed: int | Sequence[int] | None = None, reseed: Sequence[str] = (),
+                pose: Mapping[str, float] | None = None
+                ) -> tuple[np.ndarray, list[Box], dict[str, tuple[float, float]]]:
+    """:func:`render` for follow-up films: also the anatomical landmarks (pixels) of the image.
+
+    ``finding_seed`` fixes where each finding goes apart from the film's pose and noise (``rng_seed``): two films
+    with one patient and one finding seed show the same effusion, larger or smaller with its strength, on two
+    different exposures. Findings named in ``reseed`` draw from the film's own seed instead (a device moved).
+    ``pose`` adds a follow-up's differences (:data:`POSE_KEYS`) to the film's own."""
+    if domain not in DOMAINS:
+        raise ConfigError(f"Unknown phantom domain {domain!r}; use one of {', '.join(DOMAINS)}.")
+    size = int(size)
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise ConfigError(f"Image size {size} is out of range; use {MIN_SIZE} to {MAX_SIZE} pixels.")
+    key = _as_key(rng_seed)
+    pkey = key if patient_seed is None else _as_key(patient_seed)
+    fkey = None if finding_seed is None else _as_key(finding_seed)
+    r = _Renderer(labels, key, pkey, domain, size, view, fkey, reseed, pose)
+    img, boxes = r.render()
+    return img, boxes, r.landmarks()
+
+
 def render(labels: Mapping[str, float], rng_seed: int | Sequence[int] = 0, domain: str = "nih",
            size: int = 256, patient_seed: int | Sequence[int] | None = None,
            view: str | None = None) -> tuple[np.ndarray, list[Box]]:
@@ -158,11 +229,5 @@ def render(labels: Mapping[str, float], rng_seed: int | Sequence[int] = 0, domai
     spelled as given in ``labels``; one box per localized sign (several for bilateral signs,
     several nodules, several devices).
     """
-    if domain not in DOMAINS:
-        raise ConfigError(f"Unknown phantom domain {domain!r}; use one of {', '.join(DOMAINS)}.")
-    size = int(size)
-    if not MIN_SIZE <= size <= MAX_SIZE:
-        raise ConfigError(f"Image size {size} is out of range; use {MIN_SIZE} to {MAX_SIZE} pixels.")
-    key = _as_key(rng_seed)
-    pkey = key if patient_seed is None else _as_key(patient_seed)
-    return _Renderer(labels, key, pkey, domain, size, view).render()
+    img, boxes, _ = render_film(labels, rng_seed, domain, size, patient_seed, view)
+    return img, boxes

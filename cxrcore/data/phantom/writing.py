@@ -39,13 +39,7 @@ def _work(task):
     """Render and write one image (runs in a pool worker or in-process)."""
     i, path, labels, key, pkey, domain, size, view = task
     img, boxes = render(labels, key, domain, size, pkey, view)
-    im = Image.fromarray(img)
-    if domain == "nih":  # the mark tells a phantom from a real film wherever it is uploaded
-        mark = PngImagePlugin.PngInfo()
-        mark.add_text(PHANTOM_MARK_KEY, PHANTOM_MARK)
-        im.save(path, format="PNG", compress_level=1, pnginfo=mark)
-    else:
-        im.save(path, format="JPEG", quality=90, comment=PHANTOM_MARK)
+    save_film(path, img, domain)
     return i, boxes
 
 
@@ -116,6 +110,45 @@ def _in_clean_process(out: Path, n: int, domain: str, size: int, seed: int, work
         raise
 
 
+def fresh_folder(out: str | Path) -> Path:
+    """``out`` as a path, checked to be a new or empty folder (its parent made); ConfigError otherwise."""
+    out = Path(out).expanduser()
+    if out.exists():
+        if not out.is_dir():
+            raise ConfigError(f"{out} exists and is a file; choose a new folder for the phantom dataset.")
+        if any(out.iterdir()):
+            raise ConfigError(
+                f"{out} already exists and is not empty; it was left untouched. "
+                "Choose a new folder or delete this one first."
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished hidden folder ``tmp`` to ``out`` (which may be an empty folder)."""
+    if out.exists():
+        try:
+            out.rmdir()
+        except OSError:
+            raise ConfigError(
+                f"{out} was filled by something else while the phantom dataset was generated; "
+                "it was left untouched. Choose a new folder."
+            ) from None
+    os.rename(tmp, out)
+
+
+def save_film(path: str, img: np.ndarray, domain: str) -> None:
+    """One phantom film as the domain's files are: marked PNG (NIH) or JPEG with the mark as comment (CheXpert)."""
+    im = Image.fromarray(img)
+    if domain == "nih":  # the mark tells a phantom from a real film wherever it is uploaded
+        mark = PngImagePlugin.PngInfo()
+        mark.add_text(PHANTOM_MARK_KEY, PHANTOM_MARK)
+        im.save(path, format="PNG", compress_level=1, pnginfo=mark)
+    else:
+        im.save(path, format="JPEG", quality=90, comment=PHANTOM_MARK)
+
+
 def generate(out: str | Path, n: int, domain: str = "nih", size: int = 256, seed: int = 0,
              workers: int = 2, progress: Callable[[int, int], None] | None = None) -> Path:
     """Write a phantom dataset of ``n`` images into ``out`` in the real layout of ``domain``.
@@ -128,16 +161,7 @@ def generate(out: str | Path, n: int, domain: str = "nih", size: int = 256, seed
     """
     _check_args(n, domain, size, seed, workers)
     n, size, seed, workers = int(n), int(size), int(seed), int(workers)
-    out = Path(out).expanduser()
-    if out.exists():
-        if not out.is_dir():
-            raise ConfigError(f"{out} exists and is a file; choose a new folder for the phantom dataset.")
-        if any(out.iterdir()):
-            raise ConfigError(
-                f"{out} already exists and is not empty; it was left untouched. "
-                "Choose a new folder or delete this one first."
-            )
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = fresh_folder(out)
     if workers > 1 and n > 1 and _pool_context() is None:
         _in_clean_process(out, n, domain, size, seed, workers, progress)  # it builds and renames the same way
         return out
@@ -178,15 +202,7 @@ def generate(out: str | Path, n: int, domain: str = "nih", size: int = 256, seed
             "generator": "cxrcore.data.phantom", "version": GENERATOR_VERSION, "domain": domain,
             "n": n, "size": size, "seed": seed,
         }, indent=2) + "\n")
-        if out.exists():
-            try:
-                out.rmdir()
-            except OSError:
-                raise ConfigError(
-                    f"{out} was filled by something else while the phantom dataset was generated; "
-                    "it was left untouched. Choose a new folder."
-                ) from None
-        os.rename(tmp, out)
+        move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
