@@ -18,6 +18,7 @@ PAGES = [
     st.Page("views/dataset.py", title="Dataset", icon=":material/bar_chart:"),
     st.Page("views/training.py", title="Training", icon=":material/model_training:"),
     st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("views/followup.py", title="Follow-up", icon=":material/history:"),
     st.Page("views/thresholds.py", title="Thresholds", icon=":material/tune:"),
     st.Page("views/evaluation.py", title="Evaluation", icon=":material/analytics:"),
     st.Page("views/monitoring.py", title="Monitoring", icon=":material/monitor_heart:"),

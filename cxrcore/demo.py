@@ -98,6 +98,32 @@ def ensure_eval_phantom(domain: str) -> Path:
     return out
 
 
+# Follow-up pairs with a known change (cxr phantom --pairs), for the Follow-up page; seeds no model trained on.
+PAIRS_DATA = {"n": 40, "seed": 2500, "domain": "nih"}
+
+
+def pairs_dir() -> Path:
+    return workspace.datasets() / f"phantom-pairs-{PAIRS_DATA['domain']}-seed{PAIRS_DATA['seed']}-n{PAIRS_DATA['n']}"
+
+
+def ensure_pairs(progress: Callable[[int, int], None] | None = None) -> Path:
+    """The built-in follow-up pairs (a patient's prior and current film, the change of each finding known),
+    generated once in the workspace's datasets."""
+    from .data.phantom.pairs import generate_pairs
+
+    from .errors import ConfigError
+
+    out = pairs_dir()
+    if not (out / "PHANTOM.json").exists():
+        try:
+            generate_pairs(out, PAIRS_DATA["n"], PAIRS_DATA["domain"], 256, PAIRS_DATA["seed"], workers=1,
+                           progress=progress)
+        except ConfigError:
+            if not (out / "PHANTOM.json").exists():   # not another visitor's generation, finished meanwhile
+                raise
+    return out
+
+
 def app_data(progress: Callable[[int, int], None] | None = None) -> dict[str, Path]:
     """Datasets the app works on by default: a prefix of the demo's phantom data."""
     return {d: ensure_phantom(d, APP_DATA_N, progress) for d in DEMO_DATA}

@@ -35,9 +35,24 @@ def sent_facts(body: dict) -> dict | None:
     return None
 
 
+def change_answer(facts: dict) -> str:
+    """A valid reading of a prior comparison's facts: every change judged (supported when the call is not
+    "unchanged" and the registration held), a verdict that follows the supported calls."""
+    judged = [{"label": c["label"], "model_call": c["call"], "supported": c["call"] != "unchanged",
+               "why": f"{c['label']}: {c['prior']:.2f} before, {c['current']:.2f} now."} for c in facts["changes"]]
+    up = any(j["supported"] and j["model_call"] in ("new", "worse") for j in judged)
+    down = any(j["supported"] and j["model_call"] in ("resolved", "better") for j in judged)
+    verdict = "WORSE" if up else "IMPROVED" if down else "NO CHANGE"
+    return json.dumps({"explanation": f"Compared with the prior, the films look {verdict.lower()} to the stub.",
+                       "changes": judged, "verdict": verdict})
+
+
 def review_answer(body: dict) -> str:
-    """A valid review of the facts in ``body``: every box judged, a verdict that follows the case."""
+    """A valid review of the facts in ``body``: every box judged, a verdict that follows the case (for a prior
+    comparison's facts, :func:`change_answer`)."""
     facts = sent_facts(body) or {"label": "?", "models": {}}
+    if "changes" in facts:
+        return change_answer(facts)
     label, case = facts["label"], facts.get("case", {})
     boxes = []
     for model, entry in facts["models"].items():

@@ -9,16 +9,15 @@ from pathlib import Path
 
 import streamlit as st
 
-from cxrcore import hosting
-from cxrcore.errors import AccessError, CXRError, LLMError
-from cxrcore.explain import budget
+from cxrcore.errors import CXRError
 from cxrcore.explain.llm import DISCLAIMER, template_summary
 from cxrcore.explain.review import (CASE_TYPES, DEFAULT_CASE_INSTRUCTIONS, DEFAULT_TEMPLATE, PLACEHOLDERS,
                                     PromptTemplate, classify_case, prompt_values, review_events, review_facts,
-                                    review_record, save_review, truth_for, verdict_check, with_heartbeat)
+                                    review_record, save_review, truth_for, verdict_check)
 from cxrcore.explain.visual import comparison_panel, png_bytes
 from ui import handoff
 from ui.common import checkpoint_choices, current_user, hosting_settings, md_text, run_comparison, show_error
+from ui.llm import llm_settings, stream_answer
 
 VERDICT_COLORS = {"IMPROVED": "green", "WORSE": "red", "NO CHANGE": "gray"}
 TRUTH_OPTIONS = ["unknown", "present", "absent"]
@@ -100,42 +99,11 @@ for warning in facts.get("warnings", []):  # also in the panel and in what the L
 
 # ----------------------------------------------------------------- LLM settings
 settings = hosting_settings()
-with st.expander("LLM settings (OpenAI or any OpenAI-compatible server)"):
-    from cxrcore.explain.llm import LLMConfig
-
-    env = LLMConfig.from_env()
-    own = env.base_url or hosting.OPENAI_BASE_URL
-    st.caption("Defaults come from OPENAI_API_KEY, OPENAI_BASE_URL and CXR_LLM_MODEL. "
-               "A key is used for the request only; it is never shown, logged or saved.")
-    model = st.text_input("Model", value=env.model, key="llm_model")
-    editable = hosting.llm_base_url_editable(settings)
-    base_url = st.text_input("Base URL (blank: this server's endpoint)", value=env.base_url or "",
-                             key="llm_base_url", disabled=not editable)
-    if not editable:
-        base_url = ""
-        st.caption(f"This server sends explanations only to its own endpoint ({own}). The operator can allow other "
-                   f"OpenAI-compatible servers with {hosting.ENV_LLM_ALLOWED}.")
-    elif settings.llm_allowed_set or settings.hosted:
-        st.caption(f"Besides this server's endpoint ({own}), allowed: {', '.join(settings.llm_allowed)}. Another "
-                   "base URL is used only with the API key you type below: the server's key goes to its own "
-                   "endpoint only.")
-    else:
-        st.caption(f"Another base URL than {own} is used only with the API key you type below: the key from "
-                   "OPENAI_API_KEY goes to its own endpoint only.")
-    key_input = st.text_input("API key (blank: the server's key, for its own endpoint only)", value="",
-                              type="password", key="llm_key")
-    timeout = st.number_input("Give up after (seconds)", min_value=1, max_value=600, value=int(env.timeout),
-                              step=5, key="llm_timeout",
-                              help="The whole answer must arrive within this time; a server that stops sending "
-                                   "is abandoned after it too.")
-try:
-    config = hosting.llm_config_for(base_url, key_input, settings, model=model or None)
-except AccessError as exc:
-    show_error(exc)
+config, key_input = llm_settings(settings)
+if config is None:   # the operator's policy refused the base URL (said above)
     st.markdown("Written summary from the same facts instead:  \n"
                 + md_text(template_summary(facts), single_line=False))
     st.stop()
-config.timeout = float(timeout)
 
 
 # ----------------------------------------------------------------- the prompt template (this session's own)
@@ -230,36 +198,12 @@ if cache_key in cache and not go:
     show_result(cache[cache_key], text_col, side_col)
 elif go:
     text_col, side_col = st.columns([1, 1])
-    progress = side_col.empty()
-    text_box = text_col.empty()
-    where = config.base_url or "the OpenAI API"
-    outcome = None
-    try:
-        if not (key_input or "").strip():  # the server's own key: counted per visitor (CXR_LLM_REQUESTS_PER_HOUR)
-            left = budget.take(budget.pool_of(current_user(settings)), settings.llm_hour_cap)
-            if left >= 0:
-                side_col.caption(f"{left} more request{'s' if left != 1 else ''} with the server's key this hour.")
-        progress.caption(f"Asking {config.model} at {where}…")
-        for event in with_heartbeat(lambda stop: review_events(png_bytes(panel), facts, prompt, config, stop)):
-            if event.kind == "waiting":
-                progress.caption(f"Waiting for {config.model} at {where}: {event.elapsed:.0f} s "
-                                 f"(gives up after {config.timeout:.0f} s)…")
-            elif event.kind == "fallback":
-                side_col.info(md_text(event.text))
-            elif event.kind == "text":
-                text_box.markdown(md_text(event.text, single_line=False) + " ▌")  # as text, not Markdown
-                progress.caption(f"Receiving the answer ({event.elapsed:.0f} s); it is validated when complete…")
-            elif event.kind == "done":
-                outcome = event.outcome
-    except (LLMError, AccessError) as exc:  # AccessError: the hour's requests with the server's key are used up
-        progress.empty()
-        text_box.empty()
-        show_error(exc)
+    outcome = stream_answer(lambda stop: review_events(png_bytes(panel), facts, prompt, config, stop), config,
+                            key_input, settings, text_col, side_col)
+    if outcome is None:
         st.markdown("Written summary from the same facts instead:  \n"
                     + md_text(template_summary(facts), single_line=False))
     if outcome is not None:
-        progress.empty()
-        text_box.empty()
         record = review_record(comparison=comparison, label=label, facts=facts, case=case, prompt=prompt,
                                template=template, config=config, outcome=outcome, names=names,
                                source=sent.origin or "Compare", owner=current_user(settings).display)

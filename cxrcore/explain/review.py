@@ -334,9 +334,9 @@ def partial_explanation(snapshot: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _messages(prompt: str, facts: dict, panel_png: bytes, mode: str) -> list[dict]:
+def _messages(prompt: str, facts: dict, panel_png: bytes, mode: str, schema: type[BaseModel] = Review) -> list[dict]:
     system = prompt if mode == "structured" else (
-        prompt + "\n\n" + JSON_INSTRUCTION + json.dumps(review_schema(), indent=1))
+        prompt + "\n\n" + JSON_INSTRUCTION + json.dumps(schema.model_json_schema(), indent=1))
     return [{"role": "system", "content": system},
             {"role": "user", "content": [
                 {"type": "text", "text": "Structured facts (JSON):\n" + json.dumps(facts, indent=1)},
@@ -345,12 +345,12 @@ def _messages(prompt: str, facts: dict, panel_png: bytes, mode: str) -> list[dic
 
 
 def _answer(config: LLMConfig, messages: list, structured: bool, started: float,
-            stop: threading.Event) -> Iterator[Event]:
+            stop: threading.Event, schema: type[BaseModel] = Review) -> Iterator[Event]:
     """One request through :func:`cxrcore.explain.llm.chat_stream`; yields ``text`` events (the explanation so
     far) and finally the whole answer as a ``done`` event with a bare Outcome (not validated yet)."""
     shown = ""
     refusal = ""
-    for chunk in chat_stream(config, messages, Review if structured else None, stop, started):
+    for chunk in chat_stream(config, messages, schema if structured else None, stop, started):
         if chunk.kind == "refusal":
             refusal = chunk.snapshot
         elif chunk.kind == "content":
@@ -373,9 +373,12 @@ def _answer(config: LLMConfig, messages: list, structured: bool, started: float,
 
 
 def review_events(panel_png: bytes, facts: dict, prompt: str, config: LLMConfig,
-                  stop: threading.Event | None = None) -> Iterator[Event]:
+                  stop: threading.Event | None = None, schema: type[BaseModel] = Review,
+                  validate=validate_answer) -> Iterator[Event]:
     """Ask for the structured review and yield :class:`Event` s; the last is ``done`` with the validated
-    :class:`Outcome`. Raises LLMError (no key, unreachable, key rejected, too slow) with a safe message."""
+    :class:`Outcome`. Raises LLMError (no key, unreachable, key rejected, too slow) with a safe message.
+    ``schema`` and ``validate(text, facts, mode) -> Outcome``: another structured answer and its checks (the
+    reading of a prior comparison, :mod:`cxrcore.prior.explain`); the default is the review of two models."""
     stop = stop or threading.Event()
     where = config.base_url or "the OpenAI API"
     t0 = time.monotonic()
@@ -383,7 +386,8 @@ def review_events(panel_png: bytes, facts: dict, prompt: str, config: LLMConfig,
     outcome = None
     while True:
         try:
-            for event in _answer(config, _messages(prompt, facts, panel_png, mode), mode == "structured", t0, stop):
+            for event in _answer(config, _messages(prompt, facts, panel_png, mode, schema), mode == "structured", t0,
+                                 stop, schema):
                 if event.kind == "done":
                     outcome = event.outcome
                 else:
@@ -401,7 +405,7 @@ def review_events(panel_png: bytes, facts: dict, prompt: str, config: LLMConfig,
         if not outcome.raw_text.strip():
             raise LLMError(f"{where} answered with no text. Check that model {config.model!r} exists there and "
                            "accepts images.")
-        outcome = validate_answer(outcome.raw_text, facts, mode)
+        outcome = validate(outcome.raw_text, facts, mode)
     outcome.mode, outcome.fallback_reason = mode, fallback
     outcome.raw_text = _scrub(outcome.raw_text, config.api_key)
     outcome.seconds = time.monotonic() - t0

@@ -400,6 +400,65 @@ def test_index_a_phantom_from_the_page_find_similar_cases_and_review_suspected_l
 
 
 # ------------------------------------------------------------------ a library model (torchxrayvision)
+# ------------------------------------------------------------------ compare with the prior study (issue 25)
+def test_a_patients_two_studies_from_a_dataset_folder_are_registered_and_the_known_change_is_called(
+        app_url, browser, browser_home, shipped, monkeypatch, tmp_path):
+    """Issue 25's "done when", in Chromium: the Follow-up page on the built-in phantom pairs (their change known);
+    a patient picked whose films show findings that came (new) or went (resolved), chosen by the baseline's own
+    probabilities on the two films; the page shows the registered pair, the checkerboard, the subtraction and the
+    heatmap change, and calls every known change of the patient as it is."""
+    import pandas as pd
+
+    from cxrcore.compare import load_image
+    from cxrcore.demo import ensure_pairs
+    from cxrcore.predictor import Predictor
+    from cxrcore.prior.change import DEFAULT_CHANGE_THRESHOLD, call
+
+    monkeypatch.setenv("CXR_HOME", str(browser_home))
+    folder = ensure_pairs()                         # what the page generates on its first visit
+    truth = pd.read_csv(folder / "pairs.csv")
+    model = Predictor(shipped["baseline"])
+    tau = dict(zip(model.labels, model.card.change_threshold_list(DEFAULT_CHANGE_THRESHOLD)))
+    patient, changes = None, {}
+    for pid, rows in truth.groupby("patient", sort=True):
+        changed = rows[rows["change"] != "unchanged"]
+        if changed.empty or not set(changed["change"]) <= {"new", "resolved"}:
+            continue
+        p, c = (model.predict(load_image(folder / rows[k].iloc[0])[0], heatmaps=False).probs
+                for k in ("prior", "current"))
+        j = [model.labels.index(x) for x in rows["label"]]
+        calls = [call(p[i], c[i], model.thresholds[i], tau[model.labels[i]]) for i in j]
+        if calls == list(rows["change"]):            # every label of the pair called as it is
+            patient, changes = pid, dict(zip(changed["label"], changed["change"]))
+            break
+    assert patient is not None, "no built-in pair whose every change the baseline calls right"
+
+    page = browser.new_page(viewport={"width": 1500, "height": 2600})
+    page.goto(f"{app_url}/followup", timeout=120_000)
+    body_with(page, "What changed, per label", timeout=240_000)
+    wait_idle(page)
+    from playwright.sync_api import expect
+
+    box = page.get_by_test_id("stSelectbox").filter(has_text="Patient (")
+    box.locator("input").click()
+    box.locator("input").fill(str(patient))
+    page.get_by_role("option", name=f"{patient} — 2 studies", exact=True).click()
+    expect(box.locator("input")).to_have_value(f"{patient} — 2 studies", timeout=60_000)
+    wait_idle(page, timeout=240_000)
+    known = "; ".join(f"{x}: {c}" for x, c in changes.items())
+    text = body_with(page, f"(the folder's pairs.csv): {known}", "Prior, registered onto the current film",
+                     "Checkerboard of the two", "Subtraction: current − registered prior", "Heatmap change for",
+                     "Registration: NCC over the lung fields", timeout=240_000)
+    line = next(s for s in text.splitlines() if s.startswith("Called:"))
+    for label, change in changes.items():
+        assert f"{label}: {change} (" in line, (label, change, line)
+    assert len(re.findall(r": (new|resolved|worse|better) \(", line)) == len(changes), line
+    shown = page.evaluate("() => [...document.images].filter(i => i.complete && i.naturalWidth > 100).length")
+    assert shown >= 6, shown       # prior, registered prior, current, checkerboard, subtraction, heatmap change
+    assert "could not be aligned" not in text
+    page.screenshot(path=str(tmp_path / "followup.png"), full_page=True)
+
+
 @pytest.fixture(scope="module")
 def xrv_app_url(app_home, shipped, tmp_path_factory):
     """A second app server whose torchxrayvision cache (CXR_XRV_CACHE_DIR) holds a planted DenseNet file,

@@ -16,7 +16,7 @@ from cxrcore.errors import ConfigError
 from cxrcore.labels import CHANGES
 from cxrcore.prior.change import call
 from cxrcore.prior.register import register
-from tests.conftest import cxr_here
+from conftest import cxr_here
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,9 @@ def test_the_change_call(prior, current, expected):
     assert call(prior, current, threshold=0.8, change_threshold=0.1) == expected
 
 
-def test_compare_prior_calls_a_new_effusion(shipped):
+@pytest.fixture(scope="module")
+def new_effusion(shipped):
+    """The baseline's reading of a patient's two films: nothing on the prior, an effusion on the current (moved)."""
     from cxrcore.data.imageio import LoadedImage
     from cxrcore.predictor import Predictor
     from cxrcore.prior.change import compare_prior
@@ -110,7 +112,11 @@ def test_compare_prior_calls_a_new_effusion(shipped):
     current, _, _ = render_film({"Effusion": 1}, [24], "nih", 192, [22], finding_seed=[23],
                                 pose={"rotate": -2.0, "shift_x": 0.02})
     films = [LoadedImage(a.astype(np.float32) / 255, "png", 8, a.shape) for a in (prior, current)]
-    result = compare_prior(*films, Predictor(shipped["baseline"]), "baseline", mc_samples=4)
+    return compare_prior(*films, Predictor(shipped["baseline"]), "baseline", mc_samples=4), current
+
+
+def test_compare_prior_calls_a_new_effusion(new_effusion):
+    result, current = new_effusion
     d = result.to_dict()
     row = d["labels"]["Effusion"]
     assert row["call"] == "new" and row["delta"] > 0.3, row
@@ -191,3 +197,44 @@ def test_bad_input_is_refused_with_what_to_do(pairs, tmp_path, shipped, capsys):
     code, out, err = cxr_here(capsys, "phantom", "--out", tmp_path / "x", "--pairs", "--label-noise", 0.1)
     assert code == 2 and "--label-noise" in err and not (tmp_path / "x").exists()
     assert (pairs / LANDMARKS_FILE).is_file()
+
+
+def test_the_llm_reads_the_pair_with_the_same_checks(new_effusion):
+    """The pair's facts and panel go to a local OpenAI-compatible server; its structured answer is validated against
+    the schema and the facts (labels and calls as sent); a server without structured output gets the schema in the
+    prompt; a wrong answer is refused with the reason; the key is never in what comes back."""
+    from llm_stub import StubLLM, change_answer, sent_facts
+
+    from cxrcore.explain.llm import LLMConfig
+    from cxrcore.explain.review import review_events, with_heartbeat
+    from cxrcore.explain.visual import png_bytes
+    from cxrcore.prior.explain import (ChangeReview, change_facts, change_prompt, change_summary,
+                                       validate_change_answer)
+    from cxrcore.prior.pictures import change_panel
+
+    result, current = new_effusion
+    facts = change_facts(result)
+    assert facts["label"] == "Effusion" and facts["changes"][0]["call"] == "new" and len(facts["changes"]) >= 3
+    panel = png_bytes(change_panel(result.prior.image.pixels, current / 255, result, facts["label"]))
+    for reject in (False, True):
+        with StubLLM("sk-test-secret-123456", mode="review", reject_response_format=reject) as stub:
+            config = LLMConfig(api_key="sk-test-secret-123456", base_url=stub.base_url, model="stub", timeout=30)
+            events = list(with_heartbeat(lambda stop: review_events(panel, facts, change_prompt(facts), config, stop,
+                                                                    ChangeReview, validate_change_answer)))
+            outcome = events[-1].outcome
+            assert outcome.valid, outcome.error
+            assert outcome.mode == ("prompt" if reject else "structured")
+            assert outcome.review.verdict == "WORSE"
+            assert {j.label: j.model_call for j in outcome.review.changes}["Effusion"] == "new"
+            assert sent_facts(stub.requests[-1]["body"]) == json.loads(json.dumps(facts))
+            assert "sk-test-secret" not in json.dumps(outcome.to_dict())
+    wrong = json.loads(change_answer(facts))
+    wrong["changes"][0]["model_call"] = "resolved"
+    bad = validate_change_answer(json.dumps(wrong), facts)
+    assert not bad.valid and "call wrongly" in bad.error
+    wrong["changes"][0].update(model_call="new", label="Hernia of the soul")
+    assert "not among the labels sent" in validate_change_answer(json.dumps(wrong), facts).error
+    backwards = json.loads(change_answer(facts))
+    backwards["verdict"] = "IMPROVED"
+    assert any("goes against" in n for n in validate_change_answer(json.dumps(backwards), facts).notes)
+    assert "Effusion new" in change_summary(facts)
