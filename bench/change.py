@@ -107,8 +107,8 @@ def main() -> int:
             results["models"][model] = {"domain": domain, "default": default, "tuned": at_tuned, "tau": tuned,
                                         "registration": reg, "seconds": time.perf_counter() - t0}
             print(f"\n## {model} on {a.pairs} fresh {domain} pairs (seed {a.seed}); τ tuned on seed {a.tune_seed}")
-            print(f"| label | pairs changed | accuracy (τ 0.1) | accuracy (tuned τ) | tuned τ | balanced acc. (tuned) "
-                  f"| AUROC of abs Δp [95 % CI] |")
+            print("| label | pairs changed | accuracy (τ 0.1) | accuracy (tuned τ) | tuned τ | balanced acc. (tuned) "
+                  "| AUROC of abs Δp [95 % CI] |")
             print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
             for x in s.labels:
                 d, t = default["labels"][x], at_tuned["labels"][x]

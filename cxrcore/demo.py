@@ -12,7 +12,10 @@
 5. both evaluated on the fresh sets: AUROC per label (every image; certain labels, and with uncertain
    counted as absent / present) and the pointing game
    of their heatmaps against the phantom's ground-truth boxes (``cxr localize --split all``), with
-   the machine the build ran on. Everything lands in ``BUILD.json``.
+   the machine the build ran on;
+6. each model's change thresholds (``cxr prior``) tuned on phantom follow-up pairs of its layout
+   (``CHANGE_TUNE``; ``cxr demo tune-change`` runs this step alone on built checkpoints).
+Everything lands in ``BUILD.json``.
 """
 from __future__ import annotations
 
@@ -371,7 +374,7 @@ def build(out: Path | None = None, baseline_epochs: int | None = None, finetune_
     host = machine()
     t0 = time.time()
     timings = {}
-    log("1/5 phantom datasets")
+    log("1/6 phantom datasets")
     nih = ensure_phantom("nih")
     chex = ensure_phantom("chexpert")
     if evaluate:
@@ -380,26 +383,30 @@ def build(out: Path | None = None, baseline_epochs: int | None = None, finetune_
     timings["phantom_s"] = time.time() - t0
 
     runs = workspace.runs() / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    log(f"2/5 baseline on {nih.name} ({baseline_epochs} epochs)")
+    log(f"2/6 baseline on {nih.name} ({baseline_epochs} epochs)")
     t = time.time()
     train(baseline_config(nih, baseline_epochs), runs / "baseline", progress=progress)
     timings["baseline_s"] = time.time() - t
 
-    log(f"3/5 fine-tune on {chex.name} ({finetune_epochs} epochs)")
+    log(f"3/6 fine-tune on {chex.name} ({finetune_epochs} epochs)")
     t = time.time()
     train(finetune_config(chex, runs / "baseline" / "checkpoint", finetune_epochs), runs / "finetuned", progress=progress)
     timings["finetune_s"] = time.time() - t
 
-    log("4/5 both models on the CheXpert phantom test split")
+    log("4/6 both models on the CheXpert phantom test split")
     t = time.time()
     checkpoints = {"baseline": runs / "baseline" / "checkpoint", "finetuned": runs / "finetuned" / "checkpoint"}
     report = compare_on(chex, checkpoints, policy=FINETUNE_POLICY)
     timings["evaluate_s"] = time.time() - t
     if evaluate:
-        log("5/5 both models on fresh phantom sets (AUROC per label, pointing game)")
+        log("5/6 both models on fresh phantom sets (AUROC per label, pointing game)")
         t = time.time()
         report["fresh"] = evaluate_fresh(checkpoints, log)
         timings["fresh_s"] = time.time() - t
+    log("6/6 change thresholds on phantom follow-up pairs")
+    t = time.time()
+    report["change"] = tune_change(checkpoints, log)
+    timings["change_s"] = time.time() - t
     timings["total_s"] = time.time() - t0
     report["timings"] = timings
     report["data"] = {"nih": nih.name, "chexpert": chex.name}
@@ -424,6 +431,39 @@ def build(out: Path | None = None, baseline_epochs: int | None = None, finetune_
             f"(own labels: {m['own_mean_auroc']:.3f}), CheXpert phantom test split, n={m['n']}")
     log(f"built in {timings['total_s'] / 60:.1f} min -> {out}")
     return report
+
+
+# Change thresholds (cxrcore.prior.change): each model's tuned on phantom pairs of its own layout that no model
+# trained on (the Follow-up page's built-in pairs and bench/change.py's fresh pairs use other seeds).
+CHANGE_TUNE = {"n": 1000, "seed": 2501, "size": 256}
+CHANGE_DOMAINS = {"baseline": "nih", "finetuned": "chexpert"}
+
+
+def tune_change(checkpoints: dict[str, Path], log: Log = print) -> dict:
+    """Tune each model's per-label change thresholds on ``CHANGE_TUNE`` pairs of its layout (``CHANGE_DOMAINS``;
+    :func:`cxrcore.prior.evaluate.tune`) and store them in its card's ``metrics["change"]``, as the build writes a
+    card. Returns {model: what was stored}."""
+    from .checkpoint import read_card, write_card
+    from .data.phantom.pairs import generate_pairs
+    from .predictor import Predictor
+    from .prior.evaluate import score_pairs, tune
+
+    out = {}
+    for name, folder in checkpoints.items():
+        domain = CHANGE_DOMAINS[name]
+        data = workspace.datasets() / f"phantom-pairs-{domain}-seed{CHANGE_TUNE['seed']}-n{CHANGE_TUNE['n']}"
+        if not (data / "PHANTOM.json").exists():
+            log(f"   {CHANGE_TUNE['n']} {domain} phantom pairs for {name}'s change thresholds")
+            generate_pairs(data, CHANGE_TUNE["n"], domain, CHANGE_TUNE["size"], CHANGE_TUNE["seed"])
+        scores = score_pairs(data, Predictor(folder))
+        card = read_card(folder)
+        card.metrics["change"] = {"thresholds": tune(scores), "pairs": len(scores.pairs),
+                                  "tuned_on": f"{len(scores.pairs)} phantom pairs ({domain} layout, seed "
+                                              f"{CHANGE_TUNE['seed']}, {CHANGE_TUNE['size']} px)"}
+        write_card(folder, card)
+        out[name] = card.metrics["change"]
+        log(f"   {name}: change thresholds of {len(out[name]['thresholds'])} labels tuned on {data.name}")
+    return out
 
 
 def sample_cases(domain: str = "chexpert", split: str = "test", limit: int = 30) -> list[dict]:

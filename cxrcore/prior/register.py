@@ -70,8 +70,17 @@ def lung_fields(img: np.ndarray) -> np.ndarray:
     return mask
 
 
+NCC_SMOOTH = 0.006   # films are smoothed by this share of their width (Gaussian sigma) before the NCC: film noise
+                     # (a portable film's grain) differs between any two films and is not misalignment
+
+
 def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
-    """Normalised cross-correlation of ``a`` and ``b`` over ``mask`` (-1..1; 0 where either is flat there)."""
+    """Normalised cross-correlation of ``a`` and ``b`` (smoothed, :data:`NCC_SMOOTH`) over ``mask`` (-1..1; 0 where
+    either is flat there)."""
+    from scipy.ndimage import gaussian_filter
+
+    sigma = NCC_SMOOTH * a.shape[1]
+    a, b = gaussian_filter(a.astype(np.float32), sigma), gaussian_filter(b.astype(np.float32), sigma)
     x, y = a[mask].astype(np.float64), b[mask].astype(np.float64)
     if x.size < 2:
         return 0.0

@@ -453,8 +453,12 @@ def test_a_patients_two_studies_from_a_dataset_folder_are_registered_and_the_kno
     for label, change in changes.items():
         assert f"{label}: {change} (" in line, (label, change, line)
     assert len(re.findall(r": (new|resolved|worse|better) \(", line)) == len(changes), line
-    shown = page.evaluate("() => [...document.images].filter(i => i.complete && i.naturalWidth > 100).length")
-    assert shown >= 6, shown       # prior, registered prior, current, checkerboard, subtraction, heatmap change
+    page.get_by_text("Subtraction: current − registered prior").scroll_into_view_if_needed()   # images load lazily
+    loaded = "() => [...document.images].filter(i => i.complete && i.naturalWidth > 100).length"
+    try:   # prior, registered prior, current, checkerboard, subtraction, heatmap change
+        page.wait_for_function(f"() => ({loaded})() >= 6", timeout=60_000)
+    except Exception as exc:
+        raise AssertionError(f"{page.evaluate(loaded)} films drawn, not 6") from exc
     assert "could not be aligned" not in text
     page.screenshot(path=str(tmp_path / "followup.png"), full_page=True)
 
