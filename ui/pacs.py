@@ -1,5 +1,6 @@
-"""The Compare page's PACS: search studies over DICOMweb, pick a study's frontal image (and a second view), and
-send the results back as DICOM (cxrcore.pacs). Shown only when the operator set CXR_DICOMWEB_URL.
+"""The PACS on the pages: search studies over DICOMweb; on Compare pick a study's frontal image (and a second view)
+and send the results back as DICOM (cxrcore.pacs); on Follow-up pick a patient's prior and current study. Shown
+only when the operator set CXR_DICOMWEB_URL.
 
 Patient data stays in this process: the search takes what the person types, and the results list studies by
 date, description, accession, modalities and image count, not by patient name; images fetched are kept in this
@@ -34,9 +35,10 @@ def pacs_config():
     return config
 
 
-def _fetch(config, hit) -> bytes:
-    """``hit``'s DICOM file, fetched once per browser session (the images of one study at a time are kept)."""
-    kept = st.session_state.setdefault("pacs_images", {})
+def _fetch(config, hit, slot: str = "pacs_images") -> bytes:
+    """``hit``'s DICOM file, fetched once per browser session (the images of one study at a time are kept per
+    ``slot``: Compare's one study, Follow-up's prior and current)."""
+    kept = st.session_state.setdefault(slot, {})
     if hit.sop_uid not in kept:
         if any(study != hit.study_uid for study, _ in kept.values()):
             kept.clear()
@@ -45,12 +47,12 @@ def _fetch(config, hit) -> bytes:
     return kept[hit.sop_uid][1]
 
 
-def _images(config, study_uid: str):
-    """The study's images, listed once per browser session and study (not at every rerun of the page)."""
-    listed = st.session_state.get("pacs_study_images")
+def _images(config, study_uid: str, slot: str = "pacs_study_images"):
+    """The study's images, listed once per browser session, ``slot`` and study (not at every rerun of the page)."""
+    listed = st.session_state.get(slot)
     if listed is None or listed[0] != study_uid:
         listed = (study_uid, dicomweb.study_images(config, study_uid))
-        st.session_state["pacs_study_images"] = listed
+        st.session_state[slot] = listed
     return listed[1]
 
 
@@ -58,40 +60,97 @@ def _view_name(hit) -> str:
     return f"{hit.view_position or 'view ?'} {hit.modality} …{hit.sop_uid[-6:]}"
 
 
-def pacs_picker(config):
-    """Search, pick a study and its image(s): ``((raw, name), second or None)`` once an image is chosen, else None."""
+def _search(config, key: str = "pacs"):
+    """The search form (widget keys ``{key}_patient_id`` ...) and its studies (kept in ``{key}_hits``): a list,
+    or None before a search or after an error (shown)."""
     st.caption(f"PACS: {md_text(str(config))}. Search by patient ID, accession number or name (* as a wildcard); "
                "the list shows studies, not names.")
     c1, c2, c3 = st.columns(3)
-    patient_id = c1.text_input("Patient ID", key="pacs_patient_id")
-    accession = c2.text_input("Accession number", key="pacs_accession")
-    name = c3.text_input("Patient name (e.g. DOE*)", key="pacs_name")
+    patient_id = c1.text_input("Patient ID", key=f"{key}_patient_id")
+    accession = c2.text_input("Accession number", key=f"{key}_accession")
+    name = c3.text_input("Patient name (e.g. DOE*)", key=f"{key}_name")
     c1, c2 = st.columns(2)
-    dates = c1.date_input("Study date (from, to; optional)", value=(), key="pacs_dates", min_value=dt.date(1900, 1, 1))
-    modalities = c2.multiselect("Modality", MODALITIES, default=list(MODALITIES), key="pacs_modalities",
+    dates = c1.date_input("Study date (from, to; optional)", value=(), key=f"{key}_dates",
+                          min_value=dt.date(1900, 1, 1))
+    modalities = c2.multiselect("Modality", MODALITIES, default=list(MODALITIES), key=f"{key}_modalities",
                                 help="CR: computed radiography; DX: digital radiography (DR)")
-    if st.button("Search the PACS", key="pacs_search", type="primary"):
+    if st.button("Search the PACS", key=f"{key}_search", type="primary"):
         date_from = dates[0].strftime("%Y%m%d") if len(dates) > 0 else ""
         date_to = dates[1].strftime("%Y%m%d") if len(dates) > 1 else date_from
         try:
-            st.session_state["pacs_hits"] = dicomweb.search_studies(
+            st.session_state[f"{key}_hits"] = dicomweb.search_studies(
                 config, patient_id=patient_id, patient_name=name, accession=accession, date_from=date_from,
                 date_to=date_to, modalities=tuple(modalities) or MODALITIES)
         except CXRError as exc:
             show_error(exc)
             return None
-    hits = st.session_state.get("pacs_hits")
+    hits = st.session_state.get(f"{key}_hits")
     if hits is None:
         return None
     if not hits:
         st.info("No study matches. Widen the search (fewer fields, a wildcard, a longer date range).")
         return None
+    return hits
+
+
+def _study_line(h) -> str:
+    return (f"{h.date or 'no date'} · {h.description or 'no description'} · {', '.join(h.modalities)} · "
+            f"{h.images or '?'} images")
+
+
+def _hits_table(hits, key: str) -> None:
+    """The studies found: date, description, accession, modalities, images (never the patient)."""
     table = pd.DataFrame([{"date": h.date, "description": h.description, "accession": h.accession,
                            "modalities": ", ".join(h.modalities), "images": h.images} for h in hits])
-    st.dataframe(table, hide_index=True, key="pacs_table")
-    k = st.selectbox("Study", range(len(hits)), key="pacs_study",
-                     format_func=lambda i: f"{hits[i].date or 'no date'} · {hits[i].description or 'no description'}"
-                                           f" · {', '.join(hits[i].modalities)} · {hits[i].images or '?'} images")
+    st.dataframe(table, hide_index=True, key=key)
+
+
+def pacs_pair_picker(config):
+    """The Follow-up page's PACS: search (a patient's studies), pick the prior and the current study; each study's
+    frontal image (the first PA / AP one) is fetched. ``((raw, name), (raw, name))`` once both are there, else None.
+    Two studies of different patients are refused (the patient is compared by ID inside this process, never
+    shown)."""
+    hits = _search(config, "fu_pacs")
+    if not hits:
+        return None
+    hits = sorted(hits, key=lambda h: h.date or "")          # oldest first: a patient's studies in order
+    _hits_table(hits, "fu_pacs_table")
+    if len(hits) < 2:
+        st.info("The search found one study; a comparison needs the prior too. Widen the search.")
+        return None
+    c1, c2 = st.columns(2)
+    a = c1.selectbox("Prior study", range(len(hits)), index=len(hits) - 2, key="fu_pacs_prior",
+                     format_func=lambda i: _study_line(hits[i]))
+    b = c2.selectbox("Current study", range(len(hits)), index=len(hits) - 1, key="fu_pacs_current",
+                     format_func=lambda i: _study_line(hits[i]))
+    if a == b:
+        st.error("The prior and the current study are the same; pick two.")
+        return None
+    if hits[a].patient_id != hits[b].patient_id:
+        st.error("The two studies belong to different patients; a follow-up compares one patient's films.")
+        return None
+    out = []
+    for k, slot in ((a, "prior"), (b, "current")):
+        try:
+            images = _images(config, hits[k].study_uid, f"fu_pacs_{slot}_images")
+            frontal = [im for im in images if im.view_position in ("PA", "AP")] or images
+            if not frontal:
+                st.info(f"The {slot} study has no radiograph in the PACS.")
+                return None
+            out.append((_fetch(config, frontal[0], f"fu_pacs_{slot}_files"), _view_name(frontal[0]) + ".dcm"))
+        except CXRError as exc:
+            show_error(exc)
+            return None
+    return out[0], out[1]
+
+
+def pacs_picker(config):
+    """Search, pick a study and its image(s): ``((raw, name), second or None)`` once an image is chosen, else None."""
+    hits = _search(config, "pacs")
+    if not hits:
+        return None
+    _hits_table(hits, "pacs_table")
+    k = st.selectbox("Study", range(len(hits)), key="pacs_study", format_func=lambda i: _study_line(hits[i]))
     try:
         images = _images(config, hits[k].study_uid)
     except CXRError as exc:

@@ -1,6 +1,6 @@
 """Follow-up: a current film against the same patient's prior (cxrcore.prior).
 
-Two films of one patient, from a dataset folder (a patient's studies in order) or two uploads: the prior registered
+Two films of one patient, from a dataset folder (a patient's studies in order), two uploads or the PACS: the prior registered
 onto the current film (SimpleITK) with the registration's quality, a slider and a checkerboard between them, the
 subtraction image, each label's heatmap change, and per label both probabilities, the change with its spread and
 the call (new, resolved, worse, better, unchanged). An LLM can read the pair (the same structured answer and checks
@@ -26,6 +26,7 @@ from cxrcore.prior.pictures import change_panel, checkerboard, signed_overlay, s
 from ui.common import (current_user, dataset_choices, hosting_settings, image_compare_slider, load_predictor, md_text,
                        model_picker, require_checkpoints, show_error, site_picker)
 from ui.llm import llm_settings, stream_answer
+from ui.pacs import pacs_config, pacs_pair_picker
 
 CALL_COLOURS = {"new": "#c0392b", "worse": "#e67e22", "better": "#2e86c1", "resolved": "#1e8449", "unchanged": "#7f8c8d"}
 assert set(CALL_COLOURS) == set(CHANGES)
@@ -42,8 +43,9 @@ site = site_picker(c2, choices[model], "fu_site")
 mc = st.toggle("Spread of each change: Monte-Carlo dropout with test-time augmentation, 20 passes per film",
                value=True, key="fu_mc")
 
-FOLDER, UPLOAD = "Two studies of a patient in a dataset folder", "Upload the two films"
-source = st.radio("Films", [FOLDER, UPLOAD], horizontal=True, key="fu_source")
+FOLDER, UPLOAD, PACS = "Two studies of a patient in a dataset folder", "Upload the two films", "Two studies from the PACS"
+pacs = pacs_config()   # the operator's PACS (CXR_DICOMWEB_URL), or None
+source = st.radio("Films", [FOLDER, UPLOAD] + ([PACS] if pacs is not None else []), horizontal=True, key="fu_source")
 
 
 def _order(study: str) -> tuple:
@@ -135,6 +137,10 @@ if source == FOLDER:
     except ValueError:   # a film outside the folder (a table's absolute path): no truth for it
         rel = None
     truth = known.get(rel, {})
+elif source == PACS:
+    picked = pacs_pair_picker(pacs)
+    if picked is not None:
+        prior, current = picked
 else:
     a, b = st.columns(2)
     ups = []
