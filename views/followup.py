@@ -189,13 +189,16 @@ except CXRError as exc:
 reg = result.registration
 if reg.warning:
     st.warning(reg.warning)
+if reg.caution:
+    st.info(reg.caution)
 for text in dict.fromkeys(w.text for c in (result.prior, result.current) for p in c.predictions.values()
                           for w in p.warnings):
     st.warning(md_text(text))
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("Registration: NCC over the lung fields", f"{reg.ncc_after:.2f}", f"{reg.ncc_after - reg.ncc_before:+.2f}",
           help="Normalised cross-correlation of the two films over the current film's lung fields, after "
-               "registration (the change: against no registration). Below 0.5: a warning.")
+               "registration (the change: against no registration). Below 0.25, or not raised: a warning; below "
+               "0.5: a caution.")
 if reg.params:
     m2.metric("Current vs prior: rotation", f"{reg.params['rotation_deg']:+.1f}°")
     m3.metric("Scale", f"{reg.params['scale']:.3f}")

@@ -93,7 +93,7 @@ def change_facts(result: PriorComparison) -> dict:
         "called_changed": result.changed(),
         "change_thresholds": "tuned on phantom pairs" if result.tuned else "default, not tuned",
         "registration": {"ncc_before": round(reg.ncc_before, 3), "ncc_after": round(reg.ncc_after, 3),
-                         "ok": reg.ok, "pose_change": reg.params},
+                         "ok": reg.ok, "caution": reg.caution, "pose_change": reg.params},
         "uncertainty": None if mc is None else mc.get("note"),
         "warnings": warnings,
     }

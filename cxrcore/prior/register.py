@@ -6,8 +6,10 @@ registration with Mattes mutual information (robust to the two films' different 
 inspiration stretches the chest unevenly), and a smooth B-spline step on a coarse grid (the diaphragm and heart
 border move with breathing). Each step is kept only when it raises the normalised cross-correlation (NCC) of the two
 films over the current film's lung fields (:func:`lung_fields`); the NCC before and after is the registration's
-quality, and a low NCC, or one that registration did not raise, gives a warning: the films may not show the same
-chest in the same view, and what is compared after them is unreliable.
+quality. A very low NCC after (:data:`NCC_FAILED`), or one that registration did not raise, gives a warning: the
+films may not show the same chest in the same view, and what is compared after them is unreliable. A low one
+(:data:`NCC_LOW`) gives a caution only: on phantom pairs a large real change (a new effusion, opacities) lowered the
+NCC of well-aligned films below 0.5 as often as misalignment did.
 
 Physical coordinates are the current film's pixels (index units); the prior's pixel spacing is set so that its
 width spans the current film's width, and the similarity step's scale takes up the rest. The transform maps a
@@ -21,7 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 WORK_SIZE = 256            # registration runs on films shrunk to about this many pixels on the long side
-NCC_FAILED = 0.5           # NCC over the lung fields below this after registration: a warning
+NCC_FAILED = 0.25          # NCC over the lung fields below this after registration (or not raised by it): a warning
+NCC_LOW = 0.5              # below this: a caution (a large real change lowers the NCC as misalignment does)
 # Each step is kept only when it raises the NCC by at least this much (a deformable step that barely helps is
 # more likely to bend a real change, e.g. a growing effusion, away than to correct a pose).
 KEEP_GAIN = {"affine": 0.002, "deformable": 0.005}
@@ -105,7 +108,8 @@ class Registration:
     params: dict = field(default_factory=dict)  # the similarity step: the current film's rotation_deg, scale and
                                                 # shift_px (about) against the prior
     seconds: float = 0.0
-    warning: str | None = None
+    warning: str | None = None         # registration failed: what is compared after it is unreliable
+    caution: str | None = None         # aligned, but the lung fields still differ much (a real change, or not)
 
     @property
     def ok(self) -> bool:
@@ -139,7 +143,7 @@ class Registration:
     def to_dict(self) -> dict:
         return {"method": "SimpleITK: similarity, affine, B-spline (Mattes mutual information)",
                 "ncc_before": round(self.ncc_before, 4), "ncc_after": round(self.ncc_after, 4),
-                "ok": self.ok, "warning": self.warning,
+                "ok": self.ok, "warning": self.warning, "caution": self.caution,
                 "steps": {k: {"ncc": round(v["ncc"], 4), "kept": v["kept"]} for k, v in self.steps.items()},
                 **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.params.items()},
                 "seconds": round(self.seconds, 3)}
@@ -192,16 +196,18 @@ def register(prior: np.ndarray, current: np.ndarray, deformable: bool = True, se
     params: dict = {}
     warning = None
     try:
-        init = sitk.CenteredTransformInitializer(fixed, moving, sitk.Similarity2DTransform(),
-                                                 sitk.CenteredTransformInitializerFilter.GEOMETRY)
-        r = _method(sitk, [4, 2, 1], [2.0, 1.0, 0.0], seed)
-        r.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=150,
-                                                   relaxationFactor=0.6)
-        r.SetOptimizerScalesFromPhysicalShift()
-        r.SetInitialTransform(init, inPlace=True)
-        r.Execute(fixed, moving)
-        sim = init
-        score = ncc(cur, warped_by(sim), lungs)
+        tried = []
+        for start in (sitk.CenteredTransformInitializerFilter.GEOMETRY,   # the films' centres
+                      sitk.CenteredTransformInitializerFilter.MOMENTS):   # their centres of mass (a shifted patient)
+            init = sitk.CenteredTransformInitializer(fixed, moving, sitk.Similarity2DTransform(), start)
+            r = _method(sitk, [4, 2, 1], [2.0, 1.0, 0.0], seed)
+            r.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=150,
+                                                       relaxationFactor=0.6)
+            r.SetOptimizerScalesFromPhysicalShift()
+            r.SetInitialTransform(init, inPlace=True)
+            r.Execute(fixed, moving)
+            tried.append((ncc(cur, warped_by(init), lungs), len(tried), init))
+        score, _, sim = max(tried, key=lambda t: t[:2])
         steps["similarity"] = {"ncc": score, "kept": score > best}
         # the current film's pose against the prior (the transform maps the other way: current -> prior)
         params = {"rotation_deg": float(-np.degrees(sim.GetAngle())), "scale": float(1.0 / sim.GetScale()),
@@ -243,13 +249,18 @@ def register(prior: np.ndarray, current: np.ndarray, deformable: bool = True, se
     warped = warped_by(best_tx).astype(np.float32)
     inside = sitk.GetArrayFromImage(sitk.Resample(moving_full * 0 + 1, ref, best_tx, sitk.sitkNearestNeighbor,
                                                   0.0)) > 0.5
-    if best < NCC_FAILED or (best <= before and before < 0.9):
+    caution = None
+    if best < NCC_FAILED or (best <= before + 0.02 and before < 0.9):
         warning = (warning or "") + (
-            f"The films could not be aligned well (NCC over the lung fields {before:.2f} before, {best:.2f} after; "
-            f"below {NCC_FAILED} or not raised): they may not be the same patient, view or projection. The "
-            "subtraction, change maps and change calls are unreliable.")
+            f"The films could not be aligned (NCC over the lung fields {before:.2f} before, {best:.2f} after: "
+            f"below {NCC_FAILED}, or not raised by registration): they may not be the same patient, view or "
+            "projection. The subtraction, change maps and change calls are unreliable.")
+    elif best < NCC_LOW:
+        caution = (f"The lung fields still differ much after registration (NCC {best:.2f}): a large real change "
+                   "(an effusion, an opacity) lowers it as a poor alignment does. Check the checkerboard before "
+                   "reading the subtraction.")
     return Registration(best_tx, spacing, (ch, cw), (ph, pw), warped, inside, lungs, before, best, steps, params,
-                        time.perf_counter() - t0, warning or None)
+                        time.perf_counter() - t0, warning or None, caution)
 
 
 def matched_subtraction(current: np.ndarray, reg: Registration) -> np.ndarray:
