@@ -12,8 +12,9 @@ For each shipped model, on pairs in its own layout (baseline: NIH; fine-tuned: C
 4. registration on ``--register`` fresh pairs, with and without the deformable step: NCC over the lung fields and the
    landmark error (target registration error) before and after, in pixels and mm.
 
-Writes the tuned τ of each model to ``--tuned-out`` (JSON), which ``cxrcore.demo.store_change_thresholds`` puts in
-the shipped cards. Run: ``python bench/change.py [--pairs 1000] [--register 100]``.
+Writes everything measured to ``--out`` and the tuned τ of each model to ``--tuned-out`` (JSON, in the temporary
+folder by default); ``cxr demo tune-change`` tunes the shipped cards' τ on the same pairs (``cxrcore.demo.CHANGE_TUNE``)
+the same way. Run: ``python bench/change.py [--pairs 1000] [--register 100]``.
 """
 from __future__ import annotations
 
@@ -73,8 +74,8 @@ def main() -> int:
     p.add_argument("--register", type=int, default=100)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--n-boot", type=int, default=1000)
-    p.add_argument("--out", default=str(REPO / "bench" / "change_results.json"))
-    p.add_argument("--tuned-out", default=str(REPO / "bench" / "change_thresholds.json"))
+    p.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "cxr-bench-change.json"))
+    p.add_argument("--tuned-out", default=str(Path(tempfile.gettempdir()) / "cxr-bench-change-thresholds.json"))
     a = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     import torch

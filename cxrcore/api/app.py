@@ -15,7 +15,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .schemas import (BatchRequest, BatchResponse, ErrorResponse, HealthResponse, PredictRequest, PredictResponse,
-                      Seed003Response, SimilarRequest, SimilarResponse, StudyRequest, StudyResponse)
+                      PriorRequest, PriorResponse, Seed003Response, SimilarRequest, SimilarResponse, StudyRequest,
+                      StudyResponse)
 from .service import BEARER_CHALLENGE, ApiError, Service, _validation_message, error_body
 
 log = logging.getLogger("cxrcore.api")
@@ -147,6 +148,12 @@ def create_app(service: Service):
               summary="The views of one study (frontal + lateral): each view's prediction and the fused study's")
     def predict_study(req: StudyRequest):
         return _call(service.predict_study, req)
+
+    @app.post("/prior", response_model=PriorResponse, response_model_exclude_none=True, responses=errors,
+              dependencies=[Depends(authorized)], tags=["predict"],
+              summary="Two films of one patient: per label the change since the prior and its call, registered")
+    def prior(req: PriorRequest):
+        return _call(service.prior, req)
 
     @app.post("/similar", response_model=SimilarResponse, responses=errors, dependencies=[Depends(authorized)],
               tags=["predict"], summary="The films of a served index nearest to the image in its model's eyes")

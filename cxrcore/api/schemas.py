@@ -235,6 +235,48 @@ class SimilarResponse(BaseModel):
     model: str
 
 
+class PriorRequest(BaseModel):
+    """Two films of one patient: what changed since the prior (``cxr prior``)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", json_schema_extra={"examples": [
+        {"prior": {"image": "<base64 PNG>"}, "current": {"image": "<base64 PNG>"}, "model": "baseline",
+         "mc_samples": 20}]})
+    prior: _Image = Field(..., description="The earlier film.")
+    current: _Image = Field(..., description="The later film of the same patient.")
+    model: str | None = None
+    site: str | None = Field(None, max_length=64, description="The model as used at this site (its thresholds).")
+    mc_samples: int = Field(0, ge=0, le=MAX_MC_SAMPLES, description="Monte-Carlo dropout passes with test-time "
+                                                                    "augmentation per film, for each change's spread.")
+    mc_seed: int = 0
+    deformable: bool = Field(True, description="Register with the B-spline step too (else similarity and affine).")
+
+
+class ChangeResult(BaseModel):
+    prior: float = Field(description="The model's probability on the prior.")
+    current: float = Field(description="The model's probability on the current film.")
+    delta: float = Field(description="current - prior.")
+    call: Literal["new", "resolved", "worse", "better", "unchanged"]
+    threshold: float = Field(description="The decision threshold (presence counts from min(threshold, 0.5)).")
+    change_threshold: float = Field(description="The label's change threshold.")
+    delta_sd: float | None = Field(None, description="The spread of delta (with mc_samples).")
+    interval: list[float] | None = Field(None, description="delta +- 1.96 sd.")
+    confident: bool | None = Field(None, description="Whether the interval stays on one side of the change "
+                                                     "threshold.")
+
+
+class PriorResponse(BaseModel):
+    labels: dict[str, ChangeResult]
+    registration: dict = Field(description="ncc_before, ncc_after, ok, warning, caution, steps, the current film's "
+                                           "rotation_deg / scale / shift_px against the prior, seconds.")
+    model: str
+    changed: list[str] = Field(description="The labels called changed, largest change first.")
+    calls: list[str]
+    change_thresholds: str = Field(description="Whether the change thresholds were tuned for this model.")
+    uncertainty: dict | None = None
+    out_of_distribution: dict
+    seconds: dict
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok"]
     models: list[str] | None = None

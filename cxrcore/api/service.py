@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from .. import monitorlog
 from ..errors import CXRError, ConfigError, ImageError
 from .schemas import (MAX_BATCH, MAX_MC_SAMPLES, MAX_VIEWS, SEED003_MC_SAMPLES, BatchRequest, PredictRequest,
-                      SimilarRequest, StudyRequest, _Image)
+                      PriorRequest, SimilarRequest, StudyRequest, _Image)
 
 log = logging.getLogger("cxrcore.api")
 
@@ -280,6 +280,30 @@ class Service:
         for n in found["neighbours"]:
             n.pop("path", None)
         return {**found, "index": name, "model": model}
+
+    def prior(self, req: PriorRequest | dict) -> dict:
+        """Two films of one patient: per label both probabilities, the change and its call, and the registration's
+        quality (:func:`cxrcore.prior.change.compare_prior`, as ``cxr prior --json``); no pictures."""
+        from ..data.imageio import read_image
+        from ..prior.change import compare_prior
+
+        req = self._validated(PriorRequest, req)
+        model = self._model(req.model)
+        try:
+            predictor = self.models[model].at_site(req.site)
+        except CXRError as exc:
+            raise ApiError(404, str(exc)) from None
+        films = []
+        for which, image in (("prior", req.prior), ("current", req.current)):
+            data = self._image_bytes(image, f"{which}.")
+            try:
+                films.append((read_image(data, (image.name or "")[:200] or None), data))
+            except ImageError as exc:
+                raise ApiError(400, f"{which}: {exc}") from None
+        (a, ra), (b, rb) = films
+        result = compare_prior(a, b, predictor, model, prior_raw=ra, current_raw=rb, mc_samples=req.mc_samples,
+                               mc_seed=req.mc_seed, heatmaps=False, deformable=req.deformable, locks=self.locks)
+        return result.to_dict()
 
     def _load_indexes(self, folders) -> dict:
         """name -> (the index, the served model that built it); ConfigError for an index no served model built."""

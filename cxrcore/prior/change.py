@@ -137,15 +137,16 @@ class PriorComparison:
 def compare_prior(prior: LoadedImage, current: LoadedImage, predictor: Predictor, name: str = "model", *,
                   prior_raw: bytes | None = None, current_raw: bytes | None = None, mc_samples: int = 0,
                   mc_seed: int = 0, heatmaps: bool = True, deformable: bool = True,
-                  registration: Registration | None = None) -> PriorComparison:
+                  registration: Registration | None = None, locks: dict | None = None) -> PriorComparison:
     """Read ``prior`` and ``current`` (two films of one patient) with ``predictor`` and compare them (the module's
     docstring). ``mc_samples`` > 0: Monte-Carlo dropout with test-time augmentation on both films, for sd(Δp).
-    ``registration``: one already computed for these two films (the page registers once for several models)."""
+    ``registration``: one already computed for these two films (the page registers once for several models).
+    ``locks``: a lock per model name, held around each film's prediction (the REST service bounds compute so)."""
     t0 = time.perf_counter()
     a = compare(prior, {name: predictor}, "prior", raw=prior_raw, mc_samples=mc_samples, mc_seed=mc_seed,
-                mc_tta=bool(mc_samples), heatmaps=heatmaps)
+                mc_tta=bool(mc_samples), heatmaps=heatmaps, locks=locks)
     b = compare(current, {name: predictor}, "current", raw=current_raw, mc_samples=mc_samples, mc_seed=mc_seed + 1,
-                mc_tta=bool(mc_samples), heatmaps=heatmaps)
+                mc_tta=bool(mc_samples), heatmaps=heatmaps, locks=locks)
     t1 = time.perf_counter()
     reg = registration or register(prior.pixels, current.pixels, deformable=deformable)
     t2 = time.perf_counter()

@@ -15,7 +15,7 @@ from test_browser import CHROMIUM, body_with, browser, serve_app, wait_idle  # n
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")]
-N_CASES = 12
+N_CASES = 20
 READS = 2 * N_CASES     # sequential: each case unaided, then aided
 
 

@@ -261,6 +261,31 @@ def test_study_errors_name_the_view(api):
     assert status == 400 and "fusion" in body["error"]
 
 
+def test_prior_answers_the_change_since_the_prior_as_cxr_prior_does(api, service):
+    """POST /prior: two films of one patient (a phantom effusion appears), the same per-label change and call as
+    cxr prior's JSON, the registration's quality; a film that is no image is refused naming which."""
+    from cxrcore.data.imageio import read_image
+    from cxrcore.data.phantom.renderer import render_film
+    from cxrcore.prior.change import compare_prior
+
+    prior, _, _ = render_film({}, [21], "nih", 256, [22], finding_seed=[23])
+    current, _, _ = render_film({"Effusion": 1}, [24], "nih", 256, [22], finding_seed=[23], pose={"rotate": -2.0})
+    films = [_png(a) for a in (prior, current)]
+    status, body, _ = call(api, "POST", "/prior", {"prior": {"image": b64_bytes(films[0])},
+                                                   "current": {"image": b64_bytes(films[1])}, "model": "baseline"})
+    assert status == 200, body
+    want = compare_prior(read_image(films[0]), read_image(films[1]), service.models["baseline"], "baseline",
+                         heatmaps=False).to_dict()
+    assert body["labels"]["Effusion"]["call"] == "new" and body["changed"][0] == "Effusion"
+    for x, row in want["labels"].items():
+        assert body["labels"][x]["call"] == row["call"]
+        assert body["labels"][x]["delta"] == pytest.approx(row["delta"], abs=1e-4)
+    assert body["registration"]["ok"] and body["registration"]["ncc_after"] > body["registration"]["ncc_before"]
+    status, body, _ = call(api, "POST", "/prior", {"prior": {"image": b64_bytes(films[0])},
+                                                   "current": {"image": b64_bytes(b"plain text, no image" * 9)}})
+    assert status == 400 and body["error"].startswith("current: "), body
+
+
 def _lateral_like() -> bytes:
     yy, xx = np.mgrid[:300, :256] / 256.0  # a body profile on one side, strongly asymmetric
     lat = 0.8 * np.exp(-((xx - 0.3) ** 2) / 0.02 - ((yy - 0.5) ** 2) / 0.2) + 0.1 * xx
@@ -273,7 +298,7 @@ def test_openapi_lists_the_endpoints(api):
     status, spec, _ = call(api, "GET", "/openapi.json")
     assert status == 200 and spec["openapi"].startswith("3.")
     paths = spec["paths"]
-    assert {"/health", "/predict", "/predict/batch", "/predict/study"} <= set(paths)
+    assert {"/health", "/predict", "/predict/batch", "/predict/study", "/prior"} <= set(paths)
     schemas = spec["components"]["schemas"]
     assert {"image", "cxr_base64", "format", "mc_samples"} <= set(schemas["PredictRequest"]["properties"])
     assert schemas["BatchRequest"]["properties"]["items"]["items"] == {"$ref": "#/components/schemas/PredictRequest"}
