@@ -276,6 +276,18 @@ def phantom(app_home) -> Path:
     return app_home / "datasets" / f"phantom-nih-seed0-n{APP_DATA_N}"
 
 
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory):
+    """Debian's Orthanc with its DICOMweb plugin on 127.0.0.1 for one test module (tests/orthanc_server.py): its
+    DICOMweb root and credentials; skipped where it is not installed."""
+    import orthanc_server
+
+    if not orthanc_server.available():
+        pytest.skip("Debian's orthanc and orthanc-dicomweb are not installed (scripts/setup.sh test)")
+    with orthanc_server.orthanc(tmp_path_factory.mktemp("orthanc")) as server:
+        yield server
+
+
 def kill_jobs(home: Path) -> None:
     """Kill the process group of every job of the workspace ``home`` still alive, and reap it."""
     import signal

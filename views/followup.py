@@ -17,7 +17,7 @@ from cxrcore import hosting
 from cxrcore.errors import CXRError
 from cxrcore.explain.llm import DISCLAIMER
 from cxrcore.explain.review import review_events
-from cxrcore.explain.visual import _display, png_bytes
+from cxrcore.explain.visual import film_rgb, png_bytes
 from cxrcore.labels import CHANGES
 from cxrcore.models.library import card_stamp
 from cxrcore.prior.explain import (ChangeReview, change_facts, change_prompt, change_summary,
@@ -110,7 +110,11 @@ if source == FOLDER:
                 "Pick another folder or upload the two films.")
         st.stop()
     patient = st.selectbox(f"Patient ({len(several)} with two studies or more)", several, key="fu_patient",
+                           index=None, placeholder="Choose a patient (type to search)",
                            format_func=lambda p: f"{p} — {counts[p]} studies")
+    if patient is None:
+        st.info("Choose a patient: their studies are listed in order, the last two compared by default.")
+        st.stop()
     mine = studies[studies["patient"] == patient].reset_index(drop=True)
     st.caption("The patient's studies in order (NIH's follow-up number, CheXpert's study number: the datasets give "
                "no dates).")
@@ -248,12 +252,12 @@ if truth:
 st.subheader("The registered pair")
 cur_pixels = result.current.image.pixels
 c1, c2, c3 = st.columns(3)
-c1.image(_display(result.prior.image.pixels, 384), caption="Prior, as taken", width="stretch")
-c2.image(_display(reg.warped, 384), caption="Prior, registered onto the current film", width="stretch")
-c3.image(_display(cur_pixels, 384), caption="Current", width="stretch")
+c1.image(film_rgb(result.prior.image.pixels, 384), caption="Prior, as taken", width="stretch")
+c2.image(film_rgb(reg.warped, 384), caption="Prior, registered onto the current film", width="stretch")
+c3.image(film_rgb(cur_pixels, 384), caption="Current", width="stretch")
 s1, s2 = st.columns(2)
 with s1:
-    image_compare_slider(png_bytes(_display(reg.warped, 420)), png_bytes(_display(cur_pixels, 420)),
+    image_compare_slider(png_bytes(film_rgb(reg.warped, 420)), png_bytes(film_rgb(cur_pixels, 420)),
                          "registered prior", "current", height=480)
 with s2:
     st.image(checkerboard(result, cur_pixels, height=420), caption="Checkerboard of the two: edges run on across the "

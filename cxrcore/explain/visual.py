@@ -22,6 +22,11 @@ def _display(pixels: np.ndarray, height: int) -> np.ndarray:
     return np.asarray(img)
 
 
+def film_rgb(pixels: np.ndarray, height: int = PANEL_HEIGHT) -> np.ndarray:
+    """A film (grayscale float [0, 1]) as uint8 RGB at ``height`` px, aspect kept: how every panel shows one."""
+    return _display(pixels, height)
+
+
 def overlay(pixels: np.ndarray, heatmap: np.ndarray, boxes: list[Box] | None = None, label: str = "",
             height: int = PANEL_HEIGHT, alpha: float = 0.45, numbered: bool = False) -> np.ndarray:
     """The radiograph with ``heatmap`` (any resolution, same aspect) on top, and boxes drawn
@@ -42,7 +47,8 @@ def overlay(pixels: np.ndarray, heatmap: np.ndarray, boxes: list[Box] | None = N
     return rgb
 
 
-def _caption(img: np.ndarray, lines: list[str], width: int | None = None) -> np.ndarray:
+def captioned(img: np.ndarray, lines: list[str], width: int | None = None) -> np.ndarray:
+    """``img`` (RGB) with ``lines`` of text on a dark band under it (``width``: the band's, default the image's)."""
     width = width or img.shape[1]
     line_h = 14
     pad = Image.new("RGB", (width, line_h * len(lines) + 8), (18, 18, 18))
@@ -65,7 +71,7 @@ def comparison_panel(pixels: np.ndarray, predictions: dict, label: str, truth: l
     ``predictions`` maps a model's display name to its :class:`~cxrcore.predictor.Prediction`.
     A model without ``label`` shows the plain image and says so.
     """
-    tiles = [_caption(_display(pixels, height), ["Input X-ray"] + (
+    tiles = [captioned(_display(pixels, height), ["Input X-ray"] + (
         [f"Ground truth: {', '.join(truth) or 'No Finding'}"] if truth is not None else []) + [""] * top_k)]
     for name, pred in predictions.items():
         if label in pred.labels:
@@ -77,11 +83,15 @@ def comparison_panel(pixels: np.ndarray, predictions: dict, label: str, truth: l
             head = f"{name}: no '{label}' output"
         lines = [head] + [f"{'*' if p >= t else ' '} {x:<26} {p:.2f}" for (x, p), t in
                           zip(pred.top(top_k), [pred.thresholds[pred.labels.index(x)] for x, _ in pred.top(top_k)])]
-        tiles.append(_caption(tile, lines))
+        tiles.append(captioned(tile, lines))
+    # warnings (e.g. a phantom-trained model on a real film) travel with the picture, on top of it
+    return tiled(tiles, list(dict.fromkeys(w.short for p in predictions.values() for w in getattr(p, "warnings", []))))
+
+
+def tiled(tiles: list[np.ndarray], warnings: list[str]) -> np.ndarray:
+    """Captioned tiles side by side, 8 px apart, under a banner of the ``warnings`` (none: no banner). RGB uint8."""
     h = max(t.shape[0] for t in tiles)
     width = sum(t.shape[1] for t in tiles) + 8 * (len(tiles) - 1)
-    # warnings (e.g. a phantom-trained model on a real film) travel with the picture, on top of it
-    warnings = list(dict.fromkeys(w.short for p in predictions.values() for w in getattr(p, "warnings", [])))
     banner = _warning_banner(warnings, width)
     canvas = Image.new("RGB", (width, h + banner.height), (0, 0, 0))
     canvas.paste(banner, (0, 0))

@@ -1,4 +1,4 @@
-"""Pictures of a prior comparison: the registered pair, a blend and a checkerboard of it, the subtraction image and
+"""Pictures of a prior comparison: the registered pair, a checkerboard of it, the subtraction image and
 a label's heatmap-change map, and the panel ``cxr prior --panel`` writes.
 
 Change is shown on a diverging scale over the current film: red where the current film (or its heatmap) is
@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from PIL import Image
 
-from ..explain.visual import PANEL_HEIGHT, _caption, _display, _warning_banner
+from ..explain.visual import PANEL_HEIGHT, captioned, film_rgb, tiled
 from .change import PriorComparison
 
 
@@ -22,7 +21,7 @@ def signed_overlay(pixels: np.ndarray, change: np.ndarray, height: int = PANEL_H
                    alpha: float = 0.6) -> np.ndarray:
     """``change`` (signed, any resolution of the film's aspect) over the film: red up, blue down, full colour at
     ±``scale`` (a heatmap change runs -1..1). RGB uint8 at ``height``."""
-    base = _display(pixels, height).astype(np.float32) / 255.0
+    base = film_rgb(pixels, height).astype(np.float32) / 255.0
     c = _resize(change, base.shape[:2])
     s = max(float(scale), 1e-3)
     v = np.clip(c / s, -1, 1)
@@ -35,22 +34,14 @@ def subtraction_image(diff: np.ndarray, height: int = PANEL_HEIGHT) -> np.ndarra
     """The subtraction (current minus registered prior) as grey: mid-grey no change, white brighter now, black
     darker now (contrast stretched to the 99th percentile of |diff|). RGB uint8 at ``height``."""
     s = max(float(np.percentile(np.abs(diff), 99)), 1e-3)
-    return _display(np.clip(0.5 + 0.5 * diff / s, 0, 1), height)
-
-
-def blend(result: PriorComparison, current: np.ndarray, t: float, height: int = PANEL_HEIGHT) -> np.ndarray:
-    """The registered prior (t = 0) fading into the current film (t = 1), both at their matched grey levels."""
-    cur = _display(current, height).astype(np.float32)
-    pri = _display(result.registration.warped, height).astype(np.float32)
-    t = float(np.clip(t, 0, 1))
-    return ((1 - t) * pri + t * cur).astype(np.uint8)
+    return film_rgb(np.clip(0.5 + 0.5 * diff / s, 0, 1), height)
 
 
 def checkerboard(result: PriorComparison, current: np.ndarray, tiles: int = 8, height: int = PANEL_HEIGHT) -> np.ndarray:
     """Squares of the current film and the registered prior in turn: edges that run on across squares show a good
     registration, steps show where it is off."""
-    cur = _display(current, height)
-    pri = _display(result.registration.warped, height)
+    cur = film_rgb(current, height)
+    pri = film_rgb(result.registration.warped, height)
     h, w = cur.shape[:2]
     yy, xx = np.mgrid[0:h, 0:w]
     mask = ((yy * tiles // h + xx * tiles // w) % 2).astype(bool)
@@ -66,23 +57,13 @@ def change_panel(prior: np.ndarray, current: np.ndarray, result: PriorComparison
     reg = result.registration
     row = result.rows()[i]
     tiles = [
-        _caption(_display(prior, height), ["Prior (as taken)", f"{label} {row['prior']:.2f}"]),
-        _caption(_display(reg.warped, height), ["Prior registered", f"NCC {reg.ncc_before:.2f} -> {reg.ncc_after:.2f}"]),
-        _caption(_display(current, height), ["Current", f"{label} {row['current']:.2f}"]),
-        _caption(subtraction_image(result.subtraction, height), ["Subtraction", "current - registered prior"]),
-        _caption(signed_overlay(current, result.change_maps[i], height) if result.change_maps.size
-                 else _display(current, height),
+        captioned(film_rgb(prior, height), ["Prior (as taken)", f"{label} {row['prior']:.2f}"]),
+        captioned(film_rgb(reg.warped, height), ["Prior registered", f"NCC {reg.ncc_before:.2f} -> {reg.ncc_after:.2f}"]),
+        captioned(film_rgb(current, height), ["Current", f"{label} {row['current']:.2f}"]),
+        captioned(subtraction_image(result.subtraction, height), ["Subtraction", "current - registered prior"]),
+        captioned(signed_overlay(current, result.change_maps[i], height) if result.change_maps.size
+                 else film_rgb(current, height),
                  [f"{label}: {row['call']}", f"delta {row['delta']:+.2f} (tau {row['change_threshold']:.2f})"]),
     ]
-    h = max(t.shape[0] for t in tiles)
-    width = sum(t.shape[1] for t in tiles) + 8 * (len(tiles) - 1)
-    warnings = ([reg.warning] if reg.warning else []) + list(dict.fromkeys(
-        w.short for c in (result.prior, result.current) for p in c.predictions.values() for w in p.warnings))
-    banner = _warning_banner(warnings, width)
-    canvas = Image.new("RGB", (width, h + banner.height), (0, 0, 0))
-    canvas.paste(banner, (0, 0))
-    x = 0
-    for t in tiles:
-        canvas.paste(Image.fromarray(t), (x, banner.height))
-        x += t.shape[1] + 8
-    return np.asarray(canvas)
+    return tiled(tiles, ([reg.warning] if reg.warning else []) + list(dict.fromkeys(
+        w.short for c in (result.prior, result.current) for p in c.predictions.values() for w in p.warnings)))

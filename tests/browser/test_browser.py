@@ -435,7 +435,7 @@ def test_a_patients_two_studies_from_a_dataset_folder_are_registered_and_the_kno
 
     page = browser.new_page(viewport={"width": 1500, "height": 2600})
     page.goto(f"{app_url}/followup", timeout=120_000)
-    body_with(page, "What changed, per label", timeout=240_000)
+    body_with(page, "Choose a patient", timeout=240_000)
     wait_idle(page)
     from playwright.sync_api import expect
 

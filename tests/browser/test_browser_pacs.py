@@ -22,12 +22,6 @@ pytestmark = [pytest.mark.browser,
 DICOM = FORMATS / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 
 
-@pytest.fixture(scope="module")
-def pacs(tmp_path_factory):
-    with orthanc_server.orthanc(tmp_path_factory.mktemp("orthanc")) as server:
-        yield server
-
-
 def _config(pacs, store="on-request"):
     from cxrcore.pacs.dicomweb import PacsConfig
 

@@ -105,3 +105,16 @@ def test_fresh_set_is_scored_under_each_policy_from_one_model_pass(build):
         if ft["positives"][x] + ft["negatives"][x] == ft["n_images"]:
             assert len(same) == 1, x
     assert build["config"]["finetune_policy"] == "ones"
+
+
+def test_the_cards_change_thresholds_are_the_builds(shipped):
+    """The change thresholds in each shipped card (cxr prior) are the ones BUILD.json records, one per label the
+    tuning pairs changed, each on the tuning grid."""
+    from cxrcore.prior.evaluate import TAU_GRID
+
+    build = json.loads((shipped["baseline"].parent / "BUILD.json").read_text())
+    for name, path in shipped.items():
+        stored = read_card(path).metrics["change"]
+        assert stored == build["change"][name]
+        assert set(stored["thresholds"]) <= set(read_card(path).labels) and len(stored["thresholds"]) >= 10
+        assert all(round(v, 2) in set(TAU_GRID.tolist()) for v in stored["thresholds"].values())

@@ -4,22 +4,11 @@ studies of different patients refused; the patient's ID and name never shown."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from conftest import FORMATS, app_page, no_exception
 
 DICOM = FORMATS / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 PATIENT, OTHER = "FU-PATIENT-7", "FU-OTHER-8"
-
-
-@pytest.fixture(scope="module")
-def pacs(tmp_path_factory):
-    import orthanc_server
-
-    if not orthanc_server.available():
-        pytest.skip("Debian's orthanc and orthanc-dicomweb are not installed (scripts/setup.sh test)")
-    with orthanc_server.orthanc(tmp_path_factory.mktemp("orthanc")) as server:
-        yield server
 
 
 def _study(pixels: np.ndarray, patient: str, date: str, name: str):

@@ -19,16 +19,6 @@ TODAY = dt.date.today().strftime("%Y%m%d")
 YESTERDAY = (dt.date.today() - dt.timedelta(days=1)).strftime("%Y%m%d")   # a watch's window by default
 
 
-@pytest.fixture(scope="module")
-def pacs(tmp_path_factory):
-    import orthanc_server
-
-    if not orthanc_server.available():
-        pytest.skip("Debian's orthanc and orthanc-dicomweb are not installed (scripts/setup.sh test)")
-    with orthanc_server.orthanc(tmp_path_factory.mktemp("orthanc")) as server:
-        yield server
-
-
 @pytest.fixture
 def env(pacs, monkeypatch):
     values = {"CXR_DICOMWEB_URL": pacs["url"], "CXR_DICOMWEB_USER": pacs["user"],
