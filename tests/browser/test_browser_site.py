@@ -48,9 +48,11 @@ def _choose(page, label: str, option: str, within=None) -> None:
         box.locator("input").click()
         box.locator("input").fill(option)   # the whole text: its option alone is left, the one Enter takes
         try:
-            shown = choice.inner_text(timeout=30_000 if attempt < 3 else 120_000)
+            # the options are the page's own (no server round trip): drawn within a second, unless the list closed
+            shown = choice.inner_text(timeout=10_000 if attempt < 3 else 120_000)
             break
         except Exception:  # noqa: BLE001 - the list closed: press Escape, open it again
+            print(f"_choose({label!r}, {option!r}): attempt {attempt} found no option", flush=True)
             if attempt == 3:
                 raise
             box.locator("input").press("Escape")
