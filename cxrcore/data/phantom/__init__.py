@@ -32,7 +32,9 @@ The package, by part:
 - ``film.py``: film effects (exposure, film curve, noise, blur, marker, the domain's look);
 - ``renderer.py``: the renderer combining them, :func:`render`;
 - ``writing.py``: :func:`generate`, the worker pool, image, table and box writing;
-- ``noise.py``: known label noise (:func:`~cxrcore.data.phantom.noise.add_label_noise`).
+- ``noise.py``: known label noise (:func:`~cxrcore.data.phantom.noise.add_label_noise`);
+- ``pairs.py``: follow-up pairs with a known change per finding
+  (:func:`~cxrcore.data.phantom.pairs.generate_pairs`, ``cxr phantom --pairs``).
 """
 from __future__ import annotations
 
