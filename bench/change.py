@@ -33,46 +33,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def registration_table(root: Path, s, n: int) -> dict:
-    import pandas as pd
-
-    from cxrcore.compare import load_image
-    from cxrcore.prior.evaluate import _pixel_mm
-    from cxrcore.prior.register import register
-
-    marks = pd.read_csv(root / "landmarks.csv")
-    marks = {f: g.set_index("landmark")[["x", "y"]] for f, g in marks.groupby("image")}
-    mm = _pixel_mm(root)
-    pick = np.linspace(0, len(s.pairs) - 1, min(n, len(s.pairs))).round().astype(int)
-    out = {}
-    for name, deformable in (("similarity + affine", False), ("+ B-spline", True)):
-        before, after, n0, n1, secs, warned = [], [], [], [], [], 0
-        for i in dict.fromkeys(pick.tolist()):
-            a, _ = load_image(root / s.pairs[i][0])
-            b, _ = load_image(root / s.pairs[i][1])
-            reg = register(a.pixels, b.pixels, deformable=deformable)
-            lp = marks[s.pairs[i][0]]
-            lc = marks[s.pairs[i][1]].loc[lp.index]
-            before += np.linalg.norm(lc.to_numpy() - lp.to_numpy(), axis=1).tolist()
-            after += np.linalg.norm(reg.to_prior(lc.to_numpy()) - lp.to_numpy(), axis=1).tolist()
-            n0.append(reg.ncc_before)
-            n1.append(reg.ncc_after)
-            secs.append(reg.seconds)
-            warned += not reg.ok
-        out[name] = {"pairs": len(n0), "ncc_before": float(np.mean(n0)), "ncc_after": float(np.mean(n1)),
-                     "tre_before_px": float(np.mean(before)), "tre_after_px": float(np.mean(after)),
-                     "tre_after_median_px": float(np.median(after)), "tre_after_p95_px": float(np.percentile(after, 95)),
-                     "pixel_mm": mm, "warnings": warned, "seconds_per_pair": float(np.mean(secs))}
-    return out
-
-
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--pairs", type=int, default=1000)
+    from cxrcore.demo import CHANGE_TUNE
+
+    p.add_argument("--pairs", type=int, default=CHANGE_TUNE["n"])
     p.add_argument("--seed", type=int, default=2502)
-    p.add_argument("--tune-seed", type=int, default=2501)
+    p.add_argument("--tune-seed", type=int, default=CHANGE_TUNE["seed"], help="the shipped cards' τ: these pairs")
     p.add_argument("--register", type=int, default=100)
-    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--size", type=int, default=CHANGE_TUNE["size"])
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "cxr-bench-change.json"))
     p.add_argument("--tuned-out", default=str(Path(tempfile.gettempdir()) / "cxr-bench-change-thresholds.json"))
@@ -83,7 +52,7 @@ def main() -> int:
     from cxrcore.data.phantom.pairs import generate_pairs
     from cxrcore.predictor import Predictor
     from cxrcore.prior.change import DEFAULT_CHANGE_THRESHOLD
-    from cxrcore.prior.evaluate import evaluate, score_pairs, tune
+    from cxrcore.prior.evaluate import evaluate, registration_quality, score_pairs, tune
 
     torch.set_num_threads(2)
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
@@ -104,7 +73,8 @@ def main() -> int:
             default = evaluate(s, np.full(len(s.labels), DEFAULT_CHANGE_THRESHOLD), a.n_boot)
             tau = np.array([tuned.get(x, DEFAULT_CHANGE_THRESHOLD) for x in s.labels])
             at_tuned = evaluate(s, tau, a.n_boot)
-            reg = registration_table(fresh_dir, s, a.register)
+            reg = {name: registration_quality(fresh_dir, s.pairs, a.register, deformable)
+                   for name, deformable in (("similarity + affine", False), ("+ B-spline", True))}
             results["models"][model] = {"domain": domain, "default": default, "tuned": at_tuned, "tau": tuned,
                                         "registration": reg, "seconds": time.perf_counter() - t0}
             print(f"\n## {model} on {a.pairs} fresh {domain} pairs (seed {a.seed}); τ tuned on seed {a.tune_seed}")
@@ -124,11 +94,11 @@ def main() -> int:
             print(f"\ntriage: {tr['changed']} of {tr['pairs']} pairs changed; at {tr['sensitivity']:.1%} sensitivity "
                   f"for change, {tr['no_change_triaged']:.1%} of {tr['no_change_pairs']} no-change pairs set aside")
             for name, r in reg.items():
-                mm = f" ({r['tre_before_px'] * r['pixel_mm']:.2f} -> {r['tre_after_px'] * r['pixel_mm']:.2f} mm)" \
-                    if r["pixel_mm"] else ""
+                e, mm = r["landmark_error_px"], r.get("landmark_error_mm")
+                mm = f" ({mm['before']:.2f} -> {mm['after']:.2f} mm)" if mm else ""
                 print(f"registration {name} ({r['pairs']} pairs): NCC {r['ncc_before']:.3f} -> {r['ncc_after']:.3f}; "
-                      f"landmark error {r['tre_before_px']:.2f} -> {r['tre_after_px']:.2f} px mean{mm}, median "
-                      f"{r['tre_after_median_px']:.2f}, p95 {r['tre_after_p95_px']:.2f}; warnings {r['warnings']}; "
+                      f"landmark error {e['before']['mean']:.2f} -> {e['after']['mean']:.2f} px mean{mm}, median "
+                      f"{e['after']['median']:.2f}, p95 {e['after']['p95']:.2f}; warnings {r['warnings']}; "
                       f"{r['seconds_per_pair']:.2f} s per pair")
             print(f"({time.perf_counter() - t0:.0f} s)")
     Path(a.out).write_text(json.dumps(results, indent=1, default=float))

@@ -56,6 +56,11 @@ def _images(config, study_uid: str, slot: str = "pacs_study_images"):
     return listed[1]
 
 
+def _frontal_first(images) -> list[int]:
+    """The study's images' indices, the frontal (PA / AP) ones first, each group in the PACS's order."""
+    return sorted(range(len(images)), key=lambda i: images[i].view_position not in ("PA", "AP"))
+
+
 def _view_name(hit) -> str:
     return f"{hit.view_position or 'view ?'} {hit.modality} …{hit.sop_uid[-6:]}"
 
@@ -133,11 +138,11 @@ def pacs_pair_picker(config):
     for k, slot in ((a, "prior"), (b, "current")):
         try:
             images = _images(config, hits[k].study_uid, f"fu_pacs_{slot}_images")
-            frontal = [im for im in images if im.view_position in ("PA", "AP")] or images
-            if not frontal:
+            if not images:
                 st.info(f"The {slot} study has no radiograph in the PACS.")
                 return None
-            out.append((_fetch(config, frontal[0], f"fu_pacs_{slot}_files"), _view_name(frontal[0]) + ".dcm"))
+            first = images[_frontal_first(images)[0]]
+            out.append((_fetch(config, first, f"fu_pacs_{slot}_files"), _view_name(first) + ".dcm"))
         except CXRError as exc:
             show_error(exc)
             return None
@@ -159,7 +164,7 @@ def pacs_picker(config):
     if not images:
         st.info("That study has no radiograph in the PACS.")
         return None
-    frontal_first = sorted(range(len(images)), key=lambda i: images[i].view_position not in ("PA", "AP"))
+    frontal_first = _frontal_first(images)
     c1, c2 = st.columns(2)
     first = c1.selectbox("Image", frontal_first, key="pacs_image", format_func=lambda i: _view_name(images[i]))
     others = [i for i in frontal_first if i != first]

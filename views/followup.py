@@ -5,7 +5,6 @@ onto the current film (SimpleITK) with the registration's quality, a slider and 
 subtraction image, each label's heatmap change, and per label both probabilities, the change with its spread and
 the call (new, resolved, worse, better, unchanged). An LLM can read the pair (the same structured answer and checks
 as the Explain page's)."""
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -14,6 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from cxrcore import hosting
+from cxrcore.compare import image_hash
 from cxrcore.errors import CXRError
 from cxrcore.explain.llm import DISCLAIMER
 from cxrcore.explain.review import review_events
@@ -178,14 +178,11 @@ def _pair(prior_hash: str, current_hash: str, path: str, stamp: tuple, site: str
                          mc_samples=mc_samples)
 
 
-def _hash(raw: bytes) -> str:
-    return hashlib.sha256(raw).hexdigest()
-
-
 path = choices[model]
+films = (image_hash(prior[0]), image_hash(current[0]))   # the pair's key: its cached comparison, its LLM answer
 try:
     load_predictor(path)   # a library model's weights, fetched with a progress bar first
-    result = _pair(_hash(prior[0]), _hash(current[0]), path, card_stamp(path), site, 20 if mc else 0, prior, current)
+    result = _pair(*films, path, card_stamp(path), site, 20 if mc else 0, prior, current)
 except CXRError as exc:
     show_error(exc)
     st.stop()
@@ -195,9 +192,8 @@ if reg.warning:
     st.warning(reg.warning)
 if reg.caution:
     st.info(reg.caution)
-for text in dict.fromkeys(w.text for c in (result.prior, result.current) for p in c.predictions.values()
-                          for w in p.warnings):
-    st.warning(md_text(text))
+for notice in result.notices():
+    st.warning(md_text(notice.text))
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("Registration: NCC over the lung fields", f"{reg.ncc_after:.2f}", f"{reg.ncc_after - reg.ncc_before:+.2f}",
           help="Normalised cross-correlation of the two films over the current film's lung fields, after "
@@ -294,7 +290,7 @@ if config is None:
     st.markdown("Written summary from the same facts instead:  \n" + md_text(change_summary(facts), single_line=False))
     st.stop()
 cache = st.session_state.setdefault("fu_answers", {})
-cache_key = (_hash(prior[0]), _hash(current[0]), path, site, config.model, config.base_url)
+cache_key = (*films, path, site, config.model, config.base_url)
 go = st.button("Explain the change with the LLM", type="primary", key="fu_go")
 text_col, side_col = st.columns([1, 1])
 if go:

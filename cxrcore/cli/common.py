@@ -148,6 +148,15 @@ def slurm_values(a, names=None, visitor_safe: bool = False) -> dict:
     return {k: v for k in names if k != "conf" and (v := getattr(a, slurm_dest(k), None)) is not None}
 
 
+def check_mc_samples(n: int) -> None:
+    """``--mc-samples``: from 0 to :data:`cxrcore.explain.uncertainty.MAX_SAMPLES`, else ConfigError."""
+    from ..errors import ConfigError
+    from ..explain.uncertainty import MAX_SAMPLES
+
+    if not 0 <= n <= MAX_SAMPLES:
+        raise ConfigError(f"--mc-samples must be from 0 to {MAX_SAMPLES}, not {n}.")
+
+
 def use_site(predictor, checkpoint, site: str | None) -> None:
     """``--site S``: ``predictor`` as used at site S (its card's profile, :meth:`cxrcore.models.card.Card.with_site`).
     A shipped model's profiles are saved in the workspace's copy of it (its own files stay untouched): when the

@@ -5,16 +5,14 @@ import json
 from pathlib import Path
 
 from ..errors import CXRError
-from .common import CHECKPOINT_HELP, Command, use_site
+from .common import CHECKPOINT_HELP, Command, check_mc_samples, use_site
 
 
 def cmd_predict(a) -> int:
     from ..errors import ConfigError
-    from ..explain.uncertainty import MAX_SAMPLES
     from ..predictor import Predictor
 
-    if not 0 <= a.mc_samples <= MAX_SAMPLES:
-        raise ConfigError(f"--mc-samples must be from 0 to {MAX_SAMPLES}, not {a.mc_samples}.")
+    check_mc_samples(a.mc_samples)
     if len(a.image) > 1:
         if a.dicom_sr or a.dicom_heatmap:
             raise ConfigError("--dicom-sr and --dicom-heatmap report on one image: give one.")

@@ -4,15 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import CHECKPOINT_HELP, Command, bar, use_site
-
-
-def _check_samples(n: int) -> None:
-    from ..errors import ConfigError
-    from ..explain.uncertainty import MAX_SAMPLES
-
-    if not 0 <= n <= MAX_SAMPLES:
-        raise ConfigError(f"--mc-samples must be from 0 to {MAX_SAMPLES}, not {n}.")
+from .common import CHECKPOINT_HELP, Command, bar, check_mc_samples, use_site
 
 
 def cmd_prior(a) -> int:
@@ -20,7 +12,7 @@ def cmd_prior(a) -> int:
     from ..predictor import Predictor
     from ..prior.change import compare_prior
 
-    _check_samples(a.mc_samples)
+    check_mc_samples(a.mc_samples)
     predictor = Predictor(a.checkpoint)
     use_site(predictor, a.checkpoint, a.site)
     model = model_name(a.checkpoint, predictor)

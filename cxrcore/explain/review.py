@@ -67,11 +67,6 @@ class Review(BaseModel):
         description="The fine-tuned model against the baseline on this image.")
 
 
-def review_schema() -> dict:
-    """The JSON schema of :class:`Review` (what the prompt shows when ``response_format`` is not supported)."""
-    return Review.model_json_schema()
-
-
 # --------------------------------------------------------------------------- case type
 
 # CaseType, classify_case and truth_for live in cxrcore.explain.cases (one implementation, shared with the

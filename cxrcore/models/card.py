@@ -85,6 +85,11 @@ class Card:
     def threshold_list(self) -> list[float]:
         return [float(self.thresholds.get(x, 0.5)) for x in self.labels]
 
+    @property
+    def change_tuned(self) -> bool:
+        """Whether change thresholds were tuned for this model (``metrics["change"]``)."""
+        return bool((self.metrics.get("change") or {}).get("thresholds"))
+
     def change_threshold_list(self, default: float) -> list[float]:
         """Per-label thresholds on a change of probability between a prior and a current film (``cxr eval-change
         --tune --save`` stores them in ``metrics["change"]``); ``default`` for labels never tuned."""

@@ -60,6 +60,12 @@ def call(p_prior: float, p_current: float, threshold: float, change_threshold: f
     return "unchanged"
 
 
+def rounded(row: dict, digits: int) -> dict:
+    """A row of :meth:`PriorComparison.rows` with its numbers (and the interval's) rounded to ``digits``."""
+    return {k: (round(v, digits) if isinstance(v, float) else
+                [round(u, digits) for u in v] if isinstance(v, list) else v) for k, v in row.items()}
+
+
 def calls(p_prior: np.ndarray, p_current: np.ndarray, thresholds: np.ndarray, change_thresholds: np.ndarray
           ) -> list[str]:
     return [call(float(a), float(b), float(t), float(c))
@@ -85,8 +91,16 @@ class PriorComparison:
                                            # its film's probability (a heatmap is scaled to its own peak), -1..1
     seconds: dict = field(default_factory=dict)
 
+    def prediction(self, which: str):
+        """The model's :class:`~cxrcore.predictor.Prediction` of the ``prior`` or the ``current`` film."""
+        return next(iter((self.prior if which == "prior" else self.current).predictions.values()))
+
     def p(self, which: str) -> np.ndarray:
-        return next(iter((self.prior if which == "prior" else self.current).predictions.values())).probs
+        return self.prediction(which).probs
+
+    def notices(self) -> list:
+        """The warnings of both films' predictions (:class:`cxrcore.explain.trust.Notice`), each once."""
+        return list({w.text: w for which in ("prior", "current") for w in self.prediction(which).warnings}.values())
 
     def confident(self) -> list[bool | None]:
         """Per label: whether Δp ± 1.96 sd stays on one side of τ (None without Monte-Carlo passes)."""
@@ -122,9 +136,8 @@ class PriorComparison:
         labels = {}
         for row in self.rows():
             x = row.pop("label")
-            labels[x] = {k: (round(v, 4) if isinstance(v, float) else
-                             [round(u, 4) for u in v] if isinstance(v, list) else v) for k, v in row.items()}
-        mc = next(iter(self.current.predictions.values())).mc
+            labels[x] = rounded(row, 4)
+        mc = self.prediction("current").mc
         return {"labels": labels, "registration": self.registration.to_dict(), "model": self.model,
                 "changed": self.changed(), "calls": list(CHANGES),
                 "change_thresholds": "tuned" if self.tuned else f"default {DEFAULT_CHANGE_THRESHOLD} (not tuned)",
@@ -152,7 +165,6 @@ def compare_prior(prior: LoadedImage, current: LoadedImage, predictor: Predictor
     t2 = time.perf_counter()
     pa, pb = a.predictions[name], b.predictions[name]
     card = predictor.card
-    tuned = bool((card.metrics.get("change") or {}).get("thresholds"))
     tau = np.array(card.change_threshold_list(DEFAULT_CHANGE_THRESHOLD), dtype=np.float32)
     thr = pb.thresholds
     delta = (pb.probs - pa.probs).astype(np.float32)
@@ -167,6 +179,6 @@ def compare_prior(prior: LoadedImage, current: LoadedImage, predictor: Predictor
         maps = np.zeros((len(predictor.labels), 0, 0), np.float32)
     sub = matched_subtraction(current.pixels, reg)
     t3 = time.perf_counter()
-    return PriorComparison(list(predictor.labels), name, a, b, delta, sd, thr, tau, tuned,
+    return PriorComparison(list(predictor.labels), name, a, b, delta, sd, thr, tau, card.change_tuned,
                            calls(pa.probs, pb.probs, thr, tau), reg, sub, maps,
                            {"predict": t1 - t0, "register": t2 - t1, "maps": t3 - t2})

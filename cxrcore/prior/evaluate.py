@@ -34,7 +34,7 @@ from ..errors import ConfigError
 from ..eval.bootstrap import patient_bootstrap
 from ..labels import CHANGES, canonical
 from ..predictor import Predictor
-from .change import DEFAULT_CHANGE_THRESHOLD, call
+from .change import DEFAULT_CHANGE_THRESHOLD, call, calls
 from .register import register
 
 TAU_GRID = np.round(np.arange(0.05, 0.81, 0.01), 2)   # below 0.05 a call follows the model's jitter
@@ -90,24 +90,19 @@ def score_pairs(data: str | Path, predictor: Predictor,
     tau_all = np.array(card.change_threshold_list(DEFAULT_CHANGE_THRESHOLD))
     return PairScores(shared, pairs, patients, truth,
                       np.stack([probs[a] for a, _ in pairs]), np.stack([probs[b] for _, b in pairs]),
-                      predictor.thresholds[cols], tau_all[cols],
-                      bool((card.metrics.get("change") or {}).get("thresholds")),
+                      predictor.thresholds[cols], tau_all[cols], card.change_tuned,
                       [x for x in folder_labels if x not in lab])
 
 
 def _calls(s: PairScores, tau: np.ndarray) -> np.ndarray:
     code = {c: i for i, c in enumerate(CHANGES)}
-    out = np.empty(s.truth.shape, np.int64)
-    for j in range(len(s.labels)):
-        for i in range(len(s.pairs)):
-            out[i, j] = code[call(float(s.p_prior[i, j]), float(s.p_current[i, j]), float(s.thresholds[j]),
-                                  float(tau[j]))]
-    return out
+    return np.array([[code[c] for c in calls(s.p_prior[i], s.p_current[i], s.thresholds, tau)]
+                     for i in range(len(s.pairs))], np.int64).reshape(s.truth.shape)
 
 
-def _balanced(truth: np.ndarray, calls: np.ndarray) -> float | None:
+def _balanced(truth: np.ndarray, called: np.ndarray) -> float | None:
     m = truth >= 0
-    recalls = [float((calls[m & (truth == c)] == c).mean()) for c in range(len(CHANGES)) if (m & (truth == c)).any()]
+    recalls = [float((called[m & (truth == c)] == c).mean()) for c in range(len(CHANGES)) if (m & (truth == c)).any()]
     return float(np.mean(recalls)) if recalls else None
 
 
@@ -146,29 +141,34 @@ def _triage(s: PairScores) -> dict:
             "no_change_pairs": int((~changed).sum())}
 
 
-def _registration(root: Path, s: PairScores, n: int) -> dict | None:
+def registration_quality(root: str | Path, pairs: list[tuple[str, str]], n: int, deformable: bool = True
+                         ) -> dict | None:
+    """Register ``n`` of ``pairs`` (spread over the list; (prior, current) paths relative to ``root``): the mean NCC
+    over the lung fields before and after, the warnings, the time, and, where ``root`` has ``landmarks.csv``, the
+    landmark error before and after (pixels; mm with the NIH table's pixel spacing). None for ``n`` = 0."""
     if n <= 0:
         return None
     import pandas as pd
 
+    root = Path(root)
     marks = None
     if (root / LANDMARKS_FILE).is_file():
         marks = pd.read_csv(root / LANDMARKS_FILE)
         marks = {f: g.set_index("landmark")[["x", "y"]] for f, g in marks.groupby("image")}
     spacing = _pixel_mm(root)
-    pick = np.linspace(0, len(s.pairs) - 1, min(n, len(s.pairs))).round().astype(int)
+    pick = np.linspace(0, len(pairs) - 1, min(n, len(pairs))).round().astype(int)
     before, after, ncc0, ncc1, warned, secs = [], [], [], [], 0, []
     for i in dict.fromkeys(pick.tolist()):
-        a, _ = load_image(root / s.pairs[i][0])
-        b, _ = load_image(root / s.pairs[i][1])
-        reg = register(a.pixels, b.pixels)
+        a, _ = load_image(root / pairs[i][0])
+        b, _ = load_image(root / pairs[i][1])
+        reg = register(a.pixels, b.pixels, deformable=deformable)
         ncc0.append(reg.ncc_before)
         ncc1.append(reg.ncc_after)
         warned += not reg.ok
         secs.append(reg.seconds)
-        if marks is not None and s.pairs[i][0] in marks and s.pairs[i][1] in marks:
-            lp = marks[s.pairs[i][0]]
-            lc = marks[s.pairs[i][1]].loc[lp.index]
+        if marks is not None and pairs[i][0] in marks and pairs[i][1] in marks:
+            lp = marks[pairs[i][0]]
+            lc = marks[pairs[i][1]].loc[lp.index]
             before += np.linalg.norm(lc.to_numpy() - lp.to_numpy(), axis=1).tolist()
             after += np.linalg.norm(reg.to_prior(lc.to_numpy()) - lp.to_numpy(), axis=1).tolist()
     out = {"pairs": len(ncc0), "ncc_before": round(float(np.mean(ncc0)), 4),
@@ -204,11 +204,11 @@ def _pixel_mm(root: Path) -> float | None:
 def evaluate(s: PairScores, tau: np.ndarray | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
     """The answer of ``cxr eval-change --json`` for scores ``s`` at change thresholds ``tau`` (default: the card's)."""
     tau = s.change_thresholds if tau is None else np.asarray(tau, dtype=np.float64)
-    calls = _calls(s, tau)
+    called = _calls(s, tau)
     m = s.truth >= 0
     unchanged = CHANGES.index("unchanged")
     delta = np.abs(s.p_current - s.p_prior)
-    correct = np.where(m, (calls == s.truth).astype(np.float64), np.nan)
+    correct = np.where(m, (called == s.truth).astype(np.float64), np.nan)
     ones = np.where(m, 1.0, np.nan)
     acc = patient_bootstrap(ones, np.nan_to_num(correct), s.patients, "accuracy", n_boot, seed)
     changed = np.where(m, (s.truth != unchanged).astype(np.float64), np.nan)
@@ -216,14 +216,14 @@ def evaluate(s: PairScores, tau: np.ndarray | None = None, n_boot: int = 1000, s
     labels = {}
     for j, x in enumerate(s.labels):
         mj = m[:, j]
-        conf = {CHANGES[t]: {CHANGES[c]: int(((s.truth[:, j] == t) & (calls[:, j] == c) & mj).sum())
-                             for c in range(len(CHANGES)) if ((s.truth[:, j] == t) & (calls[:, j] == c) & mj).any()}
+        conf = {CHANGES[t]: {CHANGES[c]: int(((s.truth[:, j] == t) & (called[:, j] == c) & mj).sum())
+                             for c in range(len(CHANGES)) if ((s.truth[:, j] == t) & (called[:, j] == c) & mj).any()}
                 for t in range(len(CHANGES)) if ((s.truth[:, j] == t) & mj).any()}
         n_changed = int(((s.truth[:, j] != unchanged) & mj).sum())
         labels[x] = {
             "n": int(mj.sum()), "n_changed": n_changed,
             "accuracy": _r(acc.estimate[j]), "accuracy_ci": [_r(acc.low[j]), _r(acc.high[j])],
-            "balanced_accuracy": _r(_balanced(s.truth[:, j], calls[:, j])),
+            "balanced_accuracy": _r(_balanced(s.truth[:, j], called[:, j])),
             "change_auroc": _r(auc.estimate[j]) if 0 < n_changed < mj.sum() else None,
             "change_auroc_ci": [_r(auc.low[j]), _r(auc.high[j])] if 0 < n_changed < mj.sum() else None,
             "change_threshold": round(float(tau[j]), 4), "threshold": round(float(s.thresholds[j]), 4),
@@ -260,6 +260,6 @@ def eval_change(data: str | Path, predictor: Predictor, *, tune_here: bool = Fal
                                 f"default {DEFAULT_CHANGE_THRESHOLD} (not tuned)")
     if tuned is not None:
         out["tuned"] = tuned
-    out["registration"] = _registration(Path(data), s, register_n)
+    out["registration"] = registration_quality(data, s.pairs, register_n)
     out["seconds"] = round(time.perf_counter() - t0, 2)
     return out

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..explain.review import VERDICTS, Outcome, _error_list, _strip_fence
 from ..labels import CHANGES, canonical
-from .change import PriorComparison
+from .change import PriorComparison, rounded
 
 MAX_LABELS = 6   # the changes sent: every label called changed, then the largest |Δp|, up to this many
 
@@ -80,16 +80,13 @@ def change_facts(result: PriorComparison) -> dict:
         if x not in chosen:
             chosen.append(x)
     reg = result.registration
-    warnings = ([reg.warning] if reg.warning else []) + list(dict.fromkeys(
-        w.text for c in (result.prior, result.current) for p in c.predictions.values() for w in p.warnings))
-    mc = next(iter(result.current.predictions.values())).mc
+    warnings = ([reg.warning] if reg.warning else []) + [w.text for w in result.notices()]
+    mc = result.prediction("current").mc
     return {
         "question": "current film against the same patient's prior",
         "model": result.model,
         "label": chosen[0] if chosen else result.labels[0],
-        "changes": [{k: (round(v, 3) if isinstance(v, float) else
-                         [round(u, 3) for u in v] if isinstance(v, list) else v)
-                     for k, v in rows[x].items()} for x in chosen],
+        "changes": [rounded(rows[x], 3) for x in chosen],
         "called_changed": result.changed(),
         "change_thresholds": "tuned on phantom pairs" if result.tuned else "default, not tuned",
         "registration": {"ncc_before": round(reg.ncc_before, 3), "ncc_after": round(reg.ncc_after, 3),

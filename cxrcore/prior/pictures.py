@@ -65,5 +65,4 @@ def change_panel(prior: np.ndarray, current: np.ndarray, result: PriorComparison
                  else film_rgb(current, height),
                  [f"{label}: {row['call']}", f"delta {row['delta']:+.2f} (tau {row['change_threshold']:.2f})"]),
     ]
-    return tiled(tiles, ([reg.warning] if reg.warning else []) + list(dict.fromkeys(
-        w.short for c in (result.prior, result.current) for p in c.predictions.values() for w in p.warnings)))
+    return tiled(tiles, ([reg.warning] if reg.warning else []) + list(dict.fromkeys(w.short for w in result.notices())))
